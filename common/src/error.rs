@@ -1,0 +1,92 @@
+//! The one error type that crosses the wire. Every failure a caller can see is one of these,
+//! and each has exactly one errno, so the CLI and the FUSE layer map errors totally.
+
+use serde::{Deserialize, Serialize};
+
+pub type FsResult<T> = Result<T, FsError>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file name too long (more than 255 bytes)")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("permission denied")]
+    AccessDenied,
+    #[error("no space left: {0}")]
+    NoSpace(String),
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("file too large")]
+    TooLarge,
+    #[error("result does not fit the caller's buffer")]
+    Range,
+    /// Data could not be read or stored; the cause says which block and where.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// A peer could not be reached or refused service; another replica or a retry may work.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A peer sent something that does not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl FsError {
+    /// The errno a local file system would return for this failure.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::AccessDenied => libc::EACCES,
+            FsError::NoSpace(_) => libc::ENOSPC,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::TooLarge => libc::EFBIG,
+            FsError::Range => libc::ERANGE,
+            FsError::Io(_) | FsError::Protocol(_) => libc::EIO,
+            FsError::Unavailable(_) => libc::ENOTCONN,
+        }
+    }
+
+    /// Is it worth trying again, or against another replica?
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, FsError::Unavailable(_) | FsError::Io(_))
+    }
+
+    pub fn invalid(msg: impl Into<String>) -> FsError {
+        FsError::Invalid(msg.into())
+    }
+
+    pub fn io(msg: impl std::fmt::Display) -> FsError {
+        FsError::Io(msg.to_string())
+    }
+
+    pub fn unavailable(msg: impl std::fmt::Display) -> FsError {
+        FsError::Unavailable(msg.to_string())
+    }
+
+    pub fn protocol(msg: impl std::fmt::Display) -> FsError {
+        FsError::Protocol(msg.to_string())
+    }
+}

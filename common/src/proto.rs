@@ -1,0 +1,420 @@
+//! The wire protocol: one request enum per service, each request type tied to its response
+//! type by [`Rpc`]. A stream carries one request header, optionally followed by raw block
+//! bytes; the response is a `Result<Response, FsError>` header, optionally followed by raw
+//! block bytes. Block data never travels inside a serde body.
+
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::attr::{DirEntry, FileKind, InodeAttr, SetAttr, Timestamp};
+use crate::ids::{BlockId, DatanodeId, Ino};
+use crate::layout::Slice;
+
+/// A request of some service, whose answer is `Response`.
+pub trait Rpc: Serialize + Send + 'static {
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+    type Service: Serialize + DeserializeOwned + Send + 'static;
+    fn into_service(self) -> Self::Service;
+}
+
+macro_rules! service {
+    ($(#[$meta:meta])* $service:ident { $($variant:ident($req:ident) -> $resp:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Serialize, Deserialize)]
+        pub enum $service {
+            $($variant($req),)*
+        }
+        $(
+            impl Rpc for $req {
+                type Response = $resp;
+                type Service = $service;
+                fn into_service(self) -> $service {
+                    $service::$variant(self)
+                }
+            }
+        )*
+    };
+}
+
+service! {
+    /// Everything the namenode answers: namespace, file maps, placement, datanode reports.
+    NamenodeRequest {
+        Lookup(Lookup) -> InodeAttr,
+        GetAttr(GetAttr) -> InodeAttr,
+        SetAttrReq(SetAttrReq) -> InodeAttr,
+        Mkdir(Mkdir) -> InodeAttr,
+        Create(Create) -> CreateReply,
+        Mknod(Mknod) -> InodeAttr,
+        Unlink(Unlink) -> (),
+        Rmdir(Rmdir) -> (),
+        Rename(Rename) -> (),
+        Symlink(Symlink) -> InodeAttr,
+        Readlink(Readlink) -> Vec<u8>,
+        Link(Link) -> InodeAttr,
+        ReadDir(ReadDir) -> Vec<DirEntry>,
+        StatFs(StatFs) -> FsStats,
+        SetXattr(SetXattr) -> (),
+        GetXattr(GetXattr) -> Vec<u8>,
+        ListXattr(ListXattr) -> Vec<Vec<u8>>,
+        RemoveXattr(RemoveXattr) -> (),
+        SetReplication(SetReplication) -> InodeAttr,
+        ReadChunks(ReadChunks) -> ChunkMap,
+        AllocateBlock(AllocateBlock) -> Placement,
+        CommitSlices(CommitSlices) -> InodeAttr,
+        ReportBadReplica(ReportBadReplica) -> (),
+        ListDatanodes(ListDatanodes) -> Vec<DatanodeStatus>,
+        Register(Register) -> RegisterReply,
+        BlockReport(BlockReport) -> (),
+        BlockReceived(BlockReceived) -> (),
+        Heartbeat(Heartbeat) -> HeartbeatReply,
+    }
+}
+
+service! {
+    /// Everything a datanode answers: block writes down a pipeline, block reads.
+    DatanodeRequest {
+        PutBlock(PutBlock) -> PutReply,
+        GetBlock(GetBlock) -> BlockData,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lookup {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetAttr {
+    pub ino: Ino,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetAttrReq {
+    pub ino: Ino,
+    pub set: SetAttr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mkdir {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Create {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    /// `O_EXCL`: fail with `EEXIST` when the name exists.
+    pub exclusive: bool,
+    /// `O_TRUNC`: an existing file is truncated to zero.
+    pub truncate: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateReply {
+    pub attr: InodeAttr,
+    /// False when an existing file was opened.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mknod {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub kind: FileKind,
+    pub perm: u16,
+    pub rdev: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unlink {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rmdir {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameMode {
+    /// Replace the target if it exists (a file, or an empty directory).
+    #[default]
+    Replace,
+    /// `RENAME_NOREPLACE`: fail with `EEXIST` if the target exists.
+    NoReplace,
+    /// `RENAME_EXCHANGE`: swap source and target atomically; both must exist.
+    Exchange,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rename {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub new_parent: Ino,
+    pub new_name: Vec<u8>,
+    pub mode: RenameMode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Symlink {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub target: Vec<u8>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Readlink {
+    pub ino: Ino,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Link {
+    pub ino: Ino,
+    pub new_parent: Ino,
+    pub new_name: Vec<u8>,
+}
+
+/// One page of a directory, in name order, starting after `after`. Paging by name keeps a
+/// listing stable while entries are added: every entry present throughout appears once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadDir {
+    pub ino: Ino,
+    pub after: Option<Vec<u8>>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatFs;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FsStats {
+    /// Raw capacity of all live datanodes, in bytes.
+    pub capacity: u64,
+    /// Bytes used by blocks on all live datanodes.
+    pub used: u64,
+    /// Bytes still free for blocks on all live datanodes.
+    pub available: u64,
+    pub inodes: u64,
+    pub live_datanodes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrMode {
+    /// Create or replace.
+    Any,
+    /// `XATTR_CREATE`: fail with `EEXIST` if it exists.
+    Create,
+    /// `XATTR_REPLACE`: fail with `ENODATA` if it does not exist.
+    Replace,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetXattr {
+    pub ino: Ino,
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+    pub mode: XattrMode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetXattr {
+    pub ino: Ino,
+    pub name: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListXattr {
+    pub ino: Ino,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveXattr {
+    pub ino: Ino,
+    pub name: Vec<u8>,
+}
+
+/// Sets the replication factor of a file, or the default a directory passes to new children.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetReplication {
+    pub ino: Ino,
+    pub replication: u8,
+}
+
+/// Asks for the slices of chunks `[first, first + count)` of a file and where their blocks are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadChunks {
+    pub ino: Ino,
+    pub first: u32,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkMap {
+    pub attr: InodeAttr,
+    /// Each requested chunk that has slices, with its slices oldest first.
+    pub chunks: Vec<(u32, Vec<Slice>)>,
+    /// Live replicas of every block the slices reference, best first.
+    pub locations: Vec<(BlockId, Vec<DatanodeAddr>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DatanodeAddr {
+    pub id: DatanodeId,
+    pub addr: SocketAddr,
+}
+
+/// Asks where to store a new block of `len` bytes with id `block`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllocateBlock {
+    pub ino: Ino,
+    pub block: BlockId,
+    pub len: u32,
+    /// Datanodes not to choose: they already hold the block or just failed.
+    pub exclude: Vec<DatanodeId>,
+    /// How many targets to return; 0 means the file's replication factor.
+    pub count: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Placement {
+    /// The pipeline, head first. Empty when `already_stored`.
+    pub targets: Vec<DatanodeAddr>,
+    /// The cluster already holds this block with full replication: nothing to send.
+    pub already_stored: bool,
+    /// Replicas the file wants.
+    pub replication: u8,
+}
+
+/// Records slices a client has stored; the file grows to at least `size`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitSlices {
+    pub ino: Ino,
+    pub slices: Vec<(u32, Slice)>,
+    pub size: u64,
+    pub mtime: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportBadReplica {
+    pub block: BlockId,
+    pub datanode: DatanodeId,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListDatanodes;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatanodeStatus {
+    pub id: DatanodeId,
+    pub name: String,
+    pub addr: SocketAddr,
+    pub alive: bool,
+    pub capacity: u64,
+    pub used: u64,
+    pub available: u64,
+    pub blocks: u64,
+    /// Milliseconds since its last heartbeat.
+    pub last_heartbeat_ms: u64,
+}
+
+/// A datanode introduces itself: at start, and again whenever the namenode forgot it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Register {
+    pub id: DatanodeId,
+    pub name: String,
+    /// Where clients and other datanodes reach it.
+    pub addr: SocketAddr,
+    pub capacity: u64,
+    pub used: u64,
+    pub available: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterReply {
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Part of a full block report; `last` closes it, and any replica the namenode had listed
+/// for this datanode but that no part named is dropped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockReport {
+    pub id: DatanodeId,
+    pub blocks: Vec<BlockId>,
+    pub first: bool,
+    pub last: bool,
+}
+
+/// An incremental block report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockReceived {
+    pub id: DatanodeId,
+    pub added: Vec<BlockId>,
+    pub removed: Vec<BlockId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub id: DatanodeId,
+    pub capacity: u64,
+    pub used: u64,
+    pub available: u64,
+    pub blocks: u64,
+    pub active_transfers: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The namenode does not know this datanode (it restarted): register and report again.
+    pub reregister: bool,
+}
+
+/// Stores a block: `len` raw bytes follow the header. The datanode forwards them to the
+/// first of `downstream`, which forwards to the rest, and answers once the tail has answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutBlock {
+    pub block: BlockId,
+    pub len: u32,
+    pub downstream: Vec<DatanodeAddr>,
+    /// fsync the block file and its directory before answering.
+    pub sync: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutReply {
+    /// Datanodes of the pipeline (this one included) that stored the verified block.
+    pub stored_on: Vec<DatanodeId>,
+    /// Datanodes of the pipeline that did not, with the reason.
+    pub failed: Vec<(DatanodeId, String)>,
+}
+
+/// Reads `len` bytes of a block from `offset` (`None`: to the end); the bytes follow the
+/// response header.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetBlock {
+    pub block: BlockId,
+    pub offset: u32,
+    pub len: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockData {
+    /// Number of raw bytes after the header.
+    pub len: u32,
+}

@@ -1,0 +1,503 @@
+//! QUIC with TLS 1.3 and mutual certificates, one bidirectional stream per request.
+//!
+//! Both ends present a certificate signed by the cluster CA; a peer without one never gets a
+//! stream. The protocol version travels in ALPN (`cairn/<version>`). Each side also offers the
+//! bare `cairn` protocol as a fallback: when the versions differ the handshake settles on the
+//! fallback, the server closes at once with its version as the reason, and the client reports
+//! a mismatch that names both versions instead of an opaque TLS alert.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::cert::{peer_identity, Role};
+use crate::codec::{read_error, read_frame, write_frame};
+use crate::error::{FsError, FsResult};
+use crate::proto::Rpc;
+
+/// The protocol version this build speaks. Bump it on any incompatible wire change.
+pub const PROTOCOL_VERSION: u32 = 1;
+const ALPN_FALLBACK: &[u8] = b"cairn";
+/// Application close code: the peer speaks another protocol version.
+const CLOSE_VERSION_MISMATCH: u32 = 0x76;
+/// Application close code: the endpoint is shutting down.
+const CLOSE_SHUTDOWN: u32 = 0x0;
+
+pub fn alpn(version: u32) -> Vec<u8> {
+    format!("cairn/{version}").into_bytes()
+}
+
+/// A certificate, its key, and the CA that every peer's certificate must chain to.
+pub struct TlsIdentity {
+    pub ca: CertificateDer<'static>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for TlsIdentity {
+    fn clone(&self) -> Self {
+        TlsIdentity {
+            ca: self.ca.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl TlsIdentity {
+    /// Loads PEM files: the CA certificate, this peer's certificate and its private key.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<TlsIdentity> {
+        let ca = CertificateDer::from_pem_file(ca)
+            .with_context(|| format!("reading CA certificate {}", ca.display()))?;
+        let chain = CertificateDer::pem_file_iter(cert)
+            .with_context(|| format!("reading certificate {}", cert.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing certificate {}", cert.display()))?;
+        if chain.is_empty() {
+            anyhow::bail!("{} holds no certificate", cert.display());
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("reading private key {}", key.display()))?;
+        Ok(TlsIdentity { ca, chain, key })
+    }
+}
+
+/// Knobs of the transport; the defaults are what the daemons use.
+#[derive(Clone, Debug)]
+pub struct TransportOptions {
+    /// Version announced in ALPN. Only tests set another one.
+    pub protocol_version: u32,
+    /// Per-stream flow-control window: one 4 MiB block in flight per stream needs at least that.
+    pub stream_window: u32,
+    /// Per-connection flow-control window: several concurrent block transfers.
+    pub connection_window: u32,
+    /// Upper bound for MTU discovery; loopback carries ~64 KiB datagrams.
+    pub mtu_upper_bound: u16,
+    pub idle_timeout: Duration,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            protocol_version: PROTOCOL_VERSION,
+            stream_window: 8 << 20,
+            connection_window: 64 << 20,
+            mtu_upper_bound: 65_000,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn transport_config(opts: &TransportOptions) -> anyhow::Result<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(4096))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(opts.stream_window))
+        .receive_window(VarInt::from_u32(opts.connection_window))
+        .send_window(opts.connection_window as u64)
+        .max_idle_timeout(Some(
+            opts.idle_timeout
+                .try_into()
+                .context("idle timeout out of range")?,
+        ))
+        .keep_alive_interval(Some(opts.idle_timeout / 4));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(opts.mtu_upper_bound);
+    t.mtu_discovery_config(Some(mtu));
+    Ok(t)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(identity: &TlsIdentity) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(identity.ca.clone())
+        .context("the CA certificate is not usable as a trust anchor")?;
+    Ok(roots)
+}
+
+fn client_config(
+    identity: &TlsIdentity,
+    opts: &TransportOptions,
+) -> anyhow::Result<quinn::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(identity)?)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .context("loading client certificate")?;
+    tls.alpn_protocols = vec![alpn(opts.protocol_version), ALPN_FALLBACK.to_vec()];
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    config.transport_config(Arc::new(transport_config(opts)?));
+    Ok(config)
+}
+
+fn server_config(
+    identity: &TlsIdentity,
+    opts: &TransportOptions,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(identity)?),
+        provider(),
+    )
+    .build()
+    .context("building client certificate verifier")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .context("loading server certificate")?;
+    tls.alpn_protocols = vec![alpn(opts.protocol_version), ALPN_FALLBACK.to_vec()];
+    tls.max_early_data_size = 0;
+    let mut config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    config.transport_config(Arc::new(transport_config(opts)?));
+    Ok(config)
+}
+
+/// An endpoint that accepts connections on `bind` and can also open them.
+pub fn server_endpoint(
+    bind: SocketAddr,
+    identity: &TlsIdentity,
+    opts: &TransportOptions,
+) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Endpoint::server(server_config(identity, opts)?, bind)
+        .with_context(|| format!("binding UDP {bind}"))?;
+    endpoint.set_default_client_config(client_config(identity, opts)?);
+    Ok(endpoint)
+}
+
+/// An endpoint that only opens connections.
+pub fn client_endpoint(identity: &TlsIdentity, opts: &TransportOptions) -> anyhow::Result<Endpoint> {
+    let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal address");
+    let mut endpoint = Endpoint::client(bind).context("binding UDP socket")?;
+    endpoint.set_default_client_config(client_config(identity, opts)?);
+    Ok(endpoint)
+}
+
+fn negotiated_protocol(conn: &Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Connects to the `role` server at `addr`. The server's certificate must carry that role.
+/// `protocol_version` is the one `endpoint` was made with, for the mismatch message.
+pub async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    role: Role,
+    protocol_version: u32,
+) -> FsResult<Connection> {
+    let connecting = endpoint
+        .connect(addr, &role.server_name())
+        .map_err(|e| FsError::unavailable(format!("cannot connect to {role} {addr}: {e}")))?;
+    let conn = connecting
+        .await
+        .map_err(|e| FsError::unavailable(format!("cannot connect to {role} {addr}: {e}")))?;
+    if negotiated_protocol(&conn).as_deref() == Some(ALPN_FALLBACK) {
+        let ours = String::from_utf8_lossy(&alpn(protocol_version)).into_owned();
+        let theirs = match conn.closed().await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                String::from_utf8_lossy(&close.reason).into_owned()
+            }
+            other => format!("an unknown version ({other})"),
+        };
+        return Err(FsError::unavailable(format!(
+            "protocol version mismatch: this side speaks {ours}, {role} {addr} speaks {theirs}"
+        )));
+    }
+    Ok(conn)
+}
+
+/// Sends `req` on a new stream and waits for its response.
+pub async fn call<R: Rpc>(conn: &Connection, req: R) -> FsResult<R::Response> {
+    let (mut send, mut recv) = open(conn).await?;
+    write_frame(&mut send, &req.into_service()).await?;
+    let _ = send.finish();
+    read_frame::<Result<R::Response, FsError>>(&mut recv).await?
+}
+
+/// Sends `req` followed by `body` as raw bytes, and waits for the response.
+pub async fn call_with_body<R: Rpc>(conn: &Connection, req: R, body: &[u8]) -> FsResult<R::Response> {
+    let (mut send, mut recv) = open(conn).await?;
+    write_frame(&mut send, &req.into_service()).await?;
+    send.write_all(body)
+        .await
+        .map_err(|e| FsError::unavailable(format!("cannot send block: {e}")))?;
+    let _ = send.finish();
+    read_frame::<Result<R::Response, FsError>>(&mut recv).await?
+}
+
+/// Sends `req` and returns its response header with the stream the raw bytes follow on.
+pub async fn call_streaming<R: Rpc>(
+    conn: &Connection,
+    req: R,
+) -> FsResult<(R::Response, RecvStream)> {
+    let (mut send, mut recv) = open(conn).await?;
+    write_frame(&mut send, &req.into_service()).await?;
+    let _ = send.finish();
+    let resp = read_frame::<Result<R::Response, FsError>>(&mut recv).await??;
+    Ok((resp, recv))
+}
+
+async fn open(conn: &Connection) -> FsResult<(SendStream, RecvStream)> {
+    conn.open_bi().await.map_err(|e| {
+        FsError::unavailable(format!("connection to {} lost: {e}", conn.remote_address()))
+    })
+}
+
+/// Reads exactly `buf.len()` raw bytes that follow a header.
+pub async fn read_body(recv: &mut RecvStream, buf: &mut [u8]) -> FsResult<()> {
+    recv.read_exact(buf)
+        .await
+        .map_err(|e| read_error("block data", e))
+}
+
+/// Who is on the other end of a connection, from its certificate.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub role: Role,
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// Refuses the request unless the peer has `role`.
+    pub fn require(&self, role: Role) -> FsResult<()> {
+        if self.role == role {
+            Ok(())
+        } else {
+            Err(FsError::AccessDenied)
+        }
+    }
+}
+
+/// One request's stream, handed to a service with the decoded header.
+pub struct Exchange {
+    pub send: SendStream,
+    pub recv: RecvStream,
+}
+
+impl Exchange {
+    /// Writes the response header. Raw bytes may follow on `send`.
+    pub async fn respond<T: Serialize>(&mut self, resp: &FsResult<T>) -> FsResult<()> {
+        write_frame(&mut self.send, resp).await
+    }
+
+    /// Ends the response.
+    pub fn finish(mut self) {
+        let _ = self.send.finish();
+    }
+}
+
+/// A server: one exhaustive handler of its request enum.
+pub trait Service: Send + Sync + 'static {
+    type Request: DeserializeOwned + Send + std::fmt::Debug;
+
+    /// Handles one request. The service writes its response on `exchange`; an error it
+    /// returns is sent to the peer if no response was written yet.
+    fn handle(
+        self: Arc<Self>,
+        peer: Arc<Peer>,
+        req: Self::Request,
+        exchange: &mut Exchange,
+    ) -> impl Future<Output = FsResult<()>> + Send;
+}
+
+/// Accepts connections on `endpoint` until `shutdown`, serving each stream with `service`.
+pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Peers without a certificate of this cluster end here.
+                    warn!(%remote, "refused connection: {e}");
+                    return;
+                }
+            };
+            if negotiated_protocol(&conn).as_deref() == Some(ALPN_FALLBACK) {
+                warn!(%remote, "refused peer speaking another protocol version than cairn/{PROTOCOL_VERSION}");
+                conn.close(
+                    VarInt::from_u32(CLOSE_VERSION_MISMATCH),
+                    &alpn(PROTOCOL_VERSION),
+                );
+                return;
+            }
+            let Some(peer) = conn
+                .peer_identity()
+                .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+                .and_then(|chain| chain.first().and_then(|c| peer_identity(c)))
+            else {
+                warn!(%remote, "refused peer whose certificate names no cairn role");
+                conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"certificate names no role");
+                return;
+            };
+            let peer = Arc::new(Peer {
+                role: peer.0,
+                name: peer.1,
+                addr: remote,
+            });
+            let span = tracing::debug_span!("conn", peer = %peer.name, role = %peer.role, %remote);
+            serve_connection(conn, service, peer, shutdown)
+                .instrument(span)
+                .await;
+        });
+    }
+    endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");
+}
+
+async fn serve_connection<S: Service>(
+    conn: Connection,
+    service: Arc<S>,
+    peer: Arc<Peer>,
+    shutdown: CancellationToken,
+) {
+    debug!("connected");
+    loop {
+        let (send, recv) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            stream = conn.accept_bi() => match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!("connection ended: {e}");
+                    return;
+                }
+            },
+        };
+        let service = service.clone();
+        let peer = peer.clone();
+        tokio::spawn(
+            async move {
+                let mut exchange = Exchange { send, recv };
+                let req = match read_frame::<S::Request>(&mut exchange.recv).await {
+                    Ok(req) => req,
+                    Err(e) => {
+                        // Junk from the network: tell the peer, keep serving everyone else.
+                        warn!("bad request: {e}");
+                        let _ = exchange.respond::<()>(&Err(e)).await;
+                        exchange.finish();
+                        return;
+                    }
+                };
+                let span = tracing::debug_span!("request", req = request_name(&req));
+                async move {
+                    if let Err(e) = service.handle(peer, req, &mut exchange).await {
+                        debug!("request failed: {e}");
+                        let _ = exchange.respond::<()>(&Err(e)).await;
+                    }
+                    exchange.finish();
+                }
+                .instrument(span)
+                .await
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// The variant name of a request, for spans.
+fn request_name<T: std::fmt::Debug>(req: &T) -> String {
+    let s = format!("{req:?}");
+    s.split(['(', ' ', '{']).next().unwrap_or_default().to_string()
+}
+
+/// Open connections by address, shared by everything in one process that talks to peers.
+#[derive(Clone)]
+pub struct ConnectionPool {
+    endpoint: Endpoint,
+    protocol_version: u32,
+    conns: Arc<Mutex<HashMap<SocketAddr, Connection>>>,
+}
+
+impl ConnectionPool {
+    pub fn new(endpoint: Endpoint, opts: &TransportOptions) -> ConnectionPool {
+        ConnectionPool {
+            endpoint,
+            protocol_version: opts.protocol_version,
+            conns: Arc::default(),
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// A live connection to the `role` server at `addr`, opened if needed.
+    pub async fn get(&self, addr: SocketAddr, role: Role) -> FsResult<Connection> {
+        if let Some(conn) = self.lock().get(&addr) {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let conn = connect(&self.endpoint, addr, role, self.protocol_version).await?;
+        self.lock().insert(addr, conn.clone());
+        info!(%addr, %role, "connected");
+        Ok(conn)
+    }
+
+    /// Forgets the connection to `addr` so the next `get` dials again.
+    pub fn forget(&self, addr: SocketAddr) {
+        if let Some(conn) = self.lock().remove(&addr) {
+            conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"forgotten");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Connection>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where a daemon or client finds its certificate files (a `[tls]` table in every config).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The cluster CA certificate (`ca.pem`); peers must present certificates it signed.
+    pub ca_cert: std::path::PathBuf,
+    /// This process's certificate, issued by `cairn cert issue`.
+    pub cert: std::path::PathBuf,
+    /// This process's private key.
+    pub key: std::path::PathBuf,
+}
+
+impl TlsPaths {
+    pub fn load(&self) -> anyhow::Result<TlsIdentity> {
+        TlsIdentity::load(&self.ca_cert, &self.cert, &self.key)
+    }
+
+    /// Resolves relative paths against `base` (the directory of the config file).
+    pub fn relative_to(&mut self, base: &Path) {
+        for p in [&mut self.ca_cert, &mut self.cert, &mut self.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Soft state: which datanodes are alive, how full they are, and which of them hold each
+//! block. None of it is persisted; datanodes rebuild it with their registrations and block
+//! reports after a namenode restart, as in HDFS.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cairn_common::proto::{DatanodeAddr, DatanodeStatus, Heartbeat, Register};
+use cairn_common::{BlockId, DatanodeId};
+use rand::Rng;
+
+struct Datanode {
+    name: String,
+    addr: SocketAddr,
+    capacity: u64,
+    used: u64,
+    available: u64,
+    last_heartbeat: Instant,
+    blocks: HashSet<BlockId>,
+    /// Blocks of a full report still being received.
+    report: Option<HashSet<BlockId>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    nodes: HashMap<DatanodeId, Datanode>,
+    replicas: HashMap<BlockId, Vec<DatanodeId>>,
+}
+
+pub struct BlockMap {
+    dead_timeout: Duration,
+    inner: Mutex<Inner>,
+}
+
+impl BlockMap {
+    pub fn new(dead_timeout: Duration) -> BlockMap {
+        BlockMap {
+            dead_timeout,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a datanode's registration. A datanode registering again keeps its replicas
+    /// until its next full report replaces them.
+    pub fn register(&self, r: &Register) {
+        let mut inner = self.lock();
+        let node = inner.nodes.entry(r.id).or_insert_with(|| Datanode {
+            name: r.name.clone(),
+            addr: r.addr,
+            capacity: 0,
+            used: 0,
+            available: 0,
+            last_heartbeat: Instant::now(),
+            blocks: HashSet::new(),
+            report: None,
+        });
+        node.name = r.name.clone();
+        node.addr = r.addr;
+        node.capacity = r.capacity;
+        node.used = r.used;
+        node.available = r.available;
+        node.last_heartbeat = Instant::now();
+    }
+
+    /// Updates a datanode's figures; false when the datanode is unknown (it must register).
+    pub fn heartbeat(&self, h: &Heartbeat) -> bool {
+        let mut inner = self.lock();
+        match inner.nodes.get_mut(&h.id) {
+            Some(node) => {
+                node.capacity = h.capacity;
+                node.used = h.used;
+                node.available = h.available;
+                node.last_heartbeat = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes one part of a full block report; the last part replaces the node's replicas.
+    pub fn block_report(&self, id: DatanodeId, blocks: &[BlockId], first: bool, last: bool) -> bool {
+        let mut inner = self.lock();
+        let Some(node) = inner.nodes.get_mut(&id) else {
+            return false;
+        };
+        if first || node.report.is_none() {
+            node.report = Some(HashSet::new());
+        }
+        if let Some(report) = node.report.as_mut() {
+            report.extend(blocks.iter().copied());
+        }
+        if !last {
+            return true;
+        }
+        let reported = node.report.take().unwrap_or_default();
+        let old = std::mem::replace(&mut node.blocks, reported.clone());
+        for gone in old.difference(&reported) {
+            remove_replica(&mut inner.replicas, gone, id);
+        }
+        for new in reported.difference(&old) {
+            add_replica(&mut inner.replicas, *new, id);
+        }
+        true
+    }
+
+    /// An incremental report: blocks stored or removed since the last one.
+    pub fn blocks_changed(&self, id: DatanodeId, added: &[BlockId], removed: &[BlockId]) -> bool {
+        let mut inner = self.lock();
+        let Some(node) = inner.nodes.get_mut(&id) else {
+            return false;
+        };
+        for b in added {
+            node.blocks.insert(*b);
+        }
+        for b in removed {
+            node.blocks.remove(b);
+        }
+        for b in added {
+            add_replica(&mut inner.replicas, *b, id);
+        }
+        for b in removed {
+            remove_replica(&mut inner.replicas, b, id);
+        }
+        true
+    }
+
+    /// Forgets one replica, reported bad by a reader.
+    pub fn drop_replica(&self, block: &BlockId, id: DatanodeId) {
+        let mut inner = self.lock();
+        if let Some(node) = inner.nodes.get_mut(&id) {
+            node.blocks.remove(block);
+        }
+        remove_replica(&mut inner.replicas, block, id);
+    }
+
+    fn alive(&self, node: &Datanode, now: Instant) -> bool {
+        now.duration_since(node.last_heartbeat) < self.dead_timeout
+    }
+
+    /// Live replicas of `block`, most free space first.
+    pub fn locations(&self, block: &BlockId) -> Vec<DatanodeAddr> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let mut out: Vec<(u64, DatanodeAddr)> = inner
+            .replicas
+            .get(block)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let node = inner.nodes.get(id)?;
+                self.alive(node, now).then(|| {
+                    (
+                        node.available,
+                        DatanodeAddr {
+                            id: *id,
+                            addr: node.addr,
+                        },
+                    )
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// Chooses up to `count` distinct live datanodes with room for `len` bytes, none of them
+    /// in `exclude`. Nodes are drawn at random, weighted by free space, so new blocks spread
+    /// over the cluster and emptier nodes fill faster.
+    pub fn place(&self, count: usize, len: u64, exclude: &[DatanodeId]) -> Vec<DatanodeAddr> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let mut candidates: Vec<(DatanodeId, u64)> = inner
+            .nodes
+            .iter()
+            .filter(|(id, n)| {
+                !exclude.contains(id) && self.alive(n, now) && n.available >= len.max(1)
+            })
+            .map(|(id, n)| (*id, n.available))
+            .collect();
+        let mut rng = rand::thread_rng();
+        let mut chosen = Vec::new();
+        while chosen.len() < count && !candidates.is_empty() {
+            let total: u128 = candidates.iter().map(|(_, a)| *a as u128).sum();
+            let mut pick = rng.gen_range(0..total.max(1));
+            let mut index = 0;
+            for (i, (_, a)) in candidates.iter().enumerate() {
+                if pick < *a as u128 {
+                    index = i;
+                    break;
+                }
+                pick -= *a as u128;
+            }
+            chosen.push(candidates.swap_remove(index).0);
+        }
+        chosen
+            .into_iter()
+            .filter_map(|id| {
+                let node = inner.nodes.get_mut(&id)?;
+                // Count the space as taken until the next heartbeat says otherwise.
+                node.available = node.available.saturating_sub(len);
+                Some(DatanodeAddr {
+                    id,
+                    addr: node.addr,
+                })
+            })
+            .collect()
+    }
+
+    pub fn statuses(&self) -> Vec<DatanodeStatus> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let mut out: Vec<DatanodeStatus> = inner
+            .nodes
+            .iter()
+            .map(|(id, n)| DatanodeStatus {
+                id: *id,
+                name: n.name.clone(),
+                addr: n.addr,
+                alive: self.alive(n, now),
+                capacity: n.capacity,
+                used: n.used,
+                available: n.available,
+                blocks: n.blocks.len() as u64,
+                last_heartbeat_ms: now.duration_since(n.last_heartbeat).as_millis() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+fn add_replica(replicas: &mut HashMap<BlockId, Vec<DatanodeId>>, block: BlockId, id: DatanodeId) {
+    let holders = replicas.entry(block).or_default();
+    if !holders.contains(&id) {
+        holders.push(id);
+    }
+}
+
+fn remove_replica(replicas: &mut HashMap<BlockId, Vec<DatanodeId>>, block: &BlockId, id: DatanodeId) {
+    if let Some(holders) = replicas.get_mut(block) {
+        holders.retain(|h| *h != id);
+        if holders.is_empty() {
+            replicas.remove(block);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(map: &BlockMap, id: u64, available: u64) {
+        map.register(&Register {
+            id: DatanodeId(id),
+            name: format!("dn{id}"),
+            addr: format!("127.0.0.1:{}", 1000 + id).parse().unwrap(),
+            capacity: available,
+            used: 0,
+            available,
+        });
+    }
+
+    #[test]
+    fn placement_picks_distinct_nodes_with_room() {
+        let map = BlockMap::new(Duration::from_secs(60));
+        register(&map, 1, 100 << 20);
+        register(&map, 2, 100 << 20);
+        register(&map, 3, 1 << 10);
+        let chosen = map.place(3, 4 << 20, &[]);
+        assert_eq!(chosen.len(), 2, "the full node is skipped");
+        assert_ne!(chosen[0].id, chosen[1].id);
+        assert!(map.place(3, 4 << 20, &[DatanodeId(1), DatanodeId(2)]).is_empty());
+    }
+
+    #[test]
+    fn full_report_replaces_replicas() {
+        let map = BlockMap::new(Duration::from_secs(60));
+        register(&map, 1, 1 << 30);
+        let (a, b) = (BlockId([1; 32]), BlockId([2; 32]));
+        map.blocks_changed(DatanodeId(1), &[a], &[]);
+        assert_eq!(map.locations(&a).len(), 1);
+        map.block_report(DatanodeId(1), &[b], true, false);
+        map.block_report(DatanodeId(1), &[], false, true);
+        assert!(map.locations(&a).is_empty());
+        assert_eq!(map.locations(&b)[0].id, DatanodeId(1));
+    }
+}

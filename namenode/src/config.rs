@@ -1,0 +1,103 @@
+//! The namenode's configuration file (TOML). Every field has a documented default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_common::transport::TlsPaths;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamenodeConfig {
+    /// UDP address to serve QUIC on. Default `0.0.0.0:7070`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the metadata database (RocksDB). Default `/var/lib/cairn/namenode`.
+    #[serde(default = "default_meta_dir")]
+    pub meta_dir: PathBuf,
+    /// Replicas per block for files whose directory sets nothing else. Default 3.
+    #[serde(default = "default_replication")]
+    pub default_replication: u8,
+    /// How often datanodes send heartbeats, in milliseconds. Default 3000.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A datanode silent for this long is dead: its replicas are not handed out. Default 30000.
+    #[serde(default = "default_dead_timeout_ms")]
+    pub dead_timeout_ms: u64,
+    /// fsync the metadata log before acknowledging a change. Turning this off loses
+    /// acknowledged changes on a machine crash; only for throwaway clusters. Default true.
+    #[serde(default = "default_true")]
+    pub sync_metadata: bool,
+    /// Certificate files.
+    pub tls: TlsPaths,
+}
+
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:7070".parse().expect("literal address")
+}
+fn default_meta_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cairn/namenode")
+}
+fn default_replication() -> u8 {
+    3
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    3000
+}
+fn default_dead_timeout_ms() -> u64 {
+    30_000
+}
+fn default_true() -> bool {
+    true
+}
+
+impl NamenodeConfig {
+    /// A configuration with every default, for `tls` and `meta_dir`.
+    pub fn new(meta_dir: PathBuf, tls: TlsPaths) -> NamenodeConfig {
+        NamenodeConfig {
+            listen: default_listen(),
+            meta_dir,
+            default_replication: default_replication(),
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            dead_timeout_ms: default_dead_timeout_ms(),
+            sync_metadata: true,
+            tls,
+        }
+    }
+
+    /// Reads a TOML file; relative paths in it are relative to the file.
+    pub fn load(path: &Path) -> anyhow::Result<NamenodeConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: NamenodeConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.tls.relative_to(base);
+        if config.meta_dir.is_relative() {
+            config.meta_dir = base.join(&config.meta_dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=16).contains(&self.default_replication),
+            "default_replication must be between 1 and 16, not {}",
+            self.default_replication
+        );
+        anyhow::ensure!(
+            self.dead_timeout_ms > self.heartbeat_interval_ms,
+            "dead_timeout_ms ({}) must exceed heartbeat_interval_ms ({})",
+            self.dead_timeout_ms,
+            self.heartbeat_interval_ms
+        );
+        Ok(())
+    }
+
+    pub fn dead_timeout(&self) -> Duration {
+        Duration::from_millis(self.dead_timeout_ms)
+    }
+}

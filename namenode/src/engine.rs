@@ -1,0 +1,229 @@
+//! The metadata engine: reads straight from the store, writes through one writer thread that
+//! applies queued ops in groups and makes each group durable with one synced write (group
+//! commit). No op is acknowledged before its group is on disk.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use cairn_common::attr::{DirEntry, FileKind, InodeAttr, Timestamp};
+use cairn_common::layout::Slice;
+use cairn_common::{BlockId, FsError, FsResult, Ino};
+use tokio::sync::oneshot;
+use tracing::{error, info};
+
+use crate::keys::{self, META_INODE_COUNT};
+use crate::ops::{self, MetaOp, MetaOpKind, MetaReply};
+use crate::store::{decode, BlockRecord, Cf, Dentry, Store};
+
+/// Most ops applied in one group; bounds the latency a large group adds to its first op.
+const MAX_GROUP: usize = 4096;
+/// Most entries in one readdir page.
+pub const MAX_READDIR_PAGE: u32 = 4096;
+
+struct Pending {
+    op: MetaOp,
+    reply: oneshot::Sender<FsResult<MetaReply>>,
+}
+
+pub struct MetaEngine {
+    store: Arc<Store>,
+    queue: Option<mpsc::Sender<Pending>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl MetaEngine {
+    /// Opens the namespace in `dir`, creating the root directory if it is new. `sync` makes
+    /// every group fsync the write-ahead log (turn it off only for throwaway clusters).
+    pub fn open(dir: &Path, default_replication: u8, sync: bool) -> anyhow::Result<MetaEngine> {
+        let store = Arc::new(Store::open(dir)?);
+        if store.inode(Ino::ROOT)?.is_none() {
+            info!("formatting a new namespace");
+            let mut txn = store.txn();
+            let op = MetaOp {
+                now: Timestamp::now(),
+                kind: MetaOpKind::Format {
+                    replication: default_replication,
+                },
+            };
+            ops::apply(&mut txn, &op)?;
+            store.commit(txn, true)?;
+        }
+        let (tx, rx) = mpsc::channel();
+        let writer_store = store.clone();
+        let writer = std::thread::Builder::new()
+            .name("meta-writer".into())
+            .spawn(move || write_loop(writer_store, rx, sync))?;
+        Ok(MetaEngine {
+            store,
+            queue: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// Applies one op; returns once it is durable.
+    pub async fn submit(&self, kind: MetaOpKind) -> FsResult<MetaReply> {
+        let rx = self.enqueue(kind)?;
+        rx.await
+            .map_err(|_| FsError::io("metadata writer stopped"))?
+    }
+
+    fn enqueue(&self, kind: MetaOpKind) -> FsResult<oneshot::Receiver<FsResult<MetaReply>>> {
+        let (tx, rx) = oneshot::channel();
+        let op = MetaOp {
+            now: Timestamp::now(),
+            kind,
+        };
+        self.queue
+            .as_ref()
+            .ok_or_else(|| FsError::io("metadata engine is shutting down"))?
+            .send(Pending { op, reply: tx })
+            .map_err(|_| FsError::io("metadata writer stopped"))?;
+        Ok(rx)
+    }
+
+    pub fn getattr(&self, ino: Ino) -> FsResult<InodeAttr> {
+        Ok(self.store.inode(ino)?.ok_or(FsError::NotFound)?.attr)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<InodeAttr> {
+        if name.len() > cairn_common::attr::NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let dir = self.getattr(parent)?;
+        if dir.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let entry = self.store.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+        self.getattr(entry.ino)
+    }
+
+    pub fn readdir(&self, ino: Ino, after: Option<&[u8]>, limit: u32) -> FsResult<Vec<DirEntry>> {
+        if self.getattr(ino)?.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let prefix = keys::dentry_prefix(ino);
+        let after_key = after.map(|name| keys::dentry(ino, name));
+        let limit = limit.clamp(1, MAX_READDIR_PAGE) as usize;
+        self.store
+            .scan_raw(Cf::Dentries, &prefix, after_key.as_deref(), limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let d: Dentry = decode("dentry", &v)?;
+                Ok(DirEntry {
+                    name: keys::dentry_name(&k).to_vec(),
+                    ino: d.ino,
+                    kind: d.kind,
+                })
+            })
+            .collect()
+    }
+
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
+        rec.target
+            .ok_or_else(|| FsError::invalid("not a symbolic link"))
+    }
+
+    pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        self.getattr(ino)?;
+        self.store
+            .get_raw(Cf::Xattrs, &keys::xattr(ino, name))?
+            .ok_or(FsError::NoAttr)
+    }
+
+    pub fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        self.getattr(ino)?;
+        Ok(self
+            .store
+            .scan_raw(Cf::Xattrs, &keys::xattr_prefix(ino), None, usize::MAX)?
+            .into_iter()
+            .map(|(k, _)| keys::dentry_name(&k).to_vec())
+            .collect())
+    }
+
+    /// The slices of chunks `[first, first + count)` that have any.
+    pub fn chunks(&self, ino: Ino, first: u32, count: u32) -> FsResult<Vec<(u32, Vec<Slice>)>> {
+        let mut out = Vec::new();
+        let end = first.saturating_add(count);
+        let start = keys::chunk(ino, first);
+        for (k, v) in self.store.scan_raw(
+            Cf::Chunks,
+            &keys::chunk_prefix(ino),
+            None,
+            usize::MAX,
+        )? {
+            if k < start {
+                continue;
+            }
+            let Some(index) = keys::chunk_index(&k) else {
+                continue;
+            };
+            if index >= end {
+                break;
+            }
+            out.push((index, decode("chunk", &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn block(&self, id: &BlockId) -> FsResult<Option<BlockRecord>> {
+        self.store.block(id)
+    }
+
+    pub fn inode_count(&self) -> FsResult<u64> {
+        Ok(self.store.meta_u64(META_INODE_COUNT)?.unwrap_or(0))
+    }
+
+    pub fn block_count(&self) -> FsResult<u64> {
+        self.store.count_blocks()
+    }
+}
+
+impl Drop for MetaEngine {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer after it has written what it holds.
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut txn = store.txn();
+        let mut results = Vec::with_capacity(group.len());
+        for p in &group {
+            txn.savepoint();
+            let r = ops::apply(&mut txn, &p.op);
+            if r.is_err() {
+                txn.rollback();
+            }
+            results.push(r);
+        }
+        let written = if txn.is_empty() {
+            Ok(())
+        } else {
+            store.commit(txn, sync)
+        };
+        if let Err(e) = &written {
+            error!("metadata write of {} ops failed: {e}", group.len());
+        }
+        for (p, r) in group.into_iter().zip(results) {
+            let r = match &written {
+                Ok(()) => r,
+                Err(e) => Err(e.clone()),
+            };
+            let _ = p.reply.send(r);
+        }
+    }
+}

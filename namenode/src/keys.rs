@@ -1,0 +1,100 @@
+//! Every RocksDB key the namenode writes is built here. Integers are big-endian so that byte
+//! order is logical order: a directory's entries are one contiguous, name-sorted range, and a
+//! file's chunks one index-sorted range.
+
+use cairn_common::{BlockId, Ino};
+
+pub const CF_INODES: &str = "inodes";
+pub const CF_DENTRIES: &str = "dentries";
+pub const CF_CHUNKS: &str = "chunks";
+pub const CF_BLOCKS: &str = "blocks";
+pub const CF_XATTRS: &str = "xattrs";
+pub const CF_META: &str = "meta";
+pub const ALL_CFS: [&str; 6] = [
+    CF_INODES, CF_DENTRIES, CF_CHUNKS, CF_BLOCKS, CF_XATTRS, CF_META,
+];
+
+/// Keys of the `meta` family.
+pub const META_FORMAT: &[u8] = b"format";
+pub const META_NEXT_INO: &[u8] = b"next_ino";
+pub const META_INODE_COUNT: &[u8] = b"inode_count";
+pub const META_CLUSTER_ID: &[u8] = b"cluster_id";
+
+pub fn inode(ino: Ino) -> Vec<u8> {
+    ino.0.to_be_bytes().to_vec()
+}
+
+/// `(parent, name)`; the prefix `parent` alone selects a directory's entries.
+pub fn dentry(parent: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&parent.0.to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn dentry_prefix(parent: Ino) -> Vec<u8> {
+    parent.0.to_be_bytes().to_vec()
+}
+
+/// The name part of a dentry key.
+pub fn dentry_name(key: &[u8]) -> &[u8] {
+    &key[8.min(key.len())..]
+}
+
+/// `(ino, chunk index)`.
+pub fn chunk(ino: Ino, index: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(12);
+    k.extend_from_slice(&ino.0.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+pub fn chunk_prefix(ino: Ino) -> Vec<u8> {
+    ino.0.to_be_bytes().to_vec()
+}
+
+/// The chunk index of a chunk key, if the key is well formed.
+pub fn chunk_index(key: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(key.get(8..12)?.try_into().ok()?))
+}
+
+pub fn block(id: &BlockId) -> Vec<u8> {
+    id.0.to_vec()
+}
+
+/// `(ino, name)`.
+pub fn xattr(ino: Ino, name: &[u8]) -> Vec<u8> {
+    dentry(ino, name)
+}
+
+pub fn xattr_prefix(ino: Ino) -> Vec<u8> {
+    ino.0.to_be_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_order_is_logical_order() {
+        let inos = [0u64, 1, 255, 256, 65_535, 1 << 40, u64::MAX];
+        for w in inos.windows(2) {
+            assert!(inode(Ino(w[0])) < inode(Ino(w[1])));
+            assert!(chunk(Ino(w[0]), u32::MAX) < chunk(Ino(w[1]), 0));
+            assert!(dentry(Ino(w[0]), b"\xff\xff") < dentry(Ino(w[1]), b""));
+        }
+        for w in [0u32, 1, 255, 256, 1 << 20, u32::MAX].windows(2) {
+            assert!(chunk(Ino(7), w[0]) < chunk(Ino(7), w[1]));
+            assert_eq!(chunk_index(&chunk(Ino(7), w[1])), Some(w[1]));
+        }
+    }
+
+    #[test]
+    fn directory_entries_sort_by_name_within_their_parent() {
+        assert!(dentry(Ino(5), b"a") < dentry(Ino(5), b"ab"));
+        assert!(dentry(Ino(5), b"ab") < dentry(Ino(5), b"b"));
+        assert!(dentry(Ino(5), b"zzz").starts_with(&dentry_prefix(Ino(5))));
+        assert!(!dentry(Ino(6), b"a").starts_with(&dentry_prefix(Ino(5))));
+        assert_eq!(dentry_name(&dentry(Ino(5), b"name")), b"name");
+    }
+}

@@ -1,0 +1,283 @@
+//! The Cairn namenode: owns the namespace (inodes, directory entries, file chunk maps, block
+//! refcounts) in RocksDB, knows which datanodes are alive and which blocks they hold, and
+//! places new blocks. It never sees file bytes.
+
+pub mod blockmap;
+pub mod config;
+pub mod engine;
+pub mod keys;
+pub mod ops;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_common::cert::Role;
+use cairn_common::proto::{
+    AllocateBlock, ChunkMap, CreateReply, FsStats, HeartbeatReply, NamenodeRequest, Placement,
+    RegisterReply,
+};
+use cairn_common::transport::{self, Exchange, Peer, Service};
+use cairn_common::{FsError, FsResult};
+use quinn::Endpoint;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::NamenodeConfig;
+use engine::MetaEngine;
+use ops::{MetaOpKind, MetaReply};
+
+/// Most chunks one `ReadChunks` returns (4 GiB of file).
+const MAX_CHUNKS_PER_READ: u32 = 64;
+
+pub struct Namenode {
+    config: NamenodeConfig,
+    engine: MetaEngine,
+    blocks: blockmap::BlockMap,
+}
+
+/// Runs a namenode serving on `endpoint` until `shutdown` is cancelled.
+pub async fn run(
+    config: NamenodeConfig,
+    endpoint: Endpoint,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    info!(addr = %endpoint.local_addr()?, meta = %config.meta_dir.display(), "namenode starting");
+    std::fs::create_dir_all(&config.meta_dir)?;
+    let engine = MetaEngine::open(
+        &config.meta_dir,
+        config.default_replication,
+        config.sync_metadata,
+    )?;
+    info!(
+        inodes = engine.inode_count()?,
+        blocks = engine.block_count()?,
+        "namespace open; waiting for datanodes to report their blocks"
+    );
+    let namenode = Arc::new(Namenode {
+        blocks: blockmap::BlockMap::new(config.dead_timeout()),
+        config,
+        engine,
+    });
+    transport::serve(endpoint, namenode.clone(), shutdown).await;
+    info!("namenode stopping");
+    // Requests still in flight hold the namenode; let them end so the database closes
+    // (releasing its lock) before this returns.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut namenode = namenode;
+    loop {
+        match Arc::try_unwrap(namenode) {
+            Ok(nn) => {
+                drop(nn);
+                break;
+            }
+            Err(still_shared) if Instant::now() < deadline => {
+                namenode = still_shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                warn!("requests still running after 10 s; metadata closes when they end");
+                break;
+            }
+        }
+    }
+    info!("namenode stopped");
+    Ok(())
+}
+
+impl Namenode {
+    async fn mutate(&self, kind: MetaOpKind) -> FsResult<MetaReply> {
+        self.engine.submit(kind).await
+    }
+
+    async fn mutate_attr(&self, kind: MetaOpKind) -> FsResult<cairn_common::attr::InodeAttr> {
+        match self.mutate(kind).await? {
+            MetaReply::Attr(a) => Ok(a),
+            MetaReply::Created(c) => Ok(c.attr),
+            MetaReply::Done => Err(FsError::protocol("operation returned no attributes")),
+        }
+    }
+
+    async fn mutate_unit(&self, kind: MetaOpKind) -> FsResult<()> {
+        self.mutate(kind).await.map(|_| ())
+    }
+
+    fn read_chunks(&self, ino: cairn_common::Ino, first: u32, count: u32) -> FsResult<ChunkMap> {
+        let attr = self.engine.getattr(ino)?;
+        let chunks = self
+            .engine
+            .chunks(ino, first, count.min(MAX_CHUNKS_PER_READ))?;
+        let mut locations = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (_, slices) in &chunks {
+            for s in slices {
+                if seen.insert(s.block) {
+                    locations.push((s.block, self.blocks.locations(&s.block)));
+                }
+            }
+        }
+        Ok(ChunkMap {
+            attr,
+            chunks,
+            locations,
+        })
+    }
+
+    fn allocate(&self, a: &AllocateBlock) -> FsResult<Placement> {
+        let attr = self.engine.getattr(a.ino)?;
+        let replication = attr.replication;
+        let holders = self.blocks.locations(&a.block);
+        let known = self.engine.block(&a.block)?.is_some_and(|b| b.len == a.len);
+        if known && holders.len() >= replication as usize {
+            return Ok(Placement {
+                targets: Vec::new(),
+                already_stored: true,
+                replication,
+            });
+        }
+        let want = if a.count == 0 { replication } else { a.count } as usize;
+        let mut exclude = a.exclude.clone();
+        exclude.extend(holders.iter().map(|h| h.id));
+        let targets = self.blocks.place(want, a.len as u64, &exclude);
+        if targets.is_empty() {
+            let live = self.blocks.statuses().iter().filter(|s| s.alive).count();
+            return Err(if live == 0 {
+                FsError::unavailable("no live datanodes")
+            } else {
+                FsError::NoSpace(format!(
+                    "no live datanode outside the {} excluded has {} bytes free",
+                    exclude.len(),
+                    a.len
+                ))
+            });
+        }
+        Ok(Placement {
+            targets,
+            already_stored: false,
+            replication,
+        })
+    }
+
+    fn statfs(&self) -> FsResult<FsStats> {
+        let mut stats = FsStats {
+            inodes: self.engine.inode_count()?,
+            ..FsStats::default()
+        };
+        for s in self.blocks.statuses().iter().filter(|s| s.alive) {
+            stats.capacity += s.capacity;
+            stats.used += s.used;
+            stats.available += s.available;
+            stats.live_datanodes += 1;
+        }
+        Ok(stats)
+    }
+}
+
+impl Service for Namenode {
+    type Request = NamenodeRequest;
+
+    async fn handle(
+        self: Arc<Self>,
+        peer: Arc<Peer>,
+        req: NamenodeRequest,
+        ex: &mut Exchange,
+    ) -> FsResult<()> {
+        use NamenodeRequest as R;
+        match req {
+            R::Lookup(r) => ex.respond(&self.engine.lookup(r.parent, &r.name)).await,
+            R::GetAttr(r) => ex.respond(&self.engine.getattr(r.ino)).await,
+            R::SetAttrReq(r) => {
+                let res = self
+                    .mutate_attr(MetaOpKind::SetAttr {
+                        ino: r.ino,
+                        set: r.set,
+                    })
+                    .await;
+                ex.respond(&res).await
+            }
+            R::Mkdir(r) => ex.respond(&self.mutate_attr(MetaOpKind::Mkdir(r)).await).await,
+            R::Create(r) => {
+                let res = match self.mutate(MetaOpKind::Create(r)).await {
+                    Ok(MetaReply::Created(c)) => Ok(c),
+                    Ok(MetaReply::Attr(attr)) => Ok(CreateReply {
+                        attr,
+                        created: true,
+                    }),
+                    Ok(MetaReply::Done) => Err(FsError::protocol("create returned nothing")),
+                    Err(e) => Err(e),
+                };
+                ex.respond(&res).await
+            }
+            R::Mknod(r) => ex.respond(&self.mutate_attr(MetaOpKind::Mknod(r)).await).await,
+            R::Unlink(r) => ex.respond(&self.mutate_unit(MetaOpKind::Unlink(r)).await).await,
+            R::Rmdir(r) => ex.respond(&self.mutate_unit(MetaOpKind::Rmdir(r)).await).await,
+            R::Rename(r) => ex.respond(&self.mutate_unit(MetaOpKind::Rename(r)).await).await,
+            R::Symlink(r) => ex.respond(&self.mutate_attr(MetaOpKind::Symlink(r)).await).await,
+            R::Readlink(r) => ex.respond(&self.engine.readlink(r.ino)).await,
+            R::Link(r) => ex.respond(&self.mutate_attr(MetaOpKind::Link(r)).await).await,
+            R::ReadDir(r) => {
+                let res = self.engine.readdir(r.ino, r.after.as_deref(), r.limit);
+                ex.respond(&res).await
+            }
+            R::StatFs(_) => ex.respond(&self.statfs()).await,
+            R::SetXattr(r) => ex.respond(&self.mutate_unit(MetaOpKind::SetXattr(r)).await).await,
+            R::GetXattr(r) => ex.respond(&self.engine.get_xattr(r.ino, &r.name)).await,
+            R::ListXattr(r) => ex.respond(&self.engine.list_xattr(r.ino)).await,
+            R::RemoveXattr(r) => {
+                ex.respond(&self.mutate_unit(MetaOpKind::RemoveXattr(r)).await)
+                    .await
+            }
+            R::SetReplication(r) => {
+                ex.respond(&self.mutate_attr(MetaOpKind::SetReplication(r)).await)
+                    .await
+            }
+            R::ReadChunks(r) => ex.respond(&self.read_chunks(r.ino, r.first, r.count)).await,
+            R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
+            R::CommitSlices(r) => {
+                ex.respond(&self.mutate_attr(MetaOpKind::CommitSlices(r)).await)
+                    .await
+            }
+            R::ReportBadReplica(r) => {
+                warn!(block = %r.block, datanode = %r.datanode, reason = %r.reason, reporter = %peer.name, "bad replica reported");
+                self.blocks.drop_replica(&r.block, r.datanode);
+                ex.respond(&Ok(())).await
+            }
+            R::ListDatanodes(_) => ex.respond(&Ok(self.blocks.statuses())).await,
+            R::Register(r) => {
+                peer.require(Role::Datanode)?;
+                info!(datanode = %r.id, name = %r.name, addr = %r.addr, "datanode registered");
+                self.blocks.register(&r);
+                let reply = RegisterReply {
+                    heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                };
+                ex.respond(&Ok(reply)).await
+            }
+            R::BlockReport(r) => {
+                peer.require(Role::Datanode)?;
+                if r.last {
+                    info!(datanode = %r.id, "full block report received");
+                }
+                let known = self.blocks.block_report(r.id, &r.blocks, r.first, r.last);
+                ex.respond(&known_or_register(known)).await
+            }
+            R::BlockReceived(r) => {
+                peer.require(Role::Datanode)?;
+                let known = self.blocks.blocks_changed(r.id, &r.added, &r.removed);
+                ex.respond(&known_or_register(known)).await
+            }
+            R::Heartbeat(r) => {
+                peer.require(Role::Datanode)?;
+                let known = self.blocks.heartbeat(&r);
+                ex.respond(&Ok(HeartbeatReply { reregister: !known })).await
+            }
+        }
+    }
+}
+
+fn known_or_register(known: bool) -> FsResult<()> {
+    if known {
+        Ok(())
+    } else {
+        Err(FsError::unavailable("datanode is not registered"))
+    }
+}

@@ -1,0 +1,692 @@
+//! Every namespace mutation is one [`MetaOp`], applied by [`apply`] — a deterministic
+//! function of the op and the current state — to a transaction. The op carries its own
+//! timestamp, so replaying the same ops on the same state gives the same bytes: this is the
+//! seam where a replicated log (Raft) plugs in.
+
+use cairn_common::attr::{
+    check_name, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp, SYMLINK_MAX, XATTR_NAME_MAX,
+    XATTR_VALUE_MAX,
+};
+use cairn_common::layout::{self, Slice, CHUNK_SIZE, MAX_FILE_SIZE};
+use cairn_common::proto::{
+    CommitSlices, Create, CreateReply, Link, Mkdir, Mknod, RemoveXattr, Rename, RenameMode,
+    Rmdir, SetReplication, SetXattr, Symlink, Unlink, XattrMode,
+};
+use cairn_common::{BlockId, FsError, FsResult, Ino};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{self, META_FORMAT, META_INODE_COUNT, META_NEXT_INO};
+use crate::store::{BlockRecord, Cf, Dentry, InodeRecord, Txn, FORMAT_VERSION};
+
+/// Most hard links one inode may have.
+const LINK_MAX: u32 = 65_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetaOp {
+    /// The time the op happened; every timestamp it sets is this one.
+    pub now: Timestamp,
+    pub kind: MetaOpKind,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MetaOpKind {
+    /// Creates the root directory of an empty namespace.
+    Format { replication: u8 },
+    Mkdir(Mkdir),
+    Create(Create),
+    Mknod(Mknod),
+    Symlink(Symlink),
+    Link(Link),
+    Unlink(Unlink),
+    Rmdir(Rmdir),
+    Rename(Rename),
+    SetAttr { ino: Ino, set: SetAttr },
+    SetXattr(SetXattr),
+    RemoveXattr(RemoveXattr),
+    SetReplication(SetReplication),
+    CommitSlices(CommitSlices),
+}
+
+#[derive(Clone, Debug)]
+pub enum MetaReply {
+    Attr(InodeAttr),
+    Created(CreateReply),
+    Done,
+}
+
+pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
+    let now = op.now;
+    match &op.kind {
+        MetaOpKind::Format { replication } => format(txn, *replication, now),
+        MetaOpKind::Mkdir(m) => {
+            let attr = make_node(
+                txn,
+                m.parent,
+                &m.name,
+                NewNode {
+                    kind: FileKind::Dir,
+                    perm: m.perm,
+                    uid: m.uid,
+                    gid: m.gid,
+                    rdev: 0,
+                    target: None,
+                },
+                now,
+            )?;
+            Ok(MetaReply::Attr(attr))
+        }
+        MetaOpKind::Create(c) => create(txn, c, now),
+        MetaOpKind::Mknod(m) => {
+            if m.kind == FileKind::Dir || m.kind == FileKind::Symlink {
+                return Err(FsError::invalid("mknod cannot make directories or symlinks"));
+            }
+            let attr = make_node(
+                txn,
+                m.parent,
+                &m.name,
+                NewNode {
+                    kind: m.kind,
+                    perm: m.perm,
+                    uid: m.uid,
+                    gid: m.gid,
+                    rdev: m.rdev,
+                    target: None,
+                },
+                now,
+            )?;
+            Ok(MetaReply::Attr(attr))
+        }
+        MetaOpKind::Symlink(s) => {
+            if s.target.is_empty() || s.target.len() > SYMLINK_MAX {
+                return Err(if s.target.is_empty() {
+                    FsError::NotFound
+                } else {
+                    FsError::NameTooLong
+                });
+            }
+            let attr = make_node(
+                txn,
+                s.parent,
+                &s.name,
+                NewNode {
+                    kind: FileKind::Symlink,
+                    perm: 0o777,
+                    uid: s.uid,
+                    gid: s.gid,
+                    rdev: 0,
+                    target: Some(s.target.clone()),
+                },
+                now,
+            )?;
+            Ok(MetaReply::Attr(attr))
+        }
+        MetaOpKind::Link(l) => link(txn, l, now),
+        MetaOpKind::Unlink(u) => {
+            remove_entry(txn, u.parent, &u.name, false, now)?;
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::Rmdir(r) => {
+            remove_entry(txn, r.parent, &r.name, true, now)?;
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::Rename(r) => {
+            rename(txn, r, now)?;
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::SetAttr { ino, set } => setattr(txn, *ino, set, now),
+        MetaOpKind::SetXattr(x) => {
+            set_xattr(txn, x, now)?;
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::RemoveXattr(x) => {
+            let mut rec = load(txn, x.ino)?;
+            let key = keys::xattr(x.ino, &x.name);
+            if txn.get_raw(Cf::Xattrs, &key)?.is_none() {
+                return Err(FsError::NoAttr);
+            }
+            txn.delete(Cf::Xattrs, key);
+            rec.attr.ctime = now;
+            txn.put_inode(&rec);
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::SetReplication(s) => {
+            if s.replication == 0 {
+                return Err(FsError::invalid("replication must be at least 1"));
+            }
+            let mut rec = load(txn, s.ino)?;
+            rec.attr.replication = s.replication;
+            rec.attr.ctime = now;
+            txn.put_inode(&rec);
+            Ok(MetaReply::Attr(rec.attr))
+        }
+        MetaOpKind::CommitSlices(c) => commit_slices(txn, c, now),
+    }
+}
+
+fn format(txn: &mut Txn<'_>, replication: u8, now: Timestamp) -> FsResult<MetaReply> {
+    if let Some(root) = txn.inode(Ino::ROOT)? {
+        return Ok(MetaReply::Attr(root.attr));
+    }
+    let root = InodeRecord {
+        attr: InodeAttr {
+            ino: Ino::ROOT,
+            kind: FileKind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink: 2,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            replication: replication.max(1),
+        },
+        parent: Ino::ROOT,
+        target: None,
+    };
+    txn.put_inode(&root);
+    txn.put_meta_u64(META_NEXT_INO, Ino::ROOT.0 + 1);
+    txn.put_meta_u64(META_INODE_COUNT, 1);
+    txn.put_meta_u64(META_FORMAT, FORMAT_VERSION);
+    Ok(MetaReply::Attr(root.attr))
+}
+
+fn load(txn: &Txn<'_>, ino: Ino) -> FsResult<InodeRecord> {
+    txn.inode(ino)?.ok_or(FsError::NotFound)
+}
+
+fn load_dir(txn: &Txn<'_>, ino: Ino) -> FsResult<InodeRecord> {
+    let rec = load(txn, ino)?;
+    if rec.attr.kind != FileKind::Dir {
+        return Err(FsError::NotDir);
+    }
+    Ok(rec)
+}
+
+struct NewNode {
+    kind: FileKind,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    target: Option<Vec<u8>>,
+}
+
+/// Creates an inode and its entry `name` in `parent`.
+fn make_node(
+    txn: &mut Txn<'_>,
+    parent: Ino,
+    name: &[u8],
+    node: NewNode,
+    now: Timestamp,
+) -> FsResult<InodeAttr> {
+    check_name(name)?;
+    let mut dir = load_dir(txn, parent)?;
+    if txn.dentry(parent, name)?.is_some() {
+        return Err(FsError::Exists);
+    }
+    let ino = alloc_ino(txn)?;
+    let mut perm = node.perm & 0o7777;
+    let mut gid = node.gid;
+    // A setgid directory hands its group to new entries, and its setgid bit to new
+    // subdirectories (as ext4 does).
+    if dir.attr.perm & 0o2000 != 0 {
+        gid = dir.attr.gid;
+        if node.kind == FileKind::Dir {
+            perm |= 0o2000;
+        }
+    }
+    let size = node.target.as_ref().map_or(0, |t| t.len() as u64);
+    let rec = InodeRecord {
+        attr: InodeAttr {
+            ino,
+            kind: node.kind,
+            perm,
+            uid: node.uid,
+            gid,
+            size,
+            nlink: if node.kind == FileKind::Dir { 2 } else { 1 },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: node.rdev,
+            replication: dir.attr.replication,
+        },
+        parent,
+        target: node.target,
+    };
+    txn.put_inode(&rec);
+    txn.put_dentry(
+        parent,
+        name,
+        Dentry {
+            ino,
+            kind: node.kind,
+        },
+    );
+    if node.kind == FileKind::Dir {
+        dir.attr.nlink += 1;
+    }
+    dir.attr.mtime = now;
+    dir.attr.ctime = now;
+    txn.put_inode(&dir);
+    Ok(rec.attr)
+}
+
+fn alloc_ino(txn: &mut Txn<'_>) -> FsResult<Ino> {
+    let next = txn
+        .meta_u64(META_NEXT_INO)?
+        .ok_or_else(|| FsError::io("namespace is not formatted"))?;
+    txn.put_meta_u64(META_NEXT_INO, next + 1);
+    let count = txn.meta_u64(META_INODE_COUNT)?.unwrap_or(0);
+    txn.put_meta_u64(META_INODE_COUNT, count + 1);
+    Ok(Ino(next))
+}
+
+fn create(txn: &mut Txn<'_>, c: &Create, now: Timestamp) -> FsResult<MetaReply> {
+    check_name(&c.name)?;
+    load_dir(txn, c.parent)?;
+    if let Some(existing) = txn.dentry(c.parent, &c.name)? {
+        if c.exclusive {
+            return Err(FsError::Exists);
+        }
+        let mut rec = load(txn, existing.ino)?;
+        if rec.attr.kind == FileKind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if c.truncate && rec.attr.kind == FileKind::File {
+            truncate(txn, &mut rec, 0)?;
+            rec.attr.mtime = now;
+            rec.attr.ctime = now;
+            txn.put_inode(&rec);
+        }
+        return Ok(MetaReply::Created(CreateReply {
+            attr: rec.attr,
+            created: false,
+        }));
+    }
+    let attr = make_node(
+        txn,
+        c.parent,
+        &c.name,
+        NewNode {
+            kind: FileKind::File,
+            perm: c.perm,
+            uid: c.uid,
+            gid: c.gid,
+            rdev: 0,
+            target: None,
+        },
+        now,
+    )?;
+    Ok(MetaReply::Created(CreateReply {
+        attr,
+        created: true,
+    }))
+}
+
+fn link(txn: &mut Txn<'_>, l: &Link, now: Timestamp) -> FsResult<MetaReply> {
+    check_name(&l.new_name)?;
+    let mut rec = load(txn, l.ino)?;
+    if rec.attr.kind == FileKind::Dir {
+        return Err(FsError::NotPermitted);
+    }
+    let mut dir = load_dir(txn, l.new_parent)?;
+    if txn.dentry(l.new_parent, &l.new_name)?.is_some() {
+        return Err(FsError::Exists);
+    }
+    if rec.attr.nlink >= LINK_MAX {
+        return Err(FsError::TooManyLinks);
+    }
+    rec.attr.nlink += 1;
+    rec.attr.ctime = now;
+    txn.put_inode(&rec);
+    txn.put_dentry(
+        l.new_parent,
+        &l.new_name,
+        Dentry {
+            ino: rec.attr.ino,
+            kind: rec.attr.kind,
+        },
+    );
+    dir.attr.mtime = now;
+    dir.attr.ctime = now;
+    txn.put_inode(&dir);
+    Ok(MetaReply::Attr(rec.attr))
+}
+
+/// `unlink` (`want_dir` false) or `rmdir` (`want_dir` true).
+fn remove_entry(
+    txn: &mut Txn<'_>,
+    parent: Ino,
+    name: &[u8],
+    want_dir: bool,
+    now: Timestamp,
+) -> FsResult<()> {
+    if name.len() > cairn_common::attr::NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if want_dir && name == b"." {
+        return Err(FsError::invalid("cannot remove '.'"));
+    }
+    if want_dir && name == b".." {
+        return Err(FsError::NotEmpty);
+    }
+    let mut dir = load_dir(txn, parent)?;
+    let entry = txn.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+    let rec = load(txn, entry.ino)?;
+    match (want_dir, rec.attr.kind == FileKind::Dir) {
+        (false, true) => return Err(FsError::IsDir),
+        (true, false) => return Err(FsError::NotDir),
+        (true, true) => {
+            if txn.has_prefix(Cf::Dentries, &keys::dentry_prefix(entry.ino))? {
+                return Err(FsError::NotEmpty);
+            }
+            dir.attr.nlink = dir.attr.nlink.saturating_sub(1);
+        }
+        (false, false) => {}
+    }
+    txn.delete(Cf::Dentries, keys::dentry(parent, name));
+    dir.attr.mtime = now;
+    dir.attr.ctime = now;
+    txn.put_inode(&dir);
+    drop_link(txn, rec, now)
+}
+
+/// Removes one name of `rec`; the last name of a file (or a directory's only one) frees it.
+fn drop_link(txn: &mut Txn<'_>, mut rec: InodeRecord, now: Timestamp) -> FsResult<()> {
+    let last = rec.attr.kind == FileKind::Dir || rec.attr.nlink <= 1;
+    if !last {
+        rec.attr.nlink -= 1;
+        rec.attr.ctime = now;
+        txn.put_inode(&rec);
+        return Ok(());
+    }
+    let ino = rec.attr.ino;
+    truncate(txn, &mut rec, 0)?;
+    for (k, _) in txn.scan_raw(Cf::Xattrs, &keys::xattr_prefix(ino))? {
+        txn.delete(Cf::Xattrs, k);
+    }
+    txn.delete(Cf::Inodes, keys::inode(ino));
+    let count = txn.meta_u64(META_INODE_COUNT)?.unwrap_or(1);
+    txn.put_meta_u64(META_INODE_COUNT, count.saturating_sub(1));
+    Ok(())
+}
+
+fn rename(txn: &mut Txn<'_>, r: &Rename, now: Timestamp) -> FsResult<()> {
+    check_name(&r.name)?;
+    check_name(&r.new_name)?;
+    let src_dir = load_dir(txn, r.parent)?;
+    let dst_dir = load_dir(txn, r.new_parent)?;
+    let src = txn.dentry(r.parent, &r.name)?.ok_or(FsError::NotFound)?;
+    let dst = txn.dentry(r.new_parent, &r.new_name)?;
+
+    if src.kind == FileKind::Dir && is_ancestor_or_self(txn, src.ino, r.new_parent)? {
+        return Err(FsError::invalid("cannot move a directory into its own subtree"));
+    }
+    if r.mode == RenameMode::Exchange {
+        let dst = dst.ok_or(FsError::NotFound)?;
+        if dst.kind == FileKind::Dir && is_ancestor_or_self(txn, dst.ino, r.parent)? {
+            return Err(FsError::invalid("cannot move a directory into its own subtree"));
+        }
+        return exchange(txn, r, src, dst, now);
+    }
+    if let Some(dst) = dst {
+        if r.mode == RenameMode::NoReplace {
+            return Err(FsError::Exists);
+        }
+        if dst.ino == src.ino {
+            // Two names of one inode: POSIX says rename does nothing.
+            return Ok(());
+        }
+        match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            _ => {}
+        }
+        // Remove the target as unlink/rmdir would (emptiness checked there).
+        remove_entry(txn, r.new_parent, &r.new_name, dst.kind == FileKind::Dir, now)?;
+    }
+
+    txn.delete(Cf::Dentries, keys::dentry(r.parent, &r.name));
+    txn.put_dentry(r.new_parent, &r.new_name, src);
+    let mut moved = load(txn, src.ino)?;
+    moved.attr.ctime = now;
+    if src.kind == FileKind::Dir && r.parent != r.new_parent {
+        moved.parent = r.new_parent;
+    }
+    txn.put_inode(&moved);
+    // Reload: removing the target may have changed the parents.
+    let mut src_dir = load(txn, src_dir.attr.ino)?;
+    src_dir.attr.mtime = now;
+    src_dir.attr.ctime = now;
+    if src.kind == FileKind::Dir && r.parent != r.new_parent {
+        src_dir.attr.nlink = src_dir.attr.nlink.saturating_sub(1);
+    }
+    txn.put_inode(&src_dir);
+    if r.parent != r.new_parent {
+        let mut dst_dir = load(txn, dst_dir.attr.ino)?;
+        dst_dir.attr.mtime = now;
+        dst_dir.attr.ctime = now;
+        if src.kind == FileKind::Dir {
+            dst_dir.attr.nlink += 1;
+        }
+        txn.put_inode(&dst_dir);
+    }
+    Ok(())
+}
+
+fn exchange(txn: &mut Txn<'_>, r: &Rename, src: Dentry, dst: Dentry, now: Timestamp) -> FsResult<()> {
+    txn.put_dentry(r.parent, &r.name, dst);
+    txn.put_dentry(r.new_parent, &r.new_name, src);
+    for (d, new_parent) in [(src, r.new_parent), (dst, r.parent)] {
+        let mut rec = load(txn, d.ino)?;
+        rec.attr.ctime = now;
+        if d.kind == FileKind::Dir {
+            rec.parent = new_parent;
+        }
+        txn.put_inode(&rec);
+    }
+    let moved_dirs = |into_src_side: bool| -> i64 {
+        // Directory count change of the source parent: loses src, gains dst.
+        let s = (src.kind == FileKind::Dir) as i64;
+        let d = (dst.kind == FileKind::Dir) as i64;
+        if into_src_side {
+            d - s
+        } else {
+            s - d
+        }
+    };
+    for (dir, delta) in [(r.parent, moved_dirs(true)), (r.new_parent, moved_dirs(false))] {
+        let mut rec = load(txn, dir)?;
+        rec.attr.mtime = now;
+        rec.attr.ctime = now;
+        if r.parent != r.new_parent {
+            rec.attr.nlink = (rec.attr.nlink as i64 + delta).max(2) as u32;
+        }
+        txn.put_inode(&rec);
+    }
+    Ok(())
+}
+
+/// Is `dir` the directory `ino` or one of its ancestors?
+fn is_ancestor_or_self(txn: &Txn<'_>, dir: Ino, mut ino: Ino) -> FsResult<bool> {
+    // Depth bound: a corrupt parent chain must not loop forever.
+    for _ in 0..100_000 {
+        if ino == dir {
+            return Ok(true);
+        }
+        if ino == Ino::ROOT {
+            return Ok(false);
+        }
+        ino = load(txn, ino)?.parent;
+    }
+    Err(FsError::io(format!("directory {dir} has a parent chain that loops")))
+}
+
+fn setattr(txn: &mut Txn<'_>, ino: Ino, set: &SetAttr, now: Timestamp) -> FsResult<MetaReply> {
+    let mut rec = load(txn, ino)?;
+    if let Some(perm) = set.perm {
+        rec.attr.perm = perm & 0o7777;
+    }
+    if let Some(uid) = set.uid {
+        rec.attr.uid = uid;
+    }
+    if let Some(gid) = set.gid {
+        rec.attr.gid = gid;
+    }
+    if let Some(size) = set.size {
+        match rec.attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::invalid("only regular files have a size to set")),
+        }
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::TooLarge);
+        }
+        truncate(txn, &mut rec, size)?;
+        rec.attr.mtime = now;
+    }
+    let resolve = |t: TimeSet| match t {
+        TimeSet::Now => now,
+        TimeSet::At(t) => t,
+    };
+    if let Some(t) = set.atime {
+        rec.attr.atime = resolve(t);
+    }
+    if let Some(t) = set.mtime {
+        rec.attr.mtime = resolve(t);
+    }
+    rec.attr.ctime = now;
+    txn.put_inode(&rec);
+    Ok(MetaReply::Attr(rec.attr))
+}
+
+/// Sets the size of a file, dropping or trimming the slices past it. Growing a file needs
+/// no slices: bytes no slice covers read as zeros.
+fn truncate(txn: &mut Txn<'_>, rec: &mut InodeRecord, size: u64) -> FsResult<()> {
+    let ino = rec.attr.ino;
+    if size < rec.attr.size {
+        for (key, value) in txn.scan_raw(Cf::Chunks, &keys::chunk_prefix(ino))? {
+            let Some(index) = keys::chunk_index(&key) else {
+                continue;
+            };
+            let start = index as u64 * CHUNK_SIZE;
+            if start + CHUNK_SIZE <= size {
+                continue;
+            }
+            let slices: Vec<Slice> = crate::store::decode("chunk", &value)?;
+            let limit = size.saturating_sub(start);
+            let (kept, dropped) = layout::compact(slices, limit);
+            for block in dropped {
+                unref_block(txn, &block)?;
+            }
+            txn.put_chunk(ino, index, &kept);
+        }
+    }
+    rec.attr.size = size;
+    Ok(())
+}
+
+fn unref_block(txn: &mut Txn<'_>, id: &BlockId) -> FsResult<()> {
+    if let Some(mut rec) = txn.block(id)? {
+        rec.refs = rec.refs.saturating_sub(1);
+        txn.put_block(id, &rec);
+    }
+    Ok(())
+}
+
+fn commit_slices(txn: &mut Txn<'_>, c: &CommitSlices, now: Timestamp) -> FsResult<MetaReply> {
+    let mut rec = load(txn, c.ino)?;
+    match rec.attr.kind {
+        FileKind::File => {}
+        FileKind::Dir => return Err(FsError::IsDir),
+        _ => return Err(FsError::invalid("only regular files hold data")),
+    }
+    if c.size > MAX_FILE_SIZE {
+        return Err(FsError::TooLarge);
+    }
+    for (index, slice) in &c.slices {
+        if !slice.is_valid() {
+            return Err(FsError::invalid(format!("malformed slice {slice:?}")));
+        }
+        if *index as u64 * CHUNK_SIZE + slice.end() > c.size.max(rec.attr.size) {
+            return Err(FsError::invalid(format!(
+                "slice at chunk {index} ends past the file size {}",
+                c.size
+            )));
+        }
+    }
+    rec.attr.size = rec.attr.size.max(c.size);
+    let mut touched: Vec<u32> = Vec::new();
+    for (index, slice) in &c.slices {
+        match txn.block(&slice.block)? {
+            Some(mut b) => {
+                if b.len != slice.block_len {
+                    return Err(FsError::invalid(format!(
+                        "block {} has length {}, not {}",
+                        slice.block, b.len, slice.block_len
+                    )));
+                }
+                b.refs += 1;
+                b.replication = b.replication.max(rec.attr.replication);
+                txn.put_block(&slice.block, &b);
+            }
+            None => txn.put_block(
+                &slice.block,
+                &BlockRecord {
+                    len: slice.block_len,
+                    refs: 1,
+                    replication: rec.attr.replication,
+                },
+            ),
+        }
+        let mut slices = txn.chunk(c.ino, *index)?;
+        slices.push(*slice);
+        txn.put_chunk(c.ino, *index, &slices);
+        if !touched.contains(index) {
+            touched.push(*index);
+        }
+    }
+    // Drop what the new slices hide, so overwritten data stops costing space and reads.
+    for index in touched {
+        let slices = txn.chunk(c.ino, index)?;
+        let limit = rec.attr.size.saturating_sub(index as u64 * CHUNK_SIZE);
+        let (kept, dropped) = layout::compact(slices, limit);
+        if !dropped.is_empty() {
+            for block in &dropped {
+                unref_block(txn, block)?;
+            }
+            txn.put_chunk(c.ino, index, &kept);
+        }
+    }
+    rec.attr.mtime = c.mtime;
+    rec.attr.ctime = now;
+    txn.put_inode(&rec);
+    Ok(MetaReply::Attr(rec.attr))
+}
+
+fn set_xattr(txn: &mut Txn<'_>, x: &SetXattr, now: Timestamp) -> FsResult<()> {
+    if x.name.is_empty() || x.name.len() > XATTR_NAME_MAX {
+        return Err(FsError::Range);
+    }
+    if x.value.len() > XATTR_VALUE_MAX {
+        return Err(FsError::NoSpace(format!(
+            "extended attribute value of {} bytes exceeds {XATTR_VALUE_MAX}",
+            x.value.len()
+        )));
+    }
+    let mut rec = load(txn, x.ino)?;
+    let key = keys::xattr(x.ino, &x.name);
+    let exists = txn.get_raw(Cf::Xattrs, &key)?.is_some();
+    match x.mode {
+        XattrMode::Create if exists => return Err(FsError::Exists),
+        XattrMode::Replace if !exists => return Err(FsError::NoAttr),
+        _ => {}
+    }
+    txn.put_raw(Cf::Xattrs, key, x.value.clone());
+    rec.attr.ctime = now;
+    txn.put_inode(&rec);
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! The one module that owns RocksDB. The rest of the namenode reads typed records through
+//! [`Store`] and writes only through a [`Txn`], which [`Store::commit`] turns into one
+//! atomic, synced write batch.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_common::attr::{FileKind, InodeAttr};
+use cairn_common::layout::Slice;
+use cairn_common::{BlockId, FsError, FsResult, Ino};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{self, ALL_CFS};
+
+/// Version byte in front of every record value; a reader refuses a version it does not know.
+const RECORD_VERSION: u8 = 1;
+/// Format of the whole database, in `meta/format`.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// What the `inodes` family holds for one inode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeRecord {
+    pub attr: InodeAttr,
+    /// The directory a directory lives in (directories have exactly one); unused for others.
+    pub parent: Ino,
+    /// A symlink's target.
+    pub target: Option<Vec<u8>>,
+}
+
+/// What the `dentries` family holds for one name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dentry {
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+/// What the `blocks` family holds for one block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    pub len: u32,
+    /// Slices that reference the block. At zero the block awaits garbage collection.
+    pub refs: u64,
+    /// Replicas wanted: the largest replication of the files that reference it.
+    pub replication: u8,
+}
+
+/// A column family, by index into [`ALL_CFS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cf {
+    Inodes = 0,
+    Dentries = 1,
+    Chunks = 2,
+    Blocks = 3,
+    Xattrs = 4,
+    Meta = 5,
+}
+
+impl Cf {
+    fn name(self) -> &'static str {
+        ALL_CFS[self as usize]
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs into a Vec has no failure mode.
+    postcard::to_extend(value, vec![RECORD_VERSION]).expect("records always serialize")
+}
+
+pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> FsResult<T> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, body)) => postcard::from_bytes(body)
+            .map_err(|e| FsError::io(format!("corrupt {what} record in metadata: {e}"))),
+        Some((v, _)) => Err(FsError::io(format!(
+            "{what} record has unknown version {v}; is this namenode older than its data?"
+        ))),
+        None => Err(FsError::io(format!("empty {what} record in metadata"))),
+    }
+}
+
+fn db_error(e: rocksdb::Error) -> FsError {
+    FsError::io(format!("metadata store: {e}"))
+}
+
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the metadata database in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)
+            .map_err(|e| anyhow::anyhow!("opening metadata store {}: {e}", dir.display()))?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        // Every family in ALL_CFS is created at open.
+        self.db
+            .cf_handle(cf.name())
+            .expect("column family created at open")
+    }
+
+    pub fn get_raw(&self, cf: Cf, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf), key).map_err(db_error)
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix` and sorts after `after`.
+    pub fn scan_raw(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let start = match after {
+            Some(after) => {
+                let mut k = after.to_vec();
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item.map_err(db_error)?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn inode(&self, ino: Ino) -> FsResult<Option<InodeRecord>> {
+        self.get_raw(Cf::Inodes, &keys::inode(ino))?
+            .map(|v| decode("inode", &v))
+            .transpose()
+    }
+
+    pub fn dentry(&self, parent: Ino, name: &[u8]) -> FsResult<Option<Dentry>> {
+        self.get_raw(Cf::Dentries, &keys::dentry(parent, name))?
+            .map(|v| decode("dentry", &v))
+            .transpose()
+    }
+
+    pub fn chunk(&self, ino: Ino, index: u32) -> FsResult<Vec<Slice>> {
+        Ok(self
+            .get_raw(Cf::Chunks, &keys::chunk(ino, index))?
+            .map(|v| decode("chunk", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub fn block(&self, id: &BlockId) -> FsResult<Option<BlockRecord>> {
+        self.get_raw(Cf::Blocks, &keys::block(id))?
+            .map(|v| decode("block", &v))
+            .transpose()
+    }
+
+    pub fn meta_u64(&self, key: &[u8]) -> FsResult<Option<u64>> {
+        self.get_raw(Cf::Meta, key)?
+            .map(|v| decode("meta", &v))
+            .transpose()
+    }
+
+    /// Every block id in the `blocks` family, for the namenode's start-up block count.
+    pub fn count_blocks(&self) -> FsResult<u64> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(Cf::Blocks), IteratorMode::Start) {
+            item.map_err(db_error)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Writes a transaction's changes as one atomic batch. With `sync`, the WAL is fsynced
+    /// before this returns, so what was written survives a crash of the machine.
+    pub fn commit(&self, txn: Txn<'_>, sync: bool) -> FsResult<()> {
+        let mut batch = WriteBatch::default();
+        for ((cf, key), value) in txn.writes {
+            match value {
+                Some(v) => batch.put_cf(self.cf(cf), key, v),
+                None => batch.delete_cf(self.cf(cf), key),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch, &opts).map_err(db_error)
+    }
+
+    pub fn txn(&self) -> Txn<'_> {
+        Txn {
+            store: self,
+            writes: BTreeMap::new(),
+            undo: Vec::new(),
+        }
+    }
+}
+
+type Key = (Cf, Vec<u8>);
+
+/// Pending writes over the store: reads see them, nothing reaches RocksDB until commit.
+/// Several operations share one transaction (group commit); [`Txn::savepoint`] and
+/// [`Txn::rollback`] undo one that failed half-way.
+pub struct Txn<'a> {
+    store: &'a Store,
+    writes: BTreeMap<Key, Option<Vec<u8>>>,
+    undo: Vec<(Key, Option<Option<Vec<u8>>>)>,
+}
+
+impl Txn<'_> {
+    pub fn get_raw(&self, cf: Cf, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
+        match self.writes.get(&(cf, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.get_raw(cf, key),
+        }
+    }
+
+    pub fn put_raw(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.set(cf, key, Some(value));
+    }
+
+    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.set(cf, key, None);
+    }
+
+    fn set(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let k = (cf, key);
+        let old = self.writes.insert(k.clone(), value);
+        self.undo.push((k, old));
+    }
+
+    /// Marks the start of one operation.
+    pub fn savepoint(&mut self) {
+        self.undo.clear();
+    }
+
+    /// Undoes every write since the last savepoint.
+    pub fn rollback(&mut self) {
+        while let Some((k, old)) = self.undo.pop() {
+            match old {
+                Some(v) => self.writes.insert(k, v),
+                None => self.writes.remove(&k),
+            };
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Keys (with values) under `prefix`, merging pending writes over the store.
+    pub fn scan_raw(&self, cf: Cf, prefix: &[u8]) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .store
+            .scan_raw(cf, prefix, None, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for ((c, k), v) in self.writes.range((cf, prefix.to_vec())..) {
+            if *c != cf || !k.starts_with(prefix) {
+                break;
+            }
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
+    /// Is there any key under `prefix`?
+    pub fn has_prefix(&self, cf: Cf, prefix: &[u8]) -> FsResult<bool> {
+        for ((c, k), v) in self.writes.range((cf, prefix.to_vec())..) {
+            if *c != cf || !k.starts_with(prefix) {
+                break;
+            }
+            if v.is_some() {
+                return Ok(true);
+            }
+        }
+        // Keys the store holds may all be deleted here; look until one is not.
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.store.scan_raw(cf, prefix, after.as_deref(), 64)?;
+            if page.is_empty() {
+                return Ok(false);
+            }
+            for (k, _) in &page {
+                if !matches!(self.writes.get(&(cf, k.clone())), Some(None)) {
+                    return Ok(true);
+                }
+            }
+            after = page.last().map(|(k, _)| k.clone());
+        }
+    }
+
+    pub fn inode(&self, ino: Ino) -> FsResult<Option<InodeRecord>> {
+        self.get_raw(Cf::Inodes, &keys::inode(ino))?
+            .map(|v| decode("inode", &v))
+            .transpose()
+    }
+
+    pub fn put_inode(&mut self, rec: &InodeRecord) {
+        self.put_raw(Cf::Inodes, keys::inode(rec.attr.ino), encode(rec));
+    }
+
+    pub fn dentry(&self, parent: Ino, name: &[u8]) -> FsResult<Option<Dentry>> {
+        self.get_raw(Cf::Dentries, &keys::dentry(parent, name))?
+            .map(|v| decode("dentry", &v))
+            .transpose()
+    }
+
+    pub fn put_dentry(&mut self, parent: Ino, name: &[u8], d: Dentry) {
+        self.put_raw(Cf::Dentries, keys::dentry(parent, name), encode(&d));
+    }
+
+    pub fn chunk(&self, ino: Ino, index: u32) -> FsResult<Vec<Slice>> {
+        Ok(self
+            .get_raw(Cf::Chunks, &keys::chunk(ino, index))?
+            .map(|v| decode("chunk", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub fn put_chunk(&mut self, ino: Ino, index: u32, slices: &[Slice]) {
+        let key = keys::chunk(ino, index);
+        if slices.is_empty() {
+            self.delete(Cf::Chunks, key);
+        } else {
+            self.put_raw(Cf::Chunks, key, encode(&slices));
+        }
+    }
+
+    pub fn block(&self, id: &BlockId) -> FsResult<Option<BlockRecord>> {
+        self.get_raw(Cf::Blocks, &keys::block(id))?
+            .map(|v| decode("block", &v))
+            .transpose()
+    }
+
+    pub fn put_block(&mut self, id: &BlockId, rec: &BlockRecord) {
+        self.put_raw(Cf::Blocks, keys::block(id), encode(rec));
+    }
+
+    pub fn meta_u64(&self, key: &[u8]) -> FsResult<Option<u64>> {
+        self.get_raw(Cf::Meta, key)?
+            .map(|v| decode("meta", &v))
+            .transpose()
+    }
+
+    pub fn put_meta_u64(&mut self, key: &[u8], value: u64) {
+        self.put_raw(Cf::Meta, key.to_vec(), encode(&value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_unknown_versions_are_refused() {
+        let rec = BlockRecord {
+            len: 7,
+            refs: 2,
+            replication: 3,
+        };
+        let bytes = encode(&rec);
+        assert_eq!(decode::<BlockRecord>("block", &bytes).unwrap(), rec);
+        let mut future = bytes.clone();
+        future[0] = 9;
+        assert!(matches!(
+            decode::<BlockRecord>("block", &future),
+            Err(FsError::Io(_))
+        ));
+        assert!(decode::<BlockRecord>("block", &[]).is_err());
+    }
+
+    #[test]
+    fn txn_reads_its_own_writes_and_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut txn = store.txn();
+        txn.put_raw(Cf::Meta, b"a".to_vec(), b"1".to_vec());
+        txn.savepoint();
+        txn.put_raw(Cf::Meta, b"a".to_vec(), b"2".to_vec());
+        txn.put_raw(Cf::Meta, b"b".to_vec(), b"3".to_vec());
+        assert_eq!(txn.get_raw(Cf::Meta, b"a").unwrap(), Some(b"2".to_vec()));
+        txn.rollback();
+        assert_eq!(txn.get_raw(Cf::Meta, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(txn.get_raw(Cf::Meta, b"b").unwrap(), None);
+        store.commit(txn, true).unwrap();
+        assert_eq!(store.get_raw(Cf::Meta, b"a").unwrap(), Some(b"1".to_vec()));
+
+        let mut txn = store.txn();
+        txn.put_raw(Cf::Dentries, keys::dentry(Ino(2), b"x"), vec![1]);
+        assert!(txn.has_prefix(Cf::Dentries, &keys::dentry_prefix(Ino(2))).unwrap());
+        store.commit(txn, false).unwrap();
+        let mut txn = store.txn();
+        txn.delete(Cf::Dentries, keys::dentry(Ino(2), b"x"));
+        assert!(!txn.has_prefix(Cf::Dentries, &keys::dentry_prefix(Ino(2))).unwrap());
+        assert!(txn.scan_raw(Cf::Dentries, &keys::dentry_prefix(Ino(2))).unwrap().is_empty());
+    }
+}
