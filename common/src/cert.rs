@@ -97,7 +97,8 @@ pub fn init_ca(dir: &Path) -> anyhow::Result<()> {
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params.self_signed(&key).context("signing CA certificate")?;
     write_private(&dir.join(CA_KEY_FILE), key.serialize_pem().as_bytes())?;
-    fs::write(&cert_path, cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+    fs::write(&cert_path, cert.pem())
+        .with_context(|| format!("writing {}", cert_path.display()))?;
     Ok(())
 }
 
@@ -118,7 +119,8 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, out_dir: &Path) -> anyhow::R
     let ca_key = KeyPair::from_pem(&ca_key_pem).context("parsing CA key")?;
     // Re-create the CA certificate object from its PEM: same name and key, so what it signs
     // chains to the CA certificate on disk.
-    let ca_params = CertificateParams::from_ca_cert_pem(&ca_pem).context("parsing CA certificate")?;
+    let ca_params =
+        CertificateParams::from_ca_cert_pem(&ca_pem).context("parsing CA certificate")?;
     let ca_cert = ca_params.self_signed(&ca_key).context("loading CA")?;
 
     let key = KeyPair::generate().context("generating key")?;

@@ -65,9 +65,9 @@ pub async fn write_frame<T: Serialize>(
 /// the peer's protocol error; a lost connection is unavailability.
 pub fn read_error(what: &str, e: quinn::ReadExactError) -> FsError {
     match e {
-        quinn::ReadExactError::FinishedEarly(got) => {
-            FsError::protocol(format!("stream ended after {got} bytes while reading {what}"))
-        }
+        quinn::ReadExactError::FinishedEarly(got) => FsError::protocol(format!(
+            "stream ended after {got} bytes while reading {what}"
+        )),
         quinn::ReadExactError::ReadError(e) => {
             FsError::unavailable(format!("connection lost while reading {what}: {e}"))
         }

@@ -38,7 +38,9 @@ impl BlockId {
     }
 
     pub fn from_hex(s: &str) -> Option<BlockId> {
-        blake3::Hash::from_hex(s).ok().map(|h| BlockId(*h.as_bytes()))
+        blake3::Hash::from_hex(s)
+            .ok()
+            .map(|h| BlockId(*h.as_bytes()))
     }
 }
 

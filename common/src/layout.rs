@@ -176,9 +176,8 @@ mod tests {
     fn paint(slices: &[Slice], size: usize) -> Vec<u8> {
         let mut out = vec![0u8; size];
         for s in slices {
-            for i in s.pos as usize..(s.end() as usize).min(size) {
-                out[i] = s.block.0[0];
-            }
+            let end = (s.end() as usize).min(size);
+            out[s.pos as usize..end].fill(s.block.0[0]);
         }
         out
     }
@@ -190,9 +189,7 @@ mod tests {
                 pos, len, block, ..
             } = seg
             {
-                for i in *pos..pos + len {
-                    out[i as usize] = block.0[0];
-                }
+                out[*pos as usize..(pos + len) as usize].fill(block.0[0]);
             }
         }
         out

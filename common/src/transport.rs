@@ -96,7 +96,7 @@ impl Default for TransportOptions {
             stream_window: 8 << 20,
             connection_window: 64 << 20,
             mtu_upper_bound: 65_000,
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -164,8 +164,7 @@ fn server_config(
         .context("loading server certificate")?;
     tls.alpn_protocols = vec![alpn(opts.protocol_version), ALPN_FALLBACK.to_vec()];
     tls.max_early_data_size = 0;
-    let mut config =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     config.transport_config(Arc::new(transport_config(opts)?));
     Ok(config)
 }
@@ -183,7 +182,10 @@ pub fn server_endpoint(
 }
 
 /// An endpoint that only opens connections.
-pub fn client_endpoint(identity: &TlsIdentity, opts: &TransportOptions) -> anyhow::Result<Endpoint> {
+pub fn client_endpoint(
+    identity: &TlsIdentity,
+    opts: &TransportOptions,
+) -> anyhow::Result<Endpoint> {
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal address");
     let mut endpoint = Endpoint::client(bind).context("binding UDP socket")?;
     endpoint.set_default_client_config(client_config(identity, opts)?);
@@ -235,7 +237,11 @@ pub async fn call<R: Rpc>(conn: &Connection, req: R) -> FsResult<R::Response> {
 }
 
 /// Sends `req` followed by `body` as raw bytes, and waits for the response.
-pub async fn call_with_body<R: Rpc>(conn: &Connection, req: R, body: &[u8]) -> FsResult<R::Response> {
+pub async fn call_with_body<R: Rpc>(
+    conn: &Connection,
+    req: R,
+    body: &[u8],
+) -> FsResult<R::Response> {
     let (mut send, mut recv) = open(conn).await?;
     write_frame(&mut send, &req.into_service()).await?;
     send.write_all(body)
@@ -357,7 +363,10 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: Ca
                 .and_then(|chain| chain.first().and_then(|c| peer_identity(c)))
             else {
                 warn!(%remote, "refused peer whose certificate names no cairn role");
-                conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"certificate names no role");
+                conn.close(
+                    VarInt::from_u32(CLOSE_SHUTDOWN),
+                    b"certificate names no role",
+                );
                 return;
             };
             let peer = Arc::new(Peer {
@@ -426,7 +435,10 @@ async fn serve_connection<S: Service>(
 /// The variant name of a request, for spans.
 fn request_name<T: std::fmt::Debug>(req: &T) -> String {
     let s = format!("{req:?}");
-    s.split(['(', ' ', '{']).next().unwrap_or_default().to_string()
+    s.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Open connections by address, shared by everything in one process that talks to peers.

@@ -1,1 +1,332 @@
-//! placeholder
+//! The Cairn datanode: stores verified, content-addressed blocks on local disk, forwards
+//! writes down a pipeline of datanodes, serves reads, and keeps the namenode told of what it
+//! holds (registration, full and incremental block reports, heartbeats).
+
+pub mod config;
+pub mod store;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_common::cert::Role;
+use cairn_common::codec::{read_frame, write_frame};
+use cairn_common::layout::MAX_BLOCK_SIZE;
+use cairn_common::proto::{
+    BlockData, BlockReceived, BlockReport, DatanodeAddr, DatanodeRequest, GetBlock, Heartbeat,
+    PutBlock, PutReply, Register, Rpc,
+};
+use cairn_common::transport::{self, ConnectionPool, Exchange, Peer, Service, TransportOptions};
+use cairn_common::{DatanodeId, FsError, FsResult};
+use quinn::Endpoint;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use config::DatanodeConfig;
+use store::BlockStore;
+
+/// Block ids per part of a full block report, to stay well inside the header limit.
+const REPORT_PART: usize = 8192;
+/// Longest pipeline a request may ask this datanode to forward to.
+const MAX_PIPELINE: usize = 16;
+
+pub struct Datanode {
+    config: DatanodeConfig,
+    advertised: std::net::SocketAddr,
+    store: Arc<BlockStore>,
+    pool: ConnectionPool,
+    active_transfers: AtomicU32,
+}
+
+/// Runs a datanode serving on `endpoint` until `shutdown` is cancelled.
+pub async fn run(
+    config: DatanodeConfig,
+    endpoint: Endpoint,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let advertised = config.advertised(endpoint.local_addr()?)?;
+    info!(name = %config.name, addr = %advertised, data = %config.data_dir.display(), "datanode starting");
+    let store = {
+        let (dir, reserve, cap) = (
+            config.data_dir.clone(),
+            config.reserve_bytes,
+            config.capacity_bytes,
+        );
+        Arc::new(tokio::task::spawn_blocking(move || BlockStore::open(&dir, reserve, cap)).await??)
+    };
+    let datanode = Arc::new(Datanode {
+        pool: ConnectionPool::new(endpoint.clone(), &TransportOptions::default()),
+        advertised,
+        store,
+        config,
+        active_transfers: AtomicU32::new(0),
+    });
+    // Cancellation point: the reporter checks `shutdown` between heartbeats and retries.
+    let reporter = tokio::spawn(report_loop(datanode.clone(), shutdown.clone()));
+    transport::serve(endpoint, datanode.clone(), shutdown).await;
+    let _ = reporter.await;
+    info!(name = %datanode.config.name, "datanode stopped");
+    Ok(())
+}
+
+impl Datanode {
+    fn id(&self) -> DatanodeId {
+        self.store.id()
+    }
+
+    async fn namenode_call<R: Rpc>(&self, req: R) -> FsResult<R::Response> {
+        let conn = self.pool.get(self.config.namenode, Role::Namenode).await?;
+        let res = transport::call(&conn, req).await;
+        if let Err(FsError::Unavailable(_)) = &res {
+            // Dial again next time rather than reuse a connection that may be dead.
+            self.pool.forget(self.config.namenode);
+        }
+        res
+    }
+
+    /// Receives a block, forwarding it downstream as it arrives, stores it once verified,
+    /// and answers with every node of the rest of the pipeline that stored it too.
+    async fn put_block(&self, r: PutBlock, ex: &mut Exchange) -> FsResult<()> {
+        if r.len > MAX_BLOCK_SIZE {
+            return Err(FsError::invalid(format!(
+                "block of {} bytes exceeds {MAX_BLOCK_SIZE}",
+                r.len
+            )));
+        }
+        if r.downstream.len() > MAX_PIPELINE {
+            return Err(FsError::invalid("pipeline too long"));
+        }
+        let mut failed: Vec<(DatanodeId, String)> = Vec::new();
+        let mut down = match r.downstream.split_first() {
+            Some((next, rest)) => match self.open_downstream(next, rest, &r).await {
+                Ok(streams) => Some(streams),
+                Err(e) => {
+                    fail_all(&mut failed, &r.downstream, &e);
+                    None
+                }
+            },
+            None => None,
+        };
+
+        let len = r.len as usize;
+        let mut data = Vec::with_capacity(len);
+        while data.len() < len {
+            let chunk = ex
+                .recv
+                .read_chunk(len - data.len(), true)
+                .await
+                .map_err(|e| FsError::unavailable(format!("upstream lost: {e}")))?
+                .ok_or_else(|| {
+                    FsError::protocol(format!(
+                        "block stream ended after {} of {len} bytes",
+                        data.len()
+                    ))
+                })?;
+            if let Some((send, _)) = down.as_mut() {
+                if let Err(e) = send.write_all(&chunk.bytes).await {
+                    fail_all(&mut failed, &r.downstream, &FsError::unavailable(e));
+                    down = None;
+                }
+            }
+            data.extend_from_slice(&chunk.bytes);
+        }
+
+        // Store locally while the rest of the pipeline finishes.
+        let store = self.store.clone();
+        let block = r.block;
+        let sync = r.sync;
+        let local = tokio::task::spawn_blocking(move || store.put(&block, &data, sync));
+
+        let mut stored_on = Vec::new();
+        if let Some((mut send, mut recv)) = down {
+            let _ = send.finish();
+            match read_frame::<FsResult<PutReply>>(&mut recv).await {
+                Ok(Ok(reply)) => {
+                    stored_on.extend(reply.stored_on);
+                    failed.extend(reply.failed);
+                }
+                Ok(Err(e)) | Err(e) => fail_all(&mut failed, &r.downstream, &e),
+            }
+        }
+        let local = local
+            .await
+            .map_err(|e| FsError::io(format!("block writer panicked: {e}")))?;
+        match local {
+            Ok(()) => {
+                debug!(block = %r.block, "stored");
+                stored_on.insert(0, self.id());
+                // Tell the namenode before acknowledging, so a reader that follows the
+                // writer's commit finds this replica.
+                let report = BlockReceived {
+                    id: self.id(),
+                    added: vec![r.block],
+                    removed: Vec::new(),
+                };
+                if let Err(e) = self.namenode_call(report).await {
+                    warn!(block = %r.block, "cannot report block to namenode: {e}");
+                }
+            }
+            Err(e) if stored_on.is_empty() => return Err(e),
+            Err(e) => {
+                warn!(block = %r.block, "cannot store block: {e}");
+                failed.insert(0, (self.id(), e.to_string()));
+            }
+        }
+        ex.respond(&Ok(PutReply { stored_on, failed })).await
+    }
+
+    async fn open_downstream(
+        &self,
+        next: &DatanodeAddr,
+        rest: &[DatanodeAddr],
+        r: &PutBlock,
+    ) -> FsResult<(quinn::SendStream, quinn::RecvStream)> {
+        let conn = self.pool.get(next.addr, Role::Datanode).await?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| FsError::unavailable(format!("datanode {}: {e}", next.addr)))?;
+        let header = PutBlock {
+            block: r.block,
+            len: r.len,
+            downstream: rest.to_vec(),
+            sync: r.sync,
+        }
+        .into_service();
+        write_frame(&mut send, &header).await?;
+        Ok((send, recv))
+    }
+
+    async fn get_block(&self, r: GetBlock, ex: &mut Exchange) -> FsResult<()> {
+        let store = self.store.clone();
+        let data = tokio::task::spawn_blocking(move || store.read(&r.block, r.offset, r.len))
+            .await
+            .map_err(|e| FsError::io(format!("block reader panicked: {e}")))??;
+        ex.respond(&Ok(BlockData {
+            len: data.len() as u32,
+        }))
+        .await?;
+        ex.send
+            .write_all(&data)
+            .await
+            .map_err(|e| FsError::unavailable(format!("client lost: {e}")))
+    }
+
+    /// Registers and sends a full block report; returns the heartbeat interval.
+    async fn register(&self) -> FsResult<Duration> {
+        let space = self.store.space();
+        let reply = self
+            .namenode_call(Register {
+                id: self.id(),
+                name: self.config.name.clone(),
+                addr: self.advertised,
+                capacity: space.capacity,
+                used: space.used,
+                available: space.available,
+            })
+            .await?;
+        let blocks = self.store.list();
+        let parts: Vec<&[cairn_common::BlockId]> = if blocks.is_empty() {
+            vec![&[]]
+        } else {
+            blocks.chunks(REPORT_PART).collect()
+        };
+        let n = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
+            self.namenode_call(BlockReport {
+                id: self.id(),
+                blocks: part.to_vec(),
+                first: i == 0,
+                last: i + 1 == n,
+            })
+            .await?;
+        }
+        info!(
+            blocks = blocks.len(),
+            "registered with the namenode and reported blocks"
+        );
+        Ok(Duration::from_millis(reply.heartbeat_interval_ms.max(100)))
+    }
+
+    async fn heartbeat(&self) -> FsResult<bool> {
+        let space = self.store.space();
+        let reply = self
+            .namenode_call(Heartbeat {
+                id: self.id(),
+                capacity: space.capacity,
+                used: space.used,
+                available: space.available,
+                blocks: self.store.count(),
+                active_transfers: self.active_transfers.load(Ordering::Relaxed),
+            })
+            .await?;
+        Ok(!reply.reregister)
+    }
+}
+
+fn fail_all(failed: &mut Vec<(DatanodeId, String)>, nodes: &[DatanodeAddr], e: &FsError) {
+    for n in nodes {
+        if !failed.iter().any(|(id, _)| *id == n.id) {
+            failed.push((n.id, e.to_string()));
+        }
+    }
+}
+
+/// Keeps this datanode registered: register, report, then heartbeat until the namenode
+/// forgets it or cannot be reached, and start over. Cancellation point: every wait.
+async fn report_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let interval = match dn.register().await {
+            Ok(interval) => {
+                backoff = Duration::from_millis(100);
+                interval
+            }
+            Err(e) => {
+                warn!("cannot register with namenode {}: {e}", dn.config.namenode);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match dn.heartbeat().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    info!("namenode asked for registration again");
+                    break;
+                }
+                Err(e) => {
+                    warn!("heartbeat failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Service for Datanode {
+    type Request = DatanodeRequest;
+
+    async fn handle(
+        self: Arc<Self>,
+        _peer: Arc<Peer>,
+        req: DatanodeRequest,
+        ex: &mut Exchange,
+    ) -> FsResult<()> {
+        self.active_transfers.fetch_add(1, Ordering::Relaxed);
+        let res = match req {
+            DatanodeRequest::PutBlock(r) => self.put_block(r, ex).await,
+            DatanodeRequest::GetBlock(r) => self.get_block(r, ex).await,
+        };
+        self.active_transfers.fetch_sub(1, Ordering::Relaxed);
+        res
+    }
+}

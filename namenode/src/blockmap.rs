@@ -84,7 +84,13 @@ impl BlockMap {
     }
 
     /// Takes one part of a full block report; the last part replaces the node's replicas.
-    pub fn block_report(&self, id: DatanodeId, blocks: &[BlockId], first: bool, last: bool) -> bool {
+    pub fn block_report(
+        &self,
+        id: DatanodeId,
+        blocks: &[BlockId],
+        first: bool,
+        last: bool,
+    ) -> bool {
         let mut inner = self.lock();
         let Some(node) = inner.nodes.get_mut(&id) else {
             return false;
@@ -154,18 +160,16 @@ impl BlockMap {
             .flatten()
             .filter_map(|id| {
                 let node = inner.nodes.get(id)?;
-                self.alive(node, now).then(|| {
-                    (
-                        node.available,
-                        DatanodeAddr {
-                            id: *id,
-                            addr: node.addr,
-                        },
-                    )
-                })
+                self.alive(node, now).then_some((
+                    node.available,
+                    DatanodeAddr {
+                        id: *id,
+                        addr: node.addr,
+                    },
+                ))
             })
             .collect();
-        out.sort_by(|a, b| b.0.cmp(&a.0));
+        out.sort_by_key(|(available, _)| std::cmp::Reverse(*available));
         out.into_iter().map(|(_, a)| a).collect()
     }
 
@@ -242,7 +246,11 @@ fn add_replica(replicas: &mut HashMap<BlockId, Vec<DatanodeId>>, block: BlockId,
     }
 }
 
-fn remove_replica(replicas: &mut HashMap<BlockId, Vec<DatanodeId>>, block: &BlockId, id: DatanodeId) {
+fn remove_replica(
+    replicas: &mut HashMap<BlockId, Vec<DatanodeId>>,
+    block: &BlockId,
+    id: DatanodeId,
+) {
     if let Some(holders) = replicas.get_mut(block) {
         holders.retain(|h| *h != id);
         if holders.is_empty() {
@@ -275,7 +283,9 @@ mod tests {
         let chosen = map.place(3, 4 << 20, &[]);
         assert_eq!(chosen.len(), 2, "the full node is skipped");
         assert_ne!(chosen[0].id, chosen[1].id);
-        assert!(map.place(3, 4 << 20, &[DatanodeId(1), DatanodeId(2)]).is_empty());
+        assert!(map
+            .place(3, 4 << 20, &[DatanodeId(1), DatanodeId(2)])
+            .is_empty());
     }
 
     #[test]

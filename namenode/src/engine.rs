@@ -148,12 +148,10 @@ impl MetaEngine {
         let mut out = Vec::new();
         let end = first.saturating_add(count);
         let start = keys::chunk(ino, first);
-        for (k, v) in self.store.scan_raw(
-            Cf::Chunks,
-            &keys::chunk_prefix(ino),
-            None,
-            usize::MAX,
-        )? {
+        for (k, v) in self
+            .store
+            .scan_raw(Cf::Chunks, &keys::chunk_prefix(ino), None, usize::MAX)?
+        {
             if k < start {
                 continue;
             }

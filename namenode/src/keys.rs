@@ -11,7 +11,12 @@ pub const CF_BLOCKS: &str = "blocks";
 pub const CF_XATTRS: &str = "xattrs";
 pub const CF_META: &str = "meta";
 pub const ALL_CFS: [&str; 6] = [
-    CF_INODES, CF_DENTRIES, CF_CHUNKS, CF_BLOCKS, CF_XATTRS, CF_META,
+    CF_INODES,
+    CF_DENTRIES,
+    CF_CHUNKS,
+    CF_BLOCKS,
+    CF_XATTRS,
+    CF_META,
 ];
 
 /// Keys of the `meta` family.

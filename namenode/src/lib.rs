@@ -195,7 +195,10 @@ impl Service for Namenode {
                     .await;
                 ex.respond(&res).await
             }
-            R::Mkdir(r) => ex.respond(&self.mutate_attr(MetaOpKind::Mkdir(r)).await).await,
+            R::Mkdir(r) => {
+                ex.respond(&self.mutate_attr(MetaOpKind::Mkdir(r)).await)
+                    .await
+            }
             R::Create(r) => {
                 let res = match self.mutate(MetaOpKind::Create(r)).await {
                     Ok(MetaReply::Created(c)) => Ok(c),
@@ -208,19 +211,40 @@ impl Service for Namenode {
                 };
                 ex.respond(&res).await
             }
-            R::Mknod(r) => ex.respond(&self.mutate_attr(MetaOpKind::Mknod(r)).await).await,
-            R::Unlink(r) => ex.respond(&self.mutate_unit(MetaOpKind::Unlink(r)).await).await,
-            R::Rmdir(r) => ex.respond(&self.mutate_unit(MetaOpKind::Rmdir(r)).await).await,
-            R::Rename(r) => ex.respond(&self.mutate_unit(MetaOpKind::Rename(r)).await).await,
-            R::Symlink(r) => ex.respond(&self.mutate_attr(MetaOpKind::Symlink(r)).await).await,
+            R::Mknod(r) => {
+                ex.respond(&self.mutate_attr(MetaOpKind::Mknod(r)).await)
+                    .await
+            }
+            R::Unlink(r) => {
+                ex.respond(&self.mutate_unit(MetaOpKind::Unlink(r)).await)
+                    .await
+            }
+            R::Rmdir(r) => {
+                ex.respond(&self.mutate_unit(MetaOpKind::Rmdir(r)).await)
+                    .await
+            }
+            R::Rename(r) => {
+                ex.respond(&self.mutate_unit(MetaOpKind::Rename(r)).await)
+                    .await
+            }
+            R::Symlink(r) => {
+                ex.respond(&self.mutate_attr(MetaOpKind::Symlink(r)).await)
+                    .await
+            }
             R::Readlink(r) => ex.respond(&self.engine.readlink(r.ino)).await,
-            R::Link(r) => ex.respond(&self.mutate_attr(MetaOpKind::Link(r)).await).await,
+            R::Link(r) => {
+                ex.respond(&self.mutate_attr(MetaOpKind::Link(r)).await)
+                    .await
+            }
             R::ReadDir(r) => {
                 let res = self.engine.readdir(r.ino, r.after.as_deref(), r.limit);
                 ex.respond(&res).await
             }
             R::StatFs(_) => ex.respond(&self.statfs()).await,
-            R::SetXattr(r) => ex.respond(&self.mutate_unit(MetaOpKind::SetXattr(r)).await).await,
+            R::SetXattr(r) => {
+                ex.respond(&self.mutate_unit(MetaOpKind::SetXattr(r)).await)
+                    .await
+            }
             R::GetXattr(r) => ex.respond(&self.engine.get_xattr(r.ino, &r.name)).await,
             R::ListXattr(r) => ex.respond(&self.engine.list_xattr(r.ino)).await,
             R::RemoveXattr(r) => {

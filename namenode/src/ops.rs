@@ -9,8 +9,8 @@ use cairn_common::attr::{
 };
 use cairn_common::layout::{self, Slice, CHUNK_SIZE, MAX_FILE_SIZE};
 use cairn_common::proto::{
-    CommitSlices, Create, CreateReply, Link, Mkdir, Mknod, RemoveXattr, Rename, RenameMode,
-    Rmdir, SetReplication, SetXattr, Symlink, Unlink, XattrMode,
+    CommitSlices, Create, CreateReply, Link, Mkdir, Mknod, RemoveXattr, Rename, RenameMode, Rmdir,
+    SetReplication, SetXattr, Symlink, Unlink, XattrMode,
 };
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,9 @@ pub struct MetaOp {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MetaOpKind {
     /// Creates the root directory of an empty namespace.
-    Format { replication: u8 },
+    Format {
+        replication: u8,
+    },
     Mkdir(Mkdir),
     Create(Create),
     Mknod(Mknod),
@@ -40,7 +42,10 @@ pub enum MetaOpKind {
     Unlink(Unlink),
     Rmdir(Rmdir),
     Rename(Rename),
-    SetAttr { ino: Ino, set: SetAttr },
+    SetAttr {
+        ino: Ino,
+        set: SetAttr,
+    },
     SetXattr(SetXattr),
     RemoveXattr(RemoveXattr),
     SetReplication(SetReplication),
@@ -78,7 +83,9 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
         MetaOpKind::Create(c) => create(txn, c, now),
         MetaOpKind::Mknod(m) => {
             if m.kind == FileKind::Dir || m.kind == FileKind::Symlink {
-                return Err(FsError::invalid("mknod cannot make directories or symlinks"));
+                return Err(FsError::invalid(
+                    "mknod cannot make directories or symlinks",
+                ));
             }
             let attr = make_node(
                 txn,
@@ -423,12 +430,16 @@ fn rename(txn: &mut Txn<'_>, r: &Rename, now: Timestamp) -> FsResult<()> {
     let dst = txn.dentry(r.new_parent, &r.new_name)?;
 
     if src.kind == FileKind::Dir && is_ancestor_or_self(txn, src.ino, r.new_parent)? {
-        return Err(FsError::invalid("cannot move a directory into its own subtree"));
+        return Err(FsError::invalid(
+            "cannot move a directory into its own subtree",
+        ));
     }
     if r.mode == RenameMode::Exchange {
         let dst = dst.ok_or(FsError::NotFound)?;
         if dst.kind == FileKind::Dir && is_ancestor_or_self(txn, dst.ino, r.parent)? {
-            return Err(FsError::invalid("cannot move a directory into its own subtree"));
+            return Err(FsError::invalid(
+                "cannot move a directory into its own subtree",
+            ));
         }
         return exchange(txn, r, src, dst, now);
     }
@@ -446,7 +457,13 @@ fn rename(txn: &mut Txn<'_>, r: &Rename, now: Timestamp) -> FsResult<()> {
             _ => {}
         }
         // Remove the target as unlink/rmdir would (emptiness checked there).
-        remove_entry(txn, r.new_parent, &r.new_name, dst.kind == FileKind::Dir, now)?;
+        remove_entry(
+            txn,
+            r.new_parent,
+            &r.new_name,
+            dst.kind == FileKind::Dir,
+            now,
+        )?;
     }
 
     txn.delete(Cf::Dentries, keys::dentry(r.parent, &r.name));
@@ -477,7 +494,13 @@ fn rename(txn: &mut Txn<'_>, r: &Rename, now: Timestamp) -> FsResult<()> {
     Ok(())
 }
 
-fn exchange(txn: &mut Txn<'_>, r: &Rename, src: Dentry, dst: Dentry, now: Timestamp) -> FsResult<()> {
+fn exchange(
+    txn: &mut Txn<'_>,
+    r: &Rename,
+    src: Dentry,
+    dst: Dentry,
+    now: Timestamp,
+) -> FsResult<()> {
     txn.put_dentry(r.parent, &r.name, dst);
     txn.put_dentry(r.new_parent, &r.new_name, src);
     for (d, new_parent) in [(src, r.new_parent), (dst, r.parent)] {
@@ -498,7 +521,10 @@ fn exchange(txn: &mut Txn<'_>, r: &Rename, src: Dentry, dst: Dentry, now: Timest
             s - d
         }
     };
-    for (dir, delta) in [(r.parent, moved_dirs(true)), (r.new_parent, moved_dirs(false))] {
+    for (dir, delta) in [
+        (r.parent, moved_dirs(true)),
+        (r.new_parent, moved_dirs(false)),
+    ] {
         let mut rec = load(txn, dir)?;
         rec.attr.mtime = now;
         rec.attr.ctime = now;
@@ -522,7 +548,9 @@ fn is_ancestor_or_self(txn: &Txn<'_>, dir: Ino, mut ino: Ino) -> FsResult<bool> 
         }
         ino = load(txn, ino)?.parent;
     }
-    Err(FsError::io(format!("directory {dir} has a parent chain that loops")))
+    Err(FsError::io(format!(
+        "directory {dir} has a parent chain that loops"
+    )))
 }
 
 fn setattr(txn: &mut Txn<'_>, ino: Ino, set: &SetAttr, now: Timestamp) -> FsResult<MetaReply> {

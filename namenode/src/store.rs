@@ -9,7 +9,9 @@ use std::sync::Arc;
 use cairn_common::attr::{FileKind, InodeAttr};
 use cairn_common::layout::Slice;
 use cairn_common::{BlockId, FsError, FsResult, Ino};
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -179,7 +181,10 @@ impl Store {
     /// Every block id in the `blocks` family, for the namenode's start-up block count.
     pub fn count_blocks(&self) -> FsResult<u64> {
         let mut n = 0;
-        for item in self.db.iterator_cf(self.cf(Cf::Blocks), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(Cf::Blocks), IteratorMode::Start)
+        {
             item.map_err(db_error)?;
             n += 1;
         }
@@ -406,11 +411,18 @@ mod tests {
 
         let mut txn = store.txn();
         txn.put_raw(Cf::Dentries, keys::dentry(Ino(2), b"x"), vec![1]);
-        assert!(txn.has_prefix(Cf::Dentries, &keys::dentry_prefix(Ino(2))).unwrap());
+        assert!(txn
+            .has_prefix(Cf::Dentries, &keys::dentry_prefix(Ino(2)))
+            .unwrap());
         store.commit(txn, false).unwrap();
         let mut txn = store.txn();
         txn.delete(Cf::Dentries, keys::dentry(Ino(2), b"x"));
-        assert!(!txn.has_prefix(Cf::Dentries, &keys::dentry_prefix(Ino(2))).unwrap());
-        assert!(txn.scan_raw(Cf::Dentries, &keys::dentry_prefix(Ino(2))).unwrap().is_empty());
+        assert!(!txn
+            .has_prefix(Cf::Dentries, &keys::dentry_prefix(Ino(2)))
+            .unwrap());
+        assert!(txn
+            .scan_raw(Cf::Dentries, &keys::dentry_prefix(Ino(2)))
+            .unwrap()
+            .is_empty());
     }
 }

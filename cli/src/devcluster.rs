@@ -1,0 +1,288 @@
+//! A whole cluster in one process: a namenode and N datanodes on loopback, certificates
+//! generated, every piece of state under one directory. `cairn dev` runs it; the system tests
+//! start it and then kill, restart and corrupt its parts.
+//!
+//! Layout of the directory:
+//! `certs/` (CA and every certificate), `namenode/` (metadata), `datanode-<i>/` (blocks),
+//! `namenode.toml`, `datanode-<i>.toml` (what a standalone daemon would run with), and
+//! `cairn-client.toml` (what `cairn fs` and `cairn mount` use).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_client::{Client, ClientConfig};
+use cairn_common::cert::{self, Role};
+use cairn_common::transport::{self, TlsPaths, TransportOptions};
+use cairn_datanode::DatanodeConfig;
+use cairn_namenode::NamenodeConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub const CLIENT_CONFIG: &str = "cairn-client.toml";
+
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    pub dir: PathBuf,
+    pub datanodes: usize,
+    /// Namenode address; port 0 picks a free one.
+    pub namenode_addr: SocketAddr,
+    pub replication: u8,
+    pub min_replicas: u8,
+    /// Limit on each datanode's block bytes (tests fill disks with it).
+    pub datanode_capacity: Option<u64>,
+    pub heartbeat_interval_ms: u64,
+    pub dead_timeout_ms: u64,
+}
+
+impl DevOptions {
+    pub fn new(dir: &Path, datanodes: usize) -> DevOptions {
+        DevOptions {
+            dir: dir.to_path_buf(),
+            datanodes,
+            namenode_addr: "127.0.0.1:0".parse().expect("literal address"),
+            replication: 3,
+            min_replicas: 2,
+            datanode_capacity: None,
+            heartbeat_interval_ms: 1000,
+            dead_timeout_ms: 10_000,
+        }
+    }
+}
+
+struct Daemon {
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("daemon task panicked")?
+    }
+}
+
+pub struct DevDatanode {
+    pub config: DatanodeConfig,
+    pub addr: Option<SocketAddr>,
+    daemon: Option<Daemon>,
+}
+
+pub struct DevCluster {
+    pub opts: DevOptions,
+    pub namenode_addr: SocketAddr,
+    pub namenode_config: NamenodeConfig,
+    namenode: Option<Daemon>,
+    pub datanodes: Vec<DevDatanode>,
+    pub client_config_path: PathBuf,
+}
+
+fn certs_dir(dir: &Path) -> PathBuf {
+    dir.join("certs")
+}
+
+/// Issues `name`'s certificate unless it exists; returns its paths.
+fn ensure_cert(dir: &Path, role: Role, name: &str) -> anyhow::Result<TlsPaths> {
+    let certs = certs_dir(dir);
+    let cert = certs.join(format!("{name}.pem"));
+    let key = certs.join(format!("{name}.key"));
+    if !cert.exists() || !key.exists() {
+        cert::issue(&certs, role, name, &certs)?;
+    }
+    Ok(TlsPaths {
+        ca_cert: certs.join(cert::CA_CERT_FILE),
+        cert,
+        key,
+    })
+}
+
+fn write_toml<T: serde::Serialize>(path: &Path, header: &str, value: &T) -> anyhow::Result<()> {
+    let body = toml::to_string_pretty(value)?;
+    std::fs::write(path, format!("{header}\n{body}"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+impl DevCluster {
+    /// Starts (or restarts, keeping its data) a cluster in `opts.dir` and waits until every
+    /// datanode has registered.
+    pub async fn start(opts: DevOptions) -> anyhow::Result<DevCluster> {
+        let dir = &opts.dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        if !certs_dir(&dir).join(cert::CA_CERT_FILE).exists() {
+            info!("creating the cluster CA");
+            cert::init_ca(&certs_dir(&dir))?;
+        }
+        let mut nn_config = NamenodeConfig::new(
+            dir.join("namenode"),
+            ensure_cert(&dir, Role::Namenode, "namenode")?,
+        );
+        nn_config.listen = opts.namenode_addr;
+        nn_config.default_replication = opts.replication;
+        nn_config.heartbeat_interval_ms = opts.heartbeat_interval_ms;
+        nn_config.dead_timeout_ms = opts.dead_timeout_ms;
+        let mut cluster = DevCluster {
+            namenode_addr: opts.namenode_addr,
+            namenode_config: nn_config,
+            namenode: None,
+            datanodes: Vec::new(),
+            client_config_path: dir.join(CLIENT_CONFIG),
+            opts: DevOptions {
+                dir: dir.clone(),
+                ..opts.clone()
+            },
+        };
+        cluster.start_namenode().await?;
+        write_toml(
+            &dir.join("namenode.toml"),
+            "# Written by `cairn dev`: what `cairn namenode --config` would run with.",
+            &cluster.namenode_config,
+        )?;
+        for _ in 0..opts.datanodes {
+            cluster.add_datanode().await?;
+        }
+        let mut client = ClientConfig::new(
+            cluster.namenode_addr,
+            ensure_cert(&dir, Role::Client, "client")?,
+        );
+        client.min_replicas = opts.min_replicas;
+        write_toml(
+            &cluster.client_config_path,
+            "# Written by `cairn dev`: `cairn fs` reads it from here or from $CAIRN_CONFIG.",
+            &client,
+        )?;
+        cluster.wait_for_datanodes(opts.datanodes).await?;
+        Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    pub async fn start_namenode(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.namenode.is_none(), "namenode already running");
+        let identity = self.namenode_config.tls.load()?;
+        let endpoint = transport::server_endpoint(
+            self.namenode_addr,
+            &identity,
+            &TransportOptions::default(),
+        )?;
+        // Port 0 becomes a fixed port at first start: restarts must come back on it.
+        self.namenode_addr = endpoint.local_addr()?;
+        self.namenode_config.listen = self.namenode_addr;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(cairn_namenode::run(
+            self.namenode_config.clone(),
+            endpoint,
+            shutdown.clone(),
+        ));
+        self.namenode = Some(Daemon { shutdown, task });
+        Ok(())
+    }
+
+    pub async fn stop_namenode(&mut self) -> anyhow::Result<()> {
+        if let Some(d) = self.namenode.take() {
+            d.stop().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn restart_namenode(&mut self) -> anyhow::Result<()> {
+        self.stop_namenode().await?;
+        self.start_namenode().await
+    }
+
+    /// Adds one more datanode (index = the current count) and starts it.
+    pub async fn add_datanode(&mut self) -> anyhow::Result<usize> {
+        let index = self.datanodes.len();
+        let name = format!("datanode-{}", index + 1);
+        let dir = self.opts.dir.clone();
+        let mut config = DatanodeConfig::new(
+            &name,
+            self.namenode_addr,
+            dir.join(&name),
+            ensure_cert(&dir, Role::Datanode, &name)?,
+        );
+        config.listen = "127.0.0.1:0".parse()?;
+        config.reserve_bytes = 0;
+        config.capacity_bytes = self.opts.datanode_capacity;
+        self.datanodes.push(DevDatanode {
+            config,
+            addr: None,
+            daemon: None,
+        });
+        self.start_datanode(index).await?;
+        let dn = &self.datanodes[index];
+        let mut written = dn.config.clone();
+        written.listen = dn.addr.unwrap_or(written.listen);
+        write_toml(
+            &dir.join(format!("{name}.toml")),
+            "# Written by `cairn dev`: what `cairn datanode --config` would run with.",
+            &written,
+        )?;
+        Ok(index)
+    }
+
+    pub async fn start_datanode(&mut self, index: usize) -> anyhow::Result<()> {
+        let dn = self.datanodes.get_mut(index).context("no such datanode")?;
+        anyhow::ensure!(dn.daemon.is_none(), "datanode {index} already running");
+        let identity = dn.config.tls.load()?;
+        // Come back on the same port after a restart, as a real datanode would.
+        let bind = dn.addr.unwrap_or(dn.config.listen);
+        let endpoint = transport::server_endpoint(bind, &identity, &TransportOptions::default())?;
+        dn.addr = Some(endpoint.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(cairn_datanode::run(
+            dn.config.clone(),
+            endpoint,
+            shutdown.clone(),
+        ));
+        dn.daemon = Some(Daemon { shutdown, task });
+        Ok(())
+    }
+
+    /// Stops a datanode at once: its connections close mid-transfer.
+    pub async fn stop_datanode(&mut self, index: usize) -> anyhow::Result<()> {
+        let dn = self.datanodes.get_mut(index).context("no such datanode")?;
+        if let Some(d) = dn.daemon.take() {
+            d.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// A client of this cluster, as `cairn fs` would make from the client config.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let config = ClientConfig::load(&self.client_config_path).map_err(anyhow::Error::msg)?;
+        Client::connect(config).await
+    }
+
+    /// Waits until `n` datanodes are registered and alive.
+    pub async fn wait_for_datanodes(&self, n: usize) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let alive = match client.datanodes().await {
+                Ok(list) => list.iter().filter(|d| d.alive).count(),
+                Err(_) => 0,
+            };
+            if alive >= n {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "only {alive} of {n} datanodes registered after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every daemon: datanodes first, so none reports to a namenode that is gone.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for i in 0..self.datanodes.len() {
+            self.stop_datanode(i).await?;
+        }
+        self.stop_namenode().await
+    }
+}

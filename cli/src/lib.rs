@@ -1,0 +1,4 @@
+//! The `cairn` command's library half: the in-process development cluster that `cairn dev`
+//! runs and the system tests start, and the command implementations.
+
+pub mod devcluster;

@@ -1,0 +1,6 @@
+//! System tests: a real namenode, real datanodes and a real client in one process, talking
+//! QUIC with mutual TLS on loopback, storing into real RocksDB and real block files.
+
+mod support;
+
+mod data_path;

@@ -1,0 +1,99 @@
+//! Helpers shared by the system tests.
+
+use std::path::Path;
+
+use cairn_cli::devcluster::{DevCluster, DevOptions};
+use cairn_client::Client;
+use cairn_common::attr::InodeAttr;
+use cairn_common::{BlockId, Ino};
+use rand::{Rng, SeedableRng};
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn cluster(dir: &Path, datanodes: usize) -> DevCluster {
+    init_tracing();
+    DevCluster::start(DevOptions::new(dir, datanodes))
+        .await
+        .expect("cluster starts")
+}
+
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v[..]);
+    v
+}
+
+/// Writes `data` to a new file `/name` in pieces of `piece` bytes and closes it.
+pub async fn put(client: &Client, name: &str, data: &[u8], piece: usize) -> InodeAttr {
+    let created = client
+        .create(Ino::ROOT, name.as_bytes(), 0o644, true, false)
+        .await
+        .expect("create");
+    let mut f = client.open(created.attr.ino).await.expect("open");
+    for (i, part) in data.chunks(piece).enumerate() {
+        f.write((i * piece) as u64, part).await.expect("write");
+    }
+    f.close().await.expect("close");
+    client.getattr(created.attr.ino).await.expect("getattr")
+}
+
+/// Reads a whole file in pieces of `piece` bytes.
+pub async fn get(client: &Client, ino: Ino, piece: usize) -> Vec<u8> {
+    let mut f = client.open(ino).await.expect("open");
+    let size = f.attr().size;
+    let mut out = Vec::with_capacity(size as usize);
+    while (out.len() as u64) < size {
+        let part = f.read(out.len() as u64, piece).await.expect("read");
+        assert!(!part.is_empty(), "short read at {}", out.len());
+        out.extend_from_slice(&part);
+    }
+    out
+}
+
+/// The datanodes (by index) whose disks hold block `id`.
+pub fn holders(cluster: &DevCluster, id: &BlockId) -> Vec<usize> {
+    let hex = id.to_hex();
+    cluster
+        .datanodes
+        .iter()
+        .enumerate()
+        .filter(|(_, dn)| {
+            dn.config
+                .data_dir
+                .join("blocks")
+                .join(&hex[0..2])
+                .join(&hex[2..4])
+                .join(&hex)
+                .exists()
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Every block id a file's slices reference.
+pub async fn file_blocks(client: &Client, ino: Ino) -> Vec<BlockId> {
+    let map = client
+        .namenode(cairn_common::proto::ReadChunks {
+            ino,
+            first: 0,
+            count: 64,
+        })
+        .await
+        .expect("read chunks");
+    let mut out: Vec<BlockId> = map
+        .chunks
+        .iter()
+        .flat_map(|(_, slices)| slices.iter().map(|s| s.block))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,98 @@
+//! The client's configuration file (TOML), shared by `cairn fs`, `cairn mount` and
+//! `cairn admin`. `cairn dev` writes one next to its data.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cairn_common::transport::TlsPaths;
+use serde::{Deserialize, Serialize};
+
+/// The environment variable naming a client config file.
+pub const CONFIG_ENV: &str = "CAIRN_CONFIG";
+/// The file name looked for in the current directory when `CAIRN_CONFIG` is not set.
+pub const CONFIG_FILE: &str = "cairn-client.toml";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The namenode's address.
+    pub namenode: SocketAddr,
+    /// A write succeeds only once every block is on at least this many datanodes (capped at
+    /// the file's replication). Fewer, and the write fails with EIO. Default 2.
+    #[serde(default = "default_min_replicas")]
+    pub min_replicas: u8,
+    /// Blocks uploaded at once per open file. Default 4.
+    #[serde(default = "default_write_concurrency")]
+    pub write_concurrency: usize,
+    /// Blocks fetched at once per read. Default 8.
+    #[serde(default = "default_read_concurrency")]
+    pub read_concurrency: usize,
+    /// Memory for cached blocks, in MiB. Blocks are cached by hash, so never stale. Default 256.
+    #[serde(default = "default_cache_mib")]
+    pub block_cache_mib: u64,
+    /// Ask datanodes to fsync every block before acknowledging it. Default true.
+    #[serde(default = "default_true")]
+    pub sync_blocks: bool,
+    /// Certificate files.
+    pub tls: TlsPaths,
+}
+
+fn default_min_replicas() -> u8 {
+    2
+}
+fn default_write_concurrency() -> usize {
+    4
+}
+fn default_read_concurrency() -> usize {
+    8
+}
+fn default_cache_mib() -> u64 {
+    256
+}
+fn default_true() -> bool {
+    true
+}
+
+impl ClientConfig {
+    pub fn new(namenode: SocketAddr, tls: TlsPaths) -> ClientConfig {
+        ClientConfig {
+            namenode,
+            min_replicas: default_min_replicas(),
+            write_concurrency: default_write_concurrency(),
+            read_concurrency: default_read_concurrency(),
+            block_cache_mib: default_cache_mib(),
+            sync_blocks: true,
+            tls,
+        }
+    }
+
+    /// Reads a TOML file; relative paths in it are relative to the file.
+    pub fn load(path: &Path) -> Result<ClientConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let mut config: ClientConfig =
+            toml::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))?;
+        config
+            .tls
+            .relative_to(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// The config file to use: `explicit`, else `$CAIRN_CONFIG`, else `./cairn-client.toml`.
+    pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, String> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        if let Some(p) = std::env::var_os(CONFIG_ENV) {
+            return Ok(PathBuf::from(p));
+        }
+        let here = PathBuf::from(CONFIG_FILE);
+        if here.exists() {
+            return Ok(here);
+        }
+        Err(format!(
+            "no client configuration: pass --config, set {CONFIG_ENV}, or run from a directory \
+             holding {CONFIG_FILE} (cairn dev writes one)"
+        ))
+    }
+}

@@ -1,0 +1,249 @@
+//! Moving blocks: upload down a datanode pipeline until enough replicas hold the block,
+//! download from the first replica that serves bytes matching the block's hash, and a cache
+//! keyed by hash (so it can never be stale).
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use cairn_common::cert::Role;
+use cairn_common::proto::{AllocateBlock, DatanodeAddr, GetBlock, PutBlock, ReportBadReplica};
+use cairn_common::transport;
+use cairn_common::{BlockId, DatanodeId, FsError, FsResult, Ino};
+use lru::LruCache;
+use tracing::{debug, warn};
+
+use crate::Client;
+
+/// Pipelines tried per block before giving up on full replication.
+const MAX_PLACEMENT_ROUNDS: usize = 5;
+
+pub struct BlockCache {
+    budget: u64,
+    inner: Mutex<(LruCache<BlockId, Bytes>, u64)>,
+}
+
+impl BlockCache {
+    pub fn new(budget: u64) -> BlockCache {
+        BlockCache {
+            budget,
+            inner: Mutex::new((LruCache::unbounded(), 0)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (LruCache<BlockId, Bytes>, u64)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, id: &BlockId) -> Option<Bytes> {
+        self.lock().0.get(id).cloned()
+    }
+
+    pub fn insert(&self, id: BlockId, data: Bytes) {
+        if data.len() as u64 > self.budget {
+            return;
+        }
+        let mut guard = self.lock();
+        let (lru, used) = &mut *guard;
+        if let Some(old) = lru.put(id, data.clone()) {
+            *used -= old.len() as u64;
+        }
+        *used += data.len() as u64;
+        while *used > self.budget {
+            match lru.pop_lru() {
+                Some((_, evicted)) => *used -= evicted.len() as u64,
+                None => break,
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Stores `data` as a block of file `ino` and returns its id once at least
+    /// `min_replicas` datanodes (capped at the file's replication) hold it.
+    pub(crate) async fn upload_block(&self, ino: Ino, data: Bytes) -> FsResult<BlockId> {
+        let id = {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || BlockId::of(&data))
+                .await
+                .map_err(|e| FsError::io(format!("hashing failed: {e}")))?
+        };
+        let len = data.len() as u32;
+        let mut stored: Vec<DatanodeId> = Vec::new();
+        let mut failed: Vec<(DatanodeId, String)> = Vec::new();
+        let mut want = 0usize;
+        for round in 0..MAX_PLACEMENT_ROUNDS {
+            let mut exclude = stored.clone();
+            exclude.extend(failed.iter().map(|(id, _)| *id));
+            let placement = match self
+                .namenode(AllocateBlock {
+                    ino,
+                    block: id,
+                    len,
+                    exclude,
+                    count: if round == 0 {
+                        0
+                    } else {
+                        want.saturating_sub(stored.len()) as u8
+                    },
+                })
+                .await
+            {
+                Ok(p) => p,
+                // No more datanodes to try: judge what we have.
+                Err(FsError::NoSpace(reason)) if round > 0 => {
+                    failed.push((DatanodeId(0), reason));
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if placement.already_stored {
+                self.inner.cache.insert(id, data);
+                return Ok(id);
+            }
+            want = placement.replication as usize;
+            let Some((head, rest)) = placement.targets.split_first() else {
+                break;
+            };
+            match self.put_pipeline(head, rest, id, &data).await {
+                Ok(reply) => {
+                    stored.extend(reply.stored_on);
+                    failed.extend(reply.failed);
+                }
+                Err(e) => {
+                    // The head is gone; the rest never saw the block.
+                    failed.push((head.id, e.to_string()));
+                }
+            }
+            stored.sort();
+            stored.dedup();
+            if stored.len() >= want {
+                break;
+            }
+            debug!(block = %id, stored = stored.len(), want, "pipeline fell short; trying more datanodes");
+        }
+        let need = (self.inner.config.min_replicas as usize).min(want.max(1));
+        if stored.len() >= need {
+            if stored.len() < want {
+                warn!(block = %id, stored = stored.len(), want, "block is under-replicated");
+            }
+            self.inner.cache.insert(id, data);
+            return Ok(id);
+        }
+        let reasons: Vec<String> = failed
+            .iter()
+            .map(|(node, why)| format!("{node}: {why}"))
+            .collect();
+        Err(FsError::io(format!(
+            "block {id} reached {} of the {need} datanodes required ({})",
+            stored.len(),
+            reasons.join("; ")
+        )))
+    }
+
+    async fn put_pipeline(
+        &self,
+        head: &DatanodeAddr,
+        rest: &[DatanodeAddr],
+        id: BlockId,
+        data: &[u8],
+    ) -> FsResult<cairn_common::proto::PutReply> {
+        let conn = self.inner.pool.get(head.addr, Role::Datanode).await?;
+        let req = PutBlock {
+            block: id,
+            len: data.len() as u32,
+            downstream: rest.to_vec(),
+            sync: self.inner.config.sync_blocks,
+        };
+        let res = transport::call_with_body(&conn, req, data).await;
+        if let Err(FsError::Unavailable(_)) = &res {
+            self.inner.pool.forget(head.addr);
+        }
+        res
+    }
+
+    /// The bytes of block `id` (`len` bytes long), from the cache or the first of
+    /// `locations` whose bytes hash to `id`. A replica serving wrong bytes is reported.
+    pub(crate) async fn fetch_block(
+        &self,
+        id: BlockId,
+        len: u32,
+        locations: &[DatanodeAddr],
+    ) -> FsResult<Bytes> {
+        if let Some(data) = self.inner.cache.get(&id) {
+            return Ok(data);
+        }
+        let mut errors = Vec::new();
+        for loc in locations {
+            match self.fetch_from(loc, id, len).await {
+                Ok(data) => {
+                    self.inner.cache.insert(id, data.clone());
+                    return Ok(data);
+                }
+                Err(e) => {
+                    warn!(block = %id, datanode = %loc.id, "replica failed: {e}");
+                    if matches!(e, FsError::Io(_)) {
+                        let report = ReportBadReplica {
+                            block: id,
+                            datanode: loc.id,
+                            reason: e.to_string(),
+                        };
+                        if let Err(re) = self.namenode(report).await {
+                            warn!(block = %id, "cannot report bad replica: {re}");
+                        }
+                    }
+                    errors.push(format!("{}: {e}", loc.addr));
+                }
+            }
+        }
+        if errors.is_empty() {
+            return Err(FsError::io(format!("block {id} has no live replica")));
+        }
+        Err(FsError::io(format!(
+            "no replica of block {id} could be read ({})",
+            errors.join("; ")
+        )))
+    }
+
+    async fn fetch_from(&self, loc: &DatanodeAddr, id: BlockId, len: u32) -> FsResult<Bytes> {
+        let conn = self.inner.pool.get(loc.addr, Role::Datanode).await?;
+        let req = GetBlock {
+            block: id,
+            offset: 0,
+            len: None,
+        };
+        let res = async {
+            let (header, mut recv) = transport::call_streaming(&conn, req).await?;
+            if header.len != len {
+                return Err(FsError::io(format!(
+                    "replica has {} bytes, the block has {len}",
+                    header.len
+                )));
+            }
+            let mut buf = vec![0u8; len as usize];
+            transport::read_body(&mut recv, &mut buf).await?;
+            Ok(buf)
+        }
+        .await;
+        let buf = match res {
+            Ok(buf) => buf,
+            Err(e) => {
+                if let FsError::Unavailable(_) = e {
+                    self.inner.pool.forget(loc.addr);
+                }
+                return Err(e);
+            }
+        };
+        let buf = tokio::task::spawn_blocking(move || {
+            let ok = BlockId::of(&buf) == id;
+            (buf, ok)
+        })
+        .await
+        .map_err(|e| FsError::io(format!("hashing failed: {e}")))?;
+        match buf {
+            (buf, true) => Ok(Bytes::from(buf)),
+            (_, false) => Err(FsError::io(
+                "replica bytes do not match the block hash (corrupt)",
+            )),
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! An open file: writes are buffered into blocks, uploaded several at a time and committed
+//! to the namenode as slices on flush/fsync/close; reads resolve the file's slices into
+//! blocks and fetch them in parallel.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::{Bytes, BytesMut};
+use cairn_common::attr::{InodeAttr, SetAttr, Timestamp};
+use cairn_common::layout::{self, Segment, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE, MAX_FILE_SIZE};
+use cairn_common::proto::{CommitSlices, DatanodeAddr, ReadChunks};
+use cairn_common::{BlockId, FsError, FsResult};
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::task::JoinHandle;
+
+use crate::Client;
+
+/// Slices committed at once while a long write is still going.
+const COMMIT_BATCH: usize = 512;
+/// Chunks asked for per `ReadChunks`.
+const CHUNKS_PER_MAP: u32 = 16;
+
+type Upload = JoinHandle<FsResult<(u32, Slice)>>;
+
+pub struct FileHandle {
+    client: Client,
+    attr: InodeAttr,
+    /// Bytes written but not yet cut into a block, starting at file offset `buf_start`.
+    buf: BytesMut,
+    buf_start: u64,
+    /// Blocks being uploaded, in write order (later slices overlay earlier ones).
+    uploads: FuturesOrdered<Upload>,
+    /// Slices uploaded and awaiting commit, in write order.
+    done: Vec<(u32, Slice)>,
+    /// End of the furthest byte written and not yet committed.
+    written_end: u64,
+    /// A failed upload: every later write, flush and close reports it.
+    error: Option<FsError>,
+    /// What this handle knows of the file's chunks (close-to-open: valid while open).
+    map: ChunkCache,
+}
+
+#[derive(Default)]
+struct ChunkCache {
+    loaded: HashSet<u32>,
+    chunks: HashMap<u32, Vec<Slice>>,
+    locations: HashMap<BlockId, Vec<DatanodeAddr>>,
+}
+
+impl FileHandle {
+    pub(crate) fn new(client: Client, attr: InodeAttr) -> FileHandle {
+        FileHandle {
+            client,
+            attr,
+            buf: BytesMut::new(),
+            buf_start: 0,
+            uploads: FuturesOrdered::new(),
+            done: Vec::new(),
+            written_end: 0,
+            error: None,
+            map: ChunkCache::default(),
+        }
+    }
+
+    pub fn attr(&self) -> &InodeAttr {
+        &self.attr
+    }
+
+    /// The file's size as this handle sees it, including its unflushed writes.
+    pub fn size(&self) -> u64 {
+        self.attr.size.max(self.written_end)
+    }
+
+    fn check(&self) -> FsResult<()> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        !self.buf.is_empty() || !self.uploads.is_empty() || !self.done.is_empty()
+    }
+
+    /// Writes `data` at `offset`. The bytes are durable only after `flush`, `fsync` or
+    /// `close` succeeds; a failure to store them is reported there.
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
+        self.check()?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooLarge)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.buf.is_empty() && offset != self.buf_start + self.buf.len() as u64 {
+            self.seal().await?;
+        }
+        if self.buf.is_empty() {
+            self.buf_start = offset;
+        }
+        self.buf.extend_from_slice(data);
+        self.written_end = self.written_end.max(end);
+        loop {
+            let cut = block_cut(self.buf_start);
+            if (self.buf.len() as u64) < cut {
+                break;
+            }
+            let block = self.buf.split_to(cut as usize).freeze();
+            let at = self.buf_start;
+            self.buf_start += cut;
+            self.dispatch(at, block).await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads what is buffered as a (short) block.
+    async fn seal(&mut self) -> FsResult<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let block = self.buf.split().freeze();
+        self.dispatch(self.buf_start, block).await
+    }
+
+    async fn dispatch(&mut self, offset: u64, data: Bytes) -> FsResult<()> {
+        while self.uploads.len() >= self.client.inner.config.write_concurrency.max(1) {
+            self.reap_one().await?;
+        }
+        let client = self.client.clone();
+        let ino = self.attr.ino;
+        let chunk = (offset / CHUNK_SIZE) as u32;
+        let pos = (offset % CHUNK_SIZE) as u32;
+        let len = data.len() as u32;
+        self.uploads.push_back(tokio::spawn(async move {
+            let block = client.upload_block(ino, data).await?;
+            Ok((
+                chunk,
+                Slice {
+                    pos,
+                    len,
+                    block,
+                    block_off: 0,
+                    block_len: len,
+                },
+            ))
+        }));
+        if self.done.len() >= COMMIT_BATCH {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn reap_one(&mut self) -> FsResult<()> {
+        let Some(joined) = self.uploads.next().await else {
+            return Ok(());
+        };
+        let res = joined
+            .map_err(|e| FsError::io(format!("upload task failed: {e}")))
+            .and_then(|r| r);
+        match res {
+            Ok(slice) => {
+                self.done.push(slice);
+                Ok(())
+            }
+            Err(e) => {
+                self.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Records the uploaded slices with the namenode.
+    async fn commit(&mut self) -> FsResult<()> {
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        let slices = std::mem::take(&mut self.done);
+        let committed_end = slices
+            .iter()
+            .map(|(chunk, s)| *chunk as u64 * CHUNK_SIZE + s.end())
+            .max()
+            .unwrap_or(0);
+        // Everything written is committed once nothing else is pending.
+        let size = if self.buf.is_empty() && self.uploads.is_empty() {
+            self.written_end.max(committed_end)
+        } else {
+            committed_end
+        };
+        let res = self
+            .client
+            .namenode(CommitSlices {
+                ino: self.attr.ino,
+                slices,
+                size,
+                mtime: Timestamp::now(),
+            })
+            .await;
+        match res {
+            Ok(attr) => {
+                self.attr = attr;
+                self.map = ChunkCache::default();
+                if !self.is_dirty() {
+                    self.written_end = 0;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes every write so far durable: all blocks on at least `min_replicas` datanodes and
+    /// their slices committed.
+    pub async fn flush(&mut self) -> FsResult<()> {
+        self.check()?;
+        self.seal().await?;
+        while !self.uploads.is_empty() {
+            self.reap_one().await?;
+        }
+        self.commit().await
+    }
+
+    pub async fn fsync(&mut self) -> FsResult<()> {
+        self.flush().await
+    }
+
+    /// Flushes and closes. An error here means some written bytes are not stored.
+    pub async fn close(mut self) -> FsResult<()> {
+        self.flush().await
+    }
+
+    /// Sets the file's size; bytes past a new, larger size read as zeros.
+    pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
+        self.flush().await?;
+        self.attr = self
+            .client
+            .setattr(
+                self.attr.ino,
+                SetAttr {
+                    size: Some(size),
+                    ..SetAttr::default()
+                },
+            )
+            .await?;
+        self.map = ChunkCache::default();
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `offset`; fewer at the end of the file.
+    pub async fn read(&mut self, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        self.check()?;
+        if self.is_dirty() {
+            // Full POSIX within one handle: a read sees the writes before it.
+            self.flush().await?;
+        }
+        match self.read_mapped(offset, len).await {
+            Err(FsError::Io(_)) => {
+                // Replica locations may have moved since the map was fetched: refresh once.
+                self.map = ChunkCache::default();
+                self.read_mapped(offset, len).await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_mapped(&mut self, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let first = (offset / CHUNK_SIZE) as u32;
+        self.load_map(first).await?;
+        let end = offset.saturating_add(len as u64).min(self.attr.size);
+        if end <= offset {
+            return Ok(Vec::new());
+        }
+        let last = ((end - 1) / CHUNK_SIZE) as u32;
+        for chunk in first..=last {
+            self.load_map(chunk).await?;
+        }
+        let end = end.min(self.attr.size);
+        let mut segments = Vec::new();
+        for chunk in first..=last {
+            let base = chunk as u64 * CHUNK_SIZE;
+            let lo = offset.max(base) - base;
+            let hi = end.min(base + CHUNK_SIZE) - base;
+            if lo >= hi {
+                continue;
+            }
+            let slices = self
+                .map
+                .chunks
+                .get(&chunk)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            for seg in layout::resolve(slices, lo, hi) {
+                segments.push((base, seg));
+            }
+        }
+        let mut wanted: Vec<(BlockId, u32)> = Vec::new();
+        for (_, seg) in &segments {
+            if let Segment::Data {
+                block, block_len, ..
+            } = seg
+            {
+                if !wanted.iter().any(|(b, _)| b == block) {
+                    wanted.push((*block, *block_len));
+                }
+            }
+        }
+        let concurrency = self.client.inner.config.read_concurrency.max(1);
+        let fetched: Vec<FsResult<(BlockId, Bytes)>> = futures::stream::iter(wanted)
+            .map(|(block, block_len)| {
+                let client = self.client.clone();
+                let locations = self.map.locations.get(&block).cloned().unwrap_or_default();
+                async move {
+                    let data = client.fetch_block(block, block_len, &locations).await?;
+                    Ok((block, data))
+                }
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+        let mut blocks = HashMap::new();
+        for f in fetched {
+            let (id, data) = f?;
+            blocks.insert(id, data);
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        for (base, seg) in segments {
+            if let Segment::Data {
+                pos,
+                len,
+                block,
+                block_off,
+                ..
+            } = seg
+            {
+                let data = &blocks[&block];
+                let at = (base + pos - offset) as usize;
+                let from = block_off as usize;
+                let to = from + len as usize;
+                let src = data.get(from..to).ok_or_else(|| {
+                    FsError::io(format!("slice reaches past the end of block {block}"))
+                })?;
+                out[at..at + len as usize].copy_from_slice(src);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_map(&mut self, chunk: u32) -> FsResult<()> {
+        if self.map.loaded.contains(&chunk) {
+            return Ok(());
+        }
+        let map = self
+            .client
+            .namenode(ReadChunks {
+                ino: self.attr.ino,
+                first: chunk,
+                count: CHUNKS_PER_MAP,
+            })
+            .await?;
+        self.attr = map.attr;
+        for c in chunk..chunk.saturating_add(CHUNKS_PER_MAP) {
+            self.map.loaded.insert(c);
+        }
+        for (index, slices) in map.chunks {
+            self.map.chunks.insert(index, slices);
+        }
+        for (block, locations) in map.locations {
+            self.map.locations.insert(block, locations);
+        }
+        Ok(())
+    }
+}
+
+/// Bytes from `offset` to the end of its block: blocks are at most `MAX_BLOCK_SIZE` and
+/// never cross a chunk boundary.
+fn block_cut(offset: u64) -> u64 {
+    let to_chunk_end = CHUNK_SIZE - offset % CHUNK_SIZE;
+    to_chunk_end.min(MAX_BLOCK_SIZE as u64)
+}

@@ -1,0 +1,95 @@
+//! The datanode's configuration file (TOML). Every field has a documented default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cairn_common::transport::TlsPaths;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatanodeConfig {
+    /// A name for people: logs, `cairn admin report`. Default `datanode`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// UDP address to serve QUIC on. Default `0.0.0.0:7071`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address clients and other datanodes use to reach this one. Default: `listen`, which
+    /// must then be a specific address rather than `0.0.0.0`.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// The namenode's address.
+    pub namenode: SocketAddr,
+    /// Directory holding the blocks. Default `/var/lib/cairn/datanode`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Bytes to leave free on the disk; writes are refused past it. Default 1 GiB.
+    #[serde(default = "default_reserve")]
+    pub reserve_bytes: u64,
+    /// Most bytes of blocks to store, when less than the disk should be used. Default: no limit.
+    #[serde(default)]
+    pub capacity_bytes: Option<u64>,
+    /// Certificate files.
+    pub tls: TlsPaths,
+}
+
+fn default_name() -> String {
+    "datanode".into()
+}
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:7071".parse().expect("literal address")
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cairn/datanode")
+}
+fn default_reserve() -> u64 {
+    1 << 30
+}
+
+impl DatanodeConfig {
+    pub fn new(
+        name: &str,
+        namenode: SocketAddr,
+        data_dir: PathBuf,
+        tls: TlsPaths,
+    ) -> DatanodeConfig {
+        DatanodeConfig {
+            name: name.into(),
+            listen: default_listen(),
+            advertise: None,
+            namenode,
+            data_dir,
+            reserve_bytes: default_reserve(),
+            capacity_bytes: None,
+            tls,
+        }
+    }
+
+    /// Reads a TOML file; relative paths in it are relative to the file.
+    pub fn load(path: &Path) -> anyhow::Result<DatanodeConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: DatanodeConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.tls.relative_to(base);
+        if config.data_dir.is_relative() {
+            config.data_dir = base.join(&config.data_dir);
+        }
+        Ok(config)
+    }
+
+    /// The address to give the namenode, given the one actually bound.
+    pub fn advertised(&self, bound: SocketAddr) -> anyhow::Result<SocketAddr> {
+        if let Some(a) = self.advertise {
+            return Ok(a);
+        }
+        anyhow::ensure!(
+            !bound.ip().is_unspecified(),
+            "listen is {bound}: set `advertise` to the address other machines reach this datanode at"
+        );
+        Ok(bound)
+    }
+}

@@ -1,0 +1,305 @@
+//! Blocks on local disk. A block is one file, `blocks/<aa>/<bb>/<id hex>`: two levels of 256
+//! directories keep every directory small with millions of blocks. A block becomes visible
+//! only after its bytes hashed to its id, by write-temp → fsync → rename → fsync-dir, so a
+//! crash leaves either the whole verified block or nothing (temp files are swept at start).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use cairn_common::layout::MAX_BLOCK_SIZE;
+use cairn_common::{BlockId, DatanodeId, FsError, FsResult};
+use tracing::{info, warn};
+
+const ID_FILE: &str = "datanode-id";
+const ID_MAGIC: &str = "cairn-datanode-v1";
+
+pub struct BlockStore {
+    root: PathBuf,
+    id: DatanodeId,
+    /// Bytes kept free on the file system for everything else.
+    reserve: u64,
+    /// Most bytes of blocks to hold, if less than the disk.
+    capacity_limit: Option<u64>,
+    blocks: Mutex<HashMap<BlockId, u32>>,
+    used: AtomicU64,
+    temp_seq: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SpaceReport {
+    pub capacity: u64,
+    pub used: u64,
+    pub available: u64,
+}
+
+impl BlockStore {
+    /// Opens the data directory, formatting it if new, and indexes the blocks it holds.
+    pub fn open(
+        root: &Path,
+        reserve: u64,
+        capacity_limit: Option<u64>,
+    ) -> anyhow::Result<BlockStore> {
+        fs::create_dir_all(root.join("blocks"))
+            .with_context(|| format!("creating {}", root.display()))?;
+        let tmp = root.join("tmp");
+        // Temp files are blocks whose write never finished: nobody was acknowledged.
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).with_context(|| format!("cleaning {}", tmp.display()))?;
+        }
+        fs::create_dir_all(&tmp)?;
+        let id = load_or_create_id(root)?;
+        let mut blocks = HashMap::new();
+        let mut used = 0u64;
+        for a in read_dir_sorted(&root.join("blocks"))? {
+            for b in read_dir_sorted(&a)? {
+                for f in read_dir_sorted(&b)? {
+                    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    let Some(block) = BlockId::from_hex(name) else {
+                        warn!(path = %f.display(), "ignoring a file that is not a block");
+                        continue;
+                    };
+                    let len = fs::metadata(&f)?.len();
+                    if len > MAX_BLOCK_SIZE as u64 {
+                        warn!(path = %f.display(), "ignoring an oversized block file");
+                        continue;
+                    }
+                    used += len;
+                    blocks.insert(block, len as u32);
+                }
+            }
+        }
+        info!(datanode = %id, blocks = blocks.len(), used, "block store open");
+        Ok(BlockStore {
+            root: root.to_path_buf(),
+            id,
+            reserve,
+            capacity_limit,
+            blocks: Mutex::new(blocks),
+            used: AtomicU64::new(used),
+            temp_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn id(&self) -> DatanodeId {
+        self.id
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<BlockId, u32>> {
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn block_path(&self, id: &BlockId) -> PathBuf {
+        let hex = id.to_hex();
+        self.root
+            .join("blocks")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(hex)
+    }
+
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.index().contains_key(id)
+    }
+
+    pub fn list(&self) -> Vec<BlockId> {
+        self.index().keys().copied().collect()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.index().len() as u64
+    }
+
+    pub fn space(&self) -> SpaceReport {
+        let used = self.used.load(Ordering::Relaxed);
+        let (fs_total, fs_free) = fs_space(&self.root).unwrap_or((0, 0));
+        let mut available = fs_free.saturating_sub(self.reserve);
+        let mut capacity = fs_total.saturating_sub(self.reserve);
+        if let Some(limit) = self.capacity_limit {
+            capacity = capacity.min(limit);
+            available = available.min(limit.saturating_sub(used));
+        }
+        SpaceReport {
+            capacity,
+            used,
+            available,
+        }
+    }
+
+    /// Verifies `data` hashes to `id` and stores it. With `sync`, the block is on stable
+    /// storage when this returns. Storing a block already held is a no-op.
+    pub fn put(&self, id: &BlockId, data: &[u8], sync: bool) -> FsResult<()> {
+        if data.len() > MAX_BLOCK_SIZE as usize {
+            return Err(FsError::invalid(format!(
+                "block of {} bytes exceeds {MAX_BLOCK_SIZE}",
+                data.len()
+            )));
+        }
+        if BlockId::of(data) != *id {
+            return Err(FsError::io(format!(
+                "block {id} failed verification: its bytes hash to something else"
+            )));
+        }
+        if self.contains(id) {
+            return Ok(());
+        }
+        if self.space().available < data.len() as u64 {
+            return Err(FsError::NoSpace(format!(
+                "datanode {} has fewer than {} bytes free above its reserve",
+                self.id,
+                data.len()
+            )));
+        }
+        let path = self.block_path(id);
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}",
+            id.to_hex(),
+            self.temp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            if sync {
+                // The bytes must be on disk before the name points at them.
+                f.sync_all()?;
+            }
+            let dir = path.parent().unwrap_or(&self.root);
+            fs::create_dir_all(dir)?;
+            fs::rename(&tmp, &path)?;
+            if sync {
+                // The rename itself must survive a crash, or the block vanishes on reboot.
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOSPC) => {
+                    FsError::NoSpace(format!("datanode {} disk is full", self.id))
+                }
+                _ => FsError::io(format!("storing block {id}: {e}")),
+            });
+        }
+        if self.index().insert(*id, data.len() as u32).is_none() {
+            self.used.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes (`None`: to the end) of a block from `offset`.
+    pub fn read(&self, id: &BlockId, offset: u32, len: Option<u32>) -> FsResult<Vec<u8>> {
+        let Some(block_len) = self.index().get(id).copied() else {
+            return Err(FsError::NotFound);
+        };
+        if offset > block_len {
+            return Err(FsError::invalid(format!(
+                "offset {offset} is past the end of block {id} ({block_len} bytes)"
+            )));
+        }
+        let len = len.unwrap_or(block_len - offset).min(block_len - offset);
+        let path = self.block_path(id);
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut f = File::open(&path)?;
+            f.seek(SeekFrom::Start(offset as u64))?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact(&mut buf)?;
+            Ok(buf)
+        };
+        read().map_err(|e| FsError::io(format!("reading block {id}: {e}")))
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        out.push(entry?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn load_or_create_id(root: &Path) -> anyhow::Result<DatanodeId> {
+    let path = root.join(ID_FILE);
+    if let Ok(text) = fs::read_to_string(&path) {
+        let mut lines = text.lines();
+        anyhow::ensure!(
+            lines.next() == Some(ID_MAGIC),
+            "{} is not a Cairn datanode id file (or from a newer version)",
+            path.display()
+        );
+        let id = lines
+            .next()
+            .and_then(|l| u64::from_str_radix(l.trim(), 16).ok())
+            .with_context(|| format!("{} holds no datanode id", path.display()))?;
+        return Ok(DatanodeId(id));
+    }
+    let id = DatanodeId(rand::random());
+    let tmp = root.join(format!("{ID_FILE}.tmp"));
+    let mut f = File::create(&tmp)?;
+    writeln!(f, "{ID_MAGIC}\n{id}")?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    File::open(root)?.sync_all()?;
+    Ok(id)
+}
+
+/// Total and free bytes of the file system holding `path`.
+fn fs_space(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_survive_reopen_and_bad_bytes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"some block bytes".to_vec();
+        let id = BlockId::of(&data);
+        let first_id;
+        {
+            let store = BlockStore::open(dir.path(), 0, None).unwrap();
+            first_id = store.id();
+            assert!(matches!(
+                store.put(&BlockId::of(b"other"), &data, false),
+                Err(FsError::Io(_))
+            ));
+            store.put(&id, &data, true).unwrap();
+            assert_eq!(store.read(&id, 5, Some(5)).unwrap(), b"block");
+        }
+        let store = BlockStore::open(dir.path(), 0, None).unwrap();
+        assert_eq!(store.id(), first_id);
+        assert_eq!(store.list(), vec![id]);
+        assert_eq!(store.read(&id, 0, None).unwrap(), data);
+        assert_eq!(store.space().used, data.len() as u64);
+    }
+
+    #[test]
+    fn a_full_store_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 0, Some(10)).unwrap();
+        let data = vec![7u8; 11];
+        assert!(matches!(
+            store.put(&BlockId::of(&data), &data, false),
+            Err(FsError::NoSpace(_))
+        ));
+        let small = vec![1u8; 10];
+        store.put(&BlockId::of(&small), &small, false).unwrap();
+        assert_eq!(store.space().available, 0);
+    }
+}
