@@ -2,3 +2,4 @@
 //! runs and the system tests start, and the command implementations.
 
 pub mod devcluster;
+pub mod fs_cmd;

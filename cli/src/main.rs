@@ -1,1 +1,230 @@
-fn main() {}
+//! `cairn`: one binary for the daemons, the development cluster, certificates and files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cairn_cli::devcluster::{DevCluster, DevOptions};
+use cairn_cli::fs_cmd::{self, FsArgs};
+use cairn_common::cert::{self, Role};
+use cairn_common::transport::{self, TransportOptions};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// Cairn: a distributed file system with end-to-end BLAKE3 verification and mutual TLS.
+#[derive(Parser)]
+#[command(name = "cairn", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a namenode (the metadata master).
+    Namenode {
+        /// TOML configuration file (see examples/namenode.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a datanode (block storage).
+    Datanode {
+        /// TOML configuration file (see examples/datanode.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a whole cluster in this process: a namenode and N datanodes, data under one
+    /// directory, certificates generated. Stops on Ctrl-C; restarts with its data.
+    Dev {
+        /// Directory for all data, certificates and configs.
+        #[arg(long, default_value = "cairn-dev")]
+        dir: PathBuf,
+        /// Number of datanodes.
+        #[arg(long, default_value_t = 3)]
+        datanodes: usize,
+        /// Namenode address.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        namenode: SocketAddr,
+        /// Replicas per block.
+        #[arg(long, default_value_t = 3)]
+        replication: u8,
+    },
+    /// Manage the cluster certificate authority and certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Work with files in the cluster (like `hdfs dfs`).
+    Fs(FsArgs),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Create a new cluster CA (ca.pem, ca.key) in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate signed by the CA in DIR, written to OUT/NAME.pem and OUT/NAME.key.
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// namenode, datanode or client.
+        #[arg(long)]
+        role: Role,
+        /// Name of the holder, e.g. the host name.
+        #[arg(long)]
+        name: String,
+        /// Where to write the files (default: DIR).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Fs(_) | Command::Cert { .. });
+    init_tracing(if quiet { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Namenode { config } => {
+            let config = cairn_namenode::NamenodeConfig::load(&config)?;
+            let identity = config.tls.load()?;
+            let endpoint =
+                transport::server_endpoint(config.listen, &identity, &TransportOptions::default())?;
+            let shutdown = shutdown_on_signal();
+            cairn_namenode::run(config, endpoint, shutdown).await?;
+        }
+        Command::Datanode { config } => {
+            let config = cairn_datanode::DatanodeConfig::load(&config)?;
+            let identity = config.tls.load()?;
+            let endpoint =
+                transport::server_endpoint(config.listen, &identity, &TransportOptions::default())?;
+            let shutdown = shutdown_on_signal();
+            cairn_datanode::run(config, endpoint, shutdown).await?;
+        }
+        Command::Dev {
+            dir,
+            datanodes,
+            namenode,
+            replication,
+        } => dev(dir, datanodes, namenode, replication).await?,
+        Command::Cert { command } => match command {
+            CertCommand::Init { dir } => {
+                cert::init_ca(&dir)?;
+                println!(
+                    "created the cluster CA in {} (keep ca.key secret)",
+                    dir.display()
+                );
+            }
+            CertCommand::Issue {
+                dir,
+                role,
+                name,
+                out,
+            } => {
+                let out = out.unwrap_or_else(|| dir.clone());
+                let paths = cert::issue(&dir, role, &name, &out)?;
+                println!(
+                    "issued {role} certificate {} with key {}",
+                    paths.cert.display(),
+                    paths.key.display()
+                );
+            }
+        },
+        Command::Fs(args) => return fs_cmd::run(args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dev(
+    dir: PathBuf,
+    datanodes: usize,
+    namenode: SocketAddr,
+    replication: u8,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(datanodes >= 1, "a cluster needs at least one datanode");
+    let mut opts = DevOptions::new(&dir, datanodes);
+    opts.namenode_addr = namenode;
+    opts.replication = replication;
+    opts.min_replicas = opts.min_replicas.min(replication);
+    let shutdown = shutdown_on_signal();
+    let cluster = DevCluster::start(opts)
+        .await
+        .with_context(|| format!("starting the dev cluster in {}", dir.display()))?;
+    let d = cluster.dir().display().to_string();
+    println!("Cairn dev cluster is running; all its data is under {d}");
+    println!("  namenode    {}", cluster.namenode_addr);
+    for dn in &cluster.datanodes {
+        if let Some(addr) = dn.addr {
+            println!(
+                "  {:<11} {addr}  blocks in {}",
+                dn.config.name,
+                dn.config.data_dir.display()
+            );
+        }
+    }
+    println!();
+    println!("Try it from another terminal:");
+    println!("  cd {d} && cairn fs put /etc/services /services && cairn fs ls /");
+    println!("or from anywhere:");
+    println!("  export CAIRN_CONFIG={}", cluster.client_config_path.display());
+    println!();
+    println!("Ctrl-C stops the cluster; `cairn dev --dir {d}` starts it again with its data.");
+    shutdown.cancelled().await;
+    println!("stopping…");
+    cluster.stop().await
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM: the one cancellation every daemon task follows.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                t.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}

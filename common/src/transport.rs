@@ -471,7 +471,7 @@ impl ConnectionPool {
         }
         let conn = connect(&self.endpoint, addr, role, self.protocol_version).await?;
         self.lock().insert(addr, conn.clone());
-        info!(%addr, %role, "connected");
+        debug!(%addr, %role, "connected");
         Ok(conn)
     }
 

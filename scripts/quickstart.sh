@@ -1,0 +1,10 @@
+#!/bin/sh
+# Installs what Cairn needs, builds it, and runs a development cluster (a namenode and three
+# datanodes, all data under ./cairn-dev). Ctrl-C stops it; running this again restarts it.
+set -eu
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+. ./scripts/env.sh
+cargo build --release --bin cairn
+install -m 0755 "$CARGO_TARGET_DIR/release/cairn" /usr/local/bin/cairn
+exec cairn dev --dir "${CAIRN_DEV_DIR:-$PWD/cairn-dev}" "$@"
