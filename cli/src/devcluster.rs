@@ -14,14 +14,18 @@ use std::time::Duration;
 use anyhow::Context;
 use cairn_client::{Client, ClientConfig};
 use cairn_common::cert::{self, Role};
-use cairn_common::transport::{self, TlsPaths, TransportOptions};
+use cairn_common::transport::{self, TlsIdentity, TlsPaths, TransportOptions};
 use cairn_datanode::DatanodeConfig;
 use cairn_namenode::NamenodeConfig;
+use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub const CLIENT_CONFIG: &str = "cairn-client.toml";
+/// Ports picked for daemons asked to listen on port 0: below Linux's ephemeral range
+/// (32768 and up), so no outgoing socket takes them while a daemon restarts.
+const STABLE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 #[derive(Clone, Debug)]
 pub struct DevOptions {
@@ -104,6 +108,25 @@ fn write_toml<T: serde::Serialize>(path: &Path, header: &str, value: &T) -> anyh
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Binds a server endpoint on `addr`. Port 0 picks a free port below the kernel's ephemeral
+/// range, so that after a restart the port is still free to bind again: an ephemeral port
+/// may meanwhile be taken by any outgoing socket on the machine.
+fn bind(addr: SocketAddr, identity: &TlsIdentity) -> anyhow::Result<quinn::Endpoint> {
+    let opts = TransportOptions::default();
+    if addr.port() != 0 {
+        return transport::server_endpoint(addr, identity, &opts);
+    }
+    let mut last = None;
+    for _ in 0..100 {
+        let port = rand::thread_rng().gen_range(STABLE_PORTS);
+        match transport::server_endpoint(SocketAddr::new(addr.ip(), port), identity, &opts) {
+            Ok(e) => return Ok(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no free port")))
+}
+
 impl DevCluster {
     /// Starts (or restarts, keeping its data) a cluster in `opts.dir` and waits until every
     /// datanode has registered.
@@ -164,11 +187,7 @@ impl DevCluster {
     pub async fn start_namenode(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.namenode.is_none(), "namenode already running");
         let identity = self.namenode_config.tls.load()?;
-        let endpoint = transport::server_endpoint(
-            self.namenode_addr,
-            &identity,
-            &TransportOptions::default(),
-        )?;
+        let endpoint = bind(self.namenode_addr, &identity)?;
         // Port 0 becomes a fixed port at first start: restarts must come back on it.
         self.namenode_addr = endpoint.local_addr()?;
         self.namenode_config.listen = self.namenode_addr;
@@ -229,9 +248,15 @@ impl DevCluster {
         let dn = self.datanodes.get_mut(index).context("no such datanode")?;
         anyhow::ensure!(dn.daemon.is_none(), "datanode {index} already running");
         let identity = dn.config.tls.load()?;
-        // Come back on the same port after a restart, as a real datanode would.
-        let bind = dn.addr.unwrap_or(dn.config.listen);
-        let endpoint = transport::server_endpoint(bind, &identity, &TransportOptions::default())?;
+        // Come back on the same port after a restart, as a real datanode would; if something
+        // else took the port meanwhile, take a new one (the datanode re-registers its address).
+        let endpoint = match dn.addr {
+            Some(old) => match bind(old, &identity) {
+                Ok(e) => e,
+                Err(_) => bind(dn.config.listen, &identity)?,
+            },
+            None => bind(dn.config.listen, &identity)?,
+        };
         dn.addr = Some(endpoint.local_addr()?);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(cairn_datanode::run(

@@ -197,10 +197,7 @@ fn mode_string(a: &InodeAttr) -> String {
 
 fn print_entries(entries: &[(String, InodeAttr)], json: bool) -> anyhow::Result<()> {
     if json {
-        let list: Vec<Entry> = entries
-            .iter()
-            .map(|(p, a)| entry(p.clone(), a))
-            .collect();
+        let list: Vec<Entry> = entries.iter().map(|(p, a)| entry(p.clone(), a)).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
@@ -260,7 +257,10 @@ async fn mkdir(client: &Client, path: &str, parents: bool) -> anyhow::Result<()>
             Ok(_) => return Err(at(path)(FsError::NotDir)),
             Err(FsError::NotFound) => match client.mkdir(cur.ino, part.as_bytes(), 0o755).await {
                 Ok(a) => a,
-                Err(FsError::Exists) => client.lookup(cur.ino, part.as_bytes()).await.map_err(at(path))?,
+                Err(FsError::Exists) => client
+                    .lookup(cur.ino, part.as_bytes())
+                    .await
+                    .map_err(at(path))?,
                 Err(e) => return Err(at(path)(e)),
             },
             Err(e) => return Err(at(path)(e)),
@@ -550,7 +550,13 @@ async fn stat(client: &Client, path: &str, json: bool) -> anyhow::Result<()> {
     println!("  path: {}", e.path);
     println!("  kind: {}  inode: {}  links: {}", e.kind, e.ino, e.nlink);
     println!("  size: {} bytes", e.size);
-    println!("  mode: {} ({})  uid: {}  gid: {}", e.mode, mode_string(&attr), e.uid, e.gid);
+    println!(
+        "  mode: {} ({})  uid: {}  gid: {}",
+        e.mode,
+        mode_string(&attr),
+        e.uid,
+        e.gid
+    );
     println!("  modified: {}", e.mtime);
     if attr.kind == FileKind::File {
         println!("  replication: {}", e.replication);
@@ -635,7 +641,11 @@ async fn du(client: &Client, path: &str, summary: bool, json: bool) -> anyhow::R
         return Ok(());
     }
     for (p, u) in rows {
-        println!("{:>12}  {:>10}  {p}", u.bytes, bytesize::ByteSize(u.bytes).to_string());
+        println!(
+            "{:>12}  {:>10}  {p}",
+            u.bytes,
+            bytesize::ByteSize(u.bytes).to_string()
+        );
     }
     Ok(())
 }
@@ -667,7 +677,12 @@ async fn df(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn setrep(client: &Client, path: &str, replication: u8, recursive: bool) -> anyhow::Result<()> {
+async fn setrep(
+    client: &Client,
+    path: &str,
+    replication: u8,
+    recursive: bool,
+) -> anyhow::Result<()> {
     if replication == 0 {
         bail!("replication must be at least 1");
     }

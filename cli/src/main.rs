@@ -87,7 +87,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Fs(_) | Command::Cert { .. });
     init_tracing(if quiet { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the async runtime: {e}");
@@ -196,7 +199,10 @@ async fn dev(
     println!("Try it from another terminal:");
     println!("  cd {d} && cairn fs put /etc/services /services && cairn fs ls /");
     println!("or from anywhere:");
-    println!("  export CAIRN_CONFIG={}", cluster.client_config_path.display());
+    println!(
+        "  export CAIRN_CONFIG={}",
+        cluster.client_config_path.display()
+    );
     println!();
     println!("Ctrl-C stops the cluster; `cairn dev --dir {d}` starts it again with its data.");
     shutdown.cancelled().await;
@@ -209,16 +215,16 @@ fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-                t.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -101,6 +101,12 @@ impl Client {
                 return Ok(id);
             }
             want = placement.replication as usize;
+            stored.extend(placement.holders.iter().copied());
+            stored.sort();
+            stored.dedup();
+            if stored.len() >= want {
+                break;
+            }
             let Some((head, rest)) = placement.targets.split_first() else {
                 break;
             };

@@ -295,6 +295,9 @@ pub struct AllocateBlock {
 pub struct Placement {
     /// The pipeline, head first. Empty when `already_stored`.
     pub targets: Vec<DatanodeAddr>,
+    /// Live datanodes that already hold the block (an earlier attempt, or the same bytes
+    /// written before): they count as replicas.
+    pub holders: Vec<DatanodeId>,
     /// The cluster already holds this block with full replication: nothing to send.
     pub already_stored: bool,
     /// Replicas the file wants.

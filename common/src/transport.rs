@@ -21,7 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::cert::{peer_identity, Role};
 use crate::codec::{read_error, read_frame, write_frame};
@@ -512,4 +512,29 @@ impl TlsPaths {
             }
         }
     }
+}
+
+/// Waits (up to 10 s) for the requests still holding `service` to end, drops it, and waits
+/// for `endpoint`'s connections to close, so that the daemon's state (a database lock, a
+/// UDP port) is released when this returns.
+pub async fn drain<S>(service: Arc<S>, endpoint: &Endpoint) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut service = service;
+    loop {
+        match Arc::try_unwrap(service) {
+            Ok(s) => {
+                drop(s);
+                break;
+            }
+            Err(shared) if tokio::time::Instant::now() < deadline => {
+                service = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => {
+                warn!("requests still running after 10 s; shutting down without them");
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
 }

@@ -63,9 +63,13 @@ pub async fn run(
     });
     // Cancellation point: the reporter checks `shutdown` between heartbeats and retries.
     let reporter = tokio::spawn(report_loop(datanode.clone(), shutdown.clone()));
-    transport::serve(endpoint, datanode.clone(), shutdown).await;
+    transport::serve(endpoint.clone(), datanode.clone(), shutdown).await;
     let _ = reporter.await;
-    info!(name = %datanode.config.name, "datanode stopped");
+    let name = datanode.config.name.clone();
+    // Requests in flight hold the datanode (and through its pool, the endpoint's socket);
+    // let them end so a restart can bind the same port.
+    transport::drain(datanode, &endpoint).await;
+    info!(%name, "datanode stopped");
     Ok(())
 }
 
@@ -96,17 +100,10 @@ impl Datanode {
         if r.downstream.len() > MAX_PIPELINE {
             return Err(FsError::invalid("pipeline too long"));
         }
+        // Nodes of the pipeline that failed. Nodes after a failure that were never reached
+        // are in neither list: the client may try them again.
         let mut failed: Vec<(DatanodeId, String)> = Vec::new();
-        let mut down = match r.downstream.split_first() {
-            Some((next, rest)) => match self.open_downstream(next, rest, &r).await {
-                Ok(streams) => Some(streams),
-                Err(e) => {
-                    fail_all(&mut failed, &r.downstream, &e);
-                    None
-                }
-            },
-            None => None,
-        };
+        let mut down = self.open_pipeline(&r, &mut failed).await;
 
         let len = r.len as usize;
         let mut data = Vec::with_capacity(len);
@@ -122,9 +119,9 @@ impl Datanode {
                         data.len()
                     ))
                 })?;
-            if let Some((send, _)) = down.as_mut() {
+            if let Some((next, send, _)) = down.as_mut() {
                 if let Err(e) = send.write_all(&chunk.bytes).await {
-                    fail_all(&mut failed, &r.downstream, &FsError::unavailable(e));
+                    failed.push((*next, format!("lost mid-transfer: {e}")));
                     down = None;
                 }
             }
@@ -138,14 +135,14 @@ impl Datanode {
         let local = tokio::task::spawn_blocking(move || store.put(&block, &data, sync));
 
         let mut stored_on = Vec::new();
-        if let Some((mut send, mut recv)) = down {
+        if let Some((next, mut send, mut recv)) = down {
             let _ = send.finish();
             match read_frame::<FsResult<PutReply>>(&mut recv).await {
                 Ok(Ok(reply)) => {
                     stored_on.extend(reply.stored_on);
                     failed.extend(reply.failed);
                 }
-                Ok(Err(e)) | Err(e) => fail_all(&mut failed, &r.downstream, &e),
+                Ok(Err(e)) | Err(e) => failed.push((next, e.to_string())),
             }
         }
         let local = local
@@ -173,6 +170,27 @@ impl Datanode {
             }
         }
         ex.respond(&Ok(PutReply { stored_on, failed })).await
+    }
+
+    /// Opens the stream to the next datanode of the pipeline. A node that cannot be reached
+    /// is skipped and the one after it takes its place, so one dead node costs one replica,
+    /// not the rest of the pipeline.
+    async fn open_pipeline(
+        &self,
+        r: &PutBlock,
+        failed: &mut Vec<(DatanodeId, String)>,
+    ) -> Option<(DatanodeId, quinn::SendStream, quinn::RecvStream)> {
+        for (i, next) in r.downstream.iter().enumerate() {
+            match self.open_downstream(next, &r.downstream[i + 1..], r).await {
+                Ok((send, recv)) => return Some((next.id, send, recv)),
+                Err(e) => {
+                    warn!(datanode = %next.addr, "pipeline successor unreachable: {e}");
+                    self.pool.forget(next.addr);
+                    failed.push((next.id, e.to_string()));
+                }
+            }
+        }
+        None
     }
 
     async fn open_downstream(
@@ -261,14 +279,6 @@ impl Datanode {
             })
             .await?;
         Ok(!reply.reregister)
-    }
-}
-
-fn fail_all(failed: &mut Vec<(DatanodeId, String)>, nodes: &[DatanodeAddr], e: &FsError) {
-    for n in nodes {
-        if !failed.iter().any(|(id, _)| *id == n.id) {
-            failed.push((n.id, e.to_string()));
-        }
     }
 }
 

@@ -10,7 +10,6 @@ pub mod ops;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use cairn_common::cert::Role;
 use cairn_common::proto::{
@@ -59,28 +58,10 @@ pub async fn run(
         config,
         engine,
     });
-    transport::serve(endpoint, namenode.clone(), shutdown).await;
+    transport::serve(endpoint.clone(), namenode.clone(), shutdown).await;
     info!("namenode stopping");
-    // Requests still in flight hold the namenode; let them end so the database closes
-    // (releasing its lock) before this returns.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut namenode = namenode;
-    loop {
-        match Arc::try_unwrap(namenode) {
-            Ok(nn) => {
-                drop(nn);
-                break;
-            }
-            Err(still_shared) if Instant::now() < deadline => {
-                namenode = still_shared;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(_) => {
-                warn!("requests still running after 10 s; metadata closes when they end");
-                break;
-            }
-        }
-    }
+    // The metadata database closes (releasing its lock) once the last request ends.
+    transport::drain(namenode, &endpoint).await;
     info!("namenode stopped");
     Ok(())
 }
@@ -126,11 +107,13 @@ impl Namenode {
     fn allocate(&self, a: &AllocateBlock) -> FsResult<Placement> {
         let attr = self.engine.getattr(a.ino)?;
         let replication = attr.replication;
+        // Replicas on disk are verified, committed or not: they count.
         let holders = self.blocks.locations(&a.block);
-        let known = self.engine.block(&a.block)?.is_some_and(|b| b.len == a.len);
-        if known && holders.len() >= replication as usize {
+        let holder_ids: Vec<_> = holders.iter().map(|h| h.id).collect();
+        if holders.len() >= replication as usize {
             return Ok(Placement {
                 targets: Vec::new(),
+                holders: holder_ids,
                 already_stored: true,
                 replication,
             });
@@ -139,7 +122,7 @@ impl Namenode {
         let mut exclude = a.exclude.clone();
         exclude.extend(holders.iter().map(|h| h.id));
         let targets = self.blocks.place(want, a.len as u64, &exclude);
-        if targets.is_empty() {
+        if targets.is_empty() && holders.is_empty() {
             let live = self.blocks.statuses().iter().filter(|s| s.alive).count();
             return Err(if live == 0 {
                 FsError::unavailable("no live datanodes")
@@ -153,6 +136,7 @@ impl Namenode {
         }
         Ok(Placement {
             targets,
+            holders: holder_ids,
             already_stored: false,
             replication,
         })

@@ -28,3 +28,245 @@ async fn a_200_mib_file_round_trips_with_three_replicas_on_disk() {
     let _ = Ino::ROOT;
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_overwrites_match_a_local_file() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+
+    tracing::info!("--- a 70 MiB file spanning two chunks");
+    let mut model = random_bytes(70 << 20, 2);
+    let attr = put(&client, "f", &model, 3 << 20).await;
+
+    tracing::info!("--- overwrite at unaligned offsets, some across block and chunk edges");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut f = client.open(attr.ino).await.unwrap();
+    let mut edits = vec![
+        ((4 << 20) - 7, 100),        // across a block boundary
+        ((64 << 20) - 5000, 10_000), // across the chunk boundary
+        ((70 << 20) - 10, 10),       // the very end
+    ];
+    for _ in 0..40 {
+        let len = rng.gen_range(1..300_000);
+        let at = rng.gen_range(0..(model.len() - len) as u64);
+        edits.push((at, len));
+    }
+    for (i, (at, len)) in edits.into_iter().enumerate() {
+        let bytes = random_bytes(len, 100 + i as u64);
+        model[at as usize..at as usize + len].copy_from_slice(&bytes);
+        f.write(at, &bytes).await.unwrap();
+        if i % 7 == 0 {
+            // Interleave reads: a handle sees its own writes.
+            let back = f.read(at, len).await.unwrap();
+            assert!(back == bytes, "read-back of edit {i}");
+        }
+    }
+    f.close().await.unwrap();
+
+    tracing::info!("--- extend past the end with a gap, which reads as zeros");
+    let mut f = client.open(attr.ino).await.unwrap();
+    let tail = random_bytes(1000, 9);
+    let at = model.len() as u64 + 12_345;
+    f.write(at, &tail).await.unwrap();
+    f.close().await.unwrap();
+    model.resize(at as usize, 0);
+    model.extend_from_slice(&tail);
+
+    tracing::info!("--- truncate inside, then grow: the cut bytes come back as zeros");
+    let mut f = client.open(attr.ino).await.unwrap();
+    f.truncate(50 << 20).await.unwrap();
+    f.truncate((50 << 20) + 4096).await.unwrap();
+    f.close().await.unwrap();
+    model.truncate(50 << 20);
+    model.resize((50 << 20) + 4096, 0);
+
+    let back = get(&client, attr.ino, 8 << 20).await;
+    assert_eq!(back.len(), model.len());
+    assert!(back == model, "file differs from the local model");
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarts_keep_the_namespace_and_the_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(20 << 20, 4);
+    let docs = client.mkdir(Ino::ROOT, b"docs", 0o750).await.unwrap();
+    let created = client
+        .create(docs.ino, b"report", 0o600, true, false)
+        .await
+        .unwrap();
+    let mut f = client.open(created.attr.ino).await.unwrap();
+    f.write(0, &data).await.unwrap();
+    f.close().await.unwrap();
+
+    tracing::info!("--- restart the namenode");
+    cluster.restart_namenode().await.unwrap();
+    cluster.wait_for_datanodes(3).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let docs2 = client.resolve("/docs").await.unwrap();
+    assert_eq!(docs2.perm, 0o750);
+    let report = client.resolve("/docs/report").await.unwrap();
+    assert_eq!(report.ino, created.attr.ino);
+    assert_eq!(report.size, data.len() as u64);
+    assert!(get(&client, report.ino, 4 << 20).await == data);
+
+    tracing::info!("--- restart a datanode: its blocks are reported again");
+    let blocks = file_blocks(&client, report.ino).await;
+    cluster.stop_datanode(1).await.unwrap();
+    cluster.start_datanode(1).await.unwrap();
+    let dn_addr = cluster.datanodes[1].addr.unwrap();
+    // Wait until the namenode lists the restarted node as a holder of every block again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let map = client
+            .namenode(cairn_common::proto::ReadChunks {
+                ino: report.ino,
+                first: 0,
+                count: 1,
+            })
+            .await
+            .unwrap();
+        let on_dn = map
+            .locations
+            .iter()
+            .filter(|(_, locs)| locs.iter().any(|l| l.addr == dn_addr))
+            .count();
+        if on_dn == blocks.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted datanode reported {on_dn} of {} blocks",
+            blocks.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = client.datanodes().await.unwrap();
+    let dn = status.iter().find(|s| s.addr == dn_addr).unwrap();
+    assert_eq!(dn.blocks, blocks.len() as u64);
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_datanode_killed_during_a_put_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    assert_eq!(client.config().min_replicas, 2);
+    let data = random_bytes(120 << 20, 5);
+    let created = client
+        .create(Ino::ROOT, b"big", 0o644, true, false)
+        .await
+        .unwrap();
+    let mut f = client.open(created.attr.ino).await.unwrap();
+
+    tracing::info!("--- write the first third, then kill datanode 3 mid-put");
+    let third = data.len() / 3;
+    for (i, part) in data[..third].chunks(1 << 20).enumerate() {
+        f.write((i << 20) as u64, part).await.unwrap();
+    }
+    cluster.stop_datanode(2).await.unwrap();
+    for (i, part) in data[third..].chunks(1 << 20).enumerate() {
+        f.write((third + (i << 20)) as u64, part).await.unwrap();
+    }
+    f.close()
+        .await
+        .expect("close succeeds with 2 of 3 datanodes");
+
+    tracing::info!("--- every block is on both survivors' disks and the file reads back");
+    for b in file_blocks(&client, created.attr.ino).await {
+        let on = holders(&cluster, &b);
+        assert!(
+            on.contains(&0) && on.contains(&1),
+            "block {b} is on datanodes {on:?}"
+        );
+    }
+    assert!(get(&client, created.attr.ino, 16 << 20).await == data);
+
+    tracing::info!("--- with one datanode left, writes fail instead of pretending");
+    cluster.stop_datanode(1).await.unwrap();
+    let created = client
+        .create(Ino::ROOT, b"doomed", 0o644, true, false)
+        .await
+        .unwrap();
+    let mut f = client.open(created.attr.ino).await.unwrap();
+    let _ = f.write(0, &random_bytes(1 << 20, 6)).await;
+    let err = f
+        .close()
+        .await
+        .expect_err("close must fail below min_replicas");
+    assert_eq!(err.errno(), libc_eio(), "{err}");
+    cluster.stop().await.unwrap();
+}
+
+fn libc_eio() -> i32 {
+    cairn_common::FsError::io("").errno()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_replica_is_skipped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(6 << 20, 7);
+    let attr = put(&client, "c", &data, 1 << 20).await;
+
+    tracing::info!("--- flip bytes in the replica a reader tries first");
+    let map = client
+        .namenode(cairn_common::proto::ReadChunks {
+            ino: attr.ino,
+            first: 0,
+            count: 1,
+        })
+        .await
+        .unwrap();
+    let (block, locations) = map.locations[0].clone();
+    let victim = locations[0].clone();
+    let index = cluster
+        .datanodes
+        .iter()
+        .position(|dn| dn.addr == Some(victim.addr))
+        .unwrap();
+    let hex = block.to_hex();
+    let path = cluster.datanodes[index]
+        .config
+        .data_dir
+        .join("blocks")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(&hex);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 0xff;
+    bytes[2000] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    tracing::info!("--- a fresh client still reads the right bytes");
+    let fresh = cluster.client().await.unwrap();
+    assert!(get(&fresh, attr.ino, 16 << 20).await == data);
+
+    tracing::info!("--- and the namenode no longer offers the corrupt replica");
+    let map = client
+        .namenode(cairn_common::proto::ReadChunks {
+            ino: attr.ino,
+            first: 0,
+            count: 1,
+        })
+        .await
+        .unwrap();
+    let now: Vec<_> = map
+        .locations
+        .iter()
+        .find(|(b, _)| *b == block)
+        .unwrap()
+        .1
+        .iter()
+        .map(|l| l.id)
+        .collect();
+    assert!(!now.contains(&victim.id), "corrupt replica still listed");
+    assert_eq!(now.len(), 2);
+    cluster.stop().await.unwrap();
+}
