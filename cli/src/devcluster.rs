@@ -114,7 +114,19 @@ fn write_toml<T: serde::Serialize>(path: &Path, header: &str, value: &T) -> anyh
 fn bind(addr: SocketAddr, identity: &TlsIdentity) -> anyhow::Result<quinn::Endpoint> {
     let opts = TransportOptions::default();
     if addr.port() != 0 {
-        return transport::server_endpoint(addr, identity, &opts);
+        // A daemon that just stopped releases its socket a moment after it returns.
+        let mut tries = 0;
+        loop {
+            match transport::server_endpoint(addr, identity, &opts) {
+                Ok(e) => return Ok(e),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    tracing::debug!("binding {addr}: {e:#}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     let mut last = None;
     for _ in 0..100 {

@@ -2,7 +2,9 @@
 //! download from the first replica that serves bytes matching the block's hash, and a cache
 //! keyed by hash (so it can never be stale).
 
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_common::cert::Role;
@@ -16,6 +18,29 @@ use crate::Client;
 
 /// Pipelines tried per block before giving up on full replication.
 const MAX_PLACEMENT_ROUNDS: usize = 5;
+/// How long a datanode that failed a write is left out of new pipelines.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+pub struct Suspects {
+    inner: Mutex<HashMap<DatanodeId, Instant>>,
+}
+
+impl Suspects {
+    fn add(&self, id: DatanodeId) {
+        self.lock().insert(id, Instant::now());
+    }
+
+    fn current(&self) -> Vec<DatanodeId> {
+        let mut inner = self.lock();
+        inner.retain(|_, since| since.elapsed() < SUSPECT_FOR);
+        inner.keys().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DatanodeId, Instant>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 pub struct BlockCache {
     budget: u64,
@@ -71,9 +96,19 @@ impl Client {
         let mut stored: Vec<DatanodeId> = Vec::new();
         let mut failed: Vec<(DatanodeId, String)> = Vec::new();
         let mut want = 0usize;
+        let mut avoid_suspects = true;
         for round in 0..MAX_PLACEMENT_ROUNDS {
             let mut exclude = stored.clone();
             exclude.extend(failed.iter().map(|(id, _)| *id));
+            let suspects = if avoid_suspects {
+                self.inner.suspects.current()
+            } else {
+                Vec::new()
+            };
+            let had_suspects = !suspects.is_empty();
+            exclude.extend(suspects);
+            exclude.sort();
+            exclude.dedup();
             let placement = match self
                 .namenode(AllocateBlock {
                     ino,
@@ -89,6 +124,11 @@ impl Client {
                 .await
             {
                 Ok(p) => p,
+                // Only suspects are left: they may have recovered, try them.
+                Err(FsError::NoSpace(_)) if had_suspects => {
+                    avoid_suspects = false;
+                    continue;
+                }
                 // No more datanodes to try: judge what we have.
                 Err(FsError::NoSpace(reason)) if round > 0 => {
                     failed.push((DatanodeId(0), reason));
@@ -113,10 +153,14 @@ impl Client {
             match self.put_pipeline(head, rest, id, &data).await {
                 Ok(reply) => {
                     stored.extend(reply.stored_on);
+                    for (id, _) in &reply.failed {
+                        self.inner.suspects.add(*id);
+                    }
                     failed.extend(reply.failed);
                 }
                 Err(e) => {
                     // The head is gone; the rest never saw the block.
+                    self.inner.suspects.add(head.id);
                     failed.push((head.id, e.to_string()));
                 }
             }

@@ -31,6 +31,9 @@ struct Inner {
     config: ClientConfig,
     pool: ConnectionPool,
     cache: data::BlockCache,
+    /// Datanodes that failed a write recently; new blocks avoid them for a while, so one
+    /// dead node costs one failed attempt, not one per block until the namenode notices.
+    suspects: data::Suspects,
 }
 
 impl Client {
@@ -58,6 +61,7 @@ impl Client {
                 pool: ConnectionPool::new(endpoint, opts),
                 config,
                 cache,
+                suspects: data::Suspects::default(),
             }),
         }
     }

@@ -31,6 +31,10 @@ use crate::proto::Rpc;
 /// The protocol version this build speaks. Bump it on any incompatible wire change.
 pub const PROTOCOL_VERSION: u32 = 1;
 const ALPN_FALLBACK: &[u8] = b"cairn";
+/// Longest wait for a handshake; peers are on a LAN, so a handshake takes milliseconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a peer that could not be reached is not dialled again.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(2);
 /// Application close code: the peer speaks another protocol version.
 const CLOSE_VERSION_MISMATCH: u32 = 0x76;
 /// Application close code: the endpoint is shutting down.
@@ -210,8 +214,16 @@ pub async fn connect(
     let connecting = endpoint
         .connect(addr, &role.server_name())
         .map_err(|e| FsError::unavailable(format!("cannot connect to {role} {addr}: {e}")))?;
-    let conn = connecting
+    // QUIC ignores ICMP "port unreachable": without this bound a dead peer would cost a
+    // whole idle timeout per attempt.
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
+        .map_err(|_| {
+            FsError::unavailable(format!(
+                "cannot connect to {role} {addr}: no answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| FsError::unavailable(format!("cannot connect to {role} {addr}: {e}")))?;
     if negotiated_protocol(&conn).as_deref() == Some(ALPN_FALLBACK) {
         let ours = String::from_utf8_lossy(&alpn(protocol_version)).into_owned();
@@ -447,6 +459,9 @@ pub struct ConnectionPool {
     endpoint: Endpoint,
     protocol_version: u32,
     conns: Arc<Mutex<HashMap<SocketAddr, Connection>>>,
+    /// Peers that just failed to connect, with when: asking again at once would only wait
+    /// out another connect timeout.
+    unreachable: Arc<Mutex<HashMap<SocketAddr, (std::time::Instant, FsError)>>>,
 }
 
 impl ConnectionPool {
@@ -455,6 +470,7 @@ impl ConnectionPool {
             endpoint,
             protocol_version: opts.protocol_version,
             conns: Arc::default(),
+            unreachable: Arc::default(),
         }
     }
 
@@ -469,7 +485,27 @@ impl ConnectionPool {
                 return Ok(conn.clone());
             }
         }
-        let conn = connect(&self.endpoint, addr, role, self.protocol_version).await?;
+        {
+            let mut down = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((since, err)) = down.get(&addr) {
+                if since.elapsed() < UNREACHABLE_BACKOFF {
+                    return Err(err.clone());
+                }
+                down.remove(&addr);
+            }
+        }
+        let conn = match connect(&self.endpoint, addr, role, self.protocol_version).await {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(e, FsError::Unavailable(_)) {
+                    self.unreachable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(addr, (std::time::Instant::now(), e.clone()));
+                }
+                return Err(e);
+            }
+        };
         self.lock().insert(addr, conn.clone());
         debug!(%addr, %role, "connected");
         Ok(conn)

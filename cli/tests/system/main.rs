@@ -4,3 +4,5 @@
 mod support;
 
 mod data_path;
+mod namespace;
+mod security;

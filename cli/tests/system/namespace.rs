@@ -1,0 +1,323 @@
+//! The namespace through the RPC: every operation and its POSIX errors.
+
+use cairn_client::Client;
+use cairn_common::attr::{FileKind, SetAttr};
+use cairn_common::proto::{RenameMode, XattrMode};
+use cairn_common::{FsError, Ino};
+
+use crate::support::*;
+
+fn errno(r: Result<impl std::fmt::Debug, FsError>) -> i32 {
+    r.expect_err("operation must fail").errno()
+}
+
+async fn ns_cluster(dir: &std::path::Path) -> (cairn_cli::devcluster::DevCluster, Client) {
+    let cluster = cluster(dir, 0).await;
+    let client = cluster.client().await.unwrap();
+    (cluster, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_lookup_and_remove_with_posix_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, c) = ns_cluster(dir.path()).await;
+    let root = Ino::ROOT;
+
+    tracing::info!("--- mkdir, create, lookup");
+    let d = c.mkdir(root, b"d", 0o755).await.unwrap();
+    assert_eq!(d.kind, FileKind::Dir);
+    assert_eq!(
+        c.getattr(root).await.unwrap().nlink,
+        3,
+        "a subdirectory links its parent"
+    );
+    let f = c.create(d.ino, b"f", 0o640, true, false).await.unwrap();
+    assert!(f.created);
+    assert_eq!(f.attr.perm, 0o640);
+    assert_eq!(c.lookup(d.ino, b"f").await.unwrap().ino, f.attr.ino);
+    assert_eq!(errno(c.lookup(d.ino, b"missing").await), libc::ENOENT);
+    assert_eq!(errno(c.lookup(f.attr.ino, b"x").await), libc::ENOTDIR);
+    assert_eq!(errno(c.getattr(Ino(999_999)).await), libc::ENOENT);
+
+    tracing::info!("--- EEXIST, O_EXCL and plain O_CREAT");
+    assert_eq!(errno(c.mkdir(root, b"d", 0o755).await), libc::EEXIST);
+    assert_eq!(
+        errno(c.create(d.ino, b"f", 0o644, true, false).await),
+        libc::EEXIST
+    );
+    let again = c.create(d.ino, b"f", 0o644, false, false).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.attr.ino, f.attr.ino);
+    assert_eq!(
+        errno(c.create(root, b"d", 0o644, false, false).await),
+        libc::EISDIR
+    );
+    assert_eq!(errno(c.mkdir(f.attr.ino, b"x", 0o755).await), libc::ENOTDIR);
+
+    tracing::info!("--- names: 255 bytes fine, 256 ENAMETOOLONG, '/' and '' EINVAL");
+    let long = vec![b'a'; 255];
+    c.create(root, &long, 0o644, true, false).await.unwrap();
+    assert_eq!(c.lookup(root, &long).await.unwrap().kind, FileKind::File);
+    let too_long = vec![b'a'; 256];
+    assert_eq!(
+        errno(c.create(root, &too_long, 0o644, true, false).await),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(c.mkdir(root, &too_long, 0o755).await),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(errno(c.lookup(root, &too_long).await), libc::ENAMETOOLONG);
+    assert_eq!(errno(c.mkdir(root, b"a/b", 0o755).await), libc::EINVAL);
+    assert_eq!(errno(c.mkdir(root, b"", 0o755).await), libc::EINVAL);
+
+    tracing::info!("--- unlink, rmdir");
+    assert_eq!(errno(c.rmdir(root, b"d").await), libc::ENOTEMPTY);
+    assert_eq!(errno(c.unlink(root, b"d").await), libc::EISDIR);
+    assert_eq!(errno(c.rmdir(d.ino, b"f").await), libc::ENOTDIR);
+    assert_eq!(errno(c.unlink(d.ino, b"missing").await), libc::ENOENT);
+    c.unlink(d.ino, b"f").await.unwrap();
+    assert_eq!(errno(c.getattr(f.attr.ino).await), libc::ENOENT);
+    c.rmdir(root, b"d").await.unwrap();
+    assert_eq!(c.getattr(root).await.unwrap().nlink, 2);
+
+    tracing::info!("--- mknod, symlinks");
+    let fifo = c
+        .mknod(root, b"fifo", FileKind::Fifo, 0o600, 0)
+        .await
+        .unwrap();
+    assert_eq!(fifo.kind, FileKind::Fifo);
+    let dev = c
+        .mknod(root, b"null", FileKind::CharDevice, 0o666, 0x0103)
+        .await
+        .unwrap();
+    assert_eq!(dev.rdev, 0x0103);
+    let l = c.symlink(root, b"link", b"/some/where").await.unwrap();
+    assert_eq!(l.kind, FileKind::Symlink);
+    assert_eq!(l.size, 11);
+    assert_eq!(c.readlink(l.ino).await.unwrap(), b"/some/where");
+    assert_eq!(errno(c.readlink(fifo.ino).await), libc::EINVAL);
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_in_all_its_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, c) = ns_cluster(dir.path()).await;
+    let root = Ino::ROOT;
+    let a = c.mkdir(root, b"a", 0o755).await.unwrap();
+    let b = c.mkdir(a.ino, b"b", 0o755).await.unwrap();
+    let f = c.create(root, b"f", 0o644, true, false).await.unwrap().attr;
+    let g = c.create(root, b"g", 0o644, true, false).await.unwrap().attr;
+    let empty = c.mkdir(root, b"empty", 0o755).await.unwrap();
+    let full = c.mkdir(root, b"full", 0o755).await.unwrap();
+    c.create(full.ino, b"x", 0o644, true, false).await.unwrap();
+    let replace = RenameMode::Replace;
+
+    tracing::info!("--- into its own subtree: EINVAL");
+    assert_eq!(
+        errno(c.rename(root, b"a", b.ino, b"a2", replace).await),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(c.rename(root, b"a", a.ino, b"self", replace).await),
+        libc::EINVAL
+    );
+
+    tracing::info!("--- over a file replaces it; over a directory with a file: EISDIR/ENOTDIR");
+    c.rename(root, b"f", root, b"g", replace).await.unwrap();
+    assert_eq!(c.lookup(root, b"g").await.unwrap().ino, f.ino);
+    assert_eq!(errno(c.getattr(g.ino).await), libc::ENOENT);
+    assert_eq!(errno(c.lookup(root, b"f").await), libc::ENOENT);
+    assert_eq!(
+        errno(c.rename(root, b"g", root, b"empty", replace).await),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(c.rename(root, b"empty", root, b"g", replace).await),
+        libc::ENOTDIR
+    );
+
+    tracing::info!("--- a directory over an empty one replaces it; over a full one: ENOTEMPTY");
+    assert_eq!(
+        errno(c.rename(root, b"a", root, b"full", replace).await),
+        libc::ENOTEMPTY
+    );
+    c.rename(root, b"a", root, b"empty", replace).await.unwrap();
+    assert_eq!(c.lookup(root, b"empty").await.unwrap().ino, a.ino);
+    assert_eq!(errno(c.getattr(empty.ino).await), libc::ENOENT);
+    assert_eq!(c.lookup(a.ino, b"b").await.unwrap().ino, b.ino);
+
+    tracing::info!("--- a directory moved to another parent moves its link count");
+    let before = c.getattr(full.ino).await.unwrap().nlink;
+    c.rename(a.ino, b"b", full.ino, b"b", replace)
+        .await
+        .unwrap();
+    assert_eq!(c.getattr(full.ino).await.unwrap().nlink, before + 1);
+    assert_eq!(c.getattr(a.ino).await.unwrap().nlink, 2);
+
+    tracing::info!("--- RENAME_NOREPLACE");
+    let noreplace = RenameMode::NoReplace;
+    assert_eq!(
+        errno(c.rename(root, b"g", full.ino, b"x", noreplace).await),
+        libc::EEXIST
+    );
+    c.rename(root, b"g", root, b"g2", noreplace).await.unwrap();
+
+    tracing::info!("--- RENAME_EXCHANGE swaps a file and a directory");
+    let exchange = RenameMode::Exchange;
+    c.rename(root, b"g2", root, b"full", exchange)
+        .await
+        .unwrap();
+    assert_eq!(c.lookup(root, b"g2").await.unwrap().ino, full.ino);
+    assert_eq!(c.lookup(root, b"full").await.unwrap().ino, f.ino);
+    assert_eq!(
+        errno(c.rename(root, b"g2", root, b"nothing", exchange).await),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(c.rename(root, b"missing", root, b"g2", replace).await),
+        libc::ENOENT
+    );
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_attributes_and_xattrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, c) = ns_cluster(dir.path()).await;
+    let root = Ino::ROOT;
+    let f = c.create(root, b"f", 0o644, true, false).await.unwrap().attr;
+    let d = c.mkdir(root, b"d", 0o755).await.unwrap();
+
+    tracing::info!("--- hard links keep nlink right");
+    let linked = c.link(f.ino, d.ino, b"f2").await.unwrap();
+    assert_eq!(linked.nlink, 2);
+    assert_eq!(errno(c.link(f.ino, d.ino, b"f2").await), libc::EEXIST);
+    assert_eq!(errno(c.link(d.ino, root, b"dirlink").await), libc::EPERM);
+    c.unlink(root, b"f").await.unwrap();
+    assert_eq!(c.getattr(f.ino).await.unwrap().nlink, 1);
+    assert_eq!(c.lookup(d.ino, b"f2").await.unwrap().ino, f.ino);
+
+    tracing::info!("--- setattr: mode, owner, times, size");
+    let set = SetAttr {
+        perm: Some(0o4711),
+        uid: Some(1000),
+        gid: Some(100),
+        mtime: Some(cairn_common::attr::TimeSet::At(
+            cairn_common::attr::Timestamp {
+                secs: 1_000_000,
+                nanos: 5,
+            },
+        )),
+        ..SetAttr::default()
+    };
+    let a = c.setattr(f.ino, set).await.unwrap();
+    assert_eq!((a.perm, a.uid, a.gid), (0o4711, 1000, 100));
+    assert_eq!(a.mtime.secs, 1_000_000);
+    assert!(a.ctime.secs > 1_000_000);
+    let grown = c
+        .setattr(
+            f.ino,
+            SetAttr {
+                size: Some(1 << 40),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(grown.size, 1 << 40);
+    assert_eq!(
+        errno(
+            c.setattr(
+                d.ino,
+                SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                }
+            )
+            .await
+        ),
+        libc::EISDIR
+    );
+
+    tracing::info!("--- extended attributes");
+    c.set_xattr(f.ino, b"user.a", b"1", XattrMode::Any)
+        .await
+        .unwrap();
+    c.set_xattr(f.ino, b"user.b", b"", XattrMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        errno(c.set_xattr(f.ino, b"user.a", b"2", XattrMode::Create).await),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(
+            c.set_xattr(f.ino, b"user.c", b"2", XattrMode::Replace)
+                .await
+        ),
+        libc::ENODATA
+    );
+    c.set_xattr(f.ino, b"user.a", b"3", XattrMode::Replace)
+        .await
+        .unwrap();
+    assert_eq!(c.get_xattr(f.ino, b"user.a").await.unwrap(), b"3");
+    assert_eq!(c.get_xattr(f.ino, b"user.b").await.unwrap(), b"");
+    assert_eq!(
+        c.list_xattr(f.ino).await.unwrap(),
+        vec![b"user.a".to_vec(), b"user.b".to_vec()]
+    );
+    c.remove_xattr(f.ino, b"user.a").await.unwrap();
+    assert_eq!(errno(c.get_xattr(f.ino, b"user.a").await), libc::ENODATA);
+    assert_eq!(errno(c.remove_xattr(f.ino, b"user.a").await), libc::ENODATA);
+
+    tracing::info!("--- statfs counts inodes");
+    let stats = c.statfs().await.unwrap();
+    assert_eq!(stats.inodes, 3);
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_readdir_is_stable_while_entries_are_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, c) = ns_cluster(dir.path()).await;
+    let d = c.mkdir(Ino::ROOT, b"d", 0o755).await.unwrap();
+    let mut names: Vec<Vec<u8>> = (0..1000)
+        .map(|i| format!("old-{i:04}").into_bytes())
+        .collect();
+    for n in &names {
+        c.create(d.ino, n, 0o644, true, false).await.unwrap();
+    }
+
+    tracing::info!("--- list page by page while another task adds entries");
+    let adder = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 0..500 {
+                c.create(d.ino, format!("new-{i:04}").as_bytes(), 0o644, true, false)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let after = seen.last().cloned();
+        let page = c.readdir_page(d.ino, after.as_deref(), 37).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(page.into_iter().map(|e| e.name));
+    }
+    adder.await.unwrap();
+    let mut sorted = seen.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "an entry appeared twice");
+    names.sort();
+    for n in &names {
+        assert!(seen.contains(n), "{} missing", String::from_utf8_lossy(n));
+    }
+    assert_eq!(c.readdir(d.ino).await.unwrap().len(), 1500);
+    cluster.stop().await.unwrap();
+}

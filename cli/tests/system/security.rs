@@ -1,0 +1,264 @@
+//! Who gets in, and what junk from the network gets: refusals and errors, while the daemons
+//! go on serving everyone else.
+
+use std::sync::Arc;
+
+use cairn_common::cert::{self, Role};
+use cairn_common::proto::{self, Rpc};
+use cairn_common::transport::{self, TlsIdentity, TransportOptions};
+use cairn_common::{BlockId, FsError, Ino};
+
+use crate::support::*;
+
+/// The namenode still answers a well-behaved client.
+async fn still_serving(cluster: &cairn_cli::devcluster::DevCluster) {
+    let client = cluster.client().await.unwrap();
+    let root = client
+        .getattr(Ino::ROOT)
+        .await
+        .expect("namenode still serves");
+    assert_eq!(root.ino, Ino::ROOT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_a_cluster_certificate_get_no_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 1).await;
+    let addr = cluster.namenode_addr;
+    let certs = cluster.dir().join("certs");
+
+    tracing::info!("--- a client presenting no certificate");
+    let ca = rustls::pki_types::CertificateDer::from(
+        std::fs::read(certs.join("ca.pem"))
+            .map(|pem| pem_to_der(&pem))
+            .unwrap(),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![transport::alpn(transport::PROTOCOL_VERSION)];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let outcome = async {
+        let conn = transport::connect(&endpoint, addr, Role::Namenode, transport::PROTOCOL_VERSION)
+            .await?;
+        transport::call(&conn, proto::GetAttr { ino: Ino::ROOT }).await
+    }
+    .await;
+    assert!(
+        outcome.is_err(),
+        "a client without a certificate was served"
+    );
+
+    tracing::info!("--- a client whose certificate another CA signed");
+    let other = tempfile::tempdir().unwrap();
+    cert::init_ca(other.path()).unwrap();
+    let paths = cert::issue(other.path(), Role::Client, "mallory", other.path()).unwrap();
+    // It trusts our CA (so it would accept the server) but presents the other CA's cert.
+    let identity = TlsIdentity::load(&certs.join("ca.pem"), &paths.cert, &paths.key).unwrap();
+    let endpoint = transport::client_endpoint(&identity, &TransportOptions::default()).unwrap();
+    let outcome = async {
+        let conn = transport::connect(&endpoint, addr, Role::Namenode, transport::PROTOCOL_VERSION)
+            .await?;
+        transport::call(&conn, proto::GetAttr { ino: Ino::ROOT }).await
+    }
+    .await;
+    assert!(outcome.is_err(), "a client of another CA was served");
+
+    tracing::info!("--- a client certificate cannot act as a datanode");
+    let client = cluster.client().await.unwrap();
+    let err = client
+        .namenode(proto::Heartbeat {
+            id: cairn_common::DatanodeId(1),
+            capacity: 0,
+            used: 0,
+            available: 0,
+            blocks: 0,
+            active_transfers: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err, FsError::AccessDenied);
+
+    still_serving(&cluster).await;
+    cluster.stop().await.unwrap();
+}
+
+fn pem_to_der(pem: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem)
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_protocol_version_is_told_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 1).await;
+    let certs = cluster.dir().join("certs");
+    let identity = TlsIdentity::load(
+        &certs.join("ca.pem"),
+        &certs.join("client.pem"),
+        &certs.join("client.key"),
+    )
+    .unwrap();
+    let opts = TransportOptions {
+        protocol_version: transport::PROTOCOL_VERSION + 1,
+        ..TransportOptions::default()
+    };
+    let endpoint = transport::client_endpoint(&identity, &opts).unwrap();
+    let err = transport::connect(
+        &endpoint,
+        cluster.namenode_addr,
+        Role::Namenode,
+        opts.protocol_version,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    let ours = format!("cairn/{}", transport::PROTOCOL_VERSION + 1);
+    let theirs = format!("cairn/{}", transport::PROTOCOL_VERSION);
+    assert!(
+        msg.contains("version mismatch") && msg.contains(&ours) && msg.contains(&theirs),
+        "{msg}"
+    );
+    still_serving(&cluster).await;
+    cluster.stop().await.unwrap();
+}
+
+/// Opens a raw stream to a daemon, writes `bytes`, finishes, and decodes the answer.
+async fn raw_exchange(
+    conn: &quinn::Connection,
+    bytes: &[u8],
+) -> Result<Result<(), FsError>, FsError> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    let _ = send.finish();
+    cairn_common::codec::read_frame::<Result<(), FsError>>(&mut recv).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 1).await;
+    let certs = cluster.dir().join("certs");
+    let identity = TlsIdentity::load(
+        &certs.join("ca.pem"),
+        &certs.join("client.pem"),
+        &certs.join("client.key"),
+    )
+    .unwrap();
+    let endpoint = transport::client_endpoint(&identity, &TransportOptions::default()).unwrap();
+    let nn = transport::connect(
+        &endpoint,
+        cluster.namenode_addr,
+        Role::Namenode,
+        transport::PROTOCOL_VERSION,
+    )
+    .await
+    .unwrap();
+
+    tracing::info!("--- a garbage frame");
+    let mut garbage = 16u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 16]);
+    let answer = raw_exchange(&nn, &garbage).await.unwrap();
+    assert!(matches!(answer, Err(FsError::Protocol(_))), "{answer:?}");
+
+    tracing::info!("--- an oversized header");
+    let oversized = (64u32 << 20).to_be_bytes();
+    let answer = raw_exchange(&nn, &oversized).await.unwrap();
+    match answer {
+        Err(FsError::Protocol(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
+        other => panic!("oversized header answered {other:?}"),
+    }
+
+    tracing::info!("--- a stream that ends inside its header");
+    let mut truncated = 100u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[1, 2, 3]);
+    let answer = raw_exchange(&nn, &truncated).await.unwrap();
+    assert!(matches!(answer, Err(FsError::Protocol(_))), "{answer:?}");
+
+    tracing::info!("--- the same connection and others still work");
+    let root = transport::call(&nn, proto::GetAttr { ino: Ino::ROOT }).await;
+    assert!(root.is_ok());
+    still_serving(&cluster).await;
+
+    tracing::info!("--- a datanode given a block stream that ends early");
+    let dn_addr = cluster.datanodes[0].addr.unwrap();
+    let dn = transport::connect(
+        &endpoint,
+        dn_addr,
+        Role::Datanode,
+        transport::PROTOCOL_VERSION,
+    )
+    .await
+    .unwrap();
+    let data = random_bytes(1 << 20, 11);
+    let header = cairn_common::codec::encode(
+        &proto::PutBlock {
+            block: BlockId::of(&data),
+            len: data.len() as u32,
+            downstream: Vec::new(),
+            sync: false,
+        }
+        .into_service(),
+    )
+    .unwrap();
+    let (mut send, mut recv) = dn.open_bi().await.unwrap();
+    send.write_all(&header).await.unwrap();
+    send.write_all(&data[..1000]).await.unwrap();
+    let _ = send.finish();
+    let answer = cairn_common::codec::read_frame::<Result<proto::PutReply, FsError>>(&mut recv)
+        .await
+        .unwrap();
+    match answer {
+        Err(FsError::Protocol(m)) => assert!(m.contains("ended after 1000"), "{m}"),
+        other => panic!("truncated block answered {other:?}"),
+    }
+
+    tracing::info!("--- a block whose bytes do not match its id is refused");
+    let wrong = cairn_common::codec::encode(
+        &proto::PutBlock {
+            block: BlockId::of(b"something else"),
+            len: data.len() as u32,
+            downstream: Vec::new(),
+            sync: false,
+        }
+        .into_service(),
+    )
+    .unwrap();
+    let mut frame = wrong.clone();
+    frame.extend_from_slice(&data);
+    let (mut send, mut recv) = dn.open_bi().await.unwrap();
+    send.write_all(&frame).await.unwrap();
+    let _ = send.finish();
+    let answer = cairn_common::codec::read_frame::<Result<proto::PutReply, FsError>>(&mut recv)
+        .await
+        .unwrap();
+    assert!(matches!(answer, Err(FsError::Io(_))), "{answer:?}");
+
+    tracing::info!("--- and the datanode still stores good blocks");
+    let client = cluster.client().await.unwrap();
+    let mut two = cluster_with_one_replica(&client).await;
+    two.write(0, &data).await.unwrap();
+    two.close().await.unwrap();
+    cluster.stop().await.unwrap();
+}
+
+/// A file replicated once, so that a one-datanode cluster can store it.
+async fn cluster_with_one_replica(client: &cairn_client::Client) -> cairn_client::FileHandle {
+    let dir = client.mkdir(Ino::ROOT, b"single", 0o755).await.unwrap();
+    client.set_replication(dir.ino, 1).await.unwrap();
+    let created = client
+        .create(dir.ino, b"f", 0o644, true, false)
+        .await
+        .unwrap();
+    client.open(created.attr.ino).await.unwrap()
+}
