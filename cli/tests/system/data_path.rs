@@ -270,3 +270,96 @@ async fn a_corrupt_replica_is_skipped_and_reported() {
     assert_eq!(now.len(), 2);
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_datanode_refuses_blocks_and_writes_go_elsewhere() {
+    use cairn_cli::devcluster::{DevCluster, DevOptions};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DevOptions::new(dir.path(), 3);
+    let mut cluster = DevCluster::start(opts).await.unwrap();
+    cluster.opts.datanode_capacity = Some(8 << 20);
+    let small = cluster.add_datanode().await.unwrap();
+    cluster.wait_for_datanodes(4).await.unwrap();
+    let client = cluster.client().await.unwrap();
+
+    tracing::info!("--- 60 MiB at R=4 over four datanodes, one with room for two blocks");
+    client.set_replication(Ino::ROOT, 4).await.unwrap();
+    let data = random_bytes(60 << 20, 12);
+    let attr = put(&client, "f", &data, 1 << 20).await;
+    let blocks = file_blocks(&client, attr.ino).await;
+    let on_small = blocks
+        .iter()
+        .filter(|b| holders(&cluster, b).contains(&small))
+        .count();
+    assert_eq!(on_small, 2, "the small datanode holds {on_small} blocks");
+    for b in &blocks {
+        let on = holders(&cluster, b);
+        assert!(
+            on.len() >= 3 && on.contains(&0) && on.contains(&1) && on.contains(&2),
+            "block {b} on {on:?}"
+        );
+    }
+    assert!(get(&client, attr.ino, 16 << 20).await == data);
+
+    tracing::info!("--- asked directly, the full datanode refuses with ENOSPC");
+    let certs = cluster.dir().join("certs");
+    let identity = cairn_common::transport::TlsIdentity::load(
+        &certs.join("ca.pem"),
+        &certs.join("client.pem"),
+        &certs.join("client.key"),
+    )
+    .unwrap();
+    let opts = cairn_common::transport::TransportOptions::default();
+    let endpoint = cairn_common::transport::client_endpoint(&identity, &opts).unwrap();
+    let conn = cairn_common::transport::connect(
+        &endpoint,
+        cluster.datanodes[small].addr.unwrap(),
+        cairn_common::cert::Role::Datanode,
+        opts.protocol_version,
+    )
+    .await
+    .unwrap();
+    let block = random_bytes(1 << 20, 13);
+    let err = cairn_common::transport::call_with_body(
+        &conn,
+        cairn_common::proto::PutBlock {
+            block: cairn_common::BlockId::of(&block),
+            len: block.len() as u32,
+            downstream: Vec::new(),
+            sync: false,
+        },
+        &block,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+
+    tracing::info!("--- the namenode sees it full after its next heartbeat");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = client.datanodes().await.unwrap();
+        let full = status
+            .iter()
+            .find(|s| Some(s.addr) == cluster.datanodes[small].addr)
+            .unwrap();
+        if full.used == 8 << 20 {
+            assert_eq!(full.available, 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "used {}", full.used);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    cluster.stop().await.unwrap();
+}
+
+#[test]
+fn the_example_configs_parse() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let nn = cairn_namenode::NamenodeConfig::load(&examples.join("namenode.toml")).unwrap();
+    assert_eq!(nn.default_replication, 3);
+    let dn = cairn_datanode::DatanodeConfig::load(&examples.join("datanode.toml")).unwrap();
+    assert_eq!(dn.name, "dn1");
+    let client = cairn_client::ClientConfig::load(&examples.join("cairn-client.toml")).unwrap();
+    assert_eq!(client.min_replicas, 2);
+}
