@@ -1,5 +1,6 @@
 //! The `cairn` command's library half: the in-process development cluster that `cairn dev`
 //! runs and the system tests start, and the command implementations.
 
+pub mod bench;
 pub mod devcluster;
 pub mod fs_cmd;

@@ -57,6 +57,17 @@ enum Command {
     },
     /// Work with files in the cluster (like `hdfs dfs`).
     Fs(FsArgs),
+    /// Measure throughput on a cluster started in this process.
+    Bench {
+        /// Where the benchmark cluster keeps its data (default: the system temp directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: cairn_cli::bench::BenchCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,7 +96,10 @@ enum CertCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Fs(_) | Command::Cert { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Fs(_) | Command::Cert { .. } | Command::Bench { .. }
+    );
     init_tracing(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -164,6 +178,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Fs(args) => return fs_cmd::run(args).await,
+        Command::Bench { dir, json, command } => cairn_cli::bench::run(command, dir, json).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

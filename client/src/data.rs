@@ -150,7 +150,7 @@ impl Client {
             let Some((head, rest)) = placement.targets.split_first() else {
                 break;
             };
-            match self.put_pipeline(head, rest, id, &data).await {
+            match self.put_pipeline(head, rest, id, data.clone()).await {
                 Ok(reply) => {
                     stored.extend(reply.stored_on);
                     for (id, _) in &reply.failed {
@@ -195,7 +195,7 @@ impl Client {
         head: &DatanodeAddr,
         rest: &[DatanodeAddr],
         id: BlockId,
-        data: &[u8],
+        data: Bytes,
     ) -> FsResult<cairn_common::proto::PutReply> {
         let conn = self.inner.pool.get(head.addr, Role::Datanode).await?;
         let req = PutBlock {

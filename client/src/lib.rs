@@ -46,24 +46,25 @@ impl Client {
     pub fn with_identity(config: ClientConfig, identity: &TlsIdentity) -> anyhow::Result<Client> {
         let opts = TransportOptions::default();
         let endpoint = transport::client_endpoint(identity, &opts)?;
-        Ok(Client::with_endpoint(config, endpoint, &opts))
+        Client::with_endpoint(config, endpoint, identity, &opts)
     }
 
     /// Uses an existing endpoint (tests share one with a daemon, or set transport options).
     pub fn with_endpoint(
         config: ClientConfig,
         endpoint: Endpoint,
+        identity: &TlsIdentity,
         opts: &TransportOptions,
-    ) -> Client {
+    ) -> anyhow::Result<Client> {
         let cache = data::BlockCache::new(config.block_cache_mib << 20);
-        Client {
+        Ok(Client {
             inner: Arc::new(Inner {
-                pool: ConnectionPool::new(endpoint, opts),
+                pool: ConnectionPool::new(endpoint, identity, opts)?,
                 config,
                 cache,
                 suspects: data::Suspects::default(),
             }),
-        }
+        })
     }
 
     pub fn config(&self) -> &ClientConfig {

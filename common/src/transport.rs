@@ -88,24 +88,61 @@ pub struct TransportOptions {
     pub stream_window: u32,
     /// Per-connection flow-control window: several concurrent block transfers.
     pub connection_window: u32,
-    /// Upper bound for MTU discovery; loopback carries ~64 KiB datagrams.
+    /// Upper bound for MTU discovery on network paths (Ethernet: 1472).
     pub mtu_upper_bound: u16,
+    /// Upper bound for MTU discovery on loopback, which carries ~64 KiB datagrams. Such
+    /// paths also send without segmentation offload: with GSO, datagrams this large are lost
+    /// and quinn falls back to 1200 bytes (docs/BENCHMARKS.md has the figures).
+    pub loopback_mtu: u16,
+    /// Kernel send and receive buffer of the UDP socket, in bytes.
+    pub socket_buffer: usize,
     pub idle_timeout: Duration,
 }
 
 impl Default for TransportOptions {
+    /// The tuned defaults. For benchmarking the knobs, `CAIRN_QUIC_STREAM_WINDOW`,
+    /// `CAIRN_QUIC_CONNECTION_WINDOW`, `CAIRN_QUIC_MTU`, `CAIRN_QUIC_LOOPBACK_MTU` and
+    /// `CAIRN_UDP_BUFFER` (bytes) override them.
     fn default() -> Self {
+        let env = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
         TransportOptions {
             protocol_version: PROTOCOL_VERSION,
-            stream_window: 8 << 20,
-            connection_window: 64 << 20,
-            mtu_upper_bound: 65_000,
+            stream_window: env("CAIRN_QUIC_STREAM_WINDOW", 8 << 20) as u32,
+            connection_window: env("CAIRN_QUIC_CONNECTION_WINDOW", 64 << 20) as u32,
+            mtu_upper_bound: env("CAIRN_QUIC_MTU", 1472).clamp(1200, 65_000) as u16,
+            loopback_mtu: env("CAIRN_QUIC_LOOPBACK_MTU", 65_000).clamp(1200, 65_000) as u16,
+            socket_buffer: env("CAIRN_UDP_BUFFER", 16 << 20) as usize,
             idle_timeout: Duration::from_secs(10),
         }
     }
 }
 
-fn transport_config(opts: &TransportOptions) -> anyhow::Result<quinn::TransportConfig> {
+/// Whether a path is loopback (one machine) or a network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PathKind {
+    Network,
+    Loopback,
+}
+
+impl PathKind {
+    fn of(addr: SocketAddr) -> PathKind {
+        if addr.ip().is_loopback() {
+            PathKind::Loopback
+        } else {
+            PathKind::Network
+        }
+    }
+}
+
+fn transport_config(
+    opts: &TransportOptions,
+    path: PathKind,
+) -> anyhow::Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(4096))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
@@ -119,7 +156,15 @@ fn transport_config(opts: &TransportOptions) -> anyhow::Result<quinn::TransportC
         ))
         .keep_alive_interval(Some(opts.idle_timeout / 4));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(opts.mtu_upper_bound);
+    match path {
+        PathKind::Network => {
+            mtu.upper_bound(opts.mtu_upper_bound);
+        }
+        PathKind::Loopback => {
+            t.enable_segmentation_offload(false);
+            mtu.upper_bound(opts.loopback_mtu);
+        }
+    }
     t.mtu_discovery_config(Some(mtu));
     Ok(t)
 }
@@ -139,6 +184,7 @@ fn roots(identity: &TlsIdentity) -> anyhow::Result<rustls::RootCertStore> {
 fn client_config(
     identity: &TlsIdentity,
     opts: &TransportOptions,
+    path: PathKind,
 ) -> anyhow::Result<quinn::ClientConfig> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -147,13 +193,14 @@ fn client_config(
         .context("loading client certificate")?;
     tls.alpn_protocols = vec![alpn(opts.protocol_version), ALPN_FALLBACK.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config(opts)?));
+    config.transport_config(Arc::new(transport_config(opts, path)?));
     Ok(config)
 }
 
 fn server_config(
     identity: &TlsIdentity,
     opts: &TransportOptions,
+    path: PathKind,
 ) -> anyhow::Result<quinn::ServerConfig> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(identity)?),
@@ -169,7 +216,7 @@ fn server_config(
     tls.alpn_protocols = vec![alpn(opts.protocol_version), ALPN_FALLBACK.to_vec()];
     tls.max_early_data_size = 0;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config(opts)?));
+    config.transport_config(Arc::new(transport_config(opts, path)?));
     Ok(config)
 }
 
@@ -179,9 +226,10 @@ pub fn server_endpoint(
     identity: &TlsIdentity,
     opts: &TransportOptions,
 ) -> anyhow::Result<Endpoint> {
-    let mut endpoint = Endpoint::server(server_config(identity, opts)?, bind)
-        .with_context(|| format!("binding UDP {bind}"))?;
-    endpoint.set_default_client_config(client_config(identity, opts)?);
+    // A server bound to loopback only ever talks over loopback.
+    let path = PathKind::of(bind);
+    let mut endpoint = make_endpoint(bind, Some(server_config(identity, opts, path)?), opts)?;
+    endpoint.set_default_client_config(client_config(identity, opts, path)?);
     Ok(endpoint)
 }
 
@@ -191,9 +239,63 @@ pub fn client_endpoint(
     opts: &TransportOptions,
 ) -> anyhow::Result<Endpoint> {
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal address");
-    let mut endpoint = Endpoint::client(bind).context("binding UDP socket")?;
-    endpoint.set_default_client_config(client_config(identity, opts)?);
+    let mut endpoint = make_endpoint(bind, None, opts)?;
+    endpoint.set_default_client_config(client_config(identity, opts, PathKind::Network)?);
     Ok(endpoint)
+}
+
+/// A UDP socket with large kernel buffers: a burst of full-size datagrams overflows the
+/// default ~200 KiB receive buffer, and every drop there is a loss QUIC backs off for.
+fn udp_socket(bind: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    // The kernel caps SO_RCVBUF/SO_SNDBUF at net.core.rmem_max/wmem_max; a process with
+    // CAP_NET_ADMIN (a daemon run as root) may go past them with the FORCE variants.
+    use std::os::fd::AsRawFd;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let value = buffer.min(i32::MAX as usize) as libc::c_int;
+        let set = |opt| {
+            // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int on a
+            // socket this function owns.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &value as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 && set(plain) != 0 {
+            debug!(
+                "cannot size UDP socket buffer to {buffer}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
+}
+
+fn make_endpoint(
+    bind: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    opts: &TransportOptions,
+) -> anyhow::Result<Endpoint> {
+    // The largest datagram this endpoint accepts bounds what MTU discovery may reach; quinn's
+    // default (1472, Ethernet) would cap loopback and jumbo-frame paths.
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(opts.mtu_upper_bound.max(opts.loopback_mtu))
+        .context("max UDP payload size")?;
+    let socket =
+        udp_socket(bind, opts.socket_buffer).with_context(|| format!("binding UDP {bind}"))?;
+    let runtime = quinn::default_runtime().context("no async runtime to drive QUIC")?;
+    Endpoint::new(config, server, socket, runtime).with_context(|| format!("binding UDP {bind}"))
 }
 
 fn negotiated_protocol(conn: &Connection) -> Option<Vec<u8>> {
@@ -211,9 +313,22 @@ pub async fn connect(
     role: Role,
     protocol_version: u32,
 ) -> FsResult<Connection> {
-    let connecting = endpoint
-        .connect(addr, &role.server_name())
-        .map_err(|e| FsError::unavailable(format!("cannot connect to {role} {addr}: {e}")))?;
+    connect_with(endpoint, None, addr, role, protocol_version).await
+}
+
+/// [`connect`] with a client configuration other than the endpoint's default.
+async fn connect_with(
+    endpoint: &Endpoint,
+    config: Option<&quinn::ClientConfig>,
+    addr: SocketAddr,
+    role: Role,
+    protocol_version: u32,
+) -> FsResult<Connection> {
+    let connecting = match config {
+        Some(c) => endpoint.connect_with(c.clone(), addr, &role.server_name()),
+        None => endpoint.connect(addr, &role.server_name()),
+    }
+    .map_err(|e| FsError::unavailable(format!("cannot connect to {role} {addr}: {e}")))?;
     // QUIC ignores ICMP "port unreachable": without this bound a dead peer would cost a
     // whole idle timeout per attempt.
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
@@ -248,15 +363,16 @@ pub async fn call<R: Rpc>(conn: &Connection, req: R) -> FsResult<R::Response> {
     read_frame::<Result<R::Response, FsError>>(&mut recv).await?
 }
 
-/// Sends `req` followed by `body` as raw bytes, and waits for the response.
+/// Sends `req` followed by `body` as raw bytes, and waits for the response. The body is
+/// handed to QUIC without a copy.
 pub async fn call_with_body<R: Rpc>(
     conn: &Connection,
     req: R,
-    body: &[u8],
+    body: bytes::Bytes,
 ) -> FsResult<R::Response> {
     let (mut send, mut recv) = open(conn).await?;
     write_frame(&mut send, &req.into_service()).await?;
-    send.write_all(body)
+    send.write_chunk(body)
         .await
         .map_err(|e| FsError::unavailable(format!("cannot send block: {e}")))?;
     let _ = send.finish();
@@ -458,6 +574,8 @@ fn request_name<T: std::fmt::Debug>(req: &T) -> String {
 pub struct ConnectionPool {
     endpoint: Endpoint,
     protocol_version: u32,
+    /// Used instead of the endpoint's default for peers on loopback.
+    loopback: quinn::ClientConfig,
     conns: Arc<Mutex<HashMap<SocketAddr, Connection>>>,
     /// Peers that just failed to connect, with when: asking again at once would only wait
     /// out another connect timeout.
@@ -465,13 +583,18 @@ pub struct ConnectionPool {
 }
 
 impl ConnectionPool {
-    pub fn new(endpoint: Endpoint, opts: &TransportOptions) -> ConnectionPool {
-        ConnectionPool {
+    pub fn new(
+        endpoint: Endpoint,
+        identity: &TlsIdentity,
+        opts: &TransportOptions,
+    ) -> anyhow::Result<ConnectionPool> {
+        Ok(ConnectionPool {
             endpoint,
+            loopback: client_config(identity, opts, PathKind::Loopback)?,
             protocol_version: opts.protocol_version,
             conns: Arc::default(),
             unreachable: Arc::default(),
-        }
+        })
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -494,18 +617,20 @@ impl ConnectionPool {
                 down.remove(&addr);
             }
         }
-        let conn = match connect(&self.endpoint, addr, role, self.protocol_version).await {
-            Ok(c) => c,
-            Err(e) => {
-                if matches!(e, FsError::Unavailable(_)) {
-                    self.unreachable
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(addr, (std::time::Instant::now(), e.clone()));
+        let config = (PathKind::of(addr) == PathKind::Loopback).then_some(&self.loopback);
+        let conn =
+            match connect_with(&self.endpoint, config, addr, role, self.protocol_version).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if matches!(e, FsError::Unavailable(_)) {
+                        self.unreachable
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(addr, (std::time::Instant::now(), e.clone()));
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        };
+            };
         self.lock().insert(addr, conn.clone());
         debug!(%addr, %role, "connected");
         Ok(conn)
@@ -573,4 +698,78 @@ pub async fn drain<S>(service: Arc<S>, endpoint: &Endpoint) {
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{BlockData, GetBlock};
+
+    struct Echo;
+    impl Service for Echo {
+        type Request = crate::proto::DatanodeRequest;
+        async fn handle(
+            self: Arc<Self>,
+            _peer: Arc<Peer>,
+            req: Self::Request,
+            ex: &mut Exchange,
+        ) -> FsResult<()> {
+            match req {
+                crate::proto::DatanodeRequest::GetBlock(g) => {
+                    let len = g.len.unwrap_or(0);
+                    ex.respond(&Ok(BlockData { len })).await?;
+                    ex.send
+                        .write_all(&vec![7u8; len as usize])
+                        .await
+                        .map_err(FsError::unavailable)
+                }
+                _ => Err(FsError::invalid("unsupported")),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_transfer_over_mutual_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::cert::init_ca(dir.path()).unwrap();
+        let s = crate::cert::issue(dir.path(), Role::Datanode, "s", dir.path()).unwrap();
+        let c = crate::cert::issue(dir.path(), Role::Client, "c", dir.path()).unwrap();
+        let ca = dir.path().join("ca.pem");
+        let opts = TransportOptions::default();
+        let server = server_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &TlsIdentity::load(&ca, &s.cert, &s.key).unwrap(),
+            &opts,
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(server, Arc::new(Echo), shutdown.clone()));
+        let identity = TlsIdentity::load(&ca, &c.cert, &c.key).unwrap();
+        let client = client_endpoint(&identity, &opts).unwrap();
+        let pool = ConnectionPool::new(client, &identity, &opts).unwrap();
+        let conn = pool.get(addr, Role::Datanode).await.unwrap();
+        for _ in 0..16 {
+            let (header, mut recv) = call_streaming(
+                &conn,
+                GetBlock {
+                    block: crate::BlockId([0; 32]),
+                    offset: 0,
+                    len: Some(4 << 20),
+                },
+            )
+            .await
+            .unwrap();
+            let mut buf = vec![0u8; header.len as usize];
+            read_body(&mut recv, &mut buf).await.unwrap();
+            assert!(buf.iter().all(|b| *b == 7));
+        }
+        // The loopback profile lets MTU discovery go past Ethernet's 1472 bytes.
+        assert!(
+            conn.stats().path.current_mtu > 1472,
+            "{:?}",
+            conn.stats().path
+        );
+        shutdown.cancel();
+    }
 }

@@ -55,7 +55,11 @@ pub async fn run(
         Arc::new(tokio::task::spawn_blocking(move || BlockStore::open(&dir, reserve, cap)).await??)
     };
     let datanode = Arc::new(Datanode {
-        pool: ConnectionPool::new(endpoint.clone(), &TransportOptions::default()),
+        pool: ConnectionPool::new(
+            endpoint.clone(),
+            &config.tls.load()?,
+            &TransportOptions::default(),
+        )?,
         advertised,
         store,
         config,
@@ -105,34 +109,35 @@ impl Datanode {
         let mut failed: Vec<(DatanodeId, String)> = Vec::new();
         let mut down = self.open_pipeline(&r, &mut failed).await;
 
+        // The block arrives as chunks that are forwarded, hashed and written as they are:
+        // no copy into one buffer.
         let len = r.len as usize;
-        let mut data = Vec::with_capacity(len);
-        while data.len() < len {
+        let mut parts: Vec<bytes::Bytes> = Vec::new();
+        let mut got = 0usize;
+        while got < len {
             let chunk = ex
                 .recv
-                .read_chunk(len - data.len(), true)
+                .read_chunk(len - got, true)
                 .await
                 .map_err(|e| FsError::unavailable(format!("upstream lost: {e}")))?
                 .ok_or_else(|| {
-                    FsError::protocol(format!(
-                        "block stream ended after {} of {len} bytes",
-                        data.len()
-                    ))
+                    FsError::protocol(format!("block stream ended after {got} of {len} bytes"))
                 })?;
+            got += chunk.bytes.len();
             if let Some((next, send, _)) = down.as_mut() {
-                if let Err(e) = send.write_all(&chunk.bytes).await {
+                if let Err(e) = send.write_chunk(chunk.bytes.clone()).await {
                     failed.push((*next, format!("lost mid-transfer: {e}")));
                     down = None;
                 }
             }
-            data.extend_from_slice(&chunk.bytes);
+            parts.push(chunk.bytes);
         }
 
         // Store locally while the rest of the pipeline finishes.
         let store = self.store.clone();
         let block = r.block;
         let sync = r.sync;
-        let local = tokio::task::spawn_blocking(move || store.put(&block, &data, sync));
+        let local = tokio::task::spawn_blocking(move || store.put(&block, &parts, sync));
 
         let mut stored_on = Vec::new();
         if let Some((next, mut send, mut recv)) = down {
@@ -225,7 +230,7 @@ impl Datanode {
         }))
         .await?;
         ex.send
-            .write_all(&data)
+            .write_chunk(bytes::Bytes::from(data))
             .await
             .map_err(|e| FsError::unavailable(format!("client lost: {e}")))
     }

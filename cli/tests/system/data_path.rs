@@ -329,7 +329,7 @@ async fn a_full_datanode_refuses_blocks_and_writes_go_elsewhere() {
             downstream: Vec::new(),
             sync: false,
         },
-        &block,
+        bytes::Bytes::from(block),
     )
     .await
     .unwrap_err();

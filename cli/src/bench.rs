@@ -1,0 +1,276 @@
+//! `cairn bench`: the figures in docs/BENCHMARKS.md, measured on a cluster started in this
+//! process (so CPU time counts every daemon and the client together).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_client::Client;
+use cairn_common::proto::RenameMode;
+use cairn_common::Ino;
+use cairn_namenode::engine::MetaEngine;
+use cairn_namenode::ops::MetaOpKind;
+use clap::Subcommand;
+use rand::{RngCore, SeedableRng};
+use serde::Serialize;
+
+use crate::devcluster::{DevCluster, DevOptions};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Put and get one large file through the client library (3 datanodes, R = 3).
+    Data {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Bytes per write call, in KiB.
+        #[arg(long, default_value_t = 4096)]
+        write_kib: usize,
+        /// Bytes per read call, in MiB.
+        #[arg(long, default_value_t = 32)]
+        read_mib: usize,
+        /// Datanodes do not fsync blocks (shows what durability costs).
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// Namespace operations through the RPC from concurrent clients.
+    Meta {
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Files each client creates (and then stats, renames, removes).
+        #[arg(long, default_value_t = 2000)]
+        files: usize,
+    },
+    /// The namenode's metadata engine alone: durable creates, no RPC.
+    Engine {
+        #[arg(long, default_value_t = 200_000)]
+        creates: usize,
+        /// Concurrent submitters (what group commit batches).
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
+}
+
+#[derive(Serialize)]
+struct Figure {
+    what: String,
+    value: f64,
+    unit: &'static str,
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass and nothing else.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-bench")
+        .tempdir_in(dir.unwrap_or_else(std::env::temp_dir))?;
+    let figures = match command {
+        BenchCommand::Data {
+            size_mib,
+            write_kib,
+            read_mib,
+            no_sync,
+        } => {
+            data(
+                tmp.path(),
+                size_mib,
+                write_kib << 10,
+                read_mib << 20,
+                !no_sync,
+            )
+            .await?
+        }
+        BenchCommand::Meta { clients, files } => meta(tmp.path(), clients, files).await?,
+        BenchCommand::Engine {
+            creates,
+            concurrency,
+        } => engine(tmp.path(), creates, concurrency).await?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        for f in figures {
+            println!("{:<44} {:>12.1} {}", f.what, f.value, f.unit);
+        }
+    }
+    Ok(())
+}
+
+async fn data(
+    dir: &std::path::Path,
+    size_mib: u64,
+    write_piece: usize,
+    read_piece: usize,
+    sync: bool,
+) -> anyhow::Result<Vec<Figure>> {
+    let size = (size_mib << 20) as usize;
+    eprintln!("generating {size_mib} MiB of random data…");
+    let mut data = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut data);
+    let want = blake3::hash(&data);
+
+    let cluster = DevCluster::start(DevOptions::new(dir, 3)).await?;
+    let mut config = cairn_client::ClientConfig::load(&cluster.client_config_path)
+        .map_err(anyhow::Error::msg)?;
+    config.sync_blocks = sync;
+    let client = Client::connect(config.clone()).await?;
+
+    eprintln!("put…");
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let created = client
+        .create(Ino::ROOT, b"bench", 0o644, true, false)
+        .await?;
+    let mut f = client.open(created.attr.ino).await?;
+    for (i, piece) in data.chunks(write_piece).enumerate() {
+        f.write((i * write_piece) as u64, piece).await?;
+    }
+    f.close().await?;
+    let (put_s, put_cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+
+    eprintln!("get…");
+    // A new client: its block cache is cold, every byte comes from the datanodes.
+    let reader = Client::connect(config).await?;
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let mut f = reader.open(created.attr.ino).await?;
+    let mut hasher = blake3::Hasher::new();
+    let mut offset = 0u64;
+    while offset < size as u64 {
+        let part = f.read(offset, read_piece).await?;
+        anyhow::ensure!(!part.is_empty(), "short read at {offset}");
+        hasher.update(&part);
+        offset += part.len() as u64;
+    }
+    let (get_s, get_cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    anyhow::ensure!(hasher.finalize() == want, "read back different bytes");
+    cluster.stop().await?;
+
+    let gib = size as f64 / (1u64 << 30) as f64;
+    let mib = size as f64 / (1u64 << 20) as f64;
+    Ok(vec![
+        Figure {
+            what: format!("put {size_mib} MiB, R=3, sync={sync}"),
+            value: mib / put_s,
+            unit: "MiB/s",
+        },
+        Figure {
+            what: "put CPU (all daemons + client)".into(),
+            value: put_cpu / gib,
+            unit: "CPU s/GiB",
+        },
+        Figure {
+            what: format!("get {size_mib} MiB, cold cache"),
+            value: mib / get_s,
+            unit: "MiB/s",
+        },
+        Figure {
+            what: "get CPU (all daemons + client)".into(),
+            value: get_cpu / gib,
+            unit: "CPU s/GiB",
+        },
+    ])
+}
+
+async fn meta(dir: &std::path::Path, clients: usize, files: usize) -> anyhow::Result<Vec<Figure>> {
+    let cluster = DevCluster::start(DevOptions::new(dir, 1)).await?;
+    let mut conns = Vec::new();
+    for i in 0..clients {
+        let c = cluster.client().await?;
+        let d = c
+            .mkdir(Ino::ROOT, format!("c{i}").as_bytes(), 0o755)
+            .await?;
+        conns.push((c, d.ino));
+    }
+    let conns = Arc::new(conns);
+    let mut figures = Vec::new();
+    for phase in ["create", "getattr", "rename", "unlink"] {
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let conns = conns.clone();
+            tasks.push(tokio::spawn(async move {
+                let (c, d) = &conns[i];
+                let mut inos = Vec::with_capacity(files);
+                for j in 0..files {
+                    let name = format!("f{j}");
+                    match phase {
+                        "create" => {
+                            c.create(*d, name.as_bytes(), 0o644, true, false).await?;
+                        }
+                        "getattr" => {
+                            if inos.is_empty() {
+                                for e in c.readdir(*d).await? {
+                                    inos.push(e.ino);
+                                }
+                            }
+                            c.getattr(inos[j % inos.len()]).await?;
+                        }
+                        "rename" => {
+                            let to = format!("g{j}");
+                            c.rename(*d, name.as_bytes(), *d, to.as_bytes(), RenameMode::Replace)
+                                .await?;
+                        }
+                        _ => c.unlink(*d, format!("g{j}").as_bytes()).await?,
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await.context("client task")??;
+        }
+        let rate = (clients * files) as f64 / t0.elapsed().as_secs_f64();
+        figures.push(Figure {
+            what: format!("{phase}, {clients} clients, durable"),
+            value: rate,
+            unit: "ops/s",
+        });
+    }
+    cluster.stop().await?;
+    Ok(figures)
+}
+
+async fn engine(
+    dir: &std::path::Path,
+    creates: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let engine = Arc::new(MetaEngine::open(dir, 3, true)?);
+    let per_task = creates / concurrency.max(1);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..per_task {
+                engine
+                    .submit(MetaOpKind::Create(cairn_common::proto::Create {
+                        parent: Ino::ROOT,
+                        name: format!("t{t}-{j}").into_bytes(),
+                        perm: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        exclusive: true,
+                        truncate: false,
+                    }))
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.context("submitter task")??;
+    }
+    let elapsed = t0.elapsed().max(Duration::from_micros(1));
+    Ok(vec![Figure {
+        what: format!("engine creates, {concurrency} submitters, synced"),
+        value: (per_task * concurrency) as f64 / elapsed.as_secs_f64(),
+        unit: "ops/s",
+    }])
+}
