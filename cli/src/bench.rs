@@ -117,8 +117,7 @@ async fn data(
     let want = blake3::hash(&data);
 
     let cluster = DevCluster::start(DevOptions::new(dir, 3)).await?;
-    let mut config = cairn_client::ClientConfig::load(&cluster.client_config_path)
-        .map_err(anyhow::Error::msg)?;
+    let mut config = cairn_client::ClientConfig::load(&cluster.client_config_path)?;
     config.sync_blocks = sync;
     let client = Client::connect(config.clone()).await?;
 

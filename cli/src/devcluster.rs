@@ -291,7 +291,7 @@ impl DevCluster {
 
     /// A client of this cluster, as `cairn fs` would make from the client config.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let config = ClientConfig::load(&self.client_config_path).map_err(anyhow::Error::msg)?;
+        let config = ClientConfig::load(&self.client_config_path)?;
         Client::connect(config).await
     }
 

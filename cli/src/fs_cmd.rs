@@ -91,7 +91,7 @@ enum FsCommand {
 
 pub async fn run(args: FsArgs) -> anyhow::Result<ExitCode> {
     let path = ClientConfig::locate(args.config.as_deref()).map_err(|e| anyhow!(e))?;
-    let config = ClientConfig::load(&path).map_err(|e| anyhow!(e))?;
+    let config = ClientConfig::load(&path)?;
     let client = Client::connect(config)
         .await
         .with_context(|| format!("using {}", path.display()))?;

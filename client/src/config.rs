@@ -67,14 +67,9 @@ impl ClientConfig {
     }
 
     /// Reads a TOML file; relative paths in it are relative to the file.
-    pub fn load(path: &Path) -> Result<ClientConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let mut config: ClientConfig =
-            toml::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))?;
-        config
-            .tls
-            .relative_to(path.parent().unwrap_or(Path::new(".")));
+    pub fn load(path: &Path) -> anyhow::Result<ClientConfig> {
+        let (mut config, base): (ClientConfig, _) = cairn_common::config::load_toml(path)?;
+        config.tls.relative_to(&base);
         Ok(config)
     }
 

@@ -8,6 +8,7 @@
 pub mod attr;
 pub mod cert;
 pub mod codec;
+pub mod config;
 pub mod error;
 pub mod ids;
 pub mod layout;

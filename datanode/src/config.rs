@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use cairn_common::config::{load_toml, resolve};
 use cairn_common::transport::TlsPaths;
 use serde::{Deserialize, Serialize};
 
@@ -69,15 +69,9 @@ impl DatanodeConfig {
 
     /// Reads a TOML file; relative paths in it are relative to the file.
     pub fn load(path: &Path) -> anyhow::Result<DatanodeConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut config: DatanodeConfig =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.tls.relative_to(base);
-        if config.data_dir.is_relative() {
-            config.data_dir = base.join(&config.data_dir);
-        }
+        let (mut config, base): (DatanodeConfig, _) = load_toml(path)?;
+        config.tls.relative_to(&base);
+        resolve(&base, &mut config.data_dir);
         Ok(config)
     }
 

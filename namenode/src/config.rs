@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use cairn_common::config::{load_toml, resolve};
 use cairn_common::transport::TlsPaths;
 use serde::{Deserialize, Serialize};
 
@@ -69,15 +69,9 @@ impl NamenodeConfig {
 
     /// Reads a TOML file; relative paths in it are relative to the file.
     pub fn load(path: &Path) -> anyhow::Result<NamenodeConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut config: NamenodeConfig =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.tls.relative_to(base);
-        if config.meta_dir.is_relative() {
-            config.meta_dir = base.join(&config.meta_dir);
-        }
+        let (mut config, base): (NamenodeConfig, _) = load_toml(path)?;
+        config.tls.relative_to(&base);
+        resolve(&base, &mut config.meta_dir);
         config.validate()?;
         Ok(config)
     }

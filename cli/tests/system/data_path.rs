@@ -122,14 +122,7 @@ async fn restarts_keep_the_namespace_and_the_blocks() {
     // Wait until the namenode lists the restarted node as a holder of every block again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let map = client
-            .namenode(cairn_common::proto::ReadChunks {
-                ino: report.ino,
-                first: 0,
-                count: 1,
-            })
-            .await
-            .unwrap();
+        let map = chunk_map(&client, report.ino).await;
         let on_dn = map
             .locations
             .iter()
@@ -216,14 +209,7 @@ async fn a_corrupt_replica_is_skipped_and_reported() {
     let attr = put(&client, "c", &data, 1 << 20).await;
 
     tracing::info!("--- flip bytes in the replica a reader tries first");
-    let map = client
-        .namenode(cairn_common::proto::ReadChunks {
-            ino: attr.ino,
-            first: 0,
-            count: 1,
-        })
-        .await
-        .unwrap();
+    let map = chunk_map(&client, attr.ino).await;
     let (block, locations) = map.locations[0].clone();
     let victim = locations[0].clone();
     let index = cluster
@@ -231,14 +217,7 @@ async fn a_corrupt_replica_is_skipped_and_reported() {
         .iter()
         .position(|dn| dn.addr == Some(victim.addr))
         .unwrap();
-    let hex = block.to_hex();
-    let path = cluster.datanodes[index]
-        .config
-        .data_dir
-        .join("blocks")
-        .join(&hex[0..2])
-        .join(&hex[2..4])
-        .join(&hex);
+    let path = block_path(&cluster, index, &block);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[1000] ^= 0xff;
     bytes[2000] ^= 0x01;
@@ -249,14 +228,7 @@ async fn a_corrupt_replica_is_skipped_and_reported() {
     assert!(get(&fresh, attr.ino, 16 << 20).await == data);
 
     tracing::info!("--- and the namenode no longer offers the corrupt replica");
-    let map = client
-        .namenode(cairn_common::proto::ReadChunks {
-            ino: attr.ino,
-            first: 0,
-            count: 1,
-        })
-        .await
-        .unwrap();
+    let map = chunk_map(&client, attr.ino).await;
     let now: Vec<_> = map
         .locations
         .iter()
@@ -303,23 +275,12 @@ async fn a_full_datanode_refuses_blocks_and_writes_go_elsewhere() {
     assert!(get(&client, attr.ino, 16 << 20).await == data);
 
     tracing::info!("--- asked directly, the full datanode refuses with ENOSPC");
-    let certs = cluster.dir().join("certs");
-    let identity = cairn_common::transport::TlsIdentity::load(
-        &certs.join("ca.pem"),
-        &certs.join("client.pem"),
-        &certs.join("client.key"),
-    )
-    .unwrap();
-    let opts = cairn_common::transport::TransportOptions::default();
-    let endpoint = cairn_common::transport::client_endpoint(&identity, &opts).unwrap();
-    let conn = cairn_common::transport::connect(
-        &endpoint,
+    let conn = raw_connection(
+        &cluster,
         cluster.datanodes[small].addr.unwrap(),
         cairn_common::cert::Role::Datanode,
-        opts.protocol_version,
     )
-    .await
-    .unwrap();
+    .await;
     let block = random_bytes(1 << 20, 13);
     let err = cairn_common::transport::call_with_body(
         &conn,

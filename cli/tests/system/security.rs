@@ -102,13 +102,7 @@ fn pem_to_der(pem: &[u8]) -> Vec<u8> {
 async fn a_peer_of_another_protocol_version_is_told_both_versions() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 1).await;
-    let certs = cluster.dir().join("certs");
-    let identity = TlsIdentity::load(
-        &certs.join("ca.pem"),
-        &certs.join("client.pem"),
-        &certs.join("client.key"),
-    )
-    .unwrap();
+    let identity = client_identity(&cluster);
     let opts = TransportOptions {
         protocol_version: transport::PROTOCOL_VERSION + 1,
         ..TransportOptions::default()
@@ -148,22 +142,7 @@ async fn raw_exchange(
 async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 1).await;
-    let certs = cluster.dir().join("certs");
-    let identity = TlsIdentity::load(
-        &certs.join("ca.pem"),
-        &certs.join("client.pem"),
-        &certs.join("client.key"),
-    )
-    .unwrap();
-    let endpoint = transport::client_endpoint(&identity, &TransportOptions::default()).unwrap();
-    let nn = transport::connect(
-        &endpoint,
-        cluster.namenode_addr,
-        Role::Namenode,
-        transport::PROTOCOL_VERSION,
-    )
-    .await
-    .unwrap();
+    let nn = raw_connection(&cluster, cluster.namenode_addr, Role::Namenode).await;
 
     tracing::info!("--- a garbage frame");
     let mut garbage = 16u32.to_be_bytes().to_vec();
@@ -192,14 +171,7 @@ async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
 
     tracing::info!("--- a datanode given a block stream that ends early");
     let dn_addr = cluster.datanodes[0].addr.unwrap();
-    let dn = transport::connect(
-        &endpoint,
-        dn_addr,
-        Role::Datanode,
-        transport::PROTOCOL_VERSION,
-    )
-    .await
-    .unwrap();
+    let dn = raw_connection(&cluster, dn_addr, Role::Datanode).await;
     let data = random_bytes(1 << 20, 11);
     let header = cairn_common::codec::encode(
         &proto::PutBlock {

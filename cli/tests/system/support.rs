@@ -5,6 +5,9 @@ use std::path::Path;
 use cairn_cli::devcluster::{DevCluster, DevOptions};
 use cairn_client::Client;
 use cairn_common::attr::InodeAttr;
+use cairn_common::cert::Role;
+use cairn_common::proto::{ChunkMap, ReadChunks};
+use cairn_common::transport::{self, TlsIdentity, TransportOptions};
 use cairn_common::{BlockId, Ino};
 use rand::{Rng, SeedableRng};
 
@@ -58,36 +61,40 @@ pub async fn get(client: &Client, ino: Ino, piece: usize) -> Vec<u8> {
     out
 }
 
+/// Where datanode `index` keeps block `id` on its disk.
+pub fn block_path(cluster: &DevCluster, index: usize, id: &BlockId) -> std::path::PathBuf {
+    let hex = id.to_hex();
+    cluster.datanodes[index]
+        .config
+        .data_dir
+        .join("blocks")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(&hex)
+}
+
 /// The datanodes (by index) whose disks hold block `id`.
 pub fn holders(cluster: &DevCluster, id: &BlockId) -> Vec<usize> {
-    let hex = id.to_hex();
-    cluster
-        .datanodes
-        .iter()
-        .enumerate()
-        .filter(|(_, dn)| {
-            dn.config
-                .data_dir
-                .join("blocks")
-                .join(&hex[0..2])
-                .join(&hex[2..4])
-                .join(&hex)
-                .exists()
-        })
-        .map(|(i, _)| i)
+    (0..cluster.datanodes.len())
+        .filter(|i| block_path(cluster, *i, id).exists())
         .collect()
 }
 
-/// Every block id a file's slices reference.
-pub async fn file_blocks(client: &Client, ino: Ino) -> Vec<BlockId> {
-    let map = client
-        .namenode(cairn_common::proto::ReadChunks {
+/// The namenode's map of a file's first 64 chunks, with replica locations.
+pub async fn chunk_map(client: &Client, ino: Ino) -> ChunkMap {
+    client
+        .namenode(ReadChunks {
             ino,
             first: 0,
             count: 64,
         })
         .await
-        .expect("read chunks");
+        .expect("read chunks")
+}
+
+/// Every block id a file's slices reference.
+pub async fn file_blocks(client: &Client, ino: Ino) -> Vec<BlockId> {
+    let map = chunk_map(client, ino).await;
     let mut out: Vec<BlockId> = map
         .chunks
         .iter()
@@ -96,4 +103,28 @@ pub async fn file_blocks(client: &Client, ino: Ino) -> Vec<BlockId> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The certificate `cairn dev` issued for clients.
+pub fn client_identity(cluster: &DevCluster) -> TlsIdentity {
+    let certs = cluster.dir().join("certs");
+    TlsIdentity::load(
+        &certs.join("ca.pem"),
+        &certs.join("client.pem"),
+        &certs.join("client.key"),
+    )
+    .expect("client certificate")
+}
+
+/// A bare QUIC connection to one daemon, for speaking the protocol by hand.
+pub async fn raw_connection(
+    cluster: &DevCluster,
+    addr: std::net::SocketAddr,
+    role: Role,
+) -> quinn::Connection {
+    let opts = TransportOptions::default();
+    let endpoint = transport::client_endpoint(&client_identity(cluster), &opts).unwrap();
+    transport::connect(&endpoint, addr, role, opts.protocol_version)
+        .await
+        .expect("connect")
 }
