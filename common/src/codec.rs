@@ -102,3 +102,22 @@ mod tests {
         assert!(matches!(err, FsError::Protocol(_)), "{err:?}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proto::{DatanodeRequest, NamenodeRequest};
+
+    proptest! {
+        /// Whatever bytes arrive, decoding answers Ok or Err and never panics.
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<NamenodeRequest>(&bytes);
+            let _ = decode::<DatanodeRequest>(&bytes);
+            let _ = decode::<Result<crate::proto::PutReply, FsError>>(&bytes);
+            let _ = decode::<Result<crate::proto::ChunkMap, FsError>>(&bytes);
+        }
+    }
+}

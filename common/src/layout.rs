@@ -241,3 +241,67 @@ mod tests {
         assert!(kept.iter().all(|s| s.end() <= 40));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arb_slice() -> impl Strategy<Value = Slice> {
+        (0u32..2000, 1u32..500, 1u8..=255).prop_map(|(pos, len, tag)| Slice {
+            pos,
+            len,
+            block: BlockId([tag; 32]),
+            block_off: 0,
+            block_len: len,
+        })
+    }
+
+    /// Byte `i` of the chunk, by brute force: the newest slice covering it, or a hole (0).
+    fn byte_at(slices: &[Slice], i: u64) -> u8 {
+        slices
+            .iter()
+            .rev()
+            .find(|s| (s.pos as u64) <= i && i < s.end())
+            .map_or(0, |s| s.block.0[0])
+    }
+
+    proptest! {
+        #[test]
+        fn resolve_matches_brute_force(
+            slices in proptest::collection::vec(arb_slice(), 0..12),
+            start in 0u64..2600,
+            len in 0u64..2600,
+        ) {
+            let end = start + len;
+            let segments = resolve(&slices, start, end);
+            let mut at = start;
+            for seg in &segments {
+                let (pos, seg_len, tag) = match seg {
+                    Segment::Data { pos, len, block, .. } => (*pos, *len, block.0[0]),
+                    Segment::Hole { pos, len } => (*pos, *len, 0),
+                };
+                prop_assert_eq!(pos, at, "segments are contiguous");
+                for i in pos..pos + seg_len {
+                    prop_assert_eq!(tag, byte_at(&slices, i));
+                }
+                at += seg_len;
+            }
+            prop_assert_eq!(at, end);
+        }
+
+        #[test]
+        fn compact_keeps_every_visible_byte(
+            slices in proptest::collection::vec(arb_slice(), 0..12),
+            limit in 0u64..2600,
+        ) {
+            let (kept, dropped) = compact(slices.clone(), limit);
+            prop_assert_eq!(kept.len() + dropped.len(), slices.len());
+            for i in 0..2600u64 {
+                let want = if i < limit { byte_at(&slices, i) } else { 0 };
+                prop_assert_eq!(byte_at(&kept, i), want, "byte {}", i);
+            }
+        }
+    }
+}
