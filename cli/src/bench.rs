@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cairn_client::Client;
+use cairn_client::{Client, Owner};
 use cairn_common::proto::RenameMode;
 use cairn_common::Ino;
 use cairn_namenode::engine::MetaEngine;
@@ -124,7 +124,7 @@ async fn data(
     eprintln!("put…");
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let created = client
-        .create(Ino::ROOT, b"bench", 0o644, true, false)
+        .create(Ino::ROOT, b"bench", 0o644, true, false, Owner::current())
         .await?;
     let mut f = client.open(created.attr.ino).await?;
     for (i, piece) in data.chunks(write_piece).enumerate() {
@@ -182,7 +182,12 @@ async fn meta(dir: &std::path::Path, clients: usize, files: usize) -> anyhow::Re
     for i in 0..clients {
         let c = cluster.client().await?;
         let d = c
-            .mkdir(Ino::ROOT, format!("c{i}").as_bytes(), 0o755)
+            .mkdir(
+                Ino::ROOT,
+                format!("c{i}").as_bytes(),
+                0o755,
+                Owner::current(),
+            )
             .await?;
         conns.push((c, d.ino));
     }
@@ -200,7 +205,8 @@ async fn meta(dir: &std::path::Path, clients: usize, files: usize) -> anyhow::Re
                     let name = format!("f{j}");
                     match phase {
                         "create" => {
-                            c.create(*d, name.as_bytes(), 0o644, true, false).await?;
+                            c.create(*d, name.as_bytes(), 0o644, true, false, Owner::current())
+                                .await?;
                         }
                         "getattr" => {
                             if inos.is_empty() {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use cairn_client::{Client, ClientConfig};
+use cairn_client::{Client, ClientConfig, Owner};
 use cairn_common::attr::{FileKind, InodeAttr};
 use cairn_common::proto::{ReadChunks, RenameMode};
 use cairn_common::{FsError, Ino};
@@ -245,7 +245,7 @@ async fn mkdir(client: &Client, path: &str, parents: bool) -> anyhow::Result<()>
     if !parents {
         let (dir, name) = client.resolve_parent(path).await.map_err(at(path))?;
         client
-            .mkdir(dir.ino, name.as_bytes(), 0o755)
+            .mkdir(dir.ino, name.as_bytes(), 0o755, Owner::current())
             .await
             .map_err(at(path))?;
         return Ok(());
@@ -255,7 +255,10 @@ async fn mkdir(client: &Client, path: &str, parents: bool) -> anyhow::Result<()>
         cur = match client.lookup(cur.ino, part.as_bytes()).await {
             Ok(a) if a.kind == FileKind::Dir => a,
             Ok(_) => return Err(at(path)(FsError::NotDir)),
-            Err(FsError::NotFound) => match client.mkdir(cur.ino, part.as_bytes(), 0o755).await {
+            Err(FsError::NotFound) => match client
+                .mkdir(cur.ino, part.as_bytes(), 0o755, Owner::current())
+                .await
+            {
                 Ok(a) => a,
                 Err(FsError::Exists) => client
                     .lookup(cur.ino, part.as_bytes())
@@ -328,7 +331,14 @@ async fn put(
     let started = std::time::Instant::now();
     let (dir, name) = client.resolve_parent(&remote).await.map_err(at(&remote))?;
     let created = client
-        .create(dir.ino, name.as_bytes(), 0o644, !force, force)
+        .create(
+            dir.ino,
+            name.as_bytes(),
+            0o644,
+            !force,
+            force,
+            Owner::current(),
+        )
         .await
         .map_err(at(&remote))?;
     if created.attr.kind != FileKind::File {

@@ -57,6 +57,20 @@ enum Command {
     },
     /// Work with files in the cluster (like `hdfs dfs`).
     Fs(FsArgs),
+    /// Mount the cluster as a local file system (FUSE). Runs until Ctrl-C, SIGTERM or
+    /// `umount MOUNTPOINT`.
+    Mount {
+        mountpoint: PathBuf,
+        /// Client configuration file (default: $CAIRN_CONFIG, then ./cairn-client.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Namenode address, overriding the configuration's.
+        #[arg(long)]
+        namenode: Option<SocketAddr>,
+        /// Threads reading kernel requests.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
     /// Measure throughput on a cluster started in this process.
     Bench {
         /// Where the benchmark cluster keeps its data (default: the system temp directory).
@@ -178,6 +192,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Fs(args) => return fs_cmd::run(args).await,
+        Command::Mount {
+            mountpoint,
+            config,
+            namenode,
+            threads,
+        } => mount(mountpoint, config, namenode, threads).await?,
         Command::Bench { dir, json, command } => cairn_cli::bench::run(command, dir, json).await?,
     }
     Ok(ExitCode::SUCCESS)
@@ -223,6 +243,58 @@ async fn dev(
     shutdown.cancelled().await;
     println!("stopping…");
     cluster.stop().await
+}
+
+async fn mount(
+    mountpoint: PathBuf,
+    config: Option<PathBuf>,
+    namenode: Option<SocketAddr>,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let path = cairn_client::ClientConfig::locate(config.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut config = cairn_client::ClientConfig::load(&path)?;
+    if let Some(nn) = namenode {
+        config.namenode = nn;
+    }
+    let client = cairn_client::Client::connect(config)
+        .await
+        .with_context(|| format!("using {}", path.display()))?;
+    // Fail now, with the cause, rather than mount something that cannot answer.
+    client
+        .statfs()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the namenode: {e}"))?;
+    let shutdown = shutdown_on_signal();
+    let opts = cairn_fuse::MountOptions {
+        threads,
+        ..cairn_fuse::MountOptions::default()
+    };
+    let mounted = cairn_fuse::mount(
+        client,
+        tokio::runtime::Handle::current(),
+        &mountpoint,
+        &opts,
+    )
+    .with_context(|| format!("mounting on {}", mountpoint.display()))?;
+    println!(
+        "Cairn mounted on {}; Ctrl-C or `umount {}` to unmount",
+        mountpoint.display(),
+        mountpoint.display()
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                if mounted.is_ended() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    tokio::task::spawn_blocking(move || mounted.unmount())
+        .await?
+        .with_context(|| format!("unmounting {}", mountpoint.display()))?;
+    Ok(())
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM: the one cancellation every daemon task follows.

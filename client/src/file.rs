@@ -77,7 +77,13 @@ impl FileHandle {
         }
     }
 
-    fn is_dirty(&self) -> bool {
+    /// Forgets what this handle knows of the file's chunks (another handle changed them).
+    pub fn forget_map(&mut self) {
+        self.map = ChunkCache::default();
+    }
+
+    /// Are there writes not yet committed?
+    pub fn is_dirty(&self) -> bool {
         !self.buf.is_empty() || !self.uploads.is_empty() || !self.done.is_empty()
     }
 

@@ -7,6 +7,7 @@ mod data;
 mod file;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_common::attr::{DirEntry, FileKind, InodeAttr, SetAttr};
 use cairn_common::cert::Role;
@@ -18,8 +19,30 @@ use quinn::Endpoint;
 pub use config::ClientConfig;
 pub use file::FileHandle;
 
+/// How long a request keeps trying to reach the namenode before it fails.
+const NAMENODE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// Entries asked for per readdir page.
 const READDIR_PAGE: u32 = 1024;
+
+/// Who owns a new file, directory, node or symlink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    /// This process's user and group.
+    pub fn current() -> Owner {
+        // SAFETY: getuid and getgid cannot fail and touch no memory.
+        unsafe {
+            Owner {
+                uid: libc::getuid(),
+                gid: libc::getgid(),
+            }
+        }
+    }
+}
 
 /// A connection to one Cairn cluster. Cheap to clone; clones share connections and cache.
 #[derive(Clone)]
@@ -74,7 +97,20 @@ impl Client {
     /// Sends one request to the namenode.
     pub async fn namenode<R: Rpc>(&self, req: R) -> FsResult<R::Response> {
         let addr = self.inner.config.namenode;
-        let conn = self.inner.pool.get(addr, Role::Namenode).await?;
+        // A namenode that is restarting, or slow to answer on a loaded machine, gets a few
+        // more tries; the request has not been sent, so retrying cannot apply it twice.
+        let deadline = tokio::time::Instant::now() + NAMENODE_RETRY_FOR;
+        let conn = loop {
+            match self.inner.pool.get(addr, Role::Namenode).await {
+                Ok(conn) => break conn,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("namenode {addr} not reachable yet: {e}");
+                    self.inner.pool.clear_unreachable(addr);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let res = transport::call(&conn, req).await;
         if let Err(FsError::Unavailable(_)) = &res {
             // The next request dials again instead of reusing a dead connection.
@@ -99,14 +135,19 @@ impl Client {
         self.namenode(proto::SetAttrReq { ino, set }).await
     }
 
-    pub async fn mkdir(&self, parent: Ino, name: &[u8], perm: u16) -> FsResult<InodeAttr> {
-        let (uid, gid) = current_ids();
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        owner: Owner,
+    ) -> FsResult<InodeAttr> {
         self.namenode(proto::Mkdir {
             parent,
             name: name.to_vec(),
             perm,
-            uid,
-            gid,
+            uid: owner.uid,
+            gid: owner.gid,
         })
         .await
     }
@@ -119,14 +160,14 @@ impl Client {
         perm: u16,
         exclusive: bool,
         truncate: bool,
+        owner: Owner,
     ) -> FsResult<CreateReply> {
-        let (uid, gid) = current_ids();
         self.namenode(proto::Create {
             parent,
             name: name.to_vec(),
             perm,
-            uid,
-            gid,
+            uid: owner.uid,
+            gid: owner.gid,
             exclusive,
             truncate,
         })
@@ -140,16 +181,16 @@ impl Client {
         kind: FileKind,
         perm: u16,
         rdev: u32,
+        owner: Owner,
     ) -> FsResult<InodeAttr> {
-        let (uid, gid) = current_ids();
         self.namenode(proto::Mknod {
             parent,
             name: name.to_vec(),
             kind,
             perm,
             rdev,
-            uid,
-            gid,
+            uid: owner.uid,
+            gid: owner.gid,
         })
         .await
     }
@@ -188,14 +229,19 @@ impl Client {
         .await
     }
 
-    pub async fn symlink(&self, parent: Ino, name: &[u8], target: &[u8]) -> FsResult<InodeAttr> {
-        let (uid, gid) = current_ids();
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        owner: Owner,
+    ) -> FsResult<InodeAttr> {
         self.namenode(proto::Symlink {
             parent,
             name: name.to_vec(),
             target: target.to_vec(),
-            uid,
-            gid,
+            uid: owner.uid,
+            gid: owner.gid,
         })
         .await
     }
@@ -349,10 +395,4 @@ fn components(path: &str) -> FsResult<Vec<&str>> {
         out.push(part);
     }
     Ok(out)
-}
-
-/// The uid and gid new files get: this process's.
-fn current_ids() -> (u32, u32) {
-    // SAFETY: getuid and getgid cannot fail and touch no memory.
-    unsafe { (libc::getuid(), libc::getgid()) }
 }

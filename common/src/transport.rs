@@ -636,6 +636,14 @@ impl ConnectionPool {
         Ok(conn)
     }
 
+    /// Lets the next `get` dial `addr` at once even if it just failed.
+    pub fn clear_unreachable(&self, addr: SocketAddr) {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
+    }
+
     /// Forgets the connection to `addr` so the next `get` dials again.
     pub fn forget(&self, addr: SocketAddr) {
         if let Some(conn) = self.lock().remove(&addr) {

@@ -1,5 +1,6 @@
 //! Files in and out: replication on disk, overwrites, restarts, failures, corruption.
 
+use cairn_client::Owner;
 use cairn_common::Ino;
 
 use crate::support::*;
@@ -94,9 +95,12 @@ async fn restarts_keep_the_namespace_and_the_blocks() {
     let mut cluster = cluster(dir.path(), 3).await;
     let client = cluster.client().await.unwrap();
     let data = random_bytes(20 << 20, 4);
-    let docs = client.mkdir(Ino::ROOT, b"docs", 0o750).await.unwrap();
+    let docs = client
+        .mkdir(Ino::ROOT, b"docs", 0o750, Owner::current())
+        .await
+        .unwrap();
     let created = client
-        .create(docs.ino, b"report", 0o600, true, false)
+        .create(docs.ino, b"report", 0o600, true, false, Owner::current())
         .await
         .unwrap();
     let mut f = client.open(created.attr.ino).await.unwrap();
@@ -152,7 +156,7 @@ async fn a_datanode_killed_during_a_put_loses_nothing() {
     assert_eq!(client.config().min_replicas, 2);
     let data = random_bytes(120 << 20, 5);
     let created = client
-        .create(Ino::ROOT, b"big", 0o644, true, false)
+        .create(Ino::ROOT, b"big", 0o644, true, false, Owner::current())
         .await
         .unwrap();
     let mut f = client.open(created.attr.ino).await.unwrap();
@@ -183,7 +187,7 @@ async fn a_datanode_killed_during_a_put_loses_nothing() {
     tracing::info!("--- with one datanode left, writes fail instead of pretending");
     cluster.stop_datanode(1).await.unwrap();
     let created = client
-        .create(Ino::ROOT, b"doomed", 0o644, true, false)
+        .create(Ino::ROOT, b"doomed", 0o644, true, false, Owner::current())
         .await
         .unwrap();
     let mut f = client.open(created.attr.ino).await.unwrap();

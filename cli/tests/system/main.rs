@@ -4,5 +4,6 @@
 mod support;
 
 mod data_path;
+mod mount;
 mod namespace;
 mod security;

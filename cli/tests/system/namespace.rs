@@ -1,6 +1,7 @@
 //! The namespace through the RPC: every operation and its POSIX errors.
 
 use cairn_client::Client;
+use cairn_client::Owner;
 use cairn_common::attr::{FileKind, SetAttr};
 use cairn_common::proto::{RenameMode, XattrMode};
 use cairn_common::{FsError, Ino};
@@ -24,14 +25,17 @@ async fn create_lookup_and_remove_with_posix_errors() {
     let root = Ino::ROOT;
 
     tracing::info!("--- mkdir, create, lookup");
-    let d = c.mkdir(root, b"d", 0o755).await.unwrap();
+    let d = c.mkdir(root, b"d", 0o755, Owner::current()).await.unwrap();
     assert_eq!(d.kind, FileKind::Dir);
     assert_eq!(
         c.getattr(root).await.unwrap().nlink,
         3,
         "a subdirectory links its parent"
     );
-    let f = c.create(d.ino, b"f", 0o640, true, false).await.unwrap();
+    let f = c
+        .create(d.ino, b"f", 0o640, true, false, Owner::current())
+        .await
+        .unwrap();
     assert!(f.created);
     assert_eq!(f.attr.perm, 0o640);
     assert_eq!(c.lookup(d.ino, b"f").await.unwrap().ino, f.attr.ino);
@@ -40,36 +44,62 @@ async fn create_lookup_and_remove_with_posix_errors() {
     assert_eq!(errno(c.getattr(Ino(999_999)).await), libc::ENOENT);
 
     tracing::info!("--- EEXIST, O_EXCL and plain O_CREAT");
-    assert_eq!(errno(c.mkdir(root, b"d", 0o755).await), libc::EEXIST);
     assert_eq!(
-        errno(c.create(d.ino, b"f", 0o644, true, false).await),
+        errno(c.mkdir(root, b"d", 0o755, Owner::current()).await),
         libc::EEXIST
     );
-    let again = c.create(d.ino, b"f", 0o644, false, false).await.unwrap();
+    assert_eq!(
+        errno(
+            c.create(d.ino, b"f", 0o644, true, false, Owner::current())
+                .await
+        ),
+        libc::EEXIST
+    );
+    let again = c
+        .create(d.ino, b"f", 0o644, false, false, Owner::current())
+        .await
+        .unwrap();
     assert!(!again.created);
     assert_eq!(again.attr.ino, f.attr.ino);
     assert_eq!(
-        errno(c.create(root, b"d", 0o644, false, false).await),
+        errno(
+            c.create(root, b"d", 0o644, false, false, Owner::current())
+                .await
+        ),
         libc::EISDIR
     );
-    assert_eq!(errno(c.mkdir(f.attr.ino, b"x", 0o755).await), libc::ENOTDIR);
+    assert_eq!(
+        errno(c.mkdir(f.attr.ino, b"x", 0o755, Owner::current()).await),
+        libc::ENOTDIR
+    );
 
     tracing::info!("--- names: 255 bytes fine, 256 ENAMETOOLONG, '/' and '' EINVAL");
     let long = vec![b'a'; 255];
-    c.create(root, &long, 0o644, true, false).await.unwrap();
+    c.create(root, &long, 0o644, true, false, Owner::current())
+        .await
+        .unwrap();
     assert_eq!(c.lookup(root, &long).await.unwrap().kind, FileKind::File);
     let too_long = vec![b'a'; 256];
     assert_eq!(
-        errno(c.create(root, &too_long, 0o644, true, false).await),
+        errno(
+            c.create(root, &too_long, 0o644, true, false, Owner::current())
+                .await
+        ),
         libc::ENAMETOOLONG
     );
     assert_eq!(
-        errno(c.mkdir(root, &too_long, 0o755).await),
+        errno(c.mkdir(root, &too_long, 0o755, Owner::current()).await),
         libc::ENAMETOOLONG
     );
     assert_eq!(errno(c.lookup(root, &too_long).await), libc::ENAMETOOLONG);
-    assert_eq!(errno(c.mkdir(root, b"a/b", 0o755).await), libc::EINVAL);
-    assert_eq!(errno(c.mkdir(root, b"", 0o755).await), libc::EINVAL);
+    assert_eq!(
+        errno(c.mkdir(root, b"a/b", 0o755, Owner::current()).await),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(c.mkdir(root, b"", 0o755, Owner::current()).await),
+        libc::EINVAL
+    );
 
     tracing::info!("--- unlink, rmdir");
     assert_eq!(errno(c.rmdir(root, b"d").await), libc::ENOTEMPTY);
@@ -83,16 +113,26 @@ async fn create_lookup_and_remove_with_posix_errors() {
 
     tracing::info!("--- mknod, symlinks");
     let fifo = c
-        .mknod(root, b"fifo", FileKind::Fifo, 0o600, 0)
+        .mknod(root, b"fifo", FileKind::Fifo, 0o600, 0, Owner::current())
         .await
         .unwrap();
     assert_eq!(fifo.kind, FileKind::Fifo);
     let dev = c
-        .mknod(root, b"null", FileKind::CharDevice, 0o666, 0x0103)
+        .mknod(
+            root,
+            b"null",
+            FileKind::CharDevice,
+            0o666,
+            0x0103,
+            Owner::current(),
+        )
         .await
         .unwrap();
     assert_eq!(dev.rdev, 0x0103);
-    let l = c.symlink(root, b"link", b"/some/where").await.unwrap();
+    let l = c
+        .symlink(root, b"link", b"/some/where", Owner::current())
+        .await
+        .unwrap();
     assert_eq!(l.kind, FileKind::Symlink);
     assert_eq!(l.size, 11);
     assert_eq!(c.readlink(l.ino).await.unwrap(), b"/some/where");
@@ -105,13 +145,29 @@ async fn rename_in_all_its_forms() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, c) = ns_cluster(dir.path()).await;
     let root = Ino::ROOT;
-    let a = c.mkdir(root, b"a", 0o755).await.unwrap();
-    let b = c.mkdir(a.ino, b"b", 0o755).await.unwrap();
-    let f = c.create(root, b"f", 0o644, true, false).await.unwrap().attr;
-    let g = c.create(root, b"g", 0o644, true, false).await.unwrap().attr;
-    let empty = c.mkdir(root, b"empty", 0o755).await.unwrap();
-    let full = c.mkdir(root, b"full", 0o755).await.unwrap();
-    c.create(full.ino, b"x", 0o644, true, false).await.unwrap();
+    let a = c.mkdir(root, b"a", 0o755, Owner::current()).await.unwrap();
+    let b = c.mkdir(a.ino, b"b", 0o755, Owner::current()).await.unwrap();
+    let f = c
+        .create(root, b"f", 0o644, true, false, Owner::current())
+        .await
+        .unwrap()
+        .attr;
+    let g = c
+        .create(root, b"g", 0o644, true, false, Owner::current())
+        .await
+        .unwrap()
+        .attr;
+    let empty = c
+        .mkdir(root, b"empty", 0o755, Owner::current())
+        .await
+        .unwrap();
+    let full = c
+        .mkdir(root, b"full", 0o755, Owner::current())
+        .await
+        .unwrap();
+    c.create(full.ino, b"x", 0o644, true, false, Owner::current())
+        .await
+        .unwrap();
     let replace = RenameMode::Replace;
 
     tracing::info!("--- into its own subtree: EINVAL");
@@ -187,8 +243,12 @@ async fn links_attributes_and_xattrs() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, c) = ns_cluster(dir.path()).await;
     let root = Ino::ROOT;
-    let f = c.create(root, b"f", 0o644, true, false).await.unwrap().attr;
-    let d = c.mkdir(root, b"d", 0o755).await.unwrap();
+    let f = c
+        .create(root, b"f", 0o644, true, false, Owner::current())
+        .await
+        .unwrap()
+        .attr;
+    let d = c.mkdir(root, b"d", 0o755, Owner::current()).await.unwrap();
 
     tracing::info!("--- hard links keep nlink right");
     let linked = c.link(f.ino, d.ino, b"f2").await.unwrap();
@@ -282,12 +342,17 @@ async fn links_attributes_and_xattrs() {
 async fn paged_readdir_is_stable_while_entries_are_added() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, c) = ns_cluster(dir.path()).await;
-    let d = c.mkdir(Ino::ROOT, b"d", 0o755).await.unwrap();
+    let d = c
+        .mkdir(Ino::ROOT, b"d", 0o755, Owner::current())
+        .await
+        .unwrap();
     let mut names: Vec<Vec<u8>> = (0..1000)
         .map(|i| format!("old-{i:04}").into_bytes())
         .collect();
     for n in &names {
-        c.create(d.ino, n, 0o644, true, false).await.unwrap();
+        c.create(d.ino, n, 0o644, true, false, Owner::current())
+            .await
+            .unwrap();
     }
 
     tracing::info!("--- list page by page while another task adds entries");
@@ -295,9 +360,16 @@ async fn paged_readdir_is_stable_while_entries_are_added() {
         let c = c.clone();
         tokio::spawn(async move {
             for i in 0..500 {
-                c.create(d.ino, format!("new-{i:04}").as_bytes(), 0o644, true, false)
-                    .await
-                    .unwrap();
+                c.create(
+                    d.ino,
+                    format!("new-{i:04}").as_bytes(),
+                    0o644,
+                    true,
+                    false,
+                    Owner::current(),
+                )
+                .await
+                .unwrap();
             }
         })
     };

@@ -1,6 +1,7 @@
 //! Who gets in, and what junk from the network gets: refusals and errors, while the daemons
 //! go on serving everyone else.
 
+use cairn_client::Owner;
 use std::sync::Arc;
 
 use cairn_common::cert::{self, Role};
@@ -226,10 +227,13 @@ async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
 
 /// A file replicated once, so that a one-datanode cluster can store it.
 async fn cluster_with_one_replica(client: &cairn_client::Client) -> cairn_client::FileHandle {
-    let dir = client.mkdir(Ino::ROOT, b"single", 0o755).await.unwrap();
+    let dir = client
+        .mkdir(Ino::ROOT, b"single", 0o755, Owner::current())
+        .await
+        .unwrap();
     client.set_replication(dir.ino, 1).await.unwrap();
     let created = client
-        .create(dir.ino, b"f", 0o644, true, false)
+        .create(dir.ino, b"f", 0o644, true, false, Owner::current())
         .await
         .unwrap();
     client.open(created.attr.ino).await.unwrap()

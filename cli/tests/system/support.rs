@@ -1,5 +1,6 @@
 //! Helpers shared by the system tests.
 
+use cairn_client::Owner;
 use std::path::Path;
 
 use cairn_cli::devcluster::{DevCluster, DevOptions};
@@ -37,7 +38,14 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// Writes `data` to a new file `/name` in pieces of `piece` bytes and closes it.
 pub async fn put(client: &Client, name: &str, data: &[u8], piece: usize) -> InodeAttr {
     let created = client
-        .create(Ino::ROOT, name.as_bytes(), 0o644, true, false)
+        .create(
+            Ino::ROOT,
+            name.as_bytes(),
+            0o644,
+            true,
+            false,
+            Owner::current(),
+        )
         .await
         .expect("create");
     let mut f = client.open(created.attr.ino).await.expect("open");

@@ -1,0 +1,917 @@
+//! `cairn mount`: the cluster as a local file system, over FUSE (fuser 0.18).
+//!
+//! Every kernel request is answered from a task on the tokio runtime, so slow operations
+//! (a block fetch, a durable commit) never hold up the others. All cluster access goes
+//! through `cairn_client`; this layer only translates between the kernel's requests and
+//! the client's calls, and maps every error to one errno (`FsError::errno`).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_client::{Client, Owner};
+use cairn_common::attr::{DirEntry, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp};
+use cairn_common::proto::{RenameMode, XattrMode};
+use cairn_common::{FsError, FsResult, Ino};
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+use tracing::info;
+
+/// How long the kernel may cache attributes and names. Short: other mounts change things,
+/// and this mount's own changes reply with fresh attributes anyway.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest write the kernel sends in one request.
+const MAX_WRITE: u32 = 1 << 20;
+/// Block size reported by stat(2): programs size their buffers by it.
+const BLKSIZE: u32 = 1 << 20;
+
+/// Options of one mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let every local user in (each with their own permissions), as `allow_other`.
+    pub allow_other: bool,
+    /// Threads reading kernel requests.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: true,
+            threads: 4,
+        }
+    }
+}
+
+struct OpenFile {
+    append: bool,
+    file: cairn_client::FileHandle,
+}
+
+type Shared<T> = Arc<tokio::sync::Mutex<T>>;
+/// Open files by handle, with their inode.
+type FileTable = Arc<Mutex<HashMap<u64, (Ino, Shared<OpenFile>)>>>;
+/// Directory snapshots by handle.
+type DirTable = Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>;
+
+pub struct CairnFs {
+    client: Client,
+    rt: Handle,
+    files: FileTable,
+    dirs: DirTable,
+    next_handle: AtomicU64,
+    ended: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+/// A mounted file system. Dropping it unmounts.
+pub struct Mount {
+    session: Option<fuser::BackgroundSession>,
+    ended: std::sync::mpsc::Receiver<()>,
+}
+
+impl Mount {
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+
+    /// Blocks until the file system is unmounted from outside (`umount`).
+    pub fn wait(&self) {
+        let _ = self.ended.recv();
+    }
+
+    /// Has the file system been unmounted from outside?
+    pub fn is_ended(&self) -> bool {
+        !matches!(
+            self.ended.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Empty)
+        )
+    }
+}
+
+/// Mounts the cluster `client` talks to at `mountpoint`. Requests are served on `rt`.
+pub fn mount(
+    client: Client,
+    rt: Handle,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> std::io::Result<Mount> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fs = CairnFs {
+        client,
+        rt,
+        files: Arc::default(),
+        dirs: Arc::default(),
+        next_handle: AtomicU64::new(1),
+        ended: Mutex::new(Some(tx)),
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("cairn".into()),
+        fuser::MountOption::Subtype("cairn".into()),
+        // The kernel checks owner/group/other bits against the caller, as on a local disk.
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::Dev,
+        fuser::MountOption::Suid,
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    let session = fuser::Session::new(fs, mountpoint, &config)?.spawn()?;
+    info!(mountpoint = %mountpoint.display(), "mounted");
+    Ok(Mount {
+        session: Some(session),
+        ended: rx,
+    })
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn to_system_time(t: Timestamp) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH - Duration::new(t.secs.unsigned_abs(), 0) + Duration::new(0, t.nanos)
+    }
+}
+
+fn to_timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let mut secs = -(d.as_secs() as i64);
+            let mut nanos = 0;
+            if d.subsec_nanos() > 0 {
+                secs -= 1;
+                nanos = 1_000_000_000 - d.subsec_nanos();
+            }
+            Timestamp { secs, nanos }
+        }
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(a: &InodeAttr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: to_system_time(a.atime),
+        mtime: to_system_time(a.mtime),
+        ctime: to_system_time(a.ctime),
+        crtime: to_system_time(a.ctime),
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn owner(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(to_timestamp(t)),
+    }
+}
+
+impl CairnFs {
+    /// Runs `op` on the runtime and hands its result to `done`.
+    fn run<T, F>(&self, op: F, done: impl FnOnce(FsResult<T>) + Send + 'static)
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = FsResult<T>> + Send + 'static,
+    {
+        self.rt.spawn(async move { done(op.await) });
+    }
+
+    fn reply_entry(
+        &self,
+        op: impl std::future::Future<Output = FsResult<InodeAttr>> + Send + 'static,
+        reply: ReplyEntry,
+    ) {
+        self.run(op, move |r| match r {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn reply_empty(
+        &self,
+        op: impl std::future::Future<Output = FsResult<()>> + Send + 'static,
+        reply: ReplyEmpty,
+    ) {
+        self.run(op, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn file(&self, fh: FileHandle) -> FsResult<Shared<OpenFile>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .map(|(_, f)| f.clone())
+            .ok_or_else(|| FsError::invalid("unknown file handle"))
+    }
+
+    /// Open handles of `ino` in this mount: their unflushed writes count for its size.
+    fn open_handles(&self, ino: Ino) -> Vec<Shared<OpenFile>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|(i, _)| *i == ino)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    fn files_handle(&self) -> FileTable {
+        self.files.clone()
+    }
+
+    fn dirs_handle(&self) -> DirTable {
+        self.dirs.clone()
+    }
+
+    fn new_handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The attributes of `ino`, with the size its open handles in this mount have written.
+async fn attr_with_pending(
+    client: &Client,
+    ino: Ino,
+    open: Vec<Shared<OpenFile>>,
+) -> FsResult<InodeAttr> {
+    let mut attr = client.getattr(ino).await?;
+    for f in open {
+        attr.size = attr.size.max(f.lock().await.file.size());
+    }
+    Ok(attr)
+}
+
+fn name_of(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl Filesystem for CairnFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(nearest) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(nearest);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        info!("unmounted");
+        if let Some(tx) = self.ended.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (client, name) = (self.client.clone(), name_of(name));
+        self.reply_entry(
+            async move { client.lookup(Ino(parent.0), &name).await },
+            reply,
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let client = self.client.clone();
+        let open = self.open_handles(Ino(ino.0));
+        self.run(
+            async move { attr_with_pending(&client, Ino(ino.0), open).await },
+            move |r| match r {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let client = self.client.clone();
+        let ino = Ino(ino.0);
+        let open = self.open_handles(ino);
+        let via = fh.and_then(|fh| self.file(fh).ok());
+        let set = SetAttr {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size: None,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        self.run(
+            async move {
+                if let Some(size) = size {
+                    // Writes still buffered in this mount land before the cut, not after.
+                    for f in &open {
+                        f.lock().await.file.flush().await?;
+                    }
+                    match via {
+                        Some(f) => f.lock().await.file.truncate(size).await?,
+                        None => {
+                            client
+                                .setattr(
+                                    ino,
+                                    SetAttr {
+                                        size: Some(size),
+                                        ..SetAttr::default()
+                                    },
+                                )
+                                .await?;
+                        }
+                    }
+                }
+                let attr = if set == SetAttr::default() {
+                    client.getattr(ino).await?
+                } else {
+                    client.setattr(ino, set).await?
+                };
+                Ok(attr)
+            },
+            move |r| match r {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let client = self.client.clone();
+        self.run(async move { client.readlink(Ino(ino.0)).await }, move |r| {
+            reply_data(r, reply)
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = FileKind::from_mode(mode) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let (client, name, who) = (self.client.clone(), name_of(name), owner(req));
+        let perm = (mode & !umask & 0o7777) as u16;
+        self.reply_entry(
+            async move {
+                if kind == FileKind::File {
+                    let c = client
+                        .create(Ino(parent.0), &name, perm, true, false, who)
+                        .await?;
+                    return Ok(c.attr);
+                }
+                client
+                    .mknod(Ino(parent.0), &name, kind, perm, rdev, who)
+                    .await
+            },
+            reply,
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (client, name, who) = (self.client.clone(), name_of(name), owner(req));
+        let perm = (mode & !umask & 0o7777) as u16;
+        self.reply_entry(
+            async move { client.mkdir(Ino(parent.0), &name, perm, who).await },
+            reply,
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (client, name) = (self.client.clone(), name_of(name));
+        self.reply_empty(
+            async move { client.unlink(Ino(parent.0), &name).await },
+            reply,
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (client, name) = (self.client.clone(), name_of(name));
+        self.reply_empty(
+            async move { client.rmdir(Ino(parent.0), &name).await },
+            reply,
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (client, name, who) = (self.client.clone(), name_of(link_name), owner(req));
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.reply_entry(
+            async move { client.symlink(Ino(parent.0), &name, &target, who).await },
+            reply,
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let (client, name, newname) = (self.client.clone(), name_of(name), name_of(newname));
+        self.reply_empty(
+            async move {
+                client
+                    .rename(Ino(parent.0), &name, Ino(newparent.0), &newname, mode)
+                    .await
+            },
+            reply,
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (client, name) = (self.client.clone(), name_of(newname));
+        self.reply_entry(
+            async move { client.link(Ino(ino.0), Ino(newparent.0), &name).await },
+            reply,
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let client = self.client.clone();
+        let fh = self.new_handle();
+        let ino = Ino(ino.0);
+        let append = flags.0 & libc::O_APPEND != 0;
+        let files = self.files_handle();
+        self.run(
+            async move { open_file(&client, &files, fh, ino, append).await },
+            move |r| reply_opened(r, fh, reply),
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let others: Vec<_> = self
+            .open_handles(Ino(ino.0))
+            .into_iter()
+            .filter(|f| !Arc::ptr_eq(f, &file))
+            .collect();
+        self.run(
+            async move {
+                // Full POSIX within one mount: a read sees what other handles wrote before it.
+                let mut flushed = false;
+                for other in others {
+                    let mut other = other.lock().await;
+                    if other.file.is_dirty() {
+                        other.file.flush().await?;
+                        flushed = true;
+                    }
+                }
+                let mut f = file.lock().await;
+                if flushed {
+                    f.file.forget_map();
+                }
+                f.file.read(offset, size as usize).await
+            },
+            move |r| reply_data(r, reply),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let data = data.to_vec();
+        self.run(
+            async move {
+                let mut f = file.lock().await;
+                // O_APPEND writes go to the end this mount knows of, whatever the offset.
+                let at = if f.append { f.file.size() } else { offset };
+                f.file.write(at, &data).await?;
+                Ok(data.len() as u32)
+            },
+            move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // close(2) returns what this returns: a write that could not be stored shows here.
+        self.reply_empty(async move { file.lock().await.file.flush().await }, reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let removed = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        let Some((_, file)) = removed else {
+            return reply.ok();
+        };
+        self.reply_empty(async move { file.lock().await.file.flush().await }, reply);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        self.reply_empty(async move { file.lock().await.file.fsync().await }, reply);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let client = self.client.clone();
+        let fh = self.new_handle();
+        let dirs = self.dirs_handle();
+        self.run(
+            async move {
+                // A snapshot per open: offsets stay valid however the directory changes.
+                let entries = client.readdir(Ino(ino.0)).await?;
+                dirs.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, Arc::new(entries));
+                Ok(())
+            },
+            move |r| reply_opened(r, fh, reply),
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(entries) = entries else {
+            return reply.error(Errno::EBADF);
+        };
+        // Offsets: 1 is ".", 2 is "..", 3 + i is entry i.
+        let dots = [
+            (1u64, ino, FileType::Directory, OsStr::new(".")),
+            (2u64, ino, FileType::Directory, OsStr::new("..")),
+        ];
+        for (next, ino, kind, name) in dots {
+            if offset < next && reply.add(ino, next, kind, name) {
+                return reply.ok();
+            }
+        }
+        let skip = offset.saturating_sub(2) as usize;
+        for (i, e) in entries.iter().enumerate().skip(skip) {
+            let next = 3 + i as u64;
+            if reply.add(
+                INodeNo(e.ino.0),
+                next,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every namespace change is durable before it is acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let client = self.client.clone();
+        self.run(async move { client.statfs().await }, move |r| match r {
+            Ok(s) => {
+                let bsize = 4096u64;
+                let free_inodes = u32::MAX as u64;
+                reply.statfs(
+                    s.capacity / bsize,
+                    s.available / bsize,
+                    s.available / bsize,
+                    s.inodes + free_inodes,
+                    free_inodes,
+                    bsize as u32,
+                    cairn_common::attr::NAME_MAX as u32,
+                    bsize as u32,
+                )
+            }
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags & libc::XATTR_CREATE != 0 {
+            XattrMode::Create
+        } else if flags & libc::XATTR_REPLACE != 0 {
+            XattrMode::Replace
+        } else {
+            XattrMode::Any
+        };
+        let (client, name, value) = (self.client.clone(), name_of(name), value.to_vec());
+        self.reply_empty(
+            async move { client.set_xattr(Ino(ino.0), &name, &value, mode).await },
+            reply,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (client, name) = (self.client.clone(), name_of(name));
+        self.run(
+            async move { client.get_xattr(Ino(ino.0), &name).await },
+            move |r| reply_xattr(r, size, reply),
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let client = self.client.clone();
+        self.run(
+            async move {
+                let names = client.list_xattr(Ino(ino.0)).await?;
+                let mut out = Vec::new();
+                for n in names {
+                    out.extend_from_slice(&n);
+                    out.push(0);
+                }
+                Ok(out)
+            },
+            move |r| reply_xattr(r, size, reply),
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (client, name) = (self.client.clone(), name_of(name));
+        self.reply_empty(
+            async move { client.remove_xattr(Ino(ino.0), &name).await },
+            reply,
+        );
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel has already checked the mode bits.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (client, name, who) = (self.client.clone(), name_of(name), owner(req));
+        let perm = (mode & !umask & 0o7777) as u16;
+        let exclusive = flags & libc::O_EXCL != 0;
+        let truncate = flags & libc::O_TRUNC != 0;
+        let append = flags & libc::O_APPEND != 0;
+        let fh = self.new_handle();
+        let files = self.files_handle();
+        self.run(
+            async move {
+                let created = client
+                    .create(Ino(parent.0), &name, perm, exclusive, truncate, who)
+                    .await?;
+                open_file(&client, &files, fh, created.attr.ino, append).await?;
+                Ok(created.attr)
+            },
+            move |r| match r {
+                Ok(a) => reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+}
+
+/// Opens `ino` and files it under handle `fh`.
+async fn open_file(
+    client: &Client,
+    files: &FileTable,
+    fh: u64,
+    ino: Ino,
+    append: bool,
+) -> FsResult<()> {
+    let file = client.open(ino).await?;
+    let open = Arc::new(tokio::sync::Mutex::new(OpenFile { append, file }));
+    files
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(fh, (ino, open));
+    Ok(())
+}
+
+fn reply_data(r: FsResult<Vec<u8>>, reply: ReplyData) {
+    match r {
+        Ok(data) => reply.data(&data),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_opened(r: FsResult<()>, fh: u64, reply: ReplyOpen) {
+    match r {
+        Ok(()) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_xattr(r: FsResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
