@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 . ./scripts/env.sh
 cargo build --release --bin cairn
 install -m 0755 "$CARGO_TARGET_DIR/release/cairn" /usr/local/bin/cairn
+# mount(8) runs /sbin/mount.cairn for "cairn" lines in /etc/fstab.
+ln -sf /usr/local/bin/cairn /sbin/mount.cairn
 exec cairn dev --dir "${CAIRN_DEV_DIR:-$PWD/cairn-dev}" "$@"

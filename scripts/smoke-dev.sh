@@ -8,13 +8,16 @@ WORK="$(mktemp -d)"
 DEV="$WORK/dev"
 PID=""
 cleanup() {
+    for m in "$WORK/mnt" "$WORK/devmnt"; do
+        mountpoint -q "$m" 2>/dev/null && umount -l "$m"
+    done
     [ -n "$PID" ] && kill -INT "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 start() {
-    "$CAIRN" dev --dir "$DEV" --namenode 127.0.0.1:0 >"$WORK/dev.out" 2>"$WORK/dev.log" &
+    "$CAIRN" dev --dir "$DEV" --namenode 127.0.0.1:0 "$@" >"$WORK/dev.out" 2>"$WORK/dev.log" &
     PID=$!
     i=0
     until grep -q "Ctrl-C stops the cluster" "$WORK/dev.out" 2>/dev/null; do
@@ -59,10 +62,29 @@ if "$CAIRN" fs get /smoke/missing "$WORK/x" 2>"$WORK/err"; then
 fi
 grep -q "/smoke/missing: no such file or directory" "$WORK/err"
 
-echo "--- Ctrl-C, restart, data intact"
+echo "--- mount.cairn, as mount(8) runs it for an fstab line; then umount"
+ln -s "$CAIRN" "$WORK/mount.cairn"
+mkdir "$WORK/mnt"
+"$WORK/mount.cairn" cairn "$WORK/mnt" -o "rw,config=$DEV/cairn-client.toml,_netdev"
+cmp "$WORK/input" "$WORK/mnt/smoke/input"
+cp "$WORK/input" "$WORK/mnt/copy"
+cmp "$WORK/input" "$WORK/mnt/copy"
+ls "$WORK/mnt/smoke" | grep -q '^input$'
+[ "$("$CAIRN" fs cat /smoke/dir/small)" = "hello cairn" ]
+umount "$WORK/mnt"
+i=0
+while pgrep -f "cairn mount $WORK/mnt" >/dev/null; do
+    i=$((i + 1)); [ "$i" -lt 100 ] || { echo "mount process outlived umount"; exit 1; }
+    sleep 0.1
+done
+
+echo "--- Ctrl-C, restart with --mount, data intact"
 stop
-start
+mkdir "$WORK/devmnt"
+start --mount "$WORK/devmnt"
 "$CAIRN" fs get /smoke/input "$WORK/output2"
 cmp "$WORK/input" "$WORK/output2"
+cmp "$WORK/input" "$WORK/devmnt/copy"
 stop
+if mountpoint -q "$WORK/devmnt"; then echo "Ctrl-C left the dev mount behind"; exit 1; fi
 echo "smoke test passed"

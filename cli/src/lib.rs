@@ -4,3 +4,4 @@
 pub mod bench;
 pub mod devcluster;
 pub mod fs_cmd;
+pub mod mount_cmd;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cairn_cli::devcluster::{DevCluster, DevOptions};
 use cairn_cli::fs_cmd::{self, FsArgs};
+use cairn_cli::mount_cmd;
 use cairn_common::cert::{self, Role};
 use cairn_common::transport::{self, TransportOptions};
 use clap::{Parser, Subcommand};
@@ -49,6 +50,9 @@ enum Command {
         /// Replicas per block.
         #[arg(long, default_value_t = 3)]
         replication: u8,
+        /// Also mount the cluster on this directory.
+        #[arg(long)]
+        mount: Option<PathBuf>,
     },
     /// Manage the cluster certificate authority and certificates.
     Cert {
@@ -70,6 +74,12 @@ enum Command {
         /// Threads reading kernel requests.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Return once mounted and serve from the background (as `mount.cairn` does).
+        #[arg(long)]
+        daemon: bool,
+        /// With --daemon: where the background process logs (default: the temp directory).
+        #[arg(long)]
+        log: Option<PathBuf>,
     },
     /// Measure throughput on a cluster started in this process.
     Bench {
@@ -109,7 +119,17 @@ enum CertCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Called as mount.cairn by mount(8) for an fstab line: translate its arguments.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match mount_cmd::helper_args(&argv) {
+        Some(Ok(translated)) => argv = translated,
+        Some(Err(e)) => {
+            eprintln!("mount.cairn: {e:#}");
+            return ExitCode::from(1);
+        }
+        None => {}
+    }
+    let cli = Cli::parse_from(&argv);
     let quiet = matches!(
         cli.command,
         Command::Fs(_) | Command::Cert { .. } | Command::Bench { .. }
@@ -125,7 +145,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, &argv)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cairn: {e:#}");
@@ -144,7 +164,7 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
     match command {
         Command::Namenode { config } => {
             let config = cairn_namenode::NamenodeConfig::load(&config)?;
@@ -167,7 +187,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             datanodes,
             namenode,
             replication,
-        } => dev(dir, datanodes, namenode, replication).await?,
+            mount,
+        } => dev(dir, datanodes, namenode, replication, mount).await?,
         Command::Cert { command } => match command {
             CertCommand::Init { dir } => {
                 cert::init_ca(&dir)?;
@@ -197,7 +218,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             namenode,
             threads,
-        } => mount(mountpoint, config, namenode, threads).await?,
+            daemon,
+            log,
+        } => {
+            if daemon {
+                mount_cmd::daemonize(&argv[1..], &mountpoint, log.as_deref())?;
+            } else {
+                let shutdown = shutdown_on_signal();
+                mount_cmd::run(mountpoint, config, namenode, threads, shutdown).await?;
+            }
+        }
         Command::Bench { dir, json, command } => cairn_cli::bench::run(command, dir, json).await?,
     }
     Ok(ExitCode::SUCCESS)
@@ -208,6 +238,7 @@ async fn dev(
     datanodes: usize,
     namenode: SocketAddr,
     replication: u8,
+    mountpoint: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(datanodes >= 1, "a cluster needs at least one datanode");
     let mut opts = DevOptions::new(&dir, datanodes);
@@ -238,63 +269,33 @@ async fn dev(
         "  export CAIRN_CONFIG={}",
         cluster.client_config_path.display()
     );
+    let mounted = match &mountpoint {
+        Some(m) => {
+            let client = cluster.client().await?;
+            let mounted = cairn_fuse::mount(
+                client,
+                tokio::runtime::Handle::current(),
+                m,
+                &cairn_fuse::MountOptions::default(),
+            )
+            .with_context(|| format!("mounting on {}", m.display()))?;
+            println!(
+                "  mounted on  {} (every local user may use it)",
+                m.display()
+            );
+            Some(mounted)
+        }
+        None => None,
+    };
     println!();
     println!("Ctrl-C stops the cluster; `cairn dev --dir {d}` starts it again with its data.");
     shutdown.cancelled().await;
     println!("stopping…");
+    if let Some(m) = mounted {
+        // Unmount first: the mount's last writes need the cluster.
+        tokio::task::spawn_blocking(move || m.unmount()).await??;
+    }
     cluster.stop().await
-}
-
-async fn mount(
-    mountpoint: PathBuf,
-    config: Option<PathBuf>,
-    namenode: Option<SocketAddr>,
-    threads: usize,
-) -> anyhow::Result<()> {
-    let path = cairn_client::ClientConfig::locate(config.as_deref()).map_err(anyhow::Error::msg)?;
-    let mut config = cairn_client::ClientConfig::load(&path)?;
-    if let Some(nn) = namenode {
-        config.namenode = nn;
-    }
-    let client = cairn_client::Client::connect(config)
-        .await
-        .with_context(|| format!("using {}", path.display()))?;
-    // Fail now, with the cause, rather than mount something that cannot answer.
-    client
-        .statfs()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the namenode: {e}"))?;
-    let shutdown = shutdown_on_signal();
-    let opts = cairn_fuse::MountOptions {
-        threads,
-        ..cairn_fuse::MountOptions::default()
-    };
-    let mounted = cairn_fuse::mount(
-        client,
-        tokio::runtime::Handle::current(),
-        &mountpoint,
-        &opts,
-    )
-    .with_context(|| format!("mounting on {}", mountpoint.display()))?;
-    println!(
-        "Cairn mounted on {}; Ctrl-C or `umount {}` to unmount",
-        mountpoint.display(),
-        mountpoint.display()
-    );
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                if mounted.is_ended() {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    tokio::task::spawn_blocking(move || mounted.unmount())
-        .await?
-        .with_context(|| format!("unmounting {}", mountpoint.display()))?;
-    Ok(())
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM: the one cancellation every daemon task follows.

@@ -1,0 +1,237 @@
+//! `cairn mount` and `mount.cairn`: mounting in the foreground, in the background, and from
+//! an `/etc/fstab` line.
+//!
+//! fstab: `cairn  /mnt/cairn  cairn  config=/etc/cairn/cairn-client.toml,_netdev  0  0`.
+//! mount(8) then runs `mount.cairn cairn /mnt/cairn -o config=…,_netdev,rw`, which is
+//! `cairn mount /mnt/cairn --config … --daemon`: it returns once the mount is live.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+
+/// How long `--daemon` waits for the background mount to come up.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Mounts and serves until `shutdown` or an outside `umount`.
+pub async fn run(
+    mountpoint: PathBuf,
+    config: Option<PathBuf>,
+    namenode: Option<SocketAddr>,
+    threads: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let path = cairn_client::ClientConfig::locate(config.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut config = cairn_client::ClientConfig::load(&path)?;
+    if let Some(nn) = namenode {
+        config.namenode = nn;
+    }
+    let client = cairn_client::Client::connect(config)
+        .await
+        .with_context(|| format!("using {}", path.display()))?;
+    // Fail now, with the cause, rather than mount something that cannot answer.
+    client
+        .statfs()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the namenode: {e}"))?;
+    let opts = cairn_fuse::MountOptions {
+        threads,
+        ..cairn_fuse::MountOptions::default()
+    };
+    let mounted = cairn_fuse::mount(
+        client,
+        tokio::runtime::Handle::current(),
+        &mountpoint,
+        &opts,
+    )
+    .with_context(|| format!("mounting on {}", mountpoint.display()))?;
+    eprintln!(
+        "Cairn mounted on {}; Ctrl-C or `umount {}` unmounts",
+        mountpoint.display(),
+        mountpoint.display()
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if mounted.is_ended() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    tokio::task::spawn_blocking(move || mounted.unmount())
+        .await?
+        .with_context(|| format!("unmounting {}", mountpoint.display()))
+}
+
+/// Starts `cairn ARGS` (this mount command) without `--daemon` in a new session, detached
+/// from the terminal, and returns once `mountpoint` is mounted (or the child has failed).
+pub fn daemonize(args: &[OsString], mountpoint: &Path, log: Option<&Path>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the cairn executable")?;
+    let args: Vec<&OsString> = args.iter().filter(|a| *a != "--daemon").collect();
+    let log_path = match log {
+        Some(l) => l.to_path_buf(),
+        None => std::env::temp_dir().join(format!(
+            "cairn-mount-{}.log",
+            mountpoint
+                .to_string_lossy()
+                .trim_matches('/')
+                .replace('/', "-")
+        )),
+    };
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening log {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    // A new session: the mount outlives the shell or mount(8) that started it.
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    let mut child = cmd.spawn().context("starting the background mount")?;
+    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
+    loop {
+        if is_mounted(mountpoint)? {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the background mount exited ({status}); its log is {}",
+                log_path.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not mounted after {} s; its log is {}",
+                DAEMON_START_TIMEOUT.as_secs(),
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Is a Cairn file system mounted on `mountpoint`?
+pub fn is_mounted(mountpoint: &Path) -> anyhow::Result<bool> {
+    let target = mountpoint
+        .canonicalize()
+        .with_context(|| format!("{}", mountpoint.display()))?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, point, fstype) = (fields.next(), fields.next(), fields.next());
+        point.map(unescape_mount_path).as_deref()
+            == Some(target.as_os_str().to_string_lossy().as_ref())
+            && fstype.is_some_and(|t| t.starts_with("fuse"))
+    }))
+}
+
+/// /proc/mounts writes spaces and a few other bytes as octal escapes.
+fn unescape_mount_path(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// When called as `mount.cairn SPEC DIR [-o OPTIONS]` (by mount(8)), the equivalent
+/// `cairn mount` arguments; `None` when called as `cairn`.
+pub fn helper_args(args: &[OsString]) -> Option<anyhow::Result<Vec<OsString>>> {
+    let name = Path::new(args.first()?)
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    if name != "mount.cairn" {
+        return None;
+    }
+    Some(translate_helper(&args[1..]))
+}
+
+fn translate_helper(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("-o") => options.push(
+                it.next()
+                    .context("-o needs options")?
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            // mount(8) may pass these; they mean nothing here.
+            Some("-n") | Some("-s") | Some("-f") | Some("-v") => {}
+            _ => positional.push(a.clone()),
+        }
+    }
+    let [_spec, dir] = positional.as_slice() else {
+        bail!("usage: mount.cairn SPEC DIR [-o config=FILE,namenode=HOST:PORT]");
+    };
+    let mut out: Vec<OsString> = vec![
+        "cairn".into(),
+        "mount".into(),
+        dir.clone(),
+        "--daemon".into(),
+    ];
+    for opt in options.iter().flat_map(|o| o.split(',')) {
+        match opt.split_once('=') {
+            Some(("config", v)) => out.extend(["--config".into(), v.into()]),
+            Some(("namenode", v)) => out.extend(["--namenode".into(), v.into()]),
+            Some(("log", v)) => out.extend(["--log".into(), v.into()]),
+            // Generic mount options (rw, defaults, _netdev, nofail, allow_other…) are
+            // either mount(8)'s business or already how Cairn mounts.
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_arguments_become_a_cairn_mount() {
+        let args: Vec<OsString> = [
+            "mount.cairn",
+            "cairn",
+            "/mnt/c",
+            "-o",
+            "rw,config=/etc/c.toml,_netdev",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let out = helper_args(&args).unwrap().unwrap();
+        assert_eq!(
+            out,
+            [
+                "cairn",
+                "mount",
+                "/mnt/c",
+                "--daemon",
+                "--config",
+                "/etc/c.toml"
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect::<Vec<_>>()
+        );
+        assert!(helper_args(&[OsString::from("cairn")]).is_none());
+        let bad: Vec<OsString> = ["mount.cairn", "only-one"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert!(helper_args(&bad).unwrap().is_err());
+    }
+}
