@@ -367,6 +367,11 @@ impl Client {
     /// Opens a regular file for reading and writing.
     pub async fn open(&self, ino: Ino) -> FsResult<FileHandle> {
         let attr = self.getattr(ino).await?;
+        self.open_attr(attr)
+    }
+
+    /// Opens a file whose attributes the caller just got (from create, say): no round trip.
+    pub fn open_attr(&self, attr: InodeAttr) -> FsResult<FileHandle> {
         match attr.kind {
             FileKind::File => Ok(FileHandle::new(self.clone(), attr)),
             FileKind::Dir => Err(FsError::IsDir),

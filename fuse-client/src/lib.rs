@@ -201,6 +201,24 @@ fn file_attr(a: &InodeAttr) -> FileAttr {
     }
 }
 
+/// Attributes for a reply that carries none (a negative entry).
+fn placeholder_attr() -> InodeAttr {
+    InodeAttr {
+        ino: Ino(0),
+        kind: FileKind::File,
+        perm: 0,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        nlink: 0,
+        atime: Timestamp::default(),
+        mtime: Timestamp::default(),
+        ctime: Timestamp::default(),
+        rdev: 0,
+        replication: 0,
+    }
+}
+
 fn owner(req: &Request) -> Owner {
     Owner {
         uid: req.uid(),
@@ -314,9 +332,20 @@ impl Filesystem for CairnFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (client, name) = (self.client.clone(), name_of(name));
-        self.reply_entry(
+        self.run(
             async move { client.lookup(Ino(parent.0), &name).await },
-            reply,
+            move |r| match r {
+                Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+                // An entry with inode 0 is a negative entry: the kernel remembers the name
+                // is absent for the TTL, so a create right after costs no second lookup.
+                // This mount's own creates replace it at once.
+                Err(FsError::NotFound) => {
+                    let mut absent = file_attr(&placeholder_attr());
+                    absent.ino = INodeNo(0);
+                    reply.entry(&TTL, &absent, Generation(0))
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
         );
     }
 
@@ -832,6 +861,21 @@ impl Filesystem for CairnFs {
         );
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // What a local file system says to terminal ioctls probing a regular file.
+        reply.error(Errno::ENOTTY);
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // default_permissions: the kernel has already checked the mode bits.
         reply.ok();
@@ -859,7 +903,8 @@ impl Filesystem for CairnFs {
                 let created = client
                     .create(Ino(parent.0), &name, perm, exclusive, truncate, who)
                     .await?;
-                open_file(&client, &files, fh, created.attr.ino, append).await?;
+                let file = client.open_attr(created.attr.clone())?;
+                register(&files, fh, created.attr.ino, append, file);
                 Ok(created.attr)
             },
             move |r| match r {
@@ -885,12 +930,16 @@ async fn open_file(
     append: bool,
 ) -> FsResult<()> {
     let file = client.open(ino).await?;
+    register(files, fh, ino, append, file);
+    Ok(())
+}
+
+fn register(files: &FileTable, fh: u64, ino: Ino, append: bool, file: cairn_client::FileHandle) {
     let open = Arc::new(tokio::sync::Mutex::new(OpenFile { append, file }));
     files
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(fh, (ino, open));
-    Ok(())
 }
 
 fn reply_data(r: FsResult<Vec<u8>>, reply: ReplyData) {
