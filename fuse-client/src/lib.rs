@@ -335,7 +335,10 @@ impl Filesystem for CairnFs {
         self.run(
             async move { client.lookup(Ino(parent.0), &name).await },
             move |r| match r {
-                Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+                Ok(a) => {
+                    tracing::debug!(ino = %a.ino, size = a.size, mtime = a.mtime.secs, "lookup done");
+                    reply.entry(&TTL, &file_attr(&a), Generation(0))
+                }
                 // An entry with inode 0 is a negative entry: the kernel remembers the name
                 // is absent for the TTL, so a create right after costs no second lookup.
                 // This mount's own creates replace it at once.
@@ -355,7 +358,10 @@ impl Filesystem for CairnFs {
         self.run(
             async move { attr_with_pending(&client, Ino(ino.0), open).await },
             move |r| match r {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Ok(a) => {
+                    tracing::debug!(ino = %a.ino, size = a.size, mtime = a.mtime.secs, "getattr done");
+                    reply.attr(&TTL, &file_attr(&a))
+                }
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -382,6 +388,7 @@ impl Filesystem for CairnFs {
         let client = self.client.clone();
         let ino = Ino(ino.0);
         let open = self.open_handles(ino);
+        tracing::debug!(%ino, ?fh, open = open.len(), ?size, ?mtime, "setattr");
         let via = fh.and_then(|fh| self.file(fh).ok());
         let set = SetAttr {
             perm: mode.map(|m| (m & 0o7777) as u16),
@@ -393,11 +400,13 @@ impl Filesystem for CairnFs {
         };
         self.run(
             async move {
+                // Writes still buffered in this mount land first: a truncate cuts them, and
+                // times set now (tar, rsync, cp -p set them before close) are not overwritten
+                // by the commit of earlier writes at close.
+                for f in &open {
+                    f.lock().await.file.flush().await?;
+                }
                 if let Some(size) = size {
-                    // Writes still buffered in this mount land before the cut, not after.
-                    for f in &open {
-                        f.lock().await.file.flush().await?;
-                    }
                     match via {
                         Some(f) => f.lock().await.file.truncate(size).await?,
                         None => {
@@ -418,6 +427,7 @@ impl Filesystem for CairnFs {
                 } else {
                     client.setattr(ino, set).await?
                 };
+                tracing::debug!(%ino, size = attr.size, mtime = attr.mtime.secs, "setattr done");
                 Ok(attr)
             },
             move |r| match r {
@@ -617,7 +627,7 @@ impl Filesystem for CairnFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -631,6 +641,7 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let data = data.to_vec();
+        tracing::debug!(ino = ino.0, fh = fh.0, offset, len = data.len(), "write");
         self.run(
             async move {
                 let mut f = file.lock().await;
@@ -680,6 +691,7 @@ impl Filesystem for CairnFs {
         let Some((_, file)) = removed else {
             return reply.ok();
         };
+        tracing::debug!(fh = fh.0, "release");
         self.reply_empty(async move { file.lock().await.file.flush().await }, reply);
     }
 

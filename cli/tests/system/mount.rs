@@ -157,3 +157,94 @@ async fn a_file_closed_on_one_mount_is_read_whole_on_another() {
         .unwrap();
     cluster.stop().await.unwrap();
 }
+
+/// Runs a shell command line, panicking with its output if it fails; returns its stdout.
+fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A small source tree with files of several sizes, a symlink and old timestamps.
+fn make_tree(root: &Path) {
+    for (i, size) in [0usize, 1, 100, 4096, 70_000, 5 << 20].iter().enumerate() {
+        let dir = root.join(format!("d{}", i % 3));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(format!("f{i}")),
+            random_bytes(*size, 30 + i as u64),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("d0/f0", root.join("link")).unwrap();
+    // The same mode as the directory it is extracted into, so that "." compares equal.
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    sh(&format!(
+        "find {} -exec touch -h -d '2021-03-04 05:06:07' {{}} +",
+        root.display()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_programs_work_on_the_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let local = tempfile::tempdir().unwrap();
+    make_tree(local.path());
+    let local = local.keep();
+    with_mount(&cluster, move |m| {
+        let l = local.display();
+        let mm = m.display();
+
+        tracing::info!("--- tar in and out: identical archives, so bytes, modes and times kept");
+        sh(&format!("mkdir {mm}/tree && tar -C {l} -cf - . | tar -C {mm}/tree -xf -"));
+        let want = sh(&format!("tar -C {l} --sort=name -cf - . | md5sum"));
+        let got = sh(&format!("tar -C {mm}/tree --sort=name -cf - . | md5sum"));
+        if got != want {
+            let list = |d: &str| sh(&format!("tar -C {d} --sort=name -cvvf /dev/null . 2>&1"));
+            panic!(
+                "tar of the mounted copy differs:\n{}\nvs\n{}",
+                list(&l.to_string()),
+                list(&format!("{mm}/tree"))
+            );
+        }
+
+        tracing::info!("--- rsync -a, then a second rsync transfers nothing");
+        sh(&format!("rsync -a {l}/ {mm}/rs/"));
+        let second = sh(&format!("rsync -a --stats {l}/ {mm}/rs/"));
+        assert!(
+            second.contains("Number of regular files transferred: 0"),
+            "{second}"
+        );
+
+        tracing::info!("--- git init, commit, fsck");
+        sh(&format!(
+            "cd {mm} && git init -q repo && cd repo && cp -r {l}/. . && git add -A && \
+             git -c user.email=t@cairn -c user.name=t commit -qm one && \
+             echo more >> d0/f0 && git -c user.email=t@cairn -c user.name=t commit -qam two && \
+             git fsck --full --strict"
+        ));
+        assert_eq!(sh(&format!("cd {mm}/repo && git log --oneline | wc -l")).trim(), "2");
+
+        tracing::info!("--- SQLite with transactions passes its integrity check");
+        let out = sh(&format!(
+            "sqlite3 {mm}/db.sqlite \"create table t(a integer primary key, b text); \
+             begin; insert into t(b) select hex(randomblob(200)) from \
+             (with recursive c(x) as (select 1 union all select x+1 from c where x<3000) select x from c); \
+             commit; begin; update t set b = 'x' where a % 7 = 0; delete from t where a % 11 = 0; commit; \
+             pragma integrity_check; select count(*) from t;\""
+        ));
+        assert_eq!(out.lines().collect::<Vec<_>>(), vec!["ok", "2728"]);
+    })
+    .await;
+    cluster.stop().await.unwrap();
+}
