@@ -31,6 +31,8 @@ use tracing::info;
 const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
+/// Names of files unlinked while open in this mount, until their last close.
+const HIDDEN_PREFIX: &str = ".cairn-unlinked-";
 /// Block size reported by stat(2): programs size their buffers by it.
 const BLKSIZE: u32 = 1 << 20;
 
@@ -60,6 +62,8 @@ struct OpenFile {
 type Shared<T> = Arc<tokio::sync::Mutex<T>>;
 /// Open files by handle, with their inode.
 type FileTable = Arc<Mutex<HashMap<u64, (Ino, Shared<OpenFile>)>>>;
+/// Files unlinked while open: inode → (directory, hidden name).
+type HiddenTable = Arc<Mutex<HashMap<Ino, (Ino, Vec<u8>)>>>;
 /// Directory snapshots by handle.
 type DirTable = Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>;
 
@@ -69,6 +73,8 @@ pub struct CairnFs {
     files: FileTable,
     dirs: DirTable,
     next_handle: AtomicU64,
+    /// Files unlinked while open here: inode → (directory, hidden name).
+    hidden: HiddenTable,
     ended: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
@@ -115,6 +121,7 @@ pub fn mount(
         files: Arc::default(),
         dirs: Arc::default(),
         next_handle: AtomicU64::new(1),
+        hidden: Arc::default(),
         ended: Mutex::new(Some(tx)),
     };
     let mut config = fuser::Config::default();
@@ -335,10 +342,7 @@ impl Filesystem for CairnFs {
         self.run(
             async move { client.lookup(Ino(parent.0), &name).await },
             move |r| match r {
-                Ok(a) => {
-                    tracing::debug!(ino = %a.ino, size = a.size, mtime = a.mtime.secs, "lookup done");
-                    reply.entry(&TTL, &file_attr(&a), Generation(0))
-                }
+                Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 // An entry with inode 0 is a negative entry: the kernel remembers the name
                 // is absent for the TTL, so a create right after costs no second lookup.
                 // This mount's own creates replace it at once.
@@ -354,12 +358,20 @@ impl Filesystem for CairnFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let client = self.client.clone();
+        let is_hidden = self
+            .hidden
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&Ino(ino.0));
         let open = self.open_handles(Ino(ino.0));
         self.run(
             async move { attr_with_pending(&client, Ino(ino.0), open).await },
             move |r| match r {
-                Ok(a) => {
-                    tracing::debug!(ino = %a.ino, size = a.size, mtime = a.mtime.secs, "getattr done");
+                Ok(mut a) => {
+                    if is_hidden {
+                        // Unlinked while open: no name left.
+                        a.nlink = 0;
+                    }
                     reply.attr(&TTL, &file_attr(&a))
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -495,8 +507,33 @@ impl Filesystem for CairnFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (client, name) = (self.client.clone(), name_of(name));
+        let files = self.files_handle();
+        let hidden = self.hidden.clone();
+        let parent = Ino(parent.0);
         self.reply_empty(
-            async move { client.unlink(Ino(parent.0), &name).await },
+            async move {
+                // The last name of a file this mount still has open is hidden rather than
+                // removed, so the open descriptors keep working, as POSIX wants; the last
+                // release removes it.
+                let target = client.lookup(parent, &name).await?;
+                let open = files
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .any(|(i, _)| *i == target.ino);
+                if !open || target.kind != FileKind::File || target.nlink > 1 {
+                    return client.unlink(parent, &name).await;
+                }
+                let hidden_name = format!("{HIDDEN_PREFIX}{}", target.ino).into_bytes();
+                client
+                    .rename(parent, &name, parent, &hidden_name, RenameMode::Replace)
+                    .await?;
+                hidden
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(target.ino, (parent, hidden_name));
+                Ok(())
+            },
             reply,
         );
     }
@@ -627,7 +664,7 @@ impl Filesystem for CairnFs {
     fn write(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -641,7 +678,6 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let data = data.to_vec();
-        tracing::debug!(ino = ino.0, fh = fh.0, offset, len = data.len(), "write");
         self.run(
             async move {
                 let mut f = file.lock().await;
@@ -688,11 +724,29 @@ impl Filesystem for CairnFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
-        let Some((_, file)) = removed else {
+        let Some((ino, file)) = removed else {
             return reply.ok();
         };
-        tracing::debug!(fh = fh.0, "release");
-        self.reply_empty(async move { file.lock().await.file.flush().await }, reply);
+        let last = self.open_handles(ino).is_empty();
+        let unlinked = if last {
+            self.hidden
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino)
+        } else {
+            None
+        };
+        let client = self.client.clone();
+        self.reply_empty(
+            async move {
+                let flushed = file.lock().await.file.flush().await;
+                if let Some((parent, name)) = unlinked {
+                    client.unlink(parent, &name).await?;
+                }
+                flushed
+            },
+            reply,
+        );
     }
 
     fn fsync(
@@ -756,6 +810,9 @@ impl Filesystem for CairnFs {
         }
         let skip = offset.saturating_sub(2) as usize;
         for (i, e) in entries.iter().enumerate().skip(skip) {
+            if e.name.starts_with(HIDDEN_PREFIX.as_bytes()) {
+                continue;
+            }
             let next = 3 + i as u64;
             if reply.add(
                 INodeNo(e.ino.0),

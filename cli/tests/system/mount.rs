@@ -13,22 +13,27 @@ fn errno_of(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
         .expect("an errno")
 }
 
+/// Mounts `cluster` on `dir` with a client of its own.
+async fn mount_at(cluster: &cairn_cli::devcluster::DevCluster, dir: &Path) -> cairn_fuse::Mount {
+    let client = cluster.client().await.unwrap();
+    cairn_fuse::mount(
+        client,
+        tokio::runtime::Handle::current(),
+        dir,
+        &cairn_fuse::MountOptions::default(),
+    )
+    .expect("mount (needs root and /dev/fuse)")
+}
+
 /// Mounts `cluster` at a new directory, runs `body` on a blocking thread with the mount
 /// point, and unmounts.
 async fn with_mount(
     cluster: &cairn_cli::devcluster::DevCluster,
     body: impl FnOnce(&Path) + Send + 'static,
 ) {
-    let client = cluster.client().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mountpoint = dir.path().to_path_buf();
-    let mounted = cairn_fuse::mount(
-        client,
-        tokio::runtime::Handle::current(),
-        &mountpoint,
-        &cairn_fuse::MountOptions::default(),
-    )
-    .expect("mount (needs root and /dev/fuse)");
+    let mounted = mount_at(cluster, &mountpoint).await;
     let result = tokio::task::spawn_blocking(move || body(&mountpoint)).await;
     tokio::task::spawn_blocking(move || mounted.unmount())
         .await
@@ -132,15 +137,8 @@ async fn files_and_directories_through_the_mount() {
 async fn a_file_closed_on_one_mount_is_read_whole_on_another() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 3).await;
-    let client = cluster.client().await.unwrap();
     let other = tempfile::tempdir().unwrap();
-    let second = cairn_fuse::mount(
-        client,
-        tokio::runtime::Handle::current(),
-        other.path(),
-        &cairn_fuse::MountOptions::default(),
-    )
-    .unwrap();
+    let second = mount_at(&cluster, other.path()).await;
     let second_path = other.path().to_path_buf();
     with_mount(&cluster, move |m| {
         let data = random_bytes(9 << 20, 22);
@@ -246,5 +244,92 @@ async fn real_programs_work_on_the_mount() {
         assert_eq!(out.lines().collect::<Vec<_>>(), vec!["ok", "2728"]);
     })
     .await;
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_datanode_dying_under_a_writing_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 3).await;
+    let mountdir = tempfile::tempdir().unwrap();
+    let m = mountdir.path().to_path_buf();
+    let mounted = mount_at(&cluster, &m).await;
+
+    tracing::info!("--- kill one of three datanodes mid-write: min_replicas = 2 still holds");
+    let data = random_bytes(40 << 20, 24);
+    let path = m.join("survivor");
+    let (half, rest) = data.split_at(data.len() / 2);
+    let mut f = fs::File::create(&path).unwrap();
+    let first = half.to_vec();
+    let mut f = tokio::task::spawn_blocking(move || {
+        f.write_all(&first).unwrap();
+        f
+    })
+    .await
+    .unwrap();
+    cluster.stop_datanode(2).await.unwrap();
+    let rest = rest.to_vec();
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || {
+        f.write_all(&rest).unwrap();
+        f.sync_all().expect("fsync succeeds with two datanodes");
+        drop(f);
+        assert!(fs::read(&p).unwrap() == data, "file reads back intact");
+    })
+    .await
+    .unwrap();
+
+    tracing::info!("--- kill another: one datanode left, fsync and close report EIO");
+    cluster.stop_datanode(1).await.unwrap();
+    let doomed = m.join("doomed");
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut f = fs::File::create(&doomed).unwrap();
+        f.write_all(&random_bytes(8 << 20, 25)).unwrap();
+        f.sync_all()
+    })
+    .await
+    .unwrap();
+    assert_eq!(errno_of(outcome), libc::EIO);
+
+    tokio::task::spawn_blocking(move || mounted.unmount())
+        .await
+        .unwrap()
+        .unwrap();
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unlinked_open_file_lives_until_its_last_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    with_mount(&cluster, move |m| {
+        let path = m.join("tmpfile");
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"before unlink ").unwrap();
+        fs::remove_file(&path).unwrap();
+        assert_eq!(errno_of(fs::metadata(&path)), libc::ENOENT);
+        assert_eq!(fs::read_dir(m).unwrap().count(), 0, "no name is listed");
+        f.write_all(b"and after").unwrap();
+        assert_eq!(f.metadata().unwrap().nlink(), 0);
+        let mut back = String::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "before unlink and after");
+        drop(f);
+    })
+    .await;
+    tracing::info!("--- after the last close nothing is left in the namespace");
+    assert!(client
+        .readdir(cairn_common::Ino::ROOT)
+        .await
+        .unwrap()
+        .is_empty());
     cluster.stop().await.unwrap();
 }
