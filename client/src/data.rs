@@ -3,6 +3,8 @@
 //! keyed by hash (so it can never be stale).
 
 use std::collections::HashMap;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,9 @@ use crate::Client;
 
 /// Pipelines tried per block before giving up on full replication.
 const MAX_PLACEMENT_ROUNDS: usize = 5;
+/// A block transfer that several readers may wait on.
+pub type Transfer = Shared<BoxFuture<'static, FsResult<Bytes>>>;
+
 /// How long a datanode that failed a write is left out of new pipelines.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
@@ -213,6 +218,7 @@ impl Client {
 
     /// The bytes of block `id` (`len` bytes long), from the cache or the first of
     /// `locations` whose bytes hash to `id`. A replica serving wrong bytes is reported.
+    /// Concurrent fetches of one block (a read and the read-ahead, say) share one transfer.
     pub(crate) async fn fetch_block(
         &self,
         id: BlockId,
@@ -222,6 +228,40 @@ impl Client {
         if let Some(data) = self.inner.cache.get(&id) {
             return Ok(data);
         }
+        let transfer = {
+            let mut inflight = self
+                .inner
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match inflight.get(&id) {
+                Some(t) => t.clone(),
+                None => {
+                    let client = self.clone();
+                    let locations = locations.to_vec();
+                    let t = async move { client.fetch_uncached(id, len, &locations).await }
+                        .boxed()
+                        .shared();
+                    inflight.insert(id, t.clone());
+                    t
+                }
+            }
+        };
+        let result = transfer.await;
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        result
+    }
+
+    async fn fetch_uncached(
+        &self,
+        id: BlockId,
+        len: u32,
+        locations: &[DatanodeAddr],
+    ) -> FsResult<Bytes> {
         let mut errors = Vec::new();
         for loc in locations {
             match self.fetch_from(loc, id, len).await {

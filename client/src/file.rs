@@ -16,6 +16,8 @@ use crate::Client;
 
 /// Slices committed at once while a long write is still going.
 const COMMIT_BATCH: usize = 512;
+/// How far ahead of a sequential reader blocks are fetched.
+const READ_AHEAD: u64 = 32 << 20;
 /// Chunks asked for per `ReadChunks`.
 const CHUNKS_PER_MAP: u32 = 16;
 
@@ -37,6 +39,10 @@ pub struct FileHandle {
     error: Option<FsError>,
     /// What this handle knows of the file's chunks (close-to-open: valid while open).
     map: ChunkCache,
+    /// Where the last read ended: a read starting there is sequential.
+    last_read_end: u64,
+    /// How far read-ahead has asked for blocks.
+    prefetched_to: u64,
 }
 
 #[derive(Default)]
@@ -58,6 +64,8 @@ impl FileHandle {
             written_end: 0,
             error: None,
             map: ChunkCache::default(),
+            last_read_end: 0,
+            prefetched_to: 0,
         }
     }
 
@@ -261,14 +269,66 @@ impl FileHandle {
             // Full POSIX within one handle: a read sees the writes before it.
             self.flush().await?;
         }
-        match self.read_mapped(offset, len).await {
+        let data = match self.read_mapped(offset, len).await {
             Err(FsError::Io(_)) => {
                 // Replica locations may have moved since the map was fetched: refresh once.
                 self.map = ChunkCache::default();
                 self.read_mapped(offset, len).await
             }
             other => other,
+        }?;
+        let end = offset + data.len() as u64;
+        if offset == self.last_read_end && end + READ_AHEAD / 2 > self.prefetched_to {
+            self.read_ahead(end).await;
         }
+        self.last_read_end = end;
+        Ok(data)
+    }
+
+    /// Starts fetching, in the background, the blocks of the next `READ_AHEAD` bytes after a
+    /// sequential read, so the reader finds them in the cache instead of waiting for each.
+    async fn read_ahead(&mut self, from: u64) {
+        let from = from.max(self.prefetched_to);
+        let to = (from + READ_AHEAD).min(self.attr.size);
+        if to <= from {
+            return;
+        }
+        let (first, last) = ((from / CHUNK_SIZE) as u32, ((to - 1) / CHUNK_SIZE) as u32);
+        for chunk in first..=last {
+            if self.load_map(chunk).await.is_err() {
+                // Read-ahead is a hint: the read itself will report the problem.
+                return;
+            }
+        }
+        let mut wanted: Vec<(BlockId, u32)> = Vec::new();
+        for chunk in first..=last {
+            let base = chunk as u64 * CHUNK_SIZE;
+            let (lo, hi) = (from.max(base) - base, to.min(base + CHUNK_SIZE) - base);
+            let slices = self
+                .map
+                .chunks
+                .get(&chunk)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            for seg in layout::resolve(slices, lo, hi) {
+                if let Segment::Data {
+                    block, block_len, ..
+                } = seg
+                {
+                    if !wanted.iter().any(|(b, _)| *b == block) {
+                        wanted.push((block, block_len));
+                    }
+                }
+            }
+        }
+        for (block, block_len) in wanted {
+            let client = self.client.clone();
+            let locations = self.map.locations.get(&block).cloned().unwrap_or_default();
+            tokio::spawn(async move {
+                let _ = client.fetch_block(block, block_len, &locations).await;
+            });
+        }
+        self.prefetched_to = to;
     }
 
     async fn read_mapped(&mut self, offset: u64, len: usize) -> FsResult<Vec<u8>> {

@@ -6,7 +6,8 @@ pub mod config;
 mod data;
 mod file;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_common::attr::{DirEntry, FileKind, InodeAttr, SetAttr};
@@ -57,6 +58,8 @@ struct Inner {
     /// Datanodes that failed a write recently; new blocks avoid them for a while, so one
     /// dead node costs one failed attempt, not one per block until the namenode notices.
     suspects: data::Suspects,
+    /// Block transfers under way, so a block is fetched once however many want it.
+    inflight: Mutex<HashMap<cairn_common::BlockId, data::Transfer>>,
 }
 
 impl Client {
@@ -86,6 +89,7 @@ impl Client {
                 config,
                 cache,
                 suspects: data::Suspects::default(),
+                inflight: Mutex::default(),
             }),
         })
     }
