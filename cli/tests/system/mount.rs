@@ -333,3 +333,88 @@ async fn an_unlinked_open_file_lives_until_its_last_close() {
         .is_empty());
     cluster.stop().await.unwrap();
 }
+
+/// Runs `cmd` with sh as `uid`/`gid` with no supplementary groups (util-linux `setpriv`);
+/// returns whether it succeeded, and its stderr.
+fn sh_as(uid: u32, gid: u32, cmd: &str) -> (bool, String) {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".to_string(),
+        ])
+        .args(["sh", "-c", cmd])
+        .output()
+        .expect("run setpriv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_users_get_exactly_their_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 1).await;
+    let client = cluster.client().await.unwrap();
+    client
+        .set_replication(cairn_common::Ino::ROOT, 1)
+        .await
+        .unwrap();
+    with_mount(&cluster, |m| {
+        let mm = m.display().to_string();
+        sh(&format!(
+            "mkdir {mm}/private {mm}/shared {mm}/team && chmod 0755 {mm}/private && \
+             chmod 1777 {mm}/shared && chown 0:2000 {mm}/team && chmod 2775 {mm}/team && \
+             echo secret > {mm}/private/root-file && chmod 0600 {mm}/private/root-file"
+        ));
+        let (alice, bob) = (1000, 1001);
+
+        tracing::info!("--- a user cannot write where only root may, nor read root's 0600 file");
+        let (ok, err) = sh_as(alice, alice, &format!("touch {mm}/private/x"));
+        assert!(!ok && err.contains("Permission denied"), "{err}");
+        let (ok, err) = sh_as(alice, alice, &format!("cat {mm}/private/root-file"));
+        assert!(!ok && err.contains("Permission denied"), "{err}");
+        let (ok, _) = sh_as(alice, alice, &format!("ls {mm}/private"));
+        assert!(ok, "0755 lets others list");
+
+        tracing::info!(
+            "--- files belong to their creator; only the owner may chmod, only root chown"
+        );
+        let (ok, err) = sh_as(
+            alice,
+            alice,
+            &format!("echo hi > {mm}/shared/a && chmod 0644 {mm}/shared/a"),
+        );
+        assert!(ok, "{err}");
+        let meta = fs::metadata(m.join("shared/a")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (alice, alice));
+        let (ok, err) = sh_as(bob, bob, &format!("chmod 0666 {mm}/shared/a"));
+        assert!(!ok && err.contains("not permitted"), "{err}");
+        let (ok, err) = sh_as(alice, alice, &format!("chown {bob} {mm}/shared/a"));
+        assert!(!ok && err.contains("not permitted"), "{err}");
+        let (ok, _) = sh_as(bob, bob, &format!("echo more >> {mm}/shared/a"));
+        assert!(!ok, "0644 keeps others from writing");
+
+        tracing::info!("--- the sticky bit: bob may not remove alice's file in a 1777 directory");
+        let (ok, err) = sh_as(bob, bob, &format!("rm -f {mm}/shared/a"));
+        assert!(!ok && err.contains("not permitted"), "{err}");
+        let (ok, err) = sh_as(alice, alice, &format!("rm {mm}/shared/a"));
+        assert!(ok, "{err}");
+
+        tracing::info!("--- a setgid directory hands its group to new files and subdirectories");
+        sh(&format!("chmod 2777 {mm}/team"));
+        let (ok, err) = sh_as(
+            alice,
+            alice,
+            &format!("touch {mm}/team/f && mkdir {mm}/team/sub"),
+        );
+        assert!(ok, "{err}");
+        assert_eq!(fs::metadata(m.join("team/f")).unwrap().gid(), 2000);
+        let sub = fs::metadata(m.join("team/sub")).unwrap();
+        assert_eq!(sub.gid(), 2000);
+        assert_ne!(sub.mode() & 0o2000, 0, "subdirectory inherits setgid");
+    })
+    .await;
+    cluster.stop().await.unwrap();
+}
