@@ -418,3 +418,45 @@ async fn local_users_get_exactly_their_permissions() {
     .await;
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_mount_reports_a_missing_namenode_and_recovers_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 3).await;
+    let mountdir = tempfile::tempdir().unwrap();
+    let m = mountdir.path().to_path_buf();
+    let mounted = mount_at(&cluster, &m).await;
+    let p = m.clone();
+    tokio::task::spawn_blocking(move || fs::write(p.join("kept"), b"still here").unwrap())
+        .await
+        .unwrap();
+
+    tracing::info!("--- namenode down: operations fail with ENOTCONN after bounded retries");
+    cluster.stop_namenode().await.unwrap();
+    let p = m.clone();
+    let started = std::time::Instant::now();
+    let outcome = tokio::task::spawn_blocking(move || fs::create_dir(p.join("new-dir")))
+        .await
+        .unwrap();
+    assert_eq!(errno_of(outcome), libc::ENOTCONN);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "no hang"
+    );
+
+    tracing::info!("--- namenode back: the same mount works again by itself");
+    cluster.start_namenode().await.unwrap();
+    cluster.wait_for_datanodes(3).await.unwrap();
+    let p = m.clone();
+    tokio::task::spawn_blocking(move || {
+        fs::create_dir(p.join("new-dir")).unwrap();
+        assert_eq!(fs::read(p.join("kept")).unwrap(), b"still here");
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || mounted.unmount())
+        .await
+        .unwrap()
+        .unwrap();
+    cluster.stop().await.unwrap();
+}
