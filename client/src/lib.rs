@@ -20,6 +20,8 @@ use quinn::Endpoint;
 pub use config::ClientConfig;
 pub use file::FileHandle;
 
+/// How often a waiting lock request asks again.
+const LOCK_RETRY: Duration = Duration::from_millis(50);
 /// How long a request keeps trying to reach the namenode before it fails.
 const NAMENODE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// Entries asked for per readdir page.
@@ -58,6 +60,8 @@ struct Inner {
     /// Datanodes that failed a write recently; new blocks avoid them for a while, so one
     /// dead node costs one failed attempt, not one per block until the namenode notices.
     suspects: data::Suspects,
+    /// This client's identity in lock ownership: locks of different mounts never mix.
+    session: u64,
     /// Block transfers under way, so a block is fetched once however many want it.
     inflight: Mutex<HashMap<cairn_common::BlockId, data::Transfer>>,
 }
@@ -90,6 +94,7 @@ impl Client {
                 cache,
                 suspects: data::Suspects::default(),
                 inflight: Mutex::default(),
+                session: rand::random(),
             }),
         })
     }
@@ -337,6 +342,50 @@ impl Client {
     pub async fn set_replication(&self, ino: Ino, replication: u8) -> FsResult<InodeAttr> {
         self.namenode(proto::SetReplication { ino, replication })
             .await
+    }
+
+    /// The lock owner id of `owner` (a kernel lock owner) in this client's session.
+    pub fn lock_owner(&self, owner: u64) -> proto::LockOwnerId {
+        proto::LockOwnerId {
+            session: self.inner.session,
+            owner,
+        }
+    }
+
+    /// A lock another owner holds that conflicts with `range`, if any.
+    pub async fn get_lock(
+        &self,
+        ino: Ino,
+        owner: u64,
+        range: proto::LockRange,
+    ) -> FsResult<Option<proto::LockRange>> {
+        let owner = self.lock_owner(owner);
+        self.namenode(proto::GetLock { ino, owner, range }).await
+    }
+
+    /// Takes or drops a lock; with `wait`, tries until it is granted.
+    pub async fn set_lock(
+        &self,
+        ino: Ino,
+        owner: u64,
+        range: proto::LockRange,
+        wait: bool,
+    ) -> FsResult<()> {
+        let owner = self.lock_owner(owner);
+        loop {
+            match self.namenode(proto::SetLock { ino, owner, range }).await {
+                Err(FsError::WouldBlock) if wait => {
+                    tokio::time::sleep(LOCK_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Drops every lock `owner` holds on `ino`.
+    pub async fn release_locks(&self, ino: Ino, owner: u64) -> FsResult<()> {
+        let owner = self.lock_owner(owner);
+        self.namenode(proto::ReleaseLocks { ino, owner }).await
     }
 
     pub async fn datanodes(&self) -> FsResult<Vec<DatanodeStatus>> {

@@ -35,6 +35,9 @@ pub enum FsError {
     TooLarge,
     #[error("result does not fit the caller's buffer")]
     Range,
+    /// A lock is held by someone else and the caller did not ask to wait.
+    #[error("resource temporarily unavailable (lock held elsewhere)")]
+    WouldBlock,
     /// Data could not be read or stored; the cause says which block and where.
     #[error("I/O error: {0}")]
     Io(String),
@@ -64,6 +67,7 @@ impl FsError {
             FsError::TooManyLinks => libc::EMLINK,
             FsError::TooLarge => libc::EFBIG,
             FsError::Range => libc::ERANGE,
+            FsError::WouldBlock => libc::EAGAIN,
             FsError::Io(_) | FsError::Protocol(_) => libc::EIO,
             FsError::Unavailable(_) => libc::ENOTCONN,
         }

@@ -65,6 +65,9 @@ service! {
         CommitSlices(CommitSlices) -> InodeAttr,
         ReportBadReplica(ReportBadReplica) -> (),
         ListDatanodes(ListDatanodes) -> Vec<DatanodeStatus>,
+        GetLock(GetLock) -> Option<LockRange>,
+        SetLock(SetLock) -> (),
+        ReleaseLocks(ReleaseLocks) -> (),
         Register(Register) -> RegisterReply,
         BlockReport(BlockReport) -> (),
         BlockReceived(BlockReceived) -> (),
@@ -322,6 +325,53 @@ pub struct ReportBadReplica {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListDatanodes;
+
+/// Who holds a lock: one client session (a mount) and the kernel's owner within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LockOwnerId {
+    pub session: u64,
+    pub owner: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// A byte range lock; `end` is inclusive (`u64::MAX`: to the end of the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRange {
+    pub start: u64,
+    pub end: u64,
+    pub kind: LockKind,
+    pub pid: u32,
+}
+
+/// The first lock held by another owner that would conflict with `range`, if any.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetLock {
+    pub ino: Ino,
+    pub owner: LockOwnerId,
+    pub range: LockRange,
+}
+
+/// Takes, changes or drops (`LockKind::Unlock`) a lock; `WouldBlock` if another owner holds a
+/// conflicting one. Locks are namenode memory: they do not survive its restart (as NFS).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetLock {
+    pub ino: Ino,
+    pub owner: LockOwnerId,
+    pub range: LockRange,
+}
+
+/// Drops every lock `owner` holds on `ino` (a close).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseLocks {
+    pub ino: Ino,
+    pub owner: LockOwnerId,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatanodeStatus {

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_client::{Client, Owner};
 use cairn_common::attr::{DirEntry, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp};
-use cairn_common::proto::{RenameMode, XattrMode};
+use cairn_common::proto::{LockKind, LockRange, RenameMode, XattrMode};
 use cairn_common::{FsError, FsResult, Ino};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -31,6 +31,8 @@ use tracing::info;
 const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
+/// Longest wait at unmount for files closed just before to be released.
+const UNMOUNT_DRAIN: Duration = Duration::from_secs(10);
 /// Names of files unlinked while open in this mount, until their last close.
 const HIDDEN_PREFIX: &str = ".cairn-unlinked-";
 /// Block size reported by stat(2): programs size their buffers by it.
@@ -75,6 +77,8 @@ pub struct CairnFs {
     next_handle: AtomicU64,
     /// Files unlinked while open here: inode → (directory, hidden name).
     hidden: HiddenTable,
+    /// Inodes this mount has taken locks on.
+    locked_inodes: Mutex<std::collections::HashSet<Ino>>,
     ended: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
@@ -82,11 +86,24 @@ pub struct CairnFs {
 pub struct Mount {
     session: Option<fuser::BackgroundSession>,
     ended: std::sync::mpsc::Receiver<()>,
+    files: FileTable,
 }
 
 impl Mount {
-    /// Unmounts and waits for the session to end.
+    /// Unmounts and waits for the session to end. Files closed just before are released
+    /// first (the kernel sends releases after close returns; unmounting under them fails
+    /// with EBUSY).
     pub fn unmount(mut self) -> std::io::Result<()> {
+        let deadline = std::time::Instant::now() + UNMOUNT_DRAIN;
+        while !self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         match self.session.take() {
             Some(s) => s.umount_and_join(),
             None => Ok(()),
@@ -115,13 +132,15 @@ pub fn mount(
     opts: &MountOptions,
 ) -> std::io::Result<Mount> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let files = FileTable::default();
     let fs = CairnFs {
         client,
         rt,
-        files: Arc::default(),
+        files: files.clone(),
         dirs: Arc::default(),
         next_handle: AtomicU64::new(1),
         hidden: Arc::default(),
+        locked_inodes: Mutex::default(),
         ended: Mutex::new(Some(tx)),
     };
     let mut config = fuser::Config::default();
@@ -142,6 +161,7 @@ pub fn mount(
     Ok(Mount {
         session: Some(session),
         ended: rx,
+        files,
     })
 }
 
@@ -300,6 +320,14 @@ impl CairnFs {
         self.dirs.clone()
     }
 
+    /// Has this mount ever locked `ino`? Only then does a close need to drop locks.
+    fn ever_locked(&self, ino: Ino) -> bool {
+        self.locked_inodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&ino)
+    }
+
     fn new_handle(&self) -> u64 {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
@@ -326,6 +354,12 @@ impl Filesystem for CairnFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(nearest) = config.set_max_write(MAX_WRITE) {
             let _ = config.set_max_write(nearest);
+        }
+        // fcntl and flock locks go to the namenode, so they hold across mounts; without
+        // these the kernel would keep them local to this machine.
+        let locks = fuser::InitFlags::FUSE_POSIX_LOCKS | fuser::InitFlags::FUSE_FLOCK_LOCKS;
+        if let Err(unsupported) = config.add_capabilities(locks) {
+            tracing::warn!("kernel lacks {unsupported:?}: locks stay local to this mount");
         }
         Ok(())
     }
@@ -696,17 +730,29 @@ impl Filesystem for CairnFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let file = match self.file(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(errno(&e)),
         };
+        let client = self.client.clone();
+        let ever_locked = self.ever_locked(Ino(ino.0));
         // close(2) returns what this returns: a write that could not be stored shows here.
-        self.reply_empty(async move { file.lock().await.file.flush().await }, reply);
+        // A close also drops the closing process's POSIX locks on the file.
+        self.reply_empty(
+            async move {
+                let flushed = file.lock().await.file.flush().await;
+                if ever_locked {
+                    client.release_locks(Ino(ino.0), lock_owner.0).await?;
+                }
+                flushed
+            },
+            reply,
+        );
     }
 
     fn release(
@@ -715,7 +761,7 @@ impl Filesystem for CairnFs {
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
@@ -737,9 +783,14 @@ impl Filesystem for CairnFs {
             None
         };
         let client = self.client.clone();
+        let ever_locked = self.ever_locked(ino);
         self.reply_empty(
             async move {
                 let flushed = file.lock().await.file.flush().await;
+                // The last close of a file drops the flock lock taken through it.
+                if let Some(owner) = lock_owner.filter(|_| ever_locked) {
+                    client.release_locks(ino, owner.0).await?;
+                }
                 if let Some((parent, name)) = unlinked {
                     client.unlink(parent, &name).await?;
                 }
@@ -930,6 +981,71 @@ impl Filesystem for CairnFs {
         );
     }
 
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        let Some(range) = lock_range(typ, start, end, pid) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let client = self.client.clone();
+        self.run(
+            async move { client.get_lock(Ino(ino.0), lock_owner.0, range).await },
+            move |r| match r {
+                Ok(Some(held)) => {
+                    let typ = match held.kind {
+                        LockKind::Read => libc::F_RDLCK,
+                        _ => libc::F_WRLCK,
+                    };
+                    reply.locked(held.start, held.end, typ, held.pid)
+                }
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(range) = lock_range(typ, start, end, pid) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if range.kind != LockKind::Unlock {
+            self.locked_inodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(Ino(ino.0));
+        }
+        let client = self.client.clone();
+        self.reply_empty(
+            async move {
+                client
+                    .set_lock(Ino(ino.0), lock_owner.0, range, sleep)
+                    .await
+            },
+            reply,
+        );
+    }
+
     fn ioctl(
         &self,
         _req: &Request,
@@ -1023,6 +1139,22 @@ fn reply_opened(r: FsResult<()>, fh: u64, reply: ReplyOpen) {
         Ok(()) => reply.opened(FileHandle(fh), FopenFlags::empty()),
         Err(e) => reply.error(errno(&e)),
     }
+}
+
+/// The lock a kernel request describes; `None` for an unknown lock type.
+fn lock_range(typ: i32, start: u64, end: u64, pid: u32) -> Option<LockRange> {
+    let kind = match typ {
+        libc::F_RDLCK => LockKind::Read,
+        libc::F_WRLCK => LockKind::Write,
+        libc::F_UNLCK => LockKind::Unlock,
+        _ => return None,
+    };
+    Some(LockRange {
+        start,
+        end,
+        kind,
+        pid,
+    })
 }
 
 fn reply_xattr(r: FsResult<Vec<u8>>, size: u32, reply: ReplyXattr) {

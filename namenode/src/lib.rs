@@ -6,6 +6,7 @@ pub mod blockmap;
 pub mod config;
 pub mod engine;
 pub mod keys;
+pub mod locks;
 pub mod ops;
 pub mod store;
 
@@ -33,6 +34,7 @@ pub struct Namenode {
     config: NamenodeConfig,
     engine: MetaEngine,
     blocks: blockmap::BlockMap,
+    locks: locks::LockTable,
 }
 
 /// Runs a namenode serving on `endpoint` until `shutdown` is cancelled.
@@ -55,6 +57,7 @@ pub async fn run(
     );
     let namenode = Arc::new(Namenode {
         blocks: blockmap::BlockMap::new(config.dead_timeout()),
+        locks: locks::LockTable::default(),
         config,
         engine,
     });
@@ -251,6 +254,15 @@ impl Service for Namenode {
                 ex.respond(&Ok(())).await
             }
             R::ListDatanodes(_) => ex.respond(&Ok(self.blocks.statuses())).await,
+            R::GetLock(r) => {
+                ex.respond(&Ok(self.locks.test(r.ino, r.owner, &r.range)))
+                    .await
+            }
+            R::SetLock(r) => ex.respond(&self.locks.set(r.ino, r.owner, r.range)).await,
+            R::ReleaseLocks(r) => {
+                self.locks.release(r.ino, r.owner);
+                ex.respond(&Ok(())).await
+            }
             R::Register(r) => {
                 peer.require(Role::Datanode)?;
                 info!(datanode = %r.id, name = %r.name, addr = %r.addr, "datanode registered");

@@ -25,6 +25,21 @@ async fn mount_at(cluster: &cairn_cli::devcluster::DevCluster, dir: &Path) -> ca
     .expect("mount (needs root and /dev/fuse)")
 }
 
+/// Two mounts of `cluster`, as on two machines: `body` gets both mount points.
+async fn with_two_mounts(
+    cluster: &cairn_cli::devcluster::DevCluster,
+    body: impl FnOnce(&Path, &Path) + Send + 'static,
+) {
+    let other = tempfile::tempdir().unwrap();
+    let second = mount_at(cluster, other.path()).await;
+    let b = other.path().to_path_buf();
+    with_mount(cluster, move |a| body(a, &b)).await;
+    tokio::task::spawn_blocking(move || second.unmount())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// Mounts `cluster` at a new directory, runs `body` on a blocking thread with the mount
 /// point, and unmounts.
 async fn with_mount(
@@ -137,10 +152,7 @@ async fn files_and_directories_through_the_mount() {
 async fn a_file_closed_on_one_mount_is_read_whole_on_another() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 3).await;
-    let other = tempfile::tempdir().unwrap();
-    let second = mount_at(&cluster, other.path()).await;
-    let second_path = other.path().to_path_buf();
-    with_mount(&cluster, move |m| {
+    with_two_mounts(&cluster, move |m, second_path| {
         let data = random_bytes(9 << 20, 22);
         fs::write(m.join("shared"), &data).unwrap();
         assert!(fs::read(second_path.join("shared")).unwrap() == data);
@@ -149,10 +161,6 @@ async fn a_file_closed_on_one_mount_is_read_whole_on_another() {
         assert!(fs::read(second_path.join("shared")).unwrap() == more);
     })
     .await;
-    tokio::task::spawn_blocking(move || second.unmount())
-        .await
-        .unwrap()
-        .unwrap();
     cluster.stop().await.unwrap();
 }
 
@@ -458,5 +466,60 @@ async fn the_mount_reports_a_missing_namenode_and_recovers_when_it_returns() {
         .await
         .unwrap()
         .unwrap();
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_taken_on_one_mount_blocks_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    with_two_mounts(&cluster, move |a, b| {
+        let (aa, bb) = (a.display(), b.display());
+        fs::write(a.join("lockfile"), b"x").unwrap();
+        for (kind, hold, try_) in [
+            (
+                "flock",
+                format!("flock {aa}/lockfile sh -c 'touch {aa}/held; sleep 2'"),
+                format!("flock -n {bb}/lockfile true"),
+            ),
+            (
+                "fcntl",
+                format!(
+                    "python3 -c \"import fcntl,os,time; f=open('{aa}/lockfile','r+'); \
+                     fcntl.lockf(f, fcntl.LOCK_EX); open('{aa}/held','w').close(); time.sleep(2)\""
+                ),
+                format!(
+                    "python3 -c \"import fcntl; f=open('{bb}/lockfile','r+'); \
+                     fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\""
+                ),
+            ),
+        ] {
+            tracing::info!("--- {kind}: held on mount A, refused on mount B, then granted");
+            let _ = fs::remove_file(a.join("held"));
+            let mut holder = std::process::Command::new("sh")
+                .args(["-c", &hold])
+                .spawn()
+                .unwrap();
+            while !a.join("held").exists() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let refused = std::process::Command::new("sh")
+                .args(["-c", &try_])
+                .output()
+                .unwrap();
+            assert!(!refused.status.success(), "{kind}: mount B got a held lock");
+            assert!(holder.wait().unwrap().success());
+            let granted = std::process::Command::new("sh")
+                .args(["-c", &try_])
+                .output()
+                .unwrap();
+            assert!(
+                granted.status.success(),
+                "{kind}: lock not granted after release: {}",
+                String::from_utf8_lossy(&granted.stderr)
+            );
+        }
+    })
+    .await;
     cluster.stop().await.unwrap();
 }

@@ -1,0 +1,154 @@
+//! Byte-range locks (POSIX `fcntl` and BSD `flock`, the latter as whole-file ranges), shared
+//! by every mount. Soft state, as in NFS: a namenode restart drops them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use cairn_common::proto::{LockKind, LockOwnerId, LockRange};
+use cairn_common::{FsError, FsResult, Ino};
+
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    owner: LockOwnerId,
+    range: LockRange,
+}
+
+#[derive(Default)]
+pub struct LockTable {
+    inner: Mutex<HashMap<Ino, Vec<Held>>>,
+}
+
+fn overlaps(a: &LockRange, b: &LockRange) -> bool {
+    a.start <= b.end && b.start <= a.end
+}
+
+fn conflicts(a: &LockRange, b: &LockRange) -> bool {
+    overlaps(a, b) && (a.kind == LockKind::Write || b.kind == LockKind::Write)
+}
+
+impl LockTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, Vec<Held>>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first lock of another owner that conflicts with `range`.
+    pub fn test(&self, ino: Ino, owner: LockOwnerId, range: &LockRange) -> Option<LockRange> {
+        let table = self.lock();
+        table
+            .get(&ino)?
+            .iter()
+            .find(|h| h.owner != owner && conflicts(&h.range, range))
+            .map(|h| h.range)
+    }
+
+    /// Sets `range` for `owner` with POSIX semantics: the owner's own overlapping locks are
+    /// replaced (split where they stick out), other owners' conflicting locks refuse it.
+    pub fn set(&self, ino: Ino, owner: LockOwnerId, range: LockRange) -> FsResult<()> {
+        if range.start > range.end {
+            return Err(FsError::invalid("lock range ends before it starts"));
+        }
+        let mut table = self.lock();
+        let held = table.entry(ino).or_default();
+        if range.kind != LockKind::Unlock
+            && held
+                .iter()
+                .any(|h| h.owner != owner && conflicts(&h.range, &range))
+        {
+            return Err(FsError::WouldBlock);
+        }
+        let mut kept = Vec::with_capacity(held.len() + 2);
+        for h in held.drain(..) {
+            if h.owner != owner || !overlaps(&h.range, &range) {
+                kept.push(h);
+                continue;
+            }
+            // Keep what sticks out on either side of the new range.
+            if h.range.start < range.start {
+                let mut left = h;
+                left.range.end = range.start - 1;
+                kept.push(left);
+            }
+            if h.range.end > range.end {
+                let mut right = h;
+                right.range.start = range.end + 1;
+                kept.push(right);
+            }
+        }
+        if range.kind != LockKind::Unlock {
+            kept.push(Held { owner, range });
+        }
+        if kept.is_empty() {
+            table.remove(&ino);
+        } else {
+            *held = kept;
+        }
+        Ok(())
+    }
+
+    /// Drops every lock `owner` holds on `ino`.
+    pub fn release(&self, ino: Ino, owner: LockOwnerId) {
+        let mut table = self.lock();
+        if let Some(held) = table.get_mut(&ino) {
+            held.retain(|h| h.owner != owner);
+            if held.is_empty() {
+                table.remove(&ino);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: u64, end: u64, kind: LockKind) -> LockRange {
+        LockRange {
+            start,
+            end,
+            kind,
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn posix_semantics() {
+        let t = LockTable::default();
+        let (a, b) = (
+            LockOwnerId {
+                session: 1,
+                owner: 1,
+            },
+            LockOwnerId {
+                session: 2,
+                owner: 1,
+            },
+        );
+        let f = Ino(5);
+        t.set(f, a, r(0, 99, LockKind::Write)).unwrap();
+        assert_eq!(
+            t.set(f, b, r(50, 60, LockKind::Read)),
+            Err(FsError::WouldBlock)
+        );
+        assert!(t.test(f, b, &r(50, 60, LockKind::Read)).is_some());
+        assert!(
+            t.test(f, a, &r(50, 60, LockKind::Read)).is_none(),
+            "own locks never conflict"
+        );
+        // Unlocking the middle splits a's lock in two.
+        t.set(f, a, r(40, 69, LockKind::Unlock)).unwrap();
+        t.set(f, b, r(50, 60, LockKind::Write)).unwrap();
+        assert_eq!(
+            t.set(f, b, r(30, 45, LockKind::Read)),
+            Err(FsError::WouldBlock)
+        );
+        // Shared locks coexist.
+        t.release(f, a);
+        t.release(f, b);
+        t.set(f, a, r(0, u64::MAX, LockKind::Read)).unwrap();
+        t.set(f, b, r(0, u64::MAX, LockKind::Read)).unwrap();
+        assert_eq!(
+            t.set(f, b, r(0, 0, LockKind::Write)),
+            Err(FsError::WouldBlock)
+        );
+    }
+}
