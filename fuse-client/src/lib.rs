@@ -77,6 +77,8 @@ pub struct CairnFs {
     next_handle: AtomicU64,
     /// Files unlinked while open here: inode → (directory, hidden name).
     hidden: HiddenTable,
+    /// Held by an O_APPEND write while it finds the end of the file and writes there.
+    append_lock: Arc<tokio::sync::Mutex<()>>,
     /// Inodes this mount has taken locks on.
     locked_inodes: Mutex<std::collections::HashSet<Ino>>,
     ended: Mutex<Option<std::sync::mpsc::Sender<()>>>,
@@ -141,6 +143,7 @@ pub fn mount(
         next_handle: AtomicU64::new(1),
         hidden: Arc::default(),
         locked_inodes: Mutex::default(),
+        append_lock: Arc::default(),
         ended: Mutex::new(Some(tx)),
     };
     let mut config = fuser::Config::default();
@@ -698,7 +701,7 @@ impl Filesystem for CairnFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -712,11 +715,28 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let data = data.to_vec();
+        let others: Vec<_> = self
+            .open_handles(Ino(ino.0))
+            .into_iter()
+            .filter(|f| !Arc::ptr_eq(f, &file))
+            .collect();
+        let append_lock = self.append_lock.clone();
         self.run(
             async move {
+                if !file.lock().await.append {
+                    file.lock().await.file.write(offset, &data).await?;
+                    return Ok(data.len() as u32);
+                }
+                // O_APPEND writes go to the end this mount knows of, whatever the offset:
+                // past what every open handle has written. One append at a time, so two
+                // appenders never pick the same end.
+                let _serial = append_lock.lock().await;
+                let mut end = 0;
+                for other in others {
+                    end = end.max(other.lock().await.file.size());
+                }
                 let mut f = file.lock().await;
-                // O_APPEND writes go to the end this mount knows of, whatever the offset.
-                let at = if f.append { f.file.size() } else { offset };
+                let at = end.max(f.file.size());
                 f.file.write(at, &data).await?;
                 Ok(data.len() as u32)
             },

@@ -523,3 +523,87 @@ async fn a_lock_taken_on_one_mount_blocks_the_other() {
     .await;
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mmap_sparse_files_append_and_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    with_mount(&cluster, |m| {
+        let mm = m.display();
+
+        tracing::info!("--- mmap: writes through a shared mapping reach the file, reads see it");
+        let out = sh(&format!(
+            "python3 -c \"
+import mmap, os
+p = '{mm}/mapped'
+with open(p, 'wb') as f: f.write(b'a' * 8192)
+with open(p, 'r+b') as f:
+    m = mmap.mmap(f.fileno(), 0)
+    assert m[:4] == b'aaaa'
+    m[100:105] = b'hello'
+    m.flush(); m.close()
+print(open(p, 'rb').read()[98:107])
+\""
+        ));
+        assert_eq!(out.trim(), "b'aahelloaa'");
+
+        tracing::info!("--- a sparse file past 4 GiB reads zeros in its hole");
+        let mut f = fs::File::create(m.join("sparse")).unwrap();
+        f.seek(SeekFrom::Start((5u64 << 30) + 7)).unwrap();
+        f.write_all(b"tail").unwrap();
+        drop(f);
+        let mut f = fs::File::open(m.join("sparse")).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), (5u64 << 30) + 11);
+        let mut buf = vec![1u8; 4096];
+        f.seek(SeekFrom::Start(3 << 30)).unwrap();
+        f.read_exact(&mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 0));
+        f.seek(SeekFrom::Start((5u64 << 30) + 5)).unwrap();
+        let mut end = Vec::new();
+        f.read_to_end(&mut end).unwrap();
+        assert_eq!(end, b"\0\0tail");
+
+        tracing::info!("--- O_APPEND from two writers: every record lands, none overwritten");
+        let log = m.join("log");
+        let mut w1 = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut w2 = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        for i in 0..50 {
+            w1.write_all(format!("one {i:03}\n").as_bytes()).unwrap();
+            w2.write_all(format!("two {i:03}\n").as_bytes()).unwrap();
+        }
+        drop((w1, w2));
+        let text = fs::read_to_string(&log).unwrap();
+        assert_eq!(text.lines().count(), 100, "{text}");
+        assert_eq!(text.len(), 100 * 8);
+
+        tracing::info!("--- timestamps: a write moves mtime and ctime, chmod only ctime");
+        let p = m.join("times");
+        fs::write(&p, b"1").unwrap();
+        sh(&format!("touch -d '2020-01-01 00:00:00' {}", p.display()));
+        let before = fs::metadata(&p).unwrap();
+        assert_eq!(before.mtime(), 1_577_836_800);
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"2")
+            .unwrap();
+        let written = fs::metadata(&p).unwrap();
+        assert!(written.mtime() > before.mtime() && written.ctime() >= before.ctime());
+        sh(&format!(
+            "touch -m -d '2020-01-01 00:00:00' {}",
+            p.display()
+        ));
+        let reset = fs::metadata(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        let chmodded = fs::metadata(&p).unwrap();
+        assert_eq!(chmodded.mtime(), reset.mtime(), "chmod leaves mtime");
+        assert!(chmodded.ctime() >= reset.ctime());
+    })
+    .await;
+    cluster.stop().await.unwrap();
+}
