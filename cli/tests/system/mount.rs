@@ -607,3 +607,70 @@ print(open(p, 'rb').read()[98:107])
     .await;
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listing_ten_thousand_entries_while_more_are_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 1).await;
+    let client = cluster.client().await.unwrap();
+    let big = client
+        .mkdir(
+            cairn_common::Ino::ROOT,
+            b"big",
+            0o755,
+            cairn_client::Owner::current(),
+        )
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in (t..10_000).step_by(8) {
+                    let name = format!("entry-{i:05}");
+                    client
+                        .create(
+                            big.ino,
+                            name.as_bytes(),
+                            0o644,
+                            true,
+                            false,
+                            cairn_client::Owner::current(),
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    with_mount(&cluster, |m| {
+        let adder = {
+            let d = m.join("big");
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    fs::write(d.join(format!("added-{i:03}")), b"").unwrap();
+                }
+            })
+        };
+        let mut seen: Vec<String> = fs::read_dir(m.join("big"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        adder.join().unwrap();
+        let listed = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), listed, "a name was listed twice");
+        let originals = seen.iter().filter(|n| n.starts_with("entry-")).count();
+        assert_eq!(
+            originals, 10_000,
+            "every entry present throughout is listed"
+        );
+        assert_eq!(fs::read_dir(m.join("big")).unwrap().count(), 10_300);
+    })
+    .await;
+    cluster.stop().await.unwrap();
+}
