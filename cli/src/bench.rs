@@ -255,15 +255,18 @@ async fn engine(
         tasks.push(tokio::spawn(async move {
             for j in 0..per_task {
                 engine
-                    .submit(MetaOpKind::Create(cairn_common::proto::Create {
-                        parent: Ino::ROOT,
-                        name: format!("t{t}-{j}").into_bytes(),
-                        perm: 0o644,
-                        uid: 0,
-                        gid: 0,
-                        exclusive: true,
-                        truncate: false,
-                    }))
+                    .submit(
+                        cairn_common::attr::Caller::ROOT,
+                        MetaOpKind::Create(cairn_common::proto::Create {
+                            parent: Ino::ROOT,
+                            name: format!("t{t}-{j}").into_bytes(),
+                            perm: 0o644,
+                            uid: 0,
+                            gid: 0,
+                            exclusive: true,
+                            truncate: false,
+                        }),
+                    )
                     .await?;
             }
             anyhow::Ok(())

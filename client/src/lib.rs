@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_common::attr::{DirEntry, FileKind, InodeAttr, SetAttr};
+use cairn_common::attr::{Caller, DirEntry, FileKind, InodeAttr, SetAttr};
 use cairn_common::cert::Role;
 use cairn_common::proto::{self, CreateReply, DatanodeStatus, FsStats, RenameMode, Rpc, XattrMode};
 use cairn_common::transport::{self, ConnectionPool, TlsIdentity, TransportOptions};
@@ -26,6 +26,25 @@ const LOCK_RETRY: Duration = Duration::from_millis(50);
 const NAMENODE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// Entries asked for per readdir page.
 const READDIR_PAGE: u32 = 1024;
+
+/// This process's user, group and supplementary groups.
+pub fn current_caller() -> Caller {
+    let owner = Owner::current();
+    // SAFETY: with a zero count getgroups only reports how many groups there are; then it
+    // writes at most `n` gids into a buffer of exactly that many.
+    let groups = unsafe {
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        let mut buf = vec![0 as libc::gid_t; n.max(0) as usize];
+        let got = libc::getgroups(n, buf.as_mut_ptr());
+        buf.truncate(got.max(0) as usize);
+        buf
+    };
+    Caller {
+        uid: owner.uid,
+        gid: owner.gid,
+        groups,
+    }
+}
 
 /// Who owns a new file, directory, node or symlink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +70,8 @@ impl Owner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// On whose behalf namespace requests are made; the namenode checks permissions with it.
+    caller: Arc<Caller>,
 }
 
 struct Inner {
@@ -88,6 +109,7 @@ impl Client {
     ) -> anyhow::Result<Client> {
         let cache = data::BlockCache::new(config.block_cache_mib << 20);
         Ok(Client {
+            caller: Arc::new(current_caller()),
             inner: Arc::new(Inner {
                 pool: ConnectionPool::new(endpoint, identity, opts)?,
                 config,
@@ -99,12 +121,27 @@ impl Client {
         })
     }
 
+    /// The same client, acting for another user (the FUSE mount acts for each caller).
+    pub fn as_user(&self, caller: Caller) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            caller: Arc::new(caller),
+        }
+    }
+
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
     }
 
     /// Sends one request to the namenode.
-    pub async fn namenode<R: Rpc>(&self, req: R) -> FsResult<R::Response> {
+    pub async fn namenode<R: Rpc<Service = proto::NamenodeRequest>>(
+        &self,
+        req: R,
+    ) -> FsResult<R::Response> {
         let addr = self.inner.config.namenode;
         // A namenode that is restarting, or slow to answer on a loaded machine, gets a few
         // more tries; the request has not been sent, so retrying cannot apply it twice.
@@ -120,7 +157,11 @@ impl Client {
                 Err(e) => return Err(e),
             }
         };
-        let res = transport::call(&conn, req).await;
+        let envelope = proto::NamenodeEnvelope {
+            caller: (*self.caller).clone(),
+            req: req.into_service(),
+        };
+        let res = transport::call_enveloped(&conn, &envelope).await;
         if let Err(FsError::Unavailable(_)) = &res {
             // The next request dials again instead of reusing a dead connection.
             self.inner.pool.forget(addr);

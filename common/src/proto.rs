@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::attr::{DirEntry, FileKind, InodeAttr, SetAttr, Timestamp};
+use crate::attr::{Caller, DirEntry, FileKind, InodeAttr, SetAttr, Timestamp};
 use crate::ids::{BlockId, DatanodeId, Ino};
 use crate::layout::Slice;
 
@@ -73,6 +73,14 @@ service! {
         BlockReceived(BlockReceived) -> (),
         Heartbeat(Heartbeat) -> HeartbeatReply,
     }
+}
+
+/// What goes to the namenode: a request and on whose behalf it is made. The namenode
+/// checks POSIX permissions against `caller`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NamenodeEnvelope {
+    pub caller: Caller,
+    pub req: NamenodeRequest,
 }
 
 service! {

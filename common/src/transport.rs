@@ -355,12 +355,15 @@ async fn connect_with(
     Ok(conn)
 }
 
-/// Sends `req` on a new stream and waits for its response.
-pub async fn call<R: Rpc>(conn: &Connection, req: R) -> FsResult<R::Response> {
+/// Sends `header` (a request in some envelope) and waits for a `Resp`.
+pub async fn call_enveloped<H: Serialize, Resp: DeserializeOwned>(
+    conn: &Connection,
+    header: &H,
+) -> FsResult<Resp> {
     let (mut send, mut recv) = open(conn).await?;
-    write_frame(&mut send, &req.into_service()).await?;
+    write_frame(&mut send, header).await?;
     let _ = send.finish();
-    read_frame::<Result<R::Response, FsError>>(&mut recv).await?
+    read_frame::<Result<Resp, FsError>>(&mut recv).await?
 }
 
 /// Sends `req` followed by `body` as raw bytes, and waits for the response. The body is

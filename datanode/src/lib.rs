@@ -82,9 +82,17 @@ impl Datanode {
         self.store.id()
     }
 
-    async fn namenode_call<R: Rpc>(&self, req: R) -> FsResult<R::Response> {
+    async fn namenode_call<R: Rpc<Service = cairn_common::proto::NamenodeRequest>>(
+        &self,
+        req: R,
+    ) -> FsResult<R::Response> {
         let conn = self.pool.get(self.config.namenode, Role::Namenode).await?;
-        let res = transport::call(&conn, req).await;
+        // Datanode requests are not file operations: no user to check permissions for.
+        let envelope = cairn_common::proto::NamenodeEnvelope {
+            caller: cairn_common::attr::Caller::ROOT,
+            req: req.into_service(),
+        };
+        let res = transport::call_enveloped(&conn, &envelope).await;
         if let Err(FsError::Unavailable(_)) = &res {
             // Dial again next time rather than reuse a connection that may be dead.
             self.pool.forget(self.config.namenode);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_client::{Client, Owner};
-use cairn_common::attr::{DirEntry, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp};
+use cairn_common::attr::{Caller, DirEntry, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp};
 use cairn_common::proto::{LockKind, LockRange, RenameMode, XattrMode};
 use cairn_common::{FsError, FsResult, Ino};
 use fuser::{
@@ -249,6 +249,29 @@ fn placeholder_attr() -> InodeAttr {
     }
 }
 
+/// Who is making `req`: its uid and gid, and the supplementary groups of its process (FUSE
+/// does not pass those; /proc has them while the process waits for the reply).
+fn caller(req: &Request) -> Caller {
+    let groups = std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+        })
+        .unwrap_or_default();
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        groups,
+    }
+}
+
 fn owner(req: &Request) -> Owner {
     Owner {
         uid: req.uid(),
@@ -331,6 +354,11 @@ impl CairnFs {
             .contains(&ino)
     }
 
+    /// The client acting for the process behind `req`: the namenode checks its permissions.
+    fn client_for(&self, req: &Request) -> Client {
+        self.client.as_user(caller(req))
+    }
+
     fn new_handle(&self) -> u64 {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
@@ -374,8 +402,8 @@ impl Filesystem for CairnFs {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (client, name) = (self.client.clone(), name_of(name));
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (client, name) = (self.client_for(req), name_of(name));
         self.run(
             async move { client.lookup(Ino(parent.0), &name).await },
             move |r| match r {
@@ -418,7 +446,7 @@ impl Filesystem for CairnFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -434,7 +462,7 @@ impl Filesystem for CairnFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let client = self.client.clone();
+        let client = self.client_for(req);
         let ino = Ino(ino.0);
         let open = self.open_handles(ino);
         tracing::debug!(%ino, ?fh, open = open.len(), ?size, ?mtime, "setattr");
@@ -507,7 +535,7 @@ impl Filesystem for CairnFs {
             reply.error(Errno::EINVAL);
             return;
         };
-        let (client, name, who) = (self.client.clone(), name_of(name), owner(req));
+        let (client, name, who) = (self.client_for(req), name_of(name), owner(req));
         let perm = (mode & !umask & 0o7777) as u16;
         self.reply_entry(
             async move {
@@ -534,7 +562,7 @@ impl Filesystem for CairnFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let (client, name, who) = (self.client.clone(), name_of(name), owner(req));
+        let (client, name, who) = (self.client_for(req), name_of(name), owner(req));
         let perm = (mode & !umask & 0o7777) as u16;
         self.reply_entry(
             async move { client.mkdir(Ino(parent.0), &name, perm, who).await },
@@ -542,8 +570,8 @@ impl Filesystem for CairnFs {
         );
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (client, name) = (self.client.clone(), name_of(name));
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (client, name) = (self.client_for(req), name_of(name));
         let files = self.files_handle();
         let hidden = self.hidden.clone();
         let parent = Ino(parent.0);
@@ -575,8 +603,8 @@ impl Filesystem for CairnFs {
         );
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (client, name) = (self.client.clone(), name_of(name));
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (client, name) = (self.client_for(req), name_of(name));
         self.reply_empty(
             async move { client.rmdir(Ino(parent.0), &name).await },
             reply,
@@ -591,7 +619,7 @@ impl Filesystem for CairnFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (client, name, who) = (self.client.clone(), name_of(link_name), owner(req));
+        let (client, name, who) = (self.client_for(req), name_of(link_name), owner(req));
         let target = target.as_os_str().as_bytes().to_vec();
         self.reply_entry(
             async move { client.symlink(Ino(parent.0), &name, &target, who).await },
@@ -601,7 +629,7 @@ impl Filesystem for CairnFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -619,7 +647,7 @@ impl Filesystem for CairnFs {
             reply.error(Errno::EINVAL);
             return;
         };
-        let (client, name, newname) = (self.client.clone(), name_of(name), name_of(newname));
+        let (client, name, newname) = (self.client_for(req), name_of(name), name_of(newname));
         self.reply_empty(
             async move {
                 client
@@ -632,13 +660,13 @@ impl Filesystem for CairnFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (client, name) = (self.client.clone(), name_of(newname));
+        let (client, name) = (self.client_for(req), name_of(newname));
         self.reply_entry(
             async move { client.link(Ino(ino.0), Ino(newparent.0), &name).await },
             reply,
@@ -835,8 +863,8 @@ impl Filesystem for CairnFs {
         self.reply_empty(async move { file.lock().await.file.fsync().await }, reply);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let client = self.client.clone();
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let client = self.client_for(req);
         let fh = self.new_handle();
         let dirs = self.dirs_handle();
         self.run(
@@ -947,7 +975,7 @@ impl Filesystem for CairnFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -962,23 +990,23 @@ impl Filesystem for CairnFs {
         } else {
             XattrMode::Any
         };
-        let (client, name, value) = (self.client.clone(), name_of(name), value.to_vec());
+        let (client, name, value) = (self.client_for(req), name_of(name), value.to_vec());
         self.reply_empty(
             async move { client.set_xattr(Ino(ino.0), &name, &value, mode).await },
             reply,
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let (client, name) = (self.client.clone(), name_of(name));
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (client, name) = (self.client_for(req), name_of(name));
         self.run(
             async move { client.get_xattr(Ino(ino.0), &name).await },
             move |r| reply_xattr(r, size, reply),
         );
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let client = self.client.clone();
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let client = self.client_for(req);
         self.run(
             async move {
                 let names = client.list_xattr(Ino(ino.0)).await?;
@@ -993,8 +1021,8 @@ impl Filesystem for CairnFs {
         );
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (client, name) = (self.client.clone(), name_of(name));
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (client, name) = (self.client_for(req), name_of(name));
         self.reply_empty(
             async move { client.remove_xattr(Ino(ino.0), &name).await },
             reply,
@@ -1096,7 +1124,7 @@ impl Filesystem for CairnFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (client, name, who) = (self.client.clone(), name_of(name), owner(req));
+        let (client, name, who) = (self.client_for(req), name_of(name), owner(req));
         let perm = (mode & !umask & 0o7777) as u16;
         let exclusive = flags & libc::O_EXCL != 0;
         let truncate = flags & libc::O_TRUNC != 0;

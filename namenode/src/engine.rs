@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use cairn_common::attr::{DirEntry, FileKind, InodeAttr, Timestamp};
+use cairn_common::attr::{Caller, DirEntry, FileKind, InodeAttr, Timestamp};
 use cairn_common::layout::Slice;
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use tokio::sync::oneshot;
@@ -43,6 +43,7 @@ impl MetaEngine {
             let mut txn = store.txn();
             let op = MetaOp {
                 now: Timestamp::now(),
+                caller: Caller::ROOT,
                 kind: MetaOpKind::Format {
                     replication: default_replication,
                 },
@@ -62,17 +63,22 @@ impl MetaEngine {
         })
     }
 
-    /// Applies one op; returns once it is durable.
-    pub async fn submit(&self, kind: MetaOpKind) -> FsResult<MetaReply> {
-        let rx = self.enqueue(kind)?;
+    /// Applies one op on behalf of `caller`; returns once it is durable.
+    pub async fn submit(&self, caller: Caller, kind: MetaOpKind) -> FsResult<MetaReply> {
+        let rx = self.enqueue(caller, kind)?;
         rx.await
             .map_err(|_| FsError::io("metadata writer stopped"))?
     }
 
-    fn enqueue(&self, kind: MetaOpKind) -> FsResult<oneshot::Receiver<FsResult<MetaReply>>> {
+    fn enqueue(
+        &self,
+        caller: Caller,
+        kind: MetaOpKind,
+    ) -> FsResult<oneshot::Receiver<FsResult<MetaReply>>> {
         let (tx, rx) = oneshot::channel();
         let op = MetaOp {
             now: Timestamp::now(),
+            caller,
             kind,
         };
         self.queue
@@ -87,7 +93,7 @@ impl MetaEngine {
         Ok(self.store.inode(ino)?.ok_or(FsError::NotFound)?.attr)
     }
 
-    pub fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<InodeAttr> {
+    pub fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<InodeAttr> {
         if name.len() > cairn_common::attr::NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -95,14 +101,23 @@ impl MetaEngine {
         if dir.kind != FileKind::Dir {
             return Err(FsError::NotDir);
         }
+        crate::perm::require(caller, &dir, crate::perm::EXEC)?;
         let entry = self.store.dentry(parent, name)?.ok_or(FsError::NotFound)?;
         self.getattr(entry.ino)
     }
 
-    pub fn readdir(&self, ino: Ino, after: Option<&[u8]>, limit: u32) -> FsResult<Vec<DirEntry>> {
-        if self.getattr(ino)?.kind != FileKind::Dir {
+    pub fn readdir(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> FsResult<Vec<DirEntry>> {
+        let dir = self.getattr(ino)?;
+        if dir.kind != FileKind::Dir {
             return Err(FsError::NotDir);
         }
+        crate::perm::require(caller, &dir, crate::perm::READ)?;
         let prefix = keys::dentry_prefix(ino);
         let after_key = after.map(|name| keys::dentry(ino, name));
         let limit = limit.clamp(1, MAX_READDIR_PAGE) as usize;

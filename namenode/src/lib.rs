@@ -8,14 +8,16 @@ pub mod engine;
 pub mod keys;
 pub mod locks;
 pub mod ops;
+pub mod perm;
 pub mod store;
 
 use std::sync::Arc;
 
+use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
-    AllocateBlock, ChunkMap, CreateReply, FsStats, HeartbeatReply, NamenodeRequest, Placement,
-    RegisterReply,
+    AllocateBlock, ChunkMap, CreateReply, FsStats, HeartbeatReply, NamenodeEnvelope,
+    NamenodeRequest, Placement, RegisterReply,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{FsError, FsResult};
@@ -70,20 +72,24 @@ pub async fn run(
 }
 
 impl Namenode {
-    async fn mutate(&self, kind: MetaOpKind) -> FsResult<MetaReply> {
-        self.engine.submit(kind).await
+    async fn mutate(&self, caller: &Caller, kind: MetaOpKind) -> FsResult<MetaReply> {
+        self.engine.submit(caller.clone(), kind).await
     }
 
-    async fn mutate_attr(&self, kind: MetaOpKind) -> FsResult<cairn_common::attr::InodeAttr> {
-        match self.mutate(kind).await? {
+    async fn mutate_attr(
+        &self,
+        caller: &Caller,
+        kind: MetaOpKind,
+    ) -> FsResult<cairn_common::attr::InodeAttr> {
+        match self.mutate(caller, kind).await? {
             MetaReply::Attr(a) => Ok(a),
             MetaReply::Created(c) => Ok(c.attr),
             MetaReply::Done => Err(FsError::protocol("operation returned no attributes")),
         }
     }
 
-    async fn mutate_unit(&self, kind: MetaOpKind) -> FsResult<()> {
-        self.mutate(kind).await.map(|_| ())
+    async fn mutate_unit(&self, caller: &Caller, kind: MetaOpKind) -> FsResult<()> {
+        self.mutate(caller, kind).await.map(|_| ())
     }
 
     fn read_chunks(&self, ino: cairn_common::Ino, first: u32, count: u32) -> FsResult<ChunkMap> {
@@ -161,33 +167,40 @@ impl Namenode {
 }
 
 impl Service for Namenode {
-    type Request = NamenodeRequest;
+    type Request = NamenodeEnvelope;
 
     async fn handle(
         self: Arc<Self>,
         peer: Arc<Peer>,
-        req: NamenodeRequest,
+        envelope: NamenodeEnvelope,
         ex: &mut Exchange,
     ) -> FsResult<()> {
         use NamenodeRequest as R;
+        let NamenodeEnvelope { caller, req } = envelope;
         match req {
-            R::Lookup(r) => ex.respond(&self.engine.lookup(r.parent, &r.name)).await,
+            R::Lookup(r) => {
+                ex.respond(&self.engine.lookup(&caller, r.parent, &r.name))
+                    .await
+            }
             R::GetAttr(r) => ex.respond(&self.engine.getattr(r.ino)).await,
             R::SetAttrReq(r) => {
                 let res = self
-                    .mutate_attr(MetaOpKind::SetAttr {
-                        ino: r.ino,
-                        set: r.set,
-                    })
+                    .mutate_attr(
+                        &caller,
+                        MetaOpKind::SetAttr {
+                            ino: r.ino,
+                            set: r.set,
+                        },
+                    )
                     .await;
                 ex.respond(&res).await
             }
             R::Mkdir(r) => {
-                ex.respond(&self.mutate_attr(MetaOpKind::Mkdir(r)).await)
+                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Mkdir(r)).await)
                     .await
             }
             R::Create(r) => {
-                let res = match self.mutate(MetaOpKind::Create(r)).await {
+                let res = match self.mutate(&caller, MetaOpKind::Create(r)).await {
                     Ok(MetaReply::Created(c)) => Ok(c),
                     Ok(MetaReply::Attr(attr)) => Ok(CreateReply {
                         attr,
@@ -199,53 +212,59 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::Mknod(r) => {
-                ex.respond(&self.mutate_attr(MetaOpKind::Mknod(r)).await)
+                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Mknod(r)).await)
                     .await
             }
             R::Unlink(r) => {
-                ex.respond(&self.mutate_unit(MetaOpKind::Unlink(r)).await)
+                ex.respond(&self.mutate_unit(&caller, MetaOpKind::Unlink(r)).await)
                     .await
             }
             R::Rmdir(r) => {
-                ex.respond(&self.mutate_unit(MetaOpKind::Rmdir(r)).await)
+                ex.respond(&self.mutate_unit(&caller, MetaOpKind::Rmdir(r)).await)
                     .await
             }
             R::Rename(r) => {
-                ex.respond(&self.mutate_unit(MetaOpKind::Rename(r)).await)
+                ex.respond(&self.mutate_unit(&caller, MetaOpKind::Rename(r)).await)
                     .await
             }
             R::Symlink(r) => {
-                ex.respond(&self.mutate_attr(MetaOpKind::Symlink(r)).await)
+                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Symlink(r)).await)
                     .await
             }
             R::Readlink(r) => ex.respond(&self.engine.readlink(r.ino)).await,
             R::Link(r) => {
-                ex.respond(&self.mutate_attr(MetaOpKind::Link(r)).await)
+                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Link(r)).await)
                     .await
             }
             R::ReadDir(r) => {
-                let res = self.engine.readdir(r.ino, r.after.as_deref(), r.limit);
+                let res = self
+                    .engine
+                    .readdir(&caller, r.ino, r.after.as_deref(), r.limit);
                 ex.respond(&res).await
             }
             R::StatFs(_) => ex.respond(&self.statfs()).await,
             R::SetXattr(r) => {
-                ex.respond(&self.mutate_unit(MetaOpKind::SetXattr(r)).await)
+                ex.respond(&self.mutate_unit(&caller, MetaOpKind::SetXattr(r)).await)
                     .await
             }
             R::GetXattr(r) => ex.respond(&self.engine.get_xattr(r.ino, &r.name)).await,
             R::ListXattr(r) => ex.respond(&self.engine.list_xattr(r.ino)).await,
             R::RemoveXattr(r) => {
-                ex.respond(&self.mutate_unit(MetaOpKind::RemoveXattr(r)).await)
+                ex.respond(&self.mutate_unit(&caller, MetaOpKind::RemoveXattr(r)).await)
                     .await
             }
             R::SetReplication(r) => {
-                ex.respond(&self.mutate_attr(MetaOpKind::SetReplication(r)).await)
-                    .await
+                ex.respond(
+                    &self
+                        .mutate_attr(&caller, MetaOpKind::SetReplication(r))
+                        .await,
+                )
+                .await
             }
             R::ReadChunks(r) => ex.respond(&self.read_chunks(r.ino, r.first, r.count)).await,
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
             R::CommitSlices(r) => {
-                ex.respond(&self.mutate_attr(MetaOpKind::CommitSlices(r)).await)
+                ex.respond(&self.mutate_attr(&caller, MetaOpKind::CommitSlices(r)).await)
                     .await
             }
             R::ReportBadReplica(r) => {

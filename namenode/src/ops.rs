@@ -4,8 +4,8 @@
 //! seam where a replicated log (Raft) plugs in.
 
 use cairn_common::attr::{
-    check_name, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp, SYMLINK_MAX, XATTR_NAME_MAX,
-    XATTR_VALUE_MAX,
+    check_name, Caller, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp, SYMLINK_MAX,
+    XATTR_NAME_MAX, XATTR_VALUE_MAX,
 };
 use cairn_common::layout::{self, Slice, CHUNK_SIZE, MAX_FILE_SIZE};
 use cairn_common::proto::{
@@ -16,6 +16,7 @@ use cairn_common::{BlockId, FsError, FsResult, Ino};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, META_FORMAT, META_INODE_COUNT, META_NEXT_INO};
+use crate::perm::{self, EXEC, WRITE};
 use crate::store::{BlockRecord, Cf, Dentry, InodeRecord, Txn, FORMAT_VERSION};
 
 /// Most hard links one inode may have.
@@ -25,6 +26,8 @@ const LINK_MAX: u32 = 65_000;
 pub struct MetaOp {
     /// The time the op happened; every timestamp it sets is this one.
     pub now: Timestamp,
+    /// On whose behalf: permissions are checked against it.
+    pub caller: Caller,
     pub kind: MetaOpKind,
 }
 
@@ -61,11 +64,13 @@ pub enum MetaReply {
 
 pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
     let now = op.now;
+    let who = &op.caller;
     match &op.kind {
         MetaOpKind::Format { replication } => format(txn, *replication, now),
         MetaOpKind::Mkdir(m) => {
             let attr = make_node(
                 txn,
+                who,
                 m.parent,
                 &m.name,
                 NewNode {
@@ -80,7 +85,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             )?;
             Ok(MetaReply::Attr(attr))
         }
-        MetaOpKind::Create(c) => create(txn, c, now),
+        MetaOpKind::Create(c) => create(txn, who, c, now),
         MetaOpKind::Mknod(m) => {
             if m.kind == FileKind::Dir || m.kind == FileKind::Symlink {
                 return Err(FsError::invalid(
@@ -89,6 +94,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             }
             let attr = make_node(
                 txn,
+                who,
                 m.parent,
                 &m.name,
                 NewNode {
@@ -113,6 +119,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             }
             let attr = make_node(
                 txn,
+                who,
                 s.parent,
                 &s.name,
                 NewNode {
@@ -127,26 +134,27 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             )?;
             Ok(MetaReply::Attr(attr))
         }
-        MetaOpKind::Link(l) => link(txn, l, now),
+        MetaOpKind::Link(l) => link(txn, who, l, now),
         MetaOpKind::Unlink(u) => {
-            remove_entry(txn, u.parent, &u.name, false, now)?;
+            remove_entry(txn, who, u.parent, &u.name, false, now)?;
             Ok(MetaReply::Done)
         }
         MetaOpKind::Rmdir(r) => {
-            remove_entry(txn, r.parent, &r.name, true, now)?;
+            remove_entry(txn, who, r.parent, &r.name, true, now)?;
             Ok(MetaReply::Done)
         }
         MetaOpKind::Rename(r) => {
-            rename(txn, r, now)?;
+            rename(txn, who, r, now)?;
             Ok(MetaReply::Done)
         }
-        MetaOpKind::SetAttr { ino, set } => setattr(txn, *ino, set, now),
+        MetaOpKind::SetAttr { ino, set } => setattr(txn, who, *ino, set, now),
         MetaOpKind::SetXattr(x) => {
-            set_xattr(txn, x, now)?;
+            set_xattr(txn, who, x, now)?;
             Ok(MetaReply::Done)
         }
         MetaOpKind::RemoveXattr(x) => {
             let mut rec = load(txn, x.ino)?;
+            check_xattr_write(who, &rec.attr, &x.name)?;
             let key = keys::xattr(x.ino, &x.name);
             if txn.get_raw(Cf::Xattrs, &key)?.is_none() {
                 return Err(FsError::NoAttr);
@@ -161,6 +169,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
                 return Err(FsError::invalid("replication must be at least 1"));
             }
             let mut rec = load(txn, s.ino)?;
+            perm::require_owner(who, &rec.attr)?;
             rec.attr.replication = s.replication;
             rec.attr.ctime = now;
             txn.put_inode(&rec);
@@ -223,6 +232,7 @@ struct NewNode {
 /// Creates an inode and its entry `name` in `parent`.
 fn make_node(
     txn: &mut Txn<'_>,
+    who: &Caller,
     parent: Ino,
     name: &[u8],
     node: NewNode,
@@ -230,6 +240,7 @@ fn make_node(
 ) -> FsResult<InodeAttr> {
     check_name(name)?;
     let mut dir = load_dir(txn, parent)?;
+    perm::require(who, &dir.attr, WRITE | EXEC)?;
     if txn.dentry(parent, name)?.is_some() {
         return Err(FsError::Exists);
     }
@@ -291,9 +302,10 @@ fn alloc_ino(txn: &mut Txn<'_>) -> FsResult<Ino> {
     Ok(Ino(next))
 }
 
-fn create(txn: &mut Txn<'_>, c: &Create, now: Timestamp) -> FsResult<MetaReply> {
+fn create(txn: &mut Txn<'_>, who: &Caller, c: &Create, now: Timestamp) -> FsResult<MetaReply> {
     check_name(&c.name)?;
-    load_dir(txn, c.parent)?;
+    let dir = load_dir(txn, c.parent)?;
+    perm::require(who, &dir.attr, EXEC)?;
     if let Some(existing) = txn.dentry(c.parent, &c.name)? {
         if c.exclusive {
             return Err(FsError::Exists);
@@ -303,6 +315,7 @@ fn create(txn: &mut Txn<'_>, c: &Create, now: Timestamp) -> FsResult<MetaReply> 
             return Err(FsError::IsDir);
         }
         if c.truncate && rec.attr.kind == FileKind::File {
+            perm::require(who, &rec.attr, WRITE)?;
             truncate(txn, &mut rec, 0)?;
             rec.attr.mtime = now;
             rec.attr.ctime = now;
@@ -315,6 +328,7 @@ fn create(txn: &mut Txn<'_>, c: &Create, now: Timestamp) -> FsResult<MetaReply> 
     }
     let attr = make_node(
         txn,
+        who,
         c.parent,
         &c.name,
         NewNode {
@@ -333,13 +347,14 @@ fn create(txn: &mut Txn<'_>, c: &Create, now: Timestamp) -> FsResult<MetaReply> 
     }))
 }
 
-fn link(txn: &mut Txn<'_>, l: &Link, now: Timestamp) -> FsResult<MetaReply> {
+fn link(txn: &mut Txn<'_>, who: &Caller, l: &Link, now: Timestamp) -> FsResult<MetaReply> {
     check_name(&l.new_name)?;
     let mut rec = load(txn, l.ino)?;
     if rec.attr.kind == FileKind::Dir {
         return Err(FsError::NotPermitted);
     }
     let mut dir = load_dir(txn, l.new_parent)?;
+    perm::require(who, &dir.attr, WRITE | EXEC)?;
     if txn.dentry(l.new_parent, &l.new_name)?.is_some() {
         return Err(FsError::Exists);
     }
@@ -366,6 +381,7 @@ fn link(txn: &mut Txn<'_>, l: &Link, now: Timestamp) -> FsResult<MetaReply> {
 /// `unlink` (`want_dir` false) or `rmdir` (`want_dir` true).
 fn remove_entry(
     txn: &mut Txn<'_>,
+    who: &Caller,
     parent: Ino,
     name: &[u8],
     want_dir: bool,
@@ -381,8 +397,10 @@ fn remove_entry(
         return Err(FsError::NotEmpty);
     }
     let mut dir = load_dir(txn, parent)?;
+    perm::require(who, &dir.attr, WRITE | EXEC)?;
     let entry = txn.dentry(parent, name)?.ok_or(FsError::NotFound)?;
     let rec = load(txn, entry.ino)?;
+    perm::require_sticky(who, &dir.attr, &rec.attr)?;
     match (want_dir, rec.attr.kind == FileKind::Dir) {
         (false, true) => return Err(FsError::IsDir),
         (true, false) => return Err(FsError::NotDir),
@@ -421,13 +439,24 @@ fn drop_link(txn: &mut Txn<'_>, mut rec: InodeRecord, now: Timestamp) -> FsResul
     Ok(())
 }
 
-fn rename(txn: &mut Txn<'_>, r: &Rename, now: Timestamp) -> FsResult<()> {
+fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResult<()> {
     check_name(&r.name)?;
     check_name(&r.new_name)?;
     let src_dir = load_dir(txn, r.parent)?;
     let dst_dir = load_dir(txn, r.new_parent)?;
+    perm::require(who, &src_dir.attr, WRITE | EXEC)?;
+    perm::require(who, &dst_dir.attr, WRITE | EXEC)?;
     let src = txn.dentry(r.parent, &r.name)?.ok_or(FsError::NotFound)?;
     let dst = txn.dentry(r.new_parent, &r.new_name)?;
+    let moved = load(txn, src.ino)?;
+    perm::require_sticky(who, &src_dir.attr, &moved.attr)?;
+    if let Some(d) = dst {
+        perm::require_sticky(who, &dst_dir.attr, &load(txn, d.ino)?.attr)?;
+    }
+    if src.kind == FileKind::Dir && r.parent != r.new_parent {
+        // Its ".." changes: that needs write permission on the directory itself.
+        perm::require(who, &moved.attr, WRITE)?;
+    }
 
     if src.kind == FileKind::Dir && is_ancestor_or_self(txn, src.ino, r.new_parent)? {
         return Err(FsError::invalid(
@@ -459,6 +488,7 @@ fn rename(txn: &mut Txn<'_>, r: &Rename, now: Timestamp) -> FsResult<()> {
         // Remove the target as unlink/rmdir would (emptiness checked there).
         remove_entry(
             txn,
+            who,
             r.new_parent,
             &r.new_name,
             dst.kind == FileKind::Dir,
@@ -553,10 +583,51 @@ fn is_ancestor_or_self(txn: &Txn<'_>, dir: Ino, mut ino: Ino) -> FsResult<bool> 
     )))
 }
 
-fn setattr(txn: &mut Txn<'_>, ino: Ino, set: &SetAttr, now: Timestamp) -> FsResult<MetaReply> {
+fn setattr(
+    txn: &mut Txn<'_>,
+    who: &Caller,
+    ino: Ino,
+    set: &SetAttr,
+    now: Timestamp,
+) -> FsResult<MetaReply> {
     let mut rec = load(txn, ino)?;
+    if let Some(uid) = set.uid {
+        // Only root gives a file away.
+        if uid != rec.attr.uid && who.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+    }
+    if let Some(gid) = set.gid {
+        // The owner may pick one of their own groups; root any.
+        let allowed = who.uid == 0 || (who.uid == rec.attr.uid && perm::in_group(who, gid));
+        if gid != rec.attr.gid && !allowed {
+            return Err(FsError::NotPermitted);
+        }
+    }
+    if set.perm.is_some() {
+        perm::require_owner(who, &rec.attr)?;
+    }
+    for t in [set.atime, set.mtime].into_iter().flatten() {
+        match t {
+            // Setting a time of one's choosing is the owner's right.
+            TimeSet::At(_) => perm::require_owner(who, &rec.attr)?,
+            // "Now" is allowed to anyone who may write the file.
+            TimeSet::Now if !perm::is_owner_or_root(who, &rec.attr) => {
+                perm::require(who, &rec.attr, WRITE)?
+            }
+            TimeSet::Now => {}
+        }
+    }
+    if set.size.is_some() && rec.attr.kind == FileKind::File {
+        perm::require(who, &rec.attr, WRITE)?;
+    }
     if let Some(perm) = set.perm {
-        rec.attr.perm = perm & 0o7777;
+        let mut perm = perm & 0o7777;
+        // A non-root owner outside the file's group cannot keep it setgid (as Linux does).
+        if who.uid != 0 && !perm::in_group(who, rec.attr.gid) && rec.attr.kind != FileKind::Dir {
+            perm &= !0o2000;
+        }
+        rec.attr.perm = perm;
     }
     if let Some(uid) = set.uid {
         rec.attr.uid = uid;
@@ -695,7 +766,17 @@ fn commit_slices(txn: &mut Txn<'_>, c: &CommitSlices, now: Timestamp) -> FsResul
     Ok(MetaReply::Attr(rec.attr))
 }
 
-fn set_xattr(txn: &mut Txn<'_>, x: &SetXattr, now: Timestamp) -> FsResult<()> {
+/// user.* attributes follow the file's write permission; the other namespaces
+/// (trusted., security., system.) are for the owner and root.
+fn check_xattr_write(who: &Caller, attr: &InodeAttr, name: &[u8]) -> FsResult<()> {
+    if name.starts_with(b"user.") {
+        perm::require(who, attr, WRITE)
+    } else {
+        perm::require_owner(who, attr)
+    }
+}
+
+fn set_xattr(txn: &mut Txn<'_>, who: &Caller, x: &SetXattr, now: Timestamp) -> FsResult<()> {
     if x.name.is_empty() || x.name.len() > XATTR_NAME_MAX {
         return Err(FsError::Range);
     }
@@ -706,6 +787,7 @@ fn set_xattr(txn: &mut Txn<'_>, x: &SetXattr, now: Timestamp) -> FsResult<()> {
         )));
     }
     let mut rec = load(txn, x.ino)?;
+    check_xattr_write(who, &rec.attr, &x.name)?;
     let key = keys::xattr(x.ino, &x.name);
     let exists = txn.get_raw(Cf::Xattrs, &key)?.is_some();
     match x.mode {

@@ -393,3 +393,128 @@ async fn paged_readdir_is_stable_while_entries_are_added() {
     assert_eq!(c.readdir(d.ino).await.unwrap().len(), 1500);
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namenode_checks_each_callers_permissions() {
+    use cairn_common::attr::Caller;
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, root) = ns_cluster(dir.path()).await;
+    let user = |uid: u32, groups: Vec<u32>| {
+        root.as_user(Caller {
+            uid,
+            gid: uid,
+            groups,
+        })
+    };
+    let (alice, bob) = (user(1000, vec![]), user(1001, vec![]));
+    let me = |c: &cairn_client::Client| Owner {
+        uid: c.caller().uid,
+        gid: c.caller().gid,
+    };
+    let r = Ino::ROOT;
+    let private = root
+        .mkdir(r, b"private", 0o755, Owner::current())
+        .await
+        .unwrap();
+    let closed = root
+        .mkdir(r, b"closed", 0o700, Owner::current())
+        .await
+        .unwrap();
+    let shared = root
+        .mkdir(r, b"shared", 0o1777, Owner::current())
+        .await
+        .unwrap();
+    root.create(private.ino, b"f", 0o600, true, false, Owner::current())
+        .await
+        .unwrap();
+
+    tracing::info!("--- directories: w+x to create, x to look up, r to list");
+    assert_eq!(
+        errno(
+            alice
+                .create(private.ino, b"x", 0o644, true, false, me(&alice))
+                .await
+        ),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(alice.mkdir(private.ino, b"x", 0o755, me(&alice)).await),
+        libc::EACCES
+    );
+    assert!(alice.lookup(private.ino, b"f").await.is_ok());
+    assert_eq!(
+        errno(alice.lookup(closed.ino, b"anything").await),
+        libc::EACCES
+    );
+    assert_eq!(errno(alice.readdir(closed.ino).await), libc::EACCES);
+    assert_eq!(errno(alice.unlink(private.ino, b"f").await), libc::EACCES);
+
+    tracing::info!("--- owner-only chmod and times, root-only chown, chgrp to own groups");
+    let a = alice
+        .create(shared.ino, b"a", 0o644, true, false, me(&alice))
+        .await
+        .unwrap()
+        .attr;
+    assert_eq!((a.uid, a.gid), (1000, 1000));
+    let chmod = SetAttr {
+        perm: Some(0o666),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(bob.setattr(a.ino, chmod.clone()).await), libc::EPERM);
+    alice.setattr(a.ino, chmod).await.unwrap();
+    let give = SetAttr {
+        uid: Some(1001),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(alice.setattr(a.ino, give.clone()).await), libc::EPERM);
+    root.setattr(a.ino, give).await.unwrap();
+    let alice_in_team = user(1000, vec![2000]);
+    let chgrp = SetAttr {
+        gid: Some(2000),
+        ..SetAttr::default()
+    };
+    let b = alice_in_team
+        .create(shared.ino, b"b", 0o644, true, false, me(&alice))
+        .await
+        .unwrap()
+        .attr;
+    assert_eq!(
+        errno(alice.setattr(b.ino, chgrp.clone()).await),
+        libc::EPERM,
+        "not in group 2000"
+    );
+    alice_in_team.setattr(b.ino, chgrp).await.unwrap();
+    let old = SetAttr {
+        mtime: Some(cairn_common::attr::TimeSet::At(
+            cairn_common::attr::Timestamp { secs: 1, nanos: 0 },
+        )),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(bob.setattr(b.ino, old).await), libc::EPERM);
+
+    tracing::info!("--- write permission for truncate and user xattrs");
+    let cut = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    assert_eq!(errno(bob.setattr(b.ino, cut).await), libc::EACCES);
+    assert_eq!(
+        errno(
+            bob.set_xattr(b.ino, b"user.tag", b"v", XattrMode::Any)
+                .await
+        ),
+        libc::EACCES
+    );
+
+    tracing::info!("--- the sticky bit: others may not remove or rename another's entry");
+    assert_eq!(errno(bob.unlink(shared.ino, b"b").await), libc::EPERM);
+    assert_eq!(
+        errno(
+            bob.rename(shared.ino, b"b", shared.ino, b"c", RenameMode::Replace)
+                .await
+        ),
+        libc::EPERM
+    );
+    alice.unlink(shared.ino, b"b").await.unwrap();
+    cluster.stop().await.unwrap();
+}

@@ -50,7 +50,7 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
     let outcome = async {
         let conn = transport::connect(&endpoint, addr, Role::Namenode, transport::PROTOCOL_VERSION)
             .await?;
-        transport::call(&conn, proto::GetAttr { ino: Ino::ROOT }).await
+        getattr_root(&conn).await
     }
     .await;
     assert!(
@@ -68,7 +68,7 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
     let outcome = async {
         let conn = transport::connect(&endpoint, addr, Role::Namenode, transport::PROTOCOL_VERSION)
             .await?;
-        transport::call(&conn, proto::GetAttr { ino: Ino::ROOT }).await
+        getattr_root(&conn).await
     }
     .await;
     assert!(outcome.is_err(), "a client of another CA was served");
@@ -90,6 +90,15 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
 
     still_serving(&cluster).await;
     cluster.stop().await.unwrap();
+}
+
+/// Asks the namenode on `conn` for the root's attributes, as root.
+async fn getattr_root(conn: &quinn::Connection) -> Result<cairn_common::attr::InodeAttr, FsError> {
+    let envelope = proto::NamenodeEnvelope {
+        caller: cairn_common::attr::Caller::ROOT,
+        req: proto::GetAttr { ino: Ino::ROOT }.into_service(),
+    };
+    transport::call_enveloped(conn, &envelope).await
 }
 
 fn pem_to_der(pem: &[u8]) -> Vec<u8> {
@@ -166,7 +175,7 @@ async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
     assert!(matches!(answer, Err(FsError::Protocol(_))), "{answer:?}");
 
     tracing::info!("--- the same connection and others still work");
-    let root = transport::call(&nn, proto::GetAttr { ino: Ino::ROOT }).await;
+    let root = getattr_root(&nn).await;
     assert!(root.is_ok());
     still_serving(&cluster).await;
 
