@@ -413,6 +413,8 @@ pub struct Peer {
     pub role: Role,
     pub name: String,
     pub addr: SocketAddr,
+    /// Identifies the connection among all this endpoint has open.
+    pub connection: usize,
 }
 
 impl Peer {
@@ -456,6 +458,10 @@ pub trait Service: Send + Sync + 'static {
         req: Self::Request,
         exchange: &mut Exchange,
     ) -> impl Future<Output = FsResult<()>> + Send;
+
+    /// Called once a peer's connection has ended (closed, timed out or lost): state that
+    /// lives only as long as the peer's session is dropped here.
+    fn disconnected(&self, _peer: &Peer) {}
 }
 
 /// Accepts connections on `endpoint` until `shutdown`, serving each stream with `service`.
@@ -504,11 +510,13 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: Ca
                 role: peer.0,
                 name: peer.1,
                 addr: remote,
+                connection: conn.stable_id(),
             });
             let span = tracing::debug_span!("conn", peer = %peer.name, role = %peer.role, %remote);
-            serve_connection(conn, service, peer, shutdown)
+            serve_connection(conn, service.clone(), peer.clone(), shutdown)
                 .instrument(span)
                 .await;
+            service.disconnected(&peer);
         });
     }
     endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutting down");

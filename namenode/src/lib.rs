@@ -37,6 +37,10 @@ pub struct Namenode {
     engine: MetaEngine,
     blocks: blockmap::BlockMap,
     locks: locks::LockTable,
+    /// Lock sessions seen on each client connection: when the connection ends, so do their
+    /// locks, or a crashed mount would hold them for ever.
+    lock_sessions:
+        std::sync::Mutex<std::collections::HashMap<usize, std::collections::HashSet<u64>>>,
 }
 
 /// Runs a namenode serving on `endpoint` until `shutdown` is cancelled.
@@ -60,6 +64,7 @@ pub async fn run(
     let namenode = Arc::new(Namenode {
         blocks: blockmap::BlockMap::new(config.dead_timeout()),
         locks: locks::LockTable::default(),
+        lock_sessions: Default::default(),
         config,
         engine,
     });
@@ -169,6 +174,10 @@ impl Namenode {
 impl Service for Namenode {
     type Request = NamenodeEnvelope;
 
+    fn disconnected(&self, peer: &Peer) {
+        self.drop_session_locks(peer);
+    }
+
     async fn handle(
         self: Arc<Self>,
         peer: Arc<Peer>,
@@ -277,7 +286,15 @@ impl Service for Namenode {
                 ex.respond(&Ok(self.locks.test(r.ino, r.owner, &r.range)))
                     .await
             }
-            R::SetLock(r) => ex.respond(&self.locks.set(r.ino, r.owner, r.range)).await,
+            R::SetLock(r) => {
+                self.lock_sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(peer.connection)
+                    .or_default()
+                    .insert(r.owner.session);
+                ex.respond(&self.locks.set(r.ino, r.owner, r.range)).await
+            }
             R::ReleaseLocks(r) => {
                 self.locks.release(r.ino, r.owner);
                 ex.respond(&Ok(())).await
@@ -308,6 +325,22 @@ impl Service for Namenode {
                 peer.require(Role::Datanode)?;
                 let known = self.blocks.heartbeat(&r);
                 ex.respond(&Ok(HeartbeatReply { reregister: !known })).await
+            }
+        }
+    }
+}
+
+impl Namenode {
+    fn drop_session_locks(&self, peer: &Peer) {
+        let sessions = self
+            .lock_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer.connection);
+        for session in sessions.into_iter().flatten() {
+            let dropped = self.locks.release_session(session);
+            if dropped > 0 {
+                info!(client = %peer.name, addr = %peer.addr, dropped, "client gone: its locks are released");
             }
         }
     }

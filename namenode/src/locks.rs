@@ -85,6 +85,19 @@ impl LockTable {
         Ok(())
     }
 
+    /// Drops every lock held by any owner of `session` (a client that went away).
+    pub fn release_session(&self, session: u64) -> usize {
+        let mut table = self.lock();
+        let mut dropped = 0;
+        table.retain(|_, held| {
+            let before = held.len();
+            held.retain(|h| h.owner.session != session);
+            dropped += before - held.len();
+            !held.is_empty()
+        });
+        dropped
+    }
+
     /// Drops every lock `owner` holds on `ino`.
     pub fn release(&self, ino: Ino, owner: LockOwnerId) {
         let mut table = self.lock();

@@ -518,3 +518,39 @@ async fn the_namenode_checks_each_callers_permissions() {
     alice.unlink(shared.ino, b"b").await.unwrap();
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_locks_of_a_client_that_goes_away_are_released() {
+    use cairn_common::proto::{LockKind, LockRange};
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, first) = ns_cluster(dir.path()).await;
+    let f = first
+        .create(Ino::ROOT, b"f", 0o644, true, false, Owner::current())
+        .await
+        .unwrap()
+        .attr;
+    let whole = LockRange {
+        start: 0,
+        end: u64::MAX,
+        kind: LockKind::Write,
+        pid: 1,
+    };
+    first.set_lock(f.ino, 7, whole, false).await.unwrap();
+    let second = cluster.client().await.unwrap();
+    assert_eq!(
+        second.set_lock(f.ino, 7, whole, false).await,
+        Err(FsError::WouldBlock),
+        "the same owner number in another session is another owner"
+    );
+
+    tracing::info!("--- the first client disappears: its lock goes with its connection");
+    drop(first);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        second.set_lock(f.ino, 7, whole, true),
+    )
+    .await
+    .expect("lock granted once the first client is gone")
+    .unwrap();
+    cluster.stop().await.unwrap();
+}
