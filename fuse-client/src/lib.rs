@@ -77,6 +77,8 @@ pub struct CairnFs {
     next_handle: AtomicU64,
     /// Files unlinked while open here: inode → (directory, hidden name).
     hidden: HiddenTable,
+    /// Releases still flushing or removing an unlinked file.
+    releasing: Arc<AtomicU64>,
     /// Held by an O_APPEND write while it finds the end of the file and writes there.
     append_lock: Arc<tokio::sync::Mutex<()>>,
     /// Inodes this mount has taken locks on.
@@ -89,6 +91,23 @@ pub struct Mount {
     session: Option<fuser::BackgroundSession>,
     ended: std::sync::mpsc::Receiver<()>,
     files: FileTable,
+    releasing: Arc<AtomicU64>,
+}
+
+/// Counts a release in progress (its flush, its removal of an unlinked file) until dropped.
+struct Releasing(Arc<AtomicU64>);
+
+impl Releasing {
+    fn start(count: &Arc<AtomicU64>) -> Releasing {
+        count.fetch_add(1, Ordering::SeqCst);
+        Releasing(count.clone())
+    }
+}
+
+impl Drop for Releasing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Mount {
@@ -97,13 +116,11 @@ impl Mount {
     /// with EBUSY).
     pub fn unmount(mut self) -> std::io::Result<()> {
         let deadline = std::time::Instant::now() + UNMOUNT_DRAIN;
-        while !self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-            && std::time::Instant::now() < deadline
-        {
+        let busy = |m: &Mount| {
+            !m.files.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                || m.releasing.load(Ordering::SeqCst) > 0
+        };
+        while busy(&self) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         match self.session.take() {
@@ -135,7 +152,9 @@ pub fn mount(
 ) -> std::io::Result<Mount> {
     let (tx, rx) = std::sync::mpsc::channel();
     let files = FileTable::default();
+    let releasing = Arc::new(AtomicU64::new(0));
     let fs = CairnFs {
+        releasing: releasing.clone(),
         client,
         rt,
         files: files.clone(),
@@ -165,6 +184,7 @@ pub fn mount(
         session: Some(session),
         ended: rx,
         files,
+        releasing,
     })
 }
 
@@ -832,8 +852,10 @@ impl Filesystem for CairnFs {
         };
         let client = self.client.clone();
         let ever_locked = self.ever_locked(ino);
+        let releasing = Releasing::start(&self.releasing);
         self.reply_empty(
             async move {
+                let _releasing = releasing;
                 let flushed = file.lock().await.file.flush().await;
                 // The last close of a file drops the flock lock taken through it.
                 if let Some(owner) = lock_owner.filter(|_| ever_locked) {
