@@ -1116,6 +1116,41 @@ impl Filesystem for CairnFs {
         );
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Blocks are stored when written, so there is nothing to reserve: plain fallocate
+        // only grows the file, KEEP_SIZE does nothing. Punching or zeroing ranges is not
+        // supported (yet), and says so.
+        tracing::debug!(mode, offset, length, "fallocate");
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        self.reply_empty(
+            async move {
+                let end = offset.checked_add(length).ok_or(FsError::TooLarge)?;
+                let mut f = file.lock().await;
+                if !keep_size && end > f.file.size() {
+                    f.file.truncate(end).await?;
+                }
+                Ok(())
+            },
+            reply,
+        );
+    }
+
     fn ioctl(
         &self,
         _req: &Request,

@@ -564,6 +564,20 @@ print(open(p, 'rb').read()[98:107])
         f.read_to_end(&mut end).unwrap();
         assert_eq!(end, b"\0\0tail");
 
+        tracing::info!(
+            "--- fallocate grows a file; KEEP_SIZE leaves it; punching holes is refused"
+        );
+        sh(&format!("fallocate -l 1M {mm}/alloc"));
+        assert_eq!(fs::metadata(m.join("alloc")).unwrap().len(), 1 << 20);
+        sh(&format!("fallocate -n -l 8M {mm}/alloc"));
+        assert_eq!(fs::metadata(m.join("alloc")).unwrap().len(), 1 << 20);
+        let punch = std::process::Command::new("fallocate")
+            .args(["-p", "-o", "0", "-l", "4096"])
+            .arg(m.join("alloc"))
+            .output()
+            .unwrap();
+        assert!(!punch.status.success(), "hole punching is not supported");
+
         tracing::info!("--- O_APPEND from two writers: every record lands, none overwritten");
         let log = m.join("log");
         let mut w1 = fs::OpenOptions::new()
