@@ -300,27 +300,7 @@ impl FileHandle {
                 return;
             }
         }
-        let mut wanted: Vec<(BlockId, u32)> = Vec::new();
-        for chunk in first..=last {
-            let base = chunk as u64 * CHUNK_SIZE;
-            let (lo, hi) = (from.max(base) - base, to.min(base + CHUNK_SIZE) - base);
-            let slices = self
-                .map
-                .chunks
-                .get(&chunk)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            for seg in layout::resolve(slices, lo, hi) {
-                if let Segment::Data {
-                    block, block_len, ..
-                } = seg
-                {
-                    if !wanted.iter().any(|(b, _)| *b == block) {
-                        wanted.push((block, block_len));
-                    }
-                }
-            }
-        }
+        let wanted = blocks_of(&self.segments(from, to));
         for (block, block_len) in wanted {
             let client = self.client.clone();
             let locations = self.map.locations.get(&block).cloned().unwrap_or_default();
@@ -342,36 +322,8 @@ impl FileHandle {
         for chunk in first..=last {
             self.load_map(chunk).await?;
         }
-        let end = end.min(self.attr.size);
-        let mut segments = Vec::new();
-        for chunk in first..=last {
-            let base = chunk as u64 * CHUNK_SIZE;
-            let lo = offset.max(base) - base;
-            let hi = end.min(base + CHUNK_SIZE) - base;
-            if lo >= hi {
-                continue;
-            }
-            let slices = self
-                .map
-                .chunks
-                .get(&chunk)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            for seg in layout::resolve(slices, lo, hi) {
-                segments.push((base, seg));
-            }
-        }
-        let mut wanted: Vec<(BlockId, u32)> = Vec::new();
-        for (_, seg) in &segments {
-            if let Segment::Data {
-                block, block_len, ..
-            } = seg
-            {
-                if !wanted.iter().any(|(b, _)| b == block) {
-                    wanted.push((*block, *block_len));
-                }
-            }
-        }
+        let segments = self.segments(offset, end);
+        let wanted = blocks_of(&segments);
         let concurrency = self.client.inner.config.read_concurrency.max(1);
         let fetched: Vec<FsResult<(BlockId, Bytes)>> = futures::stream::iter(wanted)
             .map(|(block, block_len)| {
@@ -413,6 +365,31 @@ impl FileHandle {
         Ok(out)
     }
 
+    /// The bytes `[from, to)` resolved into pieces of blocks and holes, each with the file
+    /// offset of its chunk. The chunks' maps must be loaded.
+    fn segments(&self, from: u64, to: u64) -> Vec<(u64, Segment)> {
+        let mut out = Vec::new();
+        if to <= from {
+            return out;
+        }
+        for chunk in (from / CHUNK_SIZE) as u32..=((to - 1) / CHUNK_SIZE) as u32 {
+            let base = chunk as u64 * CHUNK_SIZE;
+            let (lo, hi) = (from.max(base) - base, to.min(base + CHUNK_SIZE) - base);
+            let slices = self
+                .map
+                .chunks
+                .get(&chunk)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            out.extend(
+                layout::resolve(slices, lo, hi)
+                    .into_iter()
+                    .map(|seg| (base, seg)),
+            );
+        }
+        out
+    }
+
     async fn load_map(&mut self, chunk: u32) -> FsResult<()> {
         if self.map.loaded.contains(&chunk) {
             return Ok(());
@@ -437,6 +414,22 @@ impl FileHandle {
         }
         Ok(())
     }
+}
+
+/// The distinct blocks `segments` read from, with their lengths, in order of first use.
+fn blocks_of(segments: &[(u64, Segment)]) -> Vec<(BlockId, u32)> {
+    let mut out: Vec<(BlockId, u32)> = Vec::new();
+    for (_, seg) in segments {
+        if let Segment::Data {
+            block, block_len, ..
+        } = seg
+        {
+            if !out.iter().any(|(b, _)| b == block) {
+                out.push((*block, *block_len));
+            }
+        }
+    }
+    out
 }
 
 /// Bytes from `offset` to the end of its block: blocks are at most `MAX_BLOCK_SIZE` and

@@ -555,7 +555,13 @@ async fn serve_connection<S: Service>(
                         return;
                     }
                 };
-                let span = tracing::debug_span!("request", req = request_name(&req));
+                // Naming the request costs a Debug format of it: only when debug logs are on.
+                let name = if tracing::enabled!(tracing::Level::DEBUG) {
+                    request_name(&req)
+                } else {
+                    String::new()
+                };
+                let span = tracing::debug_span!("request", req = name);
                 async move {
                     if let Err(e) = service.handle(peer, req, &mut exchange).await {
                         debug!("request failed: {e}");
