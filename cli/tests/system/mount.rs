@@ -25,6 +25,24 @@ async fn mount_at(cluster: &cairn_cli::devcluster::DevCluster, dir: &Path) -> ca
     .expect("mount (needs root and /dev/fuse)")
 }
 
+/// Mounts `cluster` on a new directory; the directory lives as long as the returned guard.
+async fn mount_new(
+    cluster: &cairn_cli::devcluster::DevCluster,
+) -> (tempfile::TempDir, std::path::PathBuf, cairn_fuse::Mount) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let mounted = mount_at(cluster, &path).await;
+    (dir, path, mounted)
+}
+
+/// Unmounts, off the async runtime (unmounting waits for the session to end).
+async fn unmount(mounted: cairn_fuse::Mount) {
+    tokio::task::spawn_blocking(move || mounted.unmount())
+        .await
+        .unwrap()
+        .expect("unmount");
+}
+
 /// Two mounts of `cluster`, as on two machines: `body` gets both mount points.
 async fn with_two_mounts(
     cluster: &cairn_cli::devcluster::DevCluster,
@@ -34,10 +52,7 @@ async fn with_two_mounts(
     let second = mount_at(cluster, other.path()).await;
     let b = other.path().to_path_buf();
     with_mount(cluster, move |a| body(a, &b)).await;
-    tokio::task::spawn_blocking(move || second.unmount())
-        .await
-        .unwrap()
-        .unwrap();
+    unmount(second).await;
 }
 
 /// Mounts `cluster` at a new directory, runs `body` on a blocking thread with the mount
@@ -50,10 +65,7 @@ async fn with_mount(
     let mountpoint = dir.path().to_path_buf();
     let mounted = mount_at(cluster, &mountpoint).await;
     let result = tokio::task::spawn_blocking(move || body(&mountpoint)).await;
-    tokio::task::spawn_blocking(move || mounted.unmount())
-        .await
-        .unwrap()
-        .unwrap();
+    unmount(mounted).await;
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -259,9 +271,7 @@ async fn real_programs_work_on_the_mount() {
 async fn a_datanode_dying_under_a_writing_program() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(dir.path(), 3).await;
-    let mountdir = tempfile::tempdir().unwrap();
-    let m = mountdir.path().to_path_buf();
-    let mounted = mount_at(&cluster, &m).await;
+    let (_mountdir, m, mounted) = mount_new(&cluster).await;
 
     tracing::info!("--- kill one of three datanodes mid-write: min_replicas = 2 still holds");
     let data = random_bytes(40 << 20, 24);
@@ -300,10 +310,7 @@ async fn a_datanode_dying_under_a_writing_program() {
     .unwrap();
     assert_eq!(errno_of(outcome), libc::EIO);
 
-    tokio::task::spawn_blocking(move || mounted.unmount())
-        .await
-        .unwrap()
-        .unwrap();
+    unmount(mounted).await;
     cluster.stop().await.unwrap();
 }
 
@@ -432,9 +439,7 @@ async fn local_users_get_exactly_their_permissions() {
 async fn the_mount_reports_a_missing_namenode_and_recovers_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = cluster(dir.path(), 3).await;
-    let mountdir = tempfile::tempdir().unwrap();
-    let m = mountdir.path().to_path_buf();
-    let mounted = mount_at(&cluster, &m).await;
+    let (_mountdir, m, mounted) = mount_new(&cluster).await;
     let p = m.clone();
     tokio::task::spawn_blocking(move || fs::write(p.join("kept"), b"still here").unwrap())
         .await
@@ -463,10 +468,7 @@ async fn the_mount_reports_a_missing_namenode_and_recovers_when_it_returns() {
     })
     .await
     .unwrap();
-    tokio::task::spawn_blocking(move || mounted.unmount())
-        .await
-        .unwrap()
-        .unwrap();
+    unmount(mounted).await;
     cluster.stop().await.unwrap();
 }
 
