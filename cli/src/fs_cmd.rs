@@ -226,13 +226,12 @@ async fn ls(client: &Client, path: &str, json: bool) -> anyhow::Result<()> {
     let attr = client.resolve(path).await.map_err(at(path))?;
     let mut entries = Vec::new();
     if attr.kind == FileKind::Dir {
-        for e in client.readdir(attr.ino).await.map_err(at(path))? {
-            let name = String::from_utf8_lossy(&e.name).into_owned();
-            match client.getattr(e.ino).await {
-                Ok(a) => entries.push((join(path, &name), a)),
-                // Removed between the listing and now: not an error for ls.
-                Err(FsError::NotFound) => {}
-                Err(err) => return Err(at(path)(err)),
+        // Entries removed while the directory was listed come without attributes: ls
+        // leaves them out.
+        for e in client.readdir_plus(attr.ino).await.map_err(at(path))? {
+            if let Some(a) = e.attr {
+                let name = String::from_utf8_lossy(&e.name).into_owned();
+                entries.push((join(path, &name), a));
             }
         }
     } else {

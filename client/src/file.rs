@@ -90,6 +90,11 @@ impl FileHandle {
         self.map = ChunkCache::default();
     }
 
+    /// Would a flush neither store anything nor report an error? Then it can be skipped.
+    pub fn is_settled(&self) -> bool {
+        !self.is_dirty() && self.error.is_none()
+    }
+
     /// Are there writes not yet committed?
     pub fn is_dirty(&self) -> bool {
         !self.buf.is_empty() || !self.uploads.is_empty() || !self.done.is_empty()

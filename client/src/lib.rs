@@ -315,22 +315,34 @@ impl Client {
         ino: Ino,
         after: Option<&[u8]>,
         limit: u32,
+        attrs: bool,
     ) -> FsResult<Vec<DirEntry>> {
         self.namenode(proto::ReadDir {
             ino,
             after: after.map(|a| a.to_vec()),
             limit,
+            attrs,
         })
         .await
     }
 
     /// The whole directory, page by page.
     pub async fn readdir(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
+        self.readdir_all(ino, false).await
+    }
+
+    /// The whole directory with every entry's attributes. An entry removed while the
+    /// directory was listed may come without them.
+    pub async fn readdir_plus(&self, ino: Ino) -> FsResult<Vec<DirEntry>> {
+        self.readdir_all(ino, true).await
+    }
+
+    async fn readdir_all(&self, ino: Ino, attrs: bool) -> FsResult<Vec<DirEntry>> {
         let mut out: Vec<DirEntry> = Vec::new();
         loop {
             let after = out.last().map(|e| e.name.clone());
             let page = self
-                .readdir_page(ino, after.as_deref(), READDIR_PAGE)
+                .readdir_page(ino, after.as_deref(), READDIR_PAGE, attrs)
                 .await?;
             let done = page.len() < READDIR_PAGE as usize;
             out.extend(page);

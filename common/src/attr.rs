@@ -121,6 +121,8 @@ pub struct DirEntry {
     pub name: Vec<u8>,
     pub ino: Ino,
     pub kind: FileKind,
+    /// The entry's attributes, when the listing asked for them (`ls -l` in one round trip).
+    pub attr: Option<InodeAttr>,
 }
 
 /// Who is asking: the namenode checks permissions with these.

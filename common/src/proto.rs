@@ -208,6 +208,8 @@ pub struct ReadDir {
     pub ino: Ino,
     pub after: Option<Vec<u8>>,
     pub limit: u32,
+    /// Return each entry's attributes too.
+    pub attrs: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

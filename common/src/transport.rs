@@ -363,7 +363,21 @@ pub async fn call_enveloped<H: Serialize, Resp: DeserializeOwned>(
     let (mut send, mut recv) = open(conn).await?;
     write_frame(&mut send, header).await?;
     let _ = send.finish();
-    read_frame::<Result<Resp, FsError>>(&mut recv).await?
+    let resp = read_frame::<Result<Resp, FsError>>(&mut recv).await?;
+    read_end(&mut recv).await?;
+    resp
+}
+
+/// Reads the end of a stream whose last frame has been read. A stream dropped before its
+/// end has been seen makes QUIC tell the peer to stop sending: one more packet per call.
+async fn read_end(recv: &mut RecvStream) -> FsResult<()> {
+    match recv.read_chunk(usize::MAX, true).await {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(FsError::protocol("bytes after the response")),
+        Err(e) => Err(FsError::unavailable(format!(
+            "connection lost while reading a response: {e}"
+        ))),
+    }
 }
 
 /// Sends `req` followed by `body` as raw bytes, and waits for the response. The body is
@@ -379,7 +393,9 @@ pub async fn call_with_body<R: Rpc>(
         .await
         .map_err(|e| FsError::unavailable(format!("cannot send block: {e}")))?;
     let _ = send.finish();
-    read_frame::<Result<R::Response, FsError>>(&mut recv).await?
+    let resp = read_frame::<Result<R::Response, FsError>>(&mut recv).await?;
+    read_end(&mut recv).await?;
+    resp
 }
 
 /// Sends `req` and returns its response header with the stream the raw bytes follow on.

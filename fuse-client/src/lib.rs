@@ -5,6 +5,7 @@
 //! through `cairn_client`; this layer only translates between the kernel's requests and
 //! the client's calls, and maps every error to one errno (`FsError::errno`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -83,6 +84,7 @@ pub struct CairnFs {
     append_lock: Arc<tokio::sync::Mutex<()>>,
     /// Inodes this mount has taken locks on.
     locked_inodes: Mutex<std::collections::HashSet<Ino>>,
+    groups: GroupsCache,
     ended: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
@@ -162,6 +164,7 @@ pub fn mount(
         next_handle: AtomicU64::new(1),
         hidden: Arc::default(),
         locked_inodes: Mutex::default(),
+        groups: GroupsCache::default(),
         append_lock: Arc::default(),
         ended: Mutex::new(Some(tx)),
     };
@@ -269,10 +272,48 @@ fn placeholder_attr() -> InodeAttr {
     }
 }
 
-/// Who is making `req`: its uid and gid, and the supplementary groups of its process (FUSE
-/// does not pass those; /proc has them while the process waits for the reply).
-fn caller(req: &Request) -> Caller {
-    let groups = std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+/// How long the supplementary groups read for a process are reused: a process rarely changes
+/// its groups, and reading /proc for every request costs as much as a name lookup.
+const GROUPS_TTL: Duration = Duration::from_secs(1);
+/// Processes whose groups are remembered at once; past this the memory starts afresh.
+const GROUPS_CACHED: usize = 4096;
+
+/// A caller as the kernel names it: pid, uid, gid.
+type CallerKey = (u32, u32, u32);
+
+/// Supplementary groups of recent callers, with when they were read.
+#[derive(Default)]
+struct GroupsCache(Mutex<HashMap<CallerKey, (Vec<u32>, std::time::Instant)>>);
+
+impl GroupsCache {
+    /// Who is making `req`: its uid and gid, and the supplementary groups of its process.
+    fn caller(&self, req: &Request) -> Caller {
+        let key = (req.pid(), req.uid(), req.gid());
+        let now = std::time::Instant::now();
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let groups = match cache.get(&key) {
+            Some((groups, at)) if now.duration_since(*at) < GROUPS_TTL => groups.clone(),
+            _ => {
+                let groups = process_groups(req.pid());
+                if cache.len() >= GROUPS_CACHED {
+                    cache.clear();
+                }
+                cache.insert(key, (groups.clone(), now));
+                groups
+            }
+        };
+        Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+            groups,
+        }
+    }
+}
+
+/// The supplementary groups of process `pid` (FUSE does not pass them; /proc has them while
+/// the process waits for the reply).
+fn process_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
@@ -284,12 +325,7 @@ fn caller(req: &Request) -> Caller {
                         .collect()
                 })
         })
-        .unwrap_or_default();
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        groups,
-    }
+        .unwrap_or_default()
 }
 
 fn owner(req: &Request) -> Owner {
@@ -349,13 +385,7 @@ impl CairnFs {
 
     /// Open handles of `ino` in this mount: their unflushed writes count for its size.
     fn open_handles(&self, ino: Ino) -> Vec<Shared<OpenFile>> {
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter(|(i, _)| *i == ino)
-            .map(|(_, f)| f.clone())
-            .collect()
+        handles_of(&self.files, ino)
     }
 
     fn files_handle(&self) -> FileTable {
@@ -376,7 +406,16 @@ impl CairnFs {
 
     /// The client acting for the process behind `req`: the namenode checks its permissions.
     fn client_for(&self, req: &Request) -> Client {
-        self.client.as_user(caller(req))
+        self.client.as_user(self.groups.caller(req))
+    }
+
+    /// The listing taken when directory handle `fh` was opened.
+    fn dir_snapshot(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
     }
 
     fn new_handle(&self) -> u64 {
@@ -384,17 +423,57 @@ impl CairnFs {
     }
 }
 
-/// The attributes of `ino`, with the size its open handles in this mount have written.
-async fn attr_with_pending(
-    client: &Client,
-    ino: Ino,
-    open: Vec<Shared<OpenFile>>,
-) -> FsResult<InodeAttr> {
-    let mut attr = client.getattr(ino).await?;
-    for f in open {
-        attr.size = attr.size.max(f.lock().await.file.size());
+fn handles_of(files: &FileTable, ino: Ino) -> Vec<Shared<OpenFile>> {
+    files
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|(i, _)| *i == ino)
+        .map(|(_, f)| f.clone())
+        .collect()
+}
+
+/// `attr` as this mount sees it: writes still buffered in its open handles count for the
+/// size. Every attribute reply goes through here, or the kernel would shrink a file that is
+/// being written back to what the namenode has committed.
+async fn with_pending(mut attr: InodeAttr, files: &FileTable) -> InodeAttr {
+    if attr.kind == FileKind::File {
+        for f in handles_of(files, attr.ino) {
+            attr.size = attr.size.max(f.lock().await.file.size());
+        }
     }
-    Ok(attr)
+    attr
+}
+
+/// What a directory handle lists from `offset` on, with the offset of the entry after each:
+/// 1 is ".", 2 is "..", 3 + i is entry i of the snapshot. Files unlinked while open here
+/// are not shown.
+fn listing(
+    entries: &[DirEntry],
+    dir: Ino,
+    offset: u64,
+) -> impl Iterator<Item = (u64, Cow<'_, DirEntry>)> {
+    let dot = |name: &[u8]| DirEntry {
+        name: name.to_vec(),
+        ino: dir,
+        kind: FileKind::Dir,
+        attr: None,
+    };
+    let dots = [(1, Cow::Owned(dot(b"."))), (2, Cow::Owned(dot(b"..")))];
+    let rest = entries
+        .iter()
+        .enumerate()
+        .skip(offset.saturating_sub(2) as usize)
+        .filter(|(_, e)| !e.name.starts_with(HIDDEN_PREFIX.as_bytes()))
+        .map(|(i, e)| (3 + i as u64, Cow::Borrowed(e)));
+    dots.into_iter()
+        .filter(move |(next, _)| offset < *next)
+        .chain(rest)
+}
+
+/// Has `file` nothing to flush or report, as far as can be seen without waiting for it?
+fn is_settled(file: &Shared<OpenFile>) -> bool {
+    file.try_lock().is_ok_and(|f| f.file.is_settled())
 }
 
 fn name_of(name: &OsStr) -> Vec<u8> {
@@ -412,6 +491,11 @@ impl Filesystem for CairnFs {
         if let Err(unsupported) = config.add_capabilities(locks) {
             tracing::warn!("kernel lacks {unsupported:?}: locks stay local to this mount");
         }
+        // Listings carry attributes; the kernel picks plain or plus listings as it sees fit.
+        let plus = fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
+        if let Err(unsupported) = config.add_capabilities(plus) {
+            tracing::warn!("kernel lacks {unsupported:?}: listings come without attributes");
+        }
         Ok(())
     }
 
@@ -424,8 +508,12 @@ impl Filesystem for CairnFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (client, name) = (self.client_for(req), name_of(name));
+        let files = self.files_handle();
         self.run(
-            async move { client.lookup(Ino(parent.0), &name).await },
+            async move {
+                let attr = client.lookup(Ino(parent.0), &name).await?;
+                Ok(with_pending(attr, &files).await)
+            },
             move |r| match r {
                 Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
                 // An entry with inode 0 is a negative entry: the kernel remembers the name
@@ -448,9 +536,9 @@ impl Filesystem for CairnFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&Ino(ino.0));
-        let open = self.open_handles(Ino(ino.0));
+        let files = self.files_handle();
         self.run(
-            async move { attr_with_pending(&client, Ino(ino.0), open).await },
+            async move { Ok(with_pending(client.getattr(Ino(ino.0)).await?, &files).await) },
             move |r| match r {
                 Ok(mut a) => {
                     if is_hidden {
@@ -600,6 +688,10 @@ impl Filesystem for CairnFs {
                 // The last name of a file this mount still has open is hidden rather than
                 // removed, so the open descriptors keep working, as POSIX wants; the last
                 // release removes it.
+                if files.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                    // Nothing open here: no need to learn which file the name is.
+                    return client.unlink(parent, &name).await;
+                }
                 let target = client.lookup(parent, &name).await?;
                 let open = files
                     .lock()
@@ -809,6 +901,10 @@ impl Filesystem for CairnFs {
         };
         let client = self.client.clone();
         let ever_locked = self.ever_locked(Ino(ino.0));
+        if !ever_locked && is_settled(&file) {
+            // Most closes: nothing written, nothing locked. No trip through the runtime.
+            return reply.ok();
+        }
         // close(2) returns what this returns: a write that could not be stored shows here.
         // A close also drops the closing process's POSIX locks on the file.
         self.reply_empty(
@@ -852,6 +948,9 @@ impl Filesystem for CairnFs {
         };
         let client = self.client.clone();
         let ever_locked = self.ever_locked(ino);
+        if unlinked.is_none() && !ever_locked && is_settled(&file) {
+            return reply.ok();
+        }
         let releasing = Releasing::start(&self.releasing);
         self.reply_empty(
             async move {
@@ -892,7 +991,7 @@ impl Filesystem for CairnFs {
         self.run(
             async move {
                 // A snapshot per open: offsets stay valid however the directory changes.
-                let entries = client.readdir(Ino(ino.0)).await?;
+                let entries = client.readdir_plus(Ino(ino.0)).await?;
                 dirs.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(fh, Arc::new(entries));
@@ -910,31 +1009,10 @@ impl Filesystem for CairnFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned();
-        let Some(entries) = entries else {
+        let Some(entries) = self.dir_snapshot(fh) else {
             return reply.error(Errno::EBADF);
         };
-        // Offsets: 1 is ".", 2 is "..", 3 + i is entry i.
-        let dots = [
-            (1u64, ino, FileType::Directory, OsStr::new(".")),
-            (2u64, ino, FileType::Directory, OsStr::new("..")),
-        ];
-        for (next, ino, kind, name) in dots {
-            if offset < next && reply.add(ino, next, kind, name) {
-                return reply.ok();
-            }
-        }
-        let skip = offset.saturating_sub(2) as usize;
-        for (i, e) in entries.iter().enumerate().skip(skip) {
-            if e.name.starts_with(HIDDEN_PREFIX.as_bytes()) {
-                continue;
-            }
-            let next = 3 + i as u64;
+        for (next, e) in listing(&entries, Ino(ino.0), offset) {
             if reply.add(
                 INodeNo(e.ino.0),
                 next,
@@ -945,6 +1023,41 @@ impl Filesystem for CairnFs {
             }
         }
         reply.ok();
+    }
+
+    /// A listing with each entry's attributes, so `ls -l` needs no lookup per entry.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.dir_snapshot(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let files = self.files_handle();
+        self.rt.spawn(async move {
+            for (next, e) in listing(&entries, Ino(ino.0), offset) {
+                // The kernel ignores the attributes of "." and ".."; an entry removed while
+                // the directory was read has none and is left out.
+                let attr = match &e.attr {
+                    Some(a) => file_attr(&with_pending(a.clone(), &files).await),
+                    None if e.name == b"." || e.name == b".." => {
+                        let mut a = file_attr(&placeholder_attr());
+                        (a.ino, a.kind) = (INodeNo(e.ino.0), FileType::Directory);
+                        a
+                    }
+                    None => continue,
+                };
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(INodeNo(e.ino.0), next, name, &TTL, &attr, Generation(0)) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
     }
 
     fn releasedir(

@@ -112,6 +112,7 @@ impl MetaEngine {
         ino: Ino,
         after: Option<&[u8]>,
         limit: u32,
+        attrs: bool,
     ) -> FsResult<Vec<DirEntry>> {
         let dir = self.getattr(ino)?;
         if dir.kind != FileKind::Dir {
@@ -126,10 +127,21 @@ impl MetaEngine {
             .into_iter()
             .map(|(k, v)| {
                 let d: Dentry = decode("dentry", &v)?;
+                let attr = if attrs {
+                    // An entry removed since the scan has no attributes: the listing says so.
+                    match self.getattr(d.ino) {
+                        Ok(a) => Some(a),
+                        Err(FsError::NotFound) => None,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    None
+                };
                 Ok(DirEntry {
                     name: keys::dentry_name(&k).to_vec(),
                     ino: d.ino,
                     kind: d.kind,
+                    attr,
                 })
             })
             .collect()

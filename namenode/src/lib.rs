@@ -248,7 +248,7 @@ impl Service for Namenode {
             R::ReadDir(r) => {
                 let res = self
                     .engine
-                    .readdir(&caller, r.ino, r.after.as_deref(), r.limit);
+                    .readdir(&caller, r.ino, r.after.as_deref(), r.limit, r.attrs);
                 ex.respond(&res).await
             }
             R::StatFs(_) => ex.respond(&self.statfs()).await,

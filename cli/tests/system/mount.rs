@@ -691,3 +691,87 @@ async fn listing_ten_thousand_entries_while_more_are_added() {
     .await;
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listings_carry_attributes_and_symlink_loops_fail() {
+    use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    with_mount(&cluster, |m| {
+        let expire = || std::thread::sleep(std::time::Duration::from_millis(1100));
+        tracing::info!("--- every kind of entry is listed with the attributes stat gives");
+        let d = m.join("kinds");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("file"), vec![7u8; 12345]).unwrap();
+        fs::set_permissions(d.join("file"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::create_dir(d.join("sub")).unwrap();
+        std::os::unix::fs::symlink("file", d.join("link")).unwrap();
+        sh(&format!("mkfifo {}", d.join("fifo").display()));
+        // Once the kernel's cached attributes expire, the listing is what supplies them.
+        expire();
+        let listed: Vec<(String, u64, fs::Metadata)> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                (name, e.ino(), e.metadata().unwrap())
+            })
+            .collect();
+        assert_eq!(listed.len(), 4, "{listed:?}");
+        expire();
+        for (name, ino, listed) in &listed {
+            let fresh = fs::symlink_metadata(d.join(name)).unwrap();
+            assert_eq!(*ino, fresh.ino(), "{name}: d_ino");
+            assert_eq!(listed.ino(), fresh.ino(), "{name}: ino");
+            assert_eq!(listed.mode(), fresh.mode(), "{name}: mode");
+            assert_eq!(listed.len(), fresh.len(), "{name}: size");
+            assert_eq!(listed.nlink(), fresh.nlink(), "{name}: nlink");
+            assert_eq!(listed.mtime(), fresh.mtime(), "{name}: mtime");
+            let expected = match name.as_str() {
+                "file" => (libc::S_IFREG | 0o640, 12345),
+                "link" => (libc::S_IFLNK | 0o777, 4),
+                "sub" => (libc::S_IFDIR | 0o755, listed.len()),
+                "fifo" => (libc::S_IFIFO | 0o644, 0),
+                other => panic!("unexpected entry {other}"),
+            };
+            assert_eq!((listed.mode(), listed.len()), expected, "{name}");
+        }
+
+        tracing::info!("--- a file being written is listed with the size written so far");
+        let mut w = fs::File::create(d.join("growing")).unwrap();
+        w.write_all(&[1u8; 5000]).unwrap();
+        expire();
+        let growing = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.file_name() == "growing")
+            .unwrap();
+        assert_eq!(growing.metadata().unwrap().len(), 5000);
+        expire();
+        assert_eq!(fs::metadata(d.join("growing")).unwrap().len(), 5000);
+        drop(w);
+
+        tracing::info!("--- symbolic link loops end in ELOOP; the links themselves are fine");
+        std::os::unix::fs::symlink("loop-b", d.join("loop-a")).unwrap();
+        std::os::unix::fs::symlink("loop-a", d.join("loop-b")).unwrap();
+        std::os::unix::fs::symlink("self", d.join("self")).unwrap();
+        assert_eq!(errno_of(fs::read(d.join("loop-a"))), libc::ELOOP);
+        assert_eq!(errno_of(fs::metadata(d.join("self"))), libc::ELOOP);
+        assert_eq!(errno_of(fs::write(d.join("loop-b"), b"x")), libc::ELOOP);
+        assert_eq!(
+            errno_of(fs::read_dir(d.join("self").join("x"))),
+            libc::ELOOP
+        );
+        assert!(fs::symlink_metadata(d.join("loop-a"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let nofollow = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(d.join("link"));
+        assert_eq!(errno_of(nofollow), libc::ELOOP);
+    })
+    .await;
+    cluster.stop().await.unwrap();
+}

@@ -376,7 +376,10 @@ async fn paged_readdir_is_stable_while_entries_are_added() {
     let mut seen: Vec<Vec<u8>> = Vec::new();
     loop {
         let after = seen.last().cloned();
-        let page = c.readdir_page(d.ino, after.as_deref(), 37).await.unwrap();
+        let page = c
+            .readdir_page(d.ino, after.as_deref(), 37, false)
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
