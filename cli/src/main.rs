@@ -74,6 +74,10 @@ enum Command {
         /// Threads reading kernel requests.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Mount options, comma-separated: noatime, relatime (default), ro, rw; the generic
+        /// fstab ones (defaults, _netdev, nofail…) are accepted and ignored.
+        #[arg(short = 'o', value_delimiter = ',')]
+        options: Vec<String>,
         /// Return once mounted and serve from the background (as `mount.cairn` does).
         #[arg(long)]
         daemon: bool,
@@ -218,14 +222,17 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
             config,
             namenode,
             threads,
+            options,
             daemon,
             log,
         } => {
+            // Bad options fail here, before a background mount would hide the message.
+            let opts = mount_cmd::mount_options(&options, threads)?;
             if daemon {
                 mount_cmd::daemonize(&argv[1..], &mountpoint, log.as_deref())?;
             } else {
                 let shutdown = shutdown_on_signal();
-                mount_cmd::run(mountpoint, config, namenode, threads, shutdown).await?;
+                mount_cmd::run(mountpoint, config, namenode, opts, shutdown).await?;
             }
         }
         Command::Bench { dir, json, command } => cairn_cli::bench::run(command, dir, json).await?,

@@ -22,7 +22,7 @@ pub async fn run(
     mountpoint: PathBuf,
     config: Option<PathBuf>,
     namenode: Option<SocketAddr>,
-    threads: usize,
+    opts: cairn_fuse::MountOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let path = cairn_client::ClientConfig::locate(config.as_deref()).map_err(anyhow::Error::msg)?;
@@ -38,10 +38,6 @@ pub async fn run(
         .statfs()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the namenode: {e}"))?;
-    let opts = cairn_fuse::MountOptions {
-        threads,
-        ..cairn_fuse::MountOptions::default()
-    };
     let mounted = cairn_fuse::mount(
         client,
         tokio::runtime::Handle::current(),
@@ -67,6 +63,49 @@ pub async fn run(
     tokio::task::spawn_blocking(move || mounted.unmount())
         .await?
         .with_context(|| format!("unmounting {}", mountpoint.display()))
+}
+
+/// The mount's options from `-o` lists, as mount(8) and fstab write them.
+pub fn mount_options(
+    options: &[String],
+    threads: usize,
+) -> anyhow::Result<cairn_fuse::MountOptions> {
+    let mut opts = cairn_fuse::MountOptions {
+        threads,
+        ..cairn_fuse::MountOptions::default()
+    };
+    for opt in options.iter().flat_map(|o| o.split(',')) {
+        match opt {
+            "noatime" => opts.atime = false,
+            "relatime" | "atime" | "strictatime" => opts.atime = true,
+            "ro" => opts.read_only = true,
+            "rw" => opts.read_only = false,
+            // mount(8)'s own, or how Cairn always mounts.
+            ""
+            | "defaults"
+            | "_netdev"
+            | "nofail"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "exec"
+            | "noexec"
+            | "suid"
+            | "nosuid"
+            | "dev"
+            | "nodev"
+            | "async"
+            | "allow_other"
+            | "default_permissions" => {}
+            other => bail!(
+                "unknown mount option {other:?} (known: noatime, relatime, ro, rw and the generic \
+                 fstab options)"
+            ),
+        }
+    }
+    Ok(opts)
 }
 
 /// Starts `cairn ARGS` (this mount command) without `--daemon` in a new session, detached
@@ -188,9 +227,8 @@ fn translate_helper(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
             Some(("config", v)) => out.extend(["--config".into(), v.into()]),
             Some(("namenode", v)) => out.extend(["--namenode".into(), v.into()]),
             Some(("log", v)) => out.extend(["--log".into(), v.into()]),
-            // Generic mount options (rw, defaults, _netdev, nofail, allow_other…) are
-            // either mount(8)'s business or already how Cairn mounts.
-            _ => {}
+            // The rest (noatime, ro, the generic ones) are the mount's to judge.
+            _ => out.extend(["-o".into(), opt.into()]),
         }
     }
     Ok(out)
@@ -220,8 +258,12 @@ mod tests {
                 "mount",
                 "/mnt/c",
                 "--daemon",
+                "-o",
+                "rw",
                 "--config",
-                "/etc/c.toml"
+                "/etc/c.toml",
+                "-o",
+                "_netdev"
             ]
             .iter()
             .map(OsString::from)
@@ -233,5 +275,19 @@ mod tests {
             .map(OsString::from)
             .collect();
         assert!(helper_args(&bad).unwrap().is_err());
+    }
+
+    #[test]
+    fn mount_options_are_understood_or_refused() {
+        let opts = |o: &[&str]| {
+            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            mount_options(&o, 4)
+        };
+        let plain = opts(&[]).unwrap();
+        assert!(plain.atime && !plain.read_only);
+        let set = opts(&["noatime,ro", "_netdev,defaults"]).unwrap();
+        assert!(!set.atime && set.read_only);
+        let err = opts(&["noatime,bogus"]).unwrap_err().to_string();
+        assert!(err.contains("\"bogus\""), "{err}");
     }
 }

@@ -181,6 +181,11 @@ impl Client {
         self.namenode(proto::GetAttr { ino }).await
     }
 
+    /// Records a read of `ino` in its access time, where relatime says it is due.
+    pub async fn accessed(&self, ino: Ino) -> FsResult<InodeAttr> {
+        self.namenode(proto::Accessed { ino }).await
+    }
+
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<InodeAttr> {
         self.namenode(proto::SetAttrReq { ino, set }).await
     }

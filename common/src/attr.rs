@@ -59,6 +59,9 @@ pub struct Timestamp {
     pub nanos: u32,
 }
 
+/// How stale an access time may grow before a read refreshes it anyway (relatime).
+const ATIME_REFRESH_SECS: i64 = 24 * 3600;
+
 impl Timestamp {
     pub fn now() -> Timestamp {
         let d = std::time::SystemTime::now()
@@ -88,6 +91,16 @@ pub struct InodeAttr {
     pub rdev: u32,
     /// Replicas each block of this file should have; directories pass theirs to new children.
     pub replication: u8,
+}
+
+impl InodeAttr {
+    /// Should a read at `now` record itself in the access time? As Linux's relatime: when
+    /// the access time is not after the last change, or is a day old.
+    pub fn atime_due(&self, now: Timestamp) -> bool {
+        self.atime <= self.mtime
+            || self.atime <= self.ctime
+            || now.secs - self.atime.secs >= ATIME_REFRESH_SECS
+    }
 }
 
 impl InodeAttr {

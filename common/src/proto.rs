@@ -43,6 +43,7 @@ service! {
     NamenodeRequest {
         Lookup(Lookup) -> InodeAttr,
         GetAttr(GetAttr) -> InodeAttr,
+        Accessed(Accessed) -> InodeAttr,
         SetAttrReq(SetAttrReq) -> InodeAttr,
         Mkdir(Mkdir) -> InodeAttr,
         Create(Create) -> CreateReply,
@@ -95,6 +96,13 @@ service! {
 pub struct Lookup {
     pub parent: Ino,
     pub name: Vec<u8>,
+}
+
+/// A file was read: its access time moves to now where relatime says so
+/// (`InodeAttr::atime_due`). Needs read permission, not ownership.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accessed {
+    pub ino: Ino,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

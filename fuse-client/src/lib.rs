@@ -46,6 +46,10 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Threads reading kernel requests.
     pub threads: usize,
+    /// Record reads in access times, as Linux's relatime does; off is `noatime`.
+    pub atime: bool,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
 }
 
 impl Default for MountOptions {
@@ -53,13 +57,28 @@ impl Default for MountOptions {
         MountOptions {
             allow_other: true,
             threads: 4,
+            atime: true,
+            read_only: false,
         }
     }
 }
 
 struct OpenFile {
     append: bool,
+    /// The first read through this handle is to be recorded in the access time.
+    atime_due: bool,
     file: cairn_client::FileHandle,
+}
+
+impl OpenFile {
+    fn new(file: cairn_client::FileHandle, append: bool, atime: bool) -> OpenFile {
+        let attr = file.attr();
+        OpenFile {
+            append,
+            atime_due: atime && attr.kind == FileKind::File && attr.atime_due(Timestamp::now()),
+            file,
+        }
+    }
 }
 
 type Shared<T> = Arc<tokio::sync::Mutex<T>>;
@@ -85,6 +104,8 @@ pub struct CairnFs {
     /// Inodes this mount has taken locks on.
     locked_inodes: Mutex<std::collections::HashSet<Ino>>,
     groups: GroupsCache,
+    /// Record reads in access times (relatime).
+    atime: bool,
     ended: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
@@ -165,6 +186,7 @@ pub fn mount(
         hidden: Arc::default(),
         locked_inodes: Mutex::default(),
         groups: GroupsCache::default(),
+        atime: opts.atime,
         append_lock: Arc::default(),
         ended: Mutex::new(Some(tx)),
     };
@@ -177,6 +199,9 @@ pub fn mount(
         fuser::MountOption::Dev,
         fuser::MountOption::Suid,
     ];
+    if opts.read_only {
+        config.mount_options.push(fuser::MountOption::RO);
+    }
     if opts.allow_other {
         config.acl = fuser::SessionACL::All;
     }
@@ -791,15 +816,20 @@ impl Filesystem for CairnFs {
         let ino = Ino(ino.0);
         let append = flags.0 & libc::O_APPEND != 0;
         let files = self.files_handle();
+        let atime = self.atime;
         self.run(
-            async move { open_file(&client, &files, fh, ino, append).await },
+            async move {
+                let file = client.open(ino).await?;
+                register(&files, fh, ino, OpenFile::new(file, append, atime));
+                Ok(())
+            },
             move |r| reply_opened(r, fh, reply),
         );
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -817,6 +847,7 @@ impl Filesystem for CairnFs {
             .into_iter()
             .filter(|f| !Arc::ptr_eq(f, &file))
             .collect();
+        let reader = self.client_for(req);
         self.run(
             async move {
                 // Full POSIX within one mount: a read sees what other handles wrote before it.
@@ -831,6 +862,14 @@ impl Filesystem for CairnFs {
                 let mut f = file.lock().await;
                 if flushed {
                     f.file.forget_map();
+                }
+                if std::mem::take(&mut f.atime_due) {
+                    // In the background: the read does not wait for a durable write.
+                    tokio::spawn(async move {
+                        if let Err(e) = reader.accessed(Ino(ino.0)).await {
+                            tracing::debug!("access time of {ino} not recorded: {e}");
+                        }
+                    });
                 }
                 f.file.read(offset, size as usize).await
             },
@@ -1301,13 +1340,15 @@ impl Filesystem for CairnFs {
         let append = flags & libc::O_APPEND != 0;
         let fh = self.new_handle();
         let files = self.files_handle();
+        let atime = self.atime;
         self.run(
             async move {
                 let created = client
                     .create(Ino(parent.0), &name, perm, exclusive, truncate, who)
                     .await?;
                 let file = client.open_attr(created.attr.clone())?;
-                register(&files, fh, created.attr.ino, append, file);
+                let file = OpenFile::new(file, append, atime);
+                register(&files, fh, created.attr.ino, file);
                 Ok(created.attr)
             },
             move |r| match r {
@@ -1325,20 +1366,8 @@ impl Filesystem for CairnFs {
 }
 
 /// Opens `ino` and files it under handle `fh`.
-async fn open_file(
-    client: &Client,
-    files: &FileTable,
-    fh: u64,
-    ino: Ino,
-    append: bool,
-) -> FsResult<()> {
-    let file = client.open(ino).await?;
-    register(files, fh, ino, append, file);
-    Ok(())
-}
-
-fn register(files: &FileTable, fh: u64, ino: Ino, append: bool, file: cairn_client::FileHandle) {
-    let open = Arc::new(tokio::sync::Mutex::new(OpenFile { append, file }));
+fn register(files: &FileTable, fh: u64, ino: Ino, file: OpenFile) {
+    let open = Arc::new(tokio::sync::Mutex::new(file));
     files
         .lock()
         .unwrap_or_else(|e| e.into_inner())

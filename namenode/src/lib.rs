@@ -192,6 +192,10 @@ impl Service for Namenode {
                     .await
             }
             R::GetAttr(r) => ex.respond(&self.engine.getattr(r.ino)).await,
+            R::Accessed(r) => {
+                let res = self.mutate_attr(&caller, MetaOpKind::Accessed(r)).await;
+                ex.respond(&res).await
+            }
             R::SetAttrReq(r) => {
                 let res = self
                     .mutate_attr(

@@ -9,14 +9,14 @@ use cairn_common::attr::{
 };
 use cairn_common::layout::{self, Slice, CHUNK_SIZE, MAX_FILE_SIZE};
 use cairn_common::proto::{
-    CommitSlices, Create, CreateReply, Link, Mkdir, Mknod, RemoveXattr, Rename, RenameMode, Rmdir,
-    SetReplication, SetXattr, Symlink, Unlink, XattrMode,
+    Accessed, CommitSlices, Create, CreateReply, Link, Mkdir, Mknod, RemoveXattr, Rename,
+    RenameMode, Rmdir, SetReplication, SetXattr, Symlink, Unlink, XattrMode,
 };
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, META_FORMAT, META_INODE_COUNT, META_NEXT_INO};
-use crate::perm::{self, EXEC, WRITE};
+use crate::perm::{self, EXEC, READ, WRITE};
 use crate::store::{BlockRecord, Cf, Dentry, InodeRecord, Txn, FORMAT_VERSION};
 
 /// Most hard links one inode may have.
@@ -53,6 +53,7 @@ pub enum MetaOpKind {
     RemoveXattr(RemoveXattr),
     SetReplication(SetReplication),
     CommitSlices(CommitSlices),
+    Accessed(Accessed),
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +149,15 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             Ok(MetaReply::Done)
         }
         MetaOpKind::SetAttr { ino, set } => setattr(txn, who, *ino, set, now),
+        MetaOpKind::Accessed(a) => {
+            let mut rec = load(txn, a.ino)?;
+            perm::require(who, &rec.attr, READ)?;
+            if rec.attr.atime_due(now) {
+                rec.attr.atime = now;
+                txn.put_inode(&rec);
+            }
+            Ok(MetaReply::Attr(rec.attr))
+        }
         MetaOpKind::SetXattr(x) => {
             set_xattr(txn, who, x, now)?;
             Ok(MetaReply::Done)

@@ -775,3 +775,71 @@ async fn listings_carry_attributes_and_symlink_loops_fail() {
     .await;
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let quiet_dir = tempfile::tempdir().unwrap();
+    let quiet = cairn_fuse::mount(
+        cluster.client().await.unwrap(),
+        tokio::runtime::Handle::current(),
+        quiet_dir.path(),
+        &cairn_fuse::MountOptions {
+            atime: false,
+            ..cairn_fuse::MountOptions::default()
+        },
+    )
+    .unwrap();
+    let q = quiet_dir.path().to_path_buf();
+    with_mount(&cluster, move |m| {
+        let expire = || std::thread::sleep(std::time::Duration::from_millis(1100));
+        let p = m.join("read-me");
+        fs::write(&p, b"content").unwrap();
+        sh(&format!(
+            "touch -a -d '2020-01-01 00:00:00' {}",
+            p.display()
+        ));
+        let old = fs::metadata(&p).unwrap();
+        assert_eq!(old.atime(), 1_577_836_800);
+
+        tracing::info!("--- on a noatime mount a read leaves the access time alone");
+        assert_eq!(fs::read(q.join("read-me")).unwrap(), b"content");
+        expire();
+        assert_eq!(fs::metadata(&p).unwrap().atime(), 1_577_836_800);
+
+        tracing::info!("--- a read records itself in atime; mtime and ctime stay");
+        assert_eq!(fs::read(&p).unwrap(), b"content");
+        // Recorded in the background: wait for it, within bounds.
+        let mut read = fs::metadata(&p).unwrap();
+        for _ in 0..20 {
+            if read.atime() != 1_577_836_800 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            read = fs::metadata(&p).unwrap();
+        }
+        assert!(read.atime() >= old.ctime(), "atime moved to the read");
+        assert_eq!(
+            (
+                read.mtime(),
+                read.mtime_nsec(),
+                read.ctime(),
+                read.ctime_nsec()
+            ),
+            (old.mtime(), old.mtime_nsec(), old.ctime(), old.ctime_nsec())
+        );
+
+        tracing::info!("--- relatime: a second read, with nothing changed since, leaves it");
+        fs::read(&p).unwrap();
+        expire();
+        let again = fs::metadata(&p).unwrap();
+        assert_eq!(
+            (again.atime(), again.atime_nsec()),
+            (read.atime(), read.atime_nsec())
+        );
+    })
+    .await;
+    unmount(quiet).await;
+    cluster.stop().await.unwrap();
+}
