@@ -20,6 +20,8 @@ use crate::Client;
 
 /// Pipelines tried per block before giving up on full replication.
 const MAX_PLACEMENT_ROUNDS: usize = 5;
+/// Largest written block kept in the cache for reading back.
+const KEEP_WRITTEN_MAX: usize = 1 << 20;
 /// A block transfer that several readers may wait on.
 pub type Transfer = Shared<BoxFuture<'static, FsResult<Bytes>>>;
 
@@ -142,7 +144,7 @@ impl Client {
                 Err(e) => return Err(e),
             };
             if placement.already_stored {
-                self.inner.cache.insert(id, data);
+                self.keep_written(id, data);
                 return Ok(id);
             }
             want = placement.replication as usize;
@@ -181,7 +183,7 @@ impl Client {
             if stored.len() < want {
                 warn!(block = %id, stored = stored.len(), want, "block is under-replicated");
             }
-            self.inner.cache.insert(id, data);
+            self.keep_written(id, data);
             return Ok(id);
         }
         let reasons: Vec<String> = failed
@@ -193,6 +195,15 @@ impl Client {
             stored.len(),
             reasons.join("; ")
         )))
+    }
+
+    /// Keeps a block just written for reads soon after, if it is small (a small file read
+    /// back, as compilers and editors do). Whole streamed blocks are not kept: they would
+    /// push out what readers use, and holding them makes every new block fresh memory.
+    fn keep_written(&self, id: BlockId, data: Bytes) {
+        if data.len() <= KEEP_WRITTEN_MAX {
+            self.inner.cache.insert(id, data);
+        }
     }
 
     async fn put_pipeline(
@@ -309,9 +320,7 @@ impl Client {
                     header.len
                 )));
             }
-            let mut buf = vec![0u8; len as usize];
-            transport::read_body(&mut recv, &mut buf).await?;
-            Ok(buf)
+            transport::read_body_exact(&mut recv, len as usize).await
         }
         .await;
         let buf = match res {

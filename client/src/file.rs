@@ -268,7 +268,7 @@ impl FileHandle {
     }
 
     /// Reads up to `len` bytes at `offset`; fewer at the end of the file.
-    pub async fn read(&mut self, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+    pub async fn read(&mut self, offset: u64, len: usize) -> FsResult<Bytes> {
         self.check()?;
         if self.is_dirty() {
             // Full POSIX within one handle: a read sees the writes before it.
@@ -316,12 +316,12 @@ impl FileHandle {
         self.prefetched_to = to;
     }
 
-    async fn read_mapped(&mut self, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+    async fn read_mapped(&mut self, offset: u64, len: usize) -> FsResult<Bytes> {
         let first = (offset / CHUNK_SIZE) as u32;
         self.load_map(first).await?;
         let end = offset.saturating_add(len as u64).min(self.attr.size);
         if end <= offset {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let last = ((end - 1) / CHUNK_SIZE) as u32;
         for chunk in first..=last {
@@ -347,6 +347,26 @@ impl FileHandle {
             let (id, data) = f?;
             blocks.insert(id, data);
         }
+        let piece = |block: &BlockId, block_off: u64, len: u64| {
+            let (from, to) = (block_off as usize, (block_off + len) as usize);
+            blocks[block]
+                .get(from..to)
+                .map(|_| blocks[block].slice(from..to))
+                .ok_or_else(|| FsError::io(format!("slice reaches past the end of block {block}")))
+        };
+        // Most reads fall within one block: hand out the cached bytes themselves.
+        if let [(
+            _,
+            Segment::Data {
+                block,
+                block_off,
+                len,
+                ..
+            },
+        )] = segments.as_slice()
+        {
+            return piece(block, *block_off, *len);
+        }
         let mut out = vec![0u8; (end - offset) as usize];
         for (base, seg) in segments {
             if let Segment::Data {
@@ -357,17 +377,11 @@ impl FileHandle {
                 ..
             } = seg
             {
-                let data = &blocks[&block];
                 let at = (base + pos - offset) as usize;
-                let from = block_off as usize;
-                let to = from + len as usize;
-                let src = data.get(from..to).ok_or_else(|| {
-                    FsError::io(format!("slice reaches past the end of block {block}"))
-                })?;
-                out[at..at + len as usize].copy_from_slice(src);
+                out[at..at + len as usize].copy_from_slice(&piece(&block, block_off, len)?);
             }
         }
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
     /// The bytes `[from, to)` resolved into pieces of blocks and holes, each with the file

@@ -491,7 +491,7 @@ impl Client {
     }
 
     /// Reads up to `len` bytes of a file at `offset` (fewer at the end of the file).
-    pub async fn read(&self, ino: Ino, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, ino: Ino, offset: u64, len: usize) -> FsResult<bytes::Bytes> {
         self.open(ino).await?.read(offset, len).await
     }
 }

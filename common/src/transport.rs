@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use crate::cert::{peer_identity, Role};
-use crate::codec::{read_error, read_frame, write_frame};
+use crate::codec::{read_frame, write_frame};
 use crate::error::{FsError, FsResult};
 use crate::proto::Rpc;
 
@@ -139,6 +139,9 @@ impl PathKind {
     }
 }
 
+/// Datagrams a loopback connection may have in flight before its first acknowledgement.
+const LOOPBACK_INITIAL_WINDOW_DATAGRAMS: u64 = 16;
+
 fn transport_config(
     opts: &TransportOptions,
     path: PathKind,
@@ -163,6 +166,11 @@ fn transport_config(
         PathKind::Loopback => {
             t.enable_segmentation_offload(false);
             mtu.upper_bound(opts.loopback_mtu);
+            // A window of a few full-size loopback datagrams from the start, or the first
+            // such datagram would not fit in it (QUIC's default is ~10 Ethernet packets).
+            let mut cubic = quinn::congestion::CubicConfig::default();
+            cubic.initial_window(LOOPBACK_INITIAL_WINDOW_DATAGRAMS * opts.loopback_mtu as u64);
+            t.congestion_controller_factory(Arc::new(cubic));
         }
     }
     t.mtu_discovery_config(Some(mtu));
@@ -193,7 +201,15 @@ fn client_config(
         .context("loading client certificate")?;
     tls.alpn_protocols = vec![alpn(opts.protocol_version), ALPN_FALLBACK.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config(opts, path)?));
+    let mut transport = transport_config(opts, path)?;
+    if path == PathKind::Loopback {
+        // Loopback carries the largest datagrams from the first packet: a writer need not
+        // spend its connection's first seconds discovering that in 1200-byte packets. Only
+        // the client may: a server starting this large could send nothing before the
+        // client's address is validated (QUIC's anti-amplification limit).
+        transport.initial_mtu(opts.loopback_mtu);
+    }
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
@@ -417,10 +433,33 @@ async fn open(conn: &Connection) -> FsResult<(SendStream, RecvStream)> {
 }
 
 /// Reads exactly `buf.len()` raw bytes that follow a header.
-pub async fn read_body(recv: &mut RecvStream, buf: &mut [u8]) -> FsResult<()> {
-    recv.read_exact(buf)
-        .await
-        .map_err(|e| read_error("block data", e))
+/// Reads a body of exactly `len` bytes that ends the stream, without zeroing a buffer first.
+pub async fn read_body_exact(recv: &mut RecvStream, len: usize) -> FsResult<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    loop {
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) if buf.len() + chunk.bytes.len() <= len => {
+                buf.extend_from_slice(&chunk.bytes)
+            }
+            Ok(Some(_)) => {
+                return Err(FsError::protocol(format!(
+                    "more than the {len} bytes of block data announced"
+                )))
+            }
+            Ok(None) if buf.len() == len => return Ok(buf),
+            Ok(None) => {
+                return Err(FsError::protocol(format!(
+                    "stream ended after {} of {len} bytes of block data",
+                    buf.len()
+                )))
+            }
+            Err(e) => {
+                return Err(FsError::unavailable(format!(
+                    "connection lost while reading block data: {e}"
+                )))
+            }
+        }
+    }
 }
 
 /// Who is on the other end of a connection, from its certificate.
@@ -801,9 +840,10 @@ mod tests {
             )
             .await
             .unwrap();
-            let mut buf = vec![0u8; header.len as usize];
-            read_body(&mut recv, &mut buf).await.unwrap();
-            assert!(buf.iter().all(|b| *b == 7));
+            let buf = read_body_exact(&mut recv, header.len as usize)
+                .await
+                .unwrap();
+            assert!(buf.len() == 4 << 20 && buf.iter().all(|b| *b == 7));
         }
         // The loopback profile lets MTU discovery go past Ethernet's 1472 bytes.
         assert!(

@@ -1374,9 +1374,9 @@ fn register(files: &FileTable, fh: u64, ino: Ino, file: OpenFile) {
         .insert(fh, (ino, open));
 }
 
-fn reply_data(r: FsResult<Vec<u8>>, reply: ReplyData) {
+fn reply_data(r: FsResult<impl AsRef<[u8]>>, reply: ReplyData) {
     match r {
-        Ok(data) => reply.data(&data),
+        Ok(data) => reply.data(data.as_ref()),
         Err(e) => reply.error(errno(&e)),
     }
 }
