@@ -177,8 +177,14 @@ fn transport_config(
     Ok(t)
 }
 
+/// TLS with AES-128-GCM preferred: as safe here as AES-256 and ~40% cheaper per byte, and
+/// every block is encrypted once per hop of its pipeline.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 fn roots(identity: &TlsIdentity) -> anyhow::Result<rustls::RootCertStore> {
