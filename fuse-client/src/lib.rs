@@ -1279,22 +1279,32 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         // Blocks are stored when written, so there is nothing to reserve: plain fallocate
-        // only grows the file, KEEP_SIZE does nothing. Punching or zeroing ranges is not
-        // supported (yet), and says so.
+        // only grows the file, KEEP_SIZE does nothing. Punched and zeroed ranges are written
+        // as zeros (which deduplicate to one block); space is not given back. Collapsing
+        // and inserting ranges are not supported, and say so.
         tracing::debug!(mode, offset, length, "fallocate");
-        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let zero = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let file = match self.file(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(errno(&e)),
         };
-        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         self.reply_empty(
             async move {
                 let end = offset.checked_add(length).ok_or(FsError::TooLarge)?;
                 let mut f = file.lock().await;
-                if !keep_size && end > f.file.size() {
+                let size = f.file.size();
+                if zero {
+                    let to = if keep_size { end.min(size) } else { end };
+                    if to > offset {
+                        f.file.write_zeros(offset, to - offset).await?;
+                    }
+                } else if !keep_size && end > size {
                     f.file.truncate(end).await?;
                 }
                 Ok(())

@@ -567,18 +567,35 @@ print(open(p, 'rb').read()[98:107])
         assert_eq!(end, b"\0\0tail");
 
         tracing::info!(
-            "--- fallocate grows a file; KEEP_SIZE leaves it; punching holes is refused"
+            "--- fallocate grows a file, KEEP_SIZE leaves it, punched and zeroed ranges read \
+             as zeros, collapsing is refused"
         );
         sh(&format!("fallocate -l 1M {mm}/alloc"));
         assert_eq!(fs::metadata(m.join("alloc")).unwrap().len(), 1 << 20);
         sh(&format!("fallocate -n -l 8M {mm}/alloc"));
         assert_eq!(fs::metadata(m.join("alloc")).unwrap().len(), 1 << 20);
-        let punch = std::process::Command::new("fallocate")
-            .args(["-p", "-o", "0", "-l", "4096"])
+        fs::write(m.join("alloc"), vec![0xabu8; 3 << 20]).unwrap();
+        sh(&format!("fallocate -p -o 4096 -l 8192 {mm}/alloc"));
+        sh(&format!("fallocate -p -o 3M -l 1M {mm}/alloc"));
+        let punched = fs::read(m.join("alloc")).unwrap();
+        assert_eq!(punched.len(), 3 << 20, "punching keeps the size");
+        assert!(punched[..4096].iter().all(|b| *b == 0xab));
+        assert!(punched[4096..12288].iter().all(|b| *b == 0));
+        assert!(punched[12288..].iter().all(|b| *b == 0xab));
+        sh(&format!("fallocate -z -o 2M -l 2M {mm}/alloc"));
+        let zeroed = fs::read(m.join("alloc")).unwrap();
+        assert_eq!(zeroed.len(), 4 << 20, "zeroing past the end grows the file");
+        assert!(zeroed[12288..2 << 20].iter().all(|b| *b == 0xab));
+        assert!(zeroed[2 << 20..].iter().all(|b| *b == 0));
+        let collapse = std::process::Command::new("fallocate")
+            .args(["-c", "-o", "0", "-l", "1M"])
             .arg(m.join("alloc"))
             .output()
             .unwrap();
-        assert!(!punch.status.success(), "hole punching is not supported");
+        assert!(
+            !collapse.status.success(),
+            "collapsing ranges is not supported"
+        );
 
         tracing::info!("--- O_APPEND from two writers: every record lands, none overwritten");
         let log = m.join("log");
@@ -842,4 +859,262 @@ async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
     .await;
     unmount(quiet).await;
     cluster.stop().await.unwrap();
+}
+
+/// Each operation failed with its errno.
+#[track_caller]
+fn refused(results: &[(std::io::Result<()>, i32)]) {
+    for (i, (r, want)) in results.iter().enumerate() {
+        let got = r.as_ref().err().and_then(|e| e.raw_os_error());
+        assert_eq!(got, Some(*want), "operation {i} of the list");
+    }
+}
+
+/// A C string of `p`, for calls std does not offer.
+fn c_path(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// The errno of a libc call that returned `rc`, or 0 when it succeeded.
+fn rc_errno(rc: i32) -> i32 {
+    if rc == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+}
+
+fn rename2(from: &Path, to: &Path, flags: u32) -> i32 {
+    let (from, to) = (c_path(from), c_path(to));
+    // SAFETY: both paths are NUL-terminated and outlive the call.
+    rc_errno(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            flags,
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posix_conformance_of_renames_links_nodes_times_and_xattrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    with_mount(&cluster, |m| {
+        tracing::info!("--- rename: over a file, over directories, into its own subtree");
+        fs::write(m.join("src"), b"source").unwrap();
+        fs::write(m.join("dst"), b"target").unwrap();
+        let replaced = fs::metadata(m.join("dst")).unwrap().ino();
+        fs::rename(m.join("src"), m.join("dst")).unwrap();
+        assert_eq!(fs::read(m.join("dst")).unwrap(), b"source");
+        assert_ne!(fs::metadata(m.join("dst")).unwrap().ino(), replaced);
+        assert!(!m.join("src").exists());
+        fs::create_dir_all(m.join("full/inner")).unwrap();
+        fs::create_dir(m.join("empty")).unwrap();
+        refused(&[
+            (fs::rename(m.join("dst"), m.join("empty")), libc::EISDIR),
+            (fs::rename(m.join("empty"), m.join("dst")), libc::ENOTDIR),
+            (
+                fs::rename(m.join("full"), m.join("full/inner/down")),
+                libc::EINVAL,
+            ),
+            (fs::rename(m.join("missing"), m.join("x")), libc::ENOENT),
+        ]);
+        let over_full = errno_of(fs::rename(m.join("empty"), m.join("full")));
+        assert!(over_full == libc::ENOTEMPTY || over_full == libc::EEXIST);
+        fs::create_dir(m.join("empty2")).unwrap();
+        fs::rename(m.join("empty2"), m.join("empty")).unwrap();
+        assert!(!m.join("empty2").exists() && m.join("empty").is_dir());
+
+        tracing::info!("--- renameat2: NOREPLACE refuses, EXCHANGE swaps");
+        fs::write(m.join("keep"), b"keep").unwrap();
+        assert_eq!(
+            rename2(&m.join("dst"), &m.join("keep"), libc::RENAME_NOREPLACE),
+            libc::EEXIST
+        );
+        assert_eq!(fs::read(m.join("keep")).unwrap(), b"keep");
+        assert_eq!(
+            rename2(&m.join("dst"), &m.join("fresh"), libc::RENAME_NOREPLACE),
+            0
+        );
+        assert_eq!(
+            rename2(&m.join("fresh"), &m.join("full"), libc::RENAME_EXCHANGE),
+            0
+        );
+        assert!(m.join("fresh/inner").is_dir());
+        assert_eq!(fs::read(m.join("full")).unwrap(), b"source");
+        assert_eq!(
+            rename2(&m.join("full"), &m.join("nothing"), libc::RENAME_EXCHANGE),
+            libc::ENOENT
+        );
+
+        tracing::info!("--- hard links count; directories cannot be linked");
+        fs::hard_link(m.join("keep"), m.join("keep2")).unwrap();
+        fs::hard_link(m.join("keep"), m.join("fresh/keep3")).unwrap();
+        assert_eq!(fs::metadata(m.join("keep")).unwrap().nlink(), 3);
+        fs::remove_file(m.join("keep")).unwrap();
+        assert_eq!(fs::metadata(m.join("keep2")).unwrap().nlink(), 2);
+        assert_eq!(fs::read(m.join("fresh/keep3")).unwrap(), b"keep");
+        refused(&[
+            (
+                fs::hard_link(m.join("fresh"), m.join("dirlink")),
+                libc::EPERM,
+            ),
+            (
+                fs::hard_link(m.join("keep2"), m.join("keep2")),
+                libc::EEXIST,
+            ),
+        ]);
+        let dir_links = fs::metadata(m.join("fresh")).unwrap().nlink();
+        fs::create_dir(m.join("fresh/sub")).unwrap();
+        assert_eq!(
+            fs::metadata(m.join("fresh")).unwrap().nlink(),
+            dir_links + 1
+        );
+
+        tracing::info!("--- mknod: every file type, devices as metadata");
+        let nodes = [
+            ("fifo", libc::S_IFIFO, 0),
+            ("sock", libc::S_IFSOCK, 0),
+            ("chr", libc::S_IFCHR, libc::makedev(1, 3)),
+            ("blk", libc::S_IFBLK, libc::makedev(8, 1)),
+            ("reg", libc::S_IFREG, 0),
+        ];
+        for (name, kind, rdev) in nodes {
+            let p = c_path(&m.join(name));
+            // SAFETY: a NUL-terminated path that outlives the call.
+            let rc = unsafe { libc::mknod(p.as_ptr(), kind | 0o640, rdev) };
+            assert_eq!(rc_errno(rc), 0, "mknod {name}");
+            let meta = fs::symlink_metadata(m.join(name)).unwrap();
+            assert_eq!(meta.mode(), kind | 0o640, "{name}");
+            assert_eq!(meta.rdev(), rdev, "{name}");
+        }
+        let again = c_path(&m.join("fifo"));
+        // SAFETY: as above.
+        let rc = unsafe { libc::mknod(again.as_ptr(), libc::S_IFIFO | 0o600, 0) };
+        assert_eq!(rc_errno(rc), libc::EEXIST);
+
+        tracing::info!("--- utimensat: explicit times, UTIME_OMIT and UTIME_NOW");
+        let p = m.join("keep2");
+        let cp = c_path(&p);
+        let times = [
+            libc::timespec {
+                tv_sec: 1_000_000_000,
+                tv_nsec: 5,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+        ];
+        let before = fs::metadata(&p).unwrap();
+        // SAFETY: a NUL-terminated path and two timespecs, all outliving the call.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, cp.as_ptr(), times.as_ptr(), 0) };
+        assert_eq!(rc_errno(rc), 0);
+        let set = fs::metadata(&p).unwrap();
+        assert_eq!((set.atime(), set.atime_nsec()), (1_000_000_000, 5));
+        assert_eq!(
+            (set.mtime(), set.mtime_nsec()),
+            (before.mtime(), before.mtime_nsec()),
+            "UTIME_OMIT leaves mtime"
+        );
+        let now = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+        ];
+        // SAFETY: as above.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, cp.as_ptr(), now.as_ptr(), 0) };
+        assert_eq!(rc_errno(rc), 0);
+        let touched = fs::metadata(&p).unwrap();
+        assert_eq!(touched.atime(), 1_000_000_000, "UTIME_OMIT leaves atime");
+        assert!(touched.mtime() >= before.mtime() && touched.mtime() > 1_000_000_000);
+
+        tracing::info!("--- truncate grows with zeros and shrinks");
+        let t = m.join("trunc");
+        fs::write(&t, b"0123456789").unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&t).unwrap();
+        f.set_len(20).unwrap();
+        f.set_len(4).unwrap();
+        f.set_len(8).unwrap();
+        drop(f);
+        assert_eq!(fs::read(&t).unwrap(), b"0123\0\0\0\0");
+
+        tracing::info!("--- xattrs: set, get, list, CREATE/REPLACE flags, remove");
+        let x = c_path(&t);
+        let set = |name: &str, value: &[u8], flags: i32| {
+            let n = std::ffi::CString::new(name).unwrap();
+            // SAFETY: NUL-terminated path and name, and a value slice, outliving the call.
+            rc_errno(unsafe {
+                libc::setxattr(
+                    x.as_ptr(),
+                    n.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags,
+                )
+            })
+        };
+        let get = |name: &str| -> Result<Vec<u8>, i32> {
+            let n = std::ffi::CString::new(name).unwrap();
+            let mut buf = vec![0u8; 256];
+            // SAFETY: the buffer is 256 bytes long and outlives the call.
+            let len = unsafe {
+                libc::getxattr(x.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if len < 0 {
+                return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+            }
+            buf.truncate(len as usize);
+            Ok(buf)
+        };
+        assert_eq!(set("user.colour", b"blue", 0), 0);
+        assert_eq!(get("user.colour"), Ok(b"blue".to_vec()));
+        assert_eq!(set("user.colour", b"red", libc::XATTR_CREATE), libc::EEXIST);
+        assert_eq!(
+            set("user.shape", b"round", libc::XATTR_REPLACE),
+            libc::ENODATA
+        );
+        assert_eq!(set("user.colour", b"red", libc::XATTR_REPLACE), 0);
+        assert_eq!(get("user.colour"), Ok(b"red".to_vec()));
+        assert_eq!(get("user.absent"), Err(libc::ENODATA));
+        let mut names = vec![0u8; 256];
+        // SAFETY: the buffer is 256 bytes long and outlives the call.
+        let len = unsafe { libc::listxattr(x.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        assert!(len > 0);
+        names.truncate(len as usize);
+        assert_eq!(names, b"user.colour\0");
+        let n = std::ffi::CString::new("user.colour").unwrap();
+        // SAFETY: NUL-terminated path and name.
+        let rc = unsafe { libc::removexattr(x.as_ptr(), n.as_ptr()) };
+        assert_eq!(rc_errno(rc), 0);
+        assert_eq!(get("user.colour"), Err(libc::ENODATA));
+
+        tracing::info!("--- statfs, fsync of a file and of a directory");
+        let stats = statvfs_of(m);
+        assert!(stats.f_blocks > 0 && stats.f_bsize > 0);
+        fs::File::open(&t).unwrap().sync_all().unwrap();
+        fs::File::open(m).unwrap().sync_all().unwrap();
+    })
+    .await;
+    cluster.stop().await.unwrap();
+}
+
+/// statvfs(3) of `p`.
+fn statvfs_of(p: &Path) -> libc::statvfs {
+    let cp = c_path(p);
+    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(cp.as_ptr(), &mut s), 0);
+        s
+    }
 }
