@@ -30,6 +30,13 @@ pub struct ClientConfig {
     /// Memory for cached blocks, in MiB. Blocks are cached by hash, so never stale. Default 256.
     #[serde(default = "default_cache_mib")]
     pub block_cache_mib: u64,
+    /// A directory for blocks kept on local disk, between reads and across restarts; none
+    /// by default. Blocks are verified when read back, so a damaged cache costs a refetch.
+    #[serde(default)]
+    pub block_cache_dir: Option<PathBuf>,
+    /// Disk for cached blocks in `block_cache_dir`, in MiB. Default 4096.
+    #[serde(default = "default_disk_cache_mib")]
+    pub block_cache_disk_mib: u64,
     /// Ask datanodes to fsync every block before acknowledging it. Default true.
     #[serde(default = "default_true")]
     pub sync_blocks: bool,
@@ -49,6 +56,9 @@ fn default_read_concurrency() -> usize {
 fn default_cache_mib() -> u64 {
     256
 }
+fn default_disk_cache_mib() -> u64 {
+    4096
+}
 fn default_true() -> bool {
     true
 }
@@ -61,6 +71,8 @@ impl ClientConfig {
             write_concurrency: default_write_concurrency(),
             read_concurrency: default_read_concurrency(),
             block_cache_mib: default_cache_mib(),
+            block_cache_dir: None,
+            block_cache_disk_mib: default_disk_cache_mib(),
             sync_blocks: true,
             tls,
         }
@@ -70,6 +82,9 @@ impl ClientConfig {
     pub fn load(path: &Path) -> anyhow::Result<ClientConfig> {
         let (mut config, base): (ClientConfig, _) = cairn_common::config::load_toml(path)?;
         config.tls.relative_to(&base);
+        if let Some(dir) = config.block_cache_dir.as_mut().filter(|d| d.is_relative()) {
+            *dir = base.join(&*dir);
+        }
         Ok(config)
     }
 

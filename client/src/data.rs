@@ -273,11 +273,23 @@ impl Client {
         len: u32,
         locations: &[DatanodeAddr],
     ) -> FsResult<Bytes> {
+        if let Some(disk) = self.inner.disk_cache.clone() {
+            let cached = tokio::task::spawn_blocking(move || disk.get(&id)).await;
+            if let Ok(Some(data)) = cached {
+                self.inner.cache.insert(id, data.clone());
+                return Ok(data);
+            }
+        }
         let mut errors = Vec::new();
         for loc in locations {
             match self.fetch_from(loc, id, len).await {
                 Ok(data) => {
                     self.inner.cache.insert(id, data.clone());
+                    if let Some(disk) = self.inner.disk_cache.clone() {
+                        // In the background: the reader has its bytes already.
+                        let kept = data.clone();
+                        tokio::task::spawn_blocking(move || disk.put(&id, &kept));
+                    }
                     return Ok(data);
                 }
                 Err(e) => {

@@ -4,6 +4,7 @@
 
 pub mod config;
 mod data;
+mod disk_cache;
 mod file;
 
 use std::collections::HashMap;
@@ -78,6 +79,8 @@ struct Inner {
     config: ClientConfig,
     pool: ConnectionPool,
     cache: data::BlockCache,
+    /// Blocks on local disk (`block_cache_dir`), if configured.
+    disk_cache: Option<Arc<disk_cache::DiskCache>>,
     /// Datanodes that failed a write recently; new blocks avoid them for a while, so one
     /// dead node costs one failed attempt, not one per block until the namenode notices.
     suspects: data::Suspects,
@@ -108,12 +111,21 @@ impl Client {
         opts: &TransportOptions,
     ) -> anyhow::Result<Client> {
         let cache = data::BlockCache::new(config.block_cache_mib << 20);
+        let disk_cache = match &config.block_cache_dir {
+            Some(dir) => Some(
+                disk_cache::DiskCache::open(dir, config.block_cache_disk_mib << 20).map_err(
+                    |e| anyhow::anyhow!("cannot open the block cache in {}: {e}", dir.display()),
+                )?,
+            ),
+            None => None,
+        };
         Ok(Client {
             caller: Arc::new(current_caller()),
             inner: Arc::new(Inner {
                 pool: ConnectionPool::new(endpoint, identity, opts)?,
                 config,
                 cache,
+                disk_cache,
                 suspects: data::Suspects::default(),
                 inflight: Mutex::default(),
                 session: rand::random(),

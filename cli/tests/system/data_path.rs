@@ -328,3 +328,58 @@ fn the_example_configs_parse() {
     let client = cairn_client::ClientConfig::load(&examples.join("cairn-client.toml")).unwrap();
     assert_eq!(client.min_replicas, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_disk_cache_serves_blocks_across_clients_and_drops_rotten_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 3).await;
+    let cache_dir = dir.path().join("block-cache");
+    let config_path = cluster.client_config_path.clone();
+    let cached_client = || {
+        let mut config = cairn_client::ClientConfig::load(&config_path).unwrap();
+        config.block_cache_dir = Some(cache_dir.clone());
+        config.block_cache_disk_mib = 64;
+        cairn_client::Client::connect(config)
+    };
+    let data = random_bytes(20 << 20, 41);
+    let attr = put(&cluster.client().await.unwrap(), "cached", &data, 1 << 20).await;
+
+    tracing::info!("--- a read fills the disk cache");
+    let first = cached_client().await.unwrap();
+    assert!(get(&first, attr.ino, 4 << 20).await == data);
+    let blocks = file_blocks(&first, attr.ino).await;
+    let on_disk = |b: &cairn_common::BlockId| cache_dir.join(b.to_hex());
+    for _ in 0..100 {
+        if blocks.iter().all(|b| on_disk(b).exists()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        blocks.iter().all(|b| on_disk(b).exists()),
+        "every block cached"
+    );
+
+    tracing::info!("--- a rotten cached block is refetched from a datanode and rewritten");
+    let victim = on_disk(&blocks[0]);
+    let mut rotten = std::fs::read(&victim).unwrap();
+    rotten[7] ^= 0x55;
+    std::fs::write(&victim, &rotten).unwrap();
+    let second = cached_client().await.unwrap();
+    assert!(get(&second, attr.ino, 4 << 20).await == data);
+    drop(second);
+
+    tracing::info!("--- with every datanode down, a new client reads from the disk cache");
+    for _ in 0..100 {
+        if std::fs::read(&victim).is_ok_and(|b| b != rotten) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for i in 0..3 {
+        cluster.stop_datanode(i).await.unwrap();
+    }
+    let third = cached_client().await.unwrap();
+    assert!(get(&third, attr.ino, 4 << 20).await == data);
+    cluster.stop().await.unwrap();
+}
