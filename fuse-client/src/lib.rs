@@ -87,7 +87,15 @@ type FileTable = Arc<Mutex<HashMap<u64, (Ino, Shared<OpenFile>)>>>;
 /// Files unlinked while open: inode → (directory, hidden name).
 type HiddenTable = Arc<Mutex<HashMap<Ino, (Ino, Vec<u8>)>>>;
 /// Directory snapshots by handle.
-type DirTable = Arc<Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>>;
+type DirTable = Arc<Mutex<HashMap<u64, DirListing>>>;
+
+/// What an open directory handle lists: a snapshot, so offsets stay valid however the
+/// directory changes, retaken when the handle is read from the start again (rewinddir).
+struct DirListing {
+    entries: Arc<Vec<DirEntry>>,
+    /// Has the handle been read? A later read from offset 0 is a rewind.
+    read: bool,
+}
 
 pub struct CairnFs {
     client: Client,
@@ -434,13 +442,43 @@ impl CairnFs {
         self.client.as_user(self.groups.caller(req))
     }
 
-    /// The listing taken when directory handle `fh` was opened.
-    fn dir_snapshot(&self, fh: FileHandle) -> Option<Arc<Vec<DirEntry>>> {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned()
+    /// The listing to serve a read of directory handle `fh` at `offset` from: the snapshot,
+    /// or after a rewind the directory as it is now, as POSIX asks of rewinddir.
+    fn dir_listing(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+    ) -> impl std::future::Future<Output = Result<Arc<Vec<DirEntry>>, Errno>> + Send + 'static {
+        let dirs = self.dirs_handle();
+        let client = self.client_for(req);
+        async move {
+            let (entries, rewound) = {
+                let mut table = dirs.lock().unwrap_or_else(|e| e.into_inner());
+                let listing = table.get_mut(&fh.0).ok_or(Errno::EBADF)?;
+                let rewound = offset == 0 && listing.read;
+                listing.read = true;
+                (listing.entries.clone(), rewound)
+            };
+            if !rewound {
+                return Ok(entries);
+            }
+            let fresh = Arc::new(
+                client
+                    .readdir_plus(Ino(ino.0))
+                    .await
+                    .map_err(|e| errno(&e))?,
+            );
+            if let Some(listing) = dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&fh.0)
+            {
+                listing.entries = fresh.clone();
+            }
+            Ok(fresh)
+        }
     }
 
     fn new_handle(&self) -> u64 {
@@ -473,7 +511,7 @@ async fn with_pending(mut attr: InodeAttr, files: &FileTable) -> InodeAttr {
 /// What a directory handle lists from `offset` on, with the offset of the entry after each:
 /// 1 is ".", 2 is "..", 3 + i is entry i of the snapshot. Files unlinked while open here
 /// are not shown.
-fn listing(
+fn listing_from(
     entries: &[DirEntry],
     dir: Ino,
     offset: u64,
@@ -1029,11 +1067,14 @@ impl Filesystem for CairnFs {
         let dirs = self.dirs_handle();
         self.run(
             async move {
-                // A snapshot per open: offsets stay valid however the directory changes.
-                let entries = client.readdir_plus(Ino(ino.0)).await?;
-                dirs.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, Arc::new(entries));
+                let entries = Arc::new(client.readdir_plus(Ino(ino.0)).await?);
+                dirs.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    fh,
+                    DirListing {
+                        entries,
+                        read: false,
+                    },
+                );
                 Ok(())
             },
             move |r| reply_opened(r, fh, reply),
@@ -1042,43 +1083,49 @@ impl Filesystem for CairnFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.dir_snapshot(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        for (next, e) in listing(&entries, Ino(ino.0), offset) {
-            if reply.add(
-                INodeNo(e.ino.0),
-                next,
-                file_type(e.kind),
-                OsStr::from_bytes(&e.name),
-            ) {
-                break;
+        let listing = self.dir_listing(req, ino, fh, offset);
+        self.rt.spawn(async move {
+            let entries = match listing.await {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(e),
+            };
+            for (next, e) in listing_from(&entries, Ino(ino.0), offset) {
+                if reply.add(
+                    INodeNo(e.ino.0),
+                    next,
+                    file_type(e.kind),
+                    OsStr::from_bytes(&e.name),
+                ) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     /// A listing with each entry's attributes, so `ls -l` needs no lookup per entry.
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.dir_snapshot(fh) else {
-            return reply.error(Errno::EBADF);
-        };
+        let listing = self.dir_listing(req, ino, fh, offset);
         let files = self.files_handle();
         self.rt.spawn(async move {
-            for (next, e) in listing(&entries, Ino(ino.0), offset) {
+            let entries = match listing.await {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(e),
+            };
+            for (next, e) in listing_from(&entries, Ino(ino.0), offset) {
                 // The kernel ignores the attributes of "." and ".."; an entry removed while
                 // the directory was read has none and is left out.
                 let attr = match &e.attr {

@@ -768,6 +768,31 @@ async fn listings_carry_attributes_and_symlink_loops_fail() {
         assert_eq!(fs::metadata(d.join("growing")).unwrap().len(), 5000);
         drop(w);
 
+        tracing::info!("--- rewinddir shows the directory as it is now, as POSIX asks");
+        let names = |d: *mut libc::DIR| {
+            let mut n = 0;
+            // SAFETY: `d` is an open directory stream; readdir's entries are not kept.
+            while !unsafe { libc::readdir(d) }.is_null() {
+                n += 1;
+            }
+            n
+        };
+        let cd = c_path(&d);
+        // SAFETY: a NUL-terminated path; the stream is closed below.
+        let stream = unsafe { libc::opendir(cd.as_ptr()) };
+        assert!(!stream.is_null());
+        let before = names(stream);
+        fs::write(d.join("late"), b"").unwrap();
+        // SAFETY: `stream` is open.
+        unsafe { libc::rewinddir(stream) };
+        assert_eq!(
+            names(stream),
+            before + 1,
+            "the new entry is listed after a rewind"
+        );
+        // SAFETY: `stream` is open and not used after.
+        unsafe { libc::closedir(stream) };
+
         tracing::info!("--- symbolic link loops end in ELOOP; the links themselves are fine");
         std::os::unix::fs::symlink("loop-b", d.join("loop-a")).unwrap();
         std::os::unix::fs::symlink("loop-a", d.join("loop-b")).unwrap();
