@@ -15,14 +15,18 @@ fn errno_of(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
 
 /// Mounts `cluster` on `dir` with a client of its own.
 async fn mount_at(cluster: &cairn_cli::devcluster::DevCluster, dir: &Path) -> cairn_fuse::Mount {
+    mount_with(cluster, dir, &cairn_fuse::MountOptions::default()).await
+}
+
+/// Mounts `cluster` on `dir` with a client of its own and `opts`.
+async fn mount_with(
+    cluster: &cairn_cli::devcluster::DevCluster,
+    dir: &Path,
+    opts: &cairn_fuse::MountOptions,
+) -> cairn_fuse::Mount {
     let client = cluster.client().await.unwrap();
-    cairn_fuse::mount(
-        client,
-        tokio::runtime::Handle::current(),
-        dir,
-        &cairn_fuse::MountOptions::default(),
-    )
-    .expect("mount (needs root and /dev/fuse)")
+    cairn_fuse::mount(client, tokio::runtime::Handle::current(), dir, opts)
+        .expect("mount (needs root and /dev/fuse)")
 }
 
 /// Mounts `cluster` on a new directory; the directory lives as long as the returned guard.
@@ -823,16 +827,11 @@ async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 3).await;
     let quiet_dir = tempfile::tempdir().unwrap();
-    let quiet = cairn_fuse::mount(
-        cluster.client().await.unwrap(),
-        tokio::runtime::Handle::current(),
-        quiet_dir.path(),
-        &cairn_fuse::MountOptions {
-            atime: false,
-            ..cairn_fuse::MountOptions::default()
-        },
-    )
-    .unwrap();
+    let noatime = cairn_fuse::MountOptions {
+        atime: false,
+        ..cairn_fuse::MountOptions::default()
+    };
+    let quiet = mount_with(&cluster, quiet_dir.path(), &noatime).await;
     let q = quiet_dir.path().to_path_buf();
     with_mount(&cluster, move |m| {
         let expire = || std::thread::sleep(std::time::Duration::from_millis(1100));
