@@ -246,7 +246,11 @@ async fn engine(
     creates: usize,
     concurrency: usize,
 ) -> anyhow::Result<Vec<Figure>> {
-    let engine = Arc::new(MetaEngine::open(dir, 3, true)?);
+    let opens = Arc::new(cairn_namenode::opens::OpenTable::new(
+        Duration::from_secs(30),
+        Duration::ZERO,
+    ));
+    let engine = Arc::new(MetaEngine::open(dir, 3, true, opens)?);
     let per_task = creates / concurrency.max(1);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -265,6 +269,7 @@ async fn engine(
                             gid: 0,
                             exclusive: true,
                             truncate: false,
+                            open: None,
                         }),
                     )
                     .await?;

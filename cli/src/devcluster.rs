@@ -39,6 +39,8 @@ pub struct DevOptions {
     pub datanode_capacity: Option<u64>,
     pub heartbeat_interval_ms: u64,
     pub dead_timeout_ms: u64,
+    /// How long the namenode keeps files open for a silent client (`open_lease_ms`).
+    pub open_lease_ms: u64,
 }
 
 impl DevOptions {
@@ -52,6 +54,7 @@ impl DevOptions {
             datanode_capacity: None,
             heartbeat_interval_ms: 1000,
             dead_timeout_ms: 10_000,
+            open_lease_ms: 30_000,
         }
     }
 }
@@ -158,6 +161,7 @@ impl DevCluster {
         nn_config.default_replication = opts.replication;
         nn_config.heartbeat_interval_ms = opts.heartbeat_interval_ms;
         nn_config.dead_timeout_ms = opts.dead_timeout_ms;
+        nn_config.open_lease_ms = opts.open_lease_ms;
         let mut cluster = DevCluster {
             namenode_addr: opts.namenode_addr,
             namenode_config: nn_config,

@@ -329,8 +329,8 @@ async fn put(
     };
     let started = std::time::Instant::now();
     let (dir, name) = client.resolve_parent(&remote).await.map_err(at(&remote))?;
-    let created = client
-        .create(
+    let (_, mut file) = client
+        .create_open(
             dir.ino,
             name.as_bytes(),
             0o644,
@@ -340,10 +340,6 @@ async fn put(
         )
         .await
         .map_err(at(&remote))?;
-    if created.attr.kind != FileKind::File {
-        bail!("{remote}: not a regular file");
-    }
-    let mut file = client.open(created.attr.ino).await.map_err(at(&remote))?;
     let bar = progress(total, &remote);
     let mut offset = 0u64;
     let mut buf = vec![0u8; PUT_PIECE];

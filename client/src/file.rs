@@ -52,7 +52,15 @@ struct ChunkCache {
     locations: HashMap<BlockId, Vec<DatanodeAddr>>,
 }
 
+/// The client opened the file for this handle ([`crate::Client::open`]); dropping it lets go.
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        self.client.released(self.attr.ino);
+    }
+}
+
 impl FileHandle {
+    /// Only for a file the client holds (`OpenSet::hold`); the handle releases it when dropped.
     pub(crate) fn new(client: Client, attr: InodeAttr) -> FileHandle {
         FileHandle {
             client,

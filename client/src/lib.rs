@@ -6,6 +6,7 @@ pub mod config;
 mod data;
 mod disk_cache;
 mod file;
+mod opens;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,27 @@ pub fn current_caller() -> Caller {
         uid: owner.uid,
         gid: owner.gid,
         groups,
+    }
+}
+
+/// `open(2)` with `O_CREAT`, as the namenode takes it.
+fn create_request(
+    parent: Ino,
+    name: &[u8],
+    perm: u16,
+    exclusive: bool,
+    truncate: bool,
+    owner: Owner,
+) -> proto::Create {
+    proto::Create {
+        parent,
+        name: name.to_vec(),
+        perm,
+        uid: owner.uid,
+        gid: owner.gid,
+        exclusive,
+        truncate,
+        open: None,
     }
 }
 
@@ -88,6 +110,14 @@ struct Inner {
     session: u64,
     /// Block transfers under way, so a block is fetched once however many want it.
     inflight: Mutex<HashMap<cairn_common::BlockId, data::Transfer>>,
+    /// The files this client holds open, as the namenode knows them.
+    opens: Arc<opens::OpenSet>,
+}
+
+impl Inner {
+    fn opens_handle(&self) -> Arc<opens::OpenSet> {
+        self.opens.clone()
+    }
 }
 
 impl Client {
@@ -119,6 +149,7 @@ impl Client {
             ),
             None => None,
         };
+        let session = rand::random();
         Ok(Client {
             caller: Arc::new(current_caller()),
             inner: Arc::new(Inner {
@@ -128,9 +159,26 @@ impl Client {
                 disk_cache,
                 suspects: data::Suspects::default(),
                 inflight: Mutex::default(),
-                session: rand::random(),
+                opens: Arc::new(opens::OpenSet::new(session)),
+                session,
             }),
         })
+    }
+
+    fn from_inner(inner: Arc<Inner>) -> Client {
+        Client {
+            inner,
+            caller: Arc::new(current_caller()),
+        }
+    }
+
+    pub(crate) fn released(&self, ino: Ino) {
+        self.inner.opens.release(ino);
+    }
+
+    /// Starts the task that keeps the namenode told which files this client holds open.
+    fn start_renewals(&self) {
+        tokio::spawn(opens::renew(Arc::downgrade(&self.inner)));
     }
 
     /// The same client, acting for another user (the FUSE mount acts for each caller).
@@ -229,15 +277,9 @@ impl Client {
         truncate: bool,
         owner: Owner,
     ) -> FsResult<CreateReply> {
-        self.namenode(proto::Create {
-            parent,
-            name: name.to_vec(),
-            perm,
-            uid: owner.uid,
-            gid: owner.gid,
-            exclusive,
-            truncate,
-        })
+        self.namenode(create_request(
+            parent, name, perm, exclusive, truncate, owner,
+        ))
         .await
     }
 
@@ -487,16 +529,62 @@ impl Client {
         Ok((attr, name))
     }
 
-    /// Opens a regular file for reading and writing.
+    /// Opens a regular file for reading and writing. Until the handle is dropped the file
+    /// outlives the removal of its last name, by this client or any other.
     pub async fn open(&self, ino: Ino) -> FsResult<FileHandle> {
-        let attr = self.getattr(ino).await?;
-        self.open_attr(attr)
+        let (claim, start) = self.inner.opens.hold(ino);
+        if start {
+            self.start_renewals();
+        }
+        let opened = self.namenode(proto::Open { ino, claim }).await;
+        let attr = match opened {
+            Ok(attr) if attr.kind == FileKind::File => attr,
+            Ok(attr) => {
+                self.inner.opens.release(ino);
+                return Err(match attr.kind {
+                    FileKind::Dir => FsError::IsDir,
+                    _ => FsError::invalid("not a regular file"),
+                });
+            }
+            Err(e) => {
+                self.inner.opens.release(ino);
+                return Err(e);
+            }
+        };
+        Ok(FileHandle::new(self.clone(), attr))
     }
 
-    /// Opens a file whose attributes the caller just got (from create, say): no round trip.
-    pub fn open_attr(&self, attr: InodeAttr) -> FsResult<FileHandle> {
-        match attr.kind {
-            FileKind::File => Ok(FileHandle::new(self.clone(), attr)),
+    /// Creates a file (or opens an existing one, as `open(2)` with `O_CREAT` does) and opens
+    /// it, in one round trip.
+    pub async fn create_open(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        exclusive: bool,
+        truncate: bool,
+        owner: Owner,
+    ) -> FsResult<(CreateReply, FileHandle)> {
+        let claim = self.inner.opens.creating();
+        let created = self
+            .namenode(proto::Create {
+                open: Some(claim),
+                ..create_request(parent, name, perm, exclusive, truncate, owner)
+            })
+            .await;
+        let ino = match &created {
+            Ok(c) if c.attr.kind == FileKind::File => Some(c.attr.ino),
+            _ => None,
+        };
+        if self.inner.opens.created(claim, ino) {
+            self.start_renewals();
+        }
+        let created = created?;
+        match created.attr.kind {
+            FileKind::File => {
+                let file = FileHandle::new(self.clone(), created.attr.clone());
+                Ok((created, file))
+            }
             FileKind::Dir => Err(FsError::IsDir),
             _ => Err(FsError::invalid("not a regular file")),
         }

@@ -73,6 +73,8 @@ service! {
         BlockReport(BlockReport) -> (),
         BlockReceived(BlockReceived) -> (),
         Heartbeat(Heartbeat) -> HeartbeatReply,
+        Open(Open) -> InodeAttr,
+        KeepOpen(KeepOpen) -> (),
     }
 }
 
@@ -136,6 +138,37 @@ pub struct Create {
     pub exclusive: bool,
     /// `O_TRUNC`: an existing file is truncated to zero.
     pub truncate: bool,
+    /// The caller opens the file it creates: the namenode counts it open at once.
+    pub open: Option<OpenClaim>,
+}
+
+/// A client session holding a file open, as of the session's open-set generation (see
+/// [`KeepOpen`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct OpenClaim {
+    pub session: u64,
+    pub gen: u64,
+}
+
+/// Opens a file: its attributes, and the namenode counts it open by `claim.session`, so it
+/// outlives the removal of its last name until the session lets go of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Open {
+    pub ino: Ino,
+    pub claim: OpenClaim,
+}
+
+/// How often a client renews its open files ([`KeepOpen`]) while it holds any.
+pub const OPEN_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every file `session` holds open, sent every few seconds and soon after a last close: it
+/// replaces what the namenode knew of the session (except files claimed at a later
+/// generation than `gen`), and keeps the session's lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeepOpen {
+    pub session: u64,
+    pub gen: u64,
+    pub open: Vec<Ino>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

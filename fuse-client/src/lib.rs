@@ -34,8 +34,6 @@ const TTL: Duration = Duration::from_secs(1);
 const MAX_WRITE: u32 = 1 << 20;
 /// Longest wait at unmount for files closed just before to be released.
 const UNMOUNT_DRAIN: Duration = Duration::from_secs(10);
-/// Names of files unlinked while open in this mount, until their last close.
-const HIDDEN_PREFIX: &str = ".cairn-unlinked-";
 /// Block size reported by stat(2): programs size their buffers by it.
 const BLKSIZE: u32 = 1 << 20;
 
@@ -84,8 +82,6 @@ impl OpenFile {
 type Shared<T> = Arc<tokio::sync::Mutex<T>>;
 /// Open files by handle, with their inode.
 type FileTable = Arc<Mutex<HashMap<u64, (Ino, Shared<OpenFile>)>>>;
-/// Files unlinked while open: inode → (directory, hidden name).
-type HiddenTable = Arc<Mutex<HashMap<Ino, (Ino, Vec<u8>)>>>;
 /// Directory snapshots by handle.
 type DirTable = Arc<Mutex<HashMap<u64, DirListing>>>;
 
@@ -103,9 +99,7 @@ pub struct CairnFs {
     files: FileTable,
     dirs: DirTable,
     next_handle: AtomicU64,
-    /// Files unlinked while open here: inode → (directory, hidden name).
-    hidden: HiddenTable,
-    /// Releases still flushing or removing an unlinked file.
+    /// Releases still flushing.
     releasing: Arc<AtomicU64>,
     /// Held by an O_APPEND write while it finds the end of the file and writes there.
     append_lock: Arc<tokio::sync::Mutex<()>>,
@@ -125,7 +119,7 @@ pub struct Mount {
     releasing: Arc<AtomicU64>,
 }
 
-/// Counts a release in progress (its flush, its removal of an unlinked file) until dropped.
+/// Counts a release in progress (its flush) until dropped.
 struct Releasing(Arc<AtomicU64>);
 
 impl Releasing {
@@ -191,7 +185,6 @@ pub fn mount(
         files: files.clone(),
         dirs: Arc::default(),
         next_handle: AtomicU64::new(1),
-        hidden: Arc::default(),
         locked_inodes: Mutex::default(),
         groups: GroupsCache::default(),
         atime: opts.atime,
@@ -509,8 +502,7 @@ async fn with_pending(mut attr: InodeAttr, files: &FileTable) -> InodeAttr {
 }
 
 /// What a directory handle lists from `offset` on, with the offset of the entry after each:
-/// 1 is ".", 2 is "..", 3 + i is entry i of the snapshot. Files unlinked while open here
-/// are not shown.
+/// 1 is ".", 2 is "..", 3 + i is entry i of the snapshot.
 fn listing_from(
     entries: &[DirEntry],
     dir: Ino,
@@ -527,7 +519,6 @@ fn listing_from(
         .iter()
         .enumerate()
         .skip(offset.saturating_sub(2) as usize)
-        .filter(|(_, e)| !e.name.starts_with(HIDDEN_PREFIX.as_bytes()))
         .map(|(i, e)| (3 + i as u64, Cow::Borrowed(e)));
     dots.into_iter()
         .filter(move |(next, _)| offset < *next)
@@ -594,22 +585,11 @@ impl Filesystem for CairnFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let client = self.client.clone();
-        let is_hidden = self
-            .hidden
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&Ino(ino.0));
         let files = self.files_handle();
         self.run(
             async move { Ok(with_pending(client.getattr(Ino(ino.0)).await?, &files).await) },
             move |r| match r {
-                Ok(mut a) => {
-                    if is_hidden {
-                        // Unlinked while open: no name left.
-                        a.nlink = 0;
-                    }
-                    reply.attr(&TTL, &file_attr(&a))
-                }
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -742,38 +722,10 @@ impl Filesystem for CairnFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        // A file open anywhere outlives its last name: the namenode keeps it until then.
         let (client, name) = (self.client_for(req), name_of(name));
-        let files = self.files_handle();
-        let hidden = self.hidden.clone();
-        let parent = Ino(parent.0);
         self.reply_empty(
-            async move {
-                // The last name of a file this mount still has open is hidden rather than
-                // removed, so the open descriptors keep working, as POSIX wants; the last
-                // release removes it.
-                if files.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-                    // Nothing open here: no need to learn which file the name is.
-                    return client.unlink(parent, &name).await;
-                }
-                let target = client.lookup(parent, &name).await?;
-                let open = files
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .any(|(i, _)| *i == target.ino);
-                if !open || target.kind != FileKind::File || target.nlink > 1 {
-                    return client.unlink(parent, &name).await;
-                }
-                let hidden_name = format!("{HIDDEN_PREFIX}{}", target.ino).into_bytes();
-                client
-                    .rename(parent, &name, parent, &hidden_name, RenameMode::Replace)
-                    .await?;
-                hidden
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(target.ino, (parent, hidden_name));
-                Ok(())
-            },
+            async move { client.unlink(Ino(parent.0), &name).await },
             reply,
         );
     }
@@ -1014,18 +966,9 @@ impl Filesystem for CairnFs {
         let Some((ino, file)) = removed else {
             return reply.ok();
         };
-        let last = self.open_handles(ino).is_empty();
-        let unlinked = if last {
-            self.hidden
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ino)
-        } else {
-            None
-        };
         let client = self.client.clone();
         let ever_locked = self.ever_locked(ino);
-        if unlinked.is_none() && !ever_locked && is_settled(&file) {
+        if !ever_locked && is_settled(&file) {
             return reply.ok();
         }
         let releasing = Releasing::start(&self.releasing);
@@ -1036,9 +979,6 @@ impl Filesystem for CairnFs {
                 // The last close of a file drops the flock lock taken through it.
                 if let Some(owner) = lock_owner.filter(|_| ever_locked) {
                     client.release_locks(ino, owner.0).await?;
-                }
-                if let Some((parent, name)) = unlinked {
-                    client.unlink(parent, &name).await?;
                 }
                 flushed
             },
@@ -1400,10 +1340,9 @@ impl Filesystem for CairnFs {
         let atime = self.atime;
         self.run(
             async move {
-                let created = client
-                    .create(Ino(parent.0), &name, perm, exclusive, truncate, who)
+                let (created, file) = client
+                    .create_open(Ino(parent.0), &name, perm, exclusive, truncate, who)
                     .await?;
-                let file = client.open_attr(created.attr.clone())?;
                 let file = OpenFile::new(file, append, atime);
                 register(&files, fh, created.attr.ino, file);
                 Ok(created.attr)

@@ -30,6 +30,12 @@ pub struct NamenodeConfig {
     /// acknowledged changes on a machine crash; only for throwaway clusters. Default true.
     #[serde(default = "default_true")]
     pub sync_metadata: bool,
+    /// A client that has not renewed its open files for this long is taken for gone, and
+    /// files it held with no name left are freed. After a restart, files unlinked while open
+    /// wait this long for their clients to claim them again. At least three of the clients'
+    /// renewal intervals (5 s). Default 30000.
+    #[serde(default = "default_open_lease_ms")]
+    pub open_lease_ms: u64,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -49,6 +55,9 @@ fn default_heartbeat_interval_ms() -> u64 {
 fn default_dead_timeout_ms() -> u64 {
     30_000
 }
+fn default_open_lease_ms() -> u64 {
+    30_000
+}
 fn default_true() -> bool {
     true
 }
@@ -63,6 +72,7 @@ impl NamenodeConfig {
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             dead_timeout_ms: default_dead_timeout_ms(),
             sync_metadata: true,
+            open_lease_ms: default_open_lease_ms(),
             tls,
         }
     }
@@ -88,7 +98,17 @@ impl NamenodeConfig {
             self.dead_timeout_ms,
             self.heartbeat_interval_ms
         );
+        let min_lease = 3 * cairn_common::proto::OPEN_RENEW_INTERVAL.as_millis() as u64;
+        anyhow::ensure!(
+            self.open_lease_ms >= min_lease,
+            "open_lease_ms ({}) must be at least {min_lease}: three of the clients' renewals",
+            self.open_lease_ms
+        );
         Ok(())
+    }
+
+    pub fn open_lease(&self) -> Duration {
+        Duration::from_millis(self.open_lease_ms)
     }
 
     pub fn dead_timeout(&self) -> Duration {

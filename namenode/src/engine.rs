@@ -14,8 +14,9 @@ use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use crate::keys::{self, META_INODE_COUNT};
+use crate::opens::OpenTable;
 use crate::ops::{self, MetaOp, MetaOpKind, MetaReply};
-use crate::store::{decode, BlockRecord, Cf, Dentry, Store};
+use crate::store::{decode, BlockRecord, Cf, Dentry, Store, Txn};
 
 /// Most ops applied in one group; bounds the latency a large group adds to its first op.
 const MAX_GROUP: usize = 4096;
@@ -36,7 +37,14 @@ pub struct MetaEngine {
 impl MetaEngine {
     /// Opens the namespace in `dir`, creating the root directory if it is new. `sync` makes
     /// every group fsync the write-ahead log (turn it off only for throwaway clusters).
-    pub fn open(dir: &Path, default_replication: u8, sync: bool) -> anyhow::Result<MetaEngine> {
+    /// `opens` says which files clients hold open: the writer purges an orphan only when
+    /// nobody does, and counts a file created for opening as open before anyone can see it.
+    pub fn open(
+        dir: &Path,
+        default_replication: u8,
+        sync: bool,
+        opens: Arc<OpenTable>,
+    ) -> anyhow::Result<MetaEngine> {
         let store = Arc::new(Store::open(dir)?);
         if store.inode(Ino::ROOT)?.is_none() {
             info!("formatting a new namespace");
@@ -55,7 +63,7 @@ impl MetaEngine {
         let writer_store = store.clone();
         let writer = std::thread::Builder::new()
             .name("meta-writer".into())
-            .spawn(move || write_loop(writer_store, rx, sync))?;
+            .spawn(move || write_loop(writer_store, rx, sync, opens))?;
         Ok(MetaEngine {
             store,
             queue: Some(tx),
@@ -197,6 +205,11 @@ impl MetaEngine {
         self.store.block(id)
     }
 
+    /// Files with no name left, waiting for their last close.
+    pub fn orphans(&self) -> FsResult<Vec<Ino>> {
+        self.store.orphans()
+    }
+
     pub fn inode_count(&self) -> FsResult<u64> {
         Ok(self.store.meta_u64(META_INODE_COUNT)?.unwrap_or(0))
     }
@@ -216,7 +229,7 @@ impl Drop for MetaEngine {
     }
 }
 
-fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool) {
+fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, opens: Arc<OpenTable>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -227,9 +240,11 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool) {
         }
         let mut txn = store.txn();
         let mut results = Vec::with_capacity(group.len());
+        // Orphans being purged in this group: opens of them fail until it is written.
+        let mut purging = Vec::new();
         for p in &group {
             txn.savepoint();
-            let r = ops::apply(&mut txn, &p.op);
+            let r = apply(&mut txn, &p.op, &opens, &mut purging);
             if r.is_err() {
                 txn.rollback();
             }
@@ -243,6 +258,9 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool) {
         if let Err(e) = &written {
             error!("metadata write of {} ops failed: {e}", group.len());
         }
+        for ino in purging {
+            opens.purged(ino);
+        }
         for (p, r) in group.into_iter().zip(results) {
             let r = match &written {
                 Ok(()) => r,
@@ -251,4 +269,36 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool) {
             let _ = p.reply.send(r);
         }
     }
+}
+
+/// Applies one op in the writer, with what only the writer may decide: whether an orphan is
+/// purged now (nobody holds it open) and that a file created for opening is held.
+fn apply(
+    txn: &mut Txn<'_>,
+    op: &MetaOp,
+    opens: &OpenTable,
+    purging: &mut Vec<Ino>,
+) -> FsResult<MetaReply> {
+    if let MetaOpKind::Purge { ino } = op.kind {
+        if !opens.begin_purge(ino) {
+            // Opened again meanwhile (or still): its last close will purge it.
+            return Ok(MetaReply::Done);
+        }
+        purging.push(ino);
+        ops::purge(txn, ino)?;
+        return Ok(MetaReply::Done);
+    }
+    let reply = ops::apply(txn, op)?;
+    if let (MetaOpKind::Create(c), MetaReply::Created(created)) = (&op.kind, &reply) {
+        if let Some(claim) = c.open {
+            opens.claim(claim.session, created.attr.ino, claim.gen);
+        }
+    }
+    for ino in txn.take_orphans() {
+        if opens.begin_purge(ino) {
+            purging.push(ino);
+            ops::purge(txn, ino)?;
+        }
+    }
+    Ok(reply)
 }

@@ -24,6 +24,21 @@ pub const META_FORMAT: &[u8] = b"format";
 pub const META_NEXT_INO: &[u8] = b"next_ino";
 pub const META_INODE_COUNT: &[u8] = b"inode_count";
 pub const META_CLUSTER_ID: &[u8] = b"cluster_id";
+/// Prefix of the `meta` keys naming orphans: files with no name left, kept while open.
+pub const META_ORPHAN_PREFIX: &[u8] = b"orphan/";
+
+/// `orphan/<ino>`: the file has no name left and waits for its last close.
+pub fn orphan(ino: Ino) -> Vec<u8> {
+    let mut k = META_ORPHAN_PREFIX.to_vec();
+    k.extend_from_slice(&ino.0.to_be_bytes());
+    k
+}
+
+/// The inode an orphan key names, if the key is well formed.
+pub fn orphan_ino(key: &[u8]) -> Option<Ino> {
+    let rest = key.strip_prefix(META_ORPHAN_PREFIX)?;
+    Some(Ino(u64::from_be_bytes(rest.try_into().ok()?)))
+}
 
 pub fn inode(ino: Ino) -> Vec<u8> {
     ino.0.to_be_bytes().to_vec()
@@ -101,5 +116,13 @@ mod tests {
         assert!(dentry(Ino(5), b"zzz").starts_with(&dentry_prefix(Ino(5))));
         assert!(!dentry(Ino(6), b"a").starts_with(&dentry_prefix(Ino(5))));
         assert_eq!(dentry_name(&dentry(Ino(5), b"name")), b"name");
+    }
+
+    #[test]
+    fn orphan_keys_name_their_inode() {
+        assert_eq!(orphan_ino(&orphan(Ino(1 << 40))), Some(Ino(1 << 40)));
+        assert!(orphan(Ino(3)).starts_with(META_ORPHAN_PREFIX));
+        assert_eq!(orphan_ino(b"orphan/short"), None);
+        assert_eq!(orphan_ino(META_INODE_COUNT), None);
     }
 }

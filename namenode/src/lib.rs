@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod keys;
 pub mod locks;
+pub mod opens;
 pub mod ops;
 pub mod perm;
 pub mod store;
@@ -37,6 +38,8 @@ pub struct Namenode {
     engine: MetaEngine,
     blocks: blockmap::BlockMap,
     locks: locks::LockTable,
+    /// Files each client session holds open.
+    opens: Arc<opens::OpenTable>,
     /// Lock sessions seen on each client connection: when the connection ends, so do their
     /// locks, or a crashed mount would hold them for ever.
     lock_sessions:
@@ -51,10 +54,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     info!(addr = %endpoint.local_addr()?, meta = %config.meta_dir.display(), "namenode starting");
     std::fs::create_dir_all(&config.meta_dir)?;
+    // Clients may hold files open from before a restart, and claim them again within a
+    // lease; a namespace made just now has none to wait for.
+    let fresh = !config.meta_dir.join("CURRENT").exists();
+    let grace = if fresh {
+        std::time::Duration::ZERO
+    } else {
+        config.open_lease()
+    };
+    let opens = Arc::new(opens::OpenTable::new(config.open_lease(), grace));
     let engine = MetaEngine::open(
         &config.meta_dir,
         config.default_replication,
         config.sync_metadata,
+        opens.clone(),
     )?;
     info!(
         inodes = engine.inode_count()?,
@@ -64,11 +77,14 @@ pub async fn run(
     let namenode = Arc::new(Namenode {
         blocks: blockmap::BlockMap::new(config.dead_timeout()),
         locks: locks::LockTable::default(),
+        opens,
         lock_sessions: Default::default(),
         config,
         engine,
     });
+    let reaper = tokio::spawn(reap_orphans(namenode.clone(), shutdown.clone()));
     transport::serve(endpoint.clone(), namenode.clone(), shutdown).await;
+    let _ = reaper.await;
     info!("namenode stopping");
     // The metadata database closes (releasing its lock) once the last request ends.
     transport::drain(namenode, &endpoint).await;
@@ -330,11 +346,49 @@ impl Service for Namenode {
                 let known = self.blocks.heartbeat(&r);
                 ex.respond(&Ok(HeartbeatReply { reregister: !known })).await
             }
+            R::Open(r) => {
+                let res = if self.opens.claim(r.claim.session, r.ino, r.claim.gen) {
+                    self.engine.getattr(r.ino)
+                } else {
+                    // Its last name went and nobody held it: the open came too late.
+                    Err(FsError::NotFound)
+                };
+                ex.respond(&res).await
+            }
+            R::KeepOpen(r) => {
+                let released = self.opens.renew(r.session, r.gen, &r.open);
+                self.purge_if_orphans(released);
+                ex.respond(&Ok(())).await
+            }
         }
     }
 }
 
 impl Namenode {
+    /// Frees those of `inos` that are orphans nobody holds open any more, in the background.
+    fn purge_if_orphans(self: &Arc<Self>, inos: Vec<cairn_common::Ino>) {
+        if inos.is_empty() {
+            return;
+        }
+        let nn = self.clone();
+        tokio::spawn(async move {
+            for ino in inos {
+                nn.purge(ino).await;
+            }
+        });
+    }
+
+    async fn purge(&self, ino: cairn_common::Ino) {
+        match self
+            .engine
+            .submit(Caller::ROOT, MetaOpKind::Purge { ino })
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => warn!(%ino, "freeing a file with no name left failed: {e}"),
+        }
+    }
+
     fn drop_session_locks(&self, peer: &Peer) {
         let sessions = self
             .lock_sessions
@@ -346,6 +400,46 @@ impl Namenode {
             if dropped > 0 {
                 info!(client = %peer.name, addr = %peer.addr, dropped, "client gone: its locks are released");
             }
+        }
+    }
+}
+
+/// Forgets clients that stopped renewing their open files, and frees orphans nobody holds:
+/// those a vanished client held, and (one lease after a start, once clients had the time to
+/// claim theirs again) those left from before the start.
+async fn reap_orphans(nn: Arc<Namenode>, shutdown: CancellationToken) {
+    let lease = nn.opens.lease();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let released = nn.opens.expire();
+        if !released.is_empty() {
+            info!(
+                files = released.len(),
+                "clients gone: the files they held open are let go"
+            );
+        }
+        // Orphans are few: a sweep once a lease catches every kind of leftover (a purge that
+        // failed, orphans from before a restart), and one follows clients going away.
+        let due = last_sweep.is_none_or(|t| t.elapsed() >= lease) || !released.is_empty();
+        if nn.opens.in_grace() || !due {
+            continue;
+        }
+        last_sweep = Some(tokio::time::Instant::now());
+        match nn.engine.orphans() {
+            Ok(orphans) => {
+                for ino in orphans {
+                    if !nn.opens.is_open(ino) {
+                        nn.purge(ino).await;
+                    }
+                }
+            }
+            Err(e) => warn!("listing files with no name left failed: {e}"),
         }
     }
 }

@@ -54,6 +54,11 @@ pub enum MetaOpKind {
     SetReplication(SetReplication),
     CommitSlices(CommitSlices),
     Accessed(Accessed),
+    /// Frees an orphan (a file whose last name is gone) once nobody has it open. The engine
+    /// decides when; applying it to anything but an orphan does nothing.
+    Purge {
+        ino: Ino,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -186,6 +191,23 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             Ok(MetaReply::Attr(rec.attr))
         }
         MetaOpKind::CommitSlices(c) => commit_slices(txn, c, now),
+        MetaOpKind::Purge { ino } => {
+            purge(txn, *ino)?;
+            Ok(MetaReply::Done)
+        }
+    }
+}
+
+/// Frees orphan `ino` (see [`MetaOpKind::Purge`]).
+pub fn purge(txn: &mut Txn<'_>, ino: Ino) -> FsResult<()> {
+    let key = keys::orphan(ino);
+    if txn.get_raw(Cf::Meta, &key)?.is_none() {
+        return Ok(());
+    }
+    txn.delete(Cf::Meta, key);
+    match txn.inode(ino)? {
+        Some(rec) if rec.attr.nlink == 0 => free_inode(txn, rec),
+        _ => Ok(()),
     }
 }
 
@@ -429,15 +451,25 @@ fn remove_entry(
     drop_link(txn, rec, now)
 }
 
-/// Removes one name of `rec`; the last name of a file (or a directory's only one) frees it.
+/// Removes one name of `rec`. The last name of a regular file makes it an orphan: it lives
+/// on with `nlink` 0 for whoever has it open, and the engine purges it when nobody does.
+/// Anything else (a directory's only name, a symlink's last) frees it at once.
 fn drop_link(txn: &mut Txn<'_>, mut rec: InodeRecord, now: Timestamp) -> FsResult<()> {
     let last = rec.attr.kind == FileKind::Dir || rec.attr.nlink <= 1;
-    if !last {
-        rec.attr.nlink -= 1;
+    if !last || rec.attr.kind == FileKind::File {
+        rec.attr.nlink = rec.attr.nlink.saturating_sub(1);
         rec.attr.ctime = now;
         txn.put_inode(&rec);
+        if last {
+            txn.orphan(rec.attr.ino, crate::store::encode(&now));
+        }
         return Ok(());
     }
+    free_inode(txn, rec)
+}
+
+/// Drops an inode with everything it references.
+fn free_inode(txn: &mut Txn<'_>, mut rec: InodeRecord) -> FsResult<()> {
     let ino = rec.attr.ino;
     truncate(txn, &mut rec, 0)?;
     for (k, _) in txn.scan_raw(Cf::Xattrs, &keys::xattr_prefix(ino))? {

@@ -99,7 +99,7 @@ impl Store {
         opts.increase_parallelism(2);
         let cfs = ALL_CFS
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(*name, family_options()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|e| anyhow::anyhow!("opening metadata store {}: {e}", dir.display()))?;
         Ok(Store { db: Arc::new(db) })
@@ -178,6 +178,15 @@ impl Store {
             .transpose()
     }
 
+    /// Every file waiting for its last close with no name left.
+    pub fn orphans(&self) -> FsResult<Vec<Ino>> {
+        Ok(self
+            .scan_raw(Cf::Meta, keys::META_ORPHAN_PREFIX, None, usize::MAX)?
+            .iter()
+            .filter_map(|(k, _)| keys::orphan_ino(k))
+            .collect())
+    }
+
     /// Every block id in the `blocks` family, for the namenode's start-up block count.
     pub fn count_blocks(&self) -> FsResult<u64> {
         let mut n = 0;
@@ -211,6 +220,7 @@ impl Store {
             store: self,
             writes: BTreeMap::new(),
             undo: Vec::new(),
+            orphaned: Vec::new(),
         }
     }
 }
@@ -224,6 +234,8 @@ pub struct Txn<'a> {
     store: &'a Store,
     writes: BTreeMap<Key, Option<Vec<u8>>>,
     undo: Vec<(Key, Option<Option<Vec<u8>>>)>,
+    /// Files the current operation left without a name (see [`Txn::orphan`]).
+    orphaned: Vec<Ino>,
 }
 
 impl Txn<'_> {
@@ -251,10 +263,24 @@ impl Txn<'_> {
     /// Marks the start of one operation.
     pub fn savepoint(&mut self) {
         self.undo.clear();
+        self.orphaned.clear();
+    }
+
+    /// Records that the current operation removed the last name of `ino`, which stays
+    /// (with `nlink` 0) until whoever has it open lets go; see [`Txn::take_orphans`].
+    pub fn orphan(&mut self, ino: Ino, value: Vec<u8>) {
+        self.put_raw(Cf::Meta, keys::orphan(ino), value);
+        self.orphaned.push(ino);
+    }
+
+    /// The files the current operation orphaned.
+    pub fn take_orphans(&mut self) -> Vec<Ino> {
+        std::mem::take(&mut self.orphaned)
     }
 
     /// Undoes every write since the last savepoint.
     pub fn rollback(&mut self) {
+        self.orphaned.clear();
         while let Some((k, old)) = self.undo.pop() {
             match old {
                 Some(v) => self.writes.insert(k, v),
@@ -369,6 +395,17 @@ impl Txn<'_> {
     pub fn put_meta_u64(&mut self, key: &[u8], value: u64) {
         self.put_raw(Cf::Meta, key.to_vec(), encode(&value));
     }
+}
+
+/// Every lookup is a point read, and many miss (a create looks its name up first): bloom
+/// filters let a miss skip the table files instead of searching each one.
+fn family_options() -> Options {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts
 }
 
 #[cfg(test)]

@@ -354,6 +354,103 @@ async fn an_unlinked_open_file_lives_until_its_last_close() {
     cluster.stop().await.unwrap();
 }
 
+/// Waits (up to 20 s) until the namenode has freed `ino`.
+async fn wait_until_freed(client: &cairn_client::Client, ino: cairn_common::Ino) {
+    for _ in 0..200 {
+        match client.getattr(ino).await {
+            Err(cairn_common::FsError::NotFound) => return,
+            Ok(a) => assert_eq!(a.nlink, 0, "only an orphan may linger"),
+            Err(e) => panic!("getattr: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{ino} was not freed after its last close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_unlinked_on_another_mount_lives_while_open_even_across_a_namenode_restart() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = cairn_cli::devcluster::DevOptions::new(dir.path(), 3);
+    // The shortest lease allowed, so that the sweep after the restart comes soon.
+    opts.open_lease_ms = 15_000;
+    let lease = std::time::Duration::from_millis(opts.open_lease_ms);
+    let mut cluster = cairn_cli::devcluster::DevCluster::start(opts)
+        .await
+        .unwrap();
+    let client = cluster.client().await.unwrap();
+    let (_da, a, mount_a) = mount_new(&cluster).await;
+    let (_db, b, mount_b) = mount_new(&cluster).await;
+
+    tracing::info!("--- open on A, unlink on B: A reads and writes on, B sees no name");
+    let (pa, pb) = (a.clone(), b.clone());
+    let (f, ino) = tokio::task::spawn_blocking(move || {
+        let first = random_bytes(3 << 20, 40);
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(pa.join("shared"))
+            .unwrap();
+        f.write_all(&first).unwrap();
+        f.sync_all().unwrap();
+        let ino = f.metadata().unwrap().ino();
+        fs::remove_file(pb.join("shared")).unwrap();
+        assert_eq!(errno_of(fs::metadata(pb.join("shared"))), libc::ENOENT);
+        let more = random_bytes(1 << 20, 41);
+        f.write_all(&more).unwrap();
+        f.sync_all().unwrap();
+        let mut back = Vec::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut back).unwrap();
+        assert!(
+            back == [first, more].concat(),
+            "A reads what it wrote, before and after"
+        );
+        (f, cairn_common::Ino(ino))
+    })
+    .await
+    .unwrap();
+    assert_eq!(client.getattr(ino).await.unwrap().nlink, 0);
+
+    tracing::info!("--- the last close frees it");
+    tokio::task::spawn_blocking(move || drop(f)).await.unwrap();
+    wait_until_freed(&client, ino).await;
+
+    tracing::info!("--- open on A, unlink on B, namenode restart: still there a lease later");
+    let (pa, pb) = (a.clone(), b.clone());
+    let data = random_bytes(2 << 20, 42);
+    let expected = data.clone();
+    let (f, ino) = tokio::task::spawn_blocking(move || {
+        fs::write(pa.join("kept-open"), &data).unwrap();
+        let f = fs::File::open(pa.join("kept-open")).unwrap();
+        let ino = f.metadata().unwrap().ino();
+        fs::remove_file(pb.join("kept-open")).unwrap();
+        (f, cairn_common::Ino(ino))
+    })
+    .await
+    .unwrap();
+    cluster.restart_namenode().await.unwrap();
+    cluster.wait_for_datanodes(3).await.unwrap();
+    // Past the grace after the start, when orphans nobody claimed are freed.
+    tokio::time::sleep(lease + std::time::Duration::from_secs(3)).await;
+    assert_eq!(client.getattr(ino).await.unwrap().nlink, 0);
+    tokio::task::spawn_blocking(move || {
+        let mut f = f;
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert!(back == expected, "the open file outlived the restart");
+    })
+    .await
+    .unwrap();
+    wait_until_freed(&client, ino).await;
+
+    unmount(mount_a).await;
+    unmount(mount_b).await;
+    cluster.stop().await.unwrap();
+}
+
 /// Runs `cmd` with sh as `uid`/`gid` with no supplementary groups (util-linux `setpriv`);
 /// returns whether it succeeded, and its stderr.
 fn sh_as(uid: u32, gid: u32, cmd: &str) -> (bool, String) {

@@ -1,0 +1,200 @@
+//! The files this client holds open, as the namenode must know them: a file whose last name
+//! is removed (by any client) lives on while some client holds it.
+//!
+//! Opening claims the file at the namenode (`Open`, or `Create` with a claim); a background
+//! task renews the whole set every [`OPEN_RENEW_INTERVAL`] while it is not empty and soon
+//! after a last close (`KeepOpen`), which is also how the namenode learns of closes and how
+//! it learns the set again after a restart. Every change bumps a generation; claims and
+//! renewals carry it, so a renewal built before a claim cannot undo it.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
+use std::time::Duration;
+
+use cairn_common::proto::{self, OpenClaim, OPEN_RENEW_INTERVAL};
+use cairn_common::Ino;
+use tokio::sync::Notify;
+
+/// How long after a last close the renewal goes out: closes in a burst share one.
+const CLOSE_DEBOUNCE: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+struct State {
+    held: HashMap<Ino, u32>,
+    /// Generations of creates under way: their files are claimed at the namenode but not
+    /// yet held here, so a renewal must not speak for them.
+    creating: Vec<u64>,
+    gen: u64,
+    /// The generation the namenode last acknowledged.
+    sent_gen: u64,
+    renewing: bool,
+}
+
+pub(crate) struct OpenSet {
+    session: u64,
+    state: Mutex<State>,
+    closed: Notify,
+}
+
+impl OpenSet {
+    pub fn new(session: u64) -> OpenSet {
+        OpenSet {
+            session,
+            state: Mutex::default(),
+            closed: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The claim for a file about to be created and opened; [`OpenSet::created`] ends it.
+    pub fn creating(&self) -> OpenClaim {
+        let mut s = self.state();
+        s.gen += 1;
+        let gen = s.gen;
+        s.creating.push(gen);
+        OpenClaim {
+            session: self.session,
+            gen,
+        }
+    }
+
+    /// The create of `claim` is over: the file it made (if it did) is held. Returns whether
+    /// the renewal task must be started.
+    pub fn created(&self, claim: OpenClaim, ino: Option<Ino>) -> bool {
+        let start = match ino {
+            Some(ino) => self.hold(ino).1,
+            None => false,
+        };
+        let mut s = self.state();
+        if let Some(i) = s.creating.iter().position(|g| *g == claim.gen) {
+            s.creating.swap_remove(i);
+        }
+        start
+    }
+
+    /// One more handle on `ino`: the claim to send for it, and whether the renewal task must
+    /// be started.
+    pub fn hold(&self, ino: Ino) -> (OpenClaim, bool) {
+        let mut s = self.state();
+        *s.held.entry(ino).or_default() += 1;
+        s.gen += 1;
+        let claim = OpenClaim {
+            session: self.session,
+            gen: s.gen,
+        };
+        (claim, !std::mem::replace(&mut s.renewing, true))
+    }
+
+    /// One handle on `ino` fewer; at the last, the namenode hears of it soon.
+    pub fn release(&self, ino: Ino) {
+        let mut s = self.state();
+        let Some(n) = s.held.get_mut(&ino) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            s.held.remove(&ino);
+            s.gen += 1;
+            drop(s);
+            self.closed.notify_one();
+        }
+    }
+
+    /// What a renewal says now, if one is needed: something is held, or the namenode has
+    /// not heard of the last change.
+    fn renewal(&self) -> Option<proto::KeepOpen> {
+        let s = self.state();
+        if s.held.is_empty() && s.gen == s.sent_gen {
+            return None;
+        }
+        // Files being created are claimed at a generation this renewal must stay below.
+        let gen = match s.creating.iter().min() {
+            Some(g) => g - 1,
+            None => s.gen,
+        };
+        Some(proto::KeepOpen {
+            session: self.session,
+            gen,
+            open: s.held.keys().copied().collect(),
+        })
+    }
+
+    fn renewed(&self, gen: u64) {
+        let mut s = self.state();
+        s.sent_gen = s.sent_gen.max(gen);
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> Vec<Ino> {
+        self.state().held.keys().copied().collect()
+    }
+}
+
+/// Renews `client`'s open set until the client is dropped.
+pub(crate) async fn renew(client: Weak<crate::Inner>) {
+    loop {
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let set = inner.opens_handle();
+        drop(inner);
+        tokio::select! {
+            _ = set.closed.notified() => tokio::time::sleep(CLOSE_DEBOUNCE).await,
+            _ = tokio::time::sleep(OPEN_RENEW_INTERVAL) => {}
+        }
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let Some(renewal) = set.renewal() else {
+            continue;
+        };
+        let gen = renewal.gen;
+        match crate::Client::from_inner(inner).namenode(renewal).await {
+            Ok(()) => set.renewed(gen),
+            // Tried again at the next tick; the lease spans several.
+            Err(e) => tracing::debug!("renewing open files failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_follow_holds_and_last_closes() {
+        let set = OpenSet::new(9);
+        assert!(set.renewal().is_none(), "nothing held, nothing to say");
+        assert!(set.hold(Ino(5)).1, "the first hold starts the renewals");
+        assert!(!set.hold(Ino(5)).1);
+        let r = set.renewal().expect("a held file is renewed");
+        assert_eq!((r.session, r.open.clone()), (9, vec![Ino(5)]));
+        set.renewed(r.gen);
+        set.release(Ino(5));
+        assert_eq!(set.held(), vec![Ino(5)], "one handle is still open");
+        set.release(Ino(5));
+        let r = set.renewal().expect("the last close is told");
+        assert!(r.open.is_empty());
+        set.renewed(r.gen);
+        assert!(set.renewal().is_none());
+    }
+
+    #[test]
+    fn a_renewal_stays_below_creates_under_way() {
+        let set = OpenSet::new(1);
+        let (a, _) = set.hold(Ino(3));
+        let c = set.creating();
+        assert!(c.gen > a.gen);
+        let r = set.renewal().unwrap();
+        assert!(r.gen < c.gen, "the namenode keeps the create's claim");
+        assert!(!set.created(c, Some(Ino(4))), "renewals already run");
+        let r = set.renewal().unwrap();
+        assert!(r.gen > c.gen);
+        let mut open = r.open.clone();
+        open.sort();
+        assert_eq!(open, vec![Ino(3), Ino(4)]);
+    }
+}
