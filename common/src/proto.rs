@@ -481,12 +481,29 @@ pub struct Heartbeat {
     pub available: u64,
     pub blocks: u64,
     pub active_transfers: u32,
+    /// Copies ordered by the namenode ([`DatanodeCommand::Replicate`]) that failed since
+    /// the last heartbeat; successful ones show up as the targets' block reports.
+    pub copies_failed: Vec<BlockId>,
+}
+
+/// Work the namenode hands a datanode with a heartbeat reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DatanodeCommand {
+    /// Copy a block this datanode holds to `targets` (a pipeline), verified on the way.
+    Replicate {
+        block: BlockId,
+        len: u32,
+        targets: Vec<DatanodeAddr>,
+    },
+    /// Delete these replicas: other datanodes hold enough copies.
+    Delete { blocks: Vec<BlockId> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     /// The namenode does not know this datanode (it restarted): register and report again.
     pub reregister: bool,
+    pub commands: Vec<DatanodeCommand>,
 }
 
 /// Stores a block: `len` raw bytes follow the header. The datanode forwards them to the

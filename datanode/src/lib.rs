@@ -13,11 +13,11 @@ use cairn_common::cert::Role;
 use cairn_common::codec::{read_frame, write_frame};
 use cairn_common::layout::MAX_BLOCK_SIZE;
 use cairn_common::proto::{
-    BlockData, BlockReceived, BlockReport, DatanodeAddr, DatanodeRequest, GetBlock, Heartbeat,
-    PutBlock, PutReply, Register, Rpc,
+    BlockData, BlockReceived, BlockReport, DatanodeAddr, DatanodeCommand, DatanodeRequest,
+    GetBlock, Heartbeat, PutBlock, PutReply, Register, Rpc,
 };
 use cairn_common::transport::{self, ConnectionPool, Exchange, Peer, Service, TransportOptions};
-use cairn_common::{DatanodeId, FsError, FsResult};
+use cairn_common::{BlockId, DatanodeId, FsError, FsResult};
 use quinn::Endpoint;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -29,6 +29,8 @@ use store::BlockStore;
 const REPORT_PART: usize = 8192;
 /// Longest pipeline a request may ask this datanode to forward to.
 const MAX_PIPELINE: usize = 16;
+/// Most copies (ordered by the namenode) this datanode sends at once.
+const COPY_SLOTS: usize = 4;
 
 pub struct Datanode {
     config: DatanodeConfig,
@@ -36,6 +38,12 @@ pub struct Datanode {
     store: Arc<BlockStore>,
     pool: ConnectionPool,
     active_transfers: AtomicU32,
+    /// Copies the namenode ordered that failed, told with the next heartbeat.
+    copies_failed: std::sync::Mutex<Vec<BlockId>>,
+    /// Bounds the copies this datanode sends at once.
+    copy_slots: Arc<tokio::sync::Semaphore>,
+    /// A copy or deletion finished: heartbeat now, for the next orders.
+    work_done: tokio::sync::Notify,
 }
 
 /// Runs a datanode serving on `endpoint` until `shutdown` is cancelled.
@@ -64,6 +72,9 @@ pub async fn run(
         store,
         config,
         active_transfers: AtomicU32::new(0),
+        copies_failed: Default::default(),
+        copy_slots: Arc::new(tokio::sync::Semaphore::new(COPY_SLOTS)),
+        work_done: tokio::sync::Notify::new(),
     });
     // Cancellation point: the reporter checks `shutdown` between heartbeats and retries.
     let reporter = tokio::spawn(report_loop(datanode.clone(), shutdown.clone()));
@@ -279,8 +290,10 @@ impl Datanode {
         Ok(Duration::from_millis(reply.heartbeat_interval_ms.max(100)))
     }
 
-    async fn heartbeat(&self) -> FsResult<bool> {
+    async fn heartbeat(self: &Arc<Self>) -> FsResult<bool> {
         let space = self.store.space();
+        let copies_failed =
+            std::mem::take(&mut *self.copies_failed.lock().unwrap_or_else(|e| e.into_inner()));
         let reply = self
             .namenode_call(Heartbeat {
                 id: self.id(),
@@ -289,9 +302,120 @@ impl Datanode {
                 available: space.available,
                 blocks: self.store.count(),
                 active_transfers: self.active_transfers.load(Ordering::Relaxed),
+                copies_failed,
             })
             .await?;
+        for command in reply.commands {
+            let dn = self.clone();
+            tokio::spawn(async move { dn.execute(command).await });
+        }
         Ok(!reply.reregister)
+    }
+
+    async fn execute(self: Arc<Self>, command: DatanodeCommand) {
+        match command {
+            DatanodeCommand::Replicate {
+                block,
+                len,
+                targets,
+            } => {
+                let Ok(_slot) = self.copy_slots.clone().acquire_owned().await else {
+                    return;
+                };
+                if let Err(e) = self.replicate(block, len, &targets).await {
+                    warn!(%block, "copy to {} datanodes failed: {e}", targets.len());
+                    self.copies_failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(block);
+                }
+            }
+            DatanodeCommand::Delete { blocks } => {
+                let store = self.store.clone();
+                let ids = blocks.clone();
+                let deleted = tokio::task::spawn_blocking(move || {
+                    ids.into_iter()
+                        .filter(|b| match store.delete(b) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                warn!("{e}");
+                                false
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                info!(blocks = deleted.len(), "surplus replicas deleted");
+                let report = BlockReceived {
+                    id: self.id(),
+                    added: Vec::new(),
+                    removed: deleted,
+                };
+                if let Err(e) = self.namenode_call(report).await {
+                    warn!("cannot report deleted blocks to namenode: {e}");
+                }
+            }
+        }
+        self.work_done.notify_one();
+    }
+
+    /// Sends a verified copy of a block held here down a pipeline of `targets`; each of them
+    /// verifies and reports it.
+    async fn replicate(&self, block: BlockId, len: u32, targets: &[DatanodeAddr]) -> FsResult<()> {
+        let store = self.store.clone();
+        let data = tokio::task::spawn_blocking(move || store.read_verified(&block))
+            .await
+            .map_err(|e| FsError::io(format!("block reader panicked: {e}")))?;
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                // Tell the namenode this replica is not a source; a good copy replaces it.
+                let report = cairn_common::proto::ReportBadReplica {
+                    block,
+                    datanode: self.id(),
+                    reason: e.to_string(),
+                };
+                let _ = self.namenode_call(report).await;
+                return Err(e);
+            }
+        };
+        if data.len() as u32 != len {
+            return Err(FsError::protocol(format!(
+                "block {block} is {} bytes here, the namenode says {len}",
+                data.len()
+            )));
+        }
+        let Some((first, rest)) = targets.split_first() else {
+            return Ok(());
+        };
+        let header = PutBlock {
+            block,
+            len,
+            downstream: rest.to_vec(),
+            sync: true,
+        };
+        let conn = self.pool.get(first.addr, Role::Datanode).await?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| FsError::unavailable(format!("datanode {}: {e}", first.addr)))?;
+        write_frame(&mut send, &header.into_service()).await?;
+        send.write_chunk(bytes::Bytes::from(data))
+            .await
+            .map_err(|e| FsError::unavailable(format!("datanode {}: {e}", first.addr)))?;
+        let _ = send.finish();
+        let reply = read_frame::<FsResult<PutReply>>(&mut recv).await??;
+        if reply.stored_on.len() < targets.len() {
+            return Err(FsError::io(format!(
+                "block {block} reached {} of {} targets: {:?}",
+                reply.stored_on.len(),
+                targets.len(),
+                reply.failed
+            )));
+        }
+        debug!(%block, targets = targets.len(), "copied");
+        Ok(())
     }
 }
 
@@ -319,6 +443,8 @@ async fn report_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
+                // Finished work asks for more at once: repair is not paced by heartbeats.
+                _ = dn.work_done.notified() => {}
             }
             match dn.heartbeat().await {
                 Ok(true) => {}

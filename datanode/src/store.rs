@@ -216,6 +216,32 @@ impl BlockStore {
         Ok(())
     }
 
+    /// Reads a whole block and checks it against its id: what is copied to another datanode
+    /// must be what was stored.
+    pub fn read_verified(&self, id: &BlockId) -> FsResult<Vec<u8>> {
+        let data = self.read(id, 0, None)?;
+        if BlockId::of(&data) != *id {
+            return Err(FsError::io(format!(
+                "replica of block {id} on datanode {} does not hash to its id",
+                self.id
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Removes a replica; removing one not held is a no-op.
+    pub fn delete(&self, id: &BlockId) -> FsResult<()> {
+        let Some(len) = self.index().remove(id) else {
+            return Ok(());
+        };
+        self.used.fetch_sub(len as u64, Ordering::Relaxed);
+        match fs::remove_file(self.block_path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FsError::io(format!("deleting block {id}: {e}"))),
+        }
+    }
+
     /// Reads `len` bytes (`None`: to the end) of a block from `offset`.
     pub fn read(&self, id: &BlockId, offset: u32, len: Option<u32>) -> FsResult<Vec<u8>> {
         let Some(block_len) = self.index().get(id).copied() else {

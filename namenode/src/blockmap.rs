@@ -149,6 +149,13 @@ impl BlockMap {
         now.duration_since(node.last_heartbeat) < self.dead_timeout
     }
 
+    /// How many datanodes are alive.
+    pub fn live_nodes(&self) -> usize {
+        let inner = self.lock();
+        let now = Instant::now();
+        inner.nodes.values().filter(|n| self.alive(n, now)).count()
+    }
+
     /// Live replicas of `block`, most free space first.
     pub fn locations(&self, block: &BlockId) -> Vec<DatanodeAddr> {
         let inner = self.lock();

@@ -36,6 +36,10 @@ pub struct NamenodeConfig {
     /// renewal intervals (5 s). Default 30000.
     #[serde(default = "default_open_lease_ms")]
     pub open_lease_ms: u64,
+    /// Most block copies one datanode sends, or receives, at a time when blocks are brought
+    /// back to their replication. Default 4.
+    #[serde(default = "default_repair_copies_per_node")]
+    pub repair_copies_per_node: usize,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -55,6 +59,9 @@ fn default_heartbeat_interval_ms() -> u64 {
 fn default_dead_timeout_ms() -> u64 {
     30_000
 }
+fn default_repair_copies_per_node() -> usize {
+    4
+}
 fn default_open_lease_ms() -> u64 {
     30_000
 }
@@ -73,6 +80,7 @@ impl NamenodeConfig {
             dead_timeout_ms: default_dead_timeout_ms(),
             sync_metadata: true,
             open_lease_ms: default_open_lease_ms(),
+            repair_copies_per_node: default_repair_copies_per_node(),
             tls,
         }
     }

@@ -214,6 +214,11 @@ impl MetaEngine {
         Ok(self.store.meta_u64(META_INODE_COUNT)?.unwrap_or(0))
     }
 
+    /// Every block with its record (refcount, replication).
+    pub fn blocks(&self) -> FsResult<Vec<(BlockId, BlockRecord)>> {
+        self.store.blocks()
+    }
+
     pub fn block_count(&self) -> FsResult<u64> {
         self.store.count_blocks()
     }

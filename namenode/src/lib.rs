@@ -10,6 +10,7 @@ pub mod locks;
 pub mod opens;
 pub mod ops;
 pub mod perm;
+pub mod repair;
 pub mod store;
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub use config::NamenodeConfig;
 use engine::MetaEngine;
 use ops::{MetaOpKind, MetaReply};
 
+/// How often the repair pass runs.
+const REPAIR_PASS: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most chunks one `ReadChunks` returns (4 GiB of file).
 const MAX_CHUNKS_PER_READ: u32 = 64;
 
@@ -40,6 +43,8 @@ pub struct Namenode {
     locks: locks::LockTable,
     /// Files each client session holds open.
     opens: Arc<opens::OpenTable>,
+    /// Copies and deletions that bring blocks back to their replication.
+    repair: repair::Repair,
     /// Lock sessions seen on each client connection: when the connection ends, so do their
     /// locks, or a crashed mount would hold them for ever.
     lock_sessions:
@@ -77,14 +82,17 @@ pub async fn run(
     let namenode = Arc::new(Namenode {
         blocks: blockmap::BlockMap::new(config.dead_timeout()),
         locks: locks::LockTable::default(),
+        repair: repair::Repair::new(config.repair_copies_per_node),
         opens,
         lock_sessions: Default::default(),
         config,
         engine,
     });
     let reaper = tokio::spawn(reap_orphans(namenode.clone(), shutdown.clone()));
+    let repairer = tokio::spawn(repair_loop(namenode.clone(), shutdown.clone()));
     transport::serve(endpoint.clone(), namenode.clone(), shutdown).await;
     let _ = reaper.await;
+    let _ = repairer.await;
     info!("namenode stopping");
     // The metadata database closes (releasing its lock) once the last request ends.
     transport::drain(namenode, &endpoint).await;
@@ -344,7 +352,17 @@ impl Service for Namenode {
             R::Heartbeat(r) => {
                 peer.require(Role::Datanode)?;
                 let known = self.blocks.heartbeat(&r);
-                ex.respond(&Ok(HeartbeatReply { reregister: !known })).await
+                self.repair.copies_failed(r.id, &r.copies_failed);
+                let commands = if known {
+                    self.repair.take_commands(r.id)
+                } else {
+                    Vec::new()
+                };
+                ex.respond(&Ok(HeartbeatReply {
+                    reregister: !known,
+                    commands,
+                }))
+                .await
             }
             R::Open(r) => {
                 let res = if self.opens.claim(r.claim.session, r.ino, r.claim.gen) {
@@ -401,6 +419,47 @@ impl Namenode {
                 info!(client = %peer.name, addr = %peer.addr, dropped, "client gone: its locks are released");
             }
         }
+    }
+}
+
+/// Every [`REPAIR_PASS`], compares blocks with their replication and orders what is missing.
+async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(REPAIR_PASS);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<repair::RepairStatus> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let blocks = match nn.engine.blocks() {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("listing blocks for repair failed: {e}");
+                continue;
+            }
+        };
+        nn.repair.pass(&blocks, &nn.blocks);
+        let now = nn.repair.status();
+        let was = last.as_ref();
+        let changed = |f: fn(&repair::RepairStatus) -> u64| was.map(f) != Some(f(&now));
+        if changed(|s| s.under_replicated) || changed(|s| s.missing) {
+            if now.under_replicated + now.missing > 0 {
+                warn!(
+                    under_replicated = now.under_replicated,
+                    one_replica = now.one_replica,
+                    missing = now.missing,
+                    copies_in_flight = now.copies_in_flight,
+                    "blocks below their replication"
+                );
+            } else if was.is_some() {
+                info!(
+                    copies_done = now.copies_done,
+                    "every block has its replicas"
+                );
+            }
+        }
+        last = Some(now);
     }
 }
 

@@ -187,6 +187,22 @@ impl Store {
             .collect())
     }
 
+    /// Every block with its record.
+    pub fn blocks(&self) -> FsResult<Vec<(BlockId, BlockRecord)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(Cf::Blocks), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(db_error)?;
+            let Ok(id) = <[u8; 32]>::try_from(&k[..]) else {
+                return Err(FsError::io("malformed block key in metadata"));
+            };
+            out.push((BlockId(id), decode("block", &v)?));
+        }
+        Ok(out)
+    }
+
     /// Every block id in the `blocks` family, for the namenode's start-up block count.
     pub fn count_blocks(&self) -> FsResult<u64> {
         let mut n = 0;

@@ -83,6 +83,7 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
             available: 0,
             blocks: 0,
             active_transfers: 0,
+            copies_failed: Vec::new(),
         })
         .await
         .unwrap_err();
