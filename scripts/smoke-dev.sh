@@ -56,6 +56,11 @@ echo "--- from anywhere with CAIRN_CONFIG"
 export CAIRN_CONFIG="$DEV/cairn-client.toml"
 [ "$("$CAIRN" fs cat /smoke/dir/small)" = "hello cairn" ]
 
+echo "--- the cluster's health for an operator"
+"$CAIRN" admin report | grep -q "Datanodes: 3 (3 live, 0 stale, 0 dead)"
+"$CAIRN" admin fsck /smoke | grep -q "Status: HEALTHY"
+"$CAIRN" admin repair-status | grep -q "^Queue: 0 blocks under-replicated"
+
 echo "--- errors are one line with the cause and a non-zero exit"
 if "$CAIRN" fs get /smoke/missing "$WORK/x" 2>"$WORK/err"; then
     echo "get of a missing file succeeded"; exit 1

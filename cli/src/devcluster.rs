@@ -41,6 +41,8 @@ pub struct DevOptions {
     pub dead_timeout_ms: u64,
     /// How long the namenode keeps files open for a silent client (`open_lease_ms`).
     pub open_lease_ms: u64,
+    /// How long safe mode lasts after enough blocks are reported (`safemode_extension_ms`).
+    pub safemode_extension_ms: u64,
 }
 
 impl DevOptions {
@@ -55,6 +57,7 @@ impl DevOptions {
             heartbeat_interval_ms: 1000,
             dead_timeout_ms: 10_000,
             open_lease_ms: 30_000,
+            safemode_extension_ms: 3_000,
         }
     }
 }
@@ -162,6 +165,7 @@ impl DevCluster {
         nn_config.heartbeat_interval_ms = opts.heartbeat_interval_ms;
         nn_config.dead_timeout_ms = opts.dead_timeout_ms;
         nn_config.open_lease_ms = opts.open_lease_ms;
+        nn_config.safemode_extension_ms = opts.safemode_extension_ms;
         let mut cluster = DevCluster {
             namenode_addr: opts.namenode_addr,
             namenode_config: nn_config,

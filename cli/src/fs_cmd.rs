@@ -89,12 +89,17 @@ enum FsCommand {
     },
 }
 
-pub async fn run(args: FsArgs) -> anyhow::Result<ExitCode> {
-    let path = ClientConfig::locate(args.config.as_deref()).map_err(|e| anyhow!(e))?;
+/// A client from the configuration `config`, or the one found where `cairn dev` leaves it.
+pub(crate) async fn connect(config: Option<&Path>) -> anyhow::Result<Client> {
+    let path = ClientConfig::locate(config).map_err(|e| anyhow!(e))?;
     let config = ClientConfig::load(&path)?;
-    let client = Client::connect(config)
+    Client::connect(config)
         .await
-        .with_context(|| format!("using {}", path.display()))?;
+        .with_context(|| format!("using {}", path.display()))
+}
+
+pub async fn run(args: FsArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(args.config.as_deref()).await?;
     let json = args.json;
     match args.command {
         FsCommand::Ls { path } => ls(&client, &path, json).await?,
@@ -121,11 +126,11 @@ pub async fn run(args: FsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// "PATH: cause" for a failed operation on a cluster path.
-fn at(path: &str) -> impl FnOnce(FsError) -> anyhow::Error + '_ {
+pub(crate) fn at(path: &str) -> impl FnOnce(FsError) -> anyhow::Error + '_ {
     move |e| anyhow!("{path}: {e}")
 }
 
-fn join(dir: &str, name: &str) -> String {
+pub(crate) fn join(dir: &str, name: &str) -> String {
     if dir.ends_with('/') {
         format!("{dir}{name}")
     } else {
@@ -682,7 +687,7 @@ async fn df(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn setrep(
+pub(crate) async fn setrep(
     client: &Client,
     path: &str,
     replication: u8,

@@ -1,6 +1,7 @@
 //! The `cairn` command's library half: the in-process development cluster that `cairn dev`
 //! runs and the system tests start, and the command implementations.
 
+pub mod admin_cmd;
 pub mod bench;
 pub mod devcluster;
 pub mod fs_cmd;

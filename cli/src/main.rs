@@ -61,6 +61,8 @@ enum Command {
     },
     /// Work with files in the cluster (like `hdfs dfs`).
     Fs(FsArgs),
+    /// The cluster's health and the operator's levers (like `hdfs dfsadmin` and `hdfs fsck`).
+    Admin(cairn_cli::admin_cmd::AdminArgs),
     /// Mount the cluster as a local file system (FUSE). Runs until Ctrl-C, SIGTERM or
     /// `umount MOUNTPOINT`.
     Mount {
@@ -136,7 +138,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(&argv);
     let quiet = matches!(
         cli.command,
-        Command::Fs(_) | Command::Cert { .. } | Command::Bench { .. }
+        Command::Fs(_) | Command::Admin(_) | Command::Cert { .. } | Command::Bench { .. }
     );
     init_tracing(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -217,6 +219,7 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
             }
         },
         Command::Fs(args) => return fs_cmd::run(args).await,
+        Command::Admin(args) => return cairn_cli::admin_cmd::run(args).await,
         Command::Mount {
             mountpoint,
             config,

@@ -75,6 +75,8 @@ service! {
         Heartbeat(Heartbeat) -> HeartbeatReply,
         Open(Open) -> InodeAttr,
         KeepOpen(KeepOpen) -> (),
+        GetRepairStatus(GetRepairStatus) -> RepairStatus,
+        SafeMode(SafeMode) -> SafeModeStatus,
     }
 }
 
@@ -429,13 +431,98 @@ pub struct DatanodeStatus {
     pub id: DatanodeId,
     pub name: String,
     pub addr: SocketAddr,
+    /// Live or stale: its replicas count and are read. Dead ones' do not.
     pub alive: bool,
+    pub state: DatanodeState,
     pub capacity: u64,
     pub used: u64,
     pub available: u64,
     pub blocks: u64,
     /// Milliseconds since its last heartbeat.
     pub last_heartbeat_ms: u64,
+    /// Block transfers it was serving at its last heartbeat.
+    pub active_transfers: u32,
+}
+
+/// How a datanode is doing, by its heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DatanodeState {
+    /// Heartbeats arrive.
+    Live,
+    /// Missed a few heartbeats: no new blocks are placed on it and its replicas are read
+    /// last, but they still count; it may just be busy.
+    Stale,
+    /// Silent past the dead timeout: its replicas no longer count and are copied elsewhere.
+    Dead,
+}
+
+impl std::fmt::Display for DatanodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DatanodeState::Live => "live",
+            DatanodeState::Stale => "stale",
+            DatanodeState::Dead => "dead",
+        })
+    }
+}
+
+/// How far the cluster is from every block having its replicas, and what repair has done.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct RepairStatus {
+    /// Referenced blocks with fewer live replicas than wanted (at least one).
+    pub under_replicated: u64,
+    /// Of those, blocks with a single live replica.
+    pub one_replica: u64,
+    /// Referenced blocks with no live replica at all.
+    pub missing: u64,
+    /// Blocks with more live replicas than wanted.
+    pub over_replicated: u64,
+    /// Replica copies still to make, and their bytes.
+    pub copies_needed: u64,
+    pub bytes_needed: u64,
+    /// Copies ordered and not yet seen done.
+    pub copies_in_flight: u64,
+    /// Copies seen done, and their bytes, since the namenode started.
+    pub copies_done: u64,
+    pub bytes_copied: u64,
+    /// Bytes copied per second over the last minute.
+    pub rate_bytes_per_sec: u64,
+    /// Replicas deleted as surplus since the namenode started.
+    pub surplus_deleted: u64,
+    /// Referenced blocks, and those with at least one live replica.
+    pub blocks: u64,
+    pub blocks_reported: u64,
+}
+
+/// The repair status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetRepairStatus;
+
+/// Safe mode: after a start the namenode makes no replication or deletion decisions until
+/// enough of the blocks it knows have been reported by datanodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SafeModeAction {
+    Get,
+    /// Stay in safe mode until told to leave (root only).
+    Enter,
+    /// Leave now, whatever has been reported (root only).
+    Leave,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SafeMode {
+    pub action: SafeModeAction,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SafeModeStatus {
+    pub on: bool,
+    /// Entered by an operator: only an operator ends it.
+    pub manual: bool,
+    pub blocks: u64,
+    pub blocks_reported: u64,
+    /// Fraction of blocks that must be reported before it ends by itself.
+    pub threshold: f64,
 }
 
 /// A datanode introduces itself: at start, and again whenever the namenode forgot it.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_common::proto::{DatanodeAddr, DatanodeStatus, Heartbeat, Register};
+use cairn_common::proto::{DatanodeAddr, DatanodeState, DatanodeStatus, Heartbeat, Register};
 use cairn_common::{BlockId, DatanodeId};
 use rand::Rng;
 
@@ -18,6 +18,7 @@ struct Datanode {
     used: u64,
     available: u64,
     last_heartbeat: Instant,
+    active_transfers: u32,
     blocks: HashSet<BlockId>,
     /// Blocks of a full report still being received.
     report: Option<HashSet<BlockId>>,
@@ -30,16 +31,25 @@ struct Inner {
 }
 
 pub struct BlockMap {
+    stale_timeout: Duration,
     dead_timeout: Duration,
     inner: Mutex<Inner>,
 }
 
 impl BlockMap {
+    /// A datanode silent for `dead_timeout` is dead; for a third of that, stale.
     pub fn new(dead_timeout: Duration) -> BlockMap {
         BlockMap {
+            stale_timeout: dead_timeout / 3,
             dead_timeout,
             inner: Mutex::default(),
         }
+    }
+
+    /// Silent this long (less than the dead timeout), a datanode is stale.
+    pub fn with_stale_timeout(mut self, stale: Duration) -> BlockMap {
+        self.stale_timeout = stale.min(self.dead_timeout);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -57,6 +67,7 @@ impl BlockMap {
             used: 0,
             available: 0,
             last_heartbeat: Instant::now(),
+            active_transfers: 0,
             blocks: HashSet::new(),
             report: None,
         });
@@ -77,6 +88,7 @@ impl BlockMap {
                 node.used = h.used;
                 node.available = h.available;
                 node.last_heartbeat = Instant::now();
+                node.active_transfers = h.active_transfers;
                 true
             }
             None => false,
@@ -149,6 +161,17 @@ impl BlockMap {
         now.duration_since(node.last_heartbeat) < self.dead_timeout
     }
 
+    fn state(&self, node: &Datanode, now: Instant) -> DatanodeState {
+        let silent = now.duration_since(node.last_heartbeat);
+        if silent >= self.dead_timeout {
+            DatanodeState::Dead
+        } else if silent >= self.stale_timeout {
+            DatanodeState::Stale
+        } else {
+            DatanodeState::Live
+        }
+    }
+
     /// How many datanodes are alive.
     pub fn live_nodes(&self) -> usize {
         let inner = self.lock();
@@ -156,18 +179,21 @@ impl BlockMap {
         inner.nodes.values().filter(|n| self.alive(n, now)).count()
     }
 
-    /// Live replicas of `block`, most free space first.
+    /// Live replicas of `block` (stale ones count): those on live nodes first, then by most
+    /// free space.
     pub fn locations(&self, block: &BlockId) -> Vec<DatanodeAddr> {
         let inner = self.lock();
         let now = Instant::now();
-        let mut out: Vec<(u64, DatanodeAddr)> = inner
+        let mut out: Vec<(bool, u64, DatanodeAddr)> = inner
             .replicas
             .get(block)
             .into_iter()
             .flatten()
             .filter_map(|id| {
                 let node = inner.nodes.get(id)?;
-                self.alive(node, now).then_some((
+                let state = self.state(node, now);
+                (state != DatanodeState::Dead).then_some((
+                    state == DatanodeState::Stale,
                     node.available,
                     DatanodeAddr {
                         id: *id,
@@ -176,8 +202,8 @@ impl BlockMap {
                 ))
             })
             .collect();
-        out.sort_by_key(|(available, _)| std::cmp::Reverse(*available));
-        out.into_iter().map(|(_, a)| a).collect()
+        out.sort_by_key(|(stale, available, _)| (*stale, std::cmp::Reverse(*available)));
+        out.into_iter().map(|(_, _, a)| a).collect()
     }
 
     /// Chooses up to `count` distinct live datanodes with room for `len` bytes, none of them
@@ -190,7 +216,9 @@ impl BlockMap {
             .nodes
             .iter()
             .filter(|(id, n)| {
-                !exclude.contains(id) && self.alive(n, now) && n.available >= len.max(1)
+                !exclude.contains(id)
+                    && self.state(n, now) == DatanodeState::Live
+                    && n.available >= len.max(1)
             })
             .map(|(id, n)| (*id, n.available))
             .collect();
@@ -234,6 +262,8 @@ impl BlockMap {
                 name: n.name.clone(),
                 addr: n.addr,
                 alive: self.alive(n, now),
+                state: self.state(n, now),
+                active_transfers: n.active_transfers,
                 capacity: n.capacity,
                 used: n.used,
                 available: n.available,

@@ -40,6 +40,13 @@ pub struct NamenodeConfig {
     /// back to their replication. Default 4.
     #[serde(default = "default_repair_copies_per_node")]
     pub repair_copies_per_node: usize,
+    /// Safe mode after a start ends once this fraction of the referenced blocks has a live
+    /// replica reported (and stayed so for `safemode_extension_ms`). Default 0.999.
+    #[serde(default = "default_safemode_threshold")]
+    pub safemode_threshold: f64,
+    /// Default 3000.
+    #[serde(default = "default_safemode_extension_ms")]
+    pub safemode_extension_ms: u64,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -58,6 +65,12 @@ fn default_heartbeat_interval_ms() -> u64 {
 }
 fn default_dead_timeout_ms() -> u64 {
     30_000
+}
+fn default_safemode_threshold() -> f64 {
+    0.999
+}
+fn default_safemode_extension_ms() -> u64 {
+    3000
 }
 fn default_repair_copies_per_node() -> usize {
     4
@@ -81,6 +94,8 @@ impl NamenodeConfig {
             sync_metadata: true,
             open_lease_ms: default_open_lease_ms(),
             repair_copies_per_node: default_repair_copies_per_node(),
+            safemode_threshold: default_safemode_threshold(),
+            safemode_extension_ms: default_safemode_extension_ms(),
             tls,
         }
     }
@@ -106,6 +121,11 @@ impl NamenodeConfig {
             self.dead_timeout_ms,
             self.heartbeat_interval_ms
         );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.safemode_threshold),
+            "safemode_threshold must be between 0 and 1, not {}",
+            self.safemode_threshold
+        );
         let min_lease = 3 * cairn_common::proto::OPEN_RENEW_INTERVAL.as_millis() as u64;
         anyhow::ensure!(
             self.open_lease_ms >= min_lease,
@@ -113,6 +133,11 @@ impl NamenodeConfig {
             self.open_lease_ms
         );
         Ok(())
+    }
+
+    /// A datanode that missed three heartbeats is stale (placed on no more, read last).
+    pub fn stale_timeout(&self) -> Duration {
+        Duration::from_millis(3 * self.heartbeat_interval_ms).min(self.dead_timeout())
     }
 
     pub fn open_lease(&self) -> Duration {

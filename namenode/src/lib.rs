@@ -11,6 +11,7 @@ pub mod opens;
 pub mod ops;
 pub mod perm;
 pub mod repair;
+pub mod safemode;
 pub mod store;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub struct Namenode {
     opens: Arc<opens::OpenTable>,
     /// Copies and deletions that bring blocks back to their replication.
     repair: repair::Repair,
+    safe_mode: safemode::SafeMode,
     /// Lock sessions seen on each client connection: when the connection ends, so do their
     /// locks, or a crashed mount would hold them for ever.
     lock_sessions:
@@ -80,7 +82,12 @@ pub async fn run(
         "namespace open; waiting for datanodes to report their blocks"
     );
     let namenode = Arc::new(Namenode {
-        blocks: blockmap::BlockMap::new(config.dead_timeout()),
+        blocks: blockmap::BlockMap::new(config.dead_timeout())
+            .with_stale_timeout(config.stale_timeout()),
+        safe_mode: safemode::SafeMode::new(
+            config.safemode_threshold,
+            std::time::Duration::from_millis(config.safemode_extension_ms),
+        ),
         locks: locks::LockTable::default(),
         repair: repair::Repair::new(config.repair_copies_per_node),
         opens,
@@ -373,6 +380,16 @@ impl Service for Namenode {
                 };
                 ex.respond(&res).await
             }
+            R::GetRepairStatus(_) => ex.respond(&Ok(self.repair.status())).await,
+            R::SafeMode(r) => {
+                let res = if r.action != cairn_common::proto::SafeModeAction::Get && caller.uid != 0
+                {
+                    Err(FsError::NotPermitted)
+                } else {
+                    Ok(self.safe_mode.act(r.action))
+                };
+                ex.respond(&res).await
+            }
             R::KeepOpen(r) => {
                 let released = self.opens.renew(r.session, r.gen, &r.open);
                 self.purge_if_orphans(released);
@@ -426,7 +443,7 @@ impl Namenode {
 async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(REPAIR_PASS);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<repair::RepairStatus> = None;
+    let mut last: Option<cairn_common::proto::RepairStatus> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -439,10 +456,15 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
                 continue;
             }
         };
-        nn.repair.pass(&blocks, &nn.blocks);
+        // Safe mode decides from the counts of a pass that orders nothing, and once it ends
+        // the same pass's decisions are made on the next tick.
+        let act = !nn.safe_mode.is_on();
+        nn.repair.pass(&blocks, &nn.blocks, act);
         let now = nn.repair.status();
+        nn.safe_mode.observe(&now);
         let was = last.as_ref();
-        let changed = |f: fn(&repair::RepairStatus) -> u64| was.map(f) != Some(f(&now));
+        let changed =
+            |f: fn(&cairn_common::proto::RepairStatus) -> u64| was.map(f) != Some(f(&now));
         if changed(|s| s.under_replicated) || changed(|s| s.missing) {
             if now.under_replicated + now.missing > 0 {
                 warn!(

@@ -188,6 +188,9 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             rec.attr.replication = s.replication;
             rec.attr.ctime = now;
             txn.put_inode(&rec);
+            if rec.attr.kind == FileKind::File {
+                set_block_replication(txn, s.ino, s.replication)?;
+            }
             Ok(MetaReply::Attr(rec.attr))
         }
         MetaOpKind::CommitSlices(c) => commit_slices(txn, c, now),
@@ -727,6 +730,33 @@ fn truncate(txn: &mut Txn<'_>, rec: &mut InodeRecord, size: u64) -> FsResult<()>
         }
     }
     rec.attr.size = size;
+    Ok(())
+}
+
+/// Gives the blocks of file `ino` its new replication factor, which repair then meets. A
+/// block other files share too (deduplicated) keeps the highest factor any of them asked for:
+/// without a reverse index, only a block this file alone references may go down.
+fn set_block_replication(txn: &mut Txn<'_>, ino: Ino, replication: u8) -> FsResult<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (_, value) in txn.scan_raw(Cf::Chunks, &keys::chunk_prefix(ino))? {
+        let slices: Vec<Slice> = crate::store::decode("chunk", &value)?;
+        for s in slices {
+            if !seen.insert(s.block) {
+                continue;
+            }
+            if let Some(mut b) = txn.block(&s.block)? {
+                let new = if b.refs <= 1 {
+                    replication
+                } else {
+                    b.replication.max(replication)
+                };
+                if new != b.replication {
+                    b.replication = new;
+                    txn.put_block(&s.block, &b);
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -12,17 +12,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_common::proto::{DatanodeAddr, DatanodeCommand};
+use cairn_common::proto::{DatanodeAddr, DatanodeCommand, RepairStatus};
 use cairn_common::{BlockId, DatanodeId};
-use serde::{Deserialize, Serialize};
 
 use crate::blockmap::BlockMap;
 use crate::store::BlockRecord;
 
 /// An order not seen done within this long is planned again.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(60);
-/// Most entries kept in the log of ordered copies.
-const ORDER_LOG_MAX: usize = 100_000;
+/// The span the copy rate is measured over.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 struct Copy {
     source: DatanodeId,
@@ -36,34 +35,14 @@ struct Delete {
     ordered: Instant,
 }
 
-/// What the last pass found, and what repair has done since the namenode started.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct RepairStatus {
-    /// Referenced blocks with fewer live replicas than wanted (at least one).
-    pub under_replicated: u64,
-    /// Of those, blocks with a single live replica.
-    pub one_replica: u64,
-    /// Referenced blocks with no live replica at all.
-    pub missing: u64,
-    /// Blocks with more live replicas than wanted.
-    pub over_replicated: u64,
-    /// Copies ordered and not yet seen done.
-    pub copies_in_flight: u64,
-    /// Copies seen done, and their bytes, since the namenode started.
-    pub copies_done: u64,
-    pub bytes_copied: u64,
-    /// Replicas deleted as surplus since the namenode started.
-    pub surplus_deleted: u64,
-}
-
 #[derive(Default)]
 struct State {
     copies: HashMap<BlockId, Copy>,
     deletes: HashMap<BlockId, Delete>,
     outbox: HashMap<DatanodeId, Vec<DatanodeCommand>>,
     status: RepairStatus,
-    /// Blocks copied in the order their copies were ordered (tests check the priority).
-    order_log: Vec<BlockId>,
+    /// (when, bytes copied so far) at each pass of the last minute, for the rate.
+    progress: std::collections::VecDeque<(Instant, u64)>,
 }
 
 pub struct Repair {
@@ -109,19 +88,15 @@ impl Repair {
 
     pub fn status(&self) -> RepairStatus {
         let s = self.state();
-        let mut status = s.status.clone();
+        let mut status = s.status;
         status.copies_in_flight = s.copies.len() as u64;
         status
     }
 
-    /// Blocks in the order their first copy was ordered.
-    pub fn order_log(&self) -> Vec<BlockId> {
-        self.state().order_log.clone()
-    }
-
     /// One pass over `blocks` (every referenced block with its record): settles finished
-    /// orders, then orders copies (fewest live replicas first) and deletions of surplus.
-    pub fn pass(&self, blocks: &[(BlockId, BlockRecord)], map: &BlockMap) {
+    /// orders, counts what is below or above its replication and, when `act` (not in safe
+    /// mode), orders copies (fewest live replicas first) and deletions of surplus.
+    pub fn pass(&self, blocks: &[(BlockId, BlockRecord)], map: &BlockMap, act: bool) {
         let live_nodes = map.live_nodes();
         let now = Instant::now();
         let mut needs = Vec::new();
@@ -131,6 +106,7 @@ impl Repair {
             if rec.refs == 0 {
                 continue;
             }
+            status.blocks += 1;
             let live = map.locations(block);
             let holds = |id: &DatanodeId| live.iter().any(|l| l.id == *id);
             if let Some(c) = s.copies.get(block) {
@@ -154,12 +130,18 @@ impl Repair {
             let want = (rec.replication as usize).min(live_nodes);
             if live.is_empty() {
                 status.missing += 1;
-            } else if live.len() < want {
+                continue;
+            }
+            status.blocks_reported += 1;
+            if live.len() < want {
                 status.under_replicated += 1;
                 if live.len() == 1 {
                     status.one_replica += 1;
                 }
-                if !s.copies.contains_key(block) {
+                let missing_copies = (want - live.len()) as u64;
+                status.copies_needed += missing_copies;
+                status.bytes_needed += missing_copies * rec.len as u64;
+                if act && !s.copies.contains_key(block) {
                     needs.push(Need {
                         block: *block,
                         len: rec.len,
@@ -169,7 +151,7 @@ impl Repair {
                 }
             } else if live.len() > rec.replication as usize {
                 status.over_replicated += 1;
-                if !s.copies.contains_key(block) && !s.deletes.contains_key(block) {
+                if act && !s.copies.contains_key(block) && !s.deletes.contains_key(block) {
                     // The fullest holder gives its replica up. `live` is sorted by free
                     // space, most first, and has more than `replication` (≥ 1) entries.
                     let node = live[live.len() - 1].id;
@@ -233,9 +215,6 @@ impl Repair {
                     ordered: now,
                 },
             );
-            if s.order_log.len() < ORDER_LOG_MAX {
-                s.order_log.push(need.block);
-            }
             push_command(&mut s, source, |cmds| {
                 cmds.push(DatanodeCommand::Replicate {
                     block: need.block,
@@ -247,10 +226,124 @@ impl Repair {
         status.copies_done = s.status.copies_done;
         status.bytes_copied = s.status.bytes_copied;
         status.surplus_deleted = s.status.surplus_deleted;
+        s.progress.push_back((now, status.bytes_copied));
+        while s
+            .progress
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            s.progress.pop_front();
+        }
+        if let Some((t0, b0)) = s.progress.front() {
+            let secs = now.duration_since(*t0).as_secs_f64();
+            if secs > 0.0 {
+                status.rate_bytes_per_sec = ((status.bytes_copied - b0) as f64 / secs) as u64;
+            }
+        }
         s.status = status;
     }
 }
 
 fn push_command(s: &mut State, node: DatanodeId, f: impl FnOnce(&mut Vec<DatanodeCommand>)) {
     f(s.outbox.entry(node).or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_common::proto::Register;
+
+    fn node(map: &BlockMap, id: u64) -> DatanodeId {
+        map.register(&Register {
+            id: DatanodeId(id),
+            name: format!("dn{id}"),
+            addr: format!("127.0.0.1:{}", 2000 + id).parse().unwrap(),
+            capacity: 1 << 40,
+            used: 0,
+            available: 1 << 40,
+        });
+        DatanodeId(id)
+    }
+
+    fn record(replication: u8) -> BlockRecord {
+        BlockRecord {
+            len: 1 << 20,
+            refs: 1,
+            replication,
+        }
+    }
+
+    fn copies(cmds: &[DatanodeCommand]) -> Vec<(BlockId, usize)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                DatanodeCommand::Replicate { block, targets, .. } => Some((*block, targets.len())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn blocks_closest_to_loss_are_copied_first() {
+        let map = BlockMap::new(Duration::from_secs(60));
+        let (a, b, c) = (node(&map, 1), node(&map, 2), node(&map, 3));
+        node(&map, 4);
+        node(&map, 5);
+        let (two, one, three) = (BlockId([1; 32]), BlockId([2; 32]), BlockId([3; 32]));
+        map.blocks_changed(a, &[two, one, three], &[]);
+        map.blocks_changed(b, &[two, three], &[]);
+        map.blocks_changed(c, &[three], &[]);
+        let blocks = vec![(two, record(3)), (one, record(3)), (three, record(3))];
+        // One copy at a time from node a, which holds every block: the priority decides.
+        let repair = Repair::new(1);
+        repair.pass(&blocks, &map, true);
+        assert_eq!(copies(&repair.take_commands(a)), vec![(one, 2)]);
+        assert_eq!(copies(&repair.take_commands(b)), vec![(two, 1)]);
+        let status = repair.status();
+        assert_eq!(
+            (
+                status.under_replicated,
+                status.one_replica,
+                status.copies_needed
+            ),
+            (2, 1, 3)
+        );
+        assert_eq!(status.copies_in_flight, 2);
+    }
+
+    #[test]
+    fn safe_mode_counts_but_orders_nothing() {
+        let map = BlockMap::new(Duration::from_secs(60));
+        let a = node(&map, 1);
+        node(&map, 2);
+        let block = BlockId([7; 32]);
+        map.blocks_changed(a, &[block], &[]);
+        let repair = Repair::new(4);
+        repair.pass(&[(block, record(2))], &map, false);
+        assert!(repair.take_commands(a).is_empty());
+        assert_eq!(repair.status().under_replicated, 1);
+        repair.pass(&[(block, record(2))], &map, true);
+        assert_eq!(copies(&repair.take_commands(a)), vec![(block, 1)]);
+    }
+
+    #[test]
+    fn surplus_goes_but_never_below_the_factor() {
+        let map = BlockMap::new(Duration::from_secs(60));
+        let ids: Vec<DatanodeId> = (1..=3).map(|i| node(&map, i)).collect();
+        let block = BlockId([9; 32]);
+        for id in &ids {
+            map.blocks_changed(*id, &[block], &[]);
+        }
+        let repair = Repair::new(4);
+        repair.pass(&[(block, record(2))], &map, true);
+        let deletes: Vec<_> = ids
+            .iter()
+            .flat_map(|id| repair.take_commands(*id))
+            .collect();
+        assert_eq!(deletes.len(), 1, "one surplus replica, one deletion");
+        // Until that replica is gone, no second deletion is ordered.
+        repair.pass(&[(block, record(2))], &map, true);
+        assert!(ids.iter().all(|id| repair.take_commands(*id).is_empty()));
+        repair.pass(&[(block, record(3))], &map, true);
+        assert!(ids.iter().all(|id| repair.take_commands(*id).is_empty()));
+    }
 }

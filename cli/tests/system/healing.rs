@@ -124,3 +124,221 @@ fn cluster_index(name: &str) -> usize {
         .expect("a dev datanode name");
     n - 1
 }
+
+/// Runs `cairn admin ARGS --json` against `cluster`: its exit code and parsed output.
+fn admin(cluster: &DevCluster, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("admin")
+        .args(args)
+        .arg("--json")
+        .arg("--config")
+        .arg(cluster.dir().join("cairn-client.toml"))
+        .output()
+        .expect("run cairn");
+    if out.stdout.is_empty() {
+        return (out.status.code().unwrap_or(-1), serde_json::Value::Null);
+    }
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "cairn admin {args:?}: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// Waits until `cairn admin report` counts `dead` dead datanodes.
+async fn wait_for_dead(cluster: &DevCluster, dead: u64) {
+    for _ in 0..100 {
+        let (_, report) = admin(cluster, &["report"]);
+        if report["totals"]["dead"] == dead {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{dead} datanodes never reported dead");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_report_and_fsck_tell_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = quick_cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(10 << 20, 60);
+    put(&client, "kept", &data, 1 << 20).await;
+
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    assert_eq!(fsck["summary"]["healthy"], true);
+    assert_eq!(fsck["summary"]["files"], 1);
+    let blocks = fsck["summary"]["blocks"].as_u64().unwrap();
+    assert!(blocks >= 3, "{fsck}");
+    let (_, report) = admin(&cluster, &["report"]);
+    assert_eq!(report["totals"]["live"], 3, "{report}");
+    assert_eq!(report["datanodes"].as_array().unwrap().len(), 3);
+
+    tracing::info!("--- one of three datanodes gone: under-replicated, nothing missing");
+    cluster.stop_datanode(0).await.unwrap();
+    wait_for_dead(&cluster, 1).await;
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    assert_eq!(fsck["summary"]["under_replicated"], blocks);
+    assert_eq!(fsck["files"][0]["path"], "/kept");
+
+    tracing::info!("--- all gone: fsck names the file, its blocks are missing, exit 1");
+    cluster.stop_datanode(1).await.unwrap();
+    cluster.stop_datanode(2).await.unwrap();
+    wait_for_dead(&cluster, 3).await;
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 1, "{fsck}");
+    assert_eq!(fsck["summary"]["missing"], blocks);
+    assert_eq!(fsck["files"][0]["path"], "/kept");
+    assert_eq!(fsck["files"][0]["blocks"][0]["problem"], "missing");
+    // The repair pass runs once a second: its counts catch up.
+    for _ in 0..50 {
+        let (_, report) = admin(&cluster, &["report"]);
+        if report["repair"]["missing"] == blocks {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, report) = admin(&cluster, &["report"]);
+    assert_eq!(report["repair"]["missing"], blocks, "{report}");
+
+    tracing::info!("--- safe mode: held by an operator until let go");
+    let (code, sm) = admin(&cluster, &["safemode", "enter"]);
+    assert_eq!(
+        (code, &sm["on"], &sm["manual"]),
+        (0, &true.into(), &true.into())
+    );
+    let (_, sm) = admin(&cluster, &["safemode", "get"]);
+    assert_eq!(sm["on"], true);
+    let (_, sm) = admin(&cluster, &["safemode", "leave"]);
+    assert_eq!(sm["on"], false);
+    cluster.stop().await.unwrap();
+}
+
+/// Block files on datanode `index`'s disk.
+fn blocks_on_disk(cluster: &DevCluster, index: usize) -> usize {
+    walkdir(
+        &cluster
+            .dir()
+            .join(format!("datanode-{}", index + 1))
+            .join("blocks"),
+    )
+}
+
+fn walkdir(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walkdir(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_namenode_waits_in_safe_mode_and_copies_nothing_needlessly() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DevOptions::new(dir.path(), 4);
+    opts.heartbeat_interval_ms = 300;
+    opts.dead_timeout_ms = 2_000;
+    // Long enough for the late datanodes below to report within it on a loaded machine.
+    opts.safemode_extension_ms = 10_000;
+    let mut cluster = DevCluster::start(opts).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(24 << 20, 70);
+    let attr = put(&client, "kept", &data, 1 << 20).await;
+    let on_disk: Vec<usize> = (0..4).map(|i| blocks_on_disk(&cluster, i)).collect();
+
+    tracing::info!(
+        "--- restart with half the datanodes: every block is reported, not all replicas"
+    );
+    cluster.stop_datanode(2).await.unwrap();
+    cluster.stop_datanode(3).await.unwrap();
+    cluster.restart_namenode().await.unwrap();
+    let (_, sm) = admin(&cluster, &["safemode", "get"]);
+    assert_eq!(sm["on"], true, "{sm}");
+    cluster.wait_for_datanodes(2).await.unwrap();
+    // Passes run meanwhile, seeing blocks with fewer live replicas than wanted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, sm) = admin(&cluster, &["safemode", "get"]);
+    assert_eq!(sm["on"], true, "the extension holds it: {sm}");
+    assert_eq!(sm["blocks_reported"], sm["blocks"], "{sm}");
+
+    tracing::info!("--- the rest report; safe mode ends; nothing was copied or deleted");
+    cluster.start_datanode(2).await.unwrap();
+    cluster.start_datanode(3).await.unwrap();
+    for _ in 0..150 {
+        if admin(&cluster, &["safemode", "get"]).1["on"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, sm) = admin(&cluster, &["safemode", "get"]);
+    assert_eq!(sm["on"], false, "safe mode ends by itself: {sm}");
+    // A few passes after safe mode.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, status) = admin(&cluster, &["repair-status"]);
+    assert_eq!(status["copies_done"], 0, "{status}");
+    assert_eq!(status["copies_in_flight"], 0, "{status}");
+    assert_eq!(status["surplus_deleted"], 0, "{status}");
+    assert_eq!(status["under_replicated"], 0, "{status}");
+    let after: Vec<usize> = (0..4).map(|i| blocks_on_disk(&cluster, i)).collect();
+    assert_eq!(after, on_disk, "no block file was added or removed");
+    assert!(get(&client, attr.ino, 3 << 20).await == data);
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn setrep_adds_and_removes_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = quick_cluster(dir.path(), 4).await;
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(12 << 20, 80);
+    let attr = put(&client, "file", &data, 1 << 20).await;
+    let each = |n: usize| {
+        move |m: &HashMap<BlockId, Vec<DatanodeId>>| {
+            m.len() == 3 && m.values().all(|v| v.len() == n)
+        }
+    };
+    wait_for_replicas(
+        &client,
+        attr.ino,
+        Duration::from_secs(10),
+        "written",
+        each(3),
+    )
+    .await;
+    let (code, _) = admin(&cluster, &["setrep", "2", "/file"]);
+    assert_eq!(code, 0);
+    wait_for_replicas(
+        &client,
+        attr.ino,
+        Duration::from_secs(30),
+        "down to 2",
+        each(2),
+    )
+    .await;
+    let (code, _) = admin(&cluster, &["setrep", "4", "/file"]);
+    assert_eq!(code, 0);
+    wait_for_replicas(
+        &client,
+        attr.ino,
+        Duration::from_secs(30),
+        "up to 4",
+        each(4),
+    )
+    .await;
+    assert!(get(&client, attr.ino, 3 << 20).await == data);
+    cluster.stop().await.unwrap();
+}

@@ -1,0 +1,503 @@
+//! `cairn admin …`: the cluster's health and the operator's levers, in the manner of
+//! `hdfs dfsadmin` and `hdfs fsck`. Tables for people, JSON with `--json`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use cairn_client::Client;
+use cairn_common::attr::{FileKind, InodeAttr};
+use cairn_common::layout::CHUNK_SIZE;
+use cairn_common::proto::{
+    DatanodeState, DatanodeStatus, GetRepairStatus, ReadChunks, RepairStatus, SafeMode,
+    SafeModeAction, SafeModeStatus,
+};
+use cairn_common::{BlockId, FsError};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::fs_cmd::{at, connect, join};
+
+/// Chunks asked for per `ReadChunks` while checking a file.
+const FSCK_CHUNKS: u32 = 64;
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Client configuration file (default: $CAIRN_CONFIG, then ./cairn-client.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Every datanode (state, space, blocks, last heartbeat, load), cluster totals, and how
+    /// many blocks are under-replicated or missing.
+    Report,
+    /// Check files' blocks against their replication: per file, blocks, replicas and where
+    /// they are, and what is wrong. Exits with 1 when data is missing.
+    Fsck {
+        #[arg(default_value = "/")]
+        path: String,
+        /// List every file, not only those with problems.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Set the replication factor of a file, or of a tree with -r; repair then meets it.
+    Setrep {
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        replication: u8,
+        path: String,
+    },
+    /// Show safe mode, or enter or leave it (root only).
+    Safemode {
+        #[arg(value_enum, default_value_t = SafeModeArg::Get)]
+        action: SafeModeArg,
+    },
+    /// Re-replication: blocks below their replication, copies under way, rate and ETA.
+    RepairStatus,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SafeModeArg {
+    Get,
+    Enter,
+    Leave,
+}
+
+pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(args.config.as_deref()).await?;
+    let json = args.json;
+    match args.command {
+        AdminCommand::Report => report(&client, json).await?,
+        AdminCommand::Fsck { path, verbose } => return fsck(&client, &path, verbose, json).await,
+        AdminCommand::Setrep {
+            recursive,
+            replication,
+            path,
+        } => crate::fs_cmd::setrep(&client, &path, replication, recursive).await?,
+        AdminCommand::Safemode { action } => {
+            let action = match action {
+                SafeModeArg::Get => SafeModeAction::Get,
+                SafeModeArg::Enter => SafeModeAction::Enter,
+                SafeModeArg::Leave => SafeModeAction::Leave,
+            };
+            let status = client
+                .namenode(SafeMode { action })
+                .await
+                .map_err(|e| anyhow!("safe mode: {e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{}", safe_mode_line(&status));
+            }
+        }
+        AdminCommand::RepairStatus => repair_status(&client, json).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn safe_mode_line(s: &SafeModeStatus) -> String {
+    let state = match (s.on, s.manual) {
+        (false, _) => "off",
+        (true, true) => "ON (entered by an operator; `cairn admin safemode leave` ends it)",
+        (true, false) => "ON (waiting for block reports)",
+    };
+    format!(
+        "Safe mode: {state}; {} of {} blocks reported (threshold {:.1}%)",
+        s.blocks_reported,
+        s.blocks,
+        s.threshold * 100.0
+    )
+}
+
+fn size(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).to_string()
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+#[derive(Serialize)]
+struct Totals {
+    datanodes: usize,
+    live: usize,
+    stale: usize,
+    dead: usize,
+    capacity: u64,
+    used: u64,
+    available: u64,
+    blocks: u64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    datanodes: Vec<DatanodeStatus>,
+    totals: Totals,
+    repair: RepairStatus,
+    safe_mode: SafeModeStatus,
+}
+
+async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
+    let datanodes = client.datanodes().await.map_err(|e| anyhow!("{e}"))?;
+    let repair = client
+        .namenode(GetRepairStatus)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let safe_mode = client
+        .namenode(SafeMode {
+            action: SafeModeAction::Get,
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let count = |state| datanodes.iter().filter(|d| d.state == state).count();
+    let live: Vec<&DatanodeStatus> = datanodes.iter().filter(|d| d.alive).collect();
+    let totals = Totals {
+        datanodes: datanodes.len(),
+        live: count(DatanodeState::Live),
+        stale: count(DatanodeState::Stale),
+        dead: count(DatanodeState::Dead),
+        capacity: live.iter().map(|d| d.capacity).sum(),
+        used: live.iter().map(|d| d.used).sum(),
+        available: live.iter().map(|d| d.available).sum(),
+        blocks: repair.blocks,
+    };
+    let report = Report {
+        datanodes,
+        totals,
+        repair,
+        safe_mode,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let t = &report.totals;
+    println!(
+        "Datanodes: {} ({} live, {} stale, {} dead)",
+        t.datanodes, t.live, t.stale, t.dead
+    );
+    println!("{}", safe_mode_line(&report.safe_mode));
+    println!();
+    println!(
+        "{:<16} {:<22} {:<6} {:>10} {:>10} {:>10} {:>6} {:>8} {:>10} {:>5}",
+        "NAME",
+        "ADDRESS",
+        "STATE",
+        "CAPACITY",
+        "USED",
+        "AVAILABLE",
+        "USE%",
+        "BLOCKS",
+        "HEARTBEAT",
+        "LOAD"
+    );
+    for d in &report.datanodes {
+        println!(
+            "{:<16} {:<22} {:<6} {:>10} {:>10} {:>10} {:>5.1}% {:>8} {:>9.1}s {:>5}",
+            d.name,
+            d.addr.to_string(),
+            d.state.to_string(),
+            size(d.capacity),
+            size(d.used),
+            size(d.available),
+            percent(d.used, d.capacity),
+            d.blocks,
+            d.last_heartbeat_ms as f64 / 1000.0,
+            d.active_transfers
+        );
+    }
+    println!(
+        "{:<16} {:<22} {:<6} {:>10} {:>10} {:>10} {:>5.1}%",
+        "total (live)",
+        "",
+        "",
+        size(t.capacity),
+        size(t.used),
+        size(t.available),
+        percent(t.used, t.capacity)
+    );
+    println!();
+    let r = &report.repair;
+    println!(
+        "Blocks: {} referenced; {} under-replicated ({} with one replica), {} missing, {} over-replicated",
+        r.blocks, r.under_replicated, r.one_replica, r.missing, r.over_replicated
+    );
+    Ok(())
+}
+
+async fn repair_status(client: &Client, json: bool) -> anyhow::Result<()> {
+    let r = client
+        .namenode(GetRepairStatus)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "Queue: {} blocks under-replicated ({} with one replica), {} missing",
+        r.under_replicated, r.one_replica, r.missing
+    );
+    println!(
+        "To copy: {} replicas, {}; {} copies under way",
+        r.copies_needed,
+        size(r.bytes_needed),
+        r.copies_in_flight
+    );
+    println!(
+        "Done since start: {} copies, {}; {} surplus replicas deleted",
+        r.copies_done,
+        size(r.bytes_copied),
+        r.surplus_deleted
+    );
+    let eta = if r.bytes_needed == 0 {
+        "none needed".to_string()
+    } else if r.rate_bytes_per_sec == 0 {
+        "unknown (nothing copied in the last minute)".to_string()
+    } else {
+        format!("{} s", r.bytes_needed.div_ceil(r.rate_bytes_per_sec))
+    };
+    println!(
+        "Rate: {}/s over the last minute; ETA {eta}",
+        size(r.rate_bytes_per_sec)
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct BlockCheck {
+    offset: u64,
+    block: String,
+    len: u32,
+    replicas: usize,
+    wanted: u8,
+    locations: Vec<String>,
+    problem: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct FileCheck {
+    path: String,
+    size: u64,
+    replication: u8,
+    blocks: Vec<BlockCheck>,
+}
+
+#[derive(Serialize, Default)]
+struct FsckSummary {
+    files: u64,
+    directories: u64,
+    bytes: u64,
+    blocks: u64,
+    under_replicated: u64,
+    missing: u64,
+    healthy: bool,
+}
+
+/// One file's blocks against its replication; `names` names datanodes by id.
+async fn check_file(
+    client: &Client,
+    path: &str,
+    attr: &InodeAttr,
+    names: &HashMap<cairn_common::DatanodeId, String>,
+) -> Result<FileCheck, FsError> {
+    let mut blocks = Vec::new();
+    let mut seen = std::collections::HashSet::<BlockId>::new();
+    let mut first = 0u32;
+    while (first as u64) * CHUNK_SIZE < attr.size {
+        let map = client
+            .namenode(ReadChunks {
+                ino: attr.ino,
+                first,
+                count: FSCK_CHUNKS,
+            })
+            .await?;
+        let locations: HashMap<_, _> = map.locations.into_iter().collect();
+        for (index, slices) in map.chunks {
+            for s in slices {
+                if !seen.insert(s.block) {
+                    continue;
+                }
+                let at: Vec<String> = locations
+                    .get(&s.block)
+                    .map(|l| {
+                        l.iter()
+                            .map(|d| names.get(&d.id).cloned().unwrap_or(d.addr.to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let problem = if at.is_empty() {
+                    Some("missing")
+                } else if at.len() < attr.replication as usize {
+                    Some("under-replicated")
+                } else {
+                    None
+                };
+                blocks.push(BlockCheck {
+                    offset: index as u64 * CHUNK_SIZE + s.pos as u64,
+                    block: s.block.to_hex(),
+                    len: s.block_len,
+                    replicas: at.len(),
+                    wanted: attr.replication,
+                    locations: at,
+                    problem,
+                });
+            }
+        }
+        first += FSCK_CHUNKS;
+    }
+    Ok(FileCheck {
+        path: path.to_string(),
+        size: attr.size,
+        replication: attr.replication,
+        blocks,
+    })
+}
+
+async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let root = client.resolve(path).await.map_err(at(path))?;
+    let names: HashMap<_, _> = client
+        .datanodes()
+        .await
+        .map_err(|e| anyhow!("{e}"))?
+        .into_iter()
+        .map(|d| (d.id, d.name))
+        .collect();
+    let mut summary = FsckSummary::default();
+    let mut reported = Vec::new();
+    let mut stack = vec![(root, path.to_string())];
+    while let Some((attr, p)) = stack.pop() {
+        match attr.kind {
+            FileKind::Dir => {
+                summary.directories += 1;
+                let mut entries = client.readdir_plus(attr.ino).await.map_err(at(&p))?;
+                entries.sort_by(|a, b| b.name.cmp(&a.name));
+                for e in entries {
+                    let child = join(&p, &String::from_utf8_lossy(&e.name));
+                    let a = match e.attr {
+                        Some(a) => a,
+                        None => match client.getattr(e.ino).await {
+                            Ok(a) => a,
+                            Err(FsError::NotFound) => continue,
+                            Err(err) => return Err(at(&child)(err)),
+                        },
+                    };
+                    stack.push((a, child));
+                }
+            }
+            FileKind::File => {
+                summary.files += 1;
+                summary.bytes += attr.size;
+                let check = match check_file(client, &p, &attr, &names).await {
+                    Ok(c) => c,
+                    // Removed while we walked: not a problem of the file system.
+                    Err(FsError::NotFound) => continue,
+                    Err(e) => return Err(at(&p)(e)),
+                };
+                summary.blocks += check.blocks.len() as u64;
+                let mut bad = false;
+                for b in &check.blocks {
+                    match b.problem {
+                        Some("missing") => summary.missing += 1,
+                        Some(_) => summary.under_replicated += 1,
+                        None => continue,
+                    }
+                    bad = true;
+                }
+                if bad || verbose {
+                    reported.push(check);
+                }
+            }
+            _ => {}
+        }
+    }
+    summary.healthy = summary.missing == 0;
+    if json {
+        #[derive(Serialize)]
+        struct Out {
+            files: Vec<FileCheck>,
+            summary: FsckSummary,
+        }
+        let out = Out {
+            files: reported,
+            summary,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(exit_code(out.summary.healthy));
+    }
+    for f in &reported {
+        let problems = f.blocks.iter().filter(|b| b.problem.is_some()).count();
+        println!(
+            "{}: {} bytes, replication {}, {} blocks, {}",
+            f.path,
+            f.size,
+            f.replication,
+            f.blocks.len(),
+            if problems == 0 {
+                "OK".to_string()
+            } else {
+                format!("{problems} with problems")
+            }
+        );
+        for b in &f.blocks {
+            if b.problem.is_none() && !verbose {
+                continue;
+            }
+            println!(
+                "  @{:<12} {}  {} of {} replicas{}{}",
+                b.offset,
+                &b.block[..16],
+                b.replicas,
+                b.wanted,
+                if b.locations.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", b.locations.join(", "))
+                },
+                b.problem
+                    .map(|p| format!("  {}", p.to_uppercase()))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let s = &summary;
+    println!(
+        "{}: {} files, {} directories, {}, {} blocks; {} under-replicated, {} missing",
+        path,
+        s.files,
+        s.directories,
+        size(s.bytes),
+        s.blocks,
+        s.under_replicated,
+        s.missing
+    );
+    println!(
+        "Status: {}",
+        if s.healthy {
+            "HEALTHY"
+        } else {
+            "CORRUPT (blocks with no live replica)"
+        }
+    );
+    Ok(exit_code(s.healthy))
+}
+
+fn exit_code(healthy: bool) -> ExitCode {
+    if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
