@@ -42,6 +42,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2000)]
         files: usize,
     },
+    /// Kill one of 4 datanodes holding a file at R = 3; time until every block has 3 live
+    /// replicas again (detection included), and the copy rate.
+    Repair {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Datanode heartbeat interval, in ms (the namenode's default).
+        #[arg(long, default_value_t = 3000)]
+        heartbeat_ms: u64,
+        /// Silence after which a datanode is dead, in ms (the namenode's default).
+        #[arg(long, default_value_t = 30_000)]
+        dead_timeout_ms: u64,
+    },
     /// The namenode's metadata engine alone: durable creates, no RPC.
     Engine {
         #[arg(long, default_value_t = 200_000)]
@@ -88,6 +101,11 @@ pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> any
             .await?
         }
         BenchCommand::Meta { clients, files } => meta(tmp.path(), clients, files).await?,
+        BenchCommand::Repair {
+            size_mib,
+            heartbeat_ms,
+            dead_timeout_ms,
+        } => repair(tmp.path(), size_mib, heartbeat_ms, dead_timeout_ms).await?,
         BenchCommand::Engine {
             creates,
             concurrency,
@@ -101,6 +119,101 @@ pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> any
         }
     }
     Ok(())
+}
+
+async fn repair(
+    dir: &std::path::Path,
+    size_mib: u64,
+    heartbeat_ms: u64,
+    dead_timeout_ms: u64,
+) -> anyhow::Result<Vec<Figure>> {
+    let mut opts = DevOptions::new(dir, 4);
+    opts.heartbeat_interval_ms = heartbeat_ms;
+    opts.dead_timeout_ms = dead_timeout_ms;
+    let mut cluster = DevCluster::start(opts).await?;
+    let client = cluster.client().await?;
+    eprintln!("put {size_mib} MiB of random data at R=3 on 4 datanodes…");
+    let created = client
+        .create(Ino::ROOT, b"bench", 0o644, true, false, Owner::current())
+        .await?;
+    let mut f = client.open(created.attr.ino).await?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut piece = vec![0u8; 4 << 20];
+    let mut offset = 0u64;
+    while offset < size_mib << 20 {
+        rng.fill_bytes(&mut piece);
+        f.write(offset, &piece).await?;
+        offset += piece.len() as u64;
+    }
+    f.close().await?;
+
+    // The datanode holding the most blocks goes.
+    let statuses = client.datanodes().await?;
+    let victim = statuses
+        .iter()
+        .max_by_key(|s| s.blocks)
+        .context("no datanodes")?;
+    let index = victim
+        .name
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<usize>().ok())
+        .context("a dev datanode name")?
+        - 1;
+    let held = victim.blocks;
+    eprintln!("stopping {} ({held} blocks)…", victim.name);
+    let status = || async {
+        client
+            .namenode(cairn_common::proto::GetRepairStatus)
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    let before = status().await?.bytes_copied;
+    let t0 = Instant::now();
+    cluster.stop_datanode(index).await?;
+    let detected = loop {
+        let s = status().await?;
+        if s.under_replicated + s.missing > 0 {
+            break t0.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "declared dead after {:.1} s; repairing…",
+        detected.as_secs_f64()
+    );
+    let (healed, copied) = loop {
+        let s = status().await?;
+        if s.under_replicated + s.missing == 0 && s.copies_in_flight == 0 {
+            break (t0.elapsed(), s.bytes_copied - before);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cluster.stop().await?;
+    let repair_s = (healed - detected).as_secs_f64();
+    let mib = copied as f64 / (1u64 << 20) as f64;
+    Ok(vec![
+        Figure {
+            what: format!("detection (dead timeout {dead_timeout_ms} ms)"),
+            value: detected.as_secs_f64(),
+            unit: "s",
+        },
+        Figure {
+            what: format!("re-replication of {held} blocks ({mib:.0} MiB)"),
+            value: repair_s,
+            unit: "s",
+        },
+        Figure {
+            what: "kill to full replication".into(),
+            value: healed.as_secs_f64(),
+            unit: "s",
+        },
+        Figure {
+            what: "repair throughput".into(),
+            value: mib / repair_s,
+            unit: "MiB/s",
+        },
+    ])
 }
 
 async fn data(

@@ -43,6 +43,8 @@ pub struct DevOptions {
     pub open_lease_ms: u64,
     /// How long safe mode lasts after enough blocks are reported (`safemode_extension_ms`).
     pub safemode_extension_ms: u64,
+    /// Each datanode's bandwidth for re-replication copies (`repair_bytes_per_sec`).
+    pub repair_bytes_per_sec: Option<u64>,
 }
 
 impl DevOptions {
@@ -58,6 +60,7 @@ impl DevOptions {
             dead_timeout_ms: 10_000,
             open_lease_ms: 30_000,
             safemode_extension_ms: 3_000,
+            repair_bytes_per_sec: None,
         }
     }
 }
@@ -247,6 +250,7 @@ impl DevCluster {
         config.listen = "127.0.0.1:0".parse()?;
         config.reserve_bytes = 0;
         config.capacity_bytes = self.opts.datanode_capacity;
+        config.repair_bytes_per_sec = self.opts.repair_bytes_per_sec;
         self.datanodes.push(DevDatanode {
             config,
             addr: None,

@@ -31,6 +31,10 @@ pub struct DatanodeConfig {
     /// Most bytes of blocks to store, when less than the disk should be used. Default: no limit.
     #[serde(default)]
     pub capacity_bytes: Option<u64>,
+    /// Most bytes per second this datanode sends as copies ordered by the namenode
+    /// (re-replication), so repair leaves room for clients. Default: no limit.
+    #[serde(default)]
+    pub repair_bytes_per_sec: Option<u64>,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -63,6 +67,7 @@ impl DatanodeConfig {
             data_dir,
             reserve_bytes: default_reserve(),
             capacity_bytes: None,
+            repair_bytes_per_sec: None,
             tls,
         }
     }

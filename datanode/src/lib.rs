@@ -42,6 +42,8 @@ pub struct Datanode {
     copies_failed: std::sync::Mutex<Vec<BlockId>>,
     /// Bounds the copies this datanode sends at once.
     copy_slots: Arc<tokio::sync::Semaphore>,
+    /// With `repair_bytes_per_sec`: when the copy bandwidth is free again.
+    copy_pace: tokio::sync::Mutex<tokio::time::Instant>,
     /// A copy or deletion finished: heartbeat now, for the next orders.
     work_done: tokio::sync::Notify,
 }
@@ -74,6 +76,7 @@ pub async fn run(
         active_transfers: AtomicU32::new(0),
         copies_failed: Default::default(),
         copy_slots: Arc::new(tokio::sync::Semaphore::new(COPY_SLOTS)),
+        copy_pace: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         work_done: tokio::sync::Notify::new(),
     });
     // Cancellation point: the reporter checks `shutdown` between heartbeats and retries.
@@ -305,6 +308,9 @@ impl Datanode {
                 copies_failed,
             })
             .await?;
+        if !reply.commands.is_empty() {
+            debug!(commands = reply.commands.len(), "orders from the namenode");
+        }
         for command in reply.commands {
             let dn = self.clone();
             tokio::spawn(async move { dn.execute(command).await });
@@ -360,6 +366,20 @@ impl Datanode {
         self.work_done.notify_one();
     }
 
+    /// Waits until sending `len` more bytes of copies keeps within `repair_bytes_per_sec`.
+    async fn pace_copy(&self, len: u32) {
+        let Some(rate) = self.config.repair_bytes_per_sec.filter(|r| *r > 0) else {
+            return;
+        };
+        let start = {
+            let mut next = self.copy_pace.lock().await;
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + Duration::from_secs_f64(len as f64 / rate as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+
     /// Sends a verified copy of a block held here down a pipeline of `targets`; each of them
     /// verifies and reports it.
     async fn replicate(&self, block: BlockId, len: u32, targets: &[DatanodeAddr]) -> FsResult<()> {
@@ -389,6 +409,7 @@ impl Datanode {
         let Some((first, rest)) = targets.split_first() else {
             return Ok(());
         };
+        self.pace_copy(len).await;
         let header = PutBlock {
             block,
             len,

@@ -32,6 +32,8 @@ pub use config::NamenodeConfig;
 use engine::MetaEngine;
 use ops::{MetaOpKind, MetaReply};
 
+/// How often the namenode logs repair progress while blocks are below their replication.
+const REPAIR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often the repair pass runs.
 const REPAIR_PASS: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most chunks one `ReadChunks` returns (4 GiB of file).
@@ -361,7 +363,7 @@ impl Service for Namenode {
                 let known = self.blocks.heartbeat(&r);
                 self.repair.copies_failed(r.id, &r.copies_failed);
                 let commands = if known {
-                    self.repair.take_commands(r.id)
+                    self.repair.take_commands(r.id, &self.blocks)
                 } else {
                     Vec::new()
                 };
@@ -444,6 +446,7 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(REPAIR_PASS);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<cairn_common::proto::RepairStatus> = None;
+    let mut last_log: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -462,24 +465,27 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
         nn.repair.pass(&blocks, &nn.blocks, act);
         let now = nn.repair.status();
         nn.safe_mode.observe(&now);
-        let was = last.as_ref();
-        let changed =
-            |f: fn(&cairn_common::proto::RepairStatus) -> u64| was.map(f) != Some(f(&now));
-        if changed(|s| s.under_replicated) || changed(|s| s.missing) {
-            if now.under_replicated + now.missing > 0 {
-                warn!(
-                    under_replicated = now.under_replicated,
-                    one_replica = now.one_replica,
-                    missing = now.missing,
-                    copies_in_flight = now.copies_in_flight,
-                    "blocks below their replication"
-                );
-            } else if was.is_some() {
-                info!(
-                    copies_done = now.copies_done,
-                    "every block has its replicas"
-                );
-            }
+        // Told when it starts, every few seconds while it lasts, and when it is over.
+        let below = now.under_replicated + now.missing;
+        let was_below = last.map_or(0, |s| s.under_replicated + s.missing);
+        let due = last_log.is_none_or(|t| t.elapsed() >= REPAIR_LOG_EVERY);
+        if below > 0 && (was_below == 0 || due) {
+            warn!(
+                under_replicated = now.under_replicated,
+                one_replica = now.one_replica,
+                missing = now.missing,
+                copies_in_flight = now.copies_in_flight,
+                copied_mib = now.bytes_copied >> 20,
+                "blocks below their replication"
+            );
+            last_log = Some(tokio::time::Instant::now());
+        } else if below == 0 && was_below > 0 {
+            info!(
+                copies_done = now.copies_done,
+                copied_mib = now.bytes_copied >> 20,
+                "every block has its replicas"
+            );
+            last_log = None;
         }
         last = Some(now);
     }

@@ -40,6 +40,11 @@ struct State {
     copies: HashMap<BlockId, Copy>,
     deletes: HashMap<BlockId, Delete>,
     outbox: HashMap<DatanodeId, Vec<DatanodeCommand>>,
+    /// Blocks below their replication with no copy ordered, most urgent first, as the last
+    /// pass found them; heartbeats draw work from it between passes.
+    queue: Vec<Need>,
+    /// Whether the last pass was allowed to act (not in safe mode).
+    acting: bool,
     status: RepairStatus,
     /// (when, bytes copied so far) at each pass of the last minute, for the rate.
     progress: std::collections::VecDeque<(Instant, u64)>,
@@ -51,11 +56,10 @@ pub struct Repair {
     state: Mutex<State>,
 }
 
-/// One block below its replication, as a pass sees it.
+/// One block below its replication, as a pass saw it.
 struct Need {
     block: BlockId,
     len: u32,
-    live: Vec<DatanodeAddr>,
     want: usize,
 }
 
@@ -71,9 +75,105 @@ impl Repair {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The orders waiting for `node`, taken by its heartbeat.
-    pub fn take_commands(&self, node: DatanodeId) -> Vec<DatanodeCommand> {
-        self.state().outbox.remove(&node).unwrap_or_default()
+    /// The orders for `node`, taken by its heartbeat: those waiting, and more from the
+    /// queue if it has room (a datanode that finished a copy heartbeats at once, so copies
+    /// follow each other without waiting for a pass).
+    pub fn take_commands(&self, node: DatanodeId, map: &BlockMap) -> Vec<DatanodeCommand> {
+        let mut s = self.state();
+        let now = Instant::now();
+        // Every copy, not only this node's: a finished copy frees its target for others.
+        let ordered: Vec<BlockId> = s.copies.keys().copied().collect();
+        for block in ordered {
+            let live = map.locations(&block);
+            settle_copy(&mut s, &block, &live, now);
+        }
+        if s.acting {
+            self.schedule(&mut s, map, Some(node), now);
+        }
+        s.outbox.remove(&node).unwrap_or_default()
+    }
+
+    /// Orders copies for queued blocks (only those `only` holds, if given), most urgent
+    /// first, within the per-datanode bounds.
+    fn schedule(&self, s: &mut State, map: &BlockMap, only: Option<DatanodeId>, now: Instant) {
+        let mut sending: HashMap<DatanodeId, usize> = HashMap::new();
+        let mut receiving: HashMap<DatanodeId, usize> = HashMap::new();
+        for c in s.copies.values() {
+            *sending.entry(c.source).or_default() += 1;
+            for t in &c.targets {
+                *receiving.entry(*t).or_default() += 1;
+            }
+        }
+        let max = self.max_copies_per_node;
+        let busy = |counts: &HashMap<DatanodeId, usize>, id: &DatanodeId| {
+            counts.get(id).copied().unwrap_or(0)
+        };
+        if only.is_some_and(|n| busy(&sending, &n) >= max) {
+            return;
+        }
+        let mut queue = std::mem::take(&mut s.queue).into_iter();
+        let mut kept = Vec::with_capacity(queue.len());
+        for need in queue.by_ref() {
+            if s.copies.contains_key(&need.block) {
+                continue;
+            }
+            let live = map.locations(&need.block);
+            if live.is_empty() || live.len() >= need.want {
+                // Lost meanwhile, or healed: the next pass sees it afresh.
+                continue;
+            }
+            let source = match only {
+                Some(n) if live.iter().any(|l| l.id == n) && busy(&sending, &n) < max => Some(n),
+                Some(_) => None,
+                None => live
+                    .iter()
+                    .filter(|l| busy(&sending, &l.id) < max)
+                    .min_by_key(|l| busy(&sending, &l.id))
+                    .map(|l| l.id),
+            };
+            let Some(source) = source else {
+                kept.push(need);
+                continue;
+            };
+            let mut exclude: Vec<DatanodeId> = live.iter().map(|l| l.id).collect();
+            exclude.extend(
+                receiving
+                    .iter()
+                    .filter(|(_, n)| **n >= max)
+                    .map(|(id, _)| *id),
+            );
+            let targets = map.place(need.want - live.len(), need.len as u64, &exclude);
+            if targets.is_empty() {
+                kept.push(need);
+                continue;
+            }
+            *sending.entry(source).or_default() += 1;
+            for t in &targets {
+                *receiving.entry(t.id).or_default() += 1;
+            }
+            s.copies.insert(
+                need.block,
+                Copy {
+                    source,
+                    targets: targets.iter().map(|t| t.id).collect(),
+                    len: need.len,
+                    ordered: now,
+                },
+            );
+            push_command(s, source, |cmds| {
+                cmds.push(DatanodeCommand::Replicate {
+                    block: need.block,
+                    len: need.len,
+                    targets,
+                })
+            });
+            if only.is_some_and(|n| busy(&sending, &n) >= max) {
+                break;
+            }
+        }
+        // What was not looked at (after a break) stays queued behind what was.
+        kept.extend(queue);
+        s.queue = kept;
     }
 
     /// `node` could not copy these blocks: plan them again at once.
@@ -109,16 +209,7 @@ impl Repair {
             status.blocks += 1;
             let live = map.locations(block);
             let holds = |id: &DatanodeId| live.iter().any(|l| l.id == *id);
-            if let Some(c) = s.copies.get(block) {
-                if c.targets.iter().all(holds) {
-                    let len = c.len as u64;
-                    s.copies.remove(block);
-                    s.status.copies_done += 1;
-                    s.status.bytes_copied += len;
-                } else if now.duration_since(c.ordered) > ORDER_TIMEOUT {
-                    s.copies.remove(block);
-                }
-            }
+            settle_copy(&mut s, block, &live, now);
             if let Some(d) = s.deletes.get(block) {
                 if !holds(&d.node) {
                     s.deletes.remove(block);
@@ -142,12 +233,14 @@ impl Repair {
                 status.copies_needed += missing_copies;
                 status.bytes_needed += missing_copies * rec.len as u64;
                 if act && !s.copies.contains_key(block) {
-                    needs.push(Need {
-                        block: *block,
-                        len: rec.len,
-                        live,
-                        want,
-                    });
+                    needs.push((
+                        live.len(),
+                        Need {
+                            block: *block,
+                            len: rec.len,
+                            want,
+                        },
+                    ));
                 }
             } else if live.len() > rec.replication as usize {
                 status.over_replicated += 1;
@@ -171,58 +264,10 @@ impl Repair {
             }
         }
         // The blocks closest to being lost first, then those furthest below their target.
-        needs.sort_by_key(|n| (n.live.len(), std::cmp::Reverse(n.want - n.live.len())));
-        let mut sending: HashMap<DatanodeId, usize> = HashMap::new();
-        let mut receiving: HashMap<DatanodeId, usize> = HashMap::new();
-        for c in s.copies.values() {
-            *sending.entry(c.source).or_default() += 1;
-            for t in &c.targets {
-                *receiving.entry(*t).or_default() += 1;
-            }
-        }
-        let max = self.max_copies_per_node;
-        for need in needs {
-            let Some(source) = need
-                .live
-                .iter()
-                .filter(|l| sending.get(&l.id).copied().unwrap_or(0) < max)
-                .min_by_key(|l| sending.get(&l.id).copied().unwrap_or(0))
-                .map(|l| l.id)
-            else {
-                continue;
-            };
-            let mut exclude: Vec<DatanodeId> = need.live.iter().map(|l| l.id).collect();
-            exclude.extend(
-                receiving
-                    .iter()
-                    .filter(|(_, n)| **n >= max)
-                    .map(|(id, _)| *id),
-            );
-            let targets = map.place(need.want - need.live.len(), need.len as u64, &exclude);
-            if targets.is_empty() {
-                continue;
-            }
-            *sending.entry(source).or_default() += 1;
-            for t in &targets {
-                *receiving.entry(t.id).or_default() += 1;
-            }
-            s.copies.insert(
-                need.block,
-                Copy {
-                    source,
-                    targets: targets.iter().map(|t| t.id).collect(),
-                    len: need.len,
-                    ordered: now,
-                },
-            );
-            push_command(&mut s, source, |cmds| {
-                cmds.push(DatanodeCommand::Replicate {
-                    block: need.block,
-                    len: need.len,
-                    targets,
-                })
-            });
-        }
+        needs.sort_by_key(|(live, n)| (*live, std::cmp::Reverse(n.want - live)));
+        s.queue = needs.into_iter().map(|(_, n)| n).collect();
+        s.acting = act;
+        self.schedule(&mut s, map, None, now);
         status.copies_done = s.status.copies_done;
         status.bytes_copied = s.status.bytes_copied;
         status.surplus_deleted = s.status.surplus_deleted;
@@ -241,6 +286,21 @@ impl Repair {
             }
         }
         s.status = status;
+    }
+}
+
+/// Ends the copy order of `block` if its targets hold it (`live`), or if it is too old.
+fn settle_copy(s: &mut State, block: &BlockId, live: &[DatanodeAddr], now: Instant) {
+    let Some(c) = s.copies.get(block) else {
+        return;
+    };
+    if c.targets.iter().all(|t| live.iter().any(|l| l.id == *t)) {
+        let len = c.len as u64;
+        s.copies.remove(block);
+        s.status.copies_done += 1;
+        s.status.bytes_copied += len;
+    } else if now.duration_since(c.ordered) > ORDER_TIMEOUT {
+        s.copies.remove(block);
     }
 }
 
@@ -296,8 +356,8 @@ mod tests {
         // One copy at a time from node a, which holds every block: the priority decides.
         let repair = Repair::new(1);
         repair.pass(&blocks, &map, true);
-        assert_eq!(copies(&repair.take_commands(a)), vec![(one, 2)]);
-        assert_eq!(copies(&repair.take_commands(b)), vec![(two, 1)]);
+        assert_eq!(copies(&repair.take_commands(a, &map)), vec![(one, 2)]);
+        assert_eq!(copies(&repair.take_commands(b, &map)), vec![(two, 1)]);
         let status = repair.status();
         assert_eq!(
             (
@@ -311,6 +371,34 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_draw_the_next_copies_without_waiting_for_a_pass() {
+        let map = BlockMap::new(Duration::from_secs(60));
+        let (source, target) = (node(&map, 1), node(&map, 2));
+        let blocks: Vec<(BlockId, BlockRecord)> =
+            (1..=3).map(|i| (BlockId([i; 32]), record(2))).collect();
+        let ids: Vec<BlockId> = blocks.iter().map(|(b, _)| *b).collect();
+        map.blocks_changed(source, &ids, &[]);
+        let repair = Repair::new(1);
+        repair.pass(&blocks, &map, true);
+        let mut copied = Vec::new();
+        for _ in 0..3 {
+            let got = copies(&repair.take_commands(source, &map));
+            assert_eq!(
+                got.len(),
+                1,
+                "one copy at a time, the next as soon as one is done"
+            );
+            // The target stores it and reports it, as a datanode does.
+            map.blocks_changed(target, &[got[0].0], &[]);
+            copied.push(got[0].0);
+        }
+        copied.sort();
+        assert_eq!(copied, ids);
+        assert!(repair.take_commands(source, &map).is_empty());
+        assert_eq!(repair.status().copies_done, 3);
+    }
+
+    #[test]
     fn safe_mode_counts_but_orders_nothing() {
         let map = BlockMap::new(Duration::from_secs(60));
         let a = node(&map, 1);
@@ -319,10 +407,10 @@ mod tests {
         map.blocks_changed(a, &[block], &[]);
         let repair = Repair::new(4);
         repair.pass(&[(block, record(2))], &map, false);
-        assert!(repair.take_commands(a).is_empty());
+        assert!(repair.take_commands(a, &map).is_empty());
         assert_eq!(repair.status().under_replicated, 1);
         repair.pass(&[(block, record(2))], &map, true);
-        assert_eq!(copies(&repair.take_commands(a)), vec![(block, 1)]);
+        assert_eq!(copies(&repair.take_commands(a, &map)), vec![(block, 1)]);
     }
 
     #[test]
@@ -337,13 +425,17 @@ mod tests {
         repair.pass(&[(block, record(2))], &map, true);
         let deletes: Vec<_> = ids
             .iter()
-            .flat_map(|id| repair.take_commands(*id))
+            .flat_map(|id| repair.take_commands(*id, &map))
             .collect();
         assert_eq!(deletes.len(), 1, "one surplus replica, one deletion");
         // Until that replica is gone, no second deletion is ordered.
         repair.pass(&[(block, record(2))], &map, true);
-        assert!(ids.iter().all(|id| repair.take_commands(*id).is_empty()));
+        assert!(ids
+            .iter()
+            .all(|id| repair.take_commands(*id, &map).is_empty()));
         repair.pass(&[(block, record(3))], &map, true);
-        assert!(ids.iter().all(|id| repair.take_commands(*id).is_empty()));
+        assert!(ids
+            .iter()
+            .all(|id| repair.take_commands(*id, &map).is_empty()));
     }
 }

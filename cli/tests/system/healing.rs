@@ -342,3 +342,50 @@ async fn setrep_adds_and_removes_replicas() {
     assert!(get(&client, attr.ino, 3 << 20).await == data);
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_keep_within_the_repair_bandwidth() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DevOptions::new(dir.path(), 1);
+    opts.min_replicas = 1;
+    opts.heartbeat_interval_ms = 300;
+    opts.repair_bytes_per_sec = Some(1 << 20);
+    let mut cluster = DevCluster::start(opts).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(8 << 20, 90);
+    let attr = put(&client, "file", &data, 4 << 20).await;
+    let blocks = replicas(&client, attr.ino).await.len();
+    assert!(
+        blocks >= 2,
+        "two blocks, so the second copy must wait for the first"
+    );
+
+    tracing::info!("--- a second datanode joins: both blocks are copied to it, 1 MiB/s");
+    cluster.add_datanode().await.unwrap();
+    // When each block got its second replica.
+    let mut done: HashMap<BlockId, Instant> = HashMap::new();
+    let started = Instant::now();
+    while done.len() < blocks {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "copies never finished"
+        );
+        for (block, holders) in replicas(&client, attr.ino).await {
+            if holders.len() == 2 {
+                done.entry(block).or_insert_with(Instant::now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first copy goes at once; each later one waits for the 4 MiB before it to have
+    // had their 4 s. Unthrottled, the copies run side by side.
+    let spread = *done.values().max().unwrap() - *done.values().min().unwrap();
+    let least = Duration::from_secs_f64(4.0 * (blocks - 1) as f64 * 0.9);
+    assert!(
+        spread >= least,
+        "copies spread over {spread:?}, less than the bandwidth allows"
+    );
+    assert!(get(&client, attr.ino, 3 << 20).await == data);
+    cluster.stop().await.unwrap();
+}
