@@ -40,7 +40,7 @@ enum AdminCommand {
     /// many blocks are under-replicated or missing.
     Report,
     /// Check files' blocks against their replication: per file, blocks, replicas and where
-    /// they are, and what is wrong. Exits with 1 when data is missing.
+    /// they are, and what is wrong. Exits with 1 when data is missing or corrupt.
     Fsck {
         #[arg(default_value = "/")]
         path: String,
@@ -234,6 +234,10 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         "Blocks: {} referenced; {} under-replicated ({} with one replica), {} missing, {} over-replicated",
         r.blocks, r.under_replicated, r.one_replica, r.missing, r.over_replicated
     );
+    println!(
+        "Corrupt: {} replicas awaiting replacement; {} blocks with no good replica",
+        r.corrupt_replicas, r.corrupt_blocks
+    );
     Ok(())
 }
 
@@ -303,6 +307,8 @@ struct FsckSummary {
     blocks: u64,
     under_replicated: u64,
     missing: u64,
+    /// Blocks whose every replica was found corrupt.
+    corrupt: u64,
     healthy: bool,
 }
 
@@ -325,6 +331,7 @@ async fn check_file(
             })
             .await?;
         let locations: HashMap<_, _> = map.locations.into_iter().collect();
+        let corrupt: std::collections::HashSet<BlockId> = map.corrupt.into_iter().collect();
         for (index, slices) in map.chunks {
             for s in slices {
                 if !seen.insert(s.block) {
@@ -338,7 +345,9 @@ async fn check_file(
                             .collect()
                     })
                     .unwrap_or_default();
-                let problem = if at.is_empty() {
+                let problem = if at.is_empty() && corrupt.contains(&s.block) {
+                    Some("corrupt")
+                } else if at.is_empty() {
                     Some("missing")
                 } else if at.len() < attr.replication as usize {
                     Some("under-replicated")
@@ -411,6 +420,7 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
                 for b in &check.blocks {
                     match b.problem {
                         Some("missing") => summary.missing += 1,
+                        Some("corrupt") => summary.corrupt += 1,
                         Some(_) => summary.under_replicated += 1,
                         None => continue,
                     }
@@ -423,7 +433,7 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
             _ => {}
         }
     }
-    summary.healthy = summary.missing == 0;
+    summary.healthy = summary.missing == 0 && summary.corrupt == 0;
     if json {
         #[derive(Serialize)]
         struct Out {
@@ -474,21 +484,22 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
     }
     let s = &summary;
     println!(
-        "{}: {} files, {} directories, {}, {} blocks; {} under-replicated, {} missing",
+        "{}: {} files, {} directories, {}, {} blocks; {} under-replicated, {} missing, {} corrupt",
         path,
         s.files,
         s.directories,
         size(s.bytes),
         s.blocks,
         s.under_replicated,
-        s.missing
+        s.missing,
+        s.corrupt
     );
     println!(
         "Status: {}",
         if s.healthy {
             "HEALTHY"
         } else {
-            "CORRUPT (blocks with no live replica)"
+            "CORRUPT (blocks with no good live replica)"
         }
     );
     Ok(exit_code(s.healthy))

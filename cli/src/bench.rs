@@ -55,6 +55,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 30_000)]
         dead_timeout_ms: u64,
     },
+    /// One datanode's scrubber re-hashing what it holds: the rate of a full pass.
+    Scrub {
+        /// Data on the datanode, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// The scrubber's limit in bytes per second (default: the datanode's default);
+        /// 0 for full speed.
+        #[arg(long)]
+        bytes_per_sec: Option<u64>,
+    },
     /// The namenode's metadata engine alone: durable creates, no RPC.
     Engine {
         #[arg(long, default_value_t = 200_000)]
@@ -101,6 +111,10 @@ pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> any
             .await?
         }
         BenchCommand::Meta { clients, files } => meta(tmp.path(), clients, files).await?,
+        BenchCommand::Scrub {
+            size_mib,
+            bytes_per_sec,
+        } => scrub(tmp.path(), size_mib, bytes_per_sec).await?,
         BenchCommand::Repair {
             size_mib,
             heartbeat_ms,
@@ -121,6 +135,70 @@ pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> any
     Ok(())
 }
 
+async fn scrub(
+    dir: &std::path::Path,
+    size_mib: u64,
+    bytes_per_sec: Option<u64>,
+) -> anyhow::Result<Vec<Figure>> {
+    let rate = match bytes_per_sec {
+        Some(0) => u64::MAX,
+        Some(r) => r,
+        None => cairn_datanode::config::DEFAULT_SCRUB_BYTES_PER_SEC,
+    };
+    let mut opts = DevOptions::new(dir, 1);
+    opts.replication = 1;
+    opts.min_replicas = 1;
+    opts.heartbeat_interval_ms = 500;
+    // Passes start at most once a day: the one after the restart below is measured.
+    opts.scrub = Some((rate, 86_400));
+    let mut cluster = DevCluster::start(opts).await?;
+    let client = cluster.client().await?;
+    eprintln!("put {size_mib} MiB on one datanode…");
+    write_random(&client, size_mib, 13).await?;
+    // A restarted datanode starts a scrub pass over everything it holds.
+    cluster.stop_datanode(0).await?;
+    cluster.start_datanode(0).await?;
+    eprintln!("scrubbing…");
+    let progress = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(nodes) = client.datanodes().await else {
+            continue;
+        };
+        if let Some(p) = nodes.first().map(|d| d.scrub).filter(|p| p.passes > 0) {
+            break p;
+        }
+    };
+    cluster.stop().await?;
+    let limit = if rate == u64::MAX {
+        "full speed".to_string()
+    } else {
+        format!("limit {} MiB/s", rate >> 20)
+    };
+    Ok(vec![Figure {
+        what: format!("scrub pass over {size_mib} MiB, {limit}"),
+        value: progress.last_pass_bytes as f64 / (1 << 20) as f64 / progress.last_pass_secs,
+        unit: "MiB/s",
+    }])
+}
+
+/// Writes `size_mib` MiB of seeded random bytes to a new file `/bench`.
+async fn write_random(client: &Client, size_mib: u64, seed: u64) -> anyhow::Result<Ino> {
+    let created = client
+        .create(Ino::ROOT, b"bench", 0o644, true, false, Owner::current())
+        .await?;
+    let mut f = client.open(created.attr.ino).await?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut piece = vec![0u8; 4 << 20];
+    let mut offset = 0u64;
+    while offset < size_mib << 20 {
+        rng.fill_bytes(&mut piece);
+        f.write(offset, &piece).await?;
+        offset += piece.len() as u64;
+    }
+    f.close().await?;
+    Ok(created.attr.ino)
+}
+
 async fn repair(
     dir: &std::path::Path,
     size_mib: u64,
@@ -133,19 +211,7 @@ async fn repair(
     let mut cluster = DevCluster::start(opts).await?;
     let client = cluster.client().await?;
     eprintln!("put {size_mib} MiB of random data at R=3 on 4 datanodes…");
-    let created = client
-        .create(Ino::ROOT, b"bench", 0o644, true, false, Owner::current())
-        .await?;
-    let mut f = client.open(created.attr.ino).await?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let mut piece = vec![0u8; 4 << 20];
-    let mut offset = 0u64;
-    while offset < size_mib << 20 {
-        rng.fill_bytes(&mut piece);
-        f.write(offset, &piece).await?;
-        offset += piece.len() as u64;
-    }
-    f.close().await?;
+    write_random(&client, size_mib, 11).await?;
 
     // The datanode holding the most blocks goes.
     let statuses = client.datanodes().await?;

@@ -45,6 +45,8 @@ pub struct DevOptions {
     pub safemode_extension_ms: u64,
     /// Each datanode's bandwidth for re-replication copies (`repair_bytes_per_sec`).
     pub repair_bytes_per_sec: Option<u64>,
+    /// Each datanode's scrubber: (bytes per second, seconds between passes).
+    pub scrub: Option<(u64, u64)>,
 }
 
 impl DevOptions {
@@ -61,6 +63,7 @@ impl DevOptions {
             open_lease_ms: 30_000,
             safemode_extension_ms: 3_000,
             repair_bytes_per_sec: None,
+            scrub: None,
         }
     }
 }
@@ -251,6 +254,10 @@ impl DevCluster {
         config.reserve_bytes = 0;
         config.capacity_bytes = self.opts.datanode_capacity;
         config.repair_bytes_per_sec = self.opts.repair_bytes_per_sec;
+        if let Some((rate, period)) = self.opts.scrub {
+            config.scrub_bytes_per_sec = rate;
+            config.scrub_period_secs = period;
+        }
         self.datanodes.push(DevDatanode {
             config,
             addr: None,

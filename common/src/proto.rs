@@ -327,6 +327,9 @@ pub struct ChunkMap {
     pub chunks: Vec<(u32, Vec<Slice>)>,
     /// Live replicas of every block the slices reference, best first.
     pub locations: Vec<(BlockId, Vec<DatanodeAddr>)>,
+    /// Blocks among those with replicas found corrupt (by a scrubber or a reader) that are
+    /// not yet replaced.
+    pub corrupt: Vec<BlockId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -442,6 +445,7 @@ pub struct DatanodeStatus {
     pub last_heartbeat_ms: u64,
     /// Block transfers it was serving at its last heartbeat.
     pub active_transfers: u32,
+    pub scrub: ScrubProgress,
 }
 
 /// How a datanode is doing, by its heartbeats.
@@ -489,6 +493,9 @@ pub struct RepairStatus {
     pub rate_bytes_per_sec: u64,
     /// Replicas deleted as surplus since the namenode started.
     pub surplus_deleted: u64,
+    /// Replicas found corrupt and not yet replaced, and the blocks whose every replica is.
+    pub corrupt_replicas: u64,
+    pub corrupt_blocks: u64,
     /// Referenced blocks, and those with at least one live replica.
     pub blocks: u64,
     pub blocks_reported: u64,
@@ -571,6 +578,21 @@ pub struct Heartbeat {
     /// Copies ordered by the namenode ([`DatanodeCommand::Replicate`]) that failed since
     /// the last heartbeat; successful ones show up as the targets' block reports.
     pub copies_failed: Vec<BlockId>,
+    pub scrub: ScrubProgress,
+}
+
+/// What a datanode's scrubber has done since the datanode started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScrubProgress {
+    /// Passes finished.
+    pub passes: u64,
+    /// Bytes re-hashed in the pass under way.
+    pub bytes_this_pass: u64,
+    /// Bytes and seconds of the last finished pass.
+    pub last_pass_bytes: u64,
+    pub last_pass_secs: f64,
+    /// Corrupt replicas found since the start.
+    pub corrupt_found: u64,
 }
 
 /// Work the namenode hands a datanode with a heartbeat reply.
@@ -584,6 +606,11 @@ pub enum DatanodeCommand {
     },
     /// Delete these replicas: other datanodes hold enough copies.
     Delete { blocks: Vec<BlockId> },
+    /// Re-hash these replicas now (a reader found one bad): quarantine and report those that
+    /// are, report the others as held again.
+    Verify { blocks: Vec<BlockId> },
+    /// Delete these quarantined replicas: the blocks have their replicas elsewhere.
+    DropQuarantined { blocks: Vec<BlockId> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

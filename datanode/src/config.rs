@@ -35,6 +35,13 @@ pub struct DatanodeConfig {
     /// (re-replication), so repair leaves room for clients. Default: no limit.
     #[serde(default)]
     pub repair_bytes_per_sec: Option<u64>,
+    /// The scrubber re-reads and re-hashes every stored block at most this fast, so that
+    /// bit rot is found before the other copies are needed. 0 turns it off. Default 8 MiB/s.
+    #[serde(default = "default_scrub_bytes_per_sec")]
+    pub scrub_bytes_per_sec: u64,
+    /// A scrub pass starts at most this often, in seconds. Default 604800 (a week).
+    #[serde(default = "default_scrub_period_secs")]
+    pub scrub_period_secs: u64,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -47,6 +54,15 @@ fn default_listen() -> SocketAddr {
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/cairn/datanode")
+}
+/// The scrubber's default pace: a terabyte a day and a half.
+pub const DEFAULT_SCRUB_BYTES_PER_SEC: u64 = 8 << 20;
+
+fn default_scrub_bytes_per_sec() -> u64 {
+    DEFAULT_SCRUB_BYTES_PER_SEC
+}
+fn default_scrub_period_secs() -> u64 {
+    7 * 24 * 3600
 }
 fn default_reserve() -> u64 {
     1 << 30
@@ -68,6 +84,8 @@ impl DatanodeConfig {
             reserve_bytes: default_reserve(),
             capacity_bytes: None,
             repair_bytes_per_sec: None,
+            scrub_bytes_per_sec: default_scrub_bytes_per_sec(),
+            scrub_period_secs: default_scrub_period_secs(),
             tls,
         }
     }

@@ -44,6 +44,8 @@ pub struct Datanode {
     copy_slots: Arc<tokio::sync::Semaphore>,
     /// With `repair_bytes_per_sec`: when the copy bandwidth is free again.
     copy_pace: tokio::sync::Mutex<tokio::time::Instant>,
+    /// What the scrubber has done, told with every heartbeat.
+    scrub: std::sync::Mutex<cairn_common::proto::ScrubProgress>,
     /// A copy or deletion finished: heartbeat now, for the next orders.
     work_done: tokio::sync::Notify,
 }
@@ -77,12 +79,15 @@ pub async fn run(
         copies_failed: Default::default(),
         copy_slots: Arc::new(tokio::sync::Semaphore::new(COPY_SLOTS)),
         copy_pace: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        scrub: Default::default(),
         work_done: tokio::sync::Notify::new(),
     });
     // Cancellation point: the reporter checks `shutdown` between heartbeats and retries.
     let reporter = tokio::spawn(report_loop(datanode.clone(), shutdown.clone()));
+    let scrubber = tokio::spawn(scrub_loop(datanode.clone(), shutdown.clone()));
     transport::serve(endpoint.clone(), datanode.clone(), shutdown).await;
     let _ = reporter.await;
+    let _ = scrubber.await;
     let name = datanode.config.name.clone();
     // Requests in flight hold the datanode (and through its pool, the endpoint's socket);
     // let them end so a restart can bind the same port.
@@ -297,6 +302,7 @@ impl Datanode {
         let space = self.store.space();
         let copies_failed =
             std::mem::take(&mut *self.copies_failed.lock().unwrap_or_else(|e| e.into_inner()));
+        let scrub = *self.scrub.lock().unwrap_or_else(|e| e.into_inner());
         let reply = self
             .namenode_call(Heartbeat {
                 id: self.id(),
@@ -306,6 +312,7 @@ impl Datanode {
                 blocks: self.store.count(),
                 active_transfers: self.active_transfers.load(Ordering::Relaxed),
                 copies_failed,
+                scrub,
             })
             .await?;
         if !reply.commands.is_empty() {
@@ -336,6 +343,22 @@ impl Datanode {
                         .push(block);
                 }
             }
+            DatanodeCommand::Verify { blocks } => {
+                for block in blocks {
+                    self.check_replica(block, true).await;
+                }
+            }
+            DatanodeCommand::DropQuarantined { blocks } => {
+                let store = self.store.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for b in blocks {
+                        if let Err(e) = store.drop_quarantined(&b) {
+                            warn!("{e}");
+                        }
+                    }
+                })
+                .await;
+            }
             DatanodeCommand::Delete { blocks } => {
                 let store = self.store.clone();
                 let ids = blocks.clone();
@@ -364,6 +387,59 @@ impl Datanode {
             }
         }
         self.work_done.notify_one();
+    }
+
+    /// Re-hashes one replica. A bad one is quarantined and reported (the namenode has it
+    /// replaced from a good copy); with `confirm`, a good one is reported held (a reader's
+    /// report of it made the namenode drop it). Returns the bytes read.
+    async fn check_replica(&self, block: BlockId, confirm: bool) -> u64 {
+        let store = self.store.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let len = store.len_of(&block);
+            (store.verify(&block), len)
+        })
+        .await;
+        let Ok((verdict, len)) = checked else {
+            return 0;
+        };
+        match verdict {
+            Ok(true) if !confirm => {}
+            Ok(true) => {
+                let report = BlockReceived {
+                    id: self.id(),
+                    added: vec![block],
+                    removed: Vec::new(),
+                };
+                if let Err(e) = self.namenode_call(report).await {
+                    debug!(%block, "cannot confirm replica to namenode: {e}");
+                }
+            }
+            Ok(false) => {
+                warn!(%block, "corrupt replica: quarantined, a good copy will replace it");
+                self.scrub_progress(|p| p.corrupt_found += 1);
+                let store = self.store.clone();
+                let quarantined =
+                    tokio::task::spawn_blocking(move || store.quarantine(&block)).await;
+                if let Ok(Err(e)) = quarantined {
+                    warn!("{e}");
+                }
+                let report = cairn_common::proto::ReportBadReplica {
+                    block,
+                    datanode: self.id(),
+                    reason: "its bytes do not hash to its id".into(),
+                };
+                if let Err(e) = self.namenode_call(report).await {
+                    warn!(%block, "cannot report corrupt replica to namenode: {e}");
+                }
+            }
+            // Deleted meanwhile.
+            Err(_) => {}
+        }
+        len
+    }
+
+    fn scrub_progress(&self, f: impl FnOnce(&mut cairn_common::proto::ScrubProgress)) {
+        f(&mut self.scrub.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Waits until sending `len` more bytes of copies keeps within `repair_bytes_per_sec`.
@@ -478,6 +554,51 @@ async fn report_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Re-hashes every stored block, at most `scrub_bytes_per_sec`, one pass per
+/// `scrub_period_secs` at most. Cancellation point: every wait.
+async fn scrub_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
+    let rate = dn.config.scrub_bytes_per_sec;
+    if rate == 0 {
+        return;
+    }
+    let period = Duration::from_secs(dn.config.scrub_period_secs);
+    loop {
+        let started = tokio::time::Instant::now();
+        let mut blocks = dn.store.list();
+        blocks.sort();
+        let mut bytes = 0u64;
+        for block in blocks {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            bytes += dn.check_replica(block, false).await;
+            dn.scrub_progress(|p| p.bytes_this_pass = bytes);
+            // Paced over the whole pass: a pass of N bytes takes at least N / rate.
+            let due = started + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        }
+        let took = started.elapsed();
+        dn.scrub_progress(|p| {
+            p.passes += 1;
+            p.bytes_this_pass = 0;
+            p.last_pass_bytes = bytes;
+            p.last_pass_secs = took.as_secs_f64();
+        });
+        info!(
+            mib = bytes >> 20,
+            secs = took.as_secs_f64(),
+            "scrub pass done"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(started + period.max(Duration::from_secs(1))) => {}
         }
     }
 }

@@ -17,6 +17,8 @@ use cairn_common::{BlockId, DatanodeId, FsError, FsResult};
 use tracing::{info, warn};
 
 const ID_FILE: &str = "datanode-id";
+/// Where replicas found bad wait until the namenode has the block copied from a good one.
+const QUARANTINE: &str = "quarantine";
 /// Bytes of small parts gathered before they are fed to the hasher (see `put`).
 const HASH_STAGING: usize = 256 << 10;
 /// Parts at least this long are hashed where they lie, without gathering.
@@ -59,6 +61,7 @@ impl BlockStore {
             fs::remove_dir_all(&tmp).with_context(|| format!("cleaning {}", tmp.display()))?;
         }
         fs::create_dir_all(&tmp)?;
+        fs::create_dir_all(root.join(QUARANTINE))?;
         let id = load_or_create_id(root)?;
         let mut blocks = HashMap::new();
         let mut used = 0u64;
@@ -115,6 +118,11 @@ impl BlockStore {
 
     pub fn list(&self) -> Vec<BlockId> {
         self.index().keys().copied().collect()
+    }
+
+    /// The length of a held block (0 if not held).
+    pub fn len_of(&self, id: &BlockId) -> u64 {
+        self.index().get(id).copied().unwrap_or(0) as u64
     }
 
     pub fn count(&self) -> u64 {
@@ -214,6 +222,43 @@ impl BlockStore {
             self.used.fetch_add(len as u64, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Re-reads a block and checks it against its id: `Ok(true)` when it is intact. A block
+    /// that cannot be read at all is as bad as one that reads wrong: `Ok(false)` too.
+    pub fn verify(&self, id: &BlockId) -> FsResult<bool> {
+        match self.read(id, 0, None) {
+            Ok(data) => Ok(BlockId::of(&data) == *id),
+            Err(FsError::NotFound) => Err(FsError::NotFound),
+            Err(e) => {
+                warn!(block = %id, "unreadable replica: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Takes a bad replica out of service: it is no longer held (a good copy can be stored
+    /// here again) and its file waits in `quarantine/` until the namenode says the block has
+    /// its replicas elsewhere ([`BlockStore::drop_quarantined`]).
+    pub fn quarantine(&self, id: &BlockId) -> FsResult<()> {
+        if let Some(len) = self.index().remove(id) {
+            self.used.fetch_sub(len as u64, Ordering::Relaxed);
+        }
+        let to = self.root.join(QUARANTINE).join(id.to_hex());
+        match fs::rename(self.block_path(id), &to) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FsError::io(format!("quarantining block {id}: {e}"))),
+        }
+    }
+
+    /// Deletes a quarantined replica.
+    pub fn drop_quarantined(&self, id: &BlockId) -> FsResult<()> {
+        match fs::remove_file(self.root.join(QUARANTINE).join(id.to_hex())) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FsError::io(format!("deleting quarantined block {id}: {e}"))),
+        }
     }
 
     /// Reads a whole block and checks it against its id: what is copied to another datanode

@@ -19,6 +19,7 @@ struct Datanode {
     available: u64,
     last_heartbeat: Instant,
     active_transfers: u32,
+    scrub: cairn_common::proto::ScrubProgress,
     blocks: HashSet<BlockId>,
     /// Blocks of a full report still being received.
     report: Option<HashSet<BlockId>>,
@@ -68,6 +69,7 @@ impl BlockMap {
             available: 0,
             last_heartbeat: Instant::now(),
             active_transfers: 0,
+            scrub: Default::default(),
             blocks: HashSet::new(),
             report: None,
         });
@@ -89,6 +91,7 @@ impl BlockMap {
                 node.available = h.available;
                 node.last_heartbeat = Instant::now();
                 node.active_transfers = h.active_transfers;
+                node.scrub = h.scrub;
                 true
             }
             None => false,
@@ -264,6 +267,7 @@ impl BlockMap {
                 alive: self.alive(n, now),
                 state: self.state(n, now),
                 active_transfers: n.active_transfers,
+                scrub: n.scrub,
                 capacity: n.capacity,
                 used: n.used,
                 available: n.available,

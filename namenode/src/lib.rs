@@ -144,10 +144,12 @@ impl Namenode {
                 }
             }
         }
+        let corrupt = self.repair.corrupt_among(locations.iter().map(|(b, _)| *b));
         Ok(ChunkMap {
             attr,
             chunks,
             locations,
+            corrupt,
         })
     }
 
@@ -316,6 +318,13 @@ impl Service for Namenode {
             R::ReportBadReplica(r) => {
                 warn!(block = %r.block, datanode = %r.datanode, reason = %r.reason, reporter = %peer.name, "bad replica reported");
                 self.blocks.drop_replica(&r.block, r.datanode);
+                if peer.role == Role::Datanode {
+                    // Its own replica, found bad by its scrubber and quarantined.
+                    self.repair.corrupt_replica(r.block, r.datanode);
+                } else {
+                    // A reader's word: the datanode checks, and reports what it finds.
+                    self.repair.verify(r.block, r.datanode);
+                }
                 ex.respond(&Ok(())).await
             }
             R::ListDatanodes(_) => ex.respond(&Ok(self.blocks.statuses())).await,

@@ -45,6 +45,9 @@ struct State {
     queue: Vec<Need>,
     /// Whether the last pass was allowed to act (not in safe mode).
     acting: bool,
+    /// Replicas found corrupt (and quarantined by their datanode), until the block has its
+    /// replicas from good copies and the bad ones are dropped.
+    corrupt: HashMap<BlockId, Vec<DatanodeId>>,
     status: RepairStatus,
     /// (when, bytes copied so far) at each pass of the last minute, for the rate.
     progress: std::collections::VecDeque<(Instant, u64)>,
@@ -176,6 +179,37 @@ impl Repair {
         s.queue = kept;
     }
 
+    /// `node` found its replica of `block` corrupt and quarantined it.
+    pub fn corrupt_replica(&self, block: BlockId, node: DatanodeId) {
+        let mut s = self.state();
+        let nodes = s.corrupt.entry(block).or_default();
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+
+    /// A reader found `node`'s replica of `block` bad: the node re-hashes it.
+    pub fn verify(&self, block: BlockId, node: DatanodeId) {
+        let mut s = self.state();
+        push_command(&mut s, node, |cmds| {
+            match cmds.iter_mut().find_map(|c| match c {
+                DatanodeCommand::Verify { blocks } => Some(blocks),
+                _ => None,
+            }) {
+                Some(blocks) => blocks.push(block),
+                None => cmds.push(DatanodeCommand::Verify {
+                    blocks: vec![block],
+                }),
+            }
+        });
+    }
+
+    /// Which of `blocks` have corrupt replicas not yet replaced.
+    pub fn corrupt_among(&self, blocks: impl Iterator<Item = BlockId>) -> Vec<BlockId> {
+        let s = self.state();
+        blocks.filter(|b| s.corrupt.contains_key(b)).collect()
+    }
+
     /// `node` could not copy these blocks: plan them again at once.
     pub fn copies_failed(&self, node: DatanodeId, blocks: &[BlockId]) {
         let mut s = self.state();
@@ -219,6 +253,22 @@ impl Repair {
                 }
             }
             let want = (rec.replication as usize).min(live_nodes);
+            if let Some(bad) = s.corrupt.get(block) {
+                status.corrupt_replicas += bad.len() as u64;
+                if live.is_empty() {
+                    status.corrupt_blocks += 1;
+                } else if act && live.len() >= want {
+                    // Replaced from good copies: the bad ones can go now, not before.
+                    let bad = s.corrupt.remove(block).unwrap_or_default();
+                    for node in bad {
+                        push_command(&mut s, node, |cmds| {
+                            cmds.push(DatanodeCommand::DropQuarantined {
+                                blocks: vec![*block],
+                            })
+                        });
+                    }
+                }
+            }
             if live.is_empty() {
                 status.missing += 1;
                 continue;

@@ -389,3 +389,133 @@ async fn copies_keep_within_the_repair_bandwidth() {
     assert!(get(&client, attr.ino, 3 << 20).await == data);
     cluster.stop().await.unwrap();
 }
+
+/// Flips bytes in the middle of datanode `index`'s replica of `block`.
+fn rot(cluster: &DevCluster, index: usize, block: &BlockId) {
+    let path = block_path(cluster, index, block);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// Each block of `ino` with the file offset it starts at.
+async fn blocks_by_offset(client: &Client, ino: Ino) -> Vec<(u64, BlockId)> {
+    let map = chunk_map(client, ino).await;
+    let mut out: Vec<(u64, BlockId)> = map
+        .chunks
+        .iter()
+        .flat_map(|(index, slices)| {
+            slices.iter().map(move |s| {
+                (
+                    *index as u64 * cairn_common::layout::CHUNK_SIZE + s.pos as u64,
+                    s.block,
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_scrubber_replaces_rotten_replicas_and_fsck_names_lost_blocks() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DevOptions::new(dir.path(), 4);
+    opts.heartbeat_interval_ms = 300;
+    opts.dead_timeout_ms = 2_000;
+    opts.scrub = Some((1 << 30, 1));
+    let cluster = DevCluster::start(opts).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(12 << 20, 100);
+    let attr = put(&client, "file", &data, 4 << 20).await;
+    let blocks = blocks_by_offset(&client, attr.ino).await;
+    assert!(blocks.len() >= 3, "{blocks:?}");
+    let all_three = |m: &HashMap<BlockId, Vec<DatanodeId>>| {
+        m.len() == blocks.len() && m.values().all(|v| v.len() == 3)
+    };
+    wait_for_replicas(
+        &client,
+        attr.ino,
+        Duration::from_secs(10),
+        "written",
+        all_three,
+    )
+    .await;
+
+    tracing::info!("--- one rotten replica: found, replaced from a good copy, then deleted");
+    let (_, first) = blocks[0];
+    let bad = holders(&cluster, &first)[0];
+    rot(&cluster, bad, &first);
+    let quarantine = cluster
+        .dir()
+        .join(format!("datanode-{}", bad + 1))
+        .join("quarantine");
+    let all_good = || {
+        holders(&cluster, &first).iter().all(|i| {
+            let bytes = std::fs::read(block_path(&cluster, *i, &first)).unwrap_or_default();
+            BlockId::of(&bytes) == first
+        })
+    };
+    let quarantined = || std::fs::read_dir(&quarantine).map_or(0, |d| d.count());
+    wait_for_replicas(
+        &client,
+        attr.ino,
+        Duration::from_secs(30),
+        "replaced",
+        |m| {
+            // The end state: three good replicas, the bad one gone from disk.
+            all_three(m) && all_good() && quarantined() == 0
+        },
+    )
+    .await;
+    for i in holders(&cluster, &first) {
+        let bytes = std::fs::read(block_path(&cluster, i, &first)).unwrap();
+        assert_eq!(BlockId::of(&bytes), first, "every replica on disk is good");
+    }
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    assert!(get(&client, attr.ino, 3 << 20).await == data);
+
+    tracing::info!("--- every replica of one block rotten: fsck names it, its range fails");
+    let (offset, second) = blocks[1];
+    for i in holders(&cluster, &second) {
+        rot(&cluster, i, &second);
+    }
+    let mut fsck = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (code, out) = admin(&cluster, &["fsck", "/"]);
+        fsck = out;
+        if code == 1 && fsck["summary"]["corrupt"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(fsck["summary"]["corrupt"], 1, "{fsck}");
+    assert_eq!(fsck["summary"]["healthy"], false);
+    assert_eq!(fsck["files"][0]["path"], "/file");
+    let named: Vec<&serde_json::Value> = fsck["files"][0]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["problem"] == "corrupt")
+        .collect();
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0]["block"], second.to_hex());
+    let reader = cluster.client().await.unwrap();
+    let mut f = reader.open(attr.ino).await.unwrap();
+    assert!(f.read(offset, 4096).await.is_err(), "the lost range fails");
+    let (other, _) = blocks[2];
+    let got = f.read(other, 4096).await.unwrap();
+    assert!(
+        got[..] == data[other as usize..other as usize + 4096],
+        "the rest reads"
+    );
+    let got = f.read(0, 4096).await.unwrap();
+    assert!(got[..] == data[..4096]);
+    drop(f);
+    cluster.stop().await.unwrap();
+}

@@ -84,6 +84,7 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
             blocks: 0,
             active_transfers: 0,
             copies_failed: Vec::new(),
+            scrub: Default::default(),
         })
         .await
         .unwrap_err();
