@@ -27,6 +27,14 @@ async fn replicas(client: &Client, ino: Ino) -> HashMap<BlockId, Vec<DatanodeId>
         .collect()
 }
 
+/// A replica map with `blocks` blocks of `replicas` live replicas each.
+fn every_block(
+    blocks: usize,
+    replicas: usize,
+) -> impl Fn(&HashMap<BlockId, Vec<DatanodeId>>) -> bool + Copy {
+    move |m| m.len() == blocks && m.values().all(|v| v.len() == replicas)
+}
+
 /// Waits until `done` holds for the replica map of `ino`, up to `limit`; returns how long.
 async fn wait_for_replicas(
     client: &Client,
@@ -57,8 +65,7 @@ async fn a_lost_datanode_is_replaced_by_itself_and_a_returning_one_trimmed() {
     let client = cluster.client().await.unwrap();
     let data = random_bytes(40 << 20, 50);
     let attr = put(&client, "big", &data, 1 << 20).await;
-    let all_three =
-        |m: &HashMap<BlockId, Vec<DatanodeId>>| m.len() == 10 && m.values().all(|v| v.len() == 3);
+    let all_three = every_block(10, 3);
     wait_for_replicas(
         &client,
         attr.ino,
@@ -306,11 +313,7 @@ async fn setrep_adds_and_removes_replicas() {
     let client = cluster.client().await.unwrap();
     let data = random_bytes(12 << 20, 80);
     let attr = put(&client, "file", &data, 1 << 20).await;
-    let each = |n: usize| {
-        move |m: &HashMap<BlockId, Vec<DatanodeId>>| {
-            m.len() == 3 && m.values().all(|v| v.len() == n)
-        }
-    };
+    let each = |n: usize| every_block(3, n);
     wait_for_replicas(
         &client,
         attr.ino,
@@ -434,9 +437,7 @@ async fn the_scrubber_replaces_rotten_replicas_and_fsck_names_lost_blocks() {
     let attr = put(&client, "file", &data, 4 << 20).await;
     let blocks = blocks_by_offset(&client, attr.ino).await;
     assert!(blocks.len() >= 3, "{blocks:?}");
-    let all_three = |m: &HashMap<BlockId, Vec<DatanodeId>>| {
-        m.len() == blocks.len() && m.values().all(|v| v.len() == 3)
-    };
+    let all_three = every_block(blocks.len(), 3);
     wait_for_replicas(
         &client,
         attr.ino,
