@@ -10,8 +10,8 @@ use cairn_client::Client;
 use cairn_common::attr::{FileKind, InodeAttr};
 use cairn_common::layout::CHUNK_SIZE;
 use cairn_common::proto::{
-    DatanodeState, DatanodeStatus, GetRepairStatus, ReadChunks, RepairStatus, SafeMode,
-    SafeModeAction, SafeModeStatus,
+    AdminState, DatanodeState, DatanodeStatus, GetRepairStatus, ReadChunks, RepairStatus, SafeMode,
+    SafeModeAction, SafeModeStatus, SetAdminState,
 };
 use cairn_common::{BlockId, FsError};
 use clap::{Args, Subcommand, ValueEnum};
@@ -62,6 +62,21 @@ enum AdminCommand {
     },
     /// Re-replication: blocks below their replication, copies under way, rate and ETA.
     RepairStatus,
+    /// Drain a datanode: its blocks are copied elsewhere, then it shows as decommissioned
+    /// and may be switched off (root only). `--cancel` puts it back in service.
+    Decommission {
+        /// The datanode's name, address or id (as `report` shows them).
+        node: String,
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// Take a datanode down for planned work without its blocks being copied elsewhere
+    /// (root only). `--end` puts it back in service.
+    Maintenance {
+        node: String,
+        #[arg(long)]
+        end: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -99,8 +114,45 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             }
         }
         AdminCommand::RepairStatus => repair_status(&client, json).await?,
+        AdminCommand::Decommission { node, cancel } => {
+            let state = if cancel {
+                AdminState::Normal
+            } else {
+                AdminState::Decommissioning
+            };
+            set_admin(&client, &node, state, json).await?
+        }
+        AdminCommand::Maintenance { node, end } => {
+            let state = if end {
+                AdminState::Normal
+            } else {
+                AdminState::Maintenance
+            };
+            set_admin(&client, &node, state, json).await?
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn set_admin(
+    client: &Client,
+    node: &str,
+    state: AdminState,
+    json: bool,
+) -> anyhow::Result<()> {
+    let status = client
+        .namenode(SetAdminState {
+            node: node.to_string(),
+            state,
+        })
+        .await
+        .map_err(|e| anyhow!("{node}: {e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!("{} ({}): {}", status.name, status.addr, status.admin);
+    }
+    Ok(())
 }
 
 fn safe_mode_line(s: &SafeModeStatus) -> String {
@@ -191,10 +243,11 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
     println!("{}", safe_mode_line(&report.safe_mode));
     println!();
     println!(
-        "{:<16} {:<22} {:<6} {:>10} {:>10} {:>10} {:>6} {:>8} {:>10} {:>5}",
+        "{:<16} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>6} {:>8} {:>10} {:>5}",
         "NAME",
         "ADDRESS",
         "STATE",
+        "ADMIN",
         "CAPACITY",
         "USED",
         "AVAILABLE",
@@ -205,10 +258,11 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
     );
     for d in &report.datanodes {
         println!(
-            "{:<16} {:<22} {:<6} {:>10} {:>10} {:>10} {:>5.1}% {:>8} {:>9.1}s {:>5}",
+            "{:<16} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>5.1}% {:>8} {:>9.1}s {:>5}",
             d.name,
             d.addr.to_string(),
             d.state.to_string(),
+            d.admin.to_string(),
             size(d.capacity),
             size(d.used),
             size(d.available),
@@ -219,8 +273,9 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         );
     }
     println!(
-        "{:<16} {:<22} {:<6} {:>10} {:>10} {:>10} {:>5.1}%",
+        "{:<16} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>5.1}%",
         "total (live)",
+        "",
         "",
         "",
         size(t.capacity),

@@ -77,6 +77,7 @@ service! {
         KeepOpen(KeepOpen) -> (),
         GetRepairStatus(GetRepairStatus) -> RepairStatus,
         SafeMode(SafeMode) -> SafeModeStatus,
+        SetAdminState(SetAdminState) -> DatanodeStatus,
     }
 }
 
@@ -446,10 +447,47 @@ pub struct DatanodeStatus {
     /// Block transfers it was serving at its last heartbeat.
     pub active_transfers: u32,
     pub scrub: ScrubProgress,
+    pub admin: AdminState,
+}
+
+/// What an operator asked of a datanode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    #[default]
+    Normal,
+    /// Being drained: no new blocks, its replicas no longer count, every block it holds is
+    /// copied elsewhere; it still serves reads and copies meanwhile.
+    Decommissioning,
+    /// Drained: every block it held has its replicas elsewhere; it may be switched off.
+    Decommissioned,
+    /// Down for planned work: no new blocks, and while it is away its replicas still count,
+    /// so nothing is copied for its absence.
+    Maintenance,
+}
+
+impl std::fmt::Display for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AdminState::Normal => "normal",
+            AdminState::Decommissioning => "decommissioning",
+            AdminState::Decommissioned => "decommissioned",
+            AdminState::Maintenance => "maintenance",
+        })
+    }
+}
+
+/// Decommission a datanode, put it in maintenance, or back to normal (root only). `node` is
+/// its name, its address or its id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetAdminState {
+    pub node: String,
+    pub state: AdminState,
 }
 
 /// How a datanode is doing, by its heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DatanodeState {
     /// Heartbeats arrive.
     Live,

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_common::proto::{DatanodeAddr, DatanodeState, DatanodeStatus, Heartbeat, Register};
+use cairn_common::proto::{
+    AdminState, DatanodeAddr, DatanodeState, DatanodeStatus, Heartbeat, Register,
+};
 use cairn_common::{BlockId, DatanodeId};
 use rand::Rng;
 
@@ -20,6 +22,7 @@ struct Datanode {
     last_heartbeat: Instant,
     active_transfers: u32,
     scrub: cairn_common::proto::ScrubProgress,
+    admin: AdminState,
     blocks: HashSet<BlockId>,
     /// Blocks of a full report still being received.
     report: Option<HashSet<BlockId>>,
@@ -70,6 +73,7 @@ impl BlockMap {
             last_heartbeat: Instant::now(),
             active_transfers: 0,
             scrub: Default::default(),
+            admin: AdminState::Normal,
             blocks: HashSet::new(),
             report: None,
         });
@@ -175,11 +179,75 @@ impl BlockMap {
         }
     }
 
-    /// How many datanodes are alive.
+    /// How many datanodes can take replicas: alive and in normal service.
     pub fn live_nodes(&self) -> usize {
         let inner = self.lock();
         let now = Instant::now();
-        inner.nodes.values().filter(|n| self.alive(n, now)).count()
+        inner
+            .nodes
+            .values()
+            .filter(|n| self.alive(n, now) && n.admin == AdminState::Normal)
+            .count()
+    }
+
+    /// The replicas of `block` that count toward its replication: on live datanodes in
+    /// normal service, and on datanodes in maintenance even while they are away. Those on
+    /// decommissioning (or decommissioned) datanodes do not count.
+    pub fn counted(&self, block: &BlockId) -> Vec<DatanodeId> {
+        let inner = self.lock();
+        let now = Instant::now();
+        inner
+            .replicas
+            .get(block)
+            .into_iter()
+            .flatten()
+            .filter(|id| {
+                inner.nodes.get(id).is_some_and(|n| match n.admin {
+                    AdminState::Maintenance => true,
+                    AdminState::Normal => self.alive(n, now),
+                    AdminState::Decommissioning | AdminState::Decommissioned => false,
+                })
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Sets an operator's state on the datanode named `node` (name, address or id).
+    pub fn set_admin(&self, node: &str, state: AdminState) -> Option<DatanodeId> {
+        let mut inner = self.lock();
+        let (id, n) = inner.nodes.iter_mut().find(|(id, n)| {
+            n.name == node || n.addr.to_string() == node || id.to_string() == node
+        })?;
+        n.admin = state;
+        Some(*id)
+    }
+
+    pub fn set_admin_of(&self, id: DatanodeId, state: AdminState) {
+        if let Some(n) = self.lock().nodes.get_mut(&id) {
+            n.admin = state;
+        }
+    }
+
+    pub fn is_normal(&self, id: DatanodeId) -> bool {
+        self.lock()
+            .nodes
+            .get(&id)
+            .is_some_and(|n| n.admin == AdminState::Normal)
+    }
+
+    /// The status of one datanode.
+    pub fn status_of(&self, id: DatanodeId) -> Option<DatanodeStatus> {
+        self.statuses().into_iter().find(|s| s.id == id)
+    }
+
+    /// Datanodes being decommissioned, with the blocks they hold.
+    pub fn decommissioning(&self) -> Vec<(DatanodeId, Vec<BlockId>)> {
+        self.lock()
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.admin == AdminState::Decommissioning)
+            .map(|(id, n)| (*id, n.blocks.iter().copied().collect()))
+            .collect()
     }
 
     /// Live replicas of `block` (stale ones count): those on live nodes first, then by most
@@ -195,8 +263,10 @@ impl BlockMap {
             .filter_map(|id| {
                 let node = inner.nodes.get(id)?;
                 let state = self.state(node, now);
+                // Stale and draining nodes are read from last.
+                let last = state == DatanodeState::Stale || node.admin != AdminState::Normal;
                 (state != DatanodeState::Dead).then_some((
-                    state == DatanodeState::Stale,
+                    last,
                     node.available,
                     DatanodeAddr {
                         id: *id,
@@ -221,6 +291,7 @@ impl BlockMap {
             .filter(|(id, n)| {
                 !exclude.contains(id)
                     && self.state(n, now) == DatanodeState::Live
+                    && n.admin == AdminState::Normal
                     && n.available >= len.max(1)
             })
             .map(|(id, n)| (*id, n.available))
@@ -268,6 +339,7 @@ impl BlockMap {
                 state: self.state(n, now),
                 active_transfers: n.active_transfers,
                 scrub: n.scrub,
+                admin: n.admin,
                 capacity: n.capacity,
                 used: n.used,
                 available: n.available,

@@ -401,6 +401,20 @@ impl Service for Namenode {
                 };
                 ex.respond(&res).await
             }
+            R::SetAdminState(r) => {
+                let res = if caller.uid != 0 {
+                    Err(FsError::NotPermitted)
+                } else {
+                    match self.blocks.set_admin(&r.node, r.state) {
+                        Some(id) => {
+                            info!(datanode = %r.node, state = %r.state, "set by an operator");
+                            self.blocks.status_of(id).ok_or(FsError::NotFound)
+                        }
+                        None => Err(FsError::invalid(format!("no datanode named {}", r.node))),
+                    }
+                };
+                ex.respond(&res).await
+            }
             R::KeepOpen(r) => {
                 let released = self.opens.renew(r.session, r.gen, &r.open);
                 self.purge_if_orphans(released);

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_common::proto::{DatanodeAddr, DatanodeCommand, RepairStatus};
+use cairn_common::proto::{AdminState, DatanodeAddr, DatanodeCommand, RepairStatus};
 use cairn_common::{BlockId, DatanodeId};
 
 use crate::blockmap::BlockMap;
@@ -121,7 +121,8 @@ impl Repair {
                 continue;
             }
             let live = map.locations(&need.block);
-            if live.is_empty() || live.len() >= need.want {
+            let counted = map.counted(&need.block).len();
+            if live.is_empty() || counted >= need.want {
                 // Lost meanwhile, or healed: the next pass sees it afresh.
                 continue;
             }
@@ -145,7 +146,7 @@ impl Repair {
                     .filter(|(_, n)| **n >= max)
                     .map(|(id, _)| *id),
             );
-            let targets = map.place(need.want - live.len(), need.len as u64, &exclude);
+            let targets = map.place(need.want - counted, need.len as u64, &exclude);
             if targets.is_empty() {
                 kept.push(need);
                 continue;
@@ -234,6 +235,7 @@ impl Repair {
         let live_nodes = map.live_nodes();
         let now = Instant::now();
         let mut needs = Vec::new();
+        let mut short = std::collections::HashSet::new();
         let mut status = RepairStatus::default();
         let mut s = self.state();
         for (block, rec) in blocks {
@@ -241,7 +243,11 @@ impl Repair {
                 continue;
             }
             status.blocks += 1;
+            // `live`: replicas that can be read and copied from; `counted`: those that count
+            // toward the replication (not on draining datanodes; on ones in maintenance even
+            // while away).
             let live = map.locations(block);
+            let counted = map.counted(block);
             let holds = |id: &DatanodeId| live.iter().any(|l| l.id == *id);
             settle_copy(&mut s, block, &live, now);
             if let Some(d) = s.deletes.get(block) {
@@ -257,7 +263,7 @@ impl Repair {
                 status.corrupt_replicas += bad.len() as u64;
                 if live.is_empty() {
                     status.corrupt_blocks += 1;
-                } else if act && live.len() >= want {
+                } else if act && counted.len() >= want {
                     // Replaced from good copies: the bad ones can go now, not before.
                     let bad = s.corrupt.remove(block).unwrap_or_default();
                     for node in bad {
@@ -274,17 +280,18 @@ impl Repair {
                 continue;
             }
             status.blocks_reported += 1;
-            if live.len() < want {
+            if counted.len() < want {
+                short.insert(*block);
                 status.under_replicated += 1;
-                if live.len() == 1 {
+                if counted.len() <= 1 {
                     status.one_replica += 1;
                 }
-                let missing_copies = (want - live.len()) as u64;
+                let missing_copies = (want - counted.len()) as u64;
                 status.copies_needed += missing_copies;
                 status.bytes_needed += missing_copies * rec.len as u64;
                 if act && !s.copies.contains_key(block) {
                     needs.push((
-                        live.len(),
+                        counted.len(),
                         Need {
                             block: *block,
                             len: rec.len,
@@ -292,12 +299,18 @@ impl Repair {
                         },
                     ));
                 }
-            } else if live.len() > rec.replication as usize {
+            } else if counted.len() > rec.replication as usize {
                 status.over_replicated += 1;
-                if act && !s.copies.contains_key(block) && !s.deletes.contains_key(block) {
-                    // The fullest holder gives its replica up. `live` is sorted by free
-                    // space, most first, and has more than `replication` (≥ 1) entries.
-                    let node = live[live.len() - 1].id;
+                // The fullest live holder in normal service gives its replica up (`live` is
+                // sorted with the most free space first).
+                let surplus = live
+                    .iter()
+                    .rev()
+                    .find(|l| counted.contains(&l.id) && map.is_normal(l.id))
+                    .map(|l| l.id);
+                if let Some(node) = surplus.filter(|_| {
+                    act && !s.copies.contains_key(block) && !s.deletes.contains_key(block)
+                }) {
                     s.deletes.insert(*block, Delete { node, ordered: now });
                     push_command(&mut s, node, |cmds| {
                         match cmds.iter_mut().find_map(|c| match c {
@@ -310,6 +323,18 @@ impl Repair {
                             }),
                         }
                     });
+                }
+            }
+        }
+        // A draining datanode is done when no block it holds is short of replicas elsewhere.
+        if act {
+            for (node, held) in map.decommissioning() {
+                if !held
+                    .iter()
+                    .any(|b| short.contains(b) || s.copies.contains_key(b))
+                {
+                    map.set_admin_of(node, AdminState::Decommissioned);
+                    tracing::info!(datanode = %node, "decommissioned: its blocks have their replicas elsewhere");
                 }
             }
         }

@@ -520,3 +520,130 @@ async fn the_scrubber_replaces_rotten_replicas_and_fsck_names_lost_blocks() {
     drop(f);
     cluster.stop().await.unwrap();
 }
+
+/// The admin state `cairn admin report` shows for datanode `name`.
+fn admin_state(cluster: &DevCluster, name: &str) -> String {
+    let (_, report) = admin(cluster, &["report"]);
+    report["datanodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .map(|d| d["admin"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decommissioned_datanode_is_drained_without_ever_losing_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = quick_cluster(dir.path(), 4).await;
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(40 << 20, 110);
+    let attr = put(&client, "big", &data, 1 << 20).await;
+    wait_for_replicas(
+        &client,
+        attr.ino,
+        Duration::from_secs(10),
+        "written",
+        every_block(10, 3),
+    )
+    .await;
+    let (code, _) = admin(&cluster, &["decommission", "datanode-2"]);
+    assert_eq!(code, 0);
+    let statuses = client.datanodes().await.unwrap();
+    let leaving = statuses.iter().find(|s| s.name == "datanode-2").unwrap().id;
+
+    tracing::info!("--- drain under load: a writer goes on; no block ever has fewer than 3");
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let more = random_bytes(16 << 20, 111);
+            put(&client, "written-meanwhile", &more, 1 << 20).await;
+            more
+        })
+    };
+    let started = Instant::now();
+    loop {
+        let now = replicas(&client, attr.ino).await;
+        assert!(
+            now.values().all(|v| v.len() >= 3),
+            "a block fell below 3 readable replicas: {now:?}"
+        );
+        if admin_state(&cluster, "datanode-2") == "decommissioned" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "drain never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let more = writer.await.unwrap();
+    let now = replicas(&client, attr.ino).await;
+    assert!(
+        now.values()
+            .all(|v| v.iter().filter(|d| **d != leaving).count() >= 3),
+        "every block has 3 replicas besides the drained node: {now:?}"
+    );
+
+    tracing::info!("--- switched off: nothing is under-replicated, everything reads");
+    cluster.stop_datanode(1).await.unwrap();
+    wait_for_dead(&cluster, 1).await;
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    assert_eq!(fsck["summary"]["under_replicated"], 0, "{fsck}");
+    assert!(get(&client, attr.ino, 3 << 20).await == data);
+    let meanwhile = client.resolve("/written-meanwhile").await.unwrap();
+    assert!(get(&client, meanwhile.ino, 3 << 20).await == more);
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_datanode_in_maintenance_is_not_replaced_while_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = quick_cluster(dir.path(), 4).await;
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(20 << 20, 120);
+    let attr = put(&client, "file", &data, 1 << 20).await;
+    wait_for_replicas(
+        &client,
+        attr.ino,
+        Duration::from_secs(10),
+        "written",
+        every_block(5, 3),
+    )
+    .await;
+    let (code, _) = admin(&cluster, &["maintenance", "datanode-3"]);
+    assert_eq!(code, 0);
+    assert_eq!(admin_state(&cluster, "datanode-3"), "maintenance");
+
+    tracing::info!("--- it goes down past the dead timeout: nothing is copied");
+    cluster.stop_datanode(2).await.unwrap();
+    wait_for_dead(&cluster, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, status) = admin(&cluster, &["repair-status"]);
+    assert_eq!(status["copies_done"], 0, "{status}");
+    assert_eq!(status["copies_in_flight"], 0, "{status}");
+    assert_eq!(status["under_replicated"], 0, "{status}");
+    assert!(
+        get(&client, attr.ino, 3 << 20).await == data,
+        "the others serve reads"
+    );
+
+    tracing::info!("--- back, and out of maintenance: as before");
+    cluster.start_datanode(2).await.unwrap();
+    let (code, _) = admin(&cluster, &["maintenance", "datanode-3", "--end"]);
+    assert_eq!(code, 0);
+    assert_eq!(admin_state(&cluster, "datanode-3"), "normal");
+    wait_for_replicas(
+        &client,
+        attr.ino,
+        Duration::from_secs(10),
+        "back",
+        every_block(5, 3),
+    )
+    .await;
+    let (_, status) = admin(&cluster, &["repair-status"]);
+    assert_eq!(status["copies_done"], 0, "{status}");
+    cluster.stop().await.unwrap();
+}
