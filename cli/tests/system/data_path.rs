@@ -315,6 +315,18 @@ async fn a_full_datanode_refuses_blocks_and_writes_go_elsewhere() {
         assert!(std::time::Instant::now() < deadline, "used {}", full.used);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["admin", "report", "--config"])
+        .arg(cluster.dir().join("cairn-client.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let name = format!("datanode-{} ", small + 1);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_default();
+    assert!(row.contains("100.0%"), "admin report shows it full: {text}");
     cluster.stop().await.unwrap();
 }
 
