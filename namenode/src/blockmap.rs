@@ -31,6 +31,8 @@ struct Datanode {
 #[derive(Default)]
 struct Inner {
     nodes: HashMap<DatanodeId, Datanode>,
+    /// Operators' states recorded before a restart, for datanodes yet to register.
+    remembered_admin: HashMap<DatanodeId, AdminState>,
     replicas: HashMap<BlockId, Vec<DatanodeId>>,
 }
 
@@ -64,6 +66,11 @@ impl BlockMap {
     /// until its next full report replaces them.
     pub fn register(&self, r: &Register) {
         let mut inner = self.lock();
+        let admin = inner
+            .remembered_admin
+            .get(&r.id)
+            .copied()
+            .unwrap_or_default();
         let node = inner.nodes.entry(r.id).or_insert_with(|| Datanode {
             name: r.name.clone(),
             addr: r.addr,
@@ -73,7 +80,7 @@ impl BlockMap {
             last_heartbeat: Instant::now(),
             active_transfers: 0,
             scrub: Default::default(),
-            admin: AdminState::Normal,
+            admin,
             blocks: HashSet::new(),
             report: None,
         });
@@ -212,18 +219,30 @@ impl BlockMap {
             .collect()
     }
 
-    /// Sets an operator's state on the datanode named `node` (name, address or id).
-    pub fn set_admin(&self, node: &str, state: AdminState) -> Option<DatanodeId> {
+    /// The datanode named `node` (its name, address or id).
+    pub fn find(&self, node: &str) -> Option<DatanodeId> {
+        self.lock()
+            .nodes
+            .iter()
+            .find(|(id, n)| n.name == node || n.addr.to_string() == node || id.to_string() == node)
+            .map(|(id, _)| *id)
+    }
+
+    /// Operators' states recorded before a restart: applied as the datanodes register.
+    pub fn restore_admin(&self, states: Vec<(DatanodeId, AdminState)>) {
         let mut inner = self.lock();
-        let (id, n) = inner.nodes.iter_mut().find(|(id, n)| {
-            n.name == node || n.addr.to_string() == node || id.to_string() == node
-        })?;
-        n.admin = state;
-        Some(*id)
+        for (id, state) in states {
+            inner.remembered_admin.insert(id, state);
+            if let Some(n) = inner.nodes.get_mut(&id) {
+                n.admin = state;
+            }
+        }
     }
 
     pub fn set_admin_of(&self, id: DatanodeId, state: AdminState) {
-        if let Some(n) = self.lock().nodes.get_mut(&id) {
+        let mut inner = self.lock();
+        inner.remembered_admin.insert(id, state);
+        if let Some(n) = inner.nodes.get_mut(&id) {
             n.admin = state;
         }
     }

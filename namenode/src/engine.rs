@@ -205,6 +205,13 @@ impl MetaEngine {
         self.store.block(id)
     }
 
+    /// Operators' states for datanodes, as last recorded.
+    pub fn node_admin_states(
+        &self,
+    ) -> FsResult<Vec<(cairn_common::DatanodeId, cairn_common::proto::AdminState)>> {
+        self.store.node_admin_states()
+    }
+
     /// Files with no name left, waiting for their last close.
     pub fn orphans(&self) -> FsResult<Vec<Ino>> {
         self.store.orphans()

@@ -27,6 +27,24 @@ pub const META_CLUSTER_ID: &[u8] = b"cluster_id";
 /// Prefix of the `meta` keys naming orphans: files with no name left, kept while open.
 pub const META_ORPHAN_PREFIX: &[u8] = b"orphan/";
 
+/// Prefix of the `meta` keys holding an operator's state for a datanode.
+pub const META_NODE_ADMIN_PREFIX: &[u8] = b"node-admin/";
+
+/// `node-admin/<datanode id>`: decommissioning, decommissioned or maintenance.
+pub fn node_admin(id: cairn_common::DatanodeId) -> Vec<u8> {
+    let mut k = META_NODE_ADMIN_PREFIX.to_vec();
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// The datanode a node-admin key names, if the key is well formed.
+pub fn node_admin_id(key: &[u8]) -> Option<cairn_common::DatanodeId> {
+    let rest = key.strip_prefix(META_NODE_ADMIN_PREFIX)?;
+    Some(cairn_common::DatanodeId(u64::from_be_bytes(
+        rest.try_into().ok()?,
+    )))
+}
+
 /// `orphan/<ino>`: the file has no name left and waits for its last close.
 pub fn orphan(ino: Ino) -> Vec<u8> {
     let mut k = META_ORPHAN_PREFIX.to_vec();
@@ -116,6 +134,13 @@ mod tests {
         assert!(dentry(Ino(5), b"zzz").starts_with(&dentry_prefix(Ino(5))));
         assert!(!dentry(Ino(6), b"a").starts_with(&dentry_prefix(Ino(5))));
         assert_eq!(dentry_name(&dentry(Ino(5), b"name")), b"name");
+    }
+
+    #[test]
+    fn node_admin_keys_name_their_datanode() {
+        let id = cairn_common::DatanodeId(0xfeed_beef);
+        assert_eq!(node_admin_id(&node_admin(id)), Some(id));
+        assert_eq!(node_admin_id(&orphan(Ino(1))), None);
     }
 
     #[test]

@@ -83,9 +83,12 @@ pub async fn run(
         blocks = engine.block_count()?,
         "namespace open; waiting for datanodes to report their blocks"
     );
+    let blocks =
+        blockmap::BlockMap::new(config.dead_timeout()).with_stale_timeout(config.stale_timeout());
+    // Decommissions and maintenance set before a restart hold on.
+    blocks.restore_admin(engine.node_admin_states()?);
     let namenode = Arc::new(Namenode {
-        blocks: blockmap::BlockMap::new(config.dead_timeout())
-            .with_stale_timeout(config.stale_timeout()),
+        blocks,
         safe_mode: safemode::SafeMode::new(
             config.safemode_threshold,
             std::time::Duration::from_millis(config.safemode_extension_ms),
@@ -401,20 +404,7 @@ impl Service for Namenode {
                 };
                 ex.respond(&res).await
             }
-            R::SetAdminState(r) => {
-                let res = if caller.uid != 0 {
-                    Err(FsError::NotPermitted)
-                } else {
-                    match self.blocks.set_admin(&r.node, r.state) {
-                        Some(id) => {
-                            info!(datanode = %r.node, state = %r.state, "set by an operator");
-                            self.blocks.status_of(id).ok_or(FsError::NotFound)
-                        }
-                        None => Err(FsError::invalid(format!("no datanode named {}", r.node))),
-                    }
-                };
-                ex.respond(&res).await
-            }
+            R::SetAdminState(r) => ex.respond(&self.set_admin_state(&caller, r).await).await,
             R::KeepOpen(r) => {
                 let released = self.opens.renew(r.session, r.gen, &r.open);
                 self.purge_if_orphans(released);
@@ -425,6 +415,30 @@ impl Service for Namenode {
 }
 
 impl Namenode {
+    /// Decommission, maintenance or normal service for a datanode, recorded durably first so
+    /// that it outlives a namenode restart.
+    async fn set_admin_state(
+        &self,
+        caller: &Caller,
+        r: cairn_common::proto::SetAdminState,
+    ) -> FsResult<cairn_common::proto::DatanodeStatus> {
+        if caller.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+        let id = self
+            .blocks
+            .find(&r.node)
+            .ok_or_else(|| FsError::invalid(format!("no datanode named {}", r.node)))?;
+        let op = MetaOpKind::SetNodeAdmin {
+            node: id,
+            state: r.state,
+        };
+        self.mutate(caller, op).await?;
+        self.blocks.set_admin_of(id, r.state);
+        info!(datanode = %r.node, state = %r.state, "set by an operator");
+        self.blocks.status_of(id).ok_or(FsError::NotFound)
+    }
+
     /// Frees those of `inos` that are orphans nobody holds open any more, in the background.
     fn purge_if_orphans(self: &Arc<Self>, inos: Vec<cairn_common::Ino>) {
         if inos.is_empty() {
@@ -485,7 +499,15 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
         // Safe mode decides from the counts of a pass that orders nothing, and once it ends
         // the same pass's decisions are made on the next tick.
         let act = !nn.safe_mode.is_on();
-        nn.repair.pass(&blocks, &nn.blocks, act);
+        for node in nn.repair.pass(&blocks, &nn.blocks, act) {
+            let op = MetaOpKind::SetNodeAdmin {
+                node,
+                state: cairn_common::proto::AdminState::Decommissioned,
+            };
+            if let Err(e) = nn.engine.submit(Caller::ROOT, op).await {
+                warn!(datanode = %node, "recording the end of a decommission failed: {e}");
+            }
+        }
         let now = nn.repair.status();
         nn.safe_mode.observe(&now);
         // Told when it starts, every few seconds while it lasts, and when it is over.

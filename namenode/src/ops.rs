@@ -59,6 +59,12 @@ pub enum MetaOpKind {
     Purge {
         ino: Ino,
     },
+    /// Records an operator's state for a datanode, so that it outlives a namenode restart
+    /// (`Normal` removes the record).
+    SetNodeAdmin {
+        node: cairn_common::DatanodeId,
+        state: cairn_common::proto::AdminState,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -196,6 +202,14 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
         MetaOpKind::CommitSlices(c) => commit_slices(txn, c, now),
         MetaOpKind::Purge { ino } => {
             purge(txn, *ino)?;
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::SetNodeAdmin { node, state } => {
+            let key = keys::node_admin(*node);
+            match state {
+                cairn_common::proto::AdminState::Normal => txn.delete(Cf::Meta, key),
+                _ => txn.put_raw(Cf::Meta, key, crate::store::encode(state)),
+            }
             Ok(MetaReply::Done)
         }
     }

@@ -231,7 +231,13 @@ impl Repair {
     /// One pass over `blocks` (every referenced block with its record): settles finished
     /// orders, counts what is below or above its replication and, when `act` (not in safe
     /// mode), orders copies (fewest live replicas first) and deletions of surplus.
-    pub fn pass(&self, blocks: &[(BlockId, BlockRecord)], map: &BlockMap, act: bool) {
+    /// Returns the datanodes whose decommission it found complete.
+    pub fn pass(
+        &self,
+        blocks: &[(BlockId, BlockRecord)],
+        map: &BlockMap,
+        act: bool,
+    ) -> Vec<DatanodeId> {
         let live_nodes = map.live_nodes();
         let now = Instant::now();
         let mut needs = Vec::new();
@@ -327,6 +333,7 @@ impl Repair {
             }
         }
         // A draining datanode is done when no block it holds is short of replicas elsewhere.
+        let mut drained = Vec::new();
         if act {
             for (node, held) in map.decommissioning() {
                 if !held
@@ -335,6 +342,7 @@ impl Repair {
                 {
                     map.set_admin_of(node, AdminState::Decommissioned);
                     tracing::info!(datanode = %node, "decommissioned: its blocks have their replicas elsewhere");
+                    drained.push(node);
                 }
             }
         }
@@ -361,6 +369,7 @@ impl Repair {
             }
         }
         s.status = status;
+        drained
     }
 }
 

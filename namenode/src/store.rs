@@ -187,6 +187,17 @@ impl Store {
             .collect())
     }
 
+    /// Operators' states for datanodes (those not in normal service).
+    pub fn node_admin_states(
+        &self,
+    ) -> FsResult<Vec<(cairn_common::DatanodeId, cairn_common::proto::AdminState)>> {
+        self.scan_raw(Cf::Meta, keys::META_NODE_ADMIN_PREFIX, None, usize::MAX)?
+            .iter()
+            .filter_map(|(k, v)| Some((keys::node_admin_id(k)?, v)))
+            .map(|(id, v)| Ok((id, decode("node admin state", v)?)))
+            .collect()
+    }
+
     /// Every block with its record.
     pub fn blocks(&self) -> FsResult<Vec<(BlockId, BlockRecord)>> {
         let mut out = Vec::new();

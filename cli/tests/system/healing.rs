@@ -616,6 +616,13 @@ async fn a_datanode_in_maintenance_is_not_replaced_while_away() {
     let (code, _) = admin(&cluster, &["maintenance", "datanode-3"]);
     assert_eq!(code, 0);
     assert_eq!(admin_state(&cluster, "datanode-3"), "maintenance");
+    cluster.restart_namenode().await.unwrap();
+    cluster.wait_for_datanodes(4).await.unwrap();
+    assert_eq!(
+        admin_state(&cluster, "datanode-3"),
+        "maintenance",
+        "it outlives a namenode restart"
+    );
 
     tracing::info!("--- it goes down past the dead timeout: nothing is copied");
     cluster.stop_datanode(2).await.unwrap();
