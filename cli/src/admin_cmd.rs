@@ -293,6 +293,27 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         "Corrupt: {} replicas awaiting replacement; {} blocks with no good replica",
         r.corrupt_replicas, r.corrupt_blocks
     );
+    println!();
+    println!(
+        "{:<16} {:>7} {:>14} {:>16} {:>8}",
+        "SCRUB", "PASSES", "THIS PASS", "LAST PASS", "CORRUPT"
+    );
+    for d in &report.datanodes {
+        let s = &d.scrub;
+        let last = if s.passes == 0 {
+            "-".to_string()
+        } else {
+            format!("{} in {:.0} s", size(s.last_pass_bytes), s.last_pass_secs)
+        };
+        println!(
+            "{:<16} {:>7} {:>14} {:>16} {:>8}",
+            d.name,
+            s.passes,
+            size(s.bytes_this_pass),
+            last,
+            s.corrupt_found
+        );
+    }
     Ok(())
 }
 
