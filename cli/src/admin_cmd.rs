@@ -115,23 +115,24 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         }
         AdminCommand::RepairStatus => repair_status(&client, json).await?,
         AdminCommand::Decommission { node, cancel } => {
-            let state = if cancel {
-                AdminState::Normal
-            } else {
-                AdminState::Decommissioning
-            };
+            let state = admin_target(AdminState::Decommissioning, cancel);
             set_admin(&client, &node, state, json).await?
         }
         AdminCommand::Maintenance { node, end } => {
-            let state = if end {
-                AdminState::Normal
-            } else {
-                AdminState::Maintenance
-            };
+            let state = admin_target(AdminState::Maintenance, end);
             set_admin(&client, &node, state, json).await?
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `state`, or back to normal service when the operator ends it.
+fn admin_target(state: AdminState, end: bool) -> AdminState {
+    if end {
+        AdminState::Normal
+    } else {
+        state
+    }
 }
 
 async fn set_admin(

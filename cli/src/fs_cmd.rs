@@ -335,14 +335,14 @@ async fn put(
     let started = std::time::Instant::now();
     let (dir, name) = client.resolve_parent(&remote).await.map_err(at(&remote))?;
     let (_, mut file) = client
-        .create_open(
-            dir.ino,
-            name.as_bytes(),
-            0o644,
-            !force,
-            force,
-            Owner::current(),
-        )
+        .create_open(cairn_client::NewFile {
+            parent: dir.ino,
+            name: name.as_bytes(),
+            perm: 0o644,
+            exclusive: !force,
+            truncate: force,
+            owner: Owner::current(),
+        })
         .await
         .map_err(at(&remote))?;
     let bar = progress(total, &remote);

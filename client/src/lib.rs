@@ -48,24 +48,32 @@ pub fn current_caller() -> Caller {
     }
 }
 
-/// `open(2)` with `O_CREAT`, as the namenode takes it.
-fn create_request(
-    parent: Ino,
-    name: &[u8],
-    perm: u16,
-    exclusive: bool,
-    truncate: bool,
-    owner: Owner,
-) -> proto::Create {
-    proto::Create {
-        parent,
-        name: name.to_vec(),
-        perm,
-        uid: owner.uid,
-        gid: owner.gid,
-        exclusive,
-        truncate,
-        open: None,
+/// A regular file to create, as `open(2)` with `O_CREAT` describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct NewFile<'a> {
+    pub parent: Ino,
+    pub name: &'a [u8],
+    pub perm: u16,
+    /// `O_EXCL`: fail with `EEXIST` when the name exists.
+    pub exclusive: bool,
+    /// `O_TRUNC`: an existing file is truncated to zero.
+    pub truncate: bool,
+    pub owner: Owner,
+}
+
+impl NewFile<'_> {
+    /// The namenode's request; `open` claims the file for this client's session.
+    fn request(&self, open: Option<proto::OpenClaim>) -> proto::Create {
+        proto::Create {
+            parent: self.parent,
+            name: self.name.to_vec(),
+            perm: self.perm,
+            uid: self.owner.uid,
+            gid: self.owner.gid,
+            exclusive: self.exclusive,
+            truncate: self.truncate,
+            open,
+        }
     }
 }
 
@@ -277,10 +285,15 @@ impl Client {
         truncate: bool,
         owner: Owner,
     ) -> FsResult<CreateReply> {
-        self.namenode(create_request(
-            parent, name, perm, exclusive, truncate, owner,
-        ))
-        .await
+        let file = NewFile {
+            parent,
+            name,
+            perm,
+            exclusive,
+            truncate,
+            owner,
+        };
+        self.namenode(file.request(None)).await
     }
 
     pub async fn mknod(
@@ -556,22 +569,9 @@ impl Client {
 
     /// Creates a file (or opens an existing one, as `open(2)` with `O_CREAT` does) and opens
     /// it, in one round trip.
-    pub async fn create_open(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        perm: u16,
-        exclusive: bool,
-        truncate: bool,
-        owner: Owner,
-    ) -> FsResult<(CreateReply, FileHandle)> {
+    pub async fn create_open(&self, file: NewFile<'_>) -> FsResult<(CreateReply, FileHandle)> {
         let claim = self.inner.opens.creating();
-        let created = self
-            .namenode(proto::Create {
-                open: Some(claim),
-                ..create_request(parent, name, perm, exclusive, truncate, owner)
-            })
-            .await;
+        let created = self.namenode(file.request(Some(claim))).await;
         let ino = match &created {
             Ok(c) if c.attr.kind == FileKind::File => Some(c.attr.ino),
             _ => None,

@@ -1341,7 +1341,14 @@ impl Filesystem for CairnFs {
         self.run(
             async move {
                 let (created, file) = client
-                    .create_open(Ino(parent.0), &name, perm, exclusive, truncate, who)
+                    .create_open(cairn_client::NewFile {
+                        parent: Ino(parent.0),
+                        name: &name,
+                        perm,
+                        exclusive,
+                        truncate,
+                        owner: who,
+                    })
                     .await?;
                 let file = OpenFile::new(file, append, atime);
                 register(&files, fh, created.attr.ino, file);
