@@ -354,6 +354,10 @@ async fn repair_status(client: &Client, json: bool) -> anyhow::Result<()> {
         "Rate: {}/s over the last minute; ETA {eta}",
         size(r.rate_bytes_per_sec)
     );
+    println!(
+        "Garbage: {} unreferenced blocks in their grace period, {} being deleted, {} collected since start",
+        r.garbage_waiting, r.garbage_deleting, r.garbage_collected
+    );
     Ok(())
 }
 

@@ -442,7 +442,11 @@ async fn engine(
         Duration::from_secs(30),
         Duration::ZERO,
     ));
-    let engine = Arc::new(MetaEngine::open(dir, 3, true, opens)?);
+    let gc = Arc::new(cairn_namenode::gc::Gc::new(
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+    ));
+    let engine = Arc::new(MetaEngine::open(dir, 3, true, opens, gc)?);
     let per_task = creates / concurrency.max(1);
     let t0 = Instant::now();
     let mut tasks = Vec::new();

@@ -43,6 +43,8 @@ pub struct DevOptions {
     pub open_lease_ms: u64,
     /// How long safe mode lasts after enough blocks are reported (`safemode_extension_ms`).
     pub safemode_extension_ms: u64,
+    /// How long unreferenced blocks wait before they are deleted (`gc_grace_ms`).
+    pub gc_grace_ms: u64,
     /// Each datanode's bandwidth for re-replication copies (`repair_bytes_per_sec`).
     pub repair_bytes_per_sec: Option<u64>,
     /// Each datanode's scrubber: (bytes per second, seconds between passes).
@@ -62,6 +64,7 @@ impl DevOptions {
             dead_timeout_ms: 10_000,
             open_lease_ms: 30_000,
             safemode_extension_ms: 3_000,
+            gc_grace_ms: 30_000,
             repair_bytes_per_sec: None,
             scrub: None,
         }
@@ -172,6 +175,7 @@ impl DevCluster {
         nn_config.dead_timeout_ms = opts.dead_timeout_ms;
         nn_config.open_lease_ms = opts.open_lease_ms;
         nn_config.safemode_extension_ms = opts.safemode_extension_ms;
+        nn_config.gc_grace_ms = opts.gc_grace_ms;
         let mut cluster = DevCluster {
             namenode_addr: opts.namenode_addr,
             namenode_config: nn_config,

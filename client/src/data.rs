@@ -20,6 +20,9 @@ use crate::Client;
 
 /// Pipelines tried per block before giving up on full replication.
 const MAX_PLACEMENT_ROUNDS: usize = 5;
+/// How long a write waits for the namenode to finish deleting a block it stores again (the
+/// same bytes as garbage being collected): a few heartbeats normally.
+const BUSY_WAIT: Duration = Duration::from_secs(60);
 /// Largest written block kept in the cache for reading back.
 const KEEP_WRITTEN_MAX: usize = 1 << 20;
 /// A block transfer that several readers may wait on.
@@ -90,6 +93,24 @@ impl BlockCache {
 }
 
 impl Client {
+    /// Asks where to store a block, waiting while the namenode deletes an earlier copy of
+    /// the same bytes as garbage.
+    async fn allocate(&self, request: AllocateBlock) -> FsResult<cairn_common::proto::Placement> {
+        let deadline = Instant::now() + BUSY_WAIT;
+        loop {
+            match self.namenode(request.clone()).await {
+                Err(FsError::Busy(why)) if Instant::now() < deadline => {
+                    debug!(block = %request.block, "{why}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(FsError::Busy(why)) => {
+                    return Err(FsError::io(format!("gave up after {BUSY_WAIT:?}: {why}")))
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Stores `data` as a block of file `ino` and returns its id once at least
     /// `min_replicas` datanodes (capped at the file's replication) hold it.
     pub(crate) async fn upload_block(&self, ino: Ino, data: Bytes) -> FsResult<BlockId> {
@@ -116,20 +137,18 @@ impl Client {
             exclude.extend(suspects);
             exclude.sort();
             exclude.dedup();
-            let placement = match self
-                .namenode(AllocateBlock {
-                    ino,
-                    block: id,
-                    len,
-                    exclude,
-                    count: if round == 0 {
-                        0
-                    } else {
-                        want.saturating_sub(stored.len()) as u8
-                    },
-                })
-                .await
-            {
+            let request = AllocateBlock {
+                ino,
+                block: id,
+                len,
+                exclude,
+                count: if round == 0 {
+                    0
+                } else {
+                    want.saturating_sub(stored.len()) as u8
+                },
+            };
+            let placement = match self.allocate(request).await {
                 Ok(p) => p,
                 // Only suspects are left: they may have recovered, try them.
                 Err(FsError::NoSpace(_)) if had_suspects => {

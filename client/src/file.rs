@@ -12,6 +12,7 @@ use cairn_common::{BlockId, FsError, FsResult};
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::task::JoinHandle;
 
+use crate::opens::Uploaded;
 use crate::Client;
 
 /// Slices committed at once while a long write is still going.
@@ -21,7 +22,7 @@ const READ_AHEAD: u64 = 32 << 20;
 /// Chunks asked for per `ReadChunks`.
 const CHUNKS_PER_MAP: u32 = 16;
 
-type Upload = JoinHandle<FsResult<(u32, Slice)>>;
+type Upload = JoinHandle<FsResult<(u32, Slice, Uploaded)>>;
 
 pub struct FileHandle {
     client: Client,
@@ -32,7 +33,7 @@ pub struct FileHandle {
     /// Blocks being uploaded, in write order (later slices overlay earlier ones).
     uploads: FuturesOrdered<Upload>,
     /// Slices uploaded and awaiting commit, in write order.
-    done: Vec<(u32, Slice)>,
+    done: Vec<(u32, Slice, Uploaded)>,
     /// End of the furthest byte written and not yet committed.
     written_end: u64,
     /// A failed upload: every later write, flush and close reports it.
@@ -160,6 +161,7 @@ impl FileHandle {
         let len = data.len() as u32;
         self.uploads.push_back(tokio::spawn(async move {
             let block = client.upload_block(ino, data).await?;
+            let uploaded = client.inner.opens_handle().uploaded(block);
             Ok((
                 chunk,
                 Slice {
@@ -169,6 +171,7 @@ impl FileHandle {
                     block_off: 0,
                     block_len: len,
                 },
+                uploaded,
             ))
         }));
         if self.done.len() >= COMMIT_BATCH {
@@ -201,7 +204,9 @@ impl FileHandle {
         if self.done.is_empty() {
             return Ok(());
         }
-        let slices = std::mem::take(&mut self.done);
+        // The guards keep naming the blocks in renewals until the commit is answered.
+        let pending = std::mem::take(&mut self.done);
+        let slices: Vec<(u32, Slice)> = pending.iter().map(|(c, s, _)| (*c, *s)).collect();
         let committed_end = slices
             .iter()
             .map(|(chunk, s)| *chunk as u64 * CHUNK_SIZE + s.end())
@@ -222,6 +227,7 @@ impl FileHandle {
                 mtime: Timestamp::now(),
             })
             .await;
+        drop(pending);
         match res {
             Ok(attr) => {
                 self.attr = attr;

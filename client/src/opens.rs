@@ -6,13 +6,16 @@
 //! after a last close (`KeepOpen`), which is also how the namenode learns of closes and how
 //! it learns the set again after a restart. Every change bumps a generation; claims and
 //! renewals carry it, so a renewal built before a claim cannot undo it.
+//!
+//! Renewals also name the blocks this client has stored and not yet committed, so the
+//! namenode does not take them for the garbage of a client that died mid-upload.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use cairn_common::proto::{self, OpenClaim, OPEN_RENEW_INTERVAL};
-use cairn_common::Ino;
+use cairn_common::{BlockId, Ino};
 use tokio::sync::Notify;
 
 /// How long after a last close the renewal goes out: closes in a burst share one.
@@ -28,6 +31,26 @@ struct State {
     /// The generation the namenode last acknowledged.
     sent_gen: u64,
     renewing: bool,
+    /// Blocks stored and not yet committed, with how many slices use each.
+    uploads: HashMap<BlockId, u32>,
+}
+
+/// A block this client stored and has not committed yet: renewals name it while this lives.
+pub(crate) struct Uploaded {
+    set: std::sync::Arc<OpenSet>,
+    block: BlockId,
+}
+
+impl Drop for Uploaded {
+    fn drop(&mut self) {
+        let mut s = self.set.state();
+        if let Some(n) = s.uploads.get_mut(&self.block) {
+            *n -= 1;
+            if *n == 0 {
+                s.uploads.remove(&self.block);
+            }
+        }
+    }
 }
 
 pub(crate) struct OpenSet {
@@ -88,6 +111,15 @@ impl OpenSet {
         (claim, !std::mem::replace(&mut s.renewing, true))
     }
 
+    /// `block` is stored and awaits its commit; the guard says so until it is dropped.
+    pub fn uploaded(self: &std::sync::Arc<Self>, block: BlockId) -> Uploaded {
+        *self.state().uploads.entry(block).or_default() += 1;
+        Uploaded {
+            set: self.clone(),
+            block,
+        }
+    }
+
     /// One handle on `ino` fewer; at the last, the namenode hears of it soon.
     pub fn release(&self, ino: Ino) {
         let mut s = self.state();
@@ -119,6 +151,7 @@ impl OpenSet {
             session: self.session,
             gen,
             open: s.held.keys().copied().collect(),
+            uploads: s.uploads.keys().copied().collect(),
         })
     }
 

@@ -47,6 +47,9 @@ pub enum FsError {
     /// A peer sent something that does not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Not now: the thing asked for is in a transition that ends by itself; try again soon.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 impl FsError {
@@ -70,6 +73,7 @@ impl FsError {
             FsError::WouldBlock => libc::EAGAIN,
             FsError::Io(_) | FsError::Protocol(_) => libc::EIO,
             FsError::Unavailable(_) => libc::ENOTCONN,
+            FsError::Busy(_) => libc::EBUSY,
         }
     }
 

@@ -172,6 +172,8 @@ pub struct KeepOpen {
     pub session: u64,
     pub gen: u64,
     pub open: Vec<Ino>,
+    /// Blocks the session has stored and not yet committed: they are not garbage.
+    pub uploads: Vec<BlockId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -537,6 +539,12 @@ pub struct RepairStatus {
     /// Referenced blocks, and those with at least one live replica.
     pub blocks: u64,
     pub blocks_reported: u64,
+    /// Unreferenced blocks waiting out the garbage-collection grace period.
+    pub garbage_waiting: u64,
+    /// Blocks condemned as garbage that some live datanode still holds.
+    pub garbage_deleting: u64,
+    /// Blocks condemned as garbage since the namenode started.
+    pub garbage_collected: u64,
 }
 
 /// The repair status.

@@ -375,7 +375,10 @@ impl Datanode {
                 })
                 .await
                 .unwrap_or_default();
-                info!(blocks = deleted.len(), "surplus replicas deleted");
+                info!(
+                    blocks = deleted.len(),
+                    "replicas deleted as the namenode ordered"
+                );
                 let report = BlockReceived {
                     id: self.id(),
                     added: Vec::new(),

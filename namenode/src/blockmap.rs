@@ -162,6 +162,32 @@ impl BlockMap {
         true
     }
 
+    /// Does datanode `id` hold `block`, as far as its reports say?
+    pub fn holds(&self, id: DatanodeId, block: &BlockId) -> bool {
+        self.lock()
+            .nodes
+            .get(&id)
+            .is_some_and(|n| n.blocks.contains(block))
+    }
+
+    /// Every block some datanode that is not dead holds.
+    pub fn held_blocks(&self) -> Vec<BlockId> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let alive: HashSet<DatanodeId> = inner
+            .nodes
+            .iter()
+            .filter(|(_, n)| self.alive(n, now))
+            .map(|(id, _)| *id)
+            .collect();
+        inner
+            .replicas
+            .iter()
+            .filter(|(_, at)| at.iter().any(|id| alive.contains(id)))
+            .map(|(b, _)| *b)
+            .collect()
+    }
+
     /// Forgets one replica, reported bad by a reader.
     pub fn drop_replica(&self, block: &BlockId, id: DatanodeId) {
         let mut inner = self.lock();

@@ -47,6 +47,11 @@ pub struct NamenodeConfig {
     /// Default 3000.
     #[serde(default = "default_safemode_extension_ms")]
     pub safemode_extension_ms: u64,
+    /// A block nothing references (its files removed or overwritten, or uploaded by a client
+    /// that never committed it) is deleted from the datanodes once it has stayed so this
+    /// long. At least two of the clients' renewal intervals (5 s). Default 300000.
+    #[serde(default = "default_gc_grace_ms")]
+    pub gc_grace_ms: u64,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -78,6 +83,9 @@ fn default_repair_copies_per_node() -> usize {
 fn default_open_lease_ms() -> u64 {
     30_000
 }
+fn default_gc_grace_ms() -> u64 {
+    300_000
+}
 fn default_true() -> bool {
     true
 }
@@ -96,6 +104,7 @@ impl NamenodeConfig {
             repair_copies_per_node: default_repair_copies_per_node(),
             safemode_threshold: default_safemode_threshold(),
             safemode_extension_ms: default_safemode_extension_ms(),
+            gc_grace_ms: default_gc_grace_ms(),
             tls,
         }
     }
@@ -132,12 +141,23 @@ impl NamenodeConfig {
             "open_lease_ms ({}) must be at least {min_lease}: three of the clients' renewals",
             self.open_lease_ms
         );
+        let min_grace = 2 * cairn_common::proto::OPEN_RENEW_INTERVAL.as_millis() as u64;
+        anyhow::ensure!(
+            self.gc_grace_ms >= min_grace,
+            "gc_grace_ms ({}) must be at least {min_grace}: two of the clients' renewals, \
+             which keep their uploads from being taken for garbage",
+            self.gc_grace_ms
+        );
         Ok(())
     }
 
     /// A datanode that missed three heartbeats is stale (placed on no more, read last).
     pub fn stale_timeout(&self) -> Duration {
         Duration::from_millis(3 * self.heartbeat_interval_ms).min(self.dead_timeout())
+    }
+
+    pub fn gc_grace(&self) -> Duration {
+        Duration::from_millis(self.gc_grace_ms)
     }
 
     pub fn open_lease(&self) -> Duration {

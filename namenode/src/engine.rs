@@ -13,6 +13,7 @@ use cairn_common::{BlockId, FsError, FsResult, Ino};
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
+use crate::gc::Gc;
 use crate::keys::{self, META_INODE_COUNT};
 use crate::opens::OpenTable;
 use crate::ops::{self, MetaOp, MetaOpKind, MetaReply};
@@ -39,11 +40,13 @@ impl MetaEngine {
     /// every group fsync the write-ahead log (turn it off only for throwaway clusters).
     /// `opens` says which files clients hold open: the writer purges an orphan only when
     /// nobody does, and counts a file created for opening as open before anyone can see it.
+    /// `gc` says which blocks are due for collection and which are condemned.
     pub fn open(
         dir: &Path,
         default_replication: u8,
         sync: bool,
         opens: Arc<OpenTable>,
+        gc: Arc<Gc>,
     ) -> anyhow::Result<MetaEngine> {
         let store = Arc::new(Store::open(dir)?);
         if store.inode(Ino::ROOT)?.is_none() {
@@ -63,7 +66,7 @@ impl MetaEngine {
         let writer_store = store.clone();
         let writer = std::thread::Builder::new()
             .name("meta-writer".into())
-            .spawn(move || write_loop(writer_store, rx, sync, opens))?;
+            .spawn(move || write_loop(writer_store, rx, sync, opens, gc))?;
         Ok(MetaEngine {
             store,
             queue: Some(tx),
@@ -212,6 +215,11 @@ impl MetaEngine {
         self.store.node_admin_states()
     }
 
+    /// Blocks condemned as garbage whose deletion is not known to be over.
+    pub fn tombstones(&self) -> FsResult<Vec<BlockId>> {
+        self.store.tombstones()
+    }
+
     /// Files with no name left, waiting for their last close.
     pub fn orphans(&self) -> FsResult<Vec<Ino>> {
         self.store.orphans()
@@ -241,7 +249,27 @@ impl Drop for MetaEngine {
     }
 }
 
-fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, opens: Arc<OpenTable>) {
+/// What the writer decides beside the ops: orphans it purges, blocks it condemns.
+struct Deciders {
+    opens: Arc<OpenTable>,
+    gc: Arc<Gc>,
+}
+
+/// Decisions taken in one group, made good or undone by whether its write succeeds.
+#[derive(Default)]
+struct Decided {
+    purging: Vec<Ino>,
+    condemned: Vec<BlockId>,
+}
+
+fn write_loop(
+    store: Arc<Store>,
+    rx: mpsc::Receiver<Pending>,
+    sync: bool,
+    opens: Arc<OpenTable>,
+    gc: Arc<Gc>,
+) {
+    let deciders = Deciders { opens, gc };
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -253,10 +281,10 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, opens:
         let mut txn = store.txn();
         let mut results = Vec::with_capacity(group.len());
         // Orphans being purged in this group: opens of them fail until it is written.
-        let mut purging = Vec::new();
+        let mut decided = Decided::default();
         for p in &group {
             txn.savepoint();
-            let r = apply(&mut txn, &p.op, &opens, &mut purging);
+            let r = apply(&mut txn, &p.op, &deciders, &mut decided);
             if r.is_err() {
                 txn.rollback();
             }
@@ -269,9 +297,10 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, opens:
         };
         if let Err(e) = &written {
             error!("metadata write of {} ops failed: {e}", group.len());
+            deciders.gc.abandon(&decided.condemned);
         }
-        for ino in purging {
-            opens.purged(ino);
+        for ino in decided.purging {
+            deciders.opens.purged(ino);
         }
         for (p, r) in group.into_iter().zip(results) {
             let r = match &written {
@@ -284,21 +313,45 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, opens:
 }
 
 /// Applies one op in the writer, with what only the writer may decide: whether an orphan is
-/// purged now (nobody holds it open) and that a file created for opening is held.
+/// purged now (nobody holds it open), that a file created for opening is held, which
+/// garbage blocks are condemned, and that no slice of a condemned block is committed.
 fn apply(
     txn: &mut Txn<'_>,
     op: &MetaOp,
-    opens: &OpenTable,
-    purging: &mut Vec<Ino>,
+    deciders: &Deciders,
+    decided: &mut Decided,
 ) -> FsResult<MetaReply> {
-    if let MetaOpKind::Purge { ino } = op.kind {
-        if !opens.begin_purge(ino) {
-            // Opened again meanwhile (or still): its last close will purge it.
+    let Deciders { opens, gc } = deciders;
+    match &op.kind {
+        MetaOpKind::Purge { ino } => {
+            if !opens.begin_purge(*ino) {
+                // Opened again meanwhile (or still): its last close will purge it.
+                return Ok(MetaReply::Done);
+            }
+            decided.purging.push(*ino);
+            ops::purge(txn, *ino)?;
             return Ok(MetaReply::Done);
         }
-        purging.push(ino);
-        ops::purge(txn, ino)?;
-        return Ok(MetaReply::Done);
+        MetaOpKind::CollectBlocks { blocks } => {
+            for block in blocks {
+                // Referenced again since it was marked: it stays.
+                if !ops::is_referenced(txn, block)? && gc.begin_collect(block) {
+                    decided.condemned.push(*block);
+                    ops::condemn(txn, block)?;
+                }
+            }
+            return Ok(MetaReply::Done);
+        }
+        MetaOpKind::CommitSlices(c) => {
+            if let Some((_, s)) = c.slices.iter().find(|(_, s)| gc.is_condemned(&s.block)) {
+                return Err(FsError::io(format!(
+                    "block {} was deleted as garbage before this write committed it \
+                     (its upload was left uncommitted past the grace period)",
+                    s.block
+                )));
+            }
+        }
+        _ => {}
     }
     let reply = ops::apply(txn, op)?;
     if let (MetaOpKind::Create(c), MetaReply::Created(created)) = (&op.kind, &reply) {
@@ -308,7 +361,7 @@ fn apply(
     }
     for ino in txn.take_orphans() {
         if opens.begin_purge(ino) {
-            purging.push(ino);
+            decided.purging.push(ino);
             ops::purge(txn, ino)?;
         }
     }

@@ -30,6 +30,22 @@ pub const META_ORPHAN_PREFIX: &[u8] = b"orphan/";
 /// Prefix of the `meta` keys holding an operator's state for a datanode.
 pub const META_NODE_ADMIN_PREFIX: &[u8] = b"node-admin/";
 
+/// Prefix of the `meta` keys naming condemned blocks (see `gc.rs`).
+pub const META_GC_PREFIX: &[u8] = b"gc/";
+
+/// `gc/<block id>`: the block is garbage and being deleted from the datanodes.
+pub fn tombstone(id: &BlockId) -> Vec<u8> {
+    let mut k = META_GC_PREFIX.to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// The block a tombstone key names, if the key is well formed.
+pub fn tombstone_block(key: &[u8]) -> Option<BlockId> {
+    let rest = key.strip_prefix(META_GC_PREFIX)?;
+    Some(BlockId(rest.try_into().ok()?))
+}
+
 /// `node-admin/<datanode id>`: decommissioning, decommissioned or maintenance.
 pub fn node_admin(id: cairn_common::DatanodeId) -> Vec<u8> {
     let mut k = META_NODE_ADMIN_PREFIX.to_vec();
@@ -141,6 +157,14 @@ mod tests {
         let id = cairn_common::DatanodeId(0xfeed_beef);
         assert_eq!(node_admin_id(&node_admin(id)), Some(id));
         assert_eq!(node_admin_id(&orphan(Ino(1))), None);
+    }
+
+    #[test]
+    fn tombstones_name_their_block() {
+        let id = BlockId::of(b"garbage");
+        assert_eq!(tombstone_block(&tombstone(&id)), Some(id));
+        assert_eq!(tombstone_block(b"gc/short"), None);
+        assert_eq!(tombstone_block(&orphan(Ino(1))), None);
     }
 
     #[test]

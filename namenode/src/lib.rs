@@ -5,6 +5,7 @@
 pub mod blockmap;
 pub mod config;
 pub mod engine;
+pub mod gc;
 pub mod keys;
 pub mod locks;
 pub mod opens;
@@ -19,12 +20,13 @@ use std::sync::Arc;
 use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
-    AllocateBlock, ChunkMap, CreateReply, FsStats, HeartbeatReply, NamenodeEnvelope,
-    NamenodeRequest, Placement, RegisterReply,
+    AllocateBlock, ChunkMap, CreateReply, DatanodeCommand, FsStats, HeartbeatReply,
+    NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
-use cairn_common::{FsError, FsResult};
+use cairn_common::{BlockId, FsError, FsResult};
 use quinn::Endpoint;
+use store::BlockRecord;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -48,6 +50,8 @@ pub struct Namenode {
     opens: Arc<opens::OpenTable>,
     /// Copies and deletions that bring blocks back to their replication.
     repair: repair::Repair,
+    /// Deletion of blocks nothing references.
+    gc: Arc<gc::Gc>,
     safe_mode: safemode::SafeMode,
     /// Lock sessions seen on each client connection: when the connection ends, so do their
     /// locks, or a crashed mount would hold them for ever.
@@ -72,12 +76,16 @@ pub async fn run(
         config.open_lease()
     };
     let opens = Arc::new(opens::OpenTable::new(config.open_lease(), grace));
+    let gc = Arc::new(gc::Gc::new(config.gc_grace(), config.open_lease()));
     let engine = MetaEngine::open(
         &config.meta_dir,
         config.default_replication,
         config.sync_metadata,
         opens.clone(),
+        gc.clone(),
     )?;
+    // Blocks condemned before a restart go on being deleted.
+    gc.restore(engine.tombstones()?);
     info!(
         inodes = engine.inode_count()?,
         blocks = engine.block_count()?,
@@ -96,6 +104,7 @@ pub async fn run(
         locks: locks::LockTable::default(),
         repair: repair::Repair::new(config.repair_copies_per_node),
         opens,
+        gc,
         lock_sessions: Default::default(),
         config,
         engine,
@@ -158,6 +167,8 @@ impl Namenode {
 
     fn allocate(&self, a: &AllocateBlock) -> FsResult<Placement> {
         let attr = self.engine.getattr(a.ino)?;
+        // Not collected for a grace period from now (and refused while it is being deleted).
+        self.gc.allocating(&a.block)?;
         let replication = attr.replication;
         // Replicas on disk are verified, committed or not: they count.
         let holders = self.blocks.locations(&a.block);
@@ -374,11 +385,16 @@ impl Service for Namenode {
                 peer.require(Role::Datanode)?;
                 let known = self.blocks.heartbeat(&r);
                 self.repair.copies_failed(r.id, &r.copies_failed);
-                let commands = if known {
-                    self.repair.take_commands(r.id, &self.blocks)
-                } else {
-                    Vec::new()
-                };
+                let mut commands = Vec::new();
+                if known {
+                    commands = self.repair.take_commands(r.id, &self.blocks);
+                    if !self.safe_mode.is_on() {
+                        let garbage = self.gc.orders_for(r.id, |b| self.blocks.holds(r.id, b));
+                        if !garbage.is_empty() {
+                            commands.push(DatanodeCommand::Delete { blocks: garbage });
+                        }
+                    }
+                }
                 ex.respond(&Ok(HeartbeatReply {
                     reregister: !known,
                     commands,
@@ -394,7 +410,11 @@ impl Service for Namenode {
                 };
                 ex.respond(&res).await
             }
-            R::GetRepairStatus(_) => ex.respond(&Ok(self.repair.status())).await,
+            R::GetRepairStatus(_) => {
+                let mut status = self.repair.status();
+                self.gc.report(&mut status);
+                ex.respond(&Ok(status)).await
+            }
             R::SafeMode(r) => {
                 let res = if r.action != cairn_common::proto::SafeModeAction::Get && caller.uid != 0
                 {
@@ -407,6 +427,7 @@ impl Service for Namenode {
             R::SetAdminState(r) => ex.respond(&self.set_admin_state(&caller, r).await).await,
             R::KeepOpen(r) => {
                 let released = self.opens.renew(r.session, r.gen, &r.open);
+                self.gc.uploading(r.session, &r.uploads);
                 self.purge_if_orphans(released);
                 ex.respond(&Ok(())).await
             }
@@ -508,6 +529,9 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
                 warn!(datanode = %node, "recording the end of a decommission failed: {e}");
             }
         }
+        if act && !nn.opens.in_grace() {
+            collect_garbage(&nn, &blocks).await;
+        }
         let now = nn.repair.status();
         nn.safe_mode.observe(&now);
         // Told when it starts, every few seconds while it lasts, and when it is over.
@@ -533,6 +557,48 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
             last_log = None;
         }
         last = Some(now);
+    }
+}
+
+/// Most blocks condemned, or forgotten, by one metadata write.
+const GC_BATCH: usize = 4096;
+
+/// The garbage collector's turn in a repair pass (not in safe mode, nor while clients may
+/// still be claiming their uploads after a start): marks the unreferenced blocks — records
+/// at refcount zero and blocks live datanodes hold that have no record (those only a dead
+/// one holds wait for it to return) — condemns those past
+/// their grace, and drops the tombstones of blocks no live datanode holds any more.
+async fn collect_garbage(nn: &Namenode, records: &[(BlockId, BlockRecord)]) {
+    let recorded: std::collections::HashSet<BlockId> = records.iter().map(|(b, _)| *b).collect();
+    let mut unreferenced: Vec<BlockId> = records
+        .iter()
+        .filter(|(_, r)| r.refs == 0)
+        .map(|(b, _)| *b)
+        .collect();
+    unreferenced.extend(
+        nn.blocks
+            .held_blocks()
+            .into_iter()
+            .filter(|b| !recorded.contains(b)),
+    );
+    let due = nn.gc.mark(unreferenced);
+    for batch in due.chunks(GC_BATCH) {
+        let op = MetaOpKind::CollectBlocks {
+            blocks: batch.to_vec(),
+        };
+        if let Err(e) = nn.engine.submit(Caller::ROOT, op).await {
+            warn!("condemning {} garbage blocks failed: {e}", batch.len());
+        }
+    }
+    let deleted = nn.gc.deleted(|b| !nn.blocks.locations(b).is_empty());
+    for batch in deleted.chunks(GC_BATCH) {
+        let op = MetaOpKind::ForgetCollected {
+            blocks: batch.to_vec(),
+        };
+        match nn.engine.submit(Caller::ROOT, op).await {
+            Ok(_) => nn.gc.forget(batch),
+            Err(e) => warn!("clearing {} tombstones failed: {e}", batch.len()),
+        }
     }
 }
 

@@ -59,6 +59,16 @@ pub enum MetaOpKind {
     Purge {
         ino: Ino,
     },
+    /// Condemns unreferenced blocks as garbage: their records go and tombstones come. The
+    /// engine decides which of `blocks` are still due (see `gc.rs`); a referenced block is
+    /// never condemned.
+    CollectBlocks {
+        blocks: Vec<BlockId>,
+    },
+    /// Removes the tombstones of condemned blocks no datanode holds any more.
+    ForgetCollected {
+        blocks: Vec<BlockId>,
+    },
     /// Records an operator's state for a datanode, so that it outlives a namenode restart
     /// (`Normal` removes the record).
     SetNodeAdmin {
@@ -204,6 +214,18 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             purge(txn, *ino)?;
             Ok(MetaReply::Done)
         }
+        MetaOpKind::CollectBlocks { blocks } => {
+            for block in blocks {
+                condemn(txn, block)?;
+            }
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::ForgetCollected { blocks } => {
+            for block in blocks {
+                txn.delete(Cf::Meta, keys::tombstone(block));
+            }
+            Ok(MetaReply::Done)
+        }
         MetaOpKind::SetNodeAdmin { node, state } => {
             let key = keys::node_admin(*node);
             match state {
@@ -213,6 +235,23 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             Ok(MetaReply::Done)
         }
     }
+}
+
+/// Whether `block` is referenced by some slice, as of this transaction.
+pub fn is_referenced(txn: &Txn<'_>, block: &BlockId) -> FsResult<bool> {
+    Ok(txn.block(block)?.is_some_and(|b| b.refs > 0))
+}
+
+/// Replaces an unreferenced block's record with a tombstone.
+pub fn condemn(txn: &mut Txn<'_>, block: &BlockId) -> FsResult<()> {
+    if is_referenced(txn, block)? {
+        return Err(FsError::io(format!(
+            "block {block} is referenced; it cannot be collected"
+        )));
+    }
+    txn.delete(Cf::Blocks, keys::block(block));
+    txn.put_raw(Cf::Meta, keys::tombstone(block), Vec::new());
+    Ok(())
 }
 
 /// Frees orphan `ino` (see [`MetaOpKind::Purge`]).

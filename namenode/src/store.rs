@@ -187,6 +187,15 @@ impl Store {
             .collect())
     }
 
+    /// Blocks condemned as garbage whose deletion is not known to be over.
+    pub fn tombstones(&self) -> FsResult<Vec<BlockId>> {
+        Ok(self
+            .scan_raw(Cf::Meta, keys::META_GC_PREFIX, None, usize::MAX)?
+            .iter()
+            .filter_map(|(k, _)| keys::tombstone_block(k))
+            .collect())
+    }
+
     /// Operators' states for datanodes (those not in normal service).
     pub fn node_admin_states(
         &self,

@@ -9,15 +9,6 @@ use cairn_common::{BlockId, DatanodeId, Ino};
 
 use crate::support::*;
 
-/// A cluster of `datanodes` that notices a silent datanode within a few seconds.
-async fn quick_cluster(dir: &std::path::Path, datanodes: usize) -> DevCluster {
-    init_tracing();
-    let mut opts = DevOptions::new(dir, datanodes);
-    opts.heartbeat_interval_ms = 300;
-    opts.dead_timeout_ms = 2_000;
-    DevCluster::start(opts).await.expect("cluster starts")
-}
-
 /// Live replica holders of each block of `ino`, by the namenode's map.
 async fn replicas(client: &Client, ino: Ino) -> HashMap<BlockId, Vec<DatanodeId>> {
     let map = chunk_map(client, ino).await;
@@ -115,29 +106,6 @@ fn cluster_index(name: &str) -> usize {
         .and_then(|n| n.parse().ok())
         .expect("a dev datanode name");
     n - 1
-}
-
-/// Runs `cairn admin ARGS --json` against `cluster`: its exit code and parsed output.
-fn admin(cluster: &DevCluster, args: &[&str]) -> (i32, serde_json::Value) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .arg("admin")
-        .args(args)
-        .arg("--json")
-        .arg("--config")
-        .arg(cluster.dir().join("cairn-client.toml"))
-        .output()
-        .expect("run cairn");
-    if out.stdout.is_empty() {
-        return (out.status.code().unwrap_or(-1), serde_json::Value::Null);
-    }
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "cairn admin {args:?}: {e}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), json)
 }
 
 /// Waits until `cairn admin report` counts `dead` dead datanodes.

@@ -4,6 +4,7 @@
 mod support;
 
 mod data_path;
+mod garbage;
 mod healing;
 mod mount;
 mod namespace;

@@ -136,3 +136,42 @@ pub async fn raw_connection(
         .await
         .expect("connect")
 }
+
+/// Options for a cluster of `datanodes` that notices a silent datanode within a few seconds.
+pub fn quick_options(dir: &Path, datanodes: usize) -> DevOptions {
+    let mut opts = DevOptions::new(dir, datanodes);
+    opts.heartbeat_interval_ms = 300;
+    opts.dead_timeout_ms = 2_000;
+    opts
+}
+
+/// A cluster of `datanodes` that notices a silent datanode within a few seconds.
+pub async fn quick_cluster(dir: &Path, datanodes: usize) -> DevCluster {
+    init_tracing();
+    DevCluster::start(quick_options(dir, datanodes))
+        .await
+        .expect("cluster starts")
+}
+
+/// Runs `cairn admin ARGS --json` against `cluster`: its exit code and parsed output.
+pub fn admin(cluster: &DevCluster, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("admin")
+        .args(args)
+        .arg("--json")
+        .arg("--config")
+        .arg(cluster.dir().join("cairn-client.toml"))
+        .output()
+        .expect("run cairn");
+    if out.stdout.is_empty() {
+        return (out.status.code().unwrap_or(-1), serde_json::Value::Null);
+    }
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "cairn admin {args:?}: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json)
+}

@@ -1,0 +1,220 @@
+//! Garbage collection: blocks nothing references leave the datanodes after the grace period,
+//! and live blocks never do, whoever is unreachable meanwhile.
+
+use std::time::{Duration, Instant};
+
+use cairn_cli::devcluster::DevCluster;
+use cairn_client::{Client, ClientConfig, NewFile, Owner};
+use cairn_common::layout::MAX_BLOCK_SIZE;
+use cairn_common::{BlockId, Ino};
+
+use crate::support::*;
+
+/// The grace period of these tests: the least the namenode accepts.
+const GRACE: Duration = Duration::from_secs(10);
+/// How long a silent client keeps its session (and so its uploads).
+const LEASE: Duration = Duration::from_secs(15);
+
+/// The blocks a client makes of `data` written from offset 0 in one go.
+fn blocks_of(data: &[u8]) -> Vec<BlockId> {
+    data.chunks(MAX_BLOCK_SIZE as usize)
+        .map(BlockId::of)
+        .collect()
+}
+
+/// Waits (up to `within`) until `done` holds for the disks of `cluster`.
+async fn wait_for_disks(
+    cluster: &DevCluster,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&DevCluster) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while !done(cluster) {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    started.elapsed()
+}
+
+fn nowhere(blocks: &[BlockId]) -> impl Fn(&DevCluster) -> bool + '_ {
+    move |c| blocks.iter().all(|b| holders(c, b).is_empty())
+}
+
+fn everywhere(blocks: &[BlockId], copies: usize) -> impl Fn(&DevCluster) -> bool + '_ {
+    move |c| blocks.iter().all(|b| holders(c, b).len() >= copies)
+}
+
+/// A client in a runtime of its own stores whole blocks of a new file, then dies (its
+/// runtime stops, with its renewals) before committing them.
+fn die_mid_upload(config: std::path::PathBuf, data: Vec<u8>, cluster_blocks: impl Fn() -> bool) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = Client::connect(ClientConfig::load(&config).unwrap())
+            .await
+            .unwrap();
+        let (_, mut file) = client
+            .create_open(NewFile {
+                parent: Ino::ROOT,
+                name: b"partial",
+                perm: 0o644,
+                exclusive: true,
+                truncate: false,
+                owner: Owner::current(),
+            })
+            .await
+            .unwrap();
+        // One byte past the whole blocks: they go out, the byte stays buffered.
+        file.write(0, &data).await.unwrap();
+        file.write(data.len() as u64, b"!").await.unwrap();
+        let started = Instant::now();
+        while !cluster_blocks() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "uploads stored"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Never closed, never committed.
+        std::mem::forget(file);
+        std::mem::forget(client);
+    });
+    runtime.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_goes_after_its_grace_and_live_blocks_never_do() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 4);
+    opts.gc_grace_ms = GRACE.as_millis() as u64;
+    opts.open_lease_ms = LEASE.as_millis() as u64;
+    let mut cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    let live_data = random_bytes(3 * MAX_BLOCK_SIZE as usize, 200);
+    let live = put(&client, "live", &live_data, 1 << 20).await;
+    let live_blocks = blocks_of(&live_data);
+    assert_eq!(file_blocks(&client, live.ino).await.len(), 3);
+    let doomed_data = random_bytes(2 * MAX_BLOCK_SIZE as usize, 201);
+    put(&client, "doomed", &doomed_data, 1 << 20).await;
+    let doomed_blocks = blocks_of(&doomed_data);
+    wait_for_disks(
+        &cluster,
+        "written",
+        Duration::from_secs(30),
+        everywhere(&live_blocks, 3),
+    )
+    .await;
+
+    tracing::info!("--- a client dies mid-upload, and a file is removed");
+    let partial_data = random_bytes(3 * MAX_BLOCK_SIZE as usize, 202);
+    let partial_blocks = blocks_of(&partial_data);
+    let uploaded = {
+        let holders: Vec<Vec<std::path::PathBuf>> = partial_blocks
+            .iter()
+            .map(|b| (0..4).map(|i| block_path(&cluster, i, b)).collect())
+            .collect();
+        move || holders.iter().all(|paths| paths.iter().any(|p| p.exists()))
+    };
+    let config = cluster.client_config_path.clone();
+    let died = Instant::now();
+    std::thread::spawn(move || die_mid_upload(config, partial_data, uploaded))
+        .join()
+        .expect("the client ran");
+    client.unlink(Ino::ROOT, b"doomed").await.unwrap();
+    let removed = Instant::now();
+    assert!(
+        everywhere(&doomed_blocks, 1)(&cluster) && everywhere(&partial_blocks, 1)(&cluster),
+        "nothing is deleted at once"
+    );
+    wait_for_disks(
+        &cluster,
+        "removed file's blocks collected",
+        GRACE * 6,
+        nowhere(&doomed_blocks),
+    )
+    .await;
+    assert!(
+        removed.elapsed() >= GRACE,
+        "collected {:?} after the removal, within the grace period",
+        removed.elapsed()
+    );
+    wait_for_disks(
+        &cluster,
+        "dead client's uploads collected",
+        (LEASE + GRACE) * 4,
+        nowhere(&partial_blocks),
+    )
+    .await;
+    assert!(
+        died.elapsed() >= GRACE,
+        "uploads collected {:?} after the client died",
+        died.elapsed()
+    );
+    assert!(everywhere(&live_blocks, 3)(&cluster), "live blocks stay");
+    let (_, status) = admin(&cluster, &["repair-status"]);
+    assert!(
+        status["garbage_collected"].as_u64().unwrap() >= 5,
+        "{status}"
+    );
+
+    tracing::info!("--- a datanode is away while a file's blocks are collected");
+    let again_data = random_bytes(2 * MAX_BLOCK_SIZE as usize, 203);
+    let again_blocks = blocks_of(&again_data);
+    put(&client, "again", &again_data, 1 << 20).await;
+    wait_for_disks(
+        &cluster,
+        "written",
+        Duration::from_secs(30),
+        everywhere(&again_blocks, 3),
+    )
+    .await;
+    let away = holders(&cluster, &again_blocks[0])[0];
+    cluster.stop_datanode(away).await.unwrap();
+    client.unlink(Ino::ROOT, b"again").await.unwrap();
+    wait_for_disks(
+        &cluster,
+        "collected on the datanodes still there",
+        GRACE * 6,
+        |c| {
+            again_blocks
+                .iter()
+                .all(|b| holders(c, b).iter().all(|i| *i == away))
+        },
+    )
+    .await;
+    assert!(
+        !holders(&cluster, &again_blocks[0]).is_empty(),
+        "the absent datanode still has its copy"
+    );
+    let started = Instant::now();
+    loop {
+        let (_, status) = admin(&cluster, &["repair-status"]);
+        if status["garbage_deleting"] == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    tracing::info!("--- the same bytes are stored again, then the datanode returns");
+    let back = put(&client, "again-2", &again_data, 1 << 20).await;
+    cluster.start_datanode(away).await.unwrap();
+    cluster.wait_for_datanodes(4).await.unwrap();
+    // Its old copies are the same bytes: they count, and at most the surplus goes.
+    tokio::time::sleep(GRACE + Duration::from_secs(2)).await;
+    let map = chunk_map(&client, back.ino).await;
+    for (block, at) in &map.locations {
+        assert!(at.len() >= 3, "block {block} has {} replicas", at.len());
+    }
+    assert!(get(&client, back.ino, 3 << 20).await == again_data);
+    assert!(get(&client, live.ino, 3 << 20).await == live_data);
+    assert!(everywhere(&live_blocks, 3)(&cluster), "live blocks stay");
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    cluster.stop().await.unwrap();
+}
