@@ -552,3 +552,99 @@ async fn a_datanode_in_maintenance_is_not_replaced_while_away() {
     assert_eq!(status["copies_done"], 0, "{status}");
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_left_with_one_replica_are_repaired_first() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 4);
+    // One copy at a time per datanode, and slow ones: the order shows.
+    opts.repair_copies_per_node = 1;
+    opts.repair_bytes_per_sec = Some(16 << 20);
+    let mut cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    let blocks = 24;
+    let data = random_bytes(blocks * (4 << 20), 130);
+    let attr = put(&client, "file", &data, 1 << 20).await;
+    wait_for_replicas(&client, attr.ino, "written", every_block(blocks, 3)).await;
+
+    tracing::info!("--- two datanodes die: blocks they both held keep one replica");
+    let statuses = client.datanodes().await.unwrap();
+    let killed: Vec<DatanodeId> = statuses
+        .iter()
+        .filter(|s| cluster_index(&s.name) < 2)
+        .map(|s| s.id)
+        .collect();
+    let left = |at: &Vec<DatanodeId>| at.iter().filter(|d| !killed.contains(d)).count();
+    let before = replicas(&client, attr.ino).await;
+    let one: Vec<BlockId> = before
+        .iter()
+        .filter(|(_, at)| left(at) == 1)
+        .map(|(b, _)| *b)
+        .collect();
+    let two: Vec<BlockId> = before
+        .iter()
+        .filter(|(_, at)| left(at) == 2)
+        .map(|(b, _)| *b)
+        .collect();
+    assert!(
+        one.len() >= 3 && two.len() >= 3,
+        "placement gave {} one-replica and {} two-replica blocks",
+        one.len(),
+        two.len()
+    );
+    cluster.stop_datanode(0).await.unwrap();
+    cluster.stop_datanode(1).await.unwrap();
+    tracing::info!("--- new datanodes join before the two are declared dead");
+    cluster.add_datanode().await.unwrap();
+    cluster.add_datanode().await.unwrap();
+
+    // When each one-replica block got its second replica, and each two-replica block its third.
+    let mut second: HashMap<BlockId, Instant> = HashMap::new();
+    let mut third: HashMap<BlockId, Instant> = HashMap::new();
+    let started = Instant::now();
+    while second.len() < one.len() || third.len() < two.len() {
+        assert!(
+            started.elapsed() < REPLICAS_WITHIN * 2,
+            "repair stalled: {} of {} one-replica blocks at 2, {} of {} two-replica blocks at 3",
+            second.len(),
+            one.len(),
+            third.len(),
+            two.len()
+        );
+        let now = replicas(&client, attr.ino).await;
+        let at = Instant::now();
+        for b in &one {
+            if left(&now[b]) >= 2 {
+                second.entry(*b).or_insert(at);
+            }
+        }
+        for b in &two {
+            if left(&now[b]) >= 3 {
+                third.entry(*b).or_insert(at);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last_second = *second.values().max().unwrap();
+    let overtaken = third.values().filter(|t| **t < last_second).count();
+    tracing::info!(
+        "one-replica blocks safe after {:?}; {overtaken} of {} two-replica blocks finished before",
+        last_second - started,
+        two.len()
+    );
+    assert!(
+        overtaken * 2 <= two.len(),
+        "{overtaken} of {} two-replica blocks got their third replica before the last \
+         one-replica block got its second",
+        two.len()
+    );
+    wait_for_replicas(&client, attr.ino, "healed", |m| {
+        m.len() == blocks && m.values().all(|at| left(at) >= 3)
+    })
+    .await;
+    assert!(get(&client, attr.ino, 3 << 20).await == data);
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    cluster.stop().await.unwrap();
+}
