@@ -77,6 +77,23 @@ enum AdminCommand {
         #[arg(long)]
         end: bool,
     },
+    /// Move replicas from the fullest datanodes to the emptiest until every datanode's used
+    /// share is within the threshold of the cluster's average (root only to start or stop),
+    /// showing progress until then. Interrupted, the balancing goes on in the namenode.
+    Balance {
+        /// Percentage points of capacity a datanode's usage may differ from the average.
+        #[arg(long, default_value_t = 10.0)]
+        threshold: f64,
+        /// Start it and return at once.
+        #[arg(long)]
+        no_wait: bool,
+        /// Stop balancing; moves under way finish.
+        #[arg(long, conflicts_with = "status")]
+        stop: bool,
+        /// Show what the balancer is doing.
+        #[arg(long)]
+        status: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,6 +138,25 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCommand::Maintenance { node, end } => {
             let state = admin_target(AdminState::Maintenance, end);
             set_admin(&client, &node, state, json).await?
+        }
+        AdminCommand::Balance {
+            threshold,
+            no_wait,
+            stop,
+            status,
+        } => {
+            use crate::balance_cmd::Request;
+            let request = if stop {
+                Request::Stop
+            } else if status {
+                Request::Status
+            } else {
+                Request::Start {
+                    threshold_pct: threshold,
+                    wait: !no_wait,
+                }
+            };
+            return crate::balance_cmd::run(&client, request, json).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -170,7 +206,7 @@ fn safe_mode_line(s: &SafeModeStatus) -> String {
     )
 }
 
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     bytesize::ByteSize(bytes).to_string()
 }
 

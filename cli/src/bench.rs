@@ -55,6 +55,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 30_000)]
         dead_timeout_ms: u64,
     },
+    /// Three datanodes hold a file at R = 3 and an empty fourth joins: time until the
+    /// balancer has every datanode within the threshold, and the bytes it moved.
+    Balance {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Each datanode's capacity in MiB (usage is a share of it).
+        #[arg(long, default_value_t = 2048)]
+        capacity_mib: u64,
+        /// The balancer's threshold, in percentage points.
+        #[arg(long, default_value_t = 10.0)]
+        threshold: f64,
+    },
     /// One datanode's scrubber re-hashing what it holds: the rate of a full pass.
     Scrub {
         /// Data on the datanode, in MiB.
@@ -124,6 +137,11 @@ pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> any
             creates,
             concurrency,
         } => engine(tmp.path(), creates, concurrency).await?,
+        BenchCommand::Balance {
+            size_mib,
+            capacity_mib,
+            threshold,
+        } => balance(tmp.path(), size_mib, capacity_mib, threshold).await?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
@@ -291,6 +309,79 @@ async fn repair(
             what: "repair throughput".into(),
             value: mib / repair_s,
             unit: "MiB/s",
+        },
+    ])
+}
+
+async fn balance(
+    dir: &std::path::Path,
+    size_mib: u64,
+    capacity_mib: u64,
+    threshold_pct: f64,
+) -> anyhow::Result<Vec<Figure>> {
+    use cairn_common::proto::{Balance, BalanceAction, BalancerState};
+    let mut opts = DevOptions::new(dir, 3);
+    opts.datanode_capacity = Some(capacity_mib << 20);
+    let mut cluster = DevCluster::start(opts).await?;
+    let client = cluster.client().await?;
+    eprintln!("put {size_mib} MiB of random data at R=3 on 3 datanodes of {capacity_mib} MiB…");
+    write_random(&client, size_mib, 12).await?;
+    cluster.add_datanode().await?;
+    cluster.wait_for_datanodes(4).await?;
+    // Its first heartbeat carries its usage.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = &client;
+    let ask = |action| async move {
+        client
+            .namenode(Balance { action })
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    eprintln!("an empty datanode joined; balancing to within {threshold_pct}%…");
+    let t0 = Instant::now();
+    let first = ask(BalanceAction::Start { threshold_pct }).await?;
+    let status = loop {
+        let s = ask(BalanceAction::Get).await?;
+        match s.state {
+            BalancerState::Balanced => break s,
+            BalancerState::Running => {}
+            other => anyhow::bail!("the balancer ended {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = t0.elapsed().as_secs_f64();
+    cluster.stop().await?;
+    let mib = status.bytes_moved as f64 / (1u64 << 20) as f64;
+    let spread = status
+        .nodes
+        .iter()
+        .map(|n| (n.used_pct - status.average_pct).abs())
+        .fold(0.0, f64::max);
+    Ok(vec![
+        Figure {
+            what: format!("to move at the start (threshold {threshold_pct}%)"),
+            value: first.bytes_to_move as f64 / (1u64 << 20) as f64,
+            unit: "MiB",
+        },
+        Figure {
+            what: format!("join to balanced ({} replicas moved)", status.moves_done),
+            value: took,
+            unit: "s",
+        },
+        Figure {
+            what: "moved".into(),
+            value: mib,
+            unit: "MiB",
+        },
+        Figure {
+            what: "balancer throughput".into(),
+            value: mib / took,
+            unit: "MiB/s",
+        },
+        Figure {
+            what: "largest distance from the average after".into(),
+            value: spread,
+            unit: "points",
         },
     ])
 }

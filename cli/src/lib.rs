@@ -2,6 +2,7 @@
 //! runs and the system tests start, and the command implementations.
 
 pub mod admin_cmd;
+pub mod balance_cmd;
 pub mod bench;
 pub mod devcluster;
 pub mod fs_cmd;

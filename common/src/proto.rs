@@ -77,6 +77,7 @@ service! {
         KeepOpen(KeepOpen) -> (),
         GetRepairStatus(GetRepairStatus) -> RepairStatus,
         SafeMode(SafeMode) -> SafeModeStatus,
+        Balance(Balance) -> BalanceStatus,
         SetAdminState(SetAdminState) -> DatanodeStatus,
     }
 }
@@ -576,6 +577,65 @@ pub struct SafeModeStatus {
     pub blocks_reported: u64,
     /// Fraction of blocks that must be reported before it ends by itself.
     pub threshold: f64,
+}
+
+/// The balancer: moves replicas from the fullest datanodes to the emptiest until every
+/// datanode's usage is within a threshold of the cluster's average.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum BalanceAction {
+    Get,
+    /// Start (or retarget) balancing; `threshold_pct` in percentage points (root only).
+    Start {
+        threshold_pct: f64,
+    },
+    /// Stop moving replicas; moves under way finish (root only).
+    Stop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Balance {
+    pub action: BalanceAction,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BalancerState {
+    /// Never started since the namenode started.
+    #[default]
+    Idle,
+    Running,
+    /// Every datanode is within the threshold: it stopped by itself.
+    Balanced,
+    /// Stopped by an operator.
+    Stopped,
+}
+
+/// One datanode as the balancer sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BalanceNode {
+    pub name: String,
+    pub used: u64,
+    pub capacity: u64,
+    /// Used share of its capacity, in percent.
+    pub used_pct: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BalanceStatus {
+    pub state: BalancerState,
+    pub threshold_pct: f64,
+    /// The cluster's used share of its capacity, in percent: every datanode's target.
+    pub average_pct: f64,
+    /// Live datanodes in normal service, the ones balanced.
+    pub nodes: Vec<BalanceNode>,
+    /// Bytes still to leave the datanodes above the threshold.
+    pub bytes_to_move: u64,
+    pub moves_in_flight: u64,
+    /// Replicas moved, and their bytes, since this balancing started.
+    pub moves_done: u64,
+    pub bytes_moved: u64,
+    /// Seconds since this balancing started (until it ended).
+    pub elapsed_secs: f64,
 }
 
 /// A datanode introduces itself: at start, and again whenever the namenode forgot it.

@@ -170,6 +170,23 @@ impl BlockMap {
             .is_some_and(|n| n.blocks.contains(block))
     }
 
+    /// Up to `limit` blocks datanode `id` holds that `wanted` accepts.
+    pub fn blocks_held(
+        &self,
+        id: DatanodeId,
+        limit: usize,
+        wanted: impl Fn(&BlockId) -> bool,
+    ) -> Vec<BlockId> {
+        self.lock().nodes.get(&id).map_or_else(Vec::new, |n| {
+            n.blocks
+                .iter()
+                .filter(|b| wanted(b))
+                .take(limit)
+                .copied()
+                .collect()
+        })
+    }
+
     /// Every block some datanode that is not dead holds.
     pub fn held_blocks(&self) -> Vec<BlockId> {
         let inner = self.lock();

@@ -2,6 +2,7 @@
 //! refcounts) in RocksDB, knows which datanodes are alive and which blocks they hold, and
 //! places new blocks. It never sees file bytes.
 
+pub mod balance;
 pub mod blockmap;
 pub mod config;
 pub mod engine;
@@ -425,6 +426,30 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::SetAdminState(r) => ex.respond(&self.set_admin_state(&caller, r).await).await,
+            R::Balance(r) => {
+                use cairn_common::proto::BalanceAction;
+                let res = match r.action {
+                    BalanceAction::Get => Ok(()),
+                    _ if caller.uid != 0 => Err(FsError::NotPermitted),
+                    BalanceAction::Start { threshold_pct }
+                        if !(threshold_pct > 0.0 && threshold_pct <= 100.0) =>
+                    {
+                        Err(FsError::invalid(format!(
+                            "threshold must be above 0 and at most 100 percent, not {threshold_pct}"
+                        )))
+                    }
+                    BalanceAction::Start { threshold_pct } => {
+                        info!(threshold_pct, "balancer started");
+                        Ok(())
+                    }
+                    BalanceAction::Stop => {
+                        info!("balancer stopped by an operator");
+                        Ok(())
+                    }
+                };
+                let res = res.map(|()| self.repair.balancer(r.action, &self.blocks));
+                ex.respond(&res).await
+            }
             R::KeepOpen(r) => {
                 let released = self.opens.renew(r.session, r.gen, &r.open);
                 self.gc.uploading(r.session, &r.uploads);

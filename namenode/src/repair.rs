@@ -8,13 +8,16 @@
 //! reports it. An order is done when the block map shows the targets holding the block, or
 //! forgotten after [`ORDER_TIMEOUT`] (or when the source says it failed) and planned afresh.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_common::proto::{AdminState, DatanodeAddr, DatanodeCommand, RepairStatus};
+use cairn_common::proto::{
+    AdminState, BalanceAction, BalanceStatus, DatanodeAddr, DatanodeCommand, RepairStatus,
+};
 use cairn_common::{BlockId, DatanodeId};
 
+use crate::balance::{Balancer, Usage};
 use crate::blockmap::BlockMap;
 use crate::store::BlockRecord;
 
@@ -28,10 +31,13 @@ struct Copy {
     targets: Vec<DatanodeId>,
     len: u32,
     ordered: Instant,
+    /// A balancer's move: the surplus it leaves is trimmed from the fullest holder.
+    balance: bool,
 }
 
 struct Delete {
     node: DatanodeId,
+    len: u32,
     ordered: Instant,
 }
 
@@ -51,6 +57,13 @@ struct State {
     status: RepairStatus,
     /// (when, bytes copied so far) at each pass of the last minute, for the rate.
     progress: std::collections::VecDeque<(Instant, u64)>,
+    balancer: Balancer,
+    /// Blocks at exactly their replication with nothing under way, as the last pass found
+    /// them (while the balancer runs): the ones it may move.
+    movable: HashMap<BlockId, u32>,
+    /// Bytes of referenced blocks each datanode holds, as the last pass counted them from
+    /// the block map: usage without waiting for heartbeats.
+    held_bytes: HashMap<DatanodeId, u64>,
 }
 
 pub struct Repair {
@@ -92,6 +105,9 @@ impl Repair {
         }
         if s.acting {
             self.schedule(&mut s, map, Some(node), now);
+            if s.balancer.is_running() {
+                self.balance(&mut s, map, now);
+            }
         }
         s.outbox.remove(&node).unwrap_or_default()
     }
@@ -162,6 +178,7 @@ impl Repair {
                     targets: targets.iter().map(|t| t.id).collect(),
                     len: need.len,
                     ordered: now,
+                    balance: false,
                 },
             );
             push_command(s, source, |cmds| {
@@ -221,6 +238,95 @@ impl Repair {
         }
     }
 
+    /// Moves replicas from the fullest datanodes to the emptiest, within the per-datanode
+    /// bounds and only while no block needs repair; ends balancing once every datanode is
+    /// within the threshold and no move is under way.
+    fn balance(&self, s: &mut State, map: &BlockMap, now: Instant) {
+        let statuses = map.statuses();
+        let addrs: HashMap<DatanodeId, std::net::SocketAddr> =
+            statuses.iter().map(|d| (d.id, d.addr)).collect();
+        let (mut usage, moving) = usage(s, &statuses);
+        let mut sending: HashMap<DatanodeId, usize> = HashMap::new();
+        let mut receiving: HashMap<DatanodeId, usize> = HashMap::new();
+        for c in s.copies.values() {
+            *sending.entry(c.source).or_default() += 1;
+            for t in &c.targets {
+                *receiving.entry(*t).or_default() += 1;
+            }
+        }
+        if usage.balanced() || !s.queue.is_empty() {
+            if usage.balanced() && moving == 0 {
+                s.balancer.finished();
+                tracing::info!(
+                    moved = s.balancer.moves_done,
+                    moved_mib = s.balancer.bytes_moved >> 20,
+                    "balanced: every datanode is within the threshold"
+                );
+            }
+            s.balancer.observed(usage);
+            return;
+        }
+        let max = self.max_copies_per_node;
+        let busy = |counts: &HashMap<DatanodeId, usize>, id| counts.get(&id).copied().unwrap_or(0);
+        let mut exhausted = HashSet::new();
+        while let Some((from, to)) = usage.next_pair(|f, t| {
+            busy(&sending, f) >= max || busy(&receiving, t) >= max || exhausted.contains(&(f, t))
+        }) {
+            let candidates = map.blocks_held(from, 256, |b| {
+                s.movable.contains_key(b) && !s.copies.contains_key(b)
+            });
+            let block = candidates.into_iter().find(|b| !map.holds(to, b));
+            let (Some(block), Some(addr)) = (block, addrs.get(&to)) else {
+                exhausted.insert((from, to));
+                continue;
+            };
+            let Some(len) = s.movable.remove(&block) else {
+                continue;
+            };
+            s.copies.insert(
+                block,
+                Copy {
+                    source: from,
+                    targets: vec![to],
+                    len,
+                    ordered: now,
+                    balance: true,
+                },
+            );
+            push_command(s, from, |cmds| {
+                cmds.push(DatanodeCommand::Replicate {
+                    block,
+                    len,
+                    targets: vec![DatanodeAddr {
+                        id: to,
+                        addr: *addr,
+                    }],
+                })
+            });
+            *sending.entry(from).or_default() += 1;
+            *receiving.entry(to).or_default() += 1;
+            usage.moving(from, to, len as u64);
+        }
+        s.balancer.observed(usage);
+    }
+
+    /// Starts, stops or reports the balancer.
+    pub fn balancer(&self, action: BalanceAction, map: &BlockMap) -> BalanceStatus {
+        let mut s = self.state();
+        match action {
+            BalanceAction::Start { threshold_pct } => s.balancer.start(threshold_pct),
+            BalanceAction::Stop => s.balancer.stop(),
+            BalanceAction::Get => {}
+        }
+        if !s.balancer.is_running() || matches!(action, BalanceAction::Start { .. }) {
+            // Not refreshed by the balancer's turns (or not yet): figures as of now.
+            let (usage, _) = usage(&s, &map.statuses());
+            s.balancer.observed(usage);
+        }
+        let in_flight = s.copies.values().filter(|c| c.balance).count() as u64;
+        s.balancer.status(in_flight)
+    }
+
     pub fn status(&self) -> RepairStatus {
         let s = self.state();
         let mut status = s.status;
@@ -241,7 +347,10 @@ impl Repair {
         let live_nodes = map.live_nodes();
         let now = Instant::now();
         let mut needs = Vec::new();
-        let mut short = std::collections::HashSet::new();
+        let mut short = HashSet::new();
+        // Blocks at exactly their replication with nothing under way: the balancer's to move.
+        let mut movable: HashMap<BlockId, u32> = HashMap::new();
+        let mut held_bytes: HashMap<DatanodeId, u64> = HashMap::new();
         let mut status = RepairStatus::default();
         let mut s = self.state();
         for (block, rec) in blocks {
@@ -255,6 +364,9 @@ impl Repair {
             let live = map.locations(block);
             let counted = map.counted(block);
             let holds = |id: &DatanodeId| live.iter().any(|l| l.id == *id);
+            for l in &live {
+                *held_bytes.entry(l.id).or_default() += rec.len as u64;
+            }
             settle_copy(&mut s, block, &live, now);
             if let Some(d) = s.deletes.get(block) {
                 if !holds(&d.node) {
@@ -305,6 +417,14 @@ impl Repair {
                         },
                     ));
                 }
+            } else if counted.len() == rec.replication as usize {
+                if s.balancer.is_running()
+                    && !s.copies.contains_key(block)
+                    && !s.deletes.contains_key(block)
+                    && !s.corrupt.contains_key(block)
+                {
+                    movable.insert(*block, rec.len);
+                }
             } else if counted.len() > rec.replication as usize {
                 status.over_replicated += 1;
                 // The fullest live holder in normal service gives its replica up (`live` is
@@ -317,7 +437,14 @@ impl Repair {
                 if let Some(node) = surplus.filter(|_| {
                     act && !s.copies.contains_key(block) && !s.deletes.contains_key(block)
                 }) {
-                    s.deletes.insert(*block, Delete { node, ordered: now });
+                    s.deletes.insert(
+                        *block,
+                        Delete {
+                            node,
+                            len: rec.len,
+                            ordered: now,
+                        },
+                    );
                     push_command(&mut s, node, |cmds| {
                         match cmds.iter_mut().find_map(|c| match c {
                             DatanodeCommand::Delete { blocks } => Some(blocks),
@@ -351,6 +478,12 @@ impl Repair {
         s.queue = needs.into_iter().map(|(_, n)| n).collect();
         s.acting = act;
         self.schedule(&mut s, map, None, now);
+        s.movable = movable;
+        s.held_bytes = held_bytes;
+        s.balancer.counted();
+        if act && s.balancer.is_running() {
+            self.balance(&mut s, map, now);
+        }
         status.copies_done = s.status.copies_done;
         status.bytes_copied = s.status.bytes_copied;
         status.surplus_deleted = s.status.surplus_deleted;
@@ -373,16 +506,42 @@ impl Repair {
     }
 }
 
+/// Each datanode's usage as the balancer sees it: the referenced bytes the last pass counted
+/// on it, with the moves finished since and those under way counted as done, and surplus
+/// replicas being deleted as gone. Also how many moves are under way.
+fn usage(s: &State, statuses: &[cairn_common::proto::DatanodeStatus]) -> (Usage, usize) {
+    let mut usage = Usage::new(statuses, &s.held_bytes, s.balancer.threshold_pct());
+    let mut moving = 0;
+    for c in s.copies.values().filter(|c| c.balance) {
+        moving += 1;
+        if let Some(t) = c.targets.first() {
+            usage.moving(c.source, *t, c.len as u64);
+        }
+    }
+    for (from, to, len) in s.balancer.since_counted() {
+        usage.moving(from, to, len);
+    }
+    for d in s.deletes.values() {
+        usage.freeing(d.node, d.len as u64);
+    }
+    (usage, moving)
+}
+
 /// Ends the copy order of `block` if its targets hold it (`live`), or if it is too old.
 fn settle_copy(s: &mut State, block: &BlockId, live: &[DatanodeAddr], now: Instant) {
     let Some(c) = s.copies.get(block) else {
         return;
     };
     if c.targets.iter().all(|t| live.iter().any(|l| l.id == *t)) {
-        let len = c.len as u64;
+        let (len, balance) = (c.len as u64, c.balance);
+        let (c_source, c_target) = (c.source, c.targets.first().copied().unwrap_or(c.source));
         s.copies.remove(block);
-        s.status.copies_done += 1;
-        s.status.bytes_copied += len;
+        if balance {
+            s.balancer.moved(c_source, c_target, len);
+        } else {
+            s.status.copies_done += 1;
+            s.status.bytes_copied += len;
+        }
     } else if now.duration_since(c.ordered) > ORDER_TIMEOUT {
         s.copies.remove(block);
     }

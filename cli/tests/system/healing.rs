@@ -648,3 +648,82 @@ async fn blocks_left_with_one_replica_are_repaired_first() {
     assert_eq!(code, 0, "{fsck}");
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_balancer_fills_an_empty_datanode_without_losing_a_replica() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 3);
+    opts.datanode_capacity = Some(256 << 20);
+    let mut cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    let blocks = 24;
+    let data = random_bytes(blocks * (4 << 20), 140);
+    let attr = put(&client, "file", &data, 1 << 20).await;
+    wait_for_replicas(&client, attr.ino, "written", every_block(blocks, 3)).await;
+    let (code, _) = admin(&cluster, &["balance", "--threshold", "0"]);
+    assert_ne!(code, 0, "a threshold of 0 is refused");
+
+    tracing::info!("--- an empty datanode joins; the balancer moves replicas to it");
+    let added = cluster.add_datanode().await.unwrap();
+    cluster.wait_for_datanodes(4).await.unwrap();
+    // The heartbeats after the join carry its usage.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let config = cluster.dir().join("cairn-client.toml");
+    let balancing = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args([
+                "admin",
+                "balance",
+                "--threshold",
+                "10",
+                "--json",
+                "--config",
+            ])
+            .arg(config)
+            .output()
+            .expect("run cairn")
+    });
+    let mut fewest = usize::MAX;
+    while !balancing.is_finished() {
+        let now = replicas(&client, attr.ino).await;
+        fewest = fewest.min(now.values().map(Vec::len).min().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = balancing.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fewest >= 3,
+        "a block fell to {fewest} replicas while balancing"
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "balanced", "{status}");
+    assert!(status["moves_done"].as_u64().unwrap() >= 8, "{status}");
+    let average = status["average_pct"].as_f64().unwrap();
+    for node in status["nodes"].as_array().unwrap() {
+        let used = node["used_pct"].as_f64().unwrap();
+        assert!(
+            (used - average).abs() <= 10.5,
+            "{node} vs {average}%: {status}"
+        );
+    }
+    let on_new = holders_count(&cluster, added, &file_blocks(&client, attr.ino).await);
+    assert!(on_new >= 8, "the new datanode holds {on_new} blocks");
+    wait_for_replicas(&client, attr.ino, "trimmed", every_block(blocks, 3)).await;
+    assert!(get(&client, attr.ino, 3 << 20).await == data);
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    cluster.stop().await.unwrap();
+}
+
+/// How many of `blocks` datanode `index` has on its disk.
+fn holders_count(cluster: &DevCluster, index: usize, blocks: &[BlockId]) -> usize {
+    blocks
+        .iter()
+        .filter(|b| holders(cluster, b).contains(&index))
+        .count()
+}
