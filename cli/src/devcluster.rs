@@ -45,6 +45,9 @@ pub struct DevOptions {
     pub safemode_extension_ms: u64,
     /// How long unreferenced blocks wait before they are deleted (`gc_grace_ms`).
     pub gc_grace_ms: u64,
+    /// How long removed files stay in the trash (`trash_retention_secs`; 0, the default
+    /// here, removes them at once).
+    pub trash_retention_secs: u64,
     /// Most copies one datanode sends or receives at a time (`repair_copies_per_node`).
     pub repair_copies_per_node: usize,
     /// Each datanode's bandwidth for re-replication copies (`repair_bytes_per_sec`).
@@ -67,6 +70,7 @@ impl DevOptions {
             open_lease_ms: 30_000,
             safemode_extension_ms: 3_000,
             gc_grace_ms: 30_000,
+            trash_retention_secs: 0,
             repair_copies_per_node: 4,
             repair_bytes_per_sec: None,
             scrub: None,
@@ -179,6 +183,7 @@ impl DevCluster {
         nn_config.open_lease_ms = opts.open_lease_ms;
         nn_config.safemode_extension_ms = opts.safemode_extension_ms;
         nn_config.gc_grace_ms = opts.gc_grace_ms;
+        nn_config.trash_retention_secs = opts.trash_retention_secs;
         nn_config.repair_copies_per_node = opts.repair_copies_per_node;
         let mut cluster = DevCluster {
             namenode_addr: opts.namenode_addr,

@@ -80,6 +80,18 @@ enum FsCommand {
     },
     /// Cluster capacity and use.
     Df,
+    /// List the files in your trash (`--all`: everyone's, root only): when and where from.
+    Trash {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Put a removed file back where it was (or at --to PATH). ENTRY is its name as
+    /// `cairn fs trash` lists it, or its path under /.trash.
+    Restore {
+        entry: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Set the replication factor of a file, or of a tree with -r.
     Setrep {
         #[arg(short = 'r', long)]
@@ -116,6 +128,10 @@ pub async fn run(args: FsArgs) -> anyhow::Result<ExitCode> {
         FsCommand::Stat { path } => stat(&client, &path, json).await?,
         FsCommand::Du { summary, path } => du(&client, &path, summary, json).await?,
         FsCommand::Df => df(&client, json).await?,
+        FsCommand::Trash { all } => crate::trash_cmd::list(&client, all, json).await?,
+        FsCommand::Restore { entry, to } => {
+            crate::trash_cmd::restore(&client, &entry, to.as_deref()).await?
+        }
         FsCommand::Setrep {
             recursive,
             replication,

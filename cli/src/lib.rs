@@ -7,3 +7,4 @@ pub mod bench;
 pub mod devcluster;
 pub mod fs_cmd;
 pub mod mount_cmd;
+pub mod trash_cmd;

@@ -255,6 +255,8 @@ async fn dev(
     opts.namenode_addr = namenode;
     opts.replication = replication;
     opts.min_replicas = opts.min_replicas.min(replication);
+    // As a real namenode does: removed files wait a day in the trash.
+    opts.trash_retention_secs = 86_400;
     let shutdown = shutdown_on_signal();
     let cluster = DevCluster::start(opts)
         .await

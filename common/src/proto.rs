@@ -78,6 +78,8 @@ service! {
         GetRepairStatus(GetRepairStatus) -> RepairStatus,
         SafeMode(SafeMode) -> SafeModeStatus,
         Balance(Balance) -> BalanceStatus,
+        Restore(Restore) -> InodeAttr,
+        ListTrash(ListTrash) -> Vec<TrashEntry>,
         SetAdminState(SetAdminState) -> DatanodeStatus,
     }
 }
@@ -199,6 +201,56 @@ pub struct Mknod {
 pub struct Unlink {
     pub parent: Ino,
     pub name: Vec<u8>,
+}
+
+/// The directory in the root that holds each user's trash, `/.trash/<uid>`.
+pub const TRASH_DIR: &[u8] = b".trash";
+/// The extended attribute of a file in the trash that says where it came from.
+pub const TRASH_ORIGIN_XATTR: &[u8] = b"trusted.cairn.origin";
+
+/// Where a file in the trash was removed from, and when and by whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrashOrigin {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub removed: Timestamp,
+    pub by: u32,
+}
+
+impl TrashOrigin {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a plain struct always serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<TrashOrigin> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// The files in the caller's trash, or (root only) in every user's (`all`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListTrash {
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrashEntry {
+    /// The trash directory (`/.trash/<uid>`) and the file's name in it.
+    pub dir: Ino,
+    pub name: Vec<u8>,
+    pub size: u64,
+    /// Where it was removed from, if that directory still exists.
+    pub from: Option<String>,
+    pub origin: Option<TrashOrigin>,
+}
+
+/// Puts the file `name` of a trash directory (`parent`) back where it was removed from, or
+/// at `to` (a directory and a name) instead.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Restore {
+    pub parent: Ino,
+    pub name: Vec<u8>,
+    pub to: Option<(Ino, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

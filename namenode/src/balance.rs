@@ -114,9 +114,7 @@ struct Node {
 /// The datanodes that take part (live, in normal service, with a capacity) and their usage.
 pub struct Usage {
     nodes: Vec<Node>,
-    /// The cluster's used share of its capacity (a fraction).
-    average: f64,
-    /// In the same unit.
+    /// In the unit of shares (a fraction of capacity).
     threshold: f64,
 }
 
@@ -150,12 +148,21 @@ impl Usage {
                 }
             })
             .collect();
-        let capacity: f64 = nodes.iter().map(|n| n.capacity).sum();
-        let used: f64 = nodes.iter().map(|n| n.used).sum();
         Usage {
-            average: if capacity > 0.0 { used / capacity } else { 0.0 },
             threshold: threshold_pct / 100.0,
             nodes,
+        }
+    }
+
+    /// The cluster's used share of its capacity (a fraction), moves and deletions counted:
+    /// a move leaves it as it is, a deletion lowers it.
+    fn average(&self) -> f64 {
+        let capacity: f64 = self.nodes.iter().map(|n| n.capacity).sum();
+        let used: f64 = self.nodes.iter().map(|n| n.used).sum();
+        if capacity > 0.0 {
+            used / capacity
+        } else {
+            0.0
         }
     }
 
@@ -183,9 +190,10 @@ impl Usage {
 
     /// Is every datanode within the threshold of the average?
     pub fn balanced(&self) -> bool {
+        let average = self.average();
         self.nodes.iter().all(|n| {
             let share = Usage::share(n);
-            share <= self.average + self.threshold && share >= self.average - self.threshold
+            share <= average + self.threshold && share >= average - self.threshold
         })
     }
 
@@ -195,22 +203,23 @@ impl Usage {
         &self,
         skip: impl Fn(DatanodeId, DatanodeId) -> bool,
     ) -> Option<(DatanodeId, DatanodeId)> {
+        let average = self.average();
         let mut above: Vec<&Node> = self
             .nodes
             .iter()
-            .filter(|n| Usage::share(n) > self.average)
+            .filter(|n| Usage::share(n) > average)
             .collect();
         let mut below: Vec<&Node> = self
             .nodes
             .iter()
-            .filter(|n| Usage::share(n) < self.average)
+            .filter(|n| Usage::share(n) < average)
             .collect();
         above.sort_by(|a, b| Usage::share(b).total_cmp(&Usage::share(a)));
         below.sort_by(|a, b| Usage::share(a).total_cmp(&Usage::share(b)));
         for s in &above {
             for t in &below {
-                let beyond = Usage::share(s) > self.average + self.threshold
-                    || Usage::share(t) < self.average - self.threshold;
+                let beyond = Usage::share(s) > average + self.threshold
+                    || Usage::share(t) < average - self.threshold;
                 if beyond && !skip(s.id, t.id) {
                     return Some((s.id, t.id));
                 }
@@ -222,16 +231,17 @@ impl Usage {
     /// Bytes that must still leave the datanodes above the threshold, or reach those below
     /// it, whichever is more.
     fn bytes_to_move(&self) -> u64 {
+        let average = self.average();
         let (mut over, mut under) = (0.0, 0.0);
         for n in &self.nodes {
-            over += (n.used - (self.average + self.threshold) * n.capacity).max(0.0);
-            under += ((self.average - self.threshold) * n.capacity - n.used).max(0.0);
+            over += (n.used - (average + self.threshold) * n.capacity).max(0.0);
+            under += ((average - self.threshold) * n.capacity - n.used).max(0.0);
         }
         over.max(under) as u64
     }
 
     fn fill(&self, status: &mut BalanceStatus) {
-        status.average_pct = self.average * 100.0;
+        status.average_pct = self.average() * 100.0;
         status.bytes_to_move = self.bytes_to_move();
         status.nodes = self
             .nodes
@@ -278,7 +288,7 @@ mod tests {
             status(4, 0, 1000),
         ];
         let mut usage = Usage::new(&nodes, &HashMap::new(), 10.0);
-        assert!((usage.average - 0.45).abs() < 1e-9);
+        assert!((usage.average() - 0.45).abs() < 1e-9);
         assert!(!usage.balanced());
         assert_eq!(
             usage.next_pair(|_, _| false),

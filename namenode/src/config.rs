@@ -52,6 +52,10 @@ pub struct NamenodeConfig {
     /// long. At least two of the clients' renewal intervals (5 s). Default 300000.
     #[serde(default = "default_gc_grace_ms")]
     pub gc_grace_ms: u64,
+    /// Removed files stay in their remover's trash (`/.trash/<uid>`, `cairn fs restore`)
+    /// this long before they are removed for good; 0 removes them at once. Default 86400.
+    #[serde(default = "default_trash_retention_secs")]
+    pub trash_retention_secs: u64,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -86,6 +90,9 @@ fn default_open_lease_ms() -> u64 {
 fn default_gc_grace_ms() -> u64 {
     300_000
 }
+fn default_trash_retention_secs() -> u64 {
+    86_400
+}
 fn default_true() -> bool {
     true
 }
@@ -105,6 +112,7 @@ impl NamenodeConfig {
             safemode_threshold: default_safemode_threshold(),
             safemode_extension_ms: default_safemode_extension_ms(),
             gc_grace_ms: default_gc_grace_ms(),
+            trash_retention_secs: default_trash_retention_secs(),
             tls,
         }
     }

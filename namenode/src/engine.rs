@@ -215,6 +215,74 @@ impl MetaEngine {
         self.store.node_admin_states()
     }
 
+    /// Every file in a user's trash: (trash directory, entry name, file).
+    pub fn trash_entries(&self) -> FsResult<Vec<(Ino, Vec<u8>, Ino)>> {
+        let Some(root) = self
+            .store
+            .dentry(Ino::ROOT, cairn_common::proto::TRASH_DIR)?
+            .filter(|d| d.kind == FileKind::Dir)
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (key, value) in self.store.scan_raw(
+            Cf::Dentries,
+            &keys::dentry_prefix(root.ino),
+            None,
+            usize::MAX,
+        )? {
+            let user: Dentry = decode("dentry", &value)?;
+            if user.kind != FileKind::Dir || keys::dentry_name(&key).is_empty() {
+                continue;
+            }
+            for (k, v) in self.store.scan_raw(
+                Cf::Dentries,
+                &keys::dentry_prefix(user.ino),
+                None,
+                usize::MAX,
+            )? {
+                let entry: Dentry = decode("dentry", &v)?;
+                out.push((user.ino, keys::dentry_name(&k).to_vec(), entry.ino));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The path of directory `dir`, walking up its parents (None if it is gone).
+    pub fn path_of(&self, dir: Ino) -> FsResult<Option<String>> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let mut ino = dir;
+        while ino != Ino::ROOT {
+            let Some(rec) = self.store.inode(ino)? else {
+                return Ok(None);
+            };
+            let entry = self
+                .store
+                .scan_raw(
+                    Cf::Dentries,
+                    &keys::dentry_prefix(rec.parent),
+                    None,
+                    usize::MAX,
+                )?
+                .into_iter()
+                .find(|(_, v)| decode::<Dentry>("dentry", v).is_ok_and(|d| d.ino == ino));
+            let Some((key, _)) = entry else {
+                return Ok(None);
+            };
+            names.push(keys::dentry_name(&key).to_vec());
+            if names.len() > 4096 {
+                return Err(FsError::io(format!("directory {dir} is too deep to name")));
+            }
+            ino = rec.parent;
+        }
+        let mut path = String::new();
+        for name in names.iter().rev() {
+            path.push('/');
+            path.push_str(&String::from_utf8_lossy(name));
+        }
+        Ok(Some(if path.is_empty() { "/".into() } else { path }))
+    }
+
     /// Blocks condemned as garbage whose deletion is not known to be over.
     pub fn tombstones(&self) -> FsResult<Vec<BlockId>> {
         self.store.tombstones()

@@ -15,6 +15,7 @@ pub mod perm;
 pub mod repair;
 pub mod safemode;
 pub mod store;
+pub mod trash;
 
 use std::sync::Arc;
 
@@ -110,11 +111,18 @@ pub async fn run(
         config,
         engine,
     });
+    let retention_secs = namenode.config.trash_retention_secs;
+    namenode
+        .engine
+        .submit(Caller::ROOT, MetaOpKind::SetTrash { retention_secs })
+        .await?;
     let reaper = tokio::spawn(reap_orphans(namenode.clone(), shutdown.clone()));
+    let emptier = tokio::spawn(empty_trash(namenode.clone(), shutdown.clone()));
     let repairer = tokio::spawn(repair_loop(namenode.clone(), shutdown.clone()));
     transport::serve(endpoint.clone(), namenode.clone(), shutdown).await;
     let _ = reaper.await;
     let _ = repairer.await;
+    let _ = emptier.await;
     info!("namenode stopping");
     // The metadata database closes (releasing its lock) once the last request ends.
     transport::drain(namenode, &endpoint).await;
@@ -426,6 +434,11 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::SetAdminState(r) => ex.respond(&self.set_admin_state(&caller, r).await).await,
+            R::ListTrash(r) => ex.respond(&self.list_trash(&caller, r.all)).await,
+            R::Restore(r) => {
+                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Restore(r)).await)
+                    .await
+            }
             R::Balance(r) => {
                 use cairn_common::proto::BalanceAction;
                 let res = match r.action {
@@ -461,6 +474,52 @@ impl Service for Namenode {
 }
 
 impl Namenode {
+    /// The files in `caller`'s trash, or in everyone's (`all`, root only), with where each
+    /// came from.
+    fn list_trash(
+        &self,
+        caller: &Caller,
+        all: bool,
+    ) -> FsResult<Vec<cairn_common::proto::TrashEntry>> {
+        use cairn_common::proto::{TrashEntry, TrashOrigin, TRASH_ORIGIN_XATTR};
+        if all && caller.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+        let mut out = Vec::new();
+        for (dir, name, ino) in self.engine.trash_entries()? {
+            if !all && self.engine.getattr(dir)?.uid != caller.uid {
+                continue;
+            }
+            let Ok(attr) = self.engine.getattr(ino) else {
+                continue;
+            };
+            let origin = self
+                .engine
+                .get_xattr(ino, TRASH_ORIGIN_XATTR)
+                .ok()
+                .and_then(|v| TrashOrigin::decode(&v));
+            let from = match &origin {
+                Some(o) => self.engine.path_of(o.parent)?.map(|dir| {
+                    let name = String::from_utf8_lossy(&o.name);
+                    if dir == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{dir}/{name}")
+                    }
+                }),
+                None => None,
+            };
+            out.push(TrashEntry {
+                dir,
+                name,
+                size: attr.size,
+                from,
+                origin,
+            });
+        }
+        Ok(out)
+    }
+
     /// Decommission, maintenance or normal service for a datanode, recorded durably first so
     /// that it outlives a namenode restart.
     async fn set_admin_state(
@@ -582,6 +641,51 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
             last_log = None;
         }
         last = Some(now);
+    }
+}
+
+/// Removes for good the files that have been in the trash for the retention period.
+async fn empty_trash(nn: Arc<Namenode>, shutdown: CancellationToken) {
+    let retention = nn.config.trash_retention_secs;
+    if retention == 0 {
+        return;
+    }
+    // Often enough that nothing stays much past its time, at most once a minute.
+    let every = std::time::Duration::from_secs((retention / 4).clamp(1, 60));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = cairn_common::attr::Timestamp::now().secs;
+        let expired = match nn.engine.trash_entries() {
+            Ok(entries) => entries
+                .into_iter()
+                .filter(|(_, name, _)| {
+                    trash::removed_at(name)
+                        .is_some_and(|at| now.saturating_sub(at) >= retention as i64)
+                })
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                warn!("listing the trash failed: {e}");
+                continue;
+            }
+        };
+        for (dir, name, _) in expired {
+            let op = MetaOpKind::Unlink(cairn_common::proto::Unlink {
+                parent: dir,
+                name: name.clone(),
+            });
+            match nn.engine.submit(Caller::ROOT, op).await {
+                Ok(_) | Err(FsError::NotFound) => {}
+                Err(e) => warn!(
+                    entry = %String::from_utf8_lossy(&name),
+                    "removing an expired file from the trash failed: {e}"
+                ),
+            }
+        }
     }
 }
 

@@ -69,6 +69,11 @@ pub enum MetaOpKind {
     ForgetCollected {
         blocks: Vec<BlockId>,
     },
+    /// How long removed files stay in the trash (0: they are removed at once).
+    SetTrash {
+        retention_secs: u64,
+    },
+    Restore(cairn_common::proto::Restore),
     /// Records an operator's state for a datanode, so that it outlives a namenode restart
     /// (`Normal` removes the record).
     SetNodeAdmin {
@@ -214,6 +219,11 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             purge(txn, *ino)?;
             Ok(MetaReply::Done)
         }
+        MetaOpKind::SetTrash { retention_secs } => {
+            txn.put_meta_u64(crate::trash::META_TRASH_RETENTION, *retention_secs);
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::Restore(r) => Ok(MetaReply::Attr(crate::trash::restore(txn, who, r, now)?)),
         MetaOpKind::CollectBlocks { blocks } => {
             for block in blocks {
                 condemn(txn, block)?;
@@ -296,11 +306,11 @@ fn format(txn: &mut Txn<'_>, replication: u8, now: Timestamp) -> FsResult<MetaRe
     Ok(MetaReply::Attr(root.attr))
 }
 
-fn load(txn: &Txn<'_>, ino: Ino) -> FsResult<InodeRecord> {
+pub(crate) fn load(txn: &Txn<'_>, ino: Ino) -> FsResult<InodeRecord> {
     txn.inode(ino)?.ok_or(FsError::NotFound)
 }
 
-fn load_dir(txn: &Txn<'_>, ino: Ino) -> FsResult<InodeRecord> {
+pub(crate) fn load_dir(txn: &Txn<'_>, ino: Ino) -> FsResult<InodeRecord> {
     let rec = load(txn, ino)?;
     if rec.attr.kind != FileKind::Dir {
         return Err(FsError::NotDir);
@@ -308,17 +318,17 @@ fn load_dir(txn: &Txn<'_>, ino: Ino) -> FsResult<InodeRecord> {
     Ok(rec)
 }
 
-struct NewNode {
-    kind: FileKind,
-    perm: u16,
-    uid: u32,
-    gid: u32,
-    rdev: u32,
-    target: Option<Vec<u8>>,
+pub(crate) struct NewNode {
+    pub kind: FileKind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub target: Option<Vec<u8>>,
 }
 
 /// Creates an inode and its entry `name` in `parent`.
-fn make_node(
+pub(crate) fn make_node(
     txn: &mut Txn<'_>,
     who: &Caller,
     parent: Ino,
@@ -498,7 +508,14 @@ fn remove_entry(
             }
             dir.attr.nlink = dir.attr.nlink.saturating_sub(1);
         }
-        (false, false) => {}
+        (false, false) => {
+            if crate::trash::takes(txn, &dir, &rec)? {
+                dir.attr.mtime = now;
+                dir.attr.ctime = now;
+                txn.put_inode(&dir);
+                return crate::trash::move_in(txn, who, parent, name, rec, now);
+            }
+        }
     }
     txn.delete(Cf::Dentries, keys::dentry(parent, name));
     dir.attr.mtime = now;

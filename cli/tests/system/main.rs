@@ -9,3 +9,4 @@ mod healing;
 mod mount;
 mod namespace;
 mod security;
+mod trash;

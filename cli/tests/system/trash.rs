@@ -1,0 +1,185 @@
+//! The trash: removed files wait in their remover's trash, come back with `cairn fs
+//! restore`, and go for good after the retention period.
+
+use std::time::{Duration, Instant};
+
+use cairn_cli::devcluster::DevCluster;
+use cairn_client::{Client, Owner};
+use cairn_common::attr::{Caller, InodeAttr};
+use cairn_common::proto::{ListTrash, TrashEntry};
+use cairn_common::{FsError, Ino};
+
+use crate::support::*;
+
+const RETENTION_SECS: u64 = 6;
+
+/// Runs `cairn fs ARGS` against `cluster`: exit status, stdout, stderr.
+fn fs(cluster: &DevCluster, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("fs")
+        .args(args)
+        .arg("--config")
+        .arg(cluster.dir().join("cairn-client.toml"))
+        .output()
+        .expect("run cairn");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `data` to a new file `name` in `dir`, owned by the client's caller.
+async fn put_in(client: &Client, dir: Ino, name: &str, data: &[u8]) -> InodeAttr {
+    let owner = Owner {
+        uid: client.caller().uid,
+        gid: client.caller().gid,
+    };
+    let created = client
+        .create(dir, name.as_bytes(), 0o644, true, false, owner)
+        .await
+        .expect("create");
+    let mut f = client.open(created.attr.ino).await.expect("open");
+    f.write(0, data).await.expect("write");
+    f.close().await.expect("close");
+    client.getattr(created.attr.ino).await.expect("getattr")
+}
+
+async fn trash_of(client: &Client) -> Vec<TrashEntry> {
+    client.namenode(ListTrash { all: false }).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_files_wait_in_the_trash_and_come_back() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 3);
+    opts.trash_retention_secs = RETENTION_SECS;
+    opts.gc_grace_ms = 10_000;
+    let cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let root = cluster.client().await.unwrap();
+    let docs = root
+        .mkdir(Ino::ROOT, b"docs", 0o777, Owner::current())
+        .await
+        .unwrap();
+    let data = random_bytes(5 << 20, 300);
+    let attr = put_in(&root, docs.ino, "report", &data).await;
+    let blocks = file_blocks(&root, attr.ino).await;
+
+    tracing::info!("--- rm moves the file to the remover's trash, data and all");
+    let (ok, _, err) = fs(&cluster, &["rm", "/docs/report"]);
+    assert!(ok, "{err}");
+    assert!(matches!(
+        root.lookup(docs.ino, b"report").await,
+        Err(FsError::NotFound)
+    ));
+    let listed = trash_of(&root).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].from.as_deref(), Some("/docs/report"));
+    assert_eq!(listed[0].size, data.len() as u64);
+    let (ok, out, _) = fs(&cluster, &["trash"]);
+    assert!(ok && out.contains("/docs/report"), "{out}");
+
+    tracing::info!("--- restore puts it back, content intact");
+    let entry = String::from_utf8(listed[0].name.clone()).unwrap();
+    let (ok, _, err) = fs(&cluster, &["restore", &entry]);
+    assert!(ok, "{err}");
+    let back = root.resolve("/docs/report").await.unwrap();
+    assert_eq!(back.ino, attr.ino);
+    assert!(get(&root, back.ino, 1 << 20).await == data);
+    assert!(trash_of(&root).await.is_empty());
+
+    tracing::info!("--- something new in its place: restore says so, --to works");
+    root.unlink(docs.ino, b"report").await.unwrap();
+    put_in(&root, docs.ino, "report", b"new").await;
+    let entry = String::from_utf8(trash_of(&root).await[0].name.clone()).unwrap();
+    let (ok, _, err) = fs(&cluster, &["restore", &entry]);
+    assert!(!ok && err.contains("--to"), "{err}");
+    let (ok, _, err) = fs(&cluster, &["restore", &entry, "--to", "/docs/report.old"]);
+    assert!(ok, "{err}");
+    let old = root.resolve("/docs/report.old").await.unwrap();
+    assert!(get(&root, old.ino, 1 << 20).await == data);
+    let (ok, _, err) = fs(&cluster, &["restore", "no-such-entry"]);
+    assert!(!ok && err.contains("not in the trash"), "{err}");
+
+    tracing::info!("--- each user has a trash of their own");
+    let user = |uid: u32| {
+        root.as_user(Caller {
+            uid,
+            gid: uid,
+            groups: vec![],
+        })
+    };
+    let (alice, bob) = (user(1000), user(1001));
+    let mine = put_in(&alice, docs.ino, "alice", b"alice's").await;
+    alice.unlink(docs.ino, b"alice").await.unwrap();
+    let hers = trash_of(&alice).await;
+    assert_eq!(hers.len(), 1);
+    assert_eq!(hers[0].origin.as_ref().unwrap().by, 1000);
+    assert!(trash_of(&bob).await.is_empty());
+    assert!(
+        trash_of(&root).await.iter().all(|e| e.dir != hers[0].dir),
+        "root's own trash does not hold it"
+    );
+    assert!(matches!(
+        bob.readdir(hers[0].dir).await,
+        Err(FsError::AccessDenied)
+    ));
+    assert!(matches!(
+        bob.namenode(ListTrash { all: true }).await,
+        Err(FsError::NotPermitted)
+    ));
+    assert_eq!(
+        root.namenode(ListTrash { all: true }).await.unwrap().len(),
+        1
+    );
+    assert!(matches!(
+        bob.namenode(cairn_common::proto::Restore {
+            parent: hers[0].dir,
+            name: hers[0].name.clone(),
+            to: None
+        })
+        .await,
+        Err(FsError::AccessDenied)
+    ));
+    let restored: cairn_common::attr::InodeAttr = alice
+        .namenode(cairn_common::proto::Restore {
+            parent: hers[0].dir,
+            name: hers[0].name.clone(),
+            to: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(restored.ino, mine.ino);
+
+    tracing::info!("--- removed from the trash by hand: gone at once");
+    alice.unlink(docs.ino, b"alice").await.unwrap();
+    let hers = trash_of(&alice).await;
+    alice.unlink(hers[0].dir, &hers[0].name).await.unwrap();
+    assert!(trash_of(&alice).await.is_empty());
+
+    tracing::info!("--- after the retention period the namenode empties it, then GC the blocks");
+    root.unlink(docs.ino, b"report.old").await.unwrap();
+    let removed = Instant::now();
+    while !trash_of(&root).await.is_empty() {
+        assert!(
+            removed.elapsed() < Duration::from_secs(RETENTION_SECS * 5),
+            "the trash was never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        removed.elapsed() >= Duration::from_secs(RETENTION_SECS - 1),
+        "emptied after {:?}, before its retention",
+        removed.elapsed()
+    );
+    let started = Instant::now();
+    while blocks.iter().any(|b| !holders(&cluster, b).is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "its blocks were never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cluster.stop().await.unwrap();
+}
