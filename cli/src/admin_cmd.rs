@@ -280,8 +280,9 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
     println!("{}", safe_mode_line(&report.safe_mode));
     println!();
     println!(
-        "{:<16} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>6} {:>8} {:>10} {:>5}",
+        "{:<16} {:<10} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>6} {:>8} {:>10} {:>5}",
         "NAME",
+        "RACK",
         "ADDRESS",
         "STATE",
         "ADMIN",
@@ -295,8 +296,9 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
     );
     for d in &report.datanodes {
         println!(
-            "{:<16} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>5.1}% {:>8} {:>9.1}s {:>5}",
+            "{:<16} {:<10} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>5.1}% {:>8} {:>9.1}s {:>5}",
             d.name,
+            if d.rack.is_empty() { "-" } else { &d.rack },
             d.addr.to_string(),
             d.state.to_string(),
             d.admin.to_string(),
@@ -310,8 +312,9 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         );
     }
     println!(
-        "{:<16} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>5.1}%",
+        "{:<16} {:<10} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>5.1}%",
         "total (live)",
+        "",
         "",
         "",
         "",
@@ -323,8 +326,8 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
     println!();
     let r = &report.repair;
     println!(
-        "Blocks: {} referenced; {} under-replicated ({} with one replica), {} missing, {} over-replicated",
-        r.blocks, r.under_replicated, r.one_replica, r.missing, r.over_replicated
+        "Blocks: {} referenced; {} under-replicated ({} with one replica), {} missing, {} over-replicated, {} in too few racks",
+        r.blocks, r.under_replicated, r.one_replica, r.missing, r.over_replicated, r.misplaced
     );
     println!(
         "Corrupt: {} replicas awaiting replacement; {} blocks with no good replica",
@@ -364,8 +367,8 @@ async fn repair_status(client: &Client, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "Queue: {} blocks under-replicated ({} with one replica), {} missing",
-        r.under_replicated, r.one_replica, r.missing
+        "Queue: {} blocks under-replicated ({} with one replica), {} missing, {} in too few racks",
+        r.under_replicated, r.one_replica, r.missing, r.misplaced
     );
     println!(
         "To copy: {} replicas, {}; {} copies under way",

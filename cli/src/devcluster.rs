@@ -48,6 +48,8 @@ pub struct DevOptions {
     /// How long removed files stay in the trash (`trash_retention_secs`; 0, the default
     /// here, removes them at once).
     pub trash_retention_secs: u64,
+    /// Failure domains: datanode `i` is in `racks[i % racks.len()]` (none if empty).
+    pub racks: Vec<String>,
     /// Most copies one datanode sends or receives at a time (`repair_copies_per_node`).
     pub repair_copies_per_node: usize,
     /// Each datanode's bandwidth for re-replication copies (`repair_bytes_per_sec`).
@@ -71,6 +73,7 @@ impl DevOptions {
             safemode_extension_ms: 3_000,
             gc_grace_ms: 30_000,
             trash_retention_secs: 0,
+            racks: Vec::new(),
             repair_copies_per_node: 4,
             repair_bytes_per_sec: None,
             scrub: None,
@@ -267,6 +270,9 @@ impl DevCluster {
         config.reserve_bytes = 0;
         config.capacity_bytes = self.opts.datanode_capacity;
         config.repair_bytes_per_sec = self.opts.repair_bytes_per_sec;
+        if !self.opts.racks.is_empty() {
+            config.rack = self.opts.racks[index % self.opts.racks.len()].clone();
+        }
         if let Some((rate, period)) = self.opts.scrub {
             config.scrub_bytes_per_sec = rate;
             config.scrub_period_secs = period;

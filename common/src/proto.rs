@@ -489,6 +489,7 @@ pub struct ReleaseLocks {
 pub struct DatanodeStatus {
     pub id: DatanodeId,
     pub name: String,
+    pub rack: String,
     pub addr: SocketAddr,
     /// Live or stale: its replicas count and are read. Dead ones' do not.
     pub alive: bool,
@@ -589,6 +590,9 @@ pub struct RepairStatus {
     /// Replicas found corrupt and not yet replaced, and the blocks whose every replica is.
     pub corrupt_replicas: u64,
     pub corrupt_blocks: u64,
+    /// Blocks whose replicas share a failure domain (rack) while another one could take a
+    /// copy: each gets a copy in a new domain, then the surplus goes from a shared one.
+    pub misplaced: u64,
     /// Referenced blocks, and those with at least one live replica.
     pub blocks: u64,
     pub blocks_reported: u64,
@@ -695,6 +699,8 @@ pub struct BalanceStatus {
 pub struct Register {
     pub id: DatanodeId,
     pub name: String,
+    /// Its failure domain (`rack` in its configuration; empty: none given).
+    pub rack: String,
     /// Where clients and other datanodes reach it.
     pub addr: SocketAddr,
     pub capacity: u64,

@@ -42,6 +42,11 @@ pub struct DatanodeConfig {
     /// A scrub pass starts at most this often, in seconds. Default 604800 (a week).
     #[serde(default = "default_scrub_period_secs")]
     pub scrub_period_secs: u64,
+    /// The failure domain this datanode is in: a rack, a power feed, a room, an availability
+    /// zone. Replicas of a block go to as many different ones as there are. Default: none
+    /// (all unlabelled datanodes are one domain).
+    #[serde(default)]
+    pub rack: String,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -86,6 +91,7 @@ impl DatanodeConfig {
             repair_bytes_per_sec: None,
             scrub_bytes_per_sec: default_scrub_bytes_per_sec(),
             scrub_period_secs: default_scrub_period_secs(),
+            rack: String::new(),
             tls,
         }
     }

@@ -269,6 +269,7 @@ impl Datanode {
             .namenode_call(Register {
                 id: self.id(),
                 name: self.config.name.clone(),
+                rack: self.config.rack.clone(),
                 addr: self.advertised,
                 capacity: space.capacity,
                 used: space.used,

@@ -265,6 +265,7 @@ mod tests {
         DatanodeStatus {
             id: DatanodeId(id),
             name: format!("dn{id}"),
+            rack: String::new(),
             addr: "127.0.0.1:1".parse().unwrap(),
             alive: true,
             state: DatanodeState::Live,

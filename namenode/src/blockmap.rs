@@ -15,6 +15,8 @@ use rand::Rng;
 
 struct Datanode {
     name: String,
+    /// Its failure domain ("" when none was given: all such are one).
+    rack: String,
     addr: SocketAddr,
     capacity: u64,
     used: u64,
@@ -73,6 +75,7 @@ impl BlockMap {
             .unwrap_or_default();
         let node = inner.nodes.entry(r.id).or_insert_with(|| Datanode {
             name: r.name.clone(),
+            rack: r.rack.clone(),
             addr: r.addr,
             capacity: 0,
             used: 0,
@@ -85,6 +88,7 @@ impl BlockMap {
             report: None,
         });
         node.name = r.name.clone();
+        node.rack = r.rack.clone();
         node.addr = r.addr;
         node.capacity = r.capacity;
         node.used = r.used;
@@ -185,6 +189,64 @@ impl BlockMap {
                 .copied()
                 .collect()
         })
+    }
+
+    /// How many failure domains (racks) `ids` span.
+    pub fn domains(&self, ids: &[DatanodeId]) -> usize {
+        let inner = self.lock();
+        ids.iter()
+            .filter_map(|id| inner.nodes.get(id).map(|n| n.rack.as_str()))
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// How many failure domains have a live datanode in normal service.
+    pub fn live_domains(&self) -> usize {
+        let inner = self.lock();
+        let now = Instant::now();
+        inner
+            .nodes
+            .values()
+            .filter(|n| self.state(n, now) == DatanodeState::Live && n.admin == AdminState::Normal)
+            .map(|n| n.rack.as_str())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// Would moving `block`'s replica from `from` to `to` leave it in as many failure
+    /// domains as before?
+    pub fn keeps_domains(&self, block: &BlockId, from: DatanodeId, to: DatanodeId) -> bool {
+        let inner = self.lock();
+        let rack = |id: &DatanodeId| inner.nodes.get(id).map(|n| n.rack.as_str());
+        let holders = inner.replicas.get(block).cloned().unwrap_or_default();
+        let before: HashSet<_> = holders.iter().filter_map(rack).collect();
+        let after: HashSet<_> = holders
+            .iter()
+            .filter(|h| **h != from)
+            .chain(std::iter::once(&to))
+            .filter_map(rack)
+            .collect();
+        after.len() >= before.len()
+    }
+
+    /// Of `holders`, the ones whose replica can go without the block leaving a failure
+    /// domain (another holder shares it); all of them when none shares.
+    pub fn spare_holders(&self, holders: &[DatanodeId]) -> Vec<DatanodeId> {
+        let inner = self.lock();
+        let rack = |id: &DatanodeId| inner.nodes.get(id).map(|n| n.rack.clone());
+        let shared: Vec<DatanodeId> = holders
+            .iter()
+            .filter(|h| {
+                let r = rack(h);
+                holders.iter().any(|o| o != *h && rack(o) == r)
+            })
+            .copied()
+            .collect();
+        if shared.is_empty() {
+            holders.to_vec()
+        } else {
+            shared
+        }
     }
 
     /// Every block some datanode that is not dead holds.
@@ -342,35 +404,62 @@ impl BlockMap {
     }
 
     /// Chooses up to `count` distinct live datanodes with room for `len` bytes, none of them
-    /// in `exclude`. Nodes are drawn at random, weighted by free space, so new blocks spread
+    /// in `exclude`, each in a failure domain (rack) that neither `holders` (the block's
+    /// replicas so far) nor the others chosen are in, as long as such domains have room.
+    /// Within that, nodes are drawn at random, weighted by free space, so new blocks spread
     /// over the cluster and emptier nodes fill faster.
-    pub fn place(&self, count: usize, len: u64, exclude: &[DatanodeId]) -> Vec<DatanodeAddr> {
+    pub fn place(
+        &self,
+        count: usize,
+        len: u64,
+        exclude: &[DatanodeId],
+        holders: &[DatanodeId],
+    ) -> Vec<DatanodeAddr> {
         let mut inner = self.lock();
         let now = Instant::now();
-        let mut candidates: Vec<(DatanodeId, u64)> = inner
+        let mut taken: HashSet<String> = holders
+            .iter()
+            .filter_map(|id| inner.nodes.get(id).map(|n| n.rack.clone()))
+            .collect();
+        let mut candidates: Vec<(DatanodeId, u64, String)> = inner
             .nodes
             .iter()
             .filter(|(id, n)| {
                 !exclude.contains(id)
+                    && !holders.contains(id)
                     && self.state(n, now) == DatanodeState::Live
                     && n.admin == AdminState::Normal
                     && n.available >= len.max(1)
             })
-            .map(|(id, n)| (*id, n.available))
+            .map(|(id, n)| (*id, n.available, n.rack.clone()))
             .collect();
         let mut rng = rand::thread_rng();
         let mut chosen = Vec::new();
         while chosen.len() < count && !candidates.is_empty() {
-            let total: u128 = candidates.iter().map(|(_, a)| *a as u128).sum();
+            // Only nodes in a domain no replica is in yet, if there are any.
+            let fresh = candidates.iter().any(|(_, _, r)| !taken.contains(r));
+            let eligible = |r: &String| !fresh || !taken.contains(r);
+            let total: u128 = candidates
+                .iter()
+                .filter(|(_, _, r)| eligible(r))
+                .map(|(_, a, _)| *a as u128)
+                .sum();
             let mut pick = rng.gen_range(0..total.max(1));
-            let mut index = 0;
-            for (i, (_, a)) in candidates.iter().enumerate() {
+            let mut index = candidates
+                .iter()
+                .position(|(_, _, r)| eligible(r))
+                .unwrap_or(0);
+            for (i, (_, a, r)) in candidates.iter().enumerate() {
+                if !eligible(r) {
+                    continue;
+                }
                 if pick < *a as u128 {
                     index = i;
                     break;
                 }
                 pick -= *a as u128;
             }
+            taken.insert(candidates[index].2.clone());
             chosen.push(candidates.swap_remove(index).0);
         }
         chosen
@@ -396,6 +485,7 @@ impl BlockMap {
             .map(|(id, n)| DatanodeStatus {
                 id: *id,
                 name: n.name.clone(),
+                rack: n.rack.clone(),
                 addr: n.addr,
                 alive: self.alive(n, now),
                 state: self.state(n, now),
@@ -439,9 +529,14 @@ mod tests {
     use super::*;
 
     fn register(map: &BlockMap, id: u64, available: u64) {
+        register_in(map, id, available, "");
+    }
+
+    fn register_in(map: &BlockMap, id: u64, available: u64, rack: &str) {
         map.register(&Register {
             id: DatanodeId(id),
             name: format!("dn{id}"),
+            rack: rack.into(),
             addr: format!("127.0.0.1:{}", 1000 + id).parse().unwrap(),
             capacity: available,
             used: 0,
@@ -455,12 +550,53 @@ mod tests {
         register(&map, 1, 100 << 20);
         register(&map, 2, 100 << 20);
         register(&map, 3, 1 << 10);
-        let chosen = map.place(3, 4 << 20, &[]);
+        let chosen = map.place(3, 4 << 20, &[], &[]);
         assert_eq!(chosen.len(), 2, "the full node is skipped");
         assert_ne!(chosen[0].id, chosen[1].id);
         assert!(map
-            .place(3, 4 << 20, &[DatanodeId(1), DatanodeId(2)])
+            .place(3, 4 << 20, &[DatanodeId(1), DatanodeId(2)], &[])
             .is_empty());
+    }
+
+    #[test]
+    fn replicas_go_to_distinct_racks_while_there_are_any() {
+        let map = BlockMap::new(Duration::from_secs(60));
+        // Rack a has most of the space: without racks it would get most replicas.
+        register_in(&map, 1, 100 << 30, "a");
+        register_in(&map, 2, 100 << 30, "a");
+        register_in(&map, 3, 1 << 30, "b");
+        register_in(&map, 4, 1 << 30, "c");
+        let rack = |id: DatanodeId| {
+            if id.0 <= 2 {
+                "a"
+            } else if id.0 == 3 {
+                "b"
+            } else {
+                "c"
+            }
+        };
+        for _ in 0..50 {
+            let chosen = map.place(3, 4 << 20, &[], &[]);
+            let racks: HashSet<&str> = chosen.iter().map(|c| rack(c.id)).collect();
+            assert_eq!(racks.len(), 3, "{chosen:?}");
+            // One more for a block on racks a and b: c.
+            let more = map.place(1, 4 << 20, &[], &[DatanodeId(1), DatanodeId(3)]);
+            assert_eq!(more[0].id, DatanodeId(4));
+        }
+        // Four replicas on three racks: one rack takes two.
+        assert_eq!(map.place(4, 4 << 20, &[], &[]).len(), 4);
+        let ids: Vec<DatanodeId> = (1..=4).map(DatanodeId).collect();
+        assert_eq!(map.domains(&ids), 3);
+        assert_eq!(map.live_domains(), 3);
+        assert_eq!(
+            map.spare_holders(&[DatanodeId(1), DatanodeId(2), DatanodeId(3)]),
+            vec![DatanodeId(1), DatanodeId(2)]
+        );
+        let block = BlockId([5; 32]);
+        map.blocks_changed(DatanodeId(1), &[block], &[]);
+        map.blocks_changed(DatanodeId(3), &[block], &[]);
+        assert!(map.keeps_domains(&block, DatanodeId(1), DatanodeId(2)));
+        assert!(!map.keeps_domains(&block, DatanodeId(1), DatanodeId(3)));
     }
 
     #[test]

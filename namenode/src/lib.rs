@@ -193,7 +193,7 @@ impl Namenode {
         let want = if a.count == 0 { replication } else { a.count } as usize;
         let mut exclude = a.exclude.clone();
         exclude.extend(holders.iter().map(|h| h.id));
-        let targets = self.blocks.place(want, a.len as u64, &exclude);
+        let targets = self.blocks.place(want, a.len as u64, &exclude, &holder_ids);
         if targets.is_empty() && holders.is_empty() {
             let live = self.blocks.statuses().iter().filter(|s| s.alive).count();
             return Err(if live == 0 {

@@ -77,6 +77,9 @@ struct Need {
     block: BlockId,
     len: u32,
     want: usize,
+    /// The copy is for a failure domain the block is not in yet (a misplaced block): a
+    /// target in one of its domains would not help.
+    new_domain: bool,
 }
 
 impl Repair {
@@ -162,10 +165,19 @@ impl Repair {
                     .filter(|(_, n)| **n >= max)
                     .map(|(id, _)| *id),
             );
-            let targets = map.place(need.want - counted, need.len as u64, &exclude);
+            let holders: Vec<DatanodeId> = live.iter().map(|l| l.id).collect();
+            let targets = map.place(need.want - counted, need.len as u64, &exclude, &holders);
             if targets.is_empty() {
                 kept.push(need);
                 continue;
+            }
+            if need.new_domain {
+                let mut with: Vec<DatanodeId> = holders.clone();
+                with.extend(targets.iter().map(|t| t.id));
+                if map.domains(&with) <= map.domains(&holders) {
+                    // No new domain has room now; the next pass looks again.
+                    continue;
+                }
             }
             *sending.entry(source).or_default() += 1;
             for t in &targets {
@@ -275,7 +287,9 @@ impl Repair {
             let candidates = map.blocks_held(from, 256, |b| {
                 s.movable.contains_key(b) && !s.copies.contains_key(b)
             });
-            let block = candidates.into_iter().find(|b| !map.holds(to, b));
+            let block = candidates
+                .into_iter()
+                .find(|b| !map.holds(to, b) && map.keeps_domains(b, from, to));
             let (Some(block), Some(addr)) = (block, addrs.get(&to)) else {
                 exhausted.insert((from, to));
                 continue;
@@ -345,6 +359,7 @@ impl Repair {
         act: bool,
     ) -> Vec<DatanodeId> {
         let live_nodes = map.live_nodes();
+        let live_domains = map.live_domains();
         let now = Instant::now();
         let mut needs = Vec::new();
         let mut short = HashSet::new();
@@ -414,11 +429,27 @@ impl Repair {
                             block: *block,
                             len: rec.len,
                             want,
+                            new_domain: false,
                         },
                     ));
                 }
             } else if counted.len() == rec.replication as usize {
-                if s.balancer.is_running()
+                if map.domains(&counted) < live_domains.min(counted.len()) {
+                    // All there, but sharing a failure domain another could take: one more
+                    // copy there, then the surplus goes from a shared one.
+                    status.misplaced += 1;
+                    if act && !s.copies.contains_key(block) && !s.deletes.contains_key(block) {
+                        needs.push((
+                            counted.len(),
+                            Need {
+                                block: *block,
+                                len: rec.len,
+                                want: counted.len() + 1,
+                                new_domain: true,
+                            },
+                        ));
+                    }
+                } else if s.balancer.is_running()
                     && !s.copies.contains_key(block)
                     && !s.deletes.contains_key(block)
                     && !s.corrupt.contains_key(block)
@@ -428,11 +459,18 @@ impl Repair {
             } else if counted.len() > rec.replication as usize {
                 status.over_replicated += 1;
                 // The fullest live holder in normal service gives its replica up (`live` is
-                // sorted with the most free space first).
+                // sorted with the most free space first), from a failure domain another
+                // replica is in if there is one.
+                let candidates: Vec<DatanodeId> = live
+                    .iter()
+                    .filter(|l| counted.contains(&l.id) && map.is_normal(l.id))
+                    .map(|l| l.id)
+                    .collect();
+                let spare = map.spare_holders(&candidates);
                 let surplus = live
                     .iter()
                     .rev()
-                    .find(|l| counted.contains(&l.id) && map.is_normal(l.id))
+                    .find(|l| spare.contains(&l.id))
                     .map(|l| l.id);
                 if let Some(node) = surplus.filter(|_| {
                     act && !s.copies.contains_key(block) && !s.deletes.contains_key(block)
@@ -557,9 +595,14 @@ mod tests {
     use cairn_common::proto::Register;
 
     fn node(map: &BlockMap, id: u64) -> DatanodeId {
+        node_in(map, id, "")
+    }
+
+    fn node_in(map: &BlockMap, id: u64, rack: &str) -> DatanodeId {
         map.register(&Register {
             id: DatanodeId(id),
             name: format!("dn{id}"),
+            rack: rack.into(),
             addr: format!("127.0.0.1:{}", 2000 + id).parse().unwrap(),
             capacity: 1 << 40,
             used: 0,
@@ -654,6 +697,47 @@ mod tests {
         assert_eq!(repair.status().under_replicated, 1);
         repair.pass(&[(block, record(2))], &map, true);
         assert_eq!(copies(&repair.take_commands(a, &map)), vec![(block, 1)]);
+    }
+
+    #[test]
+    fn a_block_in_one_rack_gets_a_copy_in_another_then_loses_one_there() {
+        let map = BlockMap::new(Duration::from_secs(60));
+        let (a1, a2) = (node_in(&map, 1, "a"), node_in(&map, 2, "a"));
+        let b1 = node_in(&map, 3, "b");
+        let block = BlockId([4; 32]);
+        map.blocks_changed(a1, &[block], &[]);
+        map.blocks_changed(a2, &[block], &[]);
+        let repair = Repair::new(4);
+        repair.pass(&[(block, record(2))], &map, true);
+        assert_eq!(repair.status().misplaced, 1);
+        let orders: Vec<_> = [a1, a2]
+            .iter()
+            .flat_map(|n| repair.take_commands(*n, &map))
+            .collect();
+        let targets: Vec<DatanodeId> = orders
+            .iter()
+            .flat_map(|c| match c {
+                DatanodeCommand::Replicate { targets, .. } => {
+                    targets.iter().map(|t| t.id).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(targets, vec![b1], "the copy goes to the other rack");
+        map.blocks_changed(b1, &[block], &[]);
+        repair.pass(&[(block, record(2))], &map, true);
+        let deleted_on: Vec<DatanodeId> = [a1, a2, b1]
+            .into_iter()
+            .filter(|n| {
+                repair
+                    .take_commands(*n, &map)
+                    .iter()
+                    .any(|c| matches!(c, DatanodeCommand::Delete { .. }))
+            })
+            .collect();
+        assert_eq!(deleted_on.len(), 1);
+        assert_ne!(deleted_on[0], b1, "the surplus goes from the shared rack");
+        assert_eq!(repair.status().misplaced, 0);
     }
 
     #[test]

@@ -9,49 +9,6 @@ use cairn_common::{BlockId, DatanodeId, Ino};
 
 use crate::support::*;
 
-/// Live replica holders of each block of `ino`, by the namenode's map.
-async fn replicas(client: &Client, ino: Ino) -> HashMap<BlockId, Vec<DatanodeId>> {
-    let map = chunk_map(client, ino).await;
-    map.locations
-        .into_iter()
-        .map(|(block, at)| (block, at.into_iter().map(|a| a.id).collect()))
-        .collect()
-}
-
-/// A replica map with `blocks` blocks of `replicas` live replicas each.
-fn every_block(
-    blocks: usize,
-    replicas: usize,
-) -> impl Fn(&HashMap<BlockId, Vec<DatanodeId>>) -> bool + Copy {
-    move |m| m.len() == blocks && m.values().all(|v| v.len() == replicas)
-}
-
-/// How long any replica change a test waits for may take: a ceiling for a loaded machine.
-const REPLICAS_WITHIN: Duration = Duration::from_secs(60);
-
-/// Waits until `done` holds for the replica map of `ino` (up to [`REPLICAS_WITHIN`]);
-/// returns how long it took.
-async fn wait_for_replicas(
-    client: &Client,
-    ino: Ino,
-    what: &str,
-    done: impl Fn(&HashMap<BlockId, Vec<DatanodeId>>) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let now = replicas(client, ino).await;
-        if done(&now) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < REPLICAS_WITHIN,
-            "{what}: not reached after {REPLICAS_WITHIN:?}; replicas: {:?}",
-            now.values().map(|v| v.len()).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_datanode_is_replaced_by_itself_and_a_returning_one_trimmed() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,4 +9,5 @@ mod healing;
 mod mount;
 mod namespace;
 mod security;
+mod topology;
 mod trash;

@@ -1,7 +1,9 @@
 //! Helpers shared by the system tests.
 
 use cairn_client::Owner;
+use std::collections::HashMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use cairn_cli::devcluster::{DevCluster, DevOptions};
 use cairn_client::Client;
@@ -9,7 +11,7 @@ use cairn_common::attr::InodeAttr;
 use cairn_common::cert::Role;
 use cairn_common::proto::{ChunkMap, ReadChunks};
 use cairn_common::transport::{self, TlsIdentity, TransportOptions};
-use cairn_common::{BlockId, Ino};
+use cairn_common::{BlockId, DatanodeId, Ino};
 use rand::{Rng, SeedableRng};
 
 pub fn init_tracing() {
@@ -174,4 +176,47 @@ pub fn admin(cluster: &DevCluster, args: &[&str]) -> (i32, serde_json::Value) {
         )
     });
     (out.status.code().unwrap_or(-1), json)
+}
+
+/// Live replica holders of each block of `ino`, by the namenode's map.
+pub async fn replicas(client: &Client, ino: Ino) -> HashMap<BlockId, Vec<DatanodeId>> {
+    let map = chunk_map(client, ino).await;
+    map.locations
+        .into_iter()
+        .map(|(block, at)| (block, at.into_iter().map(|a| a.id).collect()))
+        .collect()
+}
+
+/// A replica map with `blocks` blocks of `replicas` live replicas each.
+pub fn every_block(
+    blocks: usize,
+    replicas: usize,
+) -> impl Fn(&HashMap<BlockId, Vec<DatanodeId>>) -> bool + Copy {
+    move |m| m.len() == blocks && m.values().all(|v| v.len() == replicas)
+}
+
+/// How long any replica change a test waits for may take: a ceiling for a loaded machine.
+pub const REPLICAS_WITHIN: Duration = Duration::from_secs(60);
+
+/// Waits until `done` holds for the replica map of `ino` (up to [`REPLICAS_WITHIN`]);
+/// returns how long it took.
+pub async fn wait_for_replicas(
+    client: &Client,
+    ino: Ino,
+    what: &str,
+    done: impl Fn(&HashMap<BlockId, Vec<DatanodeId>>) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = replicas(client, ino).await;
+        if done(&now) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < REPLICAS_WITHIN,
+            "{what}: not reached after {REPLICAS_WITHIN:?}; replicas: {:?}",
+            now.values().map(|v| v.len()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
