@@ -684,3 +684,111 @@ fn holders_count(cluster: &DevCluster, index: usize, blocks: &[BlockId]) -> usiz
         .filter(|b| holders(cluster, b).contains(&index))
         .count()
 }
+
+/// A datanode running as a process of its own, killed with SIGKILL when dropped.
+struct ChildDatanode(std::process::Child);
+
+impl ChildDatanode {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildDatanode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_datanode_killed_under_a_gigabyte_is_replaced_while_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = quick_cluster(dir.path(), 4).await;
+    let client = cluster.client().await.unwrap();
+
+    tracing::info!("--- datanode-4 runs as a process of its own, to be killed with -9");
+    cluster.stop_datanode(3).await.unwrap();
+    wait_for_dead(&cluster, 1).await;
+    let mut victim = ChildDatanode(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("datanode")
+            .arg("--config")
+            .arg(cluster.dir().join("datanode-4.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start cairn datanode"),
+    );
+    cluster.wait_for_datanodes(4).await.unwrap();
+    wait_for_dead(&cluster, 0).await;
+    let victim_id = client
+        .datanodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "datanode-4")
+        .expect("datanode-4 listed")
+        .id;
+
+    let blocks = 256;
+    let data = std::sync::Arc::new(random_bytes(blocks * (4 << 20), 150));
+    let attr = put(&client, "gigabyte", &data, 4 << 20).await;
+    wait_for_replicas(&client, attr.ino, "written", every_block(blocks, 3)).await;
+    let held = replicas(&client, attr.ino)
+        .await
+        .values()
+        .filter(|at| at.contains(&victim_id))
+        .count();
+    assert!(held > blocks / 2, "datanode-4 holds {held} blocks");
+
+    tracing::info!("--- a reader goes over the file again and again while datanode-4 dies");
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let (client, data, reading) = (client.clone(), data.clone(), reading.clone());
+        tokio::spawn(async move {
+            let mut passes = 0;
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut f = client.open(attr.ino).await.expect("open");
+                let mut at = 0;
+                while at < data.len() {
+                    let got = f.read(at as u64, 32 << 20).await.expect("read");
+                    assert!(!got.is_empty(), "pass {passes}: short read at {at}");
+                    assert!(
+                        got[..] == data[at..at + got.len()],
+                        "pass {passes}: bytes differ at {at}"
+                    );
+                    at += got.len();
+                }
+                passes += 1;
+            }
+            passes
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    victim.kill();
+    let started = Instant::now();
+    loop {
+        let now = replicas(&client, attr.ino).await;
+        let healed = now.len() == blocks
+            && now
+                .values()
+                .all(|at| at.len() >= 3 && !at.contains(&victim_id));
+        if healed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "not healed in 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tracing::info!("healed {:?} after the kill", started.elapsed());
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let passes = reader.await.expect("every read matched");
+    assert!(passes >= 1, "the reader finished {passes} passes");
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    assert_eq!(fsck["summary"]["under_replicated"], 0, "{fsck}");
+    cluster.stop().await.unwrap();
+}
