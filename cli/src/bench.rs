@@ -176,9 +176,14 @@ async fn scrub(
     let client = cluster.client().await?;
     eprintln!("put {size_mib} MiB on one datanode…");
     write_random(&client, size_mib, 13).await?;
-    // A restarted datanode starts a scrub pass over everything it holds; from the disk, not
-    // the page cache, when this may drop it (root).
+    // Restarted with no scrub state (as if it had never scrubbed), the datanode starts a
+    // pass over everything it holds; from the disk, not the page cache, when this may drop
+    // it (root).
     cluster.stop_datanode(0).await?;
+    let state = cluster.datanodes[0].config.data_dir.join("scrub-state");
+    if state.exists() {
+        std::fs::remove_file(&state)?;
+    }
     // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
     let cold = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();

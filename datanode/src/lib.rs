@@ -562,25 +562,95 @@ async fn report_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
     }
 }
 
+/// Where the scrubber is, in `<data_dir>/scrub-state`, so that a restarted datanode resumes
+/// its pass (or waits out the period after the last one) instead of starting over: at the
+/// default pace a pass over a full disk takes days.
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct ScrubState {
+    /// The last block checked in the pass under way, if one is (hex).
+    cursor: Option<String>,
+    /// When the last whole pass ended, in Unix seconds.
+    last_pass_done: Option<u64>,
+}
+
+/// Blocks scrubbed between two saves of the scrubber's state.
+const SCRUB_SAVE_EVERY: usize = 64;
+
+impl ScrubState {
+    fn path(dn: &Datanode) -> std::path::PathBuf {
+        dn.config.data_dir.join("scrub-state")
+    }
+
+    /// The saved state; a missing or unreadable file is a fresh start.
+    fn load(dn: &Datanode) -> ScrubState {
+        let path = ScrubState::path(dn);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
+                warn!(path = %path.display(), "scrub state unreadable ({e}); starting a new pass");
+                ScrubState::default()
+            }),
+            Err(_) => ScrubState::default(),
+        }
+    }
+
+    fn save(&self, dn: &Datanode) {
+        let path = ScrubState::path(dn);
+        let tmp = path.with_extension("tmp");
+        let text = toml::to_string(self).unwrap_or_default();
+        let res = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            warn!(path = %path.display(), "saving the scrub state failed: {e}");
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Re-hashes every stored block, at most `scrub_bytes_per_sec`, one pass per
-/// `scrub_period_secs` at most. Cancellation point: every wait.
+/// `scrub_period_secs` at most, resuming where it was after a restart. Cancellation point:
+/// every wait.
 async fn scrub_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
     let rate = dn.config.scrub_bytes_per_sec;
     if rate == 0 {
         return;
     }
     let period = Duration::from_secs(dn.config.scrub_period_secs);
+    let mut state = ScrubState::load(&dn);
+    if state.cursor.is_none() {
+        if let Some(done) = state.last_pass_done {
+            // The last pass ended before a restart: the next one is due a period after it.
+            let wait = Duration::from_secs((done + period.as_secs()).saturating_sub(unix_now()));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait.min(period)) => {}
+            }
+        }
+    }
     loop {
         let started = tokio::time::Instant::now();
         let mut blocks = dn.store.list();
         blocks.sort();
+        // Resuming: what sorts up to the cursor was checked before the restart.
+        let resume = state.cursor.as_deref().and_then(BlockId::from_hex);
+        if let Some(cursor) = resume {
+            info!(from = %cursor, "resuming the scrub pass");
+            blocks.retain(|b| *b > cursor);
+        }
         let mut bytes = 0u64;
-        for block in blocks {
+        for (i, block) in blocks.into_iter().enumerate() {
             if shutdown.is_cancelled() {
                 return;
             }
             bytes += dn.check_replica(block, false).await;
             dn.scrub_progress(|p| p.bytes_this_pass = bytes);
+            state.cursor = Some(block.to_hex());
+            if i % SCRUB_SAVE_EVERY == SCRUB_SAVE_EVERY - 1 {
+                state.save(&dn);
+            }
             // Paced over the whole pass: a pass of N bytes takes at least N / rate.
             let due = started + Duration::from_secs_f64(bytes as f64 / rate as f64);
             tokio::select! {
@@ -589,6 +659,11 @@ async fn scrub_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
             }
         }
         let took = started.elapsed();
+        state = ScrubState {
+            cursor: None,
+            last_pass_done: Some(unix_now()),
+        };
+        state.save(&dn);
         dn.scrub_progress(|p| {
             p.passes += 1;
             p.bytes_this_pass = 0;

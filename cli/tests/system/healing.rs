@@ -792,3 +792,49 @@ async fn a_datanode_killed_under_a_gigabyte_is_replaced_while_reads_go_on() {
     assert_eq!(fsck["summary"]["under_replicated"], 0, "{fsck}");
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_datanode_does_not_scrub_everything_again() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 1);
+    opts.replication = 1;
+    opts.min_replicas = 1;
+    // Full speed, a pass an hour: the one at the first start is the only one due.
+    opts.scrub = Some((1 << 30, 3600));
+    let mut cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    put(&client, "file", &random_bytes(8 << 20, 160), 1 << 20).await;
+    let scrub = |client: &Client| {
+        let client = client.clone();
+        async move { client.datanodes().await.unwrap()[0].scrub }
+    };
+    let state = cluster.datanodes[0].config.data_dir.join("scrub-state");
+    let started = Instant::now();
+    while !state.exists() || scrub(&client).await.passes == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no first pass");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    tracing::info!("--- restarted within the period: no new pass");
+    cluster.stop_datanode(0).await.unwrap();
+    cluster.start_datanode(0).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = scrub(&client).await;
+    assert_eq!((after.passes, after.bytes_this_pass), (0, 0), "{after:?}");
+
+    tracing::info!("--- without its scrub state, a pass over everything starts at once");
+    cluster.stop_datanode(0).await.unwrap();
+    std::fs::remove_file(&state).unwrap();
+    cluster.start_datanode(0).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let p = scrub(&client).await;
+        if p.passes == 1 && p.last_pass_bytes == 8 << 20 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.stop().await.unwrap();
+}
