@@ -335,8 +335,11 @@ impl Service for Namenode {
             R::ReadChunks(r) => ex.respond(&self.read_chunks(r.ino, r.first, r.count)).await,
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
             R::CommitSlices(r) => {
-                ex.respond(&self.mutate_attr(&caller, MetaOpKind::CommitSlices(r)).await)
-                    .await
+                let res = match self.check_stored(&r) {
+                    Ok(()) => self.mutate_attr(&caller, MetaOpKind::CommitSlices(r)).await,
+                    Err(e) => Err(e),
+                };
+                ex.respond(&res).await
             }
             R::ReportBadReplica(r) => {
                 warn!(block = %r.block, datanode = %r.datanode, reason = %r.reason, reporter = %peer.name, "bad replica reported");
@@ -474,6 +477,27 @@ impl Service for Namenode {
 }
 
 impl Namenode {
+    /// Refuses to commit a slice of a block the namespace does not know and no live datanode
+    /// holds: a datanode reports a block before it acknowledges it, so such a block was never
+    /// stored, or was collected as an abandoned upload while its client was silent.
+    /// (Skipped in safe mode, while datanodes may still be reporting.)
+    fn check_stored(&self, c: &cairn_common::proto::CommitSlices) -> FsResult<()> {
+        if self.safe_mode.is_on() {
+            return Ok(());
+        }
+        for (_, s) in &c.slices {
+            if self.engine.block(&s.block)?.is_none() && self.blocks.locations(&s.block).is_empty()
+            {
+                return Err(FsError::io(format!(
+                    "block {} is on no live datanode: the write is lost (was it left \
+                     uncommitted past the garbage-collection grace period?)",
+                    s.block
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The files in `caller`'s trash, or in everyone's (`all`, root only), with where each
     /// came from.
     fn list_trash(

@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use cairn_cli::devcluster::DevCluster;
 use cairn_client::{Client, ClientConfig, NewFile, Owner};
-use cairn_common::layout::MAX_BLOCK_SIZE;
-use cairn_common::{BlockId, Ino};
+use cairn_common::attr::Timestamp;
+use cairn_common::layout::{Slice, MAX_BLOCK_SIZE};
+use cairn_common::proto::CommitSlices;
+use cairn_common::{BlockId, FsError, Ino};
 
 use crate::support::*;
 
@@ -109,6 +111,36 @@ async fn garbage_goes_after_its_grace_and_live_blocks_never_do() {
         everywhere(&live_blocks, 3),
     )
     .await;
+
+    tracing::info!("--- out of safe mode, a slice of a block no datanode holds is refused");
+    let started = Instant::now();
+    while admin(&cluster, &["safemode"]).1["on"] != false {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "safe mode lasts"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ghost = BlockId::of(b"never stored");
+    let res = client
+        .namenode(CommitSlices {
+            ino: live.ino,
+            slices: vec![(
+                0,
+                Slice {
+                    pos: 3 * MAX_BLOCK_SIZE,
+                    len: 12,
+                    block: ghost,
+                    block_off: 0,
+                    block_len: 12,
+                },
+            )],
+            size: 3 * MAX_BLOCK_SIZE as u64 + 12,
+            mtime: Timestamp::now(),
+        })
+        .await;
+    assert!(matches!(res, Err(FsError::Io(_))), "{res:?}");
+    assert_eq!(client.getattr(live.ino).await.unwrap().size, live.size);
 
     tracing::info!("--- a client dies mid-upload, and a file is removed");
     let partial_data = random_bytes(3 * MAX_BLOCK_SIZE as usize, 202);
