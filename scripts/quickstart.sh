@@ -9,4 +9,7 @@ cargo build --release --bin cairn
 install -m 0755 "$CARGO_TARGET_DIR/release/cairn" /usr/local/bin/cairn
 # mount(8) runs /sbin/mount.cairn for "cairn" lines in /etc/fstab.
 ln -sf /usr/local/bin/cairn /sbin/mount.cairn
-exec cairn dev --dir "${CAIRN_DEV_DIR:-$PWD/cairn-dev}" "$@"
+dev_dir="${CAIRN_DEV_DIR:-$PWD/cairn-dev}"
+mountpoint="${CAIRN_MOUNT:-$dev_dir/mnt}"
+mkdir -p "$mountpoint"
+exec cairn dev --dir "$dev_dir" --mount "$mountpoint" "$@"
