@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use bytes::{Bytes, BytesMut};
 use cairn_common::attr::{InodeAttr, SetAttr, Timestamp};
 use cairn_common::layout::{self, Segment, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE, MAX_FILE_SIZE};
-use cairn_common::proto::{CommitSlices, DatanodeAddr, ReadChunks};
+use cairn_common::proto::{ChunkMap, CommitSlices, DatanodeAddr, ReadChunks};
 use cairn_common::{BlockId, FsError, FsResult};
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::task::JoinHandle;
@@ -76,6 +76,13 @@ impl FileHandle {
             last_read_end: 0,
             prefetched_to: 0,
         }
+    }
+
+    /// A handle on a file just opened, with the map of its first chunks that came with it.
+    pub(crate) fn opened(client: Client, map: ChunkMap) -> FileHandle {
+        let mut handle = FileHandle::new(client, map.attr.clone());
+        handle.absorb(0, cairn_common::proto::OPEN_MAP_CHUNKS, map);
+        handle
     }
 
     pub fn attr(&self) -> &InodeAttr {
@@ -450,8 +457,14 @@ impl FileHandle {
                 count: CHUNKS_PER_MAP,
             })
             .await?;
+        self.absorb(chunk, CHUNKS_PER_MAP, map);
+        Ok(())
+    }
+
+    /// Takes in the namenode's map of chunks `first..first + count`.
+    fn absorb(&mut self, first: u32, count: u32, map: ChunkMap) {
         self.attr = map.attr;
-        for c in chunk..chunk.saturating_add(CHUNKS_PER_MAP) {
+        for c in first..first.saturating_add(count) {
             self.map.loaded.insert(c);
         }
         for (index, slices) in map.chunks {
@@ -460,7 +473,6 @@ impl FileHandle {
         for (block, locations) in map.locations {
             self.map.locations.insert(block, locations);
         }
-        Ok(())
     }
 }
 

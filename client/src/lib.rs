@@ -550,11 +550,11 @@ impl Client {
             self.start_renewals();
         }
         let opened = self.namenode(proto::Open { ino, claim }).await;
-        let attr = match opened {
-            Ok(attr) if attr.kind == FileKind::File => attr,
-            Ok(attr) => {
+        let map = match opened {
+            Ok(map) if map.attr.kind == FileKind::File => map,
+            Ok(map) => {
                 self.inner.opens.release(ino);
-                return Err(match attr.kind {
+                return Err(match map.attr.kind {
                     FileKind::Dir => FsError::IsDir,
                     _ => FsError::invalid("not a regular file"),
                 });
@@ -564,7 +564,7 @@ impl Client {
                 return Err(e);
             }
         };
-        Ok(FileHandle::new(self.clone(), attr))
+        Ok(FileHandle::opened(self.clone(), map))
     }
 
     /// Creates a file (or opens an existing one, as `open(2)` with `O_CREAT` does) and opens

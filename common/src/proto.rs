@@ -73,7 +73,7 @@ service! {
         BlockReport(BlockReport) -> (),
         BlockReceived(BlockReceived) -> (),
         Heartbeat(Heartbeat) -> HeartbeatReply,
-        Open(Open) -> InodeAttr,
+        Open(Open) -> ChunkMap,
         KeepOpen(KeepOpen) -> (),
         GetRepairStatus(GetRepairStatus) -> RepairStatus,
         SafeMode(SafeMode) -> SafeModeStatus,
@@ -163,6 +163,10 @@ pub struct Open {
     pub ino: Ino,
     pub claim: OpenClaim,
 }
+
+/// Chunks whose map an `Open` of a regular file returns with its attributes, so that a
+/// small file's first read needs no `ReadChunks`.
+pub const OPEN_MAP_CHUNKS: u32 = 16;
 
 /// How often a client renews its open files ([`KeepOpen`]) while it holds any.
 pub const OPEN_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);

@@ -415,7 +415,20 @@ impl Service for Namenode {
             }
             R::Open(r) => {
                 let res = if self.opens.claim(r.claim.session, r.ino, r.claim.gen) {
-                    self.engine.getattr(r.ino)
+                    // A regular file comes with the map of its first chunks: a small file's
+                    // first read then asks the namenode nothing more.
+                    match self.engine.getattr(r.ino) {
+                        Ok(attr) if attr.kind == cairn_common::attr::FileKind::File => {
+                            self.read_chunks(r.ino, 0, cairn_common::proto::OPEN_MAP_CHUNKS)
+                        }
+                        Ok(attr) => Ok(ChunkMap {
+                            attr,
+                            chunks: Vec::new(),
+                            locations: Vec::new(),
+                            corrupt: Vec::new(),
+                        }),
+                        Err(e) => Err(e),
+                    }
                 } else {
                     // Its last name went and nobody held it: the open came too late.
                     Err(FsError::NotFound)
