@@ -225,27 +225,24 @@ impl MetaEngine {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for (key, value) in self.store.scan_raw(
-            Cf::Dentries,
-            &keys::dentry_prefix(root.ino),
-            None,
-            usize::MAX,
-        )? {
-            let user: Dentry = decode("dentry", &value)?;
-            if user.kind != FileKind::Dir || keys::dentry_name(&key).is_empty() {
+        for (_, user) in self.entries(root.ino)? {
+            if user.kind != FileKind::Dir {
                 continue;
             }
-            for (k, v) in self.store.scan_raw(
-                Cf::Dentries,
-                &keys::dentry_prefix(user.ino),
-                None,
-                usize::MAX,
-            )? {
-                let entry: Dentry = decode("dentry", &v)?;
-                out.push((user.ino, keys::dentry_name(&k).to_vec(), entry.ino));
+            for (name, entry) in self.entries(user.ino)? {
+                out.push((user.ino, name, entry.ino));
             }
         }
         Ok(out)
+    }
+
+    /// Every entry of directory `dir`, by name, unpaged (for the namenode's own chores).
+    fn entries(&self, dir: Ino) -> FsResult<Vec<(Vec<u8>, Dentry)>> {
+        self.store
+            .scan_raw(Cf::Dentries, &keys::dentry_prefix(dir), None, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| Ok((keys::dentry_name(&k).to_vec(), decode("dentry", &v)?)))
+            .collect()
     }
 
     /// The path of directory `dir`, walking up its parents (None if it is gone).
@@ -257,19 +254,13 @@ impl MetaEngine {
                 return Ok(None);
             };
             let entry = self
-                .store
-                .scan_raw(
-                    Cf::Dentries,
-                    &keys::dentry_prefix(rec.parent),
-                    None,
-                    usize::MAX,
-                )?
+                .entries(rec.parent)?
                 .into_iter()
-                .find(|(_, v)| decode::<Dentry>("dentry", v).is_ok_and(|d| d.ino == ino));
-            let Some((key, _)) = entry else {
+                .find(|(_, d)| d.ino == ino);
+            let Some((name, _)) = entry else {
                 return Ok(None);
             };
-            names.push(keys::dentry_name(&key).to_vec());
+            names.push(name);
             if names.len() > 4096 {
                 return Err(FsError::io(format!("directory {dir} is too deep to name")));
             }
