@@ -291,6 +291,21 @@ impl BlockMap {
         }
     }
 
+    /// Datanodes in normal service that have missed heartbeats but are not yet dead: likely
+    /// gone, so not to be counted on as the source of a copy.
+    pub fn silent(&self) -> HashSet<DatanodeId> {
+        let inner = self.lock();
+        let now = Instant::now();
+        inner
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.admin == AdminState::Normal && self.state(n, now) == DatanodeState::Stale
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// How many datanodes can take replicas: alive and in normal service.
     pub fn live_nodes(&self) -> usize {
         let inner = self.lock();

@@ -133,6 +133,7 @@ impl Repair {
         if only.is_some_and(|n| busy(&sending, &n) >= max) {
             return;
         }
+        let silent = map.silent();
         let mut queue = std::mem::take(&mut s.queue).into_iter();
         let mut kept = Vec::with_capacity(queue.len());
         for need in queue.by_ref() {
@@ -151,7 +152,7 @@ impl Repair {
                 None => live
                     .iter()
                     .filter(|l| busy(&sending, &l.id) < max)
-                    .min_by_key(|l| busy(&sending, &l.id))
+                    .min_by_key(|l| (silent.contains(&l.id), busy(&sending, &l.id)))
                     .map(|l| l.id),
             };
             let Some(source) = source else {
@@ -360,6 +361,7 @@ impl Repair {
     ) -> Vec<DatanodeId> {
         let live_nodes = map.live_nodes();
         let live_domains = map.live_domains();
+        let silent = map.silent();
         let now = Instant::now();
         let mut needs = Vec::new();
         let mut short = HashSet::new();
@@ -423,8 +425,12 @@ impl Repair {
                 status.copies_needed += missing_copies;
                 status.bytes_needed += missing_copies * rec.len as u64;
                 if act && !s.copies.contains_key(block) {
+                    // Replicas on datanodes gone silent are likely lost with them (two nodes
+                    // die within a heartbeat of each other but are declared dead passes
+                    // apart): the blocks that would be left with fewest rank first.
+                    let healthy = counted.iter().filter(|id| !silent.contains(id)).count();
                     needs.push((
-                        counted.len(),
+                        (healthy, counted.len()),
                         Need {
                             block: *block,
                             len: rec.len,
@@ -440,7 +446,7 @@ impl Repair {
                     status.misplaced += 1;
                     if act && !s.copies.contains_key(block) && !s.deletes.contains_key(block) {
                         needs.push((
-                            counted.len(),
+                            (counted.len(), counted.len()),
                             Need {
                                 block: *block,
                                 len: rec.len,
@@ -512,7 +518,9 @@ impl Repair {
             }
         }
         // The blocks closest to being lost first, then those furthest below their target.
-        needs.sort_by_key(|(live, n)| (*live, std::cmp::Reverse(n.want - live)));
+        needs.sort_by_key(|((healthy, counted), n)| {
+            (*healthy, *counted, std::cmp::Reverse(n.want - counted))
+        });
         s.queue = needs.into_iter().map(|(_, n)| n).collect();
         s.acting = act;
         self.schedule(&mut s, map, None, now);
@@ -592,7 +600,7 @@ fn push_command(s: &mut State, node: DatanodeId, f: impl FnOnce(&mut Vec<Datanod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_common::proto::Register;
+    use cairn_common::proto::{Heartbeat, Register};
 
     fn node(map: &BlockMap, id: u64) -> DatanodeId {
         node_in(map, id, "")
@@ -654,6 +662,41 @@ mod tests {
             (2, 1, 3)
         );
         assert_eq!(status.copies_in_flight, 2);
+    }
+
+    #[test]
+    fn replicas_on_silent_datanodes_do_not_make_a_block_safe() {
+        let map =
+            BlockMap::new(Duration::from_secs(60)).with_stale_timeout(Duration::from_millis(50));
+        let (a, b, c) = (node(&map, 1), node(&map, 2), node(&map, 3));
+        node(&map, 4);
+        // Both blocks have two replicas, on a; `doomed`'s other one is on b, which goes
+        // silent; `safe`'s on c, which keeps beating.
+        let (safe, doomed) = (BlockId([1; 32]), BlockId([2; 32]));
+        map.blocks_changed(a, &[safe, doomed], &[]);
+        map.blocks_changed(b, &[doomed], &[]);
+        map.blocks_changed(c, &[safe], &[]);
+        std::thread::sleep(Duration::from_millis(100));
+        for id in [a, c, DatanodeId(4)] {
+            map.heartbeat(&Heartbeat {
+                id,
+                capacity: 1 << 40,
+                used: 0,
+                available: 1 << 40,
+                blocks: 0,
+                active_transfers: 0,
+                copies_failed: Vec::new(),
+                scrub: Default::default(),
+            });
+        }
+        assert_eq!(map.silent(), HashSet::from([b]));
+        let repair = Repair::new(1);
+        repair.pass(&[(safe, record(3)), (doomed, record(3))], &map, true);
+        // a's one copy slot goes to the block the silent node would leave with one replica,
+        // and b is asked for nothing.
+        assert_eq!(copies(&repair.take_commands(a, &map)), vec![(doomed, 1)]);
+        assert!(repair.take_commands(b, &map).is_empty());
+        assert_eq!(copies(&repair.take_commands(c, &map)), vec![(safe, 1)]);
     }
 
     #[test]
