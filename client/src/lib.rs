@@ -6,6 +6,7 @@ pub mod config;
 mod data;
 mod disk_cache;
 mod file;
+mod fresh;
 mod opens;
 
 use std::collections::HashMap;
@@ -120,6 +121,8 @@ struct Inner {
     inflight: Mutex<HashMap<cairn_common::BlockId, data::Transfer>>,
     /// The files this client holds open, as the namenode knows them.
     opens: Arc<opens::OpenSet>,
+    /// Directories as this client's changes of their entries left them.
+    fresh_dirs: fresh::FreshDirs,
 }
 
 impl Inner {
@@ -168,6 +171,7 @@ impl Client {
                 suspects: data::Suspects::default(),
                 inflight: Mutex::default(),
                 opens: Arc::new(opens::OpenSet::new(session)),
+                fresh_dirs: fresh::FreshDirs::default(),
                 session,
             }),
         })
@@ -206,6 +210,38 @@ impl Client {
     }
 
     /// Sends one request to the namenode.
+    /// Sends a change of directory entries; keeps the directories it answers with.
+    async fn change<R, T>(&self, req: R) -> FsResult<T>
+    where
+        R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
+    {
+        let seq = self.inner.fresh_dirs.begin();
+        let proto::Changed { reply, dirs } = self.namenode(req).await?;
+        self.inner.fresh_dirs.record(seq, dirs);
+        Ok(reply)
+    }
+
+    /// Sends a change of `ino`'s attributes other than through its entries. What this
+    /// client kept of `ino` is forgotten, and so are the answers of entry changes under way
+    /// meanwhile: they may predate this one.
+    async fn change_attrs<R: Rpc<Service = proto::NamenodeRequest>>(
+        &self,
+        ino: Ino,
+        req: R,
+    ) -> FsResult<R::Response> {
+        self.inner.fresh_dirs.forget(ino);
+        let res = self.namenode(req).await;
+        self.inner.fresh_dirs.forget(ino);
+        res
+    }
+
+    /// A directory's attributes if this client's own change of its entries returned them
+    /// less than `within` ago (and nothing of this client changed them since), with how long
+    /// ago. What another client did since may not show, as in a kernel's attribute cache.
+    pub fn fresh_dir_attr(&self, ino: Ino, within: Duration) -> Option<(InodeAttr, Duration)> {
+        self.inner.fresh_dirs.get(ino, within)
+    }
+
     pub async fn namenode<R: Rpc<Service = proto::NamenodeRequest>>(
         &self,
         req: R,
@@ -251,11 +287,11 @@ impl Client {
 
     /// Records a read of `ino` in its access time, where relatime says it is due.
     pub async fn accessed(&self, ino: Ino) -> FsResult<InodeAttr> {
-        self.namenode(proto::Accessed { ino }).await
+        self.change_attrs(ino, proto::Accessed { ino }).await
     }
 
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<InodeAttr> {
-        self.namenode(proto::SetAttrReq { ino, set }).await
+        self.change_attrs(ino, proto::SetAttrReq { ino, set }).await
     }
 
     pub async fn mkdir(
@@ -265,7 +301,7 @@ impl Client {
         perm: u16,
         owner: Owner,
     ) -> FsResult<InodeAttr> {
-        self.namenode(proto::Mkdir {
+        self.change(proto::Mkdir {
             parent,
             name: name.to_vec(),
             perm,
@@ -293,7 +329,7 @@ impl Client {
             truncate,
             owner,
         };
-        self.namenode(file.request(None)).await
+        self.change(file.request(None)).await
     }
 
     pub async fn mknod(
@@ -305,7 +341,7 @@ impl Client {
         rdev: u32,
         owner: Owner,
     ) -> FsResult<InodeAttr> {
-        self.namenode(proto::Mknod {
+        self.change(proto::Mknod {
             parent,
             name: name.to_vec(),
             kind,
@@ -318,7 +354,7 @@ impl Client {
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.namenode(proto::Unlink {
+        self.change(proto::Unlink {
             parent,
             name: name.to_vec(),
         })
@@ -326,7 +362,7 @@ impl Client {
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.namenode(proto::Rmdir {
+        self.change(proto::Rmdir {
             parent,
             name: name.to_vec(),
         })
@@ -341,7 +377,7 @@ impl Client {
         new_name: &[u8],
         mode: RenameMode,
     ) -> FsResult<()> {
-        self.namenode(proto::Rename {
+        self.change(proto::Rename {
             parent,
             name: name.to_vec(),
             new_parent,
@@ -358,7 +394,7 @@ impl Client {
         target: &[u8],
         owner: Owner,
     ) -> FsResult<InodeAttr> {
-        self.namenode(proto::Symlink {
+        self.change(proto::Symlink {
             parent,
             name: name.to_vec(),
             target: target.to_vec(),
@@ -373,7 +409,7 @@ impl Client {
     }
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<InodeAttr> {
-        self.namenode(proto::Link {
+        self.change(proto::Link {
             ino,
             new_parent,
             new_name: new_name.to_vec(),
@@ -435,12 +471,15 @@ impl Client {
         value: &[u8],
         mode: XattrMode,
     ) -> FsResult<()> {
-        self.namenode(proto::SetXattr {
+        self.change_attrs(
             ino,
-            name: name.to_vec(),
-            value: value.to_vec(),
-            mode,
-        })
+            proto::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                mode,
+            },
+        )
         .await
     }
 
@@ -457,15 +496,18 @@ impl Client {
     }
 
     pub async fn remove_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
-        self.namenode(proto::RemoveXattr {
+        self.change_attrs(
             ino,
-            name: name.to_vec(),
-        })
+            proto::RemoveXattr {
+                ino,
+                name: name.to_vec(),
+            },
+        )
         .await
     }
 
     pub async fn set_replication(&self, ino: Ino, replication: u8) -> FsResult<InodeAttr> {
-        self.namenode(proto::SetReplication { ino, replication })
+        self.change_attrs(ino, proto::SetReplication { ino, replication })
             .await
     }
 
@@ -571,7 +613,7 @@ impl Client {
     /// it, in one round trip.
     pub async fn create_open(&self, file: NewFile<'_>) -> FsResult<(CreateReply, FileHandle)> {
         let claim = self.inner.opens.creating();
-        let created = self.namenode(file.request(Some(claim))).await;
+        let created = self.change(file.request(Some(claim))).await;
         let ino = match &created {
             Ok(c) if c.attr.kind == FileKind::File => Some(c.attr.ino),
             _ => None,

@@ -45,15 +45,15 @@ service! {
         GetAttr(GetAttr) -> InodeAttr,
         Accessed(Accessed) -> InodeAttr,
         SetAttrReq(SetAttrReq) -> InodeAttr,
-        Mkdir(Mkdir) -> InodeAttr,
-        Create(Create) -> CreateReply,
-        Mknod(Mknod) -> InodeAttr,
-        Unlink(Unlink) -> (),
-        Rmdir(Rmdir) -> (),
-        Rename(Rename) -> (),
-        Symlink(Symlink) -> InodeAttr,
+        Mkdir(Mkdir) -> Changed<InodeAttr>,
+        Create(Create) -> Changed<CreateReply>,
+        Mknod(Mknod) -> Changed<InodeAttr>,
+        Unlink(Unlink) -> Changed<()>,
+        Rmdir(Rmdir) -> Changed<()>,
+        Rename(Rename) -> Changed<()>,
+        Symlink(Symlink) -> Changed<InodeAttr>,
         Readlink(Readlink) -> Vec<u8>,
-        Link(Link) -> InodeAttr,
+        Link(Link) -> Changed<InodeAttr>,
         ReadDir(ReadDir) -> Vec<DirEntry>,
         StatFs(StatFs) -> FsStats,
         SetXattr(SetXattr) -> (),
@@ -181,6 +181,15 @@ pub struct KeepOpen {
     pub open: Vec<Ino>,
     /// Blocks the session has stored and not yet committed: they are not garbage.
     pub uploads: Vec<BlockId>,
+}
+
+/// The answer to a change of directory entries, with the directories it changed as they
+/// are after it. The kernel voids what it knows of a directory whose entries change and asks
+/// again before its next lookup there; a mount answers that from these.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Changed<T> {
+    pub reply: T,
+    pub dirs: Vec<InodeAttr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

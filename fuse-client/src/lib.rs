@@ -584,6 +584,12 @@ impl Filesystem for CairnFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        // Asked right after this mount changed the directory's entries (the kernel voids its
+        // attributes then): the change's answer has them. Kept no longer in all than the
+        // kernel would have kept them.
+        if let Some((attr, age)) = self.client.fresh_dir_attr(Ino(ino.0), TTL) {
+            return reply.attr(&(TTL - age), &file_attr(&attr));
+        }
         let client = self.client.clone();
         let files = self.files_handle();
         self.run(

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
-    AllocateBlock, ChunkMap, CreateReply, DatanodeCommand, FsStats, HeartbeatReply,
+    AllocateBlock, Changed, ChunkMap, CreateReply, DatanodeCommand, FsStats, HeartbeatReply,
     NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
@@ -151,6 +151,22 @@ impl Namenode {
         self.mutate(caller, kind).await.map(|_| ())
     }
 
+    /// `res` of a change to the entries of `dirs`, with their attributes as they are now.
+    fn changed<T>(&self, res: FsResult<T>, dirs: &[cairn_common::Ino]) -> FsResult<Changed<T>> {
+        let reply = res?;
+        let mut attrs = Vec::with_capacity(dirs.len());
+        for (i, dir) in dirs.iter().enumerate() {
+            if dirs[..i].contains(dir) {
+                continue;
+            }
+            // Removed meanwhile by another change: nothing to tell.
+            if let Ok(a) = self.engine.getattr(*dir) {
+                attrs.push(a);
+            }
+        }
+        Ok(Changed { reply, dirs: attrs })
+    }
+
     fn read_chunks(&self, ino: cairn_common::Ino, first: u32, count: u32) -> FsResult<ChunkMap> {
         let attr = self.engine.getattr(ino)?;
         let chunks = self
@@ -267,10 +283,12 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::Mkdir(r) => {
-                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Mkdir(r)).await)
-                    .await
+                let parent = r.parent;
+                let res = self.mutate_attr(&caller, MetaOpKind::Mkdir(r)).await;
+                ex.respond(&self.changed(res, &[parent])).await
             }
             R::Create(r) => {
+                let parent = r.parent;
                 let res = match self.mutate(&caller, MetaOpKind::Create(r)).await {
                     Ok(MetaReply::Created(c)) => Ok(c),
                     Ok(MetaReply::Attr(attr)) => Ok(CreateReply {
@@ -280,32 +298,38 @@ impl Service for Namenode {
                     Ok(MetaReply::Done) => Err(FsError::protocol("create returned nothing")),
                     Err(e) => Err(e),
                 };
-                ex.respond(&res).await
+                ex.respond(&self.changed(res, &[parent])).await
             }
             R::Mknod(r) => {
-                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Mknod(r)).await)
-                    .await
+                let parent = r.parent;
+                let res = self.mutate_attr(&caller, MetaOpKind::Mknod(r)).await;
+                ex.respond(&self.changed(res, &[parent])).await
             }
             R::Unlink(r) => {
-                ex.respond(&self.mutate_unit(&caller, MetaOpKind::Unlink(r)).await)
-                    .await
+                let parent = r.parent;
+                let res = self.mutate_unit(&caller, MetaOpKind::Unlink(r)).await;
+                ex.respond(&self.changed(res, &[parent])).await
             }
             R::Rmdir(r) => {
-                ex.respond(&self.mutate_unit(&caller, MetaOpKind::Rmdir(r)).await)
-                    .await
+                let parent = r.parent;
+                let res = self.mutate_unit(&caller, MetaOpKind::Rmdir(r)).await;
+                ex.respond(&self.changed(res, &[parent])).await
             }
             R::Rename(r) => {
-                ex.respond(&self.mutate_unit(&caller, MetaOpKind::Rename(r)).await)
-                    .await
+                let dirs = [r.parent, r.new_parent];
+                let res = self.mutate_unit(&caller, MetaOpKind::Rename(r)).await;
+                ex.respond(&self.changed(res, &dirs)).await
             }
             R::Symlink(r) => {
-                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Symlink(r)).await)
-                    .await
+                let parent = r.parent;
+                let res = self.mutate_attr(&caller, MetaOpKind::Symlink(r)).await;
+                ex.respond(&self.changed(res, &[parent])).await
             }
             R::Readlink(r) => ex.respond(&self.engine.readlink(r.ino)).await,
             R::Link(r) => {
-                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Link(r)).await)
-                    .await
+                let parent = r.new_parent;
+                let res = self.mutate_attr(&caller, MetaOpKind::Link(r)).await;
+                ex.respond(&self.changed(res, &[parent])).await
             }
             R::ReadDir(r) => {
                 let res = self

@@ -738,6 +738,55 @@ print(open(p, 'rb').read()[98:107])
         let chmodded = fs::metadata(&p).unwrap();
         assert_eq!(chmodded.mtime(), reset.mtime(), "chmod leaves mtime");
         assert!(chmodded.ctime() >= reset.ctime());
+
+        tracing::info!("--- a directory shows each change of its entries at once");
+        let d = m.join("changing");
+        fs::create_dir(&d).unwrap();
+        let stamp = |p: &Path| {
+            let md = fs::metadata(p).unwrap();
+            (md.mtime(), md.mtime_nsec(), md.nlink(), md.mode() & 0o7777)
+        };
+        let old = "touch -d '2020-01-01 00:00:00'";
+        let steps: [(&str, i64); 6] = [
+            ("touch changing/a", 0),
+            ("mkdir changing/sub", 1),
+            ("mv changing/a changing/b", 0),
+            ("ln changing/b changing/c", 0),
+            ("rm changing/c", 0),
+            ("rmdir changing/sub", -1),
+        ];
+        // One after another: each must show its own change, not what the last one left.
+        sh(&format!("{old} {}", d.display()));
+        let mut before = stamp(&d);
+        assert_eq!(before.0, 1_577_836_800);
+        for (step, links) in steps {
+            sh(&format!("cd {mm} && {step}"));
+            let after = stamp(&d);
+            assert!(
+                (after.0, after.1) > (before.0, before.1),
+                "{step}: mtime stayed {before:?} → {after:?}"
+            );
+            assert_eq!(after.2 as i64, before.2 as i64 + links, "{step}: nlink");
+            before = after;
+        }
+        // A change of the directory itself, then of its entries: both show.
+        sh(&format!(
+            "chmod 700 {} && touch {}/e",
+            d.display(),
+            d.display()
+        ));
+        assert_eq!(stamp(&d).3, 0o700);
+        sh(&format!("{old} {mm}"));
+        sh(&format!("mv {}/e {mm}/e", d.display()));
+        assert!(
+            stamp(m).0 > 1_577_836_800,
+            "a rename moves its target's mtime"
+        );
+        let left: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["b"]);
     })
     .await;
     cluster.stop().await.unwrap();
