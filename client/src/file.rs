@@ -227,12 +227,15 @@ impl FileHandle {
         };
         let res = self
             .client
-            .namenode(CommitSlices {
-                ino: self.attr.ino,
-                slices,
-                size,
-                mtime: Timestamp::now(),
-            })
+            .change_attrs(
+                self.attr.ino,
+                CommitSlices {
+                    ino: self.attr.ino,
+                    slices,
+                    size,
+                    mtime: Timestamp::now(),
+                },
+            )
             .await;
         drop(pending);
         match res {

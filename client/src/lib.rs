@@ -121,8 +121,8 @@ struct Inner {
     inflight: Mutex<HashMap<cairn_common::BlockId, data::Transfer>>,
     /// The files this client holds open, as the namenode knows them.
     opens: Arc<opens::OpenSet>,
-    /// Directories as this client's changes of their entries left them.
-    fresh_dirs: fresh::FreshDirs,
+    /// Attributes as this client's latest calls left them.
+    fresh: fresh::FreshAttrs,
 }
 
 impl Inner {
@@ -171,7 +171,7 @@ impl Client {
                 suspects: data::Suspects::default(),
                 inflight: Mutex::default(),
                 opens: Arc::new(opens::OpenSet::new(session)),
-                fresh_dirs: fresh::FreshDirs::default(),
+                fresh: fresh::FreshAttrs::default(),
                 session,
             }),
         })
@@ -215,31 +215,58 @@ impl Client {
     where
         R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
     {
-        let seq = self.inner.fresh_dirs.begin();
+        let seq = self.inner.fresh.begin();
         let proto::Changed { reply, dirs } = self.namenode(req).await?;
-        self.inner.fresh_dirs.record(seq, dirs);
+        self.inner.fresh.record(seq, dirs);
         Ok(reply)
     }
 
     /// Sends a change of `ino`'s attributes other than through its entries. What this
     /// client kept of `ino` is forgotten, and so are the answers of entry changes under way
     /// meanwhile: they may predate this one.
-    async fn change_attrs<R: Rpc<Service = proto::NamenodeRequest>>(
+    pub(crate) async fn change_attrs<R: Rpc<Service = proto::NamenodeRequest>>(
         &self,
         ino: Ino,
         req: R,
     ) -> FsResult<R::Response> {
-        self.inner.fresh_dirs.forget(ino);
+        self.inner.fresh.forget(ino);
         let res = self.namenode(req).await;
-        self.inner.fresh_dirs.forget(ino);
+        self.inner.fresh.forget(ino);
         res
     }
 
-    /// A directory's attributes if this client's own change of its entries returned them
-    /// less than `within` ago (and nothing of this client changed them since), with how long
-    /// ago. What another client did since may not show, as in a kernel's attribute cache.
-    pub fn fresh_dir_attr(&self, ino: Ino, within: Duration) -> Option<(InodeAttr, Duration)> {
-        self.inner.fresh_dirs.get(ino, within)
+    /// Sends a change of directory entries that may also change the files it reaches
+    /// (their `nlink` and `ctime`) without naming them.
+    async fn change_reaching_files<R, T>(&self, req: R) -> FsResult<T>
+    where
+        R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
+    {
+        self.inner.fresh.forget_files();
+        let res = self.change(req).await;
+        self.inner.fresh.forget_files();
+        res
+    }
+
+    /// Keeps what a create begun at `seq` answered: a new file has no extended attributes.
+    fn fresh_file(&self, seq: u64, created: &CreateReply) {
+        if created.created {
+            self.inner.fresh.record_new(seq, created.attr.clone());
+        } else {
+            self.inner.fresh.record(seq, [created.attr.clone()]);
+        }
+    }
+
+    /// `ino`'s attributes if an answer to this client's own calls gave them less than
+    /// `within` ago (and nothing of this client changed them since), with how long ago.
+    /// What another client did since may not show, as in a kernel's attribute cache.
+    pub fn fresh_attr(&self, ino: Ino, within: Duration) -> Option<(InodeAttr, Duration)> {
+        self.inner.fresh.get(ino, within)
+    }
+
+    /// Did this client create `ino` less than `within` ago, and set no extended attribute
+    /// on it since?
+    pub fn fresh_and_bare(&self, ino: Ino, within: Duration) -> bool {
+        self.inner.fresh.bare(ino, within)
     }
 
     pub async fn namenode<R: Rpc<Service = proto::NamenodeRequest>>(
@@ -329,7 +356,10 @@ impl Client {
             truncate,
             owner,
         };
-        self.change(file.request(None)).await
+        let seq = self.inner.fresh.begin();
+        let created: CreateReply = self.change(file.request(None)).await?;
+        self.fresh_file(seq, &created);
+        Ok(created)
     }
 
     pub async fn mknod(
@@ -354,7 +384,7 @@ impl Client {
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.change(proto::Unlink {
+        self.change_reaching_files(proto::Unlink {
             parent,
             name: name.to_vec(),
         })
@@ -362,7 +392,7 @@ impl Client {
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.change(proto::Rmdir {
+        self.change_reaching_files(proto::Rmdir {
             parent,
             name: name.to_vec(),
         })
@@ -377,7 +407,7 @@ impl Client {
         new_name: &[u8],
         mode: RenameMode,
     ) -> FsResult<()> {
-        self.change(proto::Rename {
+        self.change_reaching_files(proto::Rename {
             parent,
             name: name.to_vec(),
             new_parent,
@@ -409,7 +439,7 @@ impl Client {
     }
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<InodeAttr> {
-        self.change(proto::Link {
+        self.change_reaching_files(proto::Link {
             ino,
             new_parent,
             new_name: new_name.to_vec(),
@@ -591,7 +621,11 @@ impl Client {
         if start {
             self.start_renewals();
         }
+        let seq = self.inner.fresh.begin();
         let opened = self.namenode(proto::Open { ino, claim }).await;
+        if let Ok(map) = &opened {
+            self.inner.fresh.record(seq, [map.attr.clone()]);
+        }
         let map = match opened {
             Ok(map) if map.attr.kind == FileKind::File => map,
             Ok(map) => {
@@ -613,7 +647,11 @@ impl Client {
     /// it, in one round trip.
     pub async fn create_open(&self, file: NewFile<'_>) -> FsResult<(CreateReply, FileHandle)> {
         let claim = self.inner.opens.creating();
+        let seq = self.inner.fresh.begin();
         let created = self.change(file.request(Some(claim))).await;
+        if let Ok(c) = &created {
+            self.fresh_file(seq, c);
+        }
         let ino = match &created {
             Ok(c) if c.attr.kind == FileKind::File => Some(c.attr.ino),
             _ => None,

@@ -584,18 +584,28 @@ impl Filesystem for CairnFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        // Asked right after this mount changed the directory's entries (the kernel voids its
-        // attributes then): the change's answer has them. Kept no longer in all than the
-        // kernel would have kept them.
-        if let Some((attr, age)) = self.client.fresh_dir_attr(Ino(ino.0), TTL) {
-            return reply.attr(&(TTL - age), &file_attr(&attr));
+        // Asked right after this mount changed the inode (the kernel voids its attributes
+        // then: a directory's entries changed, a file was written) or opened it (`fstat`
+        // after `open`): the answer to that call has them. Kept no longer in all than the
+        // kernel would have kept them itself.
+        let fresh = self.client.fresh_attr(Ino(ino.0), TTL);
+        if let Some((attr, age)) = &fresh {
+            if attr.kind == FileKind::Dir {
+                return reply.attr(&(TTL - *age), &file_attr(attr));
+            }
         }
         let client = self.client.clone();
         let files = self.files_handle();
         self.run(
-            async move { Ok(with_pending(client.getattr(Ino(ino.0)).await?, &files).await) },
+            async move {
+                let (attr, ttl) = match fresh {
+                    Some((attr, age)) => (attr, TTL - age),
+                    None => (client.getattr(Ino(ino.0)).await?, TTL),
+                };
+                Ok((with_pending(attr, &files).await, ttl))
+            },
             move |r| match r {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Ok((a, ttl)) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -1165,6 +1175,10 @@ impl Filesystem for CairnFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // The kernel asks for `security.capability` before the first write to every file.
+        if self.client.fresh_and_bare(Ino(ino.0), TTL) {
+            return reply.error(errno(&FsError::NoAttr));
+        }
         let (client, name) = (self.client_for(req), name_of(name));
         self.run(
             async move { client.get_xattr(Ino(ino.0), &name).await },

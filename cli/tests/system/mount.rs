@@ -787,6 +787,42 @@ print(open(p, 'rb').read()[98:107])
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, ["b"]);
+
+        tracing::info!("--- a file shows each change this mount makes, right after it");
+        let f = m.join("fresh");
+        let size_links = |p: &Path| {
+            let md = fs::metadata(p).unwrap();
+            (md.len(), md.nlink())
+        };
+        fs::write(&f, b"abc").unwrap();
+        assert_eq!(size_links(&f), (3, 1), "written and closed");
+        let mut appender = fs::OpenOptions::new().append(true).open(&f).unwrap();
+        assert_eq!(appender.metadata().unwrap().len(), 3, "fstat after open");
+        appender.write_all(b"de").unwrap();
+        drop(appender);
+        assert_eq!(size_links(&f), (5, 1), "appended and closed");
+        sh(&format!("cd {mm} && ln fresh fresh2"));
+        assert_eq!(size_links(&f), (5, 2), "linked");
+        drop(fs::File::open(&f).unwrap());
+        fs::remove_file(m.join("fresh2")).unwrap();
+        assert_eq!(size_links(&f), (5, 1), "the other name removed");
+        // A new file has no extended attributes, until one is set.
+        let new = m.join("fresh-x");
+        drop(fs::File::create(&new).unwrap());
+        let (path, name) = (c_path(&new), std::ffi::CString::new("user.k").unwrap());
+        let mut buf = [0u8; 8];
+        // SAFETY: valid C strings and a buffer of the length passed.
+        let got =
+            unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 8) };
+        assert_eq!(rc_errno(got as i32), libc::ENODATA);
+        // SAFETY: as above.
+        let set =
+            unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+        assert_eq!(set, 0);
+        // SAFETY: as above.
+        let got =
+            unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 8) };
+        assert_eq!((got, buf[0]), (1, b'v'));
     })
     .await;
     cluster.stop().await.unwrap();
