@@ -15,16 +15,35 @@
 //!   `ctime`) forgets every file.
 //! - An answer recorded while such a change was under way could predate it, so it is not
 //!   kept: forgetting bumps a sequence number, and a recording made across a bump is dropped.
+//!
+//! It also knows the names in directories this client made and has been alone to change:
+//! the namenode counts each directory's entry changes, a directory made at count 0 is
+//! empty, and while each change of this client moves the count by exactly one, the names
+//! it added and removed are all there are. So the lookup the kernel makes before every
+//! create (of a name that is not there) needs no call — for less than the TTL since the
+//! last count seen, as with the kernel's own negative entries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_common::attr::{FileKind, InodeAttr};
+use cairn_common::proto::ChangedDir;
 use cairn_common::Ino;
 
 /// More inodes than this and the memory starts afresh.
 const MAX_INODES: usize = 4096;
+/// Names known in all directories; a directory that would pass it is no longer followed.
+const MAX_NAMES: usize = 200_000;
+
+/// What a change did to one directory's names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Edit<'a> {
+    Add(&'a [u8]),
+    Remove(&'a [u8]),
+    /// Entries changed, names did not (an exchange).
+    Same,
+}
 
 #[derive(Default)]
 pub(crate) struct FreshAttrs {
@@ -35,6 +54,17 @@ pub(crate) struct FreshAttrs {
 struct State {
     inodes: HashMap<Ino, Fresh>,
     seq: u64,
+    listings: HashMap<Ino, Listing>,
+    names: usize,
+}
+
+/// Every name in a directory, as of its `version`-th change in namenode run `epoch`.
+struct Listing {
+    epoch: u64,
+    version: u64,
+    names: HashSet<Vec<u8>>,
+    /// When the namenode last confirmed the count.
+    at: Instant,
 }
 
 struct Fresh {
@@ -100,6 +130,71 @@ impl FreshAttrs {
         (age < within).then(|| (f.attr.clone(), age, f.bare))
     }
 
+    /// Follows the names of the directories a change of this client answered with: `edits`
+    /// is what it did to each (by inode); a directory it made has none.
+    pub fn entries_changed(&self, dirs: &[ChangedDir], edits: &[(Ino, Edit<'_>)]) {
+        let mut guard = self.state();
+        let s: &mut State = &mut guard;
+        let now = Instant::now();
+        for dir in dirs {
+            let ino = dir.attr.ino;
+            let mine: Vec<Edit<'_>> = edits
+                .iter()
+                .filter(|(d, _)| *d == ino)
+                .map(|(_, e)| *e)
+                .collect();
+            if mine.is_empty() {
+                // Not one it changed: the one it made.
+                if dir.version == 0 && dir.attr.kind == FileKind::Dir {
+                    let listing = Listing {
+                        epoch: dir.epoch,
+                        version: 0,
+                        names: HashSet::new(),
+                        at: now,
+                    };
+                    if let Some(old) = s.listings.insert(ino, listing) {
+                        s.names -= old.names.len();
+                    }
+                }
+                continue;
+            }
+            let Some(listing) = s.listings.get_mut(&ino) else {
+                continue;
+            };
+            let before = listing.names.len();
+            let follows = listing.epoch == dir.epoch
+                && (dir.version == listing.version
+                    || (dir.version == listing.version + 1 && !mine.is_empty()));
+            if follows && dir.version == listing.version + 1 {
+                for e in mine {
+                    match e {
+                        Edit::Add(name) => listing.names.insert(name.to_vec()),
+                        Edit::Remove(name) => listing.names.remove(name),
+                        Edit::Same => false,
+                    };
+                }
+                listing.version = dir.version;
+            }
+            listing.at = now;
+            let after = listing.names.len();
+            s.names = s.names + after - before;
+            if !follows || s.names > MAX_NAMES {
+                // Someone else changed it (or it is too big to follow): ask from now on.
+                s.names -= after;
+                s.listings.remove(&ino);
+            }
+        }
+    }
+
+    /// Is `name` known to be absent from `dir`, as the namenode confirmed less than
+    /// `within` ago? With how long ago.
+    pub fn absent(&self, dir: Ino, name: &[u8], within: Duration) -> Option<Duration> {
+        let s = self.state();
+        let listing = s.listings.get(&dir)?;
+        let age = listing.at.elapsed();
+        (age < within && !listing.names.contains(name)).then_some(age)
+    }
+
     /// `ino`'s attributes if recorded less than `within` ago, with how long ago.
     pub fn get(&self, ino: Ino, within: Duration) -> Option<(InodeAttr, Duration)> {
         self.fresh(ino, within).map(|(attr, age, _)| (attr, age))
@@ -160,6 +255,65 @@ mod tests {
         assert!(fresh.get(Ino(2), SEC).is_none());
         fresh.record(fresh.begin(), [attr(2, FileKind::Dir, 3)]);
         assert_eq!(fresh.get(Ino(2), SEC).unwrap().0.size, 3);
+    }
+
+    fn changed(ino: u64, version: u64, epoch: u64) -> ChangedDir {
+        ChangedDir {
+            attr: attr(ino, FileKind::Dir, 0),
+            version,
+            epoch,
+        }
+    }
+
+    #[test]
+    fn a_directory_made_here_is_followed_while_only_this_client_changes_it() {
+        let fresh = FreshAttrs::default();
+        let (parent, made) = (Ino(1), Ino(9));
+        // mkdir: the parent gains a name; the new directory comes back at version 0.
+        fresh.entries_changed(
+            &[changed(1, 5, 7), changed(9, 0, 7)],
+            &[(parent, Edit::Add(b"d"))],
+        );
+        assert!(
+            fresh.absent(parent, b"x", SEC).is_none(),
+            "parent never known"
+        );
+        assert!(fresh.absent(made, b"a", SEC).is_some());
+        fresh.entries_changed(&[changed(9, 1, 7)], &[(made, Edit::Add(b"a"))]);
+        assert!(fresh.absent(made, b"a", SEC).is_none());
+        assert!(fresh.absent(made, b"b", SEC).is_some());
+        // A rename within it: one change, a name out and one in.
+        fresh.entries_changed(
+            &[changed(9, 2, 7)],
+            &[(made, Edit::Remove(b"a")), (made, Edit::Add(b"c"))],
+        );
+        assert!(fresh.absent(made, b"a", SEC).is_some());
+        assert!(fresh.absent(made, b"c", SEC).is_none());
+        // A create that found the file there: nothing changed, still followed.
+        fresh.entries_changed(&[changed(9, 2, 7)], &[(made, Edit::Add(b"c"))]);
+        assert!(fresh.absent(made, b"b", SEC).is_some());
+        // Somebody else's change came between: no longer followed.
+        fresh.entries_changed(&[changed(9, 4, 7)], &[(made, Edit::Add(b"e"))]);
+        assert!(fresh.absent(made, b"b", SEC).is_none());
+    }
+
+    #[test]
+    fn a_namenode_restart_or_a_made_directory_not_at_zero_is_not_followed() {
+        let fresh = FreshAttrs::default();
+        fresh.entries_changed(&[changed(9, 0, 7)], &[]);
+        fresh.entries_changed(&[changed(9, 1, 8)], &[(Ino(9), Edit::Add(b"a"))]);
+        assert!(
+            fresh.absent(Ino(9), b"b", SEC).is_none(),
+            "another run's counts"
+        );
+        // Made, then changed by someone else before the answer was read.
+        fresh.entries_changed(&[changed(10, 1, 7)], &[]);
+        assert!(fresh.absent(Ino(10), b"b", SEC).is_none());
+        fresh.entries_changed(&[changed(11, 0, 7)], &[]);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(fresh
+            .absent(Ino(11), b"b", Duration::from_millis(10))
+            .is_none());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use cairn_common::cert::Role;
 use cairn_common::proto::{self, CreateReply, DatanodeStatus, FsStats, RenameMode, Rpc, XattrMode};
 use cairn_common::transport::{self, ConnectionPool, TlsIdentity, TransportOptions};
 use cairn_common::{FsError, FsResult, Ino};
+use fresh::Edit;
 use quinn::Endpoint;
 
 pub use config::ClientConfig;
@@ -63,6 +64,10 @@ pub struct NewFile<'a> {
 }
 
 impl NewFile<'_> {
+    fn edits(&self) -> [(Ino, Edit<'_>); 1] {
+        [(self.parent, Edit::Add(self.name))]
+    }
+
     /// The namenode's request; `open` claims the file for this client's session.
     fn request(&self, open: Option<proto::OpenClaim>) -> proto::Create {
         proto::Create {
@@ -211,13 +216,17 @@ impl Client {
 
     /// Sends one request to the namenode.
     /// Sends a change of directory entries; keeps the directories it answers with.
-    async fn change<R, T>(&self, req: R) -> FsResult<T>
+    /// `edits` is what the change does to each directory's names.
+    async fn change<R, T>(&self, req: R, edits: &[(Ino, Edit<'_>)]) -> FsResult<T>
     where
         R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
     {
         let seq = self.inner.fresh.begin();
         let proto::Changed { reply, dirs } = self.namenode(req).await?;
-        self.inner.fresh.record(seq, dirs);
+        self.inner.fresh.entries_changed(&dirs, edits);
+        self.inner
+            .fresh
+            .record(seq, dirs.into_iter().map(|d| d.attr));
         Ok(reply)
     }
 
@@ -237,12 +246,12 @@ impl Client {
 
     /// Sends a change of directory entries that may also change the files it reaches
     /// (their `nlink` and `ctime`) without naming them.
-    async fn change_reaching_files<R, T>(&self, req: R) -> FsResult<T>
+    async fn change_reaching_files<R, T>(&self, req: R, edits: &[(Ino, Edit<'_>)]) -> FsResult<T>
     where
         R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
     {
         self.inner.fresh.forget_files();
-        let res = self.change(req).await;
+        let res = self.change(req, edits).await;
         self.inner.fresh.forget_files();
         res
     }
@@ -254,6 +263,12 @@ impl Client {
         } else {
             self.inner.fresh.record(seq, [created.attr.clone()]);
         }
+    }
+
+    /// Is `name` known to be absent from `dir` (a directory this client made and alone
+    /// changed), as the namenode confirmed less than `within` ago? With how long ago.
+    pub fn known_absent(&self, dir: Ino, name: &[u8], within: Duration) -> Option<Duration> {
+        self.inner.fresh.absent(dir, name, within)
     }
 
     /// `ino`'s attributes if an answer to this client's own calls gave them less than
@@ -328,13 +343,16 @@ impl Client {
         perm: u16,
         owner: Owner,
     ) -> FsResult<InodeAttr> {
-        self.change(proto::Mkdir {
-            parent,
-            name: name.to_vec(),
-            perm,
-            uid: owner.uid,
-            gid: owner.gid,
-        })
+        self.change(
+            proto::Mkdir {
+                parent,
+                name: name.to_vec(),
+                perm,
+                uid: owner.uid,
+                gid: owner.gid,
+            },
+            &[(parent, Edit::Add(name))],
+        )
         .await
     }
 
@@ -357,7 +375,7 @@ impl Client {
             owner,
         };
         let seq = self.inner.fresh.begin();
-        let created: CreateReply = self.change(file.request(None)).await?;
+        let created: CreateReply = self.change(file.request(None), &file.edits()).await?;
         self.fresh_file(seq, &created);
         Ok(created)
     }
@@ -371,31 +389,40 @@ impl Client {
         rdev: u32,
         owner: Owner,
     ) -> FsResult<InodeAttr> {
-        self.change(proto::Mknod {
-            parent,
-            name: name.to_vec(),
-            kind,
-            perm,
-            rdev,
-            uid: owner.uid,
-            gid: owner.gid,
-        })
+        self.change(
+            proto::Mknod {
+                parent,
+                name: name.to_vec(),
+                kind,
+                perm,
+                rdev,
+                uid: owner.uid,
+                gid: owner.gid,
+            },
+            &[(parent, Edit::Add(name))],
+        )
         .await
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.change_reaching_files(proto::Unlink {
-            parent,
-            name: name.to_vec(),
-        })
+        self.change_reaching_files(
+            proto::Unlink {
+                parent,
+                name: name.to_vec(),
+            },
+            &[(parent, Edit::Remove(name))],
+        )
         .await
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.change_reaching_files(proto::Rmdir {
-            parent,
-            name: name.to_vec(),
-        })
+        self.change_reaching_files(
+            proto::Rmdir {
+                parent,
+                name: name.to_vec(),
+            },
+            &[(parent, Edit::Remove(name))],
+        )
         .await
     }
 
@@ -407,13 +434,23 @@ impl Client {
         new_name: &[u8],
         mode: RenameMode,
     ) -> FsResult<()> {
-        self.change_reaching_files(proto::Rename {
-            parent,
-            name: name.to_vec(),
-            new_parent,
-            new_name: new_name.to_vec(),
-            mode,
-        })
+        let edits = match mode {
+            RenameMode::Exchange => [(parent, Edit::Same), (new_parent, Edit::Same)],
+            _ => [
+                (parent, Edit::Remove(name)),
+                (new_parent, Edit::Add(new_name)),
+            ],
+        };
+        self.change_reaching_files(
+            proto::Rename {
+                parent,
+                name: name.to_vec(),
+                new_parent,
+                new_name: new_name.to_vec(),
+                mode,
+            },
+            &edits,
+        )
         .await
     }
 
@@ -424,13 +461,16 @@ impl Client {
         target: &[u8],
         owner: Owner,
     ) -> FsResult<InodeAttr> {
-        self.change(proto::Symlink {
-            parent,
-            name: name.to_vec(),
-            target: target.to_vec(),
-            uid: owner.uid,
-            gid: owner.gid,
-        })
+        self.change(
+            proto::Symlink {
+                parent,
+                name: name.to_vec(),
+                target: target.to_vec(),
+                uid: owner.uid,
+                gid: owner.gid,
+            },
+            &[(parent, Edit::Add(name))],
+        )
         .await
     }
 
@@ -439,11 +479,14 @@ impl Client {
     }
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<InodeAttr> {
-        self.change_reaching_files(proto::Link {
-            ino,
-            new_parent,
-            new_name: new_name.to_vec(),
-        })
+        self.change_reaching_files(
+            proto::Link {
+                ino,
+                new_parent,
+                new_name: new_name.to_vec(),
+            },
+            &[(new_parent, Edit::Add(new_name))],
+        )
         .await
     }
 
@@ -648,7 +691,7 @@ impl Client {
     pub async fn create_open(&self, file: NewFile<'_>) -> FsResult<(CreateReply, FileHandle)> {
         let claim = self.inner.opens.creating();
         let seq = self.inner.fresh.begin();
-        let created = self.change(file.request(Some(claim))).await;
+        let created = self.change(file.request(Some(claim)), &file.edits()).await;
         if let Ok(c) = &created {
             self.fresh_file(seq, c);
         }

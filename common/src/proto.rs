@@ -189,7 +189,18 @@ pub struct KeepOpen {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Changed<T> {
     pub reply: T,
-    pub dirs: Vec<InodeAttr>,
+    pub dirs: Vec<ChangedDir>,
+}
+
+/// A directory after a change of its entries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangedDir {
+    pub attr: InodeAttr,
+    /// How many changes of its entries the namenode has made since it started (`epoch`
+    /// names the run), this one included. A client whose own changes are all that moved it
+    /// knows the directory's names as well as the namenode does.
+    pub version: u64,
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -281,6 +281,13 @@ fn file_attr(a: &InodeAttr) -> FileAttr {
 }
 
 /// Attributes for a reply that carries none (a negative entry).
+/// A negative entry: the name is absent.
+fn absent_entry() -> FileAttr {
+    let mut absent = file_attr(&placeholder_attr());
+    absent.ino = INodeNo(0);
+    absent
+}
+
 fn placeholder_attr() -> InodeAttr {
     InodeAttr {
         ino: Ino(0),
@@ -561,6 +568,16 @@ impl Filesystem for CairnFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // The kernel looks a name up before creating it: in a directory this mount made and
+        // alone changed, it knows the name is not there.
+        if name.len() <= cairn_common::attr::NAME_MAX {
+            if let Some(age) = self
+                .client
+                .known_absent(Ino(parent.0), name.as_bytes(), TTL)
+            {
+                return reply.entry(&(TTL - age), &absent_entry(), Generation(0));
+            }
+        }
         let (client, name) = (self.client_for(req), name_of(name));
         let files = self.files_handle();
         self.run(
@@ -573,11 +590,7 @@ impl Filesystem for CairnFs {
                 // An entry with inode 0 is a negative entry: the kernel remembers the name
                 // is absent for the TTL, so a create right after costs no second lookup.
                 // This mount's own creates replace it at once.
-                Err(FsError::NotFound) => {
-                    let mut absent = file_attr(&placeholder_attr());
-                    absent.ino = INodeNo(0);
-                    reply.entry(&TTL, &absent, Generation(0))
-                }
+                Err(FsError::NotFound) => reply.entry(&TTL, &absent_entry(), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             },
         );

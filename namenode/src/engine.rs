@@ -29,8 +29,41 @@ struct Pending {
     reply: oneshot::Sender<FsResult<MetaReply>>,
 }
 
+/// How many times each directory's entries changed since this namenode started: a client
+/// that sees the count move by exactly its own changes knows nobody else's came between.
+/// Kept in memory only; `epoch` (drawn at start) tells the counts of one run from another's.
+pub struct DirVersions {
+    pub epoch: u64,
+    counts: std::sync::Mutex<std::collections::HashMap<Ino, u64>>,
+}
+
+impl DirVersions {
+    fn new() -> DirVersions {
+        DirVersions {
+            epoch: rand::random(),
+            counts: Default::default(),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Ino, u64>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self, dirs: &[Ino]) {
+        let mut counts = self.counts();
+        for dir in dirs {
+            *counts.entry(*dir).or_default() += 1;
+        }
+    }
+
+    pub fn get(&self, dir: Ino) -> u64 {
+        self.counts().get(&dir).copied().unwrap_or(0)
+    }
+}
+
 pub struct MetaEngine {
     store: Arc<Store>,
+    versions: Arc<DirVersions>,
     queue: Option<mpsc::Sender<Pending>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -64,11 +97,18 @@ impl MetaEngine {
         }
         let (tx, rx) = mpsc::channel();
         let writer_store = store.clone();
+        let versions = Arc::new(DirVersions::new());
+        let deciders = Deciders {
+            opens,
+            gc,
+            versions: versions.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("meta-writer".into())
-            .spawn(move || write_loop(writer_store, rx, sync, opens, gc))?;
+            .spawn(move || write_loop(writer_store, rx, sync, deciders))?;
         Ok(MetaEngine {
             store,
+            versions,
             queue: Some(tx),
             writer: Some(writer),
         })
@@ -98,6 +138,11 @@ impl MetaEngine {
             .send(Pending { op, reply: tx })
             .map_err(|_| FsError::io("metadata writer stopped"))?;
         Ok(rx)
+    }
+
+    /// Changes of directory entries since this namenode started.
+    pub fn versions(&self) -> &DirVersions {
+        &self.versions
     }
 
     pub fn getattr(&self, ino: Ino) -> FsResult<InodeAttr> {
@@ -312,6 +357,7 @@ impl Drop for MetaEngine {
 struct Deciders {
     opens: Arc<OpenTable>,
     gc: Arc<Gc>,
+    versions: Arc<DirVersions>,
 }
 
 /// Decisions taken in one group, made good or undone by whether its write succeeds.
@@ -321,14 +367,7 @@ struct Decided {
     condemned: Vec<BlockId>,
 }
 
-fn write_loop(
-    store: Arc<Store>,
-    rx: mpsc::Receiver<Pending>,
-    sync: bool,
-    opens: Arc<OpenTable>,
-    gc: Arc<Gc>,
-) {
-    let deciders = Deciders { opens, gc };
+fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, deciders: Deciders) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -341,11 +380,16 @@ fn write_loop(
         let mut results = Vec::with_capacity(group.len());
         // Orphans being purged in this group: opens of them fail until it is written.
         let mut decided = Decided::default();
+        // Each op's changed directories: one count each per op, so two ops in one group
+        // are two changes.
+        let mut dirs_changed = Vec::new();
         for p in &group {
             txn.savepoint();
             let r = apply(&mut txn, &p.op, &deciders, &mut decided);
             if r.is_err() {
                 txn.rollback();
+            } else {
+                dirs_changed.extend(txn.dirs_changed());
             }
             results.push(r);
         }
@@ -354,9 +398,12 @@ fn write_loop(
         } else {
             store.commit(txn, sync)
         };
-        if let Err(e) = &written {
-            error!("metadata write of {} ops failed: {e}", group.len());
-            deciders.gc.abandon(&decided.condemned);
+        match &written {
+            Ok(()) => deciders.versions.bump(&dirs_changed),
+            Err(e) => {
+                error!("metadata write of {} ops failed: {e}", group.len());
+                deciders.gc.abandon(&decided.condemned);
+            }
         }
         for ino in decided.purging {
             deciders.opens.purged(ino);
@@ -380,7 +427,7 @@ fn apply(
     deciders: &Deciders,
     decided: &mut Decided,
 ) -> FsResult<MetaReply> {
-    let Deciders { opens, gc } = deciders;
+    let Deciders { opens, gc, .. } = deciders;
     match &op.kind {
         MetaOpKind::Purge { ino } => {
             if !opens.begin_purge(*ino) {
@@ -425,4 +472,84 @@ fn apply(
         }
     }
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_common::proto::{Create, Mkdir, Rename, RenameMode};
+    use std::time::Duration;
+
+    fn create(parent: Ino, name: &str) -> MetaOpKind {
+        MetaOpKind::Create(Create {
+            parent,
+            name: name.into(),
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+            truncate: false,
+            open: None,
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_change_of_a_directorys_entries_counts_once_even_in_one_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
+        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
+        let engine = Arc::new(MetaEngine::open(dir.path(), 3, false, opens, gc).unwrap());
+        let mkdir = |name: &str| {
+            MetaOpKind::Mkdir(Mkdir {
+                parent: Ino::ROOT,
+                name: name.into(),
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+            })
+        };
+        let attr = |r: FsResult<MetaReply>| match r.unwrap() {
+            MetaReply::Attr(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let a = attr(engine.submit(Caller::ROOT, mkdir("a")).await).ino;
+        let b = attr(engine.submit(Caller::ROOT, mkdir("b")).await).ino;
+        let v = engine.versions();
+        assert_eq!((v.get(Ino::ROOT), v.get(a), v.get(b)), (2, 0, 0));
+        // Queued together, written as one group or a few: still one change each.
+        let queued: Vec<_> = (0..50)
+            .map(|i| {
+                engine
+                    .enqueue(Caller::ROOT, create(a, &format!("f{i}")))
+                    .unwrap()
+            })
+            .collect();
+        for rx in queued {
+            rx.await.unwrap().unwrap();
+        }
+        assert_eq!(v.get(a), 50);
+        // A change refused changes nothing.
+        assert!(engine.submit(Caller::ROOT, create(a, "f0")).await.is_err());
+        assert_eq!(v.get(a), 50);
+        // A rename counts in both directories, once in one.
+        let rename = |from: Ino, to: Ino, name: &str, new: &str| {
+            MetaOpKind::Rename(Rename {
+                parent: from,
+                name: name.into(),
+                new_parent: to,
+                new_name: new.into(),
+                mode: RenameMode::Replace,
+            })
+        };
+        engine
+            .submit(Caller::ROOT, rename(a, b, "f1", "g1"))
+            .await
+            .unwrap();
+        assert_eq!((v.get(a), v.get(b)), (51, 1));
+        engine
+            .submit(Caller::ROOT, rename(b, b, "g1", "h1"))
+            .await
+            .unwrap();
+        assert_eq!(v.get(b), 2);
+    }
 }

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
-    AllocateBlock, Changed, ChunkMap, CreateReply, DatanodeCommand, FsStats, HeartbeatReply,
-    NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply,
+    AllocateBlock, Changed, ChangedDir, ChunkMap, CreateReply, DatanodeCommand, FsStats,
+    HeartbeatReply, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{BlockId, FsError, FsResult};
@@ -154,17 +154,28 @@ impl Namenode {
     /// `res` of a change to the entries of `dirs`, with their attributes as they are now.
     fn changed<T>(&self, res: FsResult<T>, dirs: &[cairn_common::Ino]) -> FsResult<Changed<T>> {
         let reply = res?;
-        let mut attrs = Vec::with_capacity(dirs.len());
+        let mut changed = Vec::with_capacity(dirs.len());
         for (i, dir) in dirs.iter().enumerate() {
             if dirs[..i].contains(dir) {
                 continue;
             }
-            // Removed meanwhile by another change: nothing to tell.
-            if let Ok(a) = self.engine.getattr(*dir) {
-                attrs.push(a);
-            }
+            // Read after the attributes: a change between the two shows as a version the
+            // client did not expect, never as one it did.
+            let Ok(attr) = self.engine.getattr(*dir) else {
+                // Removed meanwhile by another change: nothing to tell.
+                continue;
+            };
+            let versions = self.engine.versions();
+            changed.push(ChangedDir {
+                attr,
+                version: versions.get(*dir),
+                epoch: versions.epoch,
+            });
         }
-        Ok(Changed { reply, dirs: attrs })
+        Ok(Changed {
+            reply,
+            dirs: changed,
+        })
     }
 
     fn read_chunks(&self, ino: cairn_common::Ino, first: u32, count: u32) -> FsResult<ChunkMap> {
@@ -285,7 +296,9 @@ impl Service for Namenode {
             R::Mkdir(r) => {
                 let parent = r.parent;
                 let res = self.mutate_attr(&caller, MetaOpKind::Mkdir(r)).await;
-                ex.respond(&self.changed(res, &[parent])).await
+                // The new directory too: at version 0 it is known to be empty.
+                let new = res.as_ref().map(|a| a.ino).unwrap_or(parent);
+                ex.respond(&self.changed(res, &[parent, new])).await
             }
             R::Create(r) => {
                 let parent = r.parent;

@@ -309,6 +309,23 @@ impl Txn<'_> {
         self.orphaned.push(ino);
     }
 
+    /// The directories whose entries the current operation changed.
+    pub fn dirs_changed(&self) -> Vec<Ino> {
+        let mut dirs: Vec<Ino> = self
+            .undo
+            .iter()
+            .filter(|((cf, key), _)| *cf == Cf::Dentries && key.len() >= 8)
+            .map(|((_, key), _)| {
+                let mut parent = [0u8; 8];
+                parent.copy_from_slice(&key[..8]);
+                Ino(u64::from_be_bytes(parent))
+            })
+            .collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        dirs
+    }
+
     /// The files the current operation orphaned.
     pub fn take_orphans(&mut self) -> Vec<Ino> {
         std::mem::take(&mut self.orphaned)

@@ -4,6 +4,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -175,6 +176,45 @@ async fn a_file_closed_on_one_mount_is_read_whole_on_another() {
         let more = random_bytes(1 << 20, 23);
         fs::write(m.join("shared"), &more).unwrap();
         assert!(fs::read(second_path.join("shared")).unwrap() == more);
+    })
+    .await;
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_absent_from_a_directory_this_mount_made_are_known_without_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    with_two_mounts(&cluster, move |a, b| {
+        let exists = |p: &Path| match fs::metadata(p) {
+            Ok(_) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+            Err(e) => panic!("stat {}: {e}", p.display()),
+        };
+        tracing::info!("--- made and filled on one mount: its own changes are followed");
+        let d = a.join("made");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("a"), b"a").unwrap();
+        fs::rename(d.join("a"), d.join("c")).unwrap();
+        assert!(!exists(&d.join("a")) && exists(&d.join("c")));
+        fs::remove_file(d.join("c")).unwrap();
+        assert!(!exists(&d.join("c")));
+        let long = "n".repeat(cairn_common::attr::NAME_MAX + 1);
+        assert_eq!(errno_of(fs::metadata(d.join(long))), libc::ENAMETOOLONG);
+
+        tracing::info!("--- a name another mount adds shows within the TTL");
+        fs::write(b.join("made/x"), b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(exists(&d.join("x")), "another mount's file, a TTL later");
+
+        tracing::info!("--- once another mount changed it, this mount asks again");
+        fs::write(d.join("y"), b"y").unwrap();
+        fs::write(b.join("made/z"), b"z").unwrap();
+        fs::write(d.join("w"), b"w").unwrap();
+        assert!(
+            exists(&d.join("z")),
+            "the change count moved by two: no longer followed"
+        );
     })
     .await;
     cluster.stop().await.unwrap();
