@@ -136,6 +136,14 @@ impl FreshAttrs {
         let mut guard = self.state();
         let s: &mut State = &mut guard;
         let now = Instant::now();
+        // A directory changed but not answered for (gone meanwhile): no longer followed.
+        for (ino, _) in edits {
+            if !dirs.iter().any(|d| d.attr.ino == *ino) {
+                if let Some(old) = s.listings.remove(ino) {
+                    s.names -= old.names.len();
+                }
+            }
+        }
         for dir in dirs {
             let ino = dir.attr.ino;
             let mine: Vec<Edit<'_>> = edits
@@ -295,6 +303,10 @@ mod tests {
         // Somebody else's change came between: no longer followed.
         fresh.entries_changed(&[changed(9, 4, 7)], &[(made, Edit::Add(b"e"))]);
         assert!(fresh.absent(made, b"b", SEC).is_none());
+        // Nor is one a change did not answer for.
+        fresh.entries_changed(&[changed(12, 0, 7)], &[]);
+        fresh.entries_changed(&[], &[(Ino(12), Edit::Add(b"a"))]);
+        assert!(fresh.absent(Ino(12), b"b", SEC).is_none());
     }
 
     #[test]
