@@ -669,7 +669,8 @@ mod tests {
         let map =
             BlockMap::new(Duration::from_secs(60)).with_stale_timeout(Duration::from_millis(50));
         let (a, b, c) = (node(&map, 1), node(&map, 2), node(&map, 3));
-        node(&map, 4);
+        // Targets enough for both copies, whichever the first takes.
+        let targets = [node(&map, 4), node(&map, 5), node(&map, 6)];
         // Both blocks have two replicas, on a; `doomed`'s other one is on b, which goes
         // silent; `safe`'s on c, which keeps beating.
         let (safe, doomed) = (BlockId([1; 32]), BlockId([2; 32]));
@@ -677,7 +678,7 @@ mod tests {
         map.blocks_changed(b, &[doomed], &[]);
         map.blocks_changed(c, &[safe], &[]);
         std::thread::sleep(Duration::from_millis(100));
-        for id in [a, c, DatanodeId(4)] {
+        for id in [a, c].into_iter().chain(targets) {
             map.heartbeat(&Heartbeat {
                 id,
                 capacity: 1 << 40,
