@@ -43,6 +43,8 @@ pub(crate) enum Edit<'a> {
     Remove(&'a [u8]),
     /// Entries changed, names did not (an exchange).
     Same,
+    /// Nothing changed (a create that found the file there).
+    Nothing,
 }
 
 #[derive(Default)]
@@ -170,15 +172,16 @@ impl FreshAttrs {
                 continue;
             };
             let before = listing.names.len();
+            let changes = mine.iter().any(|e| !matches!(e, Edit::Nothing));
             let follows = listing.epoch == dir.epoch
                 && (dir.version == listing.version
-                    || (dir.version == listing.version + 1 && !mine.is_empty()));
+                    || (dir.version == listing.version + 1 && changes));
             if follows && dir.version == listing.version + 1 {
                 for e in mine {
                     match e {
                         Edit::Add(name) => listing.names.insert(name.to_vec()),
                         Edit::Remove(name) => listing.names.remove(name),
-                        Edit::Same => false,
+                        Edit::Same | Edit::Nothing => false,
                     };
                 }
                 listing.version = dir.version;
@@ -298,8 +301,13 @@ mod tests {
         assert!(fresh.absent(made, b"a", SEC).is_some());
         assert!(fresh.absent(made, b"c", SEC).is_none());
         // A create that found the file there: nothing changed, still followed.
-        fresh.entries_changed(&[changed(9, 2, 7)], &[(made, Edit::Add(b"c"))]);
+        fresh.entries_changed(&[changed(9, 2, 7)], &[(made, Edit::Nothing)]);
         assert!(fresh.absent(made, b"b", SEC).is_some());
+        // ... unless the count moved: that was somebody else.
+        let other = FreshAttrs::default();
+        other.entries_changed(&[changed(9, 0, 7)], &[]);
+        other.entries_changed(&[changed(9, 1, 7)], &[(made, Edit::Nothing)]);
+        assert!(other.absent(made, b"b", SEC).is_none());
         // Somebody else's change came between: no longer followed.
         fresh.entries_changed(&[changed(9, 4, 7)], &[(made, Edit::Add(b"e"))]);
         assert!(fresh.absent(made, b"b", SEC).is_none());

@@ -83,6 +83,24 @@ impl NewFile<'_> {
     }
 }
 
+/// Does the answer to a change say it changed directory entries? A create that found the
+/// file there (and opened it) did not.
+trait ChangedEntries {
+    fn changed_entries(&self) -> bool {
+        true
+    }
+}
+
+impl ChangedEntries for () {}
+
+impl ChangedEntries for InodeAttr {}
+
+impl ChangedEntries for CreateReply {
+    fn changed_entries(&self) -> bool {
+        self.created
+    }
+}
+
 /// Who owns a new file, directory, node or symlink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
@@ -217,13 +235,18 @@ impl Client {
     /// Sends one request to the namenode.
     /// Sends a change of directory entries; keeps the directories it answers with.
     /// `edits` is what the change does to each directory's names.
-    async fn change<R, T>(&self, req: R, edits: &[(Ino, Edit<'_>)]) -> FsResult<T>
+    async fn change<R, T: ChangedEntries>(&self, req: R, edits: &[(Ino, Edit<'_>)]) -> FsResult<T>
     where
         R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
     {
         let seq = self.inner.fresh.begin();
         let proto::Changed { reply, dirs } = self.namenode(req).await?;
-        self.inner.fresh.entries_changed(&dirs, edits);
+        if reply.changed_entries() {
+            self.inner.fresh.entries_changed(&dirs, edits);
+        } else {
+            let none: Vec<_> = edits.iter().map(|(d, _)| (*d, Edit::Nothing)).collect();
+            self.inner.fresh.entries_changed(&dirs, &none);
+        }
         self.inner
             .fresh
             .record(seq, dirs.into_iter().map(|d| d.attr));
@@ -246,7 +269,11 @@ impl Client {
 
     /// Sends a change of directory entries that may also change the files it reaches
     /// (their `nlink` and `ctime`) without naming them.
-    async fn change_reaching_files<R, T>(&self, req: R, edits: &[(Ino, Edit<'_>)]) -> FsResult<T>
+    async fn change_reaching_files<R, T: ChangedEntries>(
+        &self,
+        req: R,
+        edits: &[(Ino, Edit<'_>)],
+    ) -> FsResult<T>
     where
         R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
     {
