@@ -49,11 +49,21 @@ impl DirVersions {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn bump(&self, dirs: &[Ino]) {
+    /// Counts `changed` (one per op naming a directory), and forgets `removed` (inode
+    /// numbers are never reused, so nobody can follow them again).
+    fn bump(&self, changed: &[Ino], removed: &[Ino]) {
         let mut counts = self.counts();
-        for dir in dirs {
+        for dir in changed {
             *counts.entry(*dir).or_default() += 1;
         }
+        for ino in removed {
+            counts.remove(ino);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.counts().len()
     }
 
     pub fn get(&self, dir: Ino) -> u64 {
@@ -383,6 +393,7 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
         // Each op's changed directories: one count each per op, so two ops in one group
         // are two changes.
         let mut dirs_changed = Vec::new();
+        let mut removed = Vec::new();
         for p in &group {
             txn.savepoint();
             let r = apply(&mut txn, &p.op, &deciders, &mut decided);
@@ -390,6 +401,7 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
                 txn.rollback();
             } else {
                 dirs_changed.extend(txn.dirs_changed());
+                removed.extend(txn.inodes_removed());
             }
             results.push(r);
         }
@@ -399,7 +411,7 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
             store.commit(txn, sync)
         };
         match &written {
-            Ok(()) => deciders.versions.bump(&dirs_changed),
+            Ok(()) => deciders.versions.bump(&dirs_changed, &removed),
             Err(e) => {
                 error!("metadata write of {} ops failed: {e}", group.len());
                 deciders.gc.abandon(&decided.condemned);
@@ -551,5 +563,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v.get(b), 2);
+        // A directory removed is forgotten: its number never comes back.
+        let held = v.len();
+        let unlink = MetaOpKind::Unlink(cairn_common::proto::Unlink {
+            parent: b,
+            name: "h1".into(),
+        });
+        engine.submit(Caller::ROOT, unlink).await.unwrap();
+        let rmdir = MetaOpKind::Rmdir(cairn_common::proto::Rmdir {
+            parent: Ino::ROOT,
+            name: "b".into(),
+        });
+        engine.submit(Caller::ROOT, rmdir).await.unwrap();
+        assert_eq!(v.len(), held - 1);
+        assert_eq!(v.get(Ino::ROOT), 3);
     }
 }

@@ -326,6 +326,27 @@ impl Txn<'_> {
         dirs
     }
 
+    /// The inodes the current operation removed.
+    pub fn inodes_removed(&self) -> Vec<Ino> {
+        let mut inos: Vec<Ino> = self
+            .undo
+            .iter()
+            .filter(|((cf, key), _)| {
+                *cf == Cf::Inodes
+                    && key.len() == 8
+                    && matches!(self.writes.get(&(*cf, key.clone())), Some(None))
+            })
+            .map(|((_, key), _)| {
+                let mut ino = [0u8; 8];
+                ino.copy_from_slice(key);
+                Ino(u64::from_be_bytes(ino))
+            })
+            .collect();
+        inos.sort_unstable();
+        inos.dedup();
+        inos
+    }
+
     /// The files the current operation orphaned.
     pub fn take_orphans(&mut self) -> Vec<Ino> {
         std::mem::take(&mut self.orphaned)
