@@ -99,6 +99,10 @@ impl FreshAttrs {
     fn record_with(&self, seq: u64, attrs: impl IntoIterator<Item = InodeAttr>, bare: bool) {
         let mut s = self.state();
         if s.seq != seq {
+            // Not kept, and what was kept of them is older still: forget that too.
+            for attr in attrs {
+                s.inodes.remove(&attr.ino);
+            }
             return;
         }
         if s.inodes.len() >= MAX_INODES {
@@ -116,6 +120,15 @@ impl FreshAttrs {
         let mut s = self.state();
         s.seq += 1;
         s.inodes.remove(&ino);
+    }
+
+    /// A change of `dir`'s entries went unanswered: forget its attributes and its names.
+    pub fn unknown_change(&self, dir: Ino) {
+        self.forget(dir);
+        let mut s = self.state();
+        if let Some(old) = s.listings.remove(&dir) {
+            s.names -= old.names.len();
+        }
     }
 
     /// A change of entries may have changed files it does not name: forget every file.
@@ -266,6 +279,11 @@ mod tests {
         assert!(fresh.get(Ino(2), SEC).is_none());
         fresh.record(fresh.begin(), [attr(2, FileKind::Dir, 3)]);
         assert_eq!(fresh.get(Ino(2), SEC).unwrap().0.size, 3);
+        // An answer dropped for a race with a change elsewhere leaves nothing older behind.
+        let mkdir = fresh.begin();
+        fresh.forget(Ino(40));
+        fresh.record(mkdir, [attr(2, FileKind::Dir, 4)]);
+        assert!(fresh.get(Ino(2), SEC).is_none());
     }
 
     fn changed(ino: u64, version: u64, epoch: u64) -> ChangedDir {

@@ -240,7 +240,17 @@ impl Client {
         R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
     {
         let seq = self.inner.fresh.begin();
-        let proto::Changed { reply, dirs } = self.namenode(req).await?;
+        let proto::Changed { reply, dirs } = match self.namenode(req).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                // Refused, or lost on the way back after it was done: forget what it
+                // would have changed.
+                for (dir, _) in edits {
+                    self.inner.fresh.unknown_change(*dir);
+                }
+                return Err(e);
+            }
+        };
         if reply.changed_entries() {
             self.inner.fresh.entries_changed(&dirs, edits);
         } else {
