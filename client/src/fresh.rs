@@ -74,6 +74,10 @@ struct Fresh {
     at: Instant,
     /// Known to have no extended attributes (created by this client).
     bare: bool,
+    /// A directory's change count (epoch, count) when the attributes were read: of two
+    /// answers to changes under way at once, the later change's wins whatever the order
+    /// they arrive in.
+    version: Option<(u64, u64)>,
 }
 
 impl FreshAttrs {
@@ -96,11 +100,28 @@ impl FreshAttrs {
         self.record_with(seq, [attr], true);
     }
 
+    /// The directories a change begun at `seq` answered with.
+    pub fn record_dirs(&self, seq: u64, dirs: &[ChangedDir]) {
+        let versioned = dirs
+            .iter()
+            .map(|d| (d.attr.clone(), Some((d.epoch, d.version))));
+        self.record_versioned(seq, versioned, false);
+    }
+
     fn record_with(&self, seq: u64, attrs: impl IntoIterator<Item = InodeAttr>, bare: bool) {
+        self.record_versioned(seq, attrs.into_iter().map(|a| (a, None)), bare);
+    }
+
+    fn record_versioned(
+        &self,
+        seq: u64,
+        attrs: impl IntoIterator<Item = (InodeAttr, Option<(u64, u64)>)>,
+        bare: bool,
+    ) {
         let mut s = self.state();
         if s.seq != seq {
             // Not kept, and what was kept of them is older still: forget that too.
-            for attr in attrs {
+            for (attr, _) in attrs {
                 s.inodes.remove(&attr.ino);
             }
             return;
@@ -109,8 +130,20 @@ impl FreshAttrs {
             s.inodes.clear();
         }
         let at = Instant::now();
-        for attr in attrs {
-            s.inodes.insert(attr.ino, Fresh { attr, at, bare });
+        for (attr, version) in attrs {
+            let newer_kept = match (s.inodes.get(&attr.ino).and_then(|f| f.version), version) {
+                (Some((epoch, kept)), Some((e, v))) => epoch == e && kept > v,
+                _ => false,
+            };
+            if !newer_kept {
+                let fresh = Fresh {
+                    attr,
+                    at,
+                    bare,
+                    version,
+                };
+                s.inodes.insert(fresh.attr.ino, fresh);
+            }
         }
     }
 
@@ -279,6 +312,16 @@ mod tests {
         assert!(fresh.get(Ino(2), SEC).is_none());
         fresh.record(fresh.begin(), [attr(2, FileKind::Dir, 3)]);
         assert_eq!(fresh.get(Ino(2), SEC).unwrap().0.size, 3);
+        // Two changes under way at once, answered out of order: the later change's stays.
+        let (first, second) = (fresh.begin(), fresh.begin());
+        let at = |version, size| ChangedDir {
+            attr: attr(2, FileKind::Dir, size),
+            version,
+            epoch: 7,
+        };
+        fresh.record_dirs(second, &[at(9, 9)]);
+        fresh.record_dirs(first, &[at(8, 8)]);
+        assert_eq!(fresh.get(Ino(2), SEC).unwrap().0.size, 9);
         // An answer dropped for a race with a change elsewhere leaves nothing older behind.
         let mkdir = fresh.begin();
         fresh.forget(Ino(40));

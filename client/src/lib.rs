@@ -257,9 +257,7 @@ impl Client {
             let none: Vec<_> = edits.iter().map(|(d, _)| (*d, Edit::Nothing)).collect();
             self.inner.fresh.entries_changed(&dirs, &none);
         }
-        self.inner
-            .fresh
-            .record(seq, dirs.into_iter().map(|d| d.attr));
+        self.inner.fresh.record_dirs(seq, &dirs);
         Ok(reply)
     }
 
