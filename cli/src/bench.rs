@@ -553,16 +553,7 @@ async fn engine(
                 engine
                     .submit(
                         cairn_common::attr::Caller::ROOT,
-                        MetaOpKind::Create(cairn_common::proto::Create {
-                            parent: Ino::ROOT,
-                            name: format!("t{t}-{j}").into_bytes(),
-                            perm: 0o644,
-                            uid: 0,
-                            gid: 0,
-                            exclusive: true,
-                            truncate: false,
-                            open: None,
-                        }),
+                        MetaOpKind::new_file(Ino::ROOT, format!("t{t}-{j}").into_bytes()),
                     )
                     .await?;
             }

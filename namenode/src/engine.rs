@@ -489,20 +489,11 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_common::proto::{Create, Mkdir, Rename, RenameMode};
+    use cairn_common::proto::{Mkdir, Rename, RenameMode};
     use std::time::Duration;
 
     fn create(parent: Ino, name: &str) -> MetaOpKind {
-        MetaOpKind::Create(Create {
-            parent,
-            name: name.into(),
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            exclusive: true,
-            truncate: false,
-            open: None,
-        })
+        MetaOpKind::new_file(parent, name.into())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
