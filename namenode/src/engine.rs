@@ -441,13 +441,20 @@ fn apply(
 ) -> FsResult<MetaReply> {
     let Deciders { opens, gc, .. } = deciders;
     match &op.kind {
-        MetaOpKind::Purge { ino } => {
-            if !opens.begin_purge(*ino) {
-                // Opened again meanwhile (or still): its last close will purge it.
-                return Ok(MetaReply::Done);
+        MetaOpKind::Purge { inos } => {
+            for &ino in inos {
+                // Most files let go of still have a name: nothing to do, and nothing to
+                // hold up (an open of a file being purged fails).
+                if !ops::is_orphan(txn, ino)? {
+                    continue;
+                }
+                if !opens.begin_purge(ino) {
+                    // Opened again meanwhile (or still): its last close will purge it.
+                    continue;
+                }
+                decided.purging.push(ino);
+                ops::purge(txn, ino)?;
             }
-            decided.purging.push(*ino);
-            ops::purge(txn, *ino)?;
             return Ok(MetaReply::Done);
         }
         MetaOpKind::CollectBlocks { blocks } => {
@@ -568,5 +575,46 @@ mod tests {
         engine.submit(Caller::ROOT, rmdir).await.unwrap();
         assert_eq!(v.len(), held - 1);
         assert_eq!(v.get(Ino::ROOT), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_purge_frees_exactly_the_orphans_nobody_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
+        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
+        let engine = MetaEngine::open(dir.path(), 3, false, opens.clone(), gc).unwrap();
+        let mut files = Vec::new();
+        for name in ["named", "let-go", "held"] {
+            match engine.submit(Caller::ROOT, create(Ino::ROOT, name)).await {
+                Ok(MetaReply::Created(c)) => files.push(c.attr.ino),
+                other => panic!("{other:?}"),
+            }
+        }
+        let [named, let_go, held] = files[..] else {
+            unreachable!()
+        };
+        // One session has the last two open while their names go: they become orphans.
+        opens.claim(7, let_go, 1);
+        opens.claim(7, held, 1);
+        for name in ["let-go", "held"] {
+            let unlink = MetaOpKind::Unlink(cairn_common::proto::Unlink {
+                parent: Ino::ROOT,
+                name: name.into(),
+            });
+            engine.submit(Caller::ROOT, unlink).await.unwrap();
+        }
+        assert!(engine.getattr(let_go).is_ok(), "an open orphan is kept");
+        assert_eq!(opens.renew(7, 2, &[held]), vec![let_go]);
+        let inos = vec![named, let_go, held];
+        engine
+            .submit(Caller::ROOT, MetaOpKind::Purge { inos })
+            .await
+            .unwrap();
+        assert!(matches!(engine.getattr(let_go), Err(FsError::NotFound)));
+        assert_eq!(engine.getattr(held).unwrap().nlink, 0);
+        assert_eq!(engine.getattr(named).unwrap().nlink, 1);
+        assert_eq!(engine.orphans().unwrap(), vec![held]);
+        // Nothing was left marked as being purged: both can be opened.
+        assert!(opens.claim(8, named, 1) && opens.claim(8, held, 1));
     }
 }

@@ -624,21 +624,20 @@ impl Namenode {
             return;
         }
         let nn = self.clone();
-        tokio::spawn(async move {
-            for ino in inos {
-                nn.purge(ino).await;
-            }
-        });
+        tokio::spawn(async move { nn.purge(inos).await });
     }
 
-    async fn purge(&self, ino: cairn_common::Ino) {
+    /// One op for all of `inos`: a renewal lets go of every file closed since the last one,
+    /// and the writer need not wake for each.
+    async fn purge(&self, inos: Vec<cairn_common::Ino>) {
+        let files = inos.len();
         match self
             .engine
-            .submit(Caller::ROOT, MetaOpKind::Purge { ino })
+            .submit(Caller::ROOT, MetaOpKind::Purge { inos })
             .await
         {
             Ok(_) => {}
-            Err(e) => warn!(%ino, "freeing a file with no name left failed: {e}"),
+            Err(e) => warn!(files, "freeing files with no name left failed: {e}"),
         }
     }
 
@@ -834,10 +833,12 @@ async fn reap_orphans(nn: Arc<Namenode>, shutdown: CancellationToken) {
         last_sweep = Some(tokio::time::Instant::now());
         match nn.engine.orphans() {
             Ok(orphans) => {
-                for ino in orphans {
-                    if !nn.opens.is_open(ino) {
-                        nn.purge(ino).await;
-                    }
+                let free: Vec<_> = orphans
+                    .into_iter()
+                    .filter(|ino| !nn.opens.is_open(*ino))
+                    .collect();
+                if !free.is_empty() {
+                    nn.purge(free).await;
                 }
             }
             Err(e) => warn!("listing files with no name left failed: {e}"),

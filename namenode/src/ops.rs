@@ -54,10 +54,10 @@ pub enum MetaOpKind {
     SetReplication(SetReplication),
     CommitSlices(CommitSlices),
     Accessed(Accessed),
-    /// Frees an orphan (a file whose last name is gone) once nobody has it open. The engine
-    /// decides when; applying it to anything but an orphan does nothing.
+    /// Frees those of `inos` that are orphans (files whose last name is gone) once nobody has
+    /// them open. The engine decides when; it does nothing to a file that is not an orphan.
     Purge {
-        ino: Ino,
+        inos: Vec<Ino>,
     },
     /// Condemns unreferenced blocks as garbage: their records go and tombstones come. The
     /// engine decides which of `blocks` are still due (see `gc.rs`); a referenced block is
@@ -232,8 +232,10 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             Ok(MetaReply::Attr(rec.attr))
         }
         MetaOpKind::CommitSlices(c) => commit_slices(txn, c, now),
-        MetaOpKind::Purge { ino } => {
-            purge(txn, *ino)?;
+        MetaOpKind::Purge { inos } => {
+            for ino in inos {
+                purge(txn, *ino)?;
+            }
             Ok(MetaReply::Done)
         }
         MetaOpKind::SetTrash { retention_secs } => {
@@ -281,13 +283,17 @@ pub fn condemn(txn: &mut Txn<'_>, block: &BlockId) -> FsResult<()> {
     Ok(())
 }
 
+/// Whether `ino` is an orphan: a file whose last name is gone, waiting for its last close.
+pub fn is_orphan(txn: &Txn<'_>, ino: Ino) -> FsResult<bool> {
+    Ok(txn.get_raw(Cf::Meta, &keys::orphan(ino))?.is_some())
+}
+
 /// Frees orphan `ino` (see [`MetaOpKind::Purge`]).
 pub fn purge(txn: &mut Txn<'_>, ino: Ino) -> FsResult<()> {
-    let key = keys::orphan(ino);
-    if txn.get_raw(Cf::Meta, &key)?.is_none() {
+    if !is_orphan(txn, ino)? {
         return Ok(());
     }
-    txn.delete(Cf::Meta, key);
+    txn.delete(Cf::Meta, keys::orphan(ino));
     match txn.inode(ino)? {
         Some(rec) if rec.attr.nlink == 0 => free_inode(txn, rec),
         _ => Ok(()),
