@@ -23,16 +23,16 @@
 //! create (of a name that is not there) needs no call — for less than the TTL since the
 //! last count seen, as with the kernel's own negative entries.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_common::attr::{FileKind, InodeAttr};
-use cairn_common::proto::ChangedDir;
+use cairn_common::proto::{Change, ChangedDir};
 use cairn_common::Ino;
 
 /// More inodes than this and the memory starts afresh.
-const MAX_INODES: usize = 4096;
+const MAX_INODES: usize = 65_536;
 /// Names known in all directories; a directory that would pass it is no longer followed.
 const MAX_NAMES: usize = 200_000;
 
@@ -58,13 +58,36 @@ struct State {
     seq: u64,
     listings: HashMap<Ino, Listing>,
     names: usize,
+    /// When the current position in the namenode's change feed was taken: what was kept
+    /// before may have changed earlier, unseen.
+    feed_from: Option<Instant>,
+    /// When the last complete read of the feed was asked for: nothing kept since
+    /// `feed_from` was changed by anyone else before then, or it would have been forgotten.
+    synced: Option<Instant>,
+}
+
+impl State {
+    /// How long ago what was kept at `at` was last known to be true.
+    fn age(&self, at: Instant) -> Duration {
+        match (self.feed_from, self.synced) {
+            (Some(from), Some(synced)) if from < at && at < synced => synced.elapsed(),
+            _ => at.elapsed(),
+        }
+    }
+
+    fn drop_listing(&mut self, dir: Ino) {
+        if let Some(old) = self.listings.remove(&dir) {
+            self.names -= old.names.len();
+        }
+    }
 }
 
 /// Every name in a directory, as of its `version`-th change in namenode run `epoch`.
 struct Listing {
     epoch: u64,
     version: u64,
-    names: HashSet<Vec<u8>>,
+    /// Each name, with the inode it names when this client learnt it.
+    names: HashMap<Vec<u8>, Option<Ino>>,
     /// When the namenode last confirmed the count.
     at: Instant,
 }
@@ -147,6 +170,28 @@ impl FreshAttrs {
         }
     }
 
+    /// The attributes a change begun at `seq` answered with, kept only if nothing else was
+    /// forgotten since (another change under way could have come after it at the namenode);
+    /// else forgotten.
+    pub fn record_alone(&self, seq: u64, attr: InodeAttr) {
+        let mut s = self.state();
+        if s.seq != seq {
+            s.seq += 1;
+            s.inodes.remove(&attr.ino);
+            return;
+        }
+        if s.inodes.len() >= MAX_INODES {
+            s.inodes.clear();
+        }
+        let fresh = Fresh {
+            attr,
+            at: Instant::now(),
+            bare: false,
+            version: None,
+        };
+        s.inodes.insert(fresh.attr.ino, fresh);
+    }
+
     /// `ino`'s attributes are changing some other way: forget them, and drop the answers of
     /// calls still under way.
     pub fn forget(&self, ino: Ino) {
@@ -158,10 +203,54 @@ impl FreshAttrs {
     /// A change of `dir`'s entries went unanswered: forget its attributes and its names.
     pub fn unknown_change(&self, dir: Ino) {
         self.forget(dir);
-        let mut s = self.state();
-        if let Some(old) = s.listings.remove(&dir) {
-            s.names -= old.names.len();
+        self.state().drop_listing(dir);
+    }
+
+    /// Other clients' changes, read from the namenode's change feed.
+    pub fn others_changed(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
         }
+        let mut s = self.state();
+        s.seq += 1;
+        for change in changes {
+            match change {
+                Change::Inode(ino) => {
+                    s.inodes.remove(ino);
+                }
+                Change::Entries(dir) => s.drop_listing(*dir),
+            }
+        }
+    }
+
+    /// The change feed was read to its end; the read was asked for at `asked`.
+    pub fn synced(&self, asked: Instant) {
+        self.state().synced = Some(asked);
+    }
+
+    /// A new position in the change feed (the first, or after a namenode restart or
+    /// falling behind): what was kept before is trusted only for its TTL, and answers to
+    /// calls begun before are not kept.
+    pub fn feed_restarted(&self) {
+        let mut s = self.state();
+        s.seq += 1;
+        s.feed_from = Some(Instant::now());
+        s.synced = None;
+    }
+
+    /// The inodes `names` (directory, name) point at, if this client knows them all; a
+    /// name known to be absent points at none.
+    pub fn named(&self, names: &[(Ino, &[u8])]) -> Option<Vec<Ino>> {
+        let s = self.state();
+        let mut inos = Vec::new();
+        for (dir, name) in names {
+            match s.listings.get(dir)?.names.get(*name) {
+                Some(Some(ino)) => inos.push(*ino),
+                Some(None) => return None,
+                None => {}
+            }
+        }
+        Some(inos)
     }
 
     /// A change of entries may have changed files it does not name: forget every file.
@@ -174,22 +263,26 @@ impl FreshAttrs {
     fn fresh(&self, ino: Ino, within: Duration) -> Option<(InodeAttr, Duration, bool)> {
         let s = self.state();
         let f = s.inodes.get(&ino)?;
-        let age = f.at.elapsed();
+        let age = s.age(f.at);
         (age < within).then(|| (f.attr.clone(), age, f.bare))
     }
 
     /// Follows the names of the directories a change of this client answered with: `edits`
-    /// is what it did to each (by inode); a directory it made has none.
-    pub fn entries_changed(&self, dirs: &[ChangedDir], edits: &[(Ino, Edit<'_>)]) {
+    /// is what it did to each (by inode), `added` the inode a name it added points at; a
+    /// directory it made has none.
+    pub fn entries_changed(
+        &self,
+        dirs: &[ChangedDir],
+        edits: &[(Ino, Edit<'_>)],
+        added: Option<Ino>,
+    ) {
         let mut guard = self.state();
         let s: &mut State = &mut guard;
         let now = Instant::now();
         // A directory changed but not answered for (gone meanwhile): no longer followed.
         for (ino, _) in edits {
             if !dirs.iter().any(|d| d.attr.ino == *ino) {
-                if let Some(old) = s.listings.remove(ino) {
-                    s.names -= old.names.len();
-                }
+                s.drop_listing(*ino);
             }
         }
         for dir in dirs {
@@ -205,7 +298,7 @@ impl FreshAttrs {
                     let listing = Listing {
                         epoch: dir.epoch,
                         version: 0,
-                        names: HashSet::new(),
+                        names: HashMap::new(),
                         at: now,
                     };
                     if let Some(old) = s.listings.insert(ino, listing) {
@@ -225,10 +318,14 @@ impl FreshAttrs {
             if follows && dir.version == listing.version + 1 {
                 for e in mine {
                     match e {
-                        Edit::Add(name) => listing.names.insert(name.to_vec()),
-                        Edit::Remove(name) => listing.names.remove(name),
-                        Edit::Same | Edit::Nothing => false,
-                    };
+                        Edit::Add(name) => {
+                            listing.names.insert(name.to_vec(), added);
+                        }
+                        Edit::Remove(name) => {
+                            listing.names.remove(name);
+                        }
+                        Edit::Same | Edit::Nothing => {}
+                    }
                 }
                 listing.version = dir.version;
             }
@@ -248,8 +345,19 @@ impl FreshAttrs {
     pub fn absent(&self, dir: Ino, name: &[u8], within: Duration) -> Option<Duration> {
         let s = self.state();
         let listing = s.listings.get(&dir)?;
-        let age = listing.at.elapsed();
-        (age < within && !listing.names.contains(name)).then_some(age)
+        let age = s.age(listing.at);
+        (age < within && !listing.names.contains_key(name)).then_some(age)
+    }
+
+    /// What `name` in `dir` names, if the namenode confirmed both the name and the
+    /// attributes less than `within` ago. With how long ago (the older of the two).
+    pub fn entry(&self, dir: Ino, name: &[u8], within: Duration) -> Option<(InodeAttr, Duration)> {
+        let s = self.state();
+        let listing = s.listings.get(&dir)?;
+        let ino = (*listing.names.get(name)?)?;
+        let f = s.inodes.get(&ino)?;
+        let age = s.age(listing.at).max(s.age(f.at));
+        (age < within).then(|| (f.attr.clone(), age))
     }
 
     /// `ino`'s attributes if recorded less than `within` ago, with how long ago.
@@ -345,52 +453,54 @@ mod tests {
         fresh.entries_changed(
             &[changed(1, 5, 7), changed(9, 0, 7)],
             &[(parent, Edit::Add(b"d"))],
+            None,
         );
         assert!(
             fresh.absent(parent, b"x", SEC).is_none(),
             "parent never known"
         );
         assert!(fresh.absent(made, b"a", SEC).is_some());
-        fresh.entries_changed(&[changed(9, 1, 7)], &[(made, Edit::Add(b"a"))]);
+        fresh.entries_changed(&[changed(9, 1, 7)], &[(made, Edit::Add(b"a"))], None);
         assert!(fresh.absent(made, b"a", SEC).is_none());
         assert!(fresh.absent(made, b"b", SEC).is_some());
         // A rename within it: one change, a name out and one in.
         fresh.entries_changed(
             &[changed(9, 2, 7)],
             &[(made, Edit::Remove(b"a")), (made, Edit::Add(b"c"))],
+            None,
         );
         assert!(fresh.absent(made, b"a", SEC).is_some());
         assert!(fresh.absent(made, b"c", SEC).is_none());
         // A create that found the file there: nothing changed, still followed.
-        fresh.entries_changed(&[changed(9, 2, 7)], &[(made, Edit::Nothing)]);
+        fresh.entries_changed(&[changed(9, 2, 7)], &[(made, Edit::Nothing)], None);
         assert!(fresh.absent(made, b"b", SEC).is_some());
         // ... unless the count moved: that was somebody else.
         let other = FreshAttrs::default();
-        other.entries_changed(&[changed(9, 0, 7)], &[]);
-        other.entries_changed(&[changed(9, 1, 7)], &[(made, Edit::Nothing)]);
+        other.entries_changed(&[changed(9, 0, 7)], &[], None);
+        other.entries_changed(&[changed(9, 1, 7)], &[(made, Edit::Nothing)], None);
         assert!(other.absent(made, b"b", SEC).is_none());
         // Somebody else's change came between: no longer followed.
-        fresh.entries_changed(&[changed(9, 4, 7)], &[(made, Edit::Add(b"e"))]);
+        fresh.entries_changed(&[changed(9, 4, 7)], &[(made, Edit::Add(b"e"))], None);
         assert!(fresh.absent(made, b"b", SEC).is_none());
         // Nor is one a change did not answer for.
-        fresh.entries_changed(&[changed(12, 0, 7)], &[]);
-        fresh.entries_changed(&[], &[(Ino(12), Edit::Add(b"a"))]);
+        fresh.entries_changed(&[changed(12, 0, 7)], &[], None);
+        fresh.entries_changed(&[], &[(Ino(12), Edit::Add(b"a"))], None);
         assert!(fresh.absent(Ino(12), b"b", SEC).is_none());
     }
 
     #[test]
     fn a_namenode_restart_or_a_made_directory_not_at_zero_is_not_followed() {
         let fresh = FreshAttrs::default();
-        fresh.entries_changed(&[changed(9, 0, 7)], &[]);
-        fresh.entries_changed(&[changed(9, 1, 8)], &[(Ino(9), Edit::Add(b"a"))]);
+        fresh.entries_changed(&[changed(9, 0, 7)], &[], None);
+        fresh.entries_changed(&[changed(9, 1, 8)], &[(Ino(9), Edit::Add(b"a"))], None);
         assert!(
             fresh.absent(Ino(9), b"b", SEC).is_none(),
             "another run's counts"
         );
         // Made, then changed by someone else before the answer was read.
-        fresh.entries_changed(&[changed(10, 1, 7)], &[]);
+        fresh.entries_changed(&[changed(10, 1, 7)], &[], None);
         assert!(fresh.absent(Ino(10), b"b", SEC).is_none());
-        fresh.entries_changed(&[changed(11, 0, 7)], &[]);
+        fresh.entries_changed(&[changed(11, 0, 7)], &[], None);
         std::thread::sleep(Duration::from_millis(20));
         assert!(fresh
             .absent(Ino(11), b"b", Duration::from_millis(10))
@@ -416,5 +526,75 @@ mod tests {
             fresh.get(Ino(2), SEC).is_some(),
             "directories answered for themselves"
         );
+    }
+
+    #[test]
+    fn the_change_feed_keeps_what_nobody_else_changed_true_for_longer() {
+        let fresh = FreshAttrs::default();
+        let short = Duration::from_millis(30);
+        let dir = Ino(9);
+        fresh.feed_restarted();
+        fresh.entries_changed(&[changed(9, 0, 7)], &[], None);
+        fresh.record_new(fresh.begin(), attr(20, FileKind::File, 0));
+        fresh.entries_changed(
+            &[changed(9, 1, 7)],
+            &[(dir, Edit::Add(b"a"))],
+            Some(Ino(20)),
+        );
+        assert_eq!(fresh.entry(dir, b"a", short).unwrap().0.ino, Ino(20));
+        assert_eq!(
+            fresh.named(&[(dir, b"a"), (dir, b"absent")]),
+            Some(vec![Ino(20)])
+        );
+        assert_eq!(fresh.named(&[(Ino(10), b"a")]), None, "not followed");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            fresh.entry(dir, b"a", short).is_none(),
+            "aged, with no feed"
+        );
+        fresh.synced(Instant::now());
+        assert!(
+            fresh.entry(dir, b"a", short).is_some(),
+            "the feed says nobody changed them since"
+        );
+        assert!(fresh.absent(dir, b"b", short).is_some());
+        // Another client changed the file: forgotten; its name is still known.
+        fresh.others_changed(&[Change::Inode(Ino(20))]);
+        assert!(fresh.entry(dir, b"a", short).is_none());
+        assert!(fresh.absent(dir, b"b", short).is_some());
+        // ... the directory's entries: no longer followed.
+        fresh.others_changed(&[Change::Entries(dir)]);
+        assert!(fresh.absent(dir, b"b", short).is_none());
+        // The feed lost track: what was kept is trusted for its TTL only.
+        fresh.record(fresh.begin(), [attr(21, FileKind::File, 1)]);
+        std::thread::sleep(Duration::from_millis(40));
+        fresh.synced(Instant::now());
+        assert!(fresh.get(Ino(21), short).is_some());
+        fresh.feed_restarted();
+        assert!(fresh.get(Ino(21), short).is_none());
+        assert!(fresh.get(Ino(21), SEC).is_some());
+        // Nor is what was kept before the position in the feed was taken.
+        fresh.feed_restarted();
+        fresh.record(fresh.begin(), [attr(22, FileKind::File, 1)]);
+        std::thread::sleep(Duration::from_millis(40));
+        fresh.synced(Instant::now());
+        assert!(fresh.get(Ino(21), short).is_none());
+        assert!(fresh.get(Ino(22), short).is_some());
+    }
+
+    #[test]
+    fn an_attribute_change_keeps_its_answer_only_when_it_was_alone() {
+        let fresh = FreshAttrs::default();
+        fresh.forget(Ino(5));
+        fresh.record_alone(fresh.begin(), attr(5, FileKind::File, 3));
+        assert_eq!(fresh.get(Ino(5), SEC).unwrap().0.size, 3);
+        // Two under way at once may be applied in either order: neither answer is kept.
+        fresh.forget(Ino(5));
+        let first = fresh.begin();
+        fresh.forget(Ino(5));
+        let second = fresh.begin();
+        fresh.record_alone(first, attr(5, FileKind::File, 4));
+        fresh.record_alone(second, attr(5, FileKind::File, 5));
+        assert!(fresh.get(Ino(5), SEC).is_none());
     }
 }

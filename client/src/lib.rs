@@ -89,15 +89,45 @@ trait ChangedEntries {
     fn changed_entries(&self) -> bool {
         true
     }
+
+    /// The inode a name the change added points at, when the answer says.
+    fn added(&self) -> Option<Ino> {
+        None
+    }
 }
 
 impl ChangedEntries for () {}
 
-impl ChangedEntries for InodeAttr {}
+/// The attributes an answer to a change gives, if it does.
+pub(crate) trait AttrAnswer {
+    fn attr(&self) -> Option<&InodeAttr>;
+}
+
+impl AttrAnswer for () {
+    fn attr(&self) -> Option<&InodeAttr> {
+        None
+    }
+}
+
+impl AttrAnswer for InodeAttr {
+    fn attr(&self) -> Option<&InodeAttr> {
+        Some(self)
+    }
+}
+
+impl ChangedEntries for InodeAttr {
+    fn added(&self) -> Option<Ino> {
+        Some(self.ino)
+    }
+}
 
 impl ChangedEntries for CreateReply {
     fn changed_entries(&self) -> bool {
         self.created
+    }
+
+    fn added(&self) -> Option<Ino> {
+        Some(self.attr.ino)
     }
 }
 
@@ -252,10 +282,12 @@ impl Client {
             }
         };
         if reply.changed_entries() {
-            self.inner.fresh.entries_changed(&dirs, edits);
+            self.inner
+                .fresh
+                .entries_changed(&dirs, edits, reply.added());
         } else {
             let none: Vec<_> = edits.iter().map(|(d, _)| (*d, Edit::Nothing)).collect();
-            self.inner.fresh.entries_changed(&dirs, &none);
+            self.inner.fresh.entries_changed(&dirs, &none, None);
         }
         self.inner.fresh.record_dirs(seq, &dirs);
         Ok(reply)
@@ -263,32 +295,56 @@ impl Client {
 
     /// Sends a change of `ino`'s attributes other than through its entries. What this
     /// client kept of `ino` is forgotten, and so are the answers of entry changes under way
-    /// meanwhile: they may predate this one.
-    pub(crate) async fn change_attrs<R: Rpc<Service = proto::NamenodeRequest>>(
-        &self,
-        ino: Ino,
-        req: R,
-    ) -> FsResult<R::Response> {
-        self.inner.fresh.forget(ino);
+    /// meanwhile: they may predate this one. The attributes it answers with are kept, unless
+    /// another change was under way meanwhile.
+    pub(crate) async fn change_attrs<R>(&self, ino: Ino, req: R) -> FsResult<R::Response>
+    where
+        R: Rpc<Service = proto::NamenodeRequest>,
+        R::Response: AttrAnswer,
+    {
+        let fresh = &self.inner.fresh;
+        fresh.forget(ino);
+        let seq = fresh.begin();
         let res = self.namenode(req).await;
-        self.inner.fresh.forget(ino);
+        match res.as_ref().ok().and_then(AttrAnswer::attr) {
+            Some(attr) if attr.ino == ino => fresh.record_alone(seq, attr.clone()),
+            _ => fresh.forget(ino),
+        }
         res
     }
 
-    /// Sends a change of directory entries that may also change the files it reaches
-    /// (their `nlink` and `ctime`) without naming them.
+    /// Sends a change of directory entries that also changes the files it reaches (their
+    /// `nlink` and `ctime`): those `names` (directory, name) point at, and `inos`. What is
+    /// kept of them is forgotten — of every file, if this client does not know what the
+    /// names point at.
     async fn change_reaching_files<R, T: ChangedEntries>(
         &self,
         req: R,
         edits: &[(Ino, Edit<'_>)],
+        names: &[(Ino, &[u8])],
+        inos: &[Ino],
     ) -> FsResult<T>
     where
         R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
     {
-        self.inner.fresh.forget_files();
+        let fresh = &self.inner.fresh;
+        let reached = fresh.named(names);
+        let forget = || match &reached {
+            Some(named) => named.iter().chain(inos).for_each(|ino| fresh.forget(*ino)),
+            None => fresh.forget_files(),
+        };
+        forget();
         let res = self.change(req, edits).await;
-        self.inner.fresh.forget_files();
+        forget();
         res
+    }
+
+    /// Keeps what this client knows of the namespace true while it changes elsewhere: reads
+    /// the namenode's feed of other clients' changes several times a second and forgets
+    /// what they changed. Until this runs, what is kept is trusted for the TTL it is asked
+    /// about; with it, for that long after the last read of the feed.
+    pub fn follow_changes(&self) {
+        tokio::spawn(follow_changes(Arc::downgrade(&self.inner)));
     }
 
     /// Keeps what a create begun at `seq` answered: a new file has no extended attributes.
@@ -304,6 +360,17 @@ impl Client {
     /// changed), as the namenode confirmed less than `within` ago? With how long ago.
     pub fn known_absent(&self, dir: Ino, name: &[u8], within: Duration) -> Option<Duration> {
         self.inner.fresh.absent(dir, name, within)
+    }
+
+    /// What `name` in `dir` (a directory this client made and alone changed) names, with
+    /// its attributes, as the namenode confirmed less than `within` ago; with how long ago.
+    pub fn known_entry(
+        &self,
+        dir: Ino,
+        name: &[u8],
+        within: Duration,
+    ) -> Option<(InodeAttr, Duration)> {
+        self.inner.fresh.entry(dir, name, within)
     }
 
     /// `ino`'s attributes if an answer to this client's own calls gave them less than
@@ -446,6 +513,8 @@ impl Client {
                 name: name.to_vec(),
             },
             &[(parent, Edit::Remove(name))],
+            &[(parent, name)],
+            &[],
         )
         .await
     }
@@ -457,6 +526,8 @@ impl Client {
                 name: name.to_vec(),
             },
             &[(parent, Edit::Remove(name))],
+            &[(parent, name)],
+            &[],
         )
         .await
     }
@@ -485,6 +556,8 @@ impl Client {
                 mode,
             },
             &edits,
+            &[(parent, name), (new_parent, new_name)],
+            &[],
         )
         .await
     }
@@ -521,6 +594,8 @@ impl Client {
                 new_name: new_name.to_vec(),
             },
             &[(new_parent, Edit::Add(new_name))],
+            &[],
+            &[ino],
         )
         .await
     }
@@ -769,4 +844,47 @@ fn components(path: &str) -> FsResult<Vec<&str>> {
         out.push(part);
     }
     Ok(out)
+}
+
+/// How often a mount reads the namenode's change feed.
+const FEED_INTERVAL: Duration = Duration::from_millis(200);
+
+/// See [`Client::follow_changes`]. Ends when the client is dropped.
+async fn follow_changes(client: std::sync::Weak<Inner>) {
+    // (namenode run, next change to read); unknown until the first answer.
+    let mut at = (0, 0);
+    // The first read takes a position at once: nothing kept before it is vouched for.
+    let mut more = true;
+    loop {
+        if !more {
+            tokio::time::sleep(FEED_INTERVAL).await;
+        }
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let asked = std::time::Instant::now();
+        let req = proto::Changes {
+            epoch: at.0,
+            since: at.1,
+        };
+        let reply = match Client::from_inner(inner.clone()).namenode(req).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                // What is kept ages as if there were no feed until it is read again.
+                tracing::debug!("reading the namenode's change feed failed: {e}");
+                more = false;
+                continue;
+            }
+        };
+        if reply.complete {
+            inner.fresh.others_changed(&reply.changes);
+        } else {
+            inner.fresh.feed_restarted();
+        }
+        at = (reply.epoch, reply.next);
+        more = reply.more;
+        if reply.complete && !reply.more {
+            inner.fresh.synced(asked);
+        }
+    }
 }

@@ -81,6 +81,7 @@ service! {
         Restore(Restore) -> InodeAttr,
         ListTrash(ListTrash) -> Vec<TrashEntry>,
         SetAdminState(SetAdminState) -> DatanodeStatus,
+        Changes(Changes) -> ChangesReply,
     }
 }
 
@@ -201,6 +202,36 @@ pub struct ChangedDir {
     /// knows the directory's names as well as the namenode does.
     pub version: u64,
     pub epoch: u64,
+}
+
+/// The namespace's changes made through other connections since change `since` of namenode
+/// run `epoch`: what a mount must stop believing of what it and its kernel cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Changes {
+    pub epoch: u64,
+    pub since: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangesReply {
+    pub epoch: u64,
+    /// Where the next request continues.
+    pub next: u64,
+    /// Not every change up to now fitted in this answer: ask again at once.
+    pub more: bool,
+    /// False when the namenode no longer holds every change since `since` (another run, or
+    /// too far behind): everything cached is in doubt.
+    pub complete: bool,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Change {
+    /// An inode's attributes (or its data, or its removal).
+    Inode(Ino),
+    /// A directory's entries: a name added, removed or pointed elsewhere. Which name is
+    /// not said: the feed goes to every client, whatever it may read.
+    Entries(Ino),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -176,6 +176,10 @@ pub fn mount(
     opts: &MountOptions,
 ) -> std::io::Result<Mount> {
     let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let _runtime = rt.enter();
+        client.follow_changes();
+    }
     let files = FileTable::default();
     let releasing = Arc::new(AtomicU64::new(0));
     let fs = CairnFs {
@@ -577,6 +581,19 @@ impl Filesystem for CairnFs {
             {
                 return reply.entry(&(TTL - age), &absent_entry(), Generation(0));
             }
+        }
+        // There, it also knows what the names it made point at, for as long as the change
+        // feed says nobody else changed them.
+        let known = self.client.known_entry(Ino(parent.0), name.as_bytes(), TTL);
+        if let Some((attr, age)) = known {
+            let files = self.files_handle();
+            return self.run(
+                async move { Ok(with_pending(attr, &files).await) },
+                move |r| match r {
+                    Ok(a) => reply.entry(&(TTL - age), &file_attr(&a), Generation(0)),
+                    Err(e) => reply.error(errno(&e)),
+                },
+            );
         }
         let (client, name) = (self.client_for(req), name_of(name));
         let files = self.files_handle();

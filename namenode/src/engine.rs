@@ -13,6 +13,7 @@ use cairn_common::{BlockId, FsError, FsResult, Ino};
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
+use crate::feed::ChangeFeed;
 use crate::gc::Gc;
 use crate::keys::{self, META_INODE_COUNT};
 use crate::opens::OpenTable;
@@ -27,6 +28,8 @@ pub const MAX_READDIR_PAGE: u32 = 4096;
 struct Pending {
     op: MetaOp,
     reply: oneshot::Sender<FsResult<MetaReply>>,
+    /// The connection the op came through (0: the namenode's own), for the change feed.
+    origin: u64,
 }
 
 /// How many times each directory's entries changed since this namenode started: a client
@@ -74,6 +77,7 @@ impl DirVersions {
 pub struct MetaEngine {
     store: Arc<Store>,
     versions: Arc<DirVersions>,
+    feed: Arc<ChangeFeed>,
     queue: Option<mpsc::Sender<Pending>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -108,10 +112,12 @@ impl MetaEngine {
         let (tx, rx) = mpsc::channel();
         let writer_store = store.clone();
         let versions = Arc::new(DirVersions::new());
+        let feed = Arc::new(ChangeFeed::new(versions.epoch));
         let deciders = Deciders {
             opens,
             gc,
             versions: versions.clone(),
+            feed: feed.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("meta-writer".into())
@@ -119,6 +125,7 @@ impl MetaEngine {
         Ok(MetaEngine {
             store,
             versions,
+            feed,
             queue: Some(tx),
             writer: Some(writer),
         })
@@ -126,13 +133,24 @@ impl MetaEngine {
 
     /// Applies one op on behalf of `caller`; returns once it is durable.
     pub async fn submit(&self, caller: Caller, kind: MetaOpKind) -> FsResult<MetaReply> {
-        let rx = self.enqueue(caller, kind)?;
+        self.submit_from(0, caller, kind).await
+    }
+
+    /// [`MetaEngine::submit`] of an op a client sent through connection `origin`.
+    pub async fn submit_from(
+        &self,
+        origin: u64,
+        caller: Caller,
+        kind: MetaOpKind,
+    ) -> FsResult<MetaReply> {
+        let rx = self.enqueue(origin, caller, kind)?;
         rx.await
             .map_err(|_| FsError::io("metadata writer stopped"))?
     }
 
     fn enqueue(
         &self,
+        origin: u64,
         caller: Caller,
         kind: MetaOpKind,
     ) -> FsResult<oneshot::Receiver<FsResult<MetaReply>>> {
@@ -145,7 +163,11 @@ impl MetaEngine {
         self.queue
             .as_ref()
             .ok_or_else(|| FsError::io("metadata engine is shutting down"))?
-            .send(Pending { op, reply: tx })
+            .send(Pending {
+                op,
+                reply: tx,
+                origin,
+            })
             .map_err(|_| FsError::io("metadata writer stopped"))?;
         Ok(rx)
     }
@@ -153,6 +175,11 @@ impl MetaEngine {
     /// Changes of directory entries since this namenode started.
     pub fn versions(&self) -> &DirVersions {
         &self.versions
+    }
+
+    /// The namespace's recent changes.
+    pub fn feed(&self) -> &ChangeFeed {
+        &self.feed
     }
 
     pub fn getattr(&self, ino: Ino) -> FsResult<InodeAttr> {
@@ -368,6 +395,7 @@ struct Deciders {
     opens: Arc<OpenTable>,
     gc: Arc<Gc>,
     versions: Arc<DirVersions>,
+    feed: Arc<ChangeFeed>,
 }
 
 /// Decisions taken in one group, made good or undone by whether its write succeeds.
@@ -394,6 +422,7 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
         // are two changes.
         let mut dirs_changed = Vec::new();
         let mut removed = Vec::new();
+        let mut changes = Vec::new();
         for p in &group {
             txn.savepoint();
             let r = apply(&mut txn, &p.op, &deciders, &mut decided);
@@ -402,6 +431,8 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
             } else {
                 dirs_changed.extend(txn.dirs_changed());
                 removed.extend(txn.inodes_removed());
+                let answered = answered(&p.op.kind, r.as_ref().ok());
+                changes.push((p.origin, answered, txn.changes()));
             }
             results.push(r);
         }
@@ -411,7 +442,12 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
             store.commit(txn, sync)
         };
         match &written {
-            Ok(()) => deciders.versions.bump(&dirs_changed, &removed),
+            Ok(()) => {
+                deciders.versions.bump(&dirs_changed, &removed);
+                for (origin, answered, changes) in changes {
+                    deciders.feed.push(origin, &answered, changes);
+                }
+            }
             Err(e) => {
                 error!("metadata write of {} ops failed: {e}", group.len());
                 deciders.gc.abandon(&decided.condemned);
@@ -428,6 +464,36 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
             let _ = p.reply.send(r);
         }
     }
+}
+
+/// The inodes whose new state the answer to `kind` gives its client, or which its client
+/// forgets on its own (see the client's `fresh.rs`): the change feed need not tell it of
+/// their changes, nor of the entries of those directories. It is told of the rest (a file
+/// moved to the trash, a name another op of the same group replaced).
+fn answered(kind: &MetaOpKind, reply: Option<&MetaReply>) -> Vec<Ino> {
+    let mut inos = match kind {
+        MetaOpKind::Mkdir(r) => vec![r.parent],
+        MetaOpKind::Create(r) => vec![r.parent],
+        MetaOpKind::Mknod(r) => vec![r.parent],
+        MetaOpKind::Symlink(r) => vec![r.parent],
+        MetaOpKind::Link(r) => vec![r.new_parent],
+        MetaOpKind::Unlink(r) => vec![r.parent],
+        MetaOpKind::Rmdir(r) => vec![r.parent],
+        MetaOpKind::Rename(r) => vec![r.parent, r.new_parent],
+        MetaOpKind::SetAttr { ino, .. } => vec![*ino],
+        MetaOpKind::SetXattr(r) => vec![r.ino],
+        MetaOpKind::RemoveXattr(r) => vec![r.ino],
+        MetaOpKind::SetReplication(r) => vec![r.ino],
+        MetaOpKind::CommitSlices(r) => vec![r.ino],
+        MetaOpKind::Accessed(r) => vec![r.ino],
+        _ => Vec::new(),
+    };
+    match reply {
+        Some(MetaReply::Attr(a)) => inos.push(a.ino),
+        Some(MetaReply::Created(c)) => inos.push(c.attr.ino),
+        _ => {}
+    }
+    inos
 }
 
 /// Applies one op in the writer, with what only the writer may decide: whether an orphan is
@@ -530,7 +596,7 @@ mod tests {
         let queued: Vec<_> = (0..50)
             .map(|i| {
                 engine
-                    .enqueue(Caller::ROOT, create(a, &format!("f{i}")))
+                    .enqueue(0, Caller::ROOT, create(a, &format!("f{i}")))
                     .unwrap()
             })
             .collect();
@@ -575,6 +641,42 @@ mod tests {
         engine.submit(Caller::ROOT, rmdir).await.unwrap();
         assert_eq!(v.len(), held - 1);
         assert_eq!(v.get(Ino::ROOT), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_feed_tells_each_connection_what_its_answers_did_not() {
+        use cairn_common::proto::Change;
+        let dir = tempfile::tempdir().unwrap();
+        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
+        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
+        let engine = MetaEngine::open(dir.path(), 3, false, opens, gc).unwrap();
+        let epoch = engine.feed().epoch;
+        let file = match engine
+            .submit_from(3, Caller::ROOT, create(Ino::ROOT, "f"))
+            .await
+        {
+            Ok(MetaReply::Created(c)) => c.attr.ino,
+            other => panic!("{other:?}"),
+        };
+        let mut made = vec![
+            Change::Inode(Ino::ROOT),
+            Change::Inode(file),
+            Change::Entries(Ino::ROOT),
+        ];
+        made.sort_by_key(|c| format!("{c:?}"));
+        let mut seen = engine.feed().since(4, epoch, 0).changes;
+        seen.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(seen, made, "another connection hears of all of it");
+        let own = engine.feed().since(3, epoch, 0);
+        assert!(own.complete && own.changes.is_empty(), "{own:?}");
+        // An unlink's answer tells of the directory, not of the file it freed.
+        let unlink = MetaOpKind::Unlink(cairn_common::proto::Unlink {
+            parent: Ino::ROOT,
+            name: "f".into(),
+        });
+        engine.submit_from(3, Caller::ROOT, unlink).await.unwrap();
+        let own = engine.feed().since(3, epoch, own.next);
+        assert_eq!(own.changes, vec![Change::Inode(file)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

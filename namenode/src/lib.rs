@@ -6,6 +6,7 @@ pub mod balance;
 pub mod blockmap;
 pub mod config;
 pub mod engine;
+pub mod feed;
 pub mod gc;
 pub mod keys;
 pub mod locks;
@@ -131,24 +132,26 @@ pub async fn run(
 }
 
 impl Namenode {
-    async fn mutate(&self, caller: &Caller, kind: MetaOpKind) -> FsResult<MetaReply> {
-        self.engine.submit(caller.clone(), kind).await
+    async fn mutate(&self, who: &Who, kind: MetaOpKind) -> FsResult<MetaReply> {
+        self.engine
+            .submit_from(who.origin, who.caller.clone(), kind)
+            .await
     }
 
     async fn mutate_attr(
         &self,
-        caller: &Caller,
+        who: &Who,
         kind: MetaOpKind,
     ) -> FsResult<cairn_common::attr::InodeAttr> {
-        match self.mutate(caller, kind).await? {
+        match self.mutate(who, kind).await? {
             MetaReply::Attr(a) => Ok(a),
             MetaReply::Created(c) => Ok(c.attr),
             MetaReply::Done => Err(FsError::protocol("operation returned no attributes")),
         }
     }
 
-    async fn mutate_unit(&self, caller: &Caller, kind: MetaOpKind) -> FsResult<()> {
-        self.mutate(caller, kind).await.map(|_| ())
+    async fn mutate_unit(&self, who: &Who, kind: MetaOpKind) -> FsResult<()> {
+        self.mutate(who, kind).await.map(|_| ())
     }
 
     /// `res` of a change to the entries of `dirs`, with their attributes as they are now.
@@ -256,6 +259,12 @@ impl Namenode {
     }
 }
 
+/// Who asks for a change: the caller, and the connection it came through.
+struct Who {
+    caller: Caller,
+    origin: u64,
+}
+
 impl Service for Namenode {
     type Request = NamenodeEnvelope;
 
@@ -271,20 +280,25 @@ impl Service for Namenode {
     ) -> FsResult<()> {
         use NamenodeRequest as R;
         let NamenodeEnvelope { caller, req } = envelope;
+        let who = Who {
+            caller,
+            origin: peer.connection as u64,
+        };
+        let caller = &who.caller;
         match req {
             R::Lookup(r) => {
-                ex.respond(&self.engine.lookup(&caller, r.parent, &r.name))
+                ex.respond(&self.engine.lookup(caller, r.parent, &r.name))
                     .await
             }
             R::GetAttr(r) => ex.respond(&self.engine.getattr(r.ino)).await,
             R::Accessed(r) => {
-                let res = self.mutate_attr(&caller, MetaOpKind::Accessed(r)).await;
+                let res = self.mutate_attr(&who, MetaOpKind::Accessed(r)).await;
                 ex.respond(&res).await
             }
             R::SetAttrReq(r) => {
                 let res = self
                     .mutate_attr(
-                        &caller,
+                        &who,
                         MetaOpKind::SetAttr {
                             ino: r.ino,
                             set: r.set,
@@ -295,14 +309,14 @@ impl Service for Namenode {
             }
             R::Mkdir(r) => {
                 let parent = r.parent;
-                let res = self.mutate_attr(&caller, MetaOpKind::Mkdir(r)).await;
+                let res = self.mutate_attr(&who, MetaOpKind::Mkdir(r)).await;
                 // The new directory too: at version 0 it is known to be empty.
                 let new = res.as_ref().map(|a| a.ino).unwrap_or(parent);
                 ex.respond(&self.changed(res, &[parent, new])).await
             }
             R::Create(r) => {
                 let parent = r.parent;
-                let res = match self.mutate(&caller, MetaOpKind::Create(r)).await {
+                let res = match self.mutate(&who, MetaOpKind::Create(r)).await {
                     Ok(MetaReply::Created(c)) => Ok(c),
                     Ok(MetaReply::Attr(attr)) => Ok(CreateReply {
                         attr,
@@ -315,65 +329,61 @@ impl Service for Namenode {
             }
             R::Mknod(r) => {
                 let parent = r.parent;
-                let res = self.mutate_attr(&caller, MetaOpKind::Mknod(r)).await;
+                let res = self.mutate_attr(&who, MetaOpKind::Mknod(r)).await;
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::Unlink(r) => {
                 let parent = r.parent;
-                let res = self.mutate_unit(&caller, MetaOpKind::Unlink(r)).await;
+                let res = self.mutate_unit(&who, MetaOpKind::Unlink(r)).await;
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::Rmdir(r) => {
                 let parent = r.parent;
-                let res = self.mutate_unit(&caller, MetaOpKind::Rmdir(r)).await;
+                let res = self.mutate_unit(&who, MetaOpKind::Rmdir(r)).await;
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::Rename(r) => {
                 let dirs = [r.parent, r.new_parent];
-                let res = self.mutate_unit(&caller, MetaOpKind::Rename(r)).await;
+                let res = self.mutate_unit(&who, MetaOpKind::Rename(r)).await;
                 ex.respond(&self.changed(res, &dirs)).await
             }
             R::Symlink(r) => {
                 let parent = r.parent;
-                let res = self.mutate_attr(&caller, MetaOpKind::Symlink(r)).await;
+                let res = self.mutate_attr(&who, MetaOpKind::Symlink(r)).await;
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::Readlink(r) => ex.respond(&self.engine.readlink(r.ino)).await,
             R::Link(r) => {
                 let parent = r.new_parent;
-                let res = self.mutate_attr(&caller, MetaOpKind::Link(r)).await;
+                let res = self.mutate_attr(&who, MetaOpKind::Link(r)).await;
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::ReadDir(r) => {
                 let res = self
                     .engine
-                    .readdir(&caller, r.ino, r.after.as_deref(), r.limit, r.attrs);
+                    .readdir(caller, r.ino, r.after.as_deref(), r.limit, r.attrs);
                 ex.respond(&res).await
             }
             R::StatFs(_) => ex.respond(&self.statfs()).await,
             R::SetXattr(r) => {
-                ex.respond(&self.mutate_unit(&caller, MetaOpKind::SetXattr(r)).await)
+                ex.respond(&self.mutate_unit(&who, MetaOpKind::SetXattr(r)).await)
                     .await
             }
             R::GetXattr(r) => ex.respond(&self.engine.get_xattr(r.ino, &r.name)).await,
             R::ListXattr(r) => ex.respond(&self.engine.list_xattr(r.ino)).await,
             R::RemoveXattr(r) => {
-                ex.respond(&self.mutate_unit(&caller, MetaOpKind::RemoveXattr(r)).await)
+                ex.respond(&self.mutate_unit(&who, MetaOpKind::RemoveXattr(r)).await)
                     .await
             }
             R::SetReplication(r) => {
-                ex.respond(
-                    &self
-                        .mutate_attr(&caller, MetaOpKind::SetReplication(r))
-                        .await,
-                )
-                .await
+                ex.respond(&self.mutate_attr(&who, MetaOpKind::SetReplication(r)).await)
+                    .await
             }
             R::ReadChunks(r) => ex.respond(&self.read_chunks(r.ino, r.first, r.count)).await,
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
             R::CommitSlices(r) => {
                 let res = match self.check_stored(&r) {
-                    Ok(()) => self.mutate_attr(&caller, MetaOpKind::CommitSlices(r)).await,
+                    Ok(()) => self.mutate_attr(&who, MetaOpKind::CommitSlices(r)).await,
                     Err(e) => Err(e),
                 };
                 ex.respond(&res).await
@@ -486,10 +496,10 @@ impl Service for Namenode {
                 };
                 ex.respond(&res).await
             }
-            R::SetAdminState(r) => ex.respond(&self.set_admin_state(&caller, r).await).await,
-            R::ListTrash(r) => ex.respond(&self.list_trash(&caller, r.all)).await,
+            R::SetAdminState(r) => ex.respond(&self.set_admin_state(&who, r).await).await,
+            R::ListTrash(r) => ex.respond(&self.list_trash(caller, r.all)).await,
             R::Restore(r) => {
-                ex.respond(&self.mutate_attr(&caller, MetaOpKind::Restore(r)).await)
+                ex.respond(&self.mutate_attr(&who, MetaOpKind::Restore(r)).await)
                     .await
             }
             R::Balance(r) => {
@@ -515,6 +525,11 @@ impl Service for Namenode {
                 };
                 let res = res.map(|()| self.repair.balancer(r.action, &self.blocks));
                 ex.respond(&res).await
+            }
+            R::Changes(r) => {
+                let feed = self.engine.feed();
+                ex.respond(&Ok(feed.since(who.origin, r.epoch, r.since)))
+                    .await
             }
             R::KeepOpen(r) => {
                 let released = self.opens.renew(r.session, r.gen, &r.open);
@@ -598,10 +613,10 @@ impl Namenode {
     /// that it outlives a namenode restart.
     async fn set_admin_state(
         &self,
-        caller: &Caller,
+        who: &Who,
         r: cairn_common::proto::SetAdminState,
     ) -> FsResult<cairn_common::proto::DatanodeStatus> {
-        if caller.uid != 0 {
+        if who.caller.uid != 0 {
             return Err(FsError::NotPermitted);
         }
         let id = self
@@ -612,7 +627,7 @@ impl Namenode {
             node: id,
             state: r.state,
         };
-        self.mutate(caller, op).await?;
+        self.mutate(who, op).await?;
         self.blocks.set_admin_of(id, r.state);
         info!(datanode = %r.node, state = %r.state, "set by an operator");
         self.blocks.status_of(id).ok_or(FsError::NotFound)

@@ -347,6 +347,28 @@ impl Txn<'_> {
         inos
     }
 
+    /// The inodes and entries the current operation wrote, for the change feed.
+    pub fn changes(&self) -> Vec<cairn_common::proto::Change> {
+        use cairn_common::proto::Change;
+        let mut changes: Vec<Change> = self
+            .undo
+            .iter()
+            .filter_map(|((cf, key), _)| match cf {
+                Cf::Inodes => Some(Change::Inode(Ino(u64::from_be_bytes(
+                    key.as_slice().try_into().ok()?,
+                )))),
+                Cf::Dentries if key.len() > 8 => Some(Change::Entries(Ino(u64::from_be_bytes(
+                    key[..8].try_into().ok()?,
+                )))),
+                _ => None,
+            })
+            .collect();
+        // An op may write one record twice, or several names of one directory.
+        let mut seen = std::collections::HashSet::new();
+        changes.retain(|c| seen.insert(c.clone()));
+        changes
+    }
+
     /// The files the current operation orphaned.
     pub fn take_orphans(&mut self) -> Vec<Ino> {
         std::mem::take(&mut self.orphaned)

@@ -220,6 +220,76 @@ async fn names_absent_from_a_directory_this_mount_made_are_known_without_asking(
     cluster.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_this_mount_keeps_past_the_ttl_follows_the_other_mounts_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    with_two_mounts(&cluster, move |a, b| {
+        // A TTL for the kernel, then what this mount answers it from its own knowledge
+        // (kept past the TTL while the change feed says nobody changed it), then another
+        // mount's change and a TTL for it to show.
+        let past_ttl = || std::thread::sleep(Duration::from_millis(1500));
+        let within_ttl = || std::thread::sleep(Duration::from_millis(1100));
+        // What a mount keeps before it has a position in the feed is not vouched for.
+        std::thread::sleep(Duration::from_millis(300));
+        let d = a.join("kept");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("f"), b"one").unwrap();
+        fs::write(d.join("g"), b"gg").unwrap();
+        fs::set_permissions(d.join("f"), fs::Permissions::from_mode(0o644)).unwrap();
+        let f_ino = fs::metadata(d.join("f")).unwrap().ino();
+        past_ttl();
+        assert_eq!(fs::metadata(d.join("f")).unwrap().mode() & 0o777, 0o644);
+
+        tracing::info!("--- another mount's chmod and write");
+        fs::set_permissions(b.join("kept/f"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(b.join("kept/g"), b"longer").unwrap();
+        within_ttl();
+        assert_eq!(fs::metadata(d.join("f")).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(d.join("g")).unwrap().len(), 6);
+        assert_eq!(fs::read(d.join("g")).unwrap(), b"longer");
+
+        tracing::info!("--- another mount's rename over a name this mount made");
+        past_ttl();
+        assert_eq!(fs::metadata(d.join("f")).unwrap().ino(), f_ino);
+        fs::rename(b.join("kept/g"), b.join("kept/f")).unwrap();
+        within_ttl();
+        assert_ne!(fs::metadata(d.join("f")).unwrap().ino(), f_ino);
+        assert_eq!(fs::read(d.join("f")).unwrap(), b"longer");
+        assert_eq!(errno_of(fs::metadata(d.join("g"))), libc::ENOENT);
+
+        tracing::info!("--- this mount's own link and unlink show at once");
+        fs::hard_link(d.join("f"), d.join("h")).unwrap();
+        assert_eq!(fs::metadata(d.join("f")).unwrap().nlink(), 2);
+        fs::remove_file(d.join("f")).unwrap();
+        assert_eq!(fs::metadata(d.join("h")).unwrap().nlink(), 1);
+        // The other name in a directory this mount does not follow.
+        fs::write(b.join("elsewhere"), b"e").unwrap();
+        within_ttl();
+        fs::hard_link(a.join("elsewhere"), d.join("e")).unwrap();
+        assert_eq!(fs::metadata(a.join("elsewhere")).unwrap().nlink(), 2);
+        fs::remove_file(a.join("elsewhere")).unwrap();
+        assert_eq!(fs::metadata(d.join("e")).unwrap().nlink(), 1);
+
+        tracing::info!("--- ... and still past the TTL, when this mount answers");
+        // (In a directory nobody else changed: this mount follows its names.)
+        let own = a.join("own");
+        fs::create_dir(&own).unwrap();
+        fs::write(own.join("p"), b"p").unwrap();
+        fs::hard_link(own.join("p"), own.join("q")).unwrap();
+        within_ttl();
+        assert_eq!(fs::metadata(own.join("q")).unwrap().nlink(), 2);
+        // Opening keeps the attributes the namenode answers with (nlink 2).
+        assert_eq!(fs::read(own.join("p")).unwrap(), b"p");
+        fs::remove_file(own.join("q")).unwrap();
+        assert_eq!(fs::metadata(own.join("p")).unwrap().nlink(), 1);
+        within_ttl();
+        assert_eq!(fs::metadata(own.join("p")).unwrap().nlink(), 1);
+    })
+    .await;
+    cluster.stop().await.unwrap();
+}
+
 /// Runs a shell command line, panicking with its output if it fails; returns its stdout.
 fn sh(cmd: &str) -> String {
     let out = std::process::Command::new("sh")
