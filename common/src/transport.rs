@@ -468,6 +468,9 @@ pub async fn read_body_exact(recv: &mut RecvStream, len: usize) -> FsResult<Vec<
     }
 }
 
+/// The next connection's `Peer::serial`.
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Who is on the other end of a connection, from its certificate.
 #[derive(Clone, Debug)]
 pub struct Peer {
@@ -476,6 +479,9 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Identifies the connection among all this endpoint has open.
     pub connection: usize,
+    /// Identifies the connection among all this process ever accepted (never 0, never
+    /// reused, unlike `connection`).
+    pub serial: u64,
 }
 
 impl Peer {
@@ -572,6 +578,7 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: Ca
                 name: peer.1,
                 addr: remote,
                 connection: conn.stable_id(),
+                serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             });
             let span = tracing::debug_span!("conn", peer = %peer.name, role = %peer.role, %remote);
             serve_connection(conn, service.clone(), peer.clone(), shutdown)

@@ -282,7 +282,7 @@ impl Service for Namenode {
         let NamenodeEnvelope { caller, req } = envelope;
         let who = Who {
             caller,
-            origin: peer.connection as u64,
+            origin: peer.serial,
         };
         let caller = &who.caller;
         match req {

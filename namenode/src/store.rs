@@ -357,6 +357,11 @@ impl Txn<'_> {
                 Cf::Inodes => Some(Change::Inode(Ino(u64::from_be_bytes(
                     key.as_slice().try_into().ok()?,
                 )))),
+                // Ops that change these rewrite the inode too; a file's xattrs and data are
+                // its own all the same, whatever an op forgets.
+                Cf::Xattrs | Cf::Chunks if key.len() > 8 => Some(Change::Inode(Ino(
+                    u64::from_be_bytes(key[..8].try_into().ok()?),
+                ))),
                 Cf::Dentries if key.len() > 8 => Some(Change::Entries(Ino(u64::from_be_bytes(
                     key[..8].try_into().ok()?,
                 )))),
