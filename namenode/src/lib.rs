@@ -58,8 +58,7 @@ pub struct Namenode {
     safe_mode: safemode::SafeMode,
     /// Lock sessions seen on each client connection: when the connection ends, so do their
     /// locks, or a crashed mount would hold them for ever.
-    lock_sessions:
-        std::sync::Mutex<std::collections::HashMap<usize, std::collections::HashSet<u64>>>,
+    lock_sessions: std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<u64>>>,
 }
 
 /// Runs a namenode serving on `endpoint` until `shutdown` is cancelled.
@@ -409,7 +408,7 @@ impl Service for Namenode {
                 self.lock_sessions
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .entry(peer.connection)
+                    .entry(peer.serial)
                     .or_default()
                     .insert(r.owner.session);
                 ex.respond(&self.locks.set(r.ino, r.owner, r.range)).await
@@ -661,7 +660,7 @@ impl Namenode {
             .lock_sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&peer.connection);
+            .remove(&peer.serial);
         for session in sessions.into_iter().flatten() {
             let dropped = self.locks.release_session(session);
             if dropped > 0 {
