@@ -507,29 +507,29 @@ impl Client {
     }
 
     pub async fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.change_reaching_files(
-            proto::Unlink {
-                parent,
-                name: name.to_vec(),
-            },
-            &[(parent, Edit::Remove(name))],
-            &[(parent, name)],
-            &[],
-        )
-        .await
+        let req = proto::Unlink {
+            parent,
+            name: name.to_vec(),
+        };
+        self.remove_name(req, parent, name).await
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.change_reaching_files(
-            proto::Rmdir {
-                parent,
-                name: name.to_vec(),
-            },
-            &[(parent, Edit::Remove(name))],
-            &[(parent, name)],
-            &[],
-        )
-        .await
+        let req = proto::Rmdir {
+            parent,
+            name: name.to_vec(),
+        };
+        self.remove_name(req, parent, name).await
+    }
+
+    /// Sends `req`, which removes `name` from `parent` and so reaches what it named.
+    async fn remove_name<R>(&self, req: R, parent: Ino, name: &[u8]) -> FsResult<()>
+    where
+        R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<()>>,
+    {
+        let edits = [(parent, Edit::Remove(name))];
+        self.change_reaching_files(req, &edits, &[(parent, name)], &[])
+            .await
     }
 
     pub async fn rename(

@@ -76,11 +76,25 @@ async fn with_mount(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn files_and_directories_through_the_mount() {
+/// Runs `body` on a mount of a new three-datanode cluster, then stops the cluster.
+async fn on_a_mounted_cluster(body: impl FnOnce(&Path) + Send + 'static) {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 3).await;
-    with_mount(&cluster, |m| {
+    with_mount(&cluster, body).await;
+    cluster.stop().await.unwrap();
+}
+
+/// Runs `body` on two mounts of a new three-datanode cluster, then stops the cluster.
+async fn on_a_cluster_mounted_twice(body: impl FnOnce(&Path, &Path) + Send + 'static) {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    with_two_mounts(&cluster, body).await;
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_and_directories_through_the_mount() {
+    on_a_mounted_cluster(|m| {
         tracing::info!("--- a 20 MiB file written in odd pieces reads back whole");
         let data = random_bytes(20 << 20, 21);
         let mut f = fs::File::create(m.join("big")).unwrap();
@@ -162,14 +176,11 @@ async fn files_and_directories_through_the_mount() {
         fs::remove_file(m.join("big")).unwrap();
     })
     .await;
-    cluster.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_closed_on_one_mount_is_read_whole_on_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    with_two_mounts(&cluster, move |m, second_path| {
+    on_a_cluster_mounted_twice(move |m, second_path| {
         let data = random_bytes(9 << 20, 22);
         fs::write(m.join("shared"), &data).unwrap();
         assert!(fs::read(second_path.join("shared")).unwrap() == data);
@@ -178,14 +189,11 @@ async fn a_file_closed_on_one_mount_is_read_whole_on_another() {
         assert!(fs::read(second_path.join("shared")).unwrap() == more);
     })
     .await;
-    cluster.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn names_absent_from_a_directory_this_mount_made_are_known_without_asking() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    with_two_mounts(&cluster, move |a, b| {
+    on_a_cluster_mounted_twice(move |a, b| {
         let exists = |p: &Path| match fs::metadata(p) {
             Ok(_) => true,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
@@ -217,14 +225,11 @@ async fn names_absent_from_a_directory_this_mount_made_are_known_without_asking(
         );
     })
     .await;
-    cluster.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_this_mount_keeps_past_the_ttl_follows_the_other_mounts_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    with_two_mounts(&cluster, move |a, b| {
+    on_a_cluster_mounted_twice(move |a, b| {
         // A TTL for the kernel, then what this mount answers it from its own knowledge
         // (kept past the TTL while the change feed says nobody changed it), then another
         // mount's change and a TTL for it to show.
@@ -287,7 +292,6 @@ async fn what_this_mount_keeps_past_the_ttl_follows_the_other_mounts_changes() {
         assert_eq!(fs::metadata(own.join("p")).unwrap().nlink(), 1);
     })
     .await;
-    cluster.stop().await.unwrap();
 }
 
 /// Runs a shell command line, panicking with its output if it fails; returns its stdout.
@@ -685,9 +689,7 @@ async fn the_mount_reports_a_missing_namenode_and_recovers_when_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lock_taken_on_one_mount_blocks_the_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    with_two_mounts(&cluster, move |a, b| {
+    on_a_cluster_mounted_twice(move |a, b| {
         let (aa, bb) = (a.display(), b.display());
         fs::write(a.join("lockfile"), b"x").unwrap();
         for (kind, hold, try_) in [
@@ -735,14 +737,11 @@ async fn a_lock_taken_on_one_mount_blocks_the_other() {
         }
     })
     .await;
-    cluster.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mmap_sparse_files_append_and_timestamps() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    with_mount(&cluster, |m| {
+    on_a_mounted_cluster(|m| {
         let mm = m.display();
 
         tracing::info!("--- mmap: writes through a shared mapping reach the file, reads see it");
@@ -935,7 +934,6 @@ print(open(p, 'rb').read()[98:107])
         assert_eq!((got, buf[0]), (1, b'v'));
     })
     .await;
-    cluster.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1008,9 +1006,7 @@ async fn listing_ten_thousand_entries_while_more_are_added() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn listings_carry_attributes_and_symlink_loops_fail() {
     use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    with_mount(&cluster, |m| {
+    on_a_mounted_cluster(|m| {
         let expire = || std::thread::sleep(std::time::Duration::from_millis(1100));
         tracing::info!("--- every kind of entry is listed with the attributes stat gives");
         let d = m.join("kinds");
@@ -1111,7 +1107,6 @@ async fn listings_carry_attributes_and_symlink_loops_fail() {
         assert_eq!(errno_of(nofollow), libc::ELOOP);
     })
     .await;
-    cluster.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1217,9 +1212,7 @@ fn rename2(from: &Path, to: &Path, flags: u32) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn posix_conformance_of_renames_links_nodes_times_and_xattrs() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    with_mount(&cluster, |m| {
+    on_a_mounted_cluster(|m| {
         tracing::info!("--- rename: over a file, over directories, into its own subtree");
         fs::write(m.join("src"), b"source").unwrap();
         fs::write(m.join("dst"), b"target").unwrap();
@@ -1421,7 +1414,6 @@ async fn posix_conformance_of_renames_links_nodes_times_and_xattrs() {
         fs::File::open(m).unwrap().sync_all().unwrap();
     })
     .await;
-    cluster.stop().await.unwrap();
 }
 
 /// statvfs(3) of `p`.
