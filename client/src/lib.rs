@@ -262,7 +262,6 @@ impl Client {
         &self.inner.config
     }
 
-    /// Sends one request to the namenode.
     /// Sends a change of directory entries; keeps the directories it answers with.
     /// `edits` is what the change does to each directory's names.
     async fn change<R, T: ChangedEntries>(&self, req: R, edits: &[(Ino, Edit<'_>)]) -> FsResult<T>
@@ -386,6 +385,7 @@ impl Client {
         self.inner.fresh.bare(ino, within)
     }
 
+    /// Sends one request to the namenode.
     pub async fn namenode<R: Rpc<Service = proto::NamenodeRequest>>(
         &self,
         req: R,
