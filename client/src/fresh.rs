@@ -21,7 +21,11 @@
 //! empty, and while each change of this client moves the count by exactly one, the names
 //! it added and removed are all there are. So the lookup the kernel makes before every
 //! create (of a name that is not there) needs no call — for less than the TTL since the
-//! last count seen, as with the kernel's own negative entries.
+//! last count seen, as with the kernel's own negative entries. A directory this client
+//! listed whole (`ls`, the kernel's readdir) is followed the same way from the count the
+//! listing came with, unless something that may predate the listing came in while it was
+//! read: another client's change, or a change of this client's in a directory it does not
+//! follow (its count may not show in the listing's yet).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,6 +68,9 @@ struct State {
     /// When the last complete read of the feed was asked for: nothing kept since
     /// `feed_from` was changed by anyone else before then, or it would have been forgotten.
     synced: Option<Instant>,
+    /// Changes this client made to entries of directories it does not follow: a listing
+    /// read while one was under way may predate it.
+    unfollowed: u64,
 }
 
 impl State {
@@ -80,6 +87,13 @@ impl State {
             self.names -= old.names.len();
         }
     }
+}
+
+/// Where this client stood when it asked for a listing (see [`FreshAttrs::adopt`]).
+pub(crate) struct ListingStart {
+    pub seq: u64,
+    unfollowed: u64,
+    asked: Instant,
 }
 
 /// Every name in a directory, as of its `version`-th change in namenode run `epoch`.
@@ -308,6 +322,7 @@ impl FreshAttrs {
                 continue;
             }
             let Some(listing) = s.listings.get_mut(&ino) else {
+                s.unfollowed += 1;
                 continue;
             };
             let before = listing.names.len();
@@ -336,8 +351,49 @@ impl FreshAttrs {
                 // Someone else changed it (or it is too big to follow): ask from now on.
                 s.names -= after;
                 s.listings.remove(&ino);
+                s.unfollowed += 1;
             }
         }
+    }
+
+    /// Taken before reading a listing that may be adopted.
+    pub fn begin_listing(&self) -> ListingStart {
+        let s = self.state();
+        ListingStart {
+            seq: s.seq,
+            unfollowed: s.unfollowed,
+            asked: Instant::now(),
+        }
+    }
+
+    /// All of `dir`'s names as of its change count, read by a call begun at `start`: from
+    /// now on they are followed as those of a directory this client made, and the lookups
+    /// of names there need no call while nobody else changes it. Not when anything that
+    /// may predate the listing came in meanwhile: another client's change, a change of
+    /// this client's in a directory it does not follow.
+    pub fn adopt(&self, start: &ListingStart, dir: &ChangedDir, names: &[(&[u8], Ino)]) {
+        let mut guard = self.state();
+        let s: &mut State = &mut guard;
+        if s.seq != start.seq
+            || s.unfollowed != start.unfollowed
+            || dir.attr.kind != FileKind::Dir
+            || s.listings.contains_key(&dir.attr.ino)
+            || s.names + names.len() > MAX_NAMES
+        {
+            return;
+        }
+        let names: HashMap<Vec<u8>, Option<Ino>> = names
+            .iter()
+            .map(|(name, ino)| (name.to_vec(), Some(*ino)))
+            .collect();
+        s.names += names.len();
+        let listing = Listing {
+            epoch: dir.epoch,
+            version: dir.version,
+            names,
+            at: start.asked,
+        };
+        s.listings.insert(dir.attr.ino, listing);
     }
 
     /// Is `name` known to be absent from `dir`, as the namenode confirmed less than
@@ -486,6 +542,52 @@ mod tests {
         fresh.entries_changed(&[changed(12, 0, 7)], &[], None);
         fresh.entries_changed(&[], &[(Ino(12), Edit::Add(b"a"))], None);
         assert!(fresh.absent(Ino(12), b"b", SEC).is_none());
+    }
+
+    #[test]
+    fn a_directory_listed_whole_is_followed_unless_something_came_between() {
+        let fresh = FreshAttrs::default();
+        let listed = Ino(20);
+        let names: [(&[u8], Ino); 2] = [(b"a", Ino(21)), (b"b", Ino(22))];
+        let start = fresh.begin_listing();
+        fresh.record(start.seq, [attr(21, FileKind::File, 3)]);
+        fresh.adopt(&start, &changed(20, 6, 7), &names);
+        assert!(fresh.absent(listed, b"c", SEC).is_some());
+        assert!(fresh.absent(listed, b"a", SEC).is_none());
+        assert_eq!(fresh.entry(listed, b"a", SEC).unwrap().0.size, 3);
+        assert!(
+            fresh.entry(listed, b"b", SEC).is_none(),
+            "its attributes are not known"
+        );
+        // This client's next change moves the count by one: still followed.
+        fresh.entries_changed(&[changed(20, 7, 7)], &[(listed, Edit::Add(b"c"))], None);
+        assert!(fresh.absent(listed, b"c", SEC).is_none());
+        assert!(fresh.absent(listed, b"d", SEC).is_some());
+        // A listing whose count is behind what it holds: found out at the next change.
+        let behind = FreshAttrs::default();
+        let start = behind.begin_listing();
+        behind.adopt(&start, &changed(20, 5, 7), &names);
+        behind.entries_changed(&[changed(20, 7, 7)], &[(listed, Edit::Add(b"c"))], None);
+        assert!(behind.absent(listed, b"d", SEC).is_none());
+
+        // Another client's change read from the feed while the listing was read: it may
+        // hold the names from before, so it is not kept.
+        let raced = FreshAttrs::default();
+        let start = raced.begin_listing();
+        raced.others_changed(&[Change::Entries(listed)]);
+        raced.adopt(&start, &changed(20, 6, 7), &names);
+        assert!(raced.absent(listed, b"c", SEC).is_none());
+        // Nor when this client changed a directory it did not follow meanwhile: the
+        // listing may predate that change and its count not show it yet.
+        let start = raced.begin_listing();
+        raced.entries_changed(&[changed(20, 7, 7)], &[(listed, Edit::Add(b"c"))], None);
+        raced.adopt(&start, &changed(20, 6, 7), &names);
+        assert!(raced.absent(listed, b"c", SEC).is_none());
+        // Begun after it: kept.
+        let start = raced.begin_listing();
+        raced.adopt(&start, &changed(20, 7, 7), &[(b"c", Ino(23))]);
+        assert!(raced.absent(listed, b"a", SEC).is_some());
+        assert!(raced.absent(listed, b"c", SEC).is_none());
     }
 
     #[test]

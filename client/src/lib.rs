@@ -630,6 +630,37 @@ impl Client {
 
     async fn readdir_all(&self, ino: Ino, attrs: bool) -> FsResult<Vec<DirEntry>> {
         let mut out: Vec<DirEntry> = Vec::new();
+        if attrs {
+            // The first page comes with the directory's change count when it is all of it:
+            // this client then knows its names (and their attributes) as it knows those
+            // of directories it made.
+            let fresh = &self.inner.fresh;
+            let start = fresh.begin_listing();
+            let listing = self
+                .namenode(proto::ListDir {
+                    ino,
+                    limit: READDIR_PAGE,
+                })
+                .await?;
+            if let Some(dir) = &listing.whole {
+                fresh.record(
+                    start.seq,
+                    listing.entries.iter().filter_map(|e| e.attr.clone()),
+                );
+                fresh.record_dirs(start.seq, std::slice::from_ref(dir));
+                let names: Vec<_> = listing
+                    .entries
+                    .iter()
+                    .map(|e| (e.name.as_slice(), e.ino))
+                    .collect();
+                fresh.adopt(&start, dir, &names);
+                return Ok(listing.entries);
+            }
+            if listing.entries.len() < READDIR_PAGE as usize {
+                return Ok(listing.entries);
+            }
+            out = listing.entries;
+        }
         loop {
             let after = out.last().map(|e| e.name.clone());
             let page = self

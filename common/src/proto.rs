@@ -82,6 +82,7 @@ service! {
         ListTrash(ListTrash) -> Vec<TrashEntry>,
         SetAdminState(SetAdminState) -> DatanodeStatus,
         Changes(Changes) -> ChangesReply,
+        ListDir(ListDir) -> DirListing,
     }
 }
 
@@ -364,6 +365,26 @@ pub struct ReadDir {
     pub limit: u32,
     /// Return each entry's attributes too.
     pub attrs: bool,
+}
+
+/// The first page of a directory with every entry's attributes (a [`ReadDir`] from the
+/// start with `attrs`), and the directory's change count when that page is all of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListDir {
+    pub ino: Ino,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirListing {
+    pub entries: Vec<DirEntry>,
+    /// Set when `entries` are all the directory's names and no change of its entries was
+    /// counted while they were read: the directory with its change count, which they are
+    /// the names of (or, when changes being written meanwhile were read but not yet
+    /// counted, a count behind them, which a client following the count finds out at its
+    /// next change). A client may then follow its names as it follows those of directories
+    /// it made.
+    pub whole: Option<ChangedDir>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

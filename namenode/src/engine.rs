@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use cairn_common::attr::{Caller, DirEntry, FileKind, InodeAttr, Timestamp};
 use cairn_common::layout::Slice;
+use cairn_common::proto::{ChangedDir, DirListing};
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use tokio::sync::oneshot;
 use tracing::{error, info};
@@ -238,6 +239,26 @@ impl MetaEngine {
                 })
             })
             .collect()
+    }
+
+    /// The first `limit` entries of `dir` with their attributes and, when they are all of
+    /// them and no change of its entries was counted while they were read, its change
+    /// count (see [`cairn_common::proto::DirListing`]). A group being written counts its
+    /// changes after they are on disk, so a listing may hold changes its count is behind.
+    pub fn list_dir(&self, caller: &Caller, dir: Ino, limit: u32) -> FsResult<DirListing> {
+        let limit = limit.clamp(1, MAX_READDIR_PAGE);
+        let before = self.versions.get(dir);
+        let entries = self.readdir(caller, dir, None, limit, true)?;
+        let whole = if entries.len() < limit as usize && self.versions.get(dir) == before {
+            Some(ChangedDir {
+                attr: self.getattr(dir)?,
+                version: before,
+                epoch: self.versions.epoch,
+            })
+        } else {
+            None
+        };
+        Ok(DirListing { entries, whole })
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -565,16 +586,23 @@ mod tests {
     use cairn_common::proto::{Mkdir, Rename, RenameMode};
     use std::time::Duration;
 
+    /// An engine (not synced) over a fresh directory, with the open table it decides with.
+    fn new_engine() -> (tempfile::TempDir, Arc<OpenTable>, MetaEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
+        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
+        let engine = MetaEngine::open(dir.path(), 3, false, opens.clone(), gc).unwrap();
+        (dir, opens, engine)
+    }
+
     fn create(parent: Ino, name: &str) -> MetaOpKind {
         MetaOpKind::new_file(parent, name.into())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_change_of_a_directorys_entries_counts_once_even_in_one_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
-        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
-        let engine = Arc::new(MetaEngine::open(dir.path(), 3, false, opens, gc).unwrap());
+        let (_dir, _, engine) = new_engine();
+        let engine = Arc::new(engine);
         let mkdir = |name: &str| {
             MetaOpKind::Mkdir(Mkdir {
                 parent: Ino::ROOT,
@@ -644,12 +672,54 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_that_is_all_of_a_directory_comes_with_its_count() {
+        let (_dir, _, engine) = new_engine();
+        for name in ["a", "b", "c"] {
+            engine
+                .submit(Caller::ROOT, create(Ino::ROOT, name))
+                .await
+                .unwrap();
+        }
+        let listing = engine.list_dir(&Caller::ROOT, Ino::ROOT, 10).unwrap();
+        let names: Vec<_> = listing.entries.iter().map(|e| e.name.clone()).collect();
+        assert_eq!(names, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert!(listing.entries.iter().all(|e| e.attr.is_some()));
+        let whole = listing.whole.expect("all of it");
+        assert_eq!((whole.attr.ino, whole.version), (Ino::ROOT, 3));
+        assert_eq!(whole.epoch, engine.versions().epoch);
+        // A page that may not be all of it has no count.
+        let first = engine.list_dir(&Caller::ROOT, Ino::ROOT, 3).unwrap();
+        assert_eq!(first.entries.len(), 3);
+        assert!(first.whole.is_none());
+        // Listing needs read permission, as readdir does.
+        let nobody = Caller {
+            uid: 1000,
+            gid: 1000,
+            groups: Vec::new(),
+        };
+        engine
+            .submit(
+                Caller::ROOT,
+                MetaOpKind::SetAttr {
+                    ino: Ino::ROOT,
+                    set: cairn_common::attr::SetAttr {
+                        perm: Some(0o711),
+                        ..Default::default()
+                    },
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            engine.list_dir(&nobody, Ino::ROOT, 10),
+            Err(FsError::AccessDenied)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_feed_tells_each_connection_what_its_answers_did_not() {
         use cairn_common::proto::Change;
-        let dir = tempfile::tempdir().unwrap();
-        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
-        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
-        let engine = MetaEngine::open(dir.path(), 3, false, opens, gc).unwrap();
+        let (_dir, _, engine) = new_engine();
         let epoch = engine.feed().epoch;
         let file = match engine
             .submit_from(3, Caller::ROOT, create(Ino::ROOT, "f"))
@@ -681,10 +751,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_purge_frees_exactly_the_orphans_nobody_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
-        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
-        let engine = MetaEngine::open(dir.path(), 3, false, opens.clone(), gc).unwrap();
+        let (_dir, opens, engine) = new_engine();
         let mut files = Vec::new();
         for name in ["named", "let-go", "held"] {
             match engine.submit(Caller::ROOT, create(Ino::ROOT, name)).await {

@@ -525,6 +525,10 @@ impl Service for Namenode {
                 let res = res.map(|()| self.repair.balancer(r.action, &self.blocks));
                 ex.respond(&res).await
             }
+            R::ListDir(r) => {
+                ex.respond(&self.engine.list_dir(caller, r.ino, r.limit))
+                    .await
+            }
             R::Changes(r) => {
                 let feed = self.engine.feed();
                 ex.respond(&Ok(feed.since(who.origin, r.epoch, r.since)))

@@ -15,6 +15,15 @@ fn errno_of(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
 }
 
 /// Mounts `cluster` on `dir` with a client of its own.
+/// Whether `p` exists: false only for ENOENT.
+fn exists(p: &Path) -> bool {
+    match fs::metadata(p) {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+        Err(e) => panic!("stat {}: {e}", p.display()),
+    }
+}
+
 async fn mount_at(cluster: &cairn_cli::devcluster::DevCluster, dir: &Path) -> cairn_fuse::Mount {
     mount_with(cluster, dir, &cairn_fuse::MountOptions::default()).await
 }
@@ -194,11 +203,6 @@ async fn a_file_closed_on_one_mount_is_read_whole_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn names_absent_from_a_directory_this_mount_made_are_known_without_asking() {
     on_a_cluster_mounted_twice(move |a, b| {
-        let exists = |p: &Path| match fs::metadata(p) {
-            Ok(_) => true,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
-            Err(e) => panic!("stat {}: {e}", p.display()),
-        };
         tracing::info!("--- made and filled on one mount: its own changes are followed");
         let d = a.join("made");
         fs::create_dir(&d).unwrap();
@@ -223,6 +227,56 @@ async fn names_absent_from_a_directory_this_mount_made_are_known_without_asking(
             exists(&d.join("z")),
             "the change count moved by two: no longer followed"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_this_mount_listed_is_followed_until_another_mount_changes_it() {
+    on_a_cluster_mounted_twice(move |a, b| {
+        let within_ttl = || std::thread::sleep(Duration::from_millis(1100));
+        // What a mount keeps before it has a position in the feed is not vouched for.
+        std::thread::sleep(Duration::from_millis(300));
+        tracing::info!("--- made and filled on the other mount, listed on this one");
+        fs::create_dir(b.join("theirs")).unwrap();
+        for name in ["x", "y"] {
+            fs::write(b.join("theirs").join(name), name).unwrap();
+        }
+        let d = a.join("theirs");
+        let listed = |d: &Path| {
+            let mut names: Vec<_> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(listed(&d), ["x", "y"]);
+        within_ttl();
+        assert!(exists(&d.join("x")) && !exists(&d.join("n")));
+        assert_eq!(fs::read(d.join("y")).unwrap(), b"y");
+
+        tracing::info!("--- this mount's own changes there show at once");
+        fs::write(d.join("n"), b"n").unwrap();
+        fs::remove_file(d.join("x")).unwrap();
+        fs::rename(d.join("y"), d.join("w")).unwrap();
+        assert!(exists(&d.join("n")) && !exists(&d.join("x")) && !exists(&d.join("y")));
+        within_ttl();
+        assert!(exists(&d.join("n")) && exists(&d.join("w")) && !exists(&d.join("x")));
+        assert_eq!(listed(&d), ["n", "w"]);
+
+        tracing::info!("--- the other mount's changes there show within the TTL");
+        fs::write(b.join("theirs/z"), b"z").unwrap();
+        fs::remove_file(b.join("theirs/n")).unwrap();
+        fs::set_permissions(b.join("theirs/w"), fs::Permissions::from_mode(0o600)).unwrap();
+        within_ttl();
+        assert!(exists(&d.join("z")), "a name the other mount added");
+        assert!(!exists(&d.join("n")), "a name the other mount removed");
+        assert_eq!(fs::metadata(d.join("w")).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(listed(&d), ["w", "z"]);
+        within_ttl();
+        fs::write(d.join("m"), b"m").unwrap();
+        assert!(exists(&d.join("m")) && exists(&d.join("z")) && !exists(&d.join("n")));
     })
     .await;
 }
