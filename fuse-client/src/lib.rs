@@ -512,6 +512,12 @@ async fn with_pending(mut attr: InodeAttr, files: &FileTable) -> InodeAttr {
     attr
 }
 
+/// Is `attr` as this mount sees it already: not a file with a handle open here (whose
+/// buffered writes would count)? Then a reply needs no trip through the runtime.
+fn settled(attr: &InodeAttr, files: &FileTable) -> bool {
+    attr.kind != FileKind::File || handles_of(files, attr.ino).is_empty()
+}
+
 /// What a directory handle lists from `offset` on, with the offset of the entry after each:
 /// 1 is ".", 2 is "..", 3 + i is entry i of the snapshot.
 fn listing_from(
@@ -586,6 +592,9 @@ impl Filesystem for CairnFs {
         // feed says nobody else changed them.
         let known = self.client.known_entry(Ino(parent.0), name.as_bytes(), TTL);
         if let Some((attr, age)) = known {
+            if settled(&attr, &self.files) {
+                return reply.entry(&(TTL - age), &file_attr(&attr), Generation(0));
+            }
             let files = self.files_handle();
             return self.run(
                 async move { Ok(with_pending(attr, &files).await) },
@@ -620,7 +629,7 @@ impl Filesystem for CairnFs {
         // kernel would have kept them itself.
         let fresh = self.client.fresh_attr(Ino(ino.0), TTL);
         if let Some((attr, age)) = &fresh {
-            if attr.kind == FileKind::Dir {
+            if settled(attr, &self.files) {
                 return reply.attr(&(TTL - *age), &file_attr(attr));
             }
         }
