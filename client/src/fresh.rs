@@ -68,9 +68,9 @@ struct State {
     /// When the last complete read of the feed was asked for: nothing kept since
     /// `feed_from` was changed by anyone else before then, or it would have been forgotten.
     synced: Option<Instant>,
-    /// Changes this client made to entries of directories it does not follow: a listing
-    /// read while one was under way may predate it.
-    unfollowed: u64,
+    /// Directories whose names are being listed to be followed, with this client's own
+    /// changes to them answered meanwhile (replayed onto the listing).
+    learning: HashMap<Ino, Learning>,
 }
 
 impl State {
@@ -89,11 +89,55 @@ impl State {
     }
 }
 
-/// Where this client stood when it asked for a listing (see [`FreshAttrs::adopt`]).
+/// A listing that is all of a directory: the directory with its change count, and each
+/// name with the inode it names.
+pub(crate) type Listed<'a> = (&'a ChangedDir, &'a [(&'a [u8], Ino)]);
+
+/// Where this client stood when it asked for a listing of `dir` (see
+/// [`FreshAttrs::adopt`]).
 pub(crate) struct ListingStart {
     pub seq: u64,
-    unfollowed: u64,
+    dir: Ino,
     asked: Instant,
+}
+
+/// A directory being listed to be followed.
+#[derive(Default, Clone)]
+struct Learning {
+    /// Listings of it under way.
+    learners: usize,
+    /// This client's changes to it answered meanwhile.
+    changes: Vec<OwnChange>,
+    /// A change of it went unanswered: no listing taken meanwhile can be followed.
+    broken: bool,
+}
+
+/// One of this client's changes to a directory's entries, as its answer told it.
+#[derive(Clone)]
+struct OwnChange {
+    epoch: u64,
+    version: u64,
+    edits: Vec<OwnedEdit>,
+    added: Option<Ino>,
+}
+
+#[derive(Clone)]
+enum OwnedEdit {
+    Add(Vec<u8>),
+    Remove(Vec<u8>),
+    Same,
+    Nothing,
+}
+
+impl OwnedEdit {
+    fn of(edit: &Edit<'_>) -> OwnedEdit {
+        match edit {
+            Edit::Add(name) => OwnedEdit::Add(name.to_vec()),
+            Edit::Remove(name) => OwnedEdit::Remove(name.to_vec()),
+            Edit::Same => OwnedEdit::Same,
+            Edit::Nothing => OwnedEdit::Nothing,
+        }
+    }
 }
 
 /// Every name in a directory, as of its `version`-th change in namenode run `epoch`.
@@ -217,11 +261,17 @@ impl FreshAttrs {
     /// A change of `dir`'s entries went unanswered: forget its attributes and its names.
     pub fn unknown_change(&self, dir: Ino) {
         self.forget(dir);
-        self.state().drop_listing(dir);
+        let mut s = self.state();
+        s.drop_listing(dir);
+        if let Some(learning) = s.learning.get_mut(&dir) {
+            learning.broken = true;
+        }
     }
 
-    /// Other clients' changes, read from the namenode's change feed.
-    pub fn others_changed(&self, changes: &[Change]) {
+    /// Other clients' changes, read from the change feed of namenode run `epoch`. A
+    /// directory whose names this client knows as of the change's count or later keeps
+    /// them: they hold it already (a listing taken after it).
+    pub fn others_changed(&self, epoch: u64, changes: &[Change]) {
         if changes.is_empty() {
             return;
         }
@@ -232,7 +282,15 @@ impl FreshAttrs {
                 Change::Inode(ino) => {
                     s.inodes.remove(ino);
                 }
-                Change::Entries(dir) => s.drop_listing(*dir),
+                Change::Entries(dir, count) => {
+                    let held = s
+                        .listings
+                        .get(dir)
+                        .is_some_and(|l| l.epoch == epoch && l.version >= *count);
+                    if !held {
+                        s.drop_listing(*dir);
+                    }
+                }
             }
         }
     }
@@ -297,6 +355,9 @@ impl FreshAttrs {
         for (ino, _) in edits {
             if !dirs.iter().any(|d| d.attr.ino == *ino) {
                 s.drop_listing(*ino);
+                if let Some(learning) = s.learning.get_mut(ino) {
+                    learning.broken = true;
+                }
             }
         }
         for dir in dirs {
@@ -322,7 +383,15 @@ impl FreshAttrs {
                 continue;
             }
             let Some(listing) = s.listings.get_mut(&ino) else {
-                s.unfollowed += 1;
+                // Being listed: the listing may predate this change; it is replayed.
+                if let Some(learning) = s.learning.get_mut(&ino) {
+                    learning.changes.push(OwnChange {
+                        epoch: dir.epoch,
+                        version: dir.version,
+                        edits: mine.iter().map(OwnedEdit::of).collect(),
+                        added,
+                    });
+                }
                 continue;
             };
             let before = listing.names.len();
@@ -351,49 +420,102 @@ impl FreshAttrs {
                 // Someone else changed it (or it is too big to follow): ask from now on.
                 s.names -= after;
                 s.listings.remove(&ino);
-                s.unfollowed += 1;
             }
         }
     }
 
-    /// Taken before reading a listing that may be adopted.
-    pub fn begin_listing(&self) -> ListingStart {
-        let s = self.state();
+    /// Does this client follow `dir`'s names?
+    pub fn follows(&self, dir: Ino) -> bool {
+        self.state().listings.contains_key(&dir)
+    }
+
+    /// Taken before asking for a listing of `dir` that may be adopted; every start ends
+    /// in one [`FreshAttrs::adopt`], with the listing or without.
+    pub fn begin_listing(&self, dir: Ino) -> ListingStart {
+        let mut s = self.state();
+        s.learning.entry(dir).or_default().learners += 1;
         ListingStart {
             seq: s.seq,
-            unfollowed: s.unfollowed,
+            dir,
             asked: Instant::now(),
         }
     }
 
-    /// All of `dir`'s names as of its change count, read by a call begun at `start`: from
-    /// now on they are followed as those of a directory this client made, and the lookups
-    /// of names there need no call while nobody else changes it. Not when anything that
-    /// may predate the listing came in meanwhile: another client's change, a change of
-    /// this client's in a directory it does not follow.
-    pub fn adopt(&self, start: &ListingStart, dir: &ChangedDir, names: &[(&[u8], Ino)]) {
+    /// Ends the listing begun at `start`. With `listed`, all of the directory's names as of
+    /// its change count: from now on they are followed as those of a directory this
+    /// client made, and the lookups of names there need no call while nobody else changes
+    /// it. This client's own changes to it answered meanwhile are replayed onto it (the
+    /// listing may or may not hold them: the count says). Not adopted when something that
+    /// may predate the listing came in meanwhile: another client's change, a change that
+    /// went unanswered, a change counted between the listing's and this client's. Says
+    /// whether it was adopted.
+    pub fn adopt(&self, start: &ListingStart, listed: Option<Listed<'_>>) -> bool {
         let mut guard = self.state();
         let s: &mut State = &mut guard;
+        let Some(learning) = s.learning.get_mut(&start.dir) else {
+            return false;
+        };
+        learning.learners -= 1;
+        let learning = if learning.learners == 0 {
+            s.learning.remove(&start.dir).unwrap_or_default()
+        } else {
+            learning.clone()
+        };
+        let Some((dir, names)) = listed else {
+            return false;
+        };
         if s.seq != start.seq
-            || s.unfollowed != start.unfollowed
+            || learning.broken
             || dir.attr.kind != FileKind::Dir
-            || s.listings.contains_key(&dir.attr.ino)
+            || dir.attr.ino != start.dir
+            || s.listings.contains_key(&start.dir)
             || s.names + names.len() > MAX_NAMES
         {
-            return;
+            return false;
         }
-        let names: HashMap<Vec<u8>, Option<Ino>> = names
-            .iter()
-            .map(|(name, ino)| (name.to_vec(), Some(*ino)))
-            .collect();
-        s.names += names.len();
-        let listing = Listing {
+        let mut listing = Listing {
             epoch: dir.epoch,
             version: dir.version,
-            names,
+            names: names
+                .iter()
+                .map(|(name, ino)| (name.to_vec(), Some(*ino)))
+                .collect(),
             at: start.asked,
         };
-        s.listings.insert(dir.attr.ino, listing);
+        let mut changes = learning.changes;
+        changes.sort_by_key(|c| c.version);
+        for change in changes {
+            let changed = change
+                .edits
+                .iter()
+                .any(|e| !matches!(e, OwnedEdit::Nothing));
+            if change.epoch != listing.epoch
+                || change.version > listing.version + 1
+                || (change.version == listing.version + 1 && !changed)
+            {
+                // Another run's count, or another client's change between.
+                return false;
+            }
+            if change.version <= listing.version {
+                // Counted in the listing's count: in its names too.
+                continue;
+            }
+            for edit in change.edits {
+                match edit {
+                    OwnedEdit::Add(name) => {
+                        listing.names.insert(name, change.added);
+                    }
+                    OwnedEdit::Remove(name) => {
+                        listing.names.remove(&name);
+                    }
+                    OwnedEdit::Same | OwnedEdit::Nothing => {}
+                }
+            }
+            listing.version = change.version;
+        }
+        s.names += listing.names.len();
+        s.listings.insert(start.dir, listing);
+        true
     }
 
     /// Is `name` known to be absent from `dir`, as the namenode confirmed less than
@@ -545,13 +667,14 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_listed_whole_is_followed_unless_something_came_between() {
-        let fresh = FreshAttrs::default();
+    fn a_directory_listed_whole_is_followed_with_this_clients_changes_replayed() {
         let listed = Ino(20);
         let names: [(&[u8], Ino); 2] = [(b"a", Ino(21)), (b"b", Ino(22))];
-        let start = fresh.begin_listing();
+        let whole = |version| changed(20, version, 7);
+        let fresh = FreshAttrs::default();
+        let start = fresh.begin_listing(listed);
         fresh.record(start.seq, [attr(21, FileKind::File, 3)]);
-        fresh.adopt(&start, &changed(20, 6, 7), &names);
+        fresh.adopt(&start, Some((&whole(6), &names)));
         assert!(fresh.absent(listed, b"c", SEC).is_some());
         assert!(fresh.absent(listed, b"a", SEC).is_none());
         assert_eq!(fresh.entry(listed, b"a", SEC).unwrap().0.size, 3);
@@ -560,34 +683,58 @@ mod tests {
             "its attributes are not known"
         );
         // This client's next change moves the count by one: still followed.
-        fresh.entries_changed(&[changed(20, 7, 7)], &[(listed, Edit::Add(b"c"))], None);
+        fresh.entries_changed(&[whole(7)], &[(listed, Edit::Add(b"c"))], None);
         assert!(fresh.absent(listed, b"c", SEC).is_none());
         assert!(fresh.absent(listed, b"d", SEC).is_some());
-        // A listing whose count is behind what it holds: found out at the next change.
+        assert!(fresh.state().learning.is_empty());
+
+        // A listing whose count is behind the names it holds: found out at the next change.
         let behind = FreshAttrs::default();
-        let start = behind.begin_listing();
-        behind.adopt(&start, &changed(20, 5, 7), &names);
-        behind.entries_changed(&[changed(20, 7, 7)], &[(listed, Edit::Add(b"c"))], None);
+        let start = behind.begin_listing(listed);
+        behind.adopt(&start, Some((&whole(5), &names)));
+        behind.entries_changed(&[whole(7)], &[(listed, Edit::Add(b"c"))], None);
         assert!(behind.absent(listed, b"d", SEC).is_none());
 
-        // Another client's change read from the feed while the listing was read: it may
-        // hold the names from before, so it is not kept.
-        let raced = FreshAttrs::default();
-        let start = raced.begin_listing();
-        raced.others_changed(&[Change::Entries(listed)]);
-        raced.adopt(&start, &changed(20, 6, 7), &names);
-        assert!(raced.absent(listed, b"c", SEC).is_none());
-        // Nor when this client changed a directory it did not follow meanwhile: the
-        // listing may predate that change and its count not show it yet.
-        let start = raced.begin_listing();
-        raced.entries_changed(&[changed(20, 7, 7)], &[(listed, Edit::Add(b"c"))], None);
-        raced.adopt(&start, &changed(20, 6, 7), &names);
-        assert!(raced.absent(listed, b"c", SEC).is_none());
-        // Begun after it: kept.
-        let start = raced.begin_listing();
-        raced.adopt(&start, &changed(20, 7, 7), &[(b"c", Ino(23))]);
-        assert!(raced.absent(listed, b"a", SEC).is_some());
-        assert!(raced.absent(listed, b"c", SEC).is_none());
+        // This client's own changes answered while the listing was read are replayed onto
+        // it, in count order, the ones its count holds skipped.
+        let own = FreshAttrs::default();
+        let start = own.begin_listing(listed);
+        let create = |name, version| (whole(version), Edit::Add(name));
+        for (dir, edit) in [create(b"d", 8), create(b"a", 6), create(b"c", 7)] {
+            own.entries_changed(&[dir], &[(listed, edit)], Some(Ino(23)));
+        }
+        own.adopt(&start, Some((&whole(6), &names)));
+        assert!(own.absent(listed, b"c", SEC).is_none());
+        assert!(own.absent(listed, b"d", SEC).is_none());
+        assert!(own.absent(listed, b"e", SEC).is_some());
+        own.entries_changed(&[whole(9)], &[(listed, Edit::Remove(b"a"))], None);
+        assert!(
+            own.absent(listed, b"a", SEC).is_some(),
+            "followed on from 8"
+        );
+
+        // Not adopted: another client's change counted between the listing's and this
+        // client's own; another client's change read from the feed meanwhile; a change
+        // of this client's that went unanswered.
+        let not_adopted = |between: &dyn Fn(&FreshAttrs)| {
+            let fresh = FreshAttrs::default();
+            let start = fresh.begin_listing(listed);
+            between(&fresh);
+            fresh.adopt(&start, Some((&whole(6), &names)));
+            assert!(fresh.absent(listed, b"x", SEC).is_none());
+            assert!(fresh.state().learning.is_empty());
+        };
+        not_adopted(&|f| f.entries_changed(&[whole(8)], &[(listed, Edit::Add(b"c"))], None));
+        not_adopted(&|f| f.others_changed(7, &[Change::Entries(listed, 3)]));
+        not_adopted(&|f| f.unknown_change(listed));
+        // Two listings under way: each ends on its own.
+        let two = FreshAttrs::default();
+        let (first, second) = (two.begin_listing(listed), two.begin_listing(listed));
+        two.entries_changed(&[whole(7)], &[(listed, Edit::Add(b"c"))], None);
+        two.adopt(&first, None);
+        two.adopt(&second, Some((&whole(6), &names)));
+        assert!(two.absent(listed, b"c", SEC).is_none());
+        assert!(two.absent(listed, b"x", SEC).is_some());
     }
 
     #[test]
@@ -661,11 +808,19 @@ mod tests {
         );
         assert!(fresh.absent(dir, b"b", short).is_some());
         // Another client changed the file: forgotten; its name is still known.
-        fresh.others_changed(&[Change::Inode(Ino(20))]);
+        fresh.others_changed(7, &[Change::Inode(Ino(20))]);
         assert!(fresh.entry(dir, b"a", short).is_none());
         assert!(fresh.absent(dir, b"b", short).is_some());
-        // ... the directory's entries: no longer followed.
-        fresh.others_changed(&[Change::Entries(dir)]);
+        // A change of the directory's entries its names already hold (counted at or before
+        // the count they are as of): still followed.
+        fresh.others_changed(7, &[Change::Entries(dir, 1)]);
+        assert!(fresh.absent(dir, b"b", short).is_some());
+        // A later one, or one of another namenode run: no longer followed.
+        let again = FreshAttrs::default();
+        again.entries_changed(&[changed(9, 0, 7)], &[], None);
+        again.others_changed(8, &[Change::Entries(dir, 0)]);
+        assert!(again.absent(dir, b"b", short).is_none());
+        fresh.others_changed(7, &[Change::Entries(dir, 2)]);
         assert!(fresh.absent(dir, b"b", short).is_none());
         // The feed lost track: what was kept is trusted for its TTL only.
         fresh.record(fresh.begin(), [attr(21, FileKind::File, 1)]);

@@ -30,6 +30,13 @@ const LOCK_RETRY: Duration = Duration::from_millis(50);
 const NAMENODE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// Entries asked for per readdir page.
 const READDIR_PAGE: u32 = 1024;
+/// A second name found missing in a directory within this long of the first: names are
+/// being made there one after another, and learning the directory's names saves a call
+/// per name.
+const MISSES_TOGETHER: Duration = Duration::from_secs(1);
+/// At most one try to learn a directory's names this often (a directory larger than one
+/// listing page cannot be learnt).
+const LEARN_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
 /// This process's user, group and supplementary groups.
 pub fn current_caller() -> Caller {
@@ -176,6 +183,11 @@ struct Inner {
     opens: Arc<opens::OpenSet>,
     /// Attributes as this client's latest calls left them.
     fresh: fresh::FreshAttrs,
+    /// Names found missing from directories this client does not follow, and tries to
+    /// learn their names: (last miss, last try).
+    misses: Mutex<HashMap<Ino, (std::time::Instant, Option<std::time::Instant>)>>,
+    /// Requests sent to the namenode, by kind (what a test or a debugger counts).
+    sent: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl Inner {
@@ -225,6 +237,8 @@ impl Client {
                 inflight: Mutex::default(),
                 opens: Arc::new(opens::OpenSet::new(session)),
                 fresh: fresh::FreshAttrs::default(),
+                misses: Mutex::default(),
+                sent: Mutex::default(),
                 session,
             }),
         })
@@ -405,6 +419,13 @@ impl Client {
                 Err(e) => return Err(e),
             }
         };
+        *self
+            .inner
+            .sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(std::any::type_name::<R>())
+            .or_default() += 1;
         let envelope = proto::NamenodeEnvelope {
             caller: (*self.caller).clone(),
             req: req.into_service(),
@@ -417,12 +438,99 @@ impl Client {
         res
     }
 
+    /// How many requests of kind `R` this client (and its clones) sent to the namenode.
+    pub fn sent<R: Rpc<Service = proto::NamenodeRequest>>(&self) -> u64 {
+        let sent = self.inner.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.get(std::any::type_name::<R>()).copied().unwrap_or(0)
+    }
+
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> FsResult<InodeAttr> {
-        self.namenode(proto::Lookup {
-            parent,
-            name: name.to_vec(),
-        })
-        .await
+        let res = self
+            .namenode(proto::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await;
+        if let Err(FsError::NotFound) = res {
+            self.missed(parent);
+        }
+        res
+    }
+
+    /// The namenode said a name is not in `dir`. A second miss there soon after the first,
+    /// in a directory this client does not follow, looks like names being made one after
+    /// another (an untar, a copy, a program filling a directory it did not make): the
+    /// directory's names are then learnt in the background, and the lookups before the
+    /// next creates there need no call.
+    fn missed(&self, dir: Ino) {
+        if self.inner.fresh.follows(dir) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let learn = {
+            let mut misses = self.inner.misses.lock().unwrap_or_else(|e| e.into_inner());
+            if misses.len() >= 1024 {
+                misses.clear();
+            }
+            let (last, tried) = misses.entry(dir).or_insert((now, None));
+            let together = *last != now && now.duration_since(*last) < MISSES_TOGETHER;
+            *last = now;
+            let due = tried.is_none_or(|t| now.duration_since(t) >= LEARN_AGAIN_AFTER);
+            if together && due {
+                *tried = Some(now);
+            }
+            together && due
+        };
+        if learn {
+            let client = self.clone();
+            tokio::spawn(async move { client.learn_names(dir).await });
+        }
+    }
+
+    /// Lists `dir` to follow its names (see [`Client::missed`]).
+    async fn learn_names(&self, dir: Ino) {
+        let start = self.inner.fresh.begin_listing(dir);
+        let listed = self
+            .namenode(proto::ListDir {
+                ino: dir,
+                limit: READDIR_PAGE,
+                attrs: false,
+            })
+            .await;
+        if let Err(e) = &listed {
+            tracing::debug!(%dir, "learning the names of a directory: {e}");
+        }
+        let small = listed
+            .as_ref()
+            .is_ok_and(|l| l.entries.len() < READDIR_PAGE as usize);
+        if !self.adopt(&start, listed.as_ref().ok()) && small {
+            // Changed while it was read: the next miss there tries again.
+            let mut misses = self.inner.misses.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, tried)) = misses.get_mut(&dir) {
+                *tried = None;
+            }
+        }
+    }
+
+    /// Ends the listing begun at `start`: follows the names of the directory `listing`
+    /// is of, if it is all of it; says whether it does.
+    fn adopt(&self, start: &fresh::ListingStart, listing: Option<&proto::DirListing>) -> bool {
+        let fresh = &self.inner.fresh;
+        let Some((listing, dir)) = listing.and_then(|l| Some((l, l.whole.as_ref()?))) else {
+            fresh.adopt(start, None);
+            return false;
+        };
+        fresh.record(
+            start.seq,
+            listing.entries.iter().filter_map(|e| e.attr.clone()),
+        );
+        fresh.record_dirs(start.seq, std::slice::from_ref(dir));
+        let names: Vec<_> = listing
+            .entries
+            .iter()
+            .map(|e| (e.name.as_slice(), e.ino))
+            .collect();
+        fresh.adopt(start, Some((dir, &names)))
     }
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<InodeAttr> {
@@ -634,28 +742,16 @@ impl Client {
             // The first page comes with the directory's change count when it is all of it:
             // this client then knows its names (and their attributes) as it knows those
             // of directories it made.
-            let fresh = &self.inner.fresh;
-            let start = fresh.begin_listing();
+            let start = self.inner.fresh.begin_listing(ino);
             let listing = self
                 .namenode(proto::ListDir {
                     ino,
                     limit: READDIR_PAGE,
+                    attrs: true,
                 })
-                .await?;
-            if let Some(dir) = &listing.whole {
-                fresh.record(
-                    start.seq,
-                    listing.entries.iter().filter_map(|e| e.attr.clone()),
-                );
-                fresh.record_dirs(start.seq, std::slice::from_ref(dir));
-                let names: Vec<_> = listing
-                    .entries
-                    .iter()
-                    .map(|e| (e.name.as_slice(), e.ino))
-                    .collect();
-                fresh.adopt(&start, dir, &names);
-                return Ok(listing.entries);
-            }
+                .await;
+            self.adopt(&start, listing.as_ref().ok());
+            let listing = listing?;
             if listing.entries.len() < READDIR_PAGE as usize {
                 return Ok(listing.entries);
             }
@@ -908,7 +1004,7 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
             }
         };
         if reply.complete {
-            inner.fresh.others_changed(&reply.changes);
+            inner.fresh.others_changed(reply.epoch, &reply.changes);
         } else {
             inner.fresh.feed_restarted();
         }

@@ -230,9 +230,11 @@ pub struct ChangesReply {
 pub enum Change {
     /// An inode's attributes (or its data, or its removal).
     Inode(Ino),
-    /// A directory's entries: a name added, removed or pointed elsewhere. Which name is
+    /// A directory's entries: a name added, removed or pointed elsewhere, and the count of
+    /// the directory's entry changes it made (see [`ChangedDir::version`]): a client that
+    /// knows the names as of that count or later already has this change. Which name is
     /// not said: the feed goes to every client, whatever it may read.
-    Entries(Ino),
+    Entries(Ino, u64),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -367,12 +369,14 @@ pub struct ReadDir {
     pub attrs: bool,
 }
 
-/// The first page of a directory with every entry's attributes (a [`ReadDir`] from the
-/// start with `attrs`), and the directory's change count when that page is all of it.
+/// The first page of a directory (a [`ReadDir`] from the start), and the directory's
+/// change count when that page is all of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListDir {
     pub ino: Ino,
     pub limit: u32,
+    /// Return each entry's attributes too.
+    pub attrs: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use cairn_common::attr::{Caller, DirEntry, FileKind, InodeAttr, Timestamp};
 use cairn_common::layout::Slice;
-use cairn_common::proto::{ChangedDir, DirListing};
+use cairn_common::proto::{Change, ChangedDir, DirListing};
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use tokio::sync::oneshot;
 use tracing::{error, info};
@@ -53,12 +53,21 @@ impl DirVersions {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts `changed` (one per op naming a directory), and forgets `removed` (inode
-    /// numbers are never reused, so nobody can follow them again).
-    fn bump(&self, changed: &[Ino], removed: &[Ino]) {
+    /// Counts the directories each op of a group changed, op by op (one each per op),
+    /// writing into the op's `Entries` changes the count it brought each directory to;
+    /// then forgets `removed` (inode numbers are never reused, so nobody can follow them
+    /// again).
+    fn count(&self, ops: &mut [Written], removed: &[Ino]) {
         let mut counts = self.counts();
-        for dir in changed {
-            *counts.entry(*dir).or_default() += 1;
+        for op in ops {
+            for dir in &op.dirs {
+                *counts.entry(*dir).or_default() += 1;
+            }
+            for change in &mut op.changes {
+                if let Change::Entries(dir, count) = change {
+                    *count = counts.get(dir).copied().unwrap_or(0);
+                }
+            }
         }
         for ino in removed {
             counts.remove(ino);
@@ -241,24 +250,50 @@ impl MetaEngine {
             .collect()
     }
 
-    /// The first `limit` entries of `dir` with their attributes and, when they are all of
-    /// them and no change of its entries was counted while they were read, its change
-    /// count (see [`cairn_common::proto::DirListing`]). A group being written counts its
-    /// changes after they are on disk, so a listing may hold changes its count is behind.
-    pub fn list_dir(&self, caller: &Caller, dir: Ino, limit: u32) -> FsResult<DirListing> {
+    /// The first `limit` entries of `dir` (with their attributes if `attrs`) and, when
+    /// they are all of them and no change of its entries was counted while they were read,
+    /// its change count (see [`cairn_common::proto::DirListing`]). A group being written
+    /// counts its changes after they are on disk, so a listing may hold changes its count
+    /// is behind.
+    pub fn list_dir(
+        &self,
+        caller: &Caller,
+        dir: Ino,
+        limit: u32,
+        attrs: bool,
+    ) -> FsResult<DirListing> {
         let limit = limit.clamp(1, MAX_READDIR_PAGE);
-        let before = self.versions.get(dir);
-        let entries = self.readdir(caller, dir, None, limit, true)?;
-        let whole = if entries.len() < limit as usize && self.versions.get(dir) == before {
-            Some(ChangedDir {
-                attr: self.getattr(dir)?,
-                version: before,
-                epoch: self.versions.epoch,
-            })
-        } else {
-            None
-        };
-        Ok(DirListing { entries, whole })
+        // A change counted while the names were read (a client creating names there as
+        // it asks for them): read again, a few times.
+        let mut tries = 3;
+        loop {
+            let before = self.versions.get(dir);
+            let entries = self.readdir(caller, dir, None, limit, attrs)?;
+            tries -= 1;
+            if entries.len() == limit as usize {
+                return Ok(DirListing {
+                    entries,
+                    whole: None,
+                });
+            }
+            if self.versions.get(dir) == before {
+                let whole = ChangedDir {
+                    attr: self.getattr(dir)?,
+                    version: before,
+                    epoch: self.versions.epoch,
+                };
+                return Ok(DirListing {
+                    entries,
+                    whole: Some(whole),
+                });
+            }
+            if tries == 0 {
+                return Ok(DirListing {
+                    entries,
+                    whole: None,
+                });
+            }
+        }
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -419,6 +454,17 @@ struct Deciders {
     feed: Arc<ChangeFeed>,
 }
 
+/// What one op of a group wrote, for the change counts and the feed.
+struct Written {
+    /// The connection it came through.
+    origin: u64,
+    /// What its answer accounts for (see [`answered`]).
+    answered: Vec<Ino>,
+    /// The directories whose entries it changed.
+    dirs: Vec<Ino>,
+    changes: Vec<Change>,
+}
+
 /// Decisions taken in one group, made good or undone by whether its write succeeds.
 #[derive(Default)]
 struct Decided {
@@ -441,19 +487,21 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
         let mut decided = Decided::default();
         // Each op's changed directories: one count each per op, so two ops in one group
         // are two changes.
-        let mut dirs_changed = Vec::new();
+        let mut counted = Vec::new();
         let mut removed = Vec::new();
-        let mut changes = Vec::new();
         for p in &group {
             txn.savepoint();
             let r = apply(&mut txn, &p.op, &deciders, &mut decided);
             if r.is_err() {
                 txn.rollback();
             } else {
-                dirs_changed.extend(txn.dirs_changed());
                 removed.extend(txn.inodes_removed());
-                let answered = answered(&p.op.kind, r.as_ref().ok());
-                changes.push((p.origin, answered, txn.changes()));
+                counted.push(Written {
+                    origin: p.origin,
+                    answered: answered(&p.op.kind, r.as_ref().ok()),
+                    dirs: txn.dirs_changed(),
+                    changes: txn.changes(),
+                });
             }
             results.push(r);
         }
@@ -464,9 +512,9 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
         };
         match &written {
             Ok(()) => {
-                deciders.versions.bump(&dirs_changed, &removed);
-                for (origin, answered, changes) in changes {
-                    deciders.feed.push(origin, &answered, changes);
+                deciders.versions.count(&mut counted, &removed);
+                for op in counted {
+                    deciders.feed.push(op.origin, &op.answered, op.changes);
                 }
             }
             Err(e) => {
@@ -632,6 +680,17 @@ mod tests {
             rx.await.unwrap().unwrap();
         }
         assert_eq!(v.get(a), 50);
+        // The feed tells each change of a's entries with the count it brought a to.
+        let feed = engine.feed().since(99, v.epoch, 0);
+        let counts: Vec<u64> = feed
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Entries(dir, count) if *dir == a => Some(*count),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(counts, (1..=50).collect::<Vec<_>>());
         // A change refused changes nothing.
         assert!(engine.submit(Caller::ROOT, create(a, "f0")).await.is_err());
         assert_eq!(v.get(a), 50);
@@ -680,7 +739,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let listing = engine.list_dir(&Caller::ROOT, Ino::ROOT, 10).unwrap();
+        let listing = engine.list_dir(&Caller::ROOT, Ino::ROOT, 10, true).unwrap();
         let names: Vec<_> = listing.entries.iter().map(|e| e.name.clone()).collect();
         assert_eq!(names, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
         assert!(listing.entries.iter().all(|e| e.attr.is_some()));
@@ -688,7 +747,7 @@ mod tests {
         assert_eq!((whole.attr.ino, whole.version), (Ino::ROOT, 3));
         assert_eq!(whole.epoch, engine.versions().epoch);
         // A page that may not be all of it has no count.
-        let first = engine.list_dir(&Caller::ROOT, Ino::ROOT, 3).unwrap();
+        let first = engine.list_dir(&Caller::ROOT, Ino::ROOT, 3, false).unwrap();
         assert_eq!(first.entries.len(), 3);
         assert!(first.whole.is_none());
         // Listing needs read permission, as readdir does.
@@ -711,7 +770,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            engine.list_dir(&nobody, Ino::ROOT, 10),
+            engine.list_dir(&nobody, Ino::ROOT, 10, false),
             Err(FsError::AccessDenied)
         ));
     }
@@ -731,7 +790,7 @@ mod tests {
         let mut made = vec![
             Change::Inode(Ino::ROOT),
             Change::Inode(file),
-            Change::Entries(Ino::ROOT),
+            Change::Entries(Ino::ROOT, 1),
         ];
         made.sort_by_key(|c| format!("{c:?}"));
         let mut seen = engine.feed().since(4, epoch, 0).changes;

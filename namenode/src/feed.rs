@@ -51,7 +51,7 @@ impl ChangeFeed {
         log.changes.extend(changes.into_iter().map(|change| {
             let known = match &change {
                 Change::Inode(ino) => answered.contains(ino),
-                Change::Entries(dir) => answered.contains(dir),
+                Change::Entries(dir, _) => answered.contains(dir),
             };
             (if known { origin } else { 0 }, change)
         }));
@@ -105,7 +105,7 @@ mod tests {
         assert!(!start.complete, "another run's position");
         assert_eq!((start.epoch, start.next), (7, 0));
         feed.push(1, &[Ino(5)], [Change::Inode(Ino(5))]);
-        let entry = Change::Entries(Ino(1));
+        let entry = Change::Entries(Ino(1), 1);
         // Of a change whose answer told its client of directory 1 only, that client hears
         // of the rest.
         feed.push(2, &[Ino(1)], [entry.clone(), Change::Inode(Ino(6))]);

@@ -526,8 +526,8 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::ListDir(r) => {
-                ex.respond(&self.engine.list_dir(caller, r.ino, r.limit))
-                    .await
+                let res = self.engine.list_dir(caller, r.ino, r.limit, r.attrs);
+                ex.respond(&res).await
             }
             R::Changes(r) => {
                 let feed = self.engine.feed();

@@ -362,9 +362,11 @@ impl Txn<'_> {
                 Cf::Xattrs | Cf::Chunks if key.len() > 8 => Some(Change::Inode(Ino(
                     u64::from_be_bytes(key[..8].try_into().ok()?),
                 ))),
-                Cf::Dentries if key.len() > 8 => Some(Change::Entries(Ino(u64::from_be_bytes(
-                    key[..8].try_into().ok()?,
-                )))),
+                // The count is the engine's to fill in when the op is counted.
+                Cf::Dentries if key.len() > 8 => Some(Change::Entries(
+                    Ino(u64::from_be_bytes(key[..8].try_into().ok()?)),
+                    0,
+                )),
                 _ => None,
             })
             .collect();

@@ -232,6 +232,83 @@ async fn names_absent_from_a_directory_this_mount_made_are_known_without_asking(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_in_a_directory_this_mount_did_not_make_are_learnt_and_cost_no_lookups() {
+    use cairn_common::proto::Lookup;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    // This mount's client, kept to count what it asks the namenode.
+    let client = cluster.client().await.unwrap();
+    let here = tempfile::tempdir().unwrap();
+    let a = here.path().to_path_buf();
+    let mounted = cairn_fuse::mount(
+        client.clone(),
+        tokio::runtime::Handle::current(),
+        &a,
+        &cairn_fuse::MountOptions::default(),
+    )
+    .unwrap();
+    with_mount(&cluster, move |b| {
+        std::thread::sleep(Duration::from_millis(300));
+        let within_ttl = || std::thread::sleep(Duration::from_millis(1100));
+        tracing::info!("--- made and filled on the other mount");
+        fs::create_dir_all(b.join("filled/listed")).unwrap();
+        for name in ["f0", "f1"] {
+            fs::write(b.join("filled").join(name), name).unwrap();
+            fs::write(b.join("filled/listed").join(name), name).unwrap();
+        }
+        let d = a.join("filled");
+        // The feed tells this mount of those changes first (a change of anyone's heard
+        // while a listing is read keeps it from being followed: it may predate it).
+        std::thread::sleep(Duration::from_millis(400));
+
+        tracing::info!("--- names made here one after another: learnt after two misses");
+        fs::write(d.join("n0"), b"n").unwrap();
+        fs::write(d.join("n1"), b"n").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let lookups = client.sent::<Lookup>();
+        for i in 2..12 {
+            fs::write(d.join(format!("n{i}")), b"n").unwrap();
+        }
+        assert_eq!(
+            client.sent::<Lookup>(),
+            lookups,
+            "lookups of names known absent"
+        );
+        assert!(exists(&d.join("f0")) && exists(&d.join("n11")) && !exists(&d.join("x")));
+
+        tracing::info!("--- a directory listed here: its files' lookups are answered here");
+        let mut names: Vec<_> = fs::read_dir(d.join("listed"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f0", "f1"]);
+        within_ttl();
+        // The way there, again: the root's names are not followed (it was never listed).
+        assert!(exists(&d.join("listed")));
+        let lookups = client.sent::<Lookup>();
+        assert_eq!(fs::metadata(d.join("listed/f1")).unwrap().len(), 2);
+        assert!(!exists(&d.join("listed/f2")));
+        assert_eq!(
+            client.sent::<Lookup>(),
+            lookups,
+            "lookups of a listed directory"
+        );
+
+        tracing::info!("--- the other mount's changes there still show within the TTL");
+        fs::write(b.join("filled/n5"), b"longer").unwrap();
+        fs::remove_file(b.join("filled/n6")).unwrap();
+        fs::write(b.join("filled/new"), b"new").unwrap();
+        within_ttl();
+        assert_eq!(fs::read(d.join("n5")).unwrap(), b"longer");
+        assert!(!exists(&d.join("n6")) && exists(&d.join("new")));
+    })
+    .await;
+    unmount(mounted).await;
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_directory_this_mount_listed_is_followed_until_another_mount_changes_it() {
     on_a_cluster_mounted_twice(move |a, b| {
         let within_ttl = || std::thread::sleep(Duration::from_millis(1100));
