@@ -80,8 +80,8 @@ impl OpenFile {
 }
 
 type Shared<T> = Arc<tokio::sync::Mutex<T>>;
-/// Open files by handle, with their inode.
-type FileTable = Arc<Mutex<HashMap<u64, (Ino, Shared<OpenFile>)>>>;
+/// Open files by handle, with their inode and whether they were opened for writing.
+type FileTable = Arc<Mutex<HashMap<u64, (Ino, bool, Shared<OpenFile>)>>>;
 /// Directory snapshots by handle.
 type DirTable = Arc<Mutex<HashMap<u64, DirListing>>>;
 
@@ -416,7 +416,7 @@ impl CairnFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
-            .map(|(_, f)| f.clone())
+            .map(|(_, _, f)| f.clone())
             .ok_or_else(|| FsError::invalid("unknown file handle"))
     }
 
@@ -495,8 +495,8 @@ fn handles_of(files: &FileTable, ino: Ino) -> Vec<Shared<OpenFile>> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .values()
-        .filter(|(i, _)| *i == ino)
-        .map(|(_, f)| f.clone())
+        .filter(|(i, _, _)| *i == ino)
+        .map(|(_, _, f)| f.clone())
         .collect()
 }
 
@@ -512,10 +512,15 @@ async fn with_pending(mut attr: InodeAttr, files: &FileTable) -> InodeAttr {
     attr
 }
 
-/// Is `attr` as this mount sees it already: not a file with a handle open here (whose
-/// buffered writes would count)? Then a reply needs no trip through the runtime.
+/// Is `attr` as this mount sees it already: not a file with a handle open for writing here
+/// (whose buffered writes would count)? Then a reply needs no trip through the runtime.
 fn settled(attr: &InodeAttr, files: &FileTable) -> bool {
-    attr.kind != FileKind::File || handles_of(files, attr.ino).is_empty()
+    attr.kind != FileKind::File
+        || !files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|(ino, writable, _)| *ino == attr.ino && *writable)
 }
 
 /// What a directory handle lists from `offset` on, with the offset of the entry after each:
@@ -860,12 +865,14 @@ impl Filesystem for CairnFs {
         let fh = self.new_handle();
         let ino = Ino(ino.0);
         let append = flags.0 & libc::O_APPEND != 0;
+        let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let files = self.files_handle();
         let atime = self.atime;
         self.run(
             async move {
                 let file = client.open(ino).await?;
-                register(&files, fh, ino, OpenFile::new(file, append, atime));
+                let file = OpenFile::new(file, append, atime);
+                register(&files, fh, ino, writable, file);
                 Ok(())
             },
             move |r| reply_opened(r, fh, reply),
@@ -1018,7 +1025,7 @@ impl Filesystem for CairnFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
-        let Some((ino, file)) = removed else {
+        let Some((ino, _, file)) = removed else {
             return reply.ok();
         };
         let client = self.client.clone();
@@ -1394,6 +1401,7 @@ impl Filesystem for CairnFs {
         let exclusive = flags & libc::O_EXCL != 0;
         let truncate = flags & libc::O_TRUNC != 0;
         let append = flags & libc::O_APPEND != 0;
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let fh = self.new_handle();
         let files = self.files_handle();
         let atime = self.atime;
@@ -1410,7 +1418,7 @@ impl Filesystem for CairnFs {
                     })
                     .await?;
                 let file = OpenFile::new(file, append, atime);
-                register(&files, fh, created.attr.ino, file);
+                register(&files, fh, created.attr.ino, writable, file);
                 Ok(created.attr)
             },
             move |r| match r {
@@ -1427,13 +1435,13 @@ impl Filesystem for CairnFs {
     }
 }
 
-/// Opens `ino` and files it under handle `fh`.
-fn register(files: &FileTable, fh: u64, ino: Ino, file: OpenFile) {
+/// Files open `ino` under handle `fh`.
+fn register(files: &FileTable, fh: u64, ino: Ino, writable: bool, file: OpenFile) {
     let open = Arc::new(tokio::sync::Mutex::new(file));
     files
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(fh, (ino, open));
+        .insert(fh, (ino, writable, open));
 }
 
 fn reply_data(r: FsResult<impl AsRef<[u8]>>, reply: ReplyData) {
