@@ -94,11 +94,24 @@ impl State {
 pub(crate) type Listed<'a> = (&'a ChangedDir, &'a [(&'a [u8], Ino)]);
 
 /// Where this client stood when it asked for a listing of `dir` (see
-/// [`FreshAttrs::adopt`]).
-pub(crate) struct ListingStart {
+/// [`FreshAttrs::adopt`]). While it lives, this client's changes to `dir` are kept for it.
+pub(crate) struct ListingStart<'a> {
+    fresh: &'a FreshAttrs,
     pub seq: u64,
     dir: Ino,
     asked: Instant,
+}
+
+impl Drop for ListingStart<'_> {
+    fn drop(&mut self) {
+        let mut s = self.fresh.state();
+        if let Some(learning) = s.learning.get_mut(&self.dir) {
+            learning.learners -= 1;
+            if learning.learners == 0 {
+                s.learning.remove(&self.dir);
+            }
+        }
+    }
 }
 
 /// A directory being listed to be followed.
@@ -429,39 +442,33 @@ impl FreshAttrs {
         self.state().listings.contains_key(&dir)
     }
 
-    /// Taken before asking for a listing of `dir` that may be adopted; every start ends
-    /// in one [`FreshAttrs::adopt`], with the listing or without.
-    pub fn begin_listing(&self, dir: Ino) -> ListingStart {
+    /// Taken before asking for a listing of `dir` that may be adopted; given to
+    /// [`FreshAttrs::adopt`] with the listing, or dropped.
+    pub fn begin_listing(&self, dir: Ino) -> ListingStart<'_> {
         let mut s = self.state();
         s.learning.entry(dir).or_default().learners += 1;
         ListingStart {
+            fresh: self,
             seq: s.seq,
             dir,
             asked: Instant::now(),
         }
     }
 
-    /// Ends the listing begun at `start`. With `listed`, all of the directory's names as of
-    /// its change count: from now on they are followed as those of a directory this
-    /// client made, and the lookups of names there need no call while nobody else changes
-    /// it. This client's own changes to it answered meanwhile are replayed onto it (the
+    /// `listed`, all of the directory's names as of its change count, read by a call begun
+    /// at `start`: from now on they are followed as those of a directory this client made,
+    /// and the lookups of names there need no call while nobody else changes it. This
+    /// client's own changes to it answered meanwhile are replayed onto it (the
     /// listing may or may not hold them: the count says). Not adopted when something that
     /// may predate the listing came in meanwhile: another client's change, a change that
     /// went unanswered, a change counted between the listing's and this client's. Says
     /// whether it was adopted.
-    pub fn adopt(&self, start: &ListingStart, listed: Option<Listed<'_>>) -> bool {
+    pub fn adopt(&self, start: ListingStart<'_>, listed: Listed<'_>) -> bool {
+        let (dir, names) = listed;
+        // (`start` is dropped after the lock is let go: it takes it again.)
         let mut guard = self.state();
         let s: &mut State = &mut guard;
-        let Some(learning) = s.learning.get_mut(&start.dir) else {
-            return false;
-        };
-        learning.learners -= 1;
-        let learning = if learning.learners == 0 {
-            s.learning.remove(&start.dir).unwrap_or_default()
-        } else {
-            learning.clone()
-        };
-        let Some((dir, names)) = listed else {
+        let Some(learning) = s.learning.get(&start.dir).cloned() else {
             return false;
         };
         if s.seq != start.seq
@@ -674,7 +681,7 @@ mod tests {
         let fresh = FreshAttrs::default();
         let start = fresh.begin_listing(listed);
         fresh.record(start.seq, [attr(21, FileKind::File, 3)]);
-        fresh.adopt(&start, Some((&whole(6), &names)));
+        fresh.adopt(start, (&whole(6), &names));
         assert!(fresh.absent(listed, b"c", SEC).is_some());
         assert!(fresh.absent(listed, b"a", SEC).is_none());
         assert_eq!(fresh.entry(listed, b"a", SEC).unwrap().0.size, 3);
@@ -691,7 +698,7 @@ mod tests {
         // A listing whose count is behind the names it holds: found out at the next change.
         let behind = FreshAttrs::default();
         let start = behind.begin_listing(listed);
-        behind.adopt(&start, Some((&whole(5), &names)));
+        behind.adopt(start, (&whole(5), &names));
         behind.entries_changed(&[whole(7)], &[(listed, Edit::Add(b"c"))], None);
         assert!(behind.absent(listed, b"d", SEC).is_none());
 
@@ -703,7 +710,7 @@ mod tests {
         for (dir, edit) in [create(b"d", 8), create(b"a", 6), create(b"c", 7)] {
             own.entries_changed(&[dir], &[(listed, edit)], Some(Ino(23)));
         }
-        own.adopt(&start, Some((&whole(6), &names)));
+        own.adopt(start, (&whole(6), &names));
         assert!(own.absent(listed, b"c", SEC).is_none());
         assert!(own.absent(listed, b"d", SEC).is_none());
         assert!(own.absent(listed, b"e", SEC).is_some());
@@ -720,7 +727,7 @@ mod tests {
             let fresh = FreshAttrs::default();
             let start = fresh.begin_listing(listed);
             between(&fresh);
-            fresh.adopt(&start, Some((&whole(6), &names)));
+            fresh.adopt(start, (&whole(6), &names));
             assert!(fresh.absent(listed, b"x", SEC).is_none());
             assert!(fresh.state().learning.is_empty());
         };
@@ -731,8 +738,10 @@ mod tests {
         let two = FreshAttrs::default();
         let (first, second) = (two.begin_listing(listed), two.begin_listing(listed));
         two.entries_changed(&[whole(7)], &[(listed, Edit::Add(b"c"))], None);
-        two.adopt(&first, None);
-        two.adopt(&second, Some((&whole(6), &names)));
+        drop(first);
+        assert!(!two.state().learning.is_empty(), "the second is under way");
+        two.adopt(second, (&whole(6), &names));
+        assert!(two.state().learning.is_empty());
         assert!(two.absent(listed, b"c", SEC).is_none());
         assert!(two.absent(listed, b"x", SEC).is_some());
     }

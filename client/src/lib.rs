@@ -503,7 +503,11 @@ impl Client {
         let small = listed
             .as_ref()
             .is_ok_and(|l| l.entries.len() < READDIR_PAGE as usize);
-        if !self.adopt(&start, listed.as_ref().ok()) && small {
+        let adopted = match &listed {
+            Ok(listing) => self.adopt(start, listing),
+            Err(_) => false,
+        };
+        if !adopted && small {
             // Changed while it was read: the next miss there tries again.
             let mut misses = self.inner.misses.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((_, tried)) = misses.get_mut(&dir) {
@@ -512,12 +516,11 @@ impl Client {
         }
     }
 
-    /// Ends the listing begun at `start`: follows the names of the directory `listing`
-    /// is of, if it is all of it; says whether it does.
-    fn adopt(&self, start: &fresh::ListingStart, listing: Option<&proto::DirListing>) -> bool {
+    /// Follows the names of the directory `listing` (asked for at `start`) is of, if it
+    /// is all of it; says whether it does.
+    fn adopt(&self, start: fresh::ListingStart<'_>, listing: &proto::DirListing) -> bool {
         let fresh = &self.inner.fresh;
-        let Some((listing, dir)) = listing.and_then(|l| Some((l, l.whole.as_ref()?))) else {
-            fresh.adopt(start, None);
+        let Some(dir) = &listing.whole else {
             return false;
         };
         fresh.record(
@@ -530,7 +533,7 @@ impl Client {
             .iter()
             .map(|e| (e.name.as_slice(), e.ino))
             .collect();
-        fresh.adopt(start, Some((dir, &names)))
+        fresh.adopt(start, (dir, &names))
     }
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<InodeAttr> {
@@ -750,8 +753,8 @@ impl Client {
                     attrs: true,
                 })
                 .await;
-            self.adopt(&start, listing.as_ref().ok());
             let listing = listing?;
+            self.adopt(start, &listing);
             if listing.entries.len() < READDIR_PAGE as usize {
                 return Ok(listing.entries);
             }
