@@ -94,6 +94,12 @@ impl FileHandle {
         self.attr.size.max(self.written_end)
     }
 
+    /// Where this handle's writes not yet committed end (0 when there are none): the size
+    /// the namenode's answers do not count yet.
+    pub fn unflushed_end(&self) -> u64 {
+        self.written_end
+    }
+
     fn check(&self) -> FsResult<()> {
         match &self.error {
             Some(e) => Err(e.clone()),

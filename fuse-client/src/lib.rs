@@ -506,7 +506,7 @@ fn handles_of(files: &FileTable, ino: Ino) -> Vec<Shared<OpenFile>> {
 async fn with_pending(mut attr: InodeAttr, files: &FileTable) -> InodeAttr {
     if attr.kind == FileKind::File {
         for f in handles_of(files, attr.ino) {
-            attr.size = attr.size.max(f.lock().await.file.size());
+            attr.size = attr.size.max(f.lock().await.file.unflushed_end());
         }
     }
     attr

@@ -309,6 +309,37 @@ async fn names_in_a_directory_this_mount_did_not_make_are_learnt_and_cost_no_loo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_open_here_shows_another_mounts_truncate() {
+    on_a_cluster_mounted_twice(move |a, b| {
+        fs::write(a.join("t"), vec![7u8; 100]).unwrap();
+        let reading = fs::File::open(a.join("t")).unwrap();
+        let mut writing = fs::OpenOptions::new()
+            .write(true)
+            .open(a.join("t"))
+            .unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(b.join("t"))
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(
+            fs::metadata(a.join("t")).unwrap().len(),
+            10,
+            "handles open here"
+        );
+        // What this mount writes and has not flushed yet still counts.
+        writing.seek(SeekFrom::Start(40)).unwrap();
+        writing.write_all(b"x").unwrap();
+        assert_eq!(fs::metadata(a.join("t")).unwrap().len(), 41);
+        drop((reading, writing));
+        assert_eq!(fs::metadata(b.join("t")).unwrap().len(), 41);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_directory_this_mount_listed_is_followed_until_another_mount_changes_it() {
     on_a_cluster_mounted_twice(move |a, b| {
         let within_ttl = || std::thread::sleep(Duration::from_millis(1100));
