@@ -497,17 +497,15 @@ impl Client {
                 attrs: false,
             })
             .await;
-        if let Err(e) = &listed {
-            tracing::debug!(%dir, "learning the names of a directory: {e}");
-        }
-        let small = listed
-            .as_ref()
-            .is_ok_and(|l| l.entries.len() < READDIR_PAGE as usize);
-        let adopted = match &listed {
-            Ok(listing) => self.adopt(start, listing),
-            Err(_) => false,
+        let listing = match listed {
+            Ok(listing) => listing,
+            Err(e) => {
+                tracing::debug!(%dir, "learning the names of a directory: {e}");
+                return;
+            }
         };
-        if !adopted && small {
+        let small = listing.entries.len() < READDIR_PAGE as usize;
+        if !self.adopt(start, &listing) && small {
             // Changed while it was read: the next miss there tries again.
             let mut misses = self.inner.misses.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((_, tried)) = misses.get_mut(&dir) {
@@ -752,8 +750,7 @@ impl Client {
                     limit: READDIR_PAGE,
                     attrs: true,
                 })
-                .await;
-            let listing = listing?;
+                .await?;
             self.adopt(start, &listing);
             if listing.entries.len() < READDIR_PAGE as usize {
                 return Ok(listing.entries);

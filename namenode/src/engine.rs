@@ -53,19 +53,18 @@ impl DirVersions {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts the directories each op of a group changed, op by op (one each per op),
-    /// writing into the op's `Entries` changes the count it brought each directory to;
-    /// then forgets `removed` (inode numbers are never reused, so nobody can follow them
-    /// again).
+    /// Counts the directories each op of a group changed the entries of, op by op (one
+    /// each per op: an op's changes name each directory once), writing into each
+    /// `Entries` change the count it brought its directory to; then forgets `removed`
+    /// (inode numbers are never reused, so nobody can follow them again).
     fn count(&self, ops: &mut [Written], removed: &[Ino]) {
         let mut counts = self.counts();
         for op in ops {
-            for dir in &op.dirs {
-                *counts.entry(*dir).or_default() += 1;
-            }
             for change in &mut op.changes {
                 if let Change::Entries(dir, count) = change {
-                    *count = counts.get(dir).copied().unwrap_or(0);
+                    let counted = counts.entry(*dir).or_default();
+                    *counted += 1;
+                    *count = *counted;
                 }
             }
         }
@@ -270,13 +269,8 @@ impl MetaEngine {
             let before = self.versions.get(dir);
             let entries = self.readdir(caller, dir, None, limit, attrs)?;
             tries -= 1;
-            if entries.len() == limit as usize {
-                return Ok(DirListing {
-                    entries,
-                    whole: None,
-                });
-            }
-            if self.versions.get(dir) == before {
+            let all = entries.len() < limit as usize;
+            if all && self.versions.get(dir) == before {
                 let whole = ChangedDir {
                     attr: self.getattr(dir)?,
                     version: before,
@@ -287,7 +281,7 @@ impl MetaEngine {
                     whole: Some(whole),
                 });
             }
-            if tries == 0 {
+            if !all || tries == 0 {
                 return Ok(DirListing {
                     entries,
                     whole: None,
@@ -460,8 +454,6 @@ struct Written {
     origin: u64,
     /// What its answer accounts for (see [`answered`]).
     answered: Vec<Ino>,
-    /// The directories whose entries it changed.
-    dirs: Vec<Ino>,
     changes: Vec<Change>,
 }
 
@@ -499,7 +491,6 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
                 counted.push(Written {
                     origin: p.origin,
                     answered: answered(&p.op.kind, r.as_ref().ok()),
-                    dirs: txn.dirs_changed(),
                     changes: txn.changes(),
                 });
             }

@@ -309,23 +309,6 @@ impl Txn<'_> {
         self.orphaned.push(ino);
     }
 
-    /// The directories whose entries the current operation changed.
-    pub fn dirs_changed(&self) -> Vec<Ino> {
-        let mut dirs: Vec<Ino> = self
-            .undo
-            .iter()
-            .filter(|((cf, key), _)| *cf == Cf::Dentries && key.len() >= 8)
-            .map(|((_, key), _)| {
-                let mut parent = [0u8; 8];
-                parent.copy_from_slice(&key[..8]);
-                Ino(u64::from_be_bytes(parent))
-            })
-            .collect();
-        dirs.sort_unstable();
-        dirs.dedup();
-        dirs
-    }
-
     /// The inodes the current operation removed.
     pub fn inodes_removed(&self) -> Vec<Ino> {
         let mut inos: Vec<Ino> = self
