@@ -231,6 +231,8 @@ impl FileHandle {
         } else {
             committed_end
         };
+        let fresh = &self.client.inner.fresh;
+        let ask = fresh.map_changing(self.attr.ino);
         let res = self
             .client
             .change_attrs(
@@ -243,11 +245,16 @@ impl FileHandle {
                 },
             )
             .await;
+        fresh.map_changed(self.attr.ino, ask, res.as_ref().ok());
         drop(pending);
         match res {
-            Ok(attr) => {
-                self.attr = attr;
+            Ok(map) => {
+                self.attr = map.attr.clone();
                 self.map = ChunkCache::default();
+                if map.leased {
+                    // The whole file (one chunk) as of this commit: reads need not ask.
+                    self.absorb(0, 1, map);
+                }
                 if !self.is_dirty() {
                     self.written_end = 0;
                 }

@@ -26,13 +26,20 @@
 //! listing came with, unless something that may predate the listing came in while it was
 //! read: another client's change, or a change of this client's in a directory it does not
 //! follow (its count may not show in the listing's yet).
+//!
+//! And it keeps the maps of files it holds leases on (`ChunkMap::leased`): an open of such a
+//! file needs no call while the feed is read (within [`LEASE_TRUST`] of the last complete
+//! read asked for) and told of no change of the file. A change of the file's map by this
+//! client (a commit, a truncate) forgets it, as does an answer to an open that raced with
+//! one (each such change moves the file's generation; a map is kept only by a call that saw
+//! the generation stand still).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_common::attr::{FileKind, InodeAttr};
-use cairn_common::proto::{Change, ChangedDir};
+use cairn_common::proto::{Change, ChangedDir, ChunkMap, LEASE_MAP_KEEP, LEASE_TRUST};
 use cairn_common::Ino;
 
 /// More inodes than this and the memory starts afresh.
@@ -71,6 +78,28 @@ struct State {
     /// Directories whose names are being listed to be followed, with this client's own
     /// changes to them answered meanwhile (replayed onto the listing).
     learning: HashMap<Ino, Learning>,
+    /// Files' maps held by leases, and files whose maps are changing.
+    maps: HashMap<Ino, Kept>,
+    map_gen: u64,
+}
+
+/// A call about to fetch or change a file's map: the file's generation then, and when the
+/// call was sent (a map it answers with is used for [`LEASE_MAP_KEEP`] from then, never
+/// longer than the namenode keeps the lease).
+#[derive(Clone, Copy)]
+pub(crate) struct MapAsk {
+    gen: u64,
+    asked: Instant,
+}
+
+/// A file's map as a lease keeps it.
+#[derive(Default)]
+struct Kept {
+    /// Moves with every change of the file's map this client makes or hears of.
+    gen: u64,
+    /// This client's changes of the map under way.
+    changing: u32,
+    map: Option<(ChunkMap, Instant)>,
 }
 
 impl State {
@@ -79,6 +108,21 @@ impl State {
         match (self.feed_from, self.synced) {
             (Some(from), Some(synced)) if from < at && at < synced => synced.elapsed(),
             _ => at.elapsed(),
+        }
+    }
+
+    /// `ino`'s map changed or may have: forget it, and void maps being fetched.
+    fn map_moved(&mut self, ino: Ino) {
+        self.map_gen += 1;
+        let gen = self.map_gen;
+        match self.maps.get_mut(&ino) {
+            Some(k) if k.changing > 0 => {
+                k.gen = gen;
+                k.map = None;
+            }
+            _ => {
+                self.maps.remove(&ino);
+            }
         }
     }
 
@@ -294,6 +338,7 @@ impl FreshAttrs {
             match change {
                 Change::Inode(ino) => {
                     s.inodes.remove(ino);
+                    s.map_moved(*ino);
                 }
                 Change::Entries(dir, count) => {
                     let held = s
@@ -319,6 +364,10 @@ impl FreshAttrs {
     pub fn feed_restarted(&self) {
         let mut s = self.state();
         s.seq += 1;
+        let moved: Vec<Ino> = s.maps.keys().copied().collect();
+        for ino in moved {
+            s.map_moved(ino);
+        }
         s.feed_from = Some(Instant::now());
         s.synced = None;
     }
@@ -545,6 +594,89 @@ impl FreshAttrs {
         (age < within).then(|| (f.attr.clone(), age))
     }
 
+    /// Taken before asking for `ino`'s map: what [`FreshAttrs::keep_map`] needs.
+    pub fn map_ask(&self, ino: Ino) -> MapAsk {
+        let asked = Instant::now();
+        let mut s = self.state();
+        if s.maps.len() >= MAX_INODES {
+            s.maps.retain(|_, k| k.changing > 0);
+        }
+        s.map_gen += 1;
+        let fresh = s.map_gen;
+        let gen = s
+            .maps
+            .entry(ino)
+            .or_insert_with(|| Kept {
+                gen: fresh,
+                ..Kept::default()
+            })
+            .gen;
+        MapAsk { gen, asked }
+    }
+
+    /// Keeps the map of a file an open answered with (asked for as `ask` says), if
+    /// it is leased, covers the whole file, and nothing moved the file's map meanwhile.
+    pub fn keep_map(&self, ask: MapAsk, map: &ChunkMap) {
+        if !map.leased || !covers_file(map) {
+            return;
+        }
+        let mut s = self.state();
+        if let Some(k) = s.maps.get_mut(&map.attr.ino) {
+            if k.gen == ask.gen && k.changing == 0 {
+                k.map = Some((map.clone(), ask.asked));
+            }
+        }
+    }
+
+    /// The map a lease keeps for `ino`, while the lease can be trusted.
+    pub fn kept_map(&self, ino: Ino) -> Option<ChunkMap> {
+        let s = self.state();
+        let trusted = s.synced.is_some_and(|t| t.elapsed() < LEASE_TRUST);
+        let (map, at) = s.maps.get(&ino)?.map.as_ref()?;
+        // Replica locations move (a datanode lost, a balancer): a read that fails on them
+        // asks again, but an old map is not kept for long.
+        (trusted && at.elapsed() < LEASE_MAP_KEEP).then(|| map.clone())
+    }
+
+    /// This client is changing `ino`'s map (a commit, a truncate): until
+    /// [`FreshAttrs::map_changed`], no answer keeps a map of it. Returns the generation
+    /// the change's own answer needs to be kept.
+    pub fn map_changing(&self, ino: Ino) -> MapAsk {
+        let asked = Instant::now();
+        let mut s = self.state();
+        s.map_moved(ino);
+        let gen = s.map_gen;
+        let k = s.maps.entry(ino).or_default();
+        k.changing += 1;
+        k.gen = gen;
+        MapAsk { gen, asked }
+    }
+
+    /// The change `ask` began was answered, with the file's map if `map`: kept when it
+    /// is leased and nothing else moved the map meanwhile.
+    pub fn map_changed(&self, ino: Ino, ask: MapAsk, map: Option<&ChunkMap>) {
+        let mut s = self.state();
+        let Some(k) = s.maps.get_mut(&ino) else {
+            return;
+        };
+        k.changing = k.changing.saturating_sub(1);
+        match map {
+            Some(map) if k.gen == ask.gen && k.changing == 0 && map.leased && covers_file(map) => {
+                k.map = Some((map.clone(), ask.asked));
+            }
+            _ => s.map_moved(ino),
+        }
+    }
+
+    /// This client recorded a read in `attr.ino`'s access time: a kept map says so too, or
+    /// each open by it would record the read again.
+    pub fn accessed(&self, attr: &InodeAttr) {
+        let mut s = self.state();
+        if let Some((map, _)) = s.maps.get_mut(&attr.ino).and_then(|k| k.map.as_mut()) {
+            map.attr.atime = attr.atime;
+        }
+    }
+
     /// `ino`'s attributes if recorded less than `within` ago, with how long ago.
     pub fn get(&self, ino: Ino, within: Duration) -> Option<(InodeAttr, Duration)> {
         self.fresh(ino, within).map(|(attr, age, _)| (attr, age))
@@ -554,6 +686,12 @@ impl FreshAttrs {
     pub fn bare(&self, ino: Ino, within: Duration) -> bool {
         self.fresh(ino, within).is_some_and(|(_, _, bare)| bare)
     }
+}
+
+/// Does `map` hold every chunk of its file?
+fn covers_file(map: &ChunkMap) -> bool {
+    let chunks = map.attr.size.div_ceil(cairn_common::layout::CHUNK_SIZE);
+    chunks <= cairn_common::proto::OPEN_MAP_CHUNKS as u64
 }
 
 #[cfg(test)]
@@ -578,6 +716,80 @@ mod tests {
     }
 
     const SEC: Duration = Duration::from_secs(1);
+
+    fn map(ino: u64, size: u64, leased: bool) -> ChunkMap {
+        ChunkMap {
+            attr: attr(ino, FileKind::File, size),
+            chunks: Vec::new(),
+            locations: Vec::new(),
+            corrupt: Vec::new(),
+            leased,
+        }
+    }
+
+    #[test]
+    fn a_leased_map_is_used_while_the_feed_is_read_and_nothing_moved_it() {
+        let fresh = FreshAttrs::default();
+        let f = Ino(5);
+        let kept = |fresh: &FreshAttrs| fresh.kept_map(f).is_some();
+        let small = map(5, 10, true);
+        fresh.keep_map(fresh.map_ask(f), &small);
+        assert!(!kept(&fresh), "not before the feed is read");
+        fresh.synced(Instant::now());
+        assert!(kept(&fresh));
+        fresh.synced(Instant::now() - LEASE_TRUST);
+        assert!(
+            !kept(&fresh),
+            "not once the feed was not read for the lease's trust"
+        );
+        fresh.synced(Instant::now());
+
+        // Not leased, or more than the map covers: not kept.
+        fresh.others_changed(1, &[Change::Inode(f)]);
+        assert!(!kept(&fresh), "another client changed it");
+        fresh.keep_map(fresh.map_ask(f), &map(5, 10, false));
+        let huge = 100 * cairn_common::layout::CHUNK_SIZE;
+        fresh.keep_map(fresh.map_ask(f), &map(5, huge, true));
+        assert!(!kept(&fresh));
+
+        // An answer to an open that raced with another client's change.
+        let gen = fresh.map_ask(f);
+        fresh.others_changed(1, &[Change::Inode(f)]);
+        fresh.keep_map(gen, &small);
+        assert!(!kept(&fresh));
+
+        // This client's commit answers with the map: kept. Two at once: neither.
+        let g = fresh.map_changing(f);
+        fresh.map_changed(f, g, Some(&small));
+        assert!(kept(&fresh));
+        let (g1, g2) = (fresh.map_changing(f), fresh.map_changing(f));
+        assert!(!kept(&fresh), "a change under way");
+        fresh.map_changed(f, g2, Some(&small));
+        fresh.map_changed(f, g1, Some(&small));
+        assert!(!kept(&fresh));
+        // An open answered while a commit was under way; a truncate (no map).
+        let gen = fresh.map_ask(f);
+        let g = fresh.map_changing(f);
+        fresh.keep_map(gen, &small);
+        fresh.map_changed(f, g, None);
+        assert!(!kept(&fresh));
+        // A change heard of while a commit was under way.
+        let g = fresh.map_changing(f);
+        fresh.others_changed(1, &[Change::Inode(f)]);
+        fresh.map_changed(f, g, Some(&small));
+        assert!(!kept(&fresh));
+
+        // This client's read recorded in the access time shows in the kept map.
+        fresh.keep_map(fresh.map_ask(f), &small);
+        let mut read = small.attr.clone();
+        read.atime = cairn_common::attr::Timestamp { secs: 77, nanos: 0 };
+        fresh.accessed(&read);
+        assert_eq!(fresh.kept_map(f).unwrap().attr.atime.secs, 77);
+        // Another namenode run: nothing kept is vouched for.
+        fresh.feed_restarted();
+        fresh.synced(Instant::now());
+        assert!(!kept(&fresh));
+    }
 
     #[test]
     fn answers_are_kept_for_a_while_and_the_newest_wins() {

@@ -122,6 +122,12 @@ impl AttrAnswer for InodeAttr {
     }
 }
 
+impl AttrAnswer for proto::ChunkMap {
+    fn attr(&self) -> Option<&InodeAttr> {
+        Some(&self.attr)
+    }
+}
+
 impl ChangedEntries for InodeAttr {
     fn added(&self) -> Option<Ino> {
         Some(self.ino)
@@ -540,11 +546,17 @@ impl Client {
 
     /// Records a read of `ino` in its access time, where relatime says it is due.
     pub async fn accessed(&self, ino: Ino) -> FsResult<InodeAttr> {
-        self.change_attrs(ino, proto::Accessed { ino }).await
+        let attr = self.change_attrs(ino, proto::Accessed { ino }).await?;
+        self.inner.fresh.accessed(&attr);
+        Ok(attr)
     }
 
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<InodeAttr> {
-        self.change_attrs(ino, proto::SetAttrReq { ino, set }).await
+        let fresh = &self.inner.fresh;
+        let ask = fresh.map_changing(ino);
+        let res = self.change_attrs(ino, proto::SetAttrReq { ino, set }).await;
+        fresh.map_changed(ino, ask, None);
+        res
     }
 
     pub async fn mkdir(
@@ -897,14 +909,19 @@ impl Client {
     /// Opens a regular file for reading and writing. Until the handle is dropped the file
     /// outlives the removal of its last name, by this client or any other.
     pub async fn open(&self, ino: Ino) -> FsResult<FileHandle> {
+        if let Some(file) = self.open_leased(ino) {
+            return Ok(file);
+        }
         let (claim, start) = self.inner.opens.hold(ino);
         if start {
             self.start_renewals();
         }
         let seq = self.inner.fresh.begin();
+        let ask = self.inner.fresh.map_ask(ino);
         let opened = self.namenode(proto::Open { ino, claim }).await;
         if let Ok(map) = &opened {
             self.inner.fresh.record(seq, [map.attr.clone()]);
+            self.inner.fresh.keep_map(ask, map);
         }
         let map = match opened {
             Ok(map) if map.attr.kind == FileKind::File => map,
@@ -921,6 +938,17 @@ impl Client {
             }
         };
         Ok(FileHandle::opened(self.clone(), map))
+    }
+
+    /// Opens a file this client holds a lease on, by the map the lease keeps, without a
+    /// call (`None` without one). The namenode hears of the open with the next renewal of
+    /// the open set. Call within the client's runtime.
+    pub fn open_leased(&self, ino: Ino) -> Option<FileHandle> {
+        let map = self.inner.fresh.kept_map(ino)?;
+        if self.inner.opens.hold(ino).1 {
+            self.start_renewals();
+        }
+        Some(FileHandle::opened(self.clone(), map))
     }
 
     /// Creates a file (or opens an existing one, as `open(2)` with `O_CREAT` does) and opens
@@ -973,19 +1001,22 @@ fn components(path: &str) -> FsResult<Vec<&str>> {
     Ok(out)
 }
 
-/// How often a mount reads the namenode's change feed.
-const FEED_INTERVAL: Duration = Duration::from_millis(200);
+/// How long the namenode may hold a read of the change feed back for news. The feed is read
+/// again at once after each answer, so a change reaches this client within a round trip;
+/// a quiet feed is still answered this often, which bounds how old what is kept can be
+/// (see `fresh.rs`).
+const FEED_WAIT: Duration = Duration::from_millis(200);
+/// After a failed read of the feed, the next one waits this long.
+const FEED_RETRY: Duration = Duration::from_millis(200);
 
 /// See [`Client::follow_changes`]. Ends when the client is dropped.
 async fn follow_changes(client: std::sync::Weak<Inner>) {
     // (namenode run, next change to read); unknown until the first answer.
     let mut at = (0, 0);
-    // The first read takes a position at once: nothing kept before it is vouched for.
-    let mut more = true;
+    // The first read takes a position at once (nothing kept before it is vouched for);
+    // after that the namenode answers when there is news.
+    let mut wait = Duration::ZERO;
     loop {
-        if !more {
-            tokio::time::sleep(FEED_INTERVAL).await;
-        }
         let Some(inner) = client.upgrade() else {
             return;
         };
@@ -993,25 +1024,58 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
         let req = proto::Changes {
             epoch: at.0,
             since: at.1,
+            wait_ms: wait.as_millis() as u32,
         };
-        let reply = match Client::from_inner(inner.clone()).namenode(req).await {
+        let reader = Client::from_inner(inner);
+        let answer = tokio::select! {
+            answer = reader.namenode(req) => answer,
+            // Everyone else let go of the client while the read waited for news.
+            _ = let_go(&client) => return,
+        };
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let reply = match answer {
             Ok(reply) => reply,
             Err(e) => {
                 // What is kept ages as if there were no feed until it is read again.
                 tracing::debug!("reading the namenode's change feed failed: {e}");
-                more = false;
+                tokio::time::sleep(FEED_RETRY).await;
                 continue;
             }
         };
         if reply.complete {
             inner.fresh.others_changed(reply.epoch, &reply.changes);
+            let files: Vec<Ino> = reply
+                .changes
+                .iter()
+                .filter_map(|c| match c {
+                    proto::Change::Inode(ino) => Some(*ino),
+                    proto::Change::Entries(..) => None,
+                })
+                .collect();
+            opens::renew_if_held(&Client::from_inner(inner.clone()), &files).await;
         } else {
             inner.fresh.feed_restarted();
         }
         at = (reply.epoch, reply.next);
-        more = reply.more;
+        wait = if reply.more {
+            Duration::ZERO
+        } else {
+            FEED_WAIT
+        };
         if reply.complete && !reply.more {
             inner.fresh.synced(asked);
+        }
+    }
+}
+
+/// Resolves once the feed's own read (which holds one reference) is all that holds `client`.
+async fn let_go(client: &std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if client.strong_count() <= 1 {
+            return;
         }
     }
 }

@@ -167,6 +167,29 @@ impl OpenSet {
 }
 
 /// Renews `client`'s open set until the client is dropped.
+/// Tells the namenode now of every file this client holds open, if it holds any of
+/// `changed` (files another client changed): one opened by a leased map, without a call,
+/// is not known there as open yet, and must be before this client reads the feed on (the
+/// namenode counts the lease as an open until then).
+pub(crate) async fn renew_if_held(client: &crate::Client, changed: &[Ino]) {
+    let set = client.inner.opens_handle();
+    let held = {
+        let s = set.state();
+        changed.iter().any(|ino| s.held.contains_key(ino))
+    };
+    if !held {
+        return;
+    }
+    let Some(renewal) = set.renewal() else {
+        return;
+    };
+    let gen = renewal.gen;
+    match client.namenode(renewal).await {
+        Ok(()) => set.renewed(gen),
+        Err(e) => tracing::debug!("renewing open files failed: {e}"),
+    }
+}
+
 pub(crate) async fn renew(client: Weak<crate::Inner>) {
     loop {
         let Some(inner) = client.upgrade() else {

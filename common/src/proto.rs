@@ -63,7 +63,7 @@ service! {
         SetReplication(SetReplication) -> InodeAttr,
         ReadChunks(ReadChunks) -> ChunkMap,
         AllocateBlock(AllocateBlock) -> Placement,
-        CommitSlices(CommitSlices) -> InodeAttr,
+        CommitSlices(CommitSlices) -> ChunkMap,
         ReportBadReplica(ReportBadReplica) -> (),
         ListDatanodes(ListDatanodes) -> Vec<DatanodeStatus>,
         GetLock(GetLock) -> Option<LockRange>,
@@ -211,7 +211,24 @@ pub struct ChangedDir {
 pub struct Changes {
     pub epoch: u64,
     pub since: u64,
+    /// When there is nothing new for this client, the namenode holds the answer back until
+    /// there is, or this long (capped at [`MAX_FEED_WAIT_MS`]): the feed comes as it
+    /// happens, one request in flight at a time.
+    pub wait_ms: u32,
 }
+
+/// The longest a [`Changes`] request is held back waiting for a change.
+pub const MAX_FEED_WAIT_MS: u32 = 2_000;
+
+/// How long after it asked for its latest complete read of the change feed a client may
+/// still open a file by the map a lease gave it (see [`ChunkMap::leased`]) without asking.
+/// The namenode waits for a client that holds a lease on a changed file to read the change,
+/// or for twice this since its last read, before it answers the change.
+pub const LEASE_TRUST: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long after a lease was given a client may open by its map at most (replica locations
+/// in it age); the namenode forgets leases twice as old.
+pub const LEASE_MAP_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangesReply {
@@ -466,6 +483,10 @@ pub struct ChunkMap {
     /// Blocks among those with replicas found corrupt (by a scrubber or a reader) that are
     /// not yet replaced.
     pub corrupt: Vec<BlockId>,
+    /// A lease: until this client reads of a change of the file in the change feed, the
+    /// namenode answers no other client's change of it. While it reads the feed, the client
+    /// may open the file again by this map (when it covers the whole file) without asking.
+    pub leased: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -499,7 +520,9 @@ pub struct Placement {
     pub replication: u8,
 }
 
-/// Records slices a client has stored; the file grows to at least `size`.
+/// Records slices a client has stored; the file grows to at least `size`. Answered with
+/// the file's attributes, and, for a file of one chunk, its whole map under a lease (see
+/// [`ChunkMap::leased`]): the writer opens it again without asking.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommitSlices {
     pub ino: Ino,

@@ -14,7 +14,7 @@ use cairn_common::{BlockId, FsError, FsResult, Ino};
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
-use crate::feed::ChangeFeed;
+use crate::feed::{Breaks, ChangeFeed};
 use crate::gc::Gc;
 use crate::keys::{self, META_INODE_COUNT};
 use crate::opens::OpenTable;
@@ -28,7 +28,8 @@ pub const MAX_READDIR_PAGE: u32 = 4096;
 
 struct Pending {
     op: MetaOp,
-    reply: oneshot::Sender<FsResult<MetaReply>>,
+    /// The result, and what its answer waits for (see [`crate::feed`]'s leases).
+    reply: oneshot::Sender<(FsResult<MetaReply>, Breaks)>,
     /// The connection the op came through (0: the namenode's own), for the change feed.
     origin: u64,
 }
@@ -105,7 +106,8 @@ impl MetaEngine {
         gc: Arc<Gc>,
     ) -> anyhow::Result<MetaEngine> {
         let store = Arc::new(Store::open(dir)?);
-        if store.inode(Ino::ROOT)?.is_none() {
+        let restarted = store.inode(Ino::ROOT)?.is_some();
+        if !restarted {
             info!("formatting a new namespace");
             let mut txn = store.txn();
             let op = MetaOp {
@@ -121,7 +123,7 @@ impl MetaEngine {
         let (tx, rx) = mpsc::channel();
         let writer_store = store.clone();
         let versions = Arc::new(DirVersions::new());
-        let feed = Arc::new(ChangeFeed::new(versions.epoch));
+        let feed = Arc::new(ChangeFeed::new(versions.epoch, restarted));
         let deciders = Deciders {
             opens,
             gc,
@@ -153,8 +155,14 @@ impl MetaEngine {
         kind: MetaOpKind,
     ) -> FsResult<MetaReply> {
         let rx = self.enqueue(origin, caller, kind)?;
-        rx.await
-            .map_err(|_| FsError::io("metadata writer stopped"))?
+        let (res, breaks) = rx
+            .await
+            .map_err(|_| FsError::io("metadata writer stopped"))?;
+        if !breaks.is_empty() {
+            // Close-to-open: no other client still opens the file by the map it had.
+            self.feed.until_heard(breaks).await;
+        }
+        res
     }
 
     fn enqueue(
@@ -162,7 +170,7 @@ impl MetaEngine {
         origin: u64,
         caller: Caller,
         kind: MetaOpKind,
-    ) -> FsResult<oneshot::Receiver<FsResult<MetaReply>>> {
+    ) -> FsResult<oneshot::Receiver<(FsResult<MetaReply>, Breaks)>> {
         let (tx, rx) = oneshot::channel();
         let op = MetaOp {
             now: Timestamp::now(),
@@ -450,6 +458,8 @@ struct Deciders {
 
 /// What one op of a group wrote, for the change counts and the feed.
 struct Written {
+    /// Its place in the group.
+    index: usize,
     /// The connection it came through.
     origin: u64,
     /// What its answer accounts for (see [`answered`]).
@@ -481,14 +491,15 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
         // are two changes.
         let mut counted = Vec::new();
         let mut removed = Vec::new();
-        for p in &group {
+        for (index, p) in group.iter().enumerate() {
             txn.savepoint();
-            let r = apply(&mut txn, &p.op, &deciders, &mut decided);
+            let r = apply(&mut txn, p, &deciders, &mut decided);
             if r.is_err() {
                 txn.rollback();
             } else {
                 removed.extend(txn.inodes_removed());
                 counted.push(Written {
+                    index,
                     origin: p.origin,
                     answered: answered(&p.op.kind, r.as_ref().ok()),
                     changes: txn.changes(),
@@ -501,12 +512,14 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
         } else {
             store.commit(txn, sync)
         };
+        let mut breaks: Vec<Breaks> = group.iter().map(|_| Breaks::default()).collect();
         match &written {
             Ok(()) => {
                 deciders.versions.count(&mut counted, &removed);
                 for op in counted {
-                    deciders.feed.push(op.origin, &op.answered, op.changes);
+                    breaks[op.index] = deciders.feed.push(op.origin, &op.answered, op.changes);
                 }
+                deciders.feed.removed(&removed);
             }
             Err(e) => {
                 error!("metadata write of {} ops failed: {e}", group.len());
@@ -516,12 +529,12 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
         for ino in decided.purging {
             deciders.opens.purged(ino);
         }
-        for (p, r) in group.into_iter().zip(results) {
+        for ((p, r), breaks) in group.into_iter().zip(results).zip(breaks) {
             let r = match &written {
                 Ok(()) => r,
                 Err(e) => Err(e.clone()),
             };
-            let _ = p.reply.send(r);
+            let _ = p.reply.send((r, breaks));
         }
     }
 }
@@ -561,11 +574,19 @@ fn answered(kind: &MetaOpKind, reply: Option<&MetaReply>) -> Vec<Ino> {
 /// garbage blocks are condemned, and that no slice of a condemned block is committed.
 fn apply(
     txn: &mut Txn<'_>,
-    op: &MetaOp,
+    pending: &Pending,
     deciders: &Deciders,
     decided: &mut Decided,
 ) -> FsResult<MetaReply> {
-    let Deciders { opens, gc, .. } = deciders;
+    let Deciders {
+        opens, gc, feed, ..
+    } = deciders;
+    let op = &pending.op;
+    // A file another client holds a lease on may be open there without the namenode knowing
+    // yet (it says so before it reads of this change): a later sweep purges it if not.
+    let purgeable = |ino, breaking| {
+        !feed.may_be_open_elsewhere(ino, pending.origin, breaking) && opens.begin_purge(ino)
+    };
     match &op.kind {
         MetaOpKind::Purge { inos } => {
             for &ino in inos {
@@ -574,7 +595,7 @@ fn apply(
                 if !ops::is_orphan(txn, ino)? {
                     continue;
                 }
-                if !opens.begin_purge(ino) {
+                if !purgeable(ino, false) {
                     // Opened again meanwhile (or still): its last close will purge it.
                     continue;
                 }
@@ -611,7 +632,8 @@ fn apply(
         }
     }
     for ino in txn.take_orphans() {
-        if opens.begin_purge(ino) {
+        // This op changes the file: the leases on it end with it.
+        if purgeable(ino, true) {
             decided.purging.push(ino);
             ops::purge(txn, ino)?;
         }
@@ -668,7 +690,7 @@ mod tests {
             })
             .collect();
         for rx in queued {
-            rx.await.unwrap().unwrap();
+            rx.await.unwrap().0.unwrap();
         }
         assert_eq!(v.get(a), 50);
         // The feed tells each change of a's entries with the count it brought a to.
@@ -835,5 +857,107 @@ mod tests {
         assert_eq!(engine.orphans().unwrap(), vec![held]);
         // Nothing was left marked as being purged: both can be opened.
         assert!(opens.claim(8, named, 1) && opens.claim(8, held, 1));
+    }
+
+    /// Close-to-open under leases: a change of a file another connection holds a lease on
+    /// is answered once that connection has read the feed past it (or can no longer trust
+    /// its lease); the holder's own changes wait for nothing; a file leased elsewhere is
+    /// not purged when its last name goes (it may be open there by the lease alone).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_of_a_leased_file_is_answered_once_the_holder_read_of_it() {
+        use cairn_common::attr::SetAttr;
+        use cairn_common::proto::LEASE_TRUST;
+        const HOLDER: u64 = 5;
+        const OTHER: u64 = 6;
+        let (_dir, _opens, engine) = new_engine();
+        let engine = Arc::new(engine);
+        let ino = match engine.submit(Caller::ROOT, create(Ino::ROOT, "f")).await {
+            Ok(MetaReply::Created(c)) => c.attr.ino,
+            other => panic!("{other:?}"),
+        };
+        let feed = engine.feed();
+        let epoch = engine.versions().epoch;
+        let chmod = |perm| MetaOpKind::SetAttr {
+            ino,
+            set: SetAttr {
+                perm: Some(perm),
+                ..SetAttr::default()
+            },
+        };
+        let change_by = |origin, kind| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.submit_from(origin, Caller::ROOT, kind).await })
+        };
+        let within = |secs| Duration::from_secs(secs);
+
+        assert!(
+            !feed.lease(HOLDER, ino),
+            "a lease only for a reader of the feed"
+        );
+        let mut at = feed.since(HOLDER, epoch, 0).next;
+        assert!(feed.lease(HOLDER, ino));
+        let own = change_by(HOLDER, chmod(0o600));
+        tokio::time::timeout(within(5), own)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(feed.leases(HOLDER), 1, "its own change keeps its lease");
+
+        let change = change_by(OTHER, chmod(0o644));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !change.is_finished(),
+            "answered before the holder heard of it"
+        );
+        assert_eq!(feed.leases(HOLDER), 0, "the change ends the lease");
+        assert!(
+            feed.may_be_open_elsewhere(ino, OTHER, false),
+            "until it is read"
+        );
+        let read = feed.since(HOLDER, epoch, at);
+        assert!(read.changes.contains(&Change::Inode(ino)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!change.is_finished(), "read, not yet applied");
+        at = feed.since(HOLDER, epoch, read.next).next;
+        tokio::time::timeout(within(5), change)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!feed.may_be_open_elsewhere(ino, OTHER, false));
+
+        // A holder that stops reading the feed is waited for while it may trust its lease.
+        assert!(feed.lease(HOLDER, ino));
+        let started = std::time::Instant::now();
+        let change = change_by(OTHER, chmod(0o640));
+        tokio::time::timeout(within(10), change)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(started.elapsed() >= LEASE_TRUST);
+
+        // Leased elsewhere when its last name goes: an orphan, not purged.
+        at = feed.since(HOLDER, epoch, at).next;
+        at = feed.since(HOLDER, epoch, at).next;
+        assert!(feed.lease(HOLDER, ino));
+        let unlink = change_by(
+            OTHER,
+            MetaOpKind::Unlink(cairn_common::proto::Unlink {
+                parent: Ino::ROOT,
+                name: "f".into(),
+            }),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let read = feed.since(HOLDER, epoch, at);
+        feed.since(HOLDER, epoch, read.next);
+        tokio::time::timeout(within(5), unlink)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(engine.orphans().unwrap(), vec![ino]);
+        assert_eq!(engine.getattr(ino).unwrap().nlink, 0);
     }
 }

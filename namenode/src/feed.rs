@@ -6,9 +6,31 @@
 //! durable (before the op is answered); a mount asks for what came after the last change it
 //! saw. The feed lives in memory and holds the latest changes only: a mount that comes from
 //! another namenode run, or fell further behind, is told so and must doubt everything.
+//!
+//! A mount keeps one request for the feed in flight: when nothing is new for it, the
+//! namenode holds the answer until something is (or a couple of seconds pass), so another
+//! client's change reaches it within a round trip.
+//!
+//! **Leases.** A mount that follows the feed may be given a lease on a file with its map
+//! (`ChunkMap::leased`): it then opens the file again without asking, for as long as it
+//! keeps reading the feed and hears of no change of the file. So that a file closed on one
+//! mount is still read whole by an open on another that comes after the close (close-to-
+//! open), the answer to a change of a leased file waits until every other holder has read
+//! the feed past the change — a round trip, with the read in flight — or, for a holder that
+//! stopped reading, until it can no longer trust its lease ([`LEASE_TRUST`] after the read
+//! it last asked for; the namenode counts twice that from the read's arrival). The lease
+//! ends with the change: the holder asks again at its next open.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cairn_common::proto::{LEASE_MAP_KEEP, LEASE_TRUST};
+use tokio_util::sync::CancellationToken;
+
+/// How long after a holder's last read of the feed arrived its leases still hold changes
+/// back: it trusts them for [`LEASE_TRUST`] after asking for that read.
+const LEASE_HOLD: Duration = Duration::from_secs(2 * LEASE_TRUST.as_secs());
 
 use cairn_common::proto::{Change, ChangesReply};
 use cairn_common::Ino;
@@ -21,6 +43,12 @@ const PER_REPLY: usize = 4096;
 pub struct ChangeFeed {
     pub epoch: u64,
     inner: Mutex<Log>,
+    /// How many changes were ever appended: what requests waiting for news watch.
+    end: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever a follower reads the feed: what changes waiting for holders watch.
+    heard: tokio::sync::watch::Sender<u64>,
+    /// Leases a previous run gave may be trusted until then: changes wait for it.
+    hold_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -29,14 +57,221 @@ struct Log {
     first: u64,
     /// Each change with the connection that made it (0: the namenode itself).
     changes: VecDeque<(u64, Change)>,
+    /// Connections reading the feed, by connection.
+    followers: HashMap<u64, Follower>,
+    /// Connections holding a lease on each file.
+    holders: HashMap<Ino, Vec<u64>>,
+    swept: Option<Instant>,
+}
+
+/// One lease: when it was given, and the position its holder must read to once a change
+/// broke it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    given: Instant,
+    broken: Option<u64>,
+}
+
+struct Follower {
+    /// Every change before this one is read and applied (the position its last read asked
+    /// from).
+    heard: u64,
+    /// When its last read arrived.
+    read_at: Instant,
+    /// Its leases: held, or broken by a change it must read to (until then it may still
+    /// open the file without asking, so the file is still counted as open there).
+    leased: HashMap<Ino, Lease>,
+    /// Broken leases, in the order of the positions they end at.
+    broken: VecDeque<(Ino, u64)>,
+}
+
+impl Follower {
+    fn new() -> Follower {
+        Follower {
+            heard: 0,
+            read_at: Instant::now(),
+            leased: HashMap::new(),
+            broken: VecDeque::new(),
+        }
+    }
+
+    /// May it have `ino` open without the namenode knowing? With a lease broken by a change
+    /// it has not read yet; with a lease not broken yet only if `breaking` (the change at
+    /// hand breaks it).
+    fn may_hold(&self, ino: Ino, breaking: bool) -> bool {
+        self.live()
+            && match self.leased.get(&ino).map(|l| l.broken) {
+                Some(None) => breaking,
+                Some(Some(to)) => self.heard < to,
+                None => false,
+            }
+    }
+}
+
+impl Follower {
+    /// Still able to trust its leases.
+    fn live(&self) -> bool {
+        self.read_at.elapsed() < LEASE_HOLD
+    }
+}
+
+/// What the answer to a change waits for: holders of leases on the files it changed to read
+/// the feed past it (connection, position it must have read to).
+#[derive(Debug, Default)]
+pub struct Breaks {
+    heard: Vec<(u64, u64)>,
+    until: Option<Instant>,
+}
+
+impl Breaks {
+    pub fn is_empty(&self) -> bool {
+        self.heard.is_empty() && self.until.is_none()
+    }
+}
+
+impl Log {
+    fn end(&self) -> u64 {
+        self.first + self.changes.len() as u64
+    }
+
+    /// Forgets, now and then, followers that can no longer trust their leases, and leases
+    /// older than any map their holders still use ([`LEASE_MAP_KEEP`]).
+    fn sweep(&mut self) {
+        if self.swept.is_some_and(|t| t.elapsed() < LEASE_HOLD) {
+            return;
+        }
+        self.swept = Some(Instant::now());
+        let gone: Vec<u64> = self
+            .followers
+            .iter()
+            .filter(|(_, f)| !f.live())
+            .map(|(c, _)| *c)
+            .collect();
+        for c in gone {
+            if let Some(f) = self.followers.remove(&c) {
+                for ino in f.leased.into_keys() {
+                    self.unlease(ino, c);
+                }
+            }
+        }
+        let mut old = Vec::new();
+        for (c, f) in &mut self.followers {
+            f.leased.retain(|ino, l| {
+                let keep = l.broken.is_some() || l.given.elapsed() < 2 * LEASE_MAP_KEEP;
+                if !keep {
+                    old.push((*ino, *c));
+                }
+                keep
+            });
+        }
+        for (ino, c) in old {
+            self.unlease(ino, c);
+        }
+    }
+
+    fn unlease(&mut self, ino: Ino, conn: u64) {
+        if let Some(h) = self.holders.get_mut(&ino) {
+            h.retain(|c| *c != conn);
+            if h.is_empty() {
+                self.holders.remove(&ino);
+            }
+        }
+    }
 }
 
 impl ChangeFeed {
-    pub fn new(epoch: u64) -> ChangeFeed {
+    /// The feed of a run drawn as `epoch`. `restarted`: the namespace was served before, by a
+    /// run whose leases may still be trusted for a while.
+    pub fn new(epoch: u64, restarted: bool) -> ChangeFeed {
         ChangeFeed {
             epoch,
             inner: Mutex::default(),
+            end: tokio::sync::watch::Sender::new(0),
+            heard: tokio::sync::watch::Sender::new(0),
+            hold_until: restarted.then(|| Instant::now() + LEASE_HOLD),
         }
+    }
+
+    /// Gives connection `conn` a lease on `ino`, if it follows the feed. Taken before the
+    /// map it covers is read: a change the map misses then waits for `conn`.
+    pub fn lease(&self, conn: u64, ino: Ino) -> bool {
+        let mut log = self.log();
+        let Some(f) = log.followers.get_mut(&conn).filter(|f| f.live()) else {
+            return false;
+        };
+        let lease = Lease {
+            given: Instant::now(),
+            broken: None,
+        };
+        if f.leased.insert(ino, lease).is_none() {
+            log.holders.entry(ino).or_default().push(conn);
+        }
+        true
+    }
+
+    /// Waits until everything `breaks` names is done: each holder read the feed far enough
+    /// or can no longer trust its lease.
+    pub async fn until_heard(&self, breaks: Breaks) {
+        if let Some(until) = breaks.until {
+            tokio::time::sleep_until(until.into()).await;
+        }
+        let mut heard = self.heard.subscribe();
+        let mut waiting = breaks.heard;
+        loop {
+            heard.borrow_and_update();
+            {
+                let log = self.log();
+                waiting.retain(|(conn, to)| {
+                    log.followers
+                        .get(conn)
+                        .is_some_and(|f| f.live() && f.heard < *to)
+                });
+            }
+            if waiting.is_empty() {
+                return;
+            }
+            // A holder that stops reading is given up on by the clock, not by a read.
+            let _ = tokio::time::timeout(Duration::from_millis(100), heard.changed()).await;
+        }
+    }
+
+    /// May a connection other than `conn` have `ino` open by a lease without the namenode
+    /// knowing yet? One whose lease a change broke may until it has read of the change (it
+    /// tells the namenode of its opens before it reads on). With `breaking`, the change at
+    /// hand is about to break the leases not broken yet: those count too. A lease given
+    /// since does not: it came with an open the namenode knows of.
+    pub fn may_be_open_elsewhere(&self, ino: Ino, conn: u64, breaking: bool) -> bool {
+        let log = self.log();
+        log.holders.get(&ino).is_some_and(|h| {
+            h.iter().any(|c| {
+                *c != conn
+                    && log
+                        .followers
+                        .get(c)
+                        .is_some_and(|f| f.may_hold(ino, breaking))
+            })
+        })
+    }
+
+    /// Inodes that no longer exist: their leases end.
+    pub fn removed(&self, inos: &[Ino]) {
+        let mut log = self.log();
+        for ino in inos {
+            if let Some(holders) = log.holders.remove(ino) {
+                for conn in holders {
+                    if let Some(f) = log.followers.get_mut(&conn) {
+                        f.leased.remove(ino);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Files connection `conn` holds leases on (for tests and the dashboard).
+    pub fn leases(&self, conn: u64) -> usize {
+        self.log().followers.get(&conn).map_or(0, |f| {
+            f.leased.values().filter(|l| l.broken.is_none()).count()
+        })
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
@@ -46,26 +281,121 @@ impl ChangeFeed {
     /// Appends the changes one op made through connection `origin`, whose answer told it
     /// the new state of the inodes `answered` (and of those directories' entries): only the
     /// others hear of those. Everyone hears of the rest.
-    pub fn push(&self, origin: u64, answered: &[Ino], changes: impl IntoIterator<Item = Change>) {
+    ///
+    /// Returns what the answer to the op must wait for: other connections' leases on the
+    /// files it changed, which end here.
+    pub fn push(
+        &self,
+        origin: u64,
+        answered: &[Ino],
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Breaks {
         let mut log = self.log();
-        log.changes.extend(changes.into_iter().map(|change| {
+        let mut breaks = Breaks {
+            heard: Vec::new(),
+            until: self.hold_until.filter(|t| *t > Instant::now()),
+        };
+        for change in changes {
+            let position = log.end();
             let known = match &change {
-                Change::Inode(ino) => answered.contains(ino),
+                Change::Inode(ino) => {
+                    let holders = log.holders.get(ino).cloned().unwrap_or_default();
+                    for conn in holders.into_iter().filter(|c| *c != origin) {
+                        let Some(f) = log.followers.get_mut(&conn) else {
+                            continue;
+                        };
+                        // Broken by the first change it has not read: that read ends it.
+                        let to = match f.leased.get_mut(ino) {
+                            Some(Lease {
+                                broken: Some(to), ..
+                            }) => *to,
+                            Some(lease) => {
+                                lease.broken = Some(position + 1);
+                                f.broken.push_back((*ino, position + 1));
+                                position + 1
+                            }
+                            None => continue,
+                        };
+                        breaks.heard.push((conn, to));
+                    }
+                    answered.contains(ino)
+                }
                 Change::Entries(dir, _) => answered.contains(dir),
             };
-            (if known { origin } else { 0 }, change)
-        }));
+            log.changes
+                .push_back((if known { origin } else { 0 }, change));
+        }
         let excess = log.changes.len().saturating_sub(KEPT);
         if excess > 0 {
             log.changes.drain(..excess);
             log.first += excess as u64;
         }
+        let end = log.end();
+        drop(log);
+        self.end.send_replace(end);
+        breaks
+    }
+
+    /// As [`ChangeFeed::since`], but when nothing is new for `origin`, waits for something
+    /// that is, for at most `wait` or until `stop`.
+    pub async fn wait_since(
+        &self,
+        origin: u64,
+        epoch: u64,
+        since: u64,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> ChangesReply {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut end = self.end.subscribe();
+        let mut at = since;
+        loop {
+            // Seen before the log is read: an append after the read wakes the wait below.
+            end.borrow_and_update();
+            let reply = self.since(origin, epoch, at);
+            if !reply.complete || reply.more || !reply.changes.is_empty() {
+                return reply;
+            }
+            // Only this client's own changes (or none): wait on from past them.
+            at = reply.next;
+            tokio::select! {
+                woke = tokio::time::timeout_at(deadline, end.changed()) => {
+                    if !matches!(woke, Ok(Ok(()))) {
+                        return reply;
+                    }
+                }
+                _ = stop.cancelled() => return reply,
+            }
+        }
     }
 
     /// The changes after the `since`-th of run `epoch`, except those `origin` made itself.
+    /// Reading says `origin` applied every change before `since`.
     pub fn since(&self, origin: u64, epoch: u64, since: u64) -> ChangesReply {
-        let log = self.log();
-        let end = log.first + log.changes.len() as u64;
+        let mut log = self.log();
+        let end = log.end();
+        let follower = log.followers.entry(origin).or_insert_with(Follower::new);
+        follower.read_at = Instant::now();
+        if epoch == self.epoch && since <= end {
+            follower.heard = follower.heard.max(since);
+        }
+        // Broken leases it has now read of end.
+        let mut ended = Vec::new();
+        while let Some(&(ino, to)) = follower.broken.front() {
+            if to > follower.heard {
+                break;
+            }
+            follower.broken.pop_front();
+            if follower.leased.get(&ino).and_then(|l| l.broken) == Some(to) {
+                follower.leased.remove(&ino);
+                ended.push(ino);
+            }
+        }
+        for ino in ended {
+            log.unlease(ino, origin);
+        }
+        log.sweep();
+        self.heard.send_modify(|n| *n += 1);
         if epoch != self.epoch || since < log.first || since > end {
             return ChangesReply {
                 epoch: self.epoch,
@@ -97,10 +427,46 @@ impl ChangeFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_waits_for_another_clients_change_or_its_time() {
+        let feed = Arc::new(ChangeFeed::new(7, false));
+        let stop = CancellationToken::new();
+        let at = feed.since(1, 7, 0).next;
+        let quiet = feed
+            .wait_since(1, 7, at, Duration::from_millis(50), &stop)
+            .await;
+        assert!(quiet.complete && quiet.changes.is_empty());
+        let wait = |since| {
+            let (feed, stop) = (feed.clone(), stop.clone());
+            tokio::spawn(async move {
+                feed.wait_since(1, 7, since, Duration::from_secs(60), &stop)
+                    .await
+            })
+        };
+        let waiting = wait(at);
+        feed.push(1, &[Ino(5)], [Change::Inode(Ino(5))]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "its own change is no news to it");
+        feed.push(2, &[], [Change::Inode(Ino(6))]);
+        let news = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(news.changes, vec![Change::Inode(Ino(6))]);
+        // A namenode shutting down answers at once.
+        let waiting = wait(news.next);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 
     #[test]
     fn a_client_hears_of_the_others_changes_in_order_and_of_a_gap() {
-        let feed = ChangeFeed::new(7);
+        let feed = ChangeFeed::new(7, false);
         let start = feed.since(1, 0, 0);
         assert!(!start.complete, "another run's position");
         assert_eq!((start.epoch, start.next), (7, 0));

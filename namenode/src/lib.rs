@@ -59,6 +59,8 @@ pub struct Namenode {
     /// Lock sessions seen on each client connection: when the connection ends, so do their
     /// locks, or a crashed mount would hold them for ever.
     lock_sessions: std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<u64>>>,
+    /// Cancelled at shutdown: requests held back waiting (for the change feed) answer at once.
+    stopping: CancellationToken,
 }
 
 /// Runs a namenode serving on `endpoint` until `shutdown` is cancelled.
@@ -108,6 +110,7 @@ pub async fn run(
         opens,
         gc,
         lock_sessions: Default::default(),
+        stopping: shutdown.clone(),
         config,
         engine,
     });
@@ -200,6 +203,7 @@ impl Namenode {
             chunks,
             locations,
             corrupt,
+            leased: false,
         })
     }
 
@@ -381,10 +385,28 @@ impl Service for Namenode {
             R::ReadChunks(r) => ex.respond(&self.read_chunks(r.ino, r.first, r.count)).await,
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
             R::CommitSlices(r) => {
+                let ino = r.ino;
+                // Taken before the commit: a change the map read after it misses waits.
+                let leased = r.size <= cairn_common::layout::CHUNK_SIZE
+                    && self.engine.feed().lease(who.origin, ino);
                 let res = match self.check_stored(&r) {
                     Ok(()) => self.mutate_attr(&who, MetaOpKind::CommitSlices(r)).await,
                     Err(e) => Err(e),
                 };
+                let res = res.map(|attr| {
+                    let whole = leased && attr.size <= cairn_common::layout::CHUNK_SIZE;
+                    // Removed meanwhile: committed all the same, only the map is not given.
+                    match whole.then(|| self.read_chunks(ino, 0, 1)) {
+                        Some(Ok(map)) => ChunkMap { leased, ..map },
+                        _ => ChunkMap {
+                            attr,
+                            chunks: Vec::new(),
+                            locations: Vec::new(),
+                            corrupt: Vec::new(),
+                            leased: false,
+                        },
+                    }
+                });
                 ex.respond(&res).await
             }
             R::ReportBadReplica(r) => {
@@ -462,16 +484,20 @@ impl Service for Namenode {
             R::Open(r) => {
                 let res = if self.opens.claim(r.claim.session, r.ino, r.claim.gen) {
                     // A regular file comes with the map of its first chunks: a small file's
-                    // first read then asks the namenode nothing more.
+                    // first read then asks the namenode nothing more. With a lease taken
+                    // first, the map is the file's until the client hears of a change.
                     match self.engine.getattr(r.ino) {
                         Ok(attr) if attr.kind == cairn_common::attr::FileKind::File => {
+                            let leased = self.engine.feed().lease(who.origin, r.ino);
                             self.read_chunks(r.ino, 0, cairn_common::proto::OPEN_MAP_CHUNKS)
+                                .map(|map| ChunkMap { leased, ..map })
                         }
                         Ok(attr) => Ok(ChunkMap {
                             attr,
                             chunks: Vec::new(),
                             locations: Vec::new(),
                             corrupt: Vec::new(),
+                            leased: false,
                         }),
                         Err(e) => Err(e),
                     }
@@ -530,9 +556,19 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::Changes(r) => {
-                let feed = self.engine.feed();
-                ex.respond(&Ok(feed.since(who.origin, r.epoch, r.since)))
-                    .await
+                let wait = r.wait_ms.min(cairn_common::proto::MAX_FEED_WAIT_MS);
+                let reply = self
+                    .engine
+                    .feed()
+                    .wait_since(
+                        who.origin,
+                        r.epoch,
+                        r.since,
+                        std::time::Duration::from_millis(wait.into()),
+                        &self.stopping,
+                    )
+                    .await;
+                ex.respond(&Ok(reply)).await
             }
             R::KeepOpen(r) => {
                 let released = self.opens.renew(r.session, r.gen, &r.open);

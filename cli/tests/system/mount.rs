@@ -231,22 +231,35 @@ async fn names_absent_from_a_directory_this_mount_made_are_known_without_asking(
     .await;
 }
 
+/// A mount of `cluster` at a new directory, with its client kept to count what it asks the
+/// namenode (`Client::sent`).
+async fn mount_counting(
+    cluster: &cairn_cli::devcluster::DevCluster,
+) -> (
+    cairn_client::Client,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    cairn_fuse::Mount,
+) {
+    let client = cluster.client().await.unwrap();
+    let here = tempfile::tempdir().unwrap();
+    let at = here.path().to_path_buf();
+    let mounted = cairn_fuse::mount(
+        client.clone(),
+        tokio::runtime::Handle::current(),
+        &at,
+        &cairn_fuse::MountOptions::default(),
+    )
+    .unwrap();
+    (client, here, at, mounted)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn names_in_a_directory_this_mount_did_not_make_are_learnt_and_cost_no_lookups() {
     use cairn_common::proto::Lookup;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 3).await;
-    // This mount's client, kept to count what it asks the namenode.
-    let client = cluster.client().await.unwrap();
-    let here = tempfile::tempdir().unwrap();
-    let a = here.path().to_path_buf();
-    let mounted = cairn_fuse::mount(
-        client.clone(),
-        tokio::runtime::Handle::current(),
-        &a,
-        &cairn_fuse::MountOptions::default(),
-    )
-    .unwrap();
+    let (client, _here, a, mounted) = mount_counting(&cluster).await;
     with_mount(&cluster, move |b| {
         std::thread::sleep(Duration::from_millis(300));
         let within_ttl = || std::thread::sleep(Duration::from_millis(1100));
@@ -302,6 +315,74 @@ async fn names_in_a_directory_this_mount_did_not_make_are_learnt_and_cost_no_loo
         within_ttl();
         assert_eq!(fs::read(d.join("n5")).unwrap(), b"longer");
         assert!(!exists(&d.join("n6")) && exists(&d.join("new")));
+    })
+    .await;
+    unmount(mounted).await;
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_read_here_opens_again_without_asking_until_another_mount_changes_it() {
+    use cairn_common::proto::Open;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let (client, _here, a, mounted) = mount_counting(&cluster).await;
+    with_mount(&cluster, move |b| {
+        // The feed is being read (a lease is given only to a mount that reads it).
+        std::thread::sleep(Duration::from_millis(300));
+        tracing::info!("--- written here: opened again by the map its commit came with");
+        fs::write(a.join("mine"), b"v1").unwrap();
+        let opens = client.sent::<Open>();
+        for _ in 0..3 {
+            assert_eq!(fs::read(a.join("mine")).unwrap(), b"v1");
+        }
+        assert_eq!(client.sent::<Open>(), opens, "opens of a file written here");
+
+        tracing::info!("--- written on the other mount: asked once, then opened by the lease");
+        fs::write(b.join("theirs"), b"one").unwrap();
+        assert_eq!(fs::read(a.join("theirs")).unwrap(), b"one");
+        let opens = client.sent::<Open>();
+        assert_eq!(fs::read(a.join("theirs")).unwrap(), b"one");
+        assert_eq!(
+            client.sent::<Open>(),
+            opens,
+            "a second open of the same file"
+        );
+
+        tracing::info!("--- close-to-open: closed there, read whole here at once");
+        // Same sizes each round: what the kernel keeps of sizes for its TTL is not at stake.
+        for round in 0..20u8 {
+            let small = [b'a' + round, b'b', b'c'];
+            fs::write(b.join("theirs"), small).unwrap();
+            assert_eq!(fs::read(a.join("theirs")).unwrap(), small, "round {round}");
+            let big = random_bytes(1 << 20, 100 + round as u64);
+            fs::write(b.join("mine"), &big).unwrap();
+            assert!(fs::read(a.join("mine")).unwrap() == big, "round {round}");
+            // The other way: written here, read there.
+            fs::write(a.join("theirs"), [round; 3]).unwrap();
+            assert_eq!(fs::read(b.join("theirs")).unwrap(), [round; 3]);
+        }
+        assert!(
+            client.sent::<Open>() >= opens + 40,
+            "each change ended the lease"
+        );
+
+        tracing::info!("--- unlinked on the other mount while open here by the lease");
+        fs::write(b.join("gone"), b"kept").unwrap();
+        assert_eq!(fs::read(a.join("gone")).unwrap(), b"kept");
+        let mut open_here = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(a.join("gone"))
+            .unwrap();
+        fs::remove_file(b.join("gone")).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        open_here.write_all(b"still").unwrap();
+        open_here.sync_all().unwrap();
+        let mut back = String::new();
+        open_here.seek(SeekFrom::Start(0)).unwrap();
+        open_here.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "still");
     })
     .await;
     unmount(mounted).await;
