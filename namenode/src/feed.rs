@@ -22,7 +22,7 @@
 //! ends with the change: the holder asks again at its next open.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_common::proto::{LEASE_MAP_KEEP, LEASE_TRUST};
@@ -43,8 +43,6 @@ const PER_REPLY: usize = 4096;
 pub struct ChangeFeed {
     pub epoch: u64,
     inner: Mutex<Log>,
-    /// How many changes were ever appended: what requests waiting for news watch.
-    end: tokio::sync::watch::Sender<u64>,
     /// Bumped whenever a follower reads the feed: what changes waiting for holders watch.
     heard: tokio::sync::watch::Sender<u64>,
     /// Leases a previous run gave may be trusted until then: changes wait for it.
@@ -61,6 +59,8 @@ struct Log {
     followers: HashMap<u64, Follower>,
     /// Connections holding a lease on each file.
     holders: HashMap<Ino, Vec<u64>>,
+    /// Reads waiting for news, by connection: woken by changes it did not make itself.
+    waiting: HashMap<u64, Arc<tokio::sync::Notify>>,
     swept: Option<Instant>,
 }
 
@@ -148,6 +148,7 @@ impl Log {
             .map(|(c, _)| *c)
             .collect();
         for c in gone {
+            self.waiting.remove(&c);
             if let Some(f) = self.followers.remove(&c) {
                 for ino in f.leased.into_keys() {
                     self.unlease(ino, c);
@@ -186,7 +187,6 @@ impl ChangeFeed {
         ChangeFeed {
             epoch,
             inner: Mutex::default(),
-            end: tokio::sync::watch::Sender::new(0),
             heard: tokio::sync::watch::Sender::new(0),
             hold_until: restarted.then(|| Instant::now() + LEASE_HOLD),
         }
@@ -295,6 +295,8 @@ impl ChangeFeed {
             heard: Vec::new(),
             until: self.hold_until.filter(|t| *t > Instant::now()),
         };
+        // Whether some change is news to the connection that made them too.
+        let mut news_to_origin = false;
         for change in changes {
             let position = log.end();
             let known = match &change {
@@ -322,17 +324,20 @@ impl ChangeFeed {
                 }
                 Change::Entries(dir, _) => answered.contains(dir),
             };
+            news_to_origin |= !known;
             log.changes
                 .push_back((if known { origin } else { 0 }, change));
+        }
+        for (conn, news) in &log.waiting {
+            if news_to_origin || *conn != origin {
+                news.notify_waiters();
+            }
         }
         let excess = log.changes.len().saturating_sub(KEPT);
         if excess > 0 {
             log.changes.drain(..excess);
             log.first += excess as u64;
         }
-        let end = log.end();
-        drop(log);
-        self.end.send_replace(end);
         breaks
     }
 
@@ -347,11 +352,18 @@ impl ChangeFeed {
         stop: &CancellationToken,
     ) -> ChangesReply {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut end = self.end.subscribe();
+        let news = self
+            .log()
+            .waiting
+            .entry(origin)
+            .or_insert_with(|| Arc::new(tokio::sync::Notify::new()))
+            .clone();
         let mut at = since;
         loop {
-            // Seen before the log is read: an append after the read wakes the wait below.
-            end.borrow_and_update();
+            // Waited on before the log is read: an append after the read wakes it.
+            let woken = news.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let reply = self.since(origin, epoch, at);
             if !reply.complete || reply.more || !reply.changes.is_empty() {
                 return reply;
@@ -359,11 +371,8 @@ impl ChangeFeed {
             // Only this client's own changes (or none): wait on from past them.
             at = reply.next;
             tokio::select! {
-                woke = tokio::time::timeout_at(deadline, end.changed()) => {
-                    if !matches!(woke, Ok(Ok(()))) {
-                        return reply;
-                    }
-                }
+                _ = woken => {}
+                _ = tokio::time::sleep_until(deadline) => return reply,
                 _ = stop.cancelled() => return reply,
             }
         }
@@ -427,7 +436,6 @@ impl ChangeFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_waits_for_another_clients_change_or_its_time() {
