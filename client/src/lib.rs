@@ -194,7 +194,12 @@ struct Inner {
     misses: Mutex<HashMap<Ino, (std::time::Instant, Option<std::time::Instant>)>>,
     /// Requests sent to the namenode, by kind (what a test or a debugger counts).
     sent: Mutex<HashMap<&'static str, u64>>,
+    /// Told of the inodes other clients changed, before the feed is read on.
+    on_changed: Mutex<Option<ChangedHook>>,
 }
+
+/// What [`Client::on_others_changes`] installs.
+type ChangedHook = Arc<dyn Fn(&[Ino]) + Send + Sync>;
 
 impl Inner {
     fn opens_handle(&self) -> Arc<opens::OpenSet> {
@@ -245,6 +250,7 @@ impl Client {
                 fresh: fresh::FreshAttrs::default(),
                 misses: Mutex::default(),
                 sent: Mutex::default(),
+                on_changed: Mutex::default(),
                 session,
             }),
         })
@@ -358,10 +364,21 @@ impl Client {
         res
     }
 
+    /// Calls `hook` with the inodes other clients changed, as the change feed tells of them
+    /// and before it is read on — so before another client's close of a file this client
+    /// holds a lease on returns (a mount voids what its kernel keeps of them).
+    pub fn on_others_changes(&self, hook: impl Fn(&[Ino]) + Send + Sync + 'static) {
+        *self
+            .inner
+            .on_changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
+    }
+
     /// Keeps what this client knows of the namespace true while it changes elsewhere: reads
-    /// the namenode's feed of other clients' changes several times a second and forgets
-    /// what they changed. Until this runs, what is kept is trusted for the TTL it is asked
-    /// about; with it, for that long after the last read of the feed.
+    /// the namenode's feed of other clients' changes as they come and forgets what they
+    /// changed. Until this runs, what is kept is trusted for the TTL it is asked about;
+    /// with it, for that long after the last read of the feed.
     pub fn follow_changes(&self) {
         tokio::spawn(follow_changes(Arc::downgrade(&self.inner)));
     }
@@ -1054,6 +1071,14 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
                     proto::Change::Entries(..) => None,
                 })
                 .collect();
+            let hook = inner
+                .on_changed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(hook) = hook.filter(|_| !files.is_empty()) {
+                hook(&files);
+            }
             opens::renew_if_held(&Client::from_inner(inner.clone()), &files).await;
         } else {
             inner.fresh.feed_restarted();

@@ -176,10 +176,7 @@ pub fn mount(
     opts: &MountOptions,
 ) -> std::io::Result<Mount> {
     let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let _runtime = rt.enter();
-        client.follow_changes();
-    }
+    let (follower, follower_rt) = (client.clone(), rt.clone());
     let files = FileTable::default();
     let releasing = Arc::new(AtomicU64::new(0));
     let fs = CairnFs {
@@ -212,6 +209,20 @@ pub fn mount(
     }
     config.n_threads = Some(opts.threads.max(1));
     let session = fuser::Session::new(fs, mountpoint, &config)?.spawn()?;
+    // What another client changed, the kernel forgets too (its attributes, a file's size
+    // among them): with the lease's wait, a file closed elsewhere is read whole here at the
+    // next open, not only after the kernel's TTL.
+    let notifier = session.notifier();
+    follower.on_others_changes(move |inos| {
+        for ino in inos {
+            // Not cached by the kernel (ENOENT) is the common case.
+            let _ = notifier.inval_inode(INodeNo(ino.0), -1, 0);
+        }
+    });
+    {
+        let _runtime = follower_rt.enter();
+        follower.follow_changes();
+    }
     info!(mountpoint = %mountpoint.display(), "mounted");
     Ok(Mount {
         session: Some(session),

@@ -158,8 +158,9 @@ impl MetaEngine {
         let (res, breaks) = rx
             .await
             .map_err(|_| FsError::io("metadata writer stopped"))?;
-        if !breaks.is_empty() {
-            // Close-to-open: no other client still opens the file by the map it had.
+        // Close-to-open: no other client still opens the file by the map it had when this
+        // client hears its change is done. The namenode's own ops answer no client.
+        if origin != 0 && !breaks.is_empty() {
             self.feed.until_heard(breaks).await;
         }
         res

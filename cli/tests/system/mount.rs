@@ -367,6 +367,14 @@ async fn a_file_read_here_opens_again_without_asking_until_another_mount_changes
             "each change ended the lease"
         );
 
+        tracing::info!("--- grown there: read whole here, though the kernel kept its size");
+        for round in 1..10u64 {
+            assert_eq!(fs::metadata(a.join("theirs")).unwrap().len(), 3 * round);
+            let longer = vec![round as u8; 3 * (round + 1) as usize];
+            fs::write(b.join("theirs"), &longer).unwrap();
+            assert_eq!(fs::read(a.join("theirs")).unwrap(), longer, "round {round}");
+        }
+
         tracing::info!("--- unlinked on the other mount while open here by the lease");
         fs::write(b.join("gone"), b"kept").unwrap();
         assert_eq!(fs::read(a.join("gone")).unwrap(), b"kept");
