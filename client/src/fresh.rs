@@ -75,6 +75,9 @@ struct State {
     /// When the last complete read of the feed was asked for: nothing kept since
     /// `feed_from` was changed by anyone else before then, or it would have been forgotten.
     synced: Option<Instant>,
+    /// The connection the feed was last read through: the leases it holds are the ones
+    /// the namenode waits on.
+    reader: Option<u64>,
     /// Directories whose names are being listed to be followed, with this client's own
     /// changes to them answered meanwhile (replayed onto the listing).
     learning: HashMap<Ino, Learning>,
@@ -628,11 +631,18 @@ impl FreshAttrs {
         }
     }
 
-    /// The map a lease keeps for `ino`, while the lease can be trusted.
+    /// The feed was last read through connection `reader`.
+    pub fn read_through(&self, reader: u64) {
+        self.state().reader = Some(reader);
+    }
+
+    /// The map a lease keeps for `ino`, while the lease can be trusted: the feed is read,
+    /// through the connection that holds the lease.
     pub fn kept_map(&self, ino: Ino) -> Option<ChunkMap> {
         let s = self.state();
-        let trusted = s.synced.is_some_and(|t| t.elapsed() < LEASE_TRUST);
         let (map, at) = s.maps.get(&ino)?.map.as_ref()?;
+        let trusted =
+            s.synced.is_some_and(|t| t.elapsed() < LEASE_TRUST) && s.reader == Some(map.holder);
         // Replica locations move (a datanode lost, a balancer): a read that fails on them
         // asks again, but an old map is not kept for long.
         (trusted && at.elapsed() < LEASE_MAP_KEEP).then(|| map.clone())
@@ -724,6 +734,7 @@ mod tests {
             locations: Vec::new(),
             corrupt: Vec::new(),
             leased,
+            holder: 3,
         }
     }
 
@@ -736,7 +747,14 @@ mod tests {
         fresh.keep_map(fresh.map_ask(f), &small);
         assert!(!kept(&fresh), "not before the feed is read");
         fresh.synced(Instant::now());
+        fresh.read_through(3);
         assert!(kept(&fresh));
+        fresh.read_through(4);
+        assert!(
+            !kept(&fresh),
+            "not once the feed is read through another connection"
+        );
+        fresh.read_through(3);
         fresh.synced(Instant::now() - LEASE_TRUST);
         assert!(
             !kept(&fresh),

@@ -1090,6 +1090,9 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
             FEED_WAIT
         };
         if reply.complete && !reply.more {
+            // The connection first: a lease of another connection is not trusted on the
+            // strength of this read.
+            inner.fresh.read_through(reply.reader);
             inner.fresh.synced(asked);
         }
     }

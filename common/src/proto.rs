@@ -241,6 +241,8 @@ pub struct ChangesReply {
     /// too far behind): everything cached is in doubt.
     pub complete: bool,
     pub changes: Vec<Change>,
+    /// The connection this read came through, as leases name it ([`ChunkMap::holder`]).
+    pub reader: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -487,6 +489,9 @@ pub struct ChunkMap {
     /// namenode answers no other client's change of it. While it reads the feed, the client
     /// may open the file again by this map (when it covers the whole file) without asking.
     pub leased: bool,
+    /// The connection the lease is held by: only while the client reads the feed through
+    /// that connection (a client that dialled again holds the lease no more).
+    pub holder: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

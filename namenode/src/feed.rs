@@ -412,6 +412,7 @@ impl ChangeFeed {
                 more: false,
                 complete: false,
                 changes: Vec::new(),
+                reader: origin,
             };
         }
         let start = (since - log.first) as usize;
@@ -429,6 +430,7 @@ impl ChangeFeed {
             more: next < end,
             complete: true,
             changes,
+            reader: origin,
         }
     }
 }

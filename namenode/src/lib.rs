@@ -204,6 +204,7 @@ impl Namenode {
             locations,
             corrupt,
             leased: false,
+            holder: 0,
         })
     }
 
@@ -397,13 +398,18 @@ impl Service for Namenode {
                     let whole = leased && attr.size <= cairn_common::layout::CHUNK_SIZE;
                     // Removed meanwhile: committed all the same, only the map is not given.
                     match whole.then(|| self.read_chunks(ino, 0, 1)) {
-                        Some(Ok(map)) => ChunkMap { leased, ..map },
+                        Some(Ok(map)) => ChunkMap {
+                            leased,
+                            holder: who.origin,
+                            ..map
+                        },
                         _ => ChunkMap {
                             attr,
                             chunks: Vec::new(),
                             locations: Vec::new(),
                             corrupt: Vec::new(),
                             leased: false,
+                            holder: 0,
                         },
                     }
                 });
@@ -490,7 +496,11 @@ impl Service for Namenode {
                         Ok(attr) if attr.kind == cairn_common::attr::FileKind::File => {
                             let leased = self.engine.feed().lease(who.origin, r.ino);
                             self.read_chunks(r.ino, 0, cairn_common::proto::OPEN_MAP_CHUNKS)
-                                .map(|map| ChunkMap { leased, ..map })
+                                .map(|map| ChunkMap {
+                                    leased,
+                                    holder: who.origin,
+                                    ..map
+                                })
                         }
                         Ok(attr) => Ok(ChunkMap {
                             attr,
@@ -498,6 +508,7 @@ impl Service for Namenode {
                             locations: Vec::new(),
                             corrupt: Vec::new(),
                             leased: false,
+                            holder: 0,
                         }),
                         Err(e) => Err(e),
                     }
