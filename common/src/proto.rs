@@ -494,6 +494,20 @@ pub struct ChunkMap {
     pub holder: u64,
 }
 
+impl ChunkMap {
+    /// An answer with the file's attributes only: no chunks, no lease.
+    pub fn attributes_only(attr: InodeAttr) -> ChunkMap {
+        ChunkMap {
+            attr,
+            chunks: Vec::new(),
+            locations: Vec::new(),
+            corrupt: Vec::new(),
+            leased: false,
+            holder: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DatanodeAddr {
     pub id: DatanodeId,

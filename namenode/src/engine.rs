@@ -889,7 +889,14 @@ mod tests {
             let engine = engine.clone();
             tokio::spawn(async move { engine.submit_from(origin, Caller::ROOT, kind).await })
         };
-        let within = |secs| Duration::from_secs(secs);
+        // The change `task` sent is answered, within `secs`.
+        async fn answered(task: tokio::task::JoinHandle<FsResult<MetaReply>>, secs: u64) {
+            tokio::time::timeout(Duration::from_secs(secs), task)
+                .await
+                .expect("answered in time")
+                .unwrap()
+                .unwrap();
+        }
 
         assert!(
             !feed.lease(HOLDER, ino),
@@ -898,11 +905,7 @@ mod tests {
         let mut at = feed.since(HOLDER, epoch, 0).next;
         assert!(feed.lease(HOLDER, ino));
         let own = change_by(HOLDER, chmod(0o600));
-        tokio::time::timeout(within(5), own)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        answered(own, 5).await;
         assert_eq!(feed.leases(HOLDER), 1, "its own change keeps its lease");
 
         let change = change_by(OTHER, chmod(0o644));
@@ -921,22 +924,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!change.is_finished(), "read, not yet applied");
         at = feed.since(HOLDER, epoch, read.next).next;
-        tokio::time::timeout(within(5), change)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        answered(change, 5).await;
         assert!(!feed.may_be_open_elsewhere(ino, OTHER, false));
 
         // A holder that stops reading the feed is waited for while it may trust its lease.
         assert!(feed.lease(HOLDER, ino));
         let started = std::time::Instant::now();
         let change = change_by(OTHER, chmod(0o640));
-        tokio::time::timeout(within(10), change)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        answered(change, 10).await;
         assert!(started.elapsed() >= LEASE_TRUST);
 
         // Leased elsewhere when its last name goes: an orphan, not purged.
@@ -953,11 +948,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let read = feed.since(HOLDER, epoch, at);
         feed.since(HOLDER, epoch, read.next);
-        tokio::time::timeout(within(5), unlink)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        answered(unlink, 5).await;
         assert_eq!(engine.orphans().unwrap(), vec![ino]);
         assert_eq!(engine.getattr(ino).unwrap().nlink, 0);
     }

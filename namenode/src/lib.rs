@@ -403,14 +403,7 @@ impl Service for Namenode {
                             holder: who.origin,
                             ..map
                         },
-                        _ => ChunkMap {
-                            attr,
-                            chunks: Vec::new(),
-                            locations: Vec::new(),
-                            corrupt: Vec::new(),
-                            leased: false,
-                            holder: 0,
-                        },
+                        _ => ChunkMap::attributes_only(attr),
                     }
                 });
                 ex.respond(&res).await
@@ -502,14 +495,7 @@ impl Service for Namenode {
                                     ..map
                                 })
                         }
-                        Ok(attr) => Ok(ChunkMap {
-                            attr,
-                            chunks: Vec::new(),
-                            locations: Vec::new(),
-                            corrupt: Vec::new(),
-                            leased: false,
-                            holder: 0,
-                        }),
+                        Ok(attr) => Ok(ChunkMap::attributes_only(attr)),
                         Err(e) => Err(e),
                     }
                 } else {
