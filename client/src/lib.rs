@@ -359,6 +359,8 @@ impl Client {
             None => fresh.forget_files(),
         };
         forget();
+        // What it removes the last name of is kept while open here: the namenode must know.
+        opens::tell_unheard(self, reached.as_deref()).await?;
         let res = self.change(req, edits).await;
         forget();
         res
@@ -962,7 +964,7 @@ impl Client {
     /// the open set. Call within the client's runtime.
     pub fn open_leased(&self, ino: Ino) -> Option<FileHandle> {
         let map = self.inner.fresh.kept_map(ino)?;
-        if self.inner.opens.hold(ino).1 {
+        if self.inner.opens.hold_unclaimed(ino) {
             self.start_renewals();
         }
         Some(FileHandle::opened(self.clone(), map))

@@ -33,6 +33,9 @@ struct State {
     renewing: bool,
     /// Blocks stored and not yet committed, with how many slices use each.
     uploads: HashMap<BlockId, u32>,
+    /// Files held by a lease, opened without a claim, that no renewal has named yet: the
+    /// namenode does not know they are open here (with the generation of the open).
+    unclaimed: HashMap<Ino, u64>,
 }
 
 /// A block this client stored and has not committed yet: renewals name it while this lives.
@@ -98,6 +101,24 @@ impl OpenSet {
         start
     }
 
+    /// One more handle on `ino`, opened by a lease without telling the namenode: whether
+    /// the renewal task must be started.
+    pub fn hold_unclaimed(&self, ino: Ino) -> bool {
+        let (claim, start) = self.hold(ino);
+        self.state().unclaimed.entry(ino).or_insert(claim.gen);
+        start
+    }
+
+    /// Is one of `inos` (or, with `None`, any file) held here without the namenode
+    /// knowing yet?
+    pub fn unheard(&self, inos: Option<&[Ino]>) -> bool {
+        let s = self.state();
+        match inos {
+            Some(inos) => inos.iter().any(|ino| s.unclaimed.contains_key(ino)),
+            None => !s.unclaimed.is_empty(),
+        }
+    }
+
     /// One more handle on `ino`: the claim to send for it, and whether the renewal task must
     /// be started.
     pub fn hold(&self, ino: Ino) -> (OpenClaim, bool) {
@@ -129,15 +150,16 @@ impl OpenSet {
         *n -= 1;
         if *n == 0 {
             s.held.remove(&ino);
+            s.unclaimed.remove(&ino);
             s.gen += 1;
             drop(s);
             self.closed.notify_one();
         }
     }
 
-    /// What a renewal says now, if one is needed: something is held, or the namenode has
-    /// not heard of the last change.
-    fn renewal(&self) -> Option<proto::KeepOpen> {
+    /// What a renewal says now, if one is needed (something is held, or the namenode has
+    /// not heard of the last change), with the generation it names every held file as of.
+    fn renewal(&self) -> Option<(proto::KeepOpen, u64)> {
         let s = self.state();
         if s.held.is_empty() && s.gen == s.sent_gen {
             return None;
@@ -147,17 +169,20 @@ impl OpenSet {
             Some(g) => g - 1,
             None => s.gen,
         };
-        Some(proto::KeepOpen {
+        let renewal = proto::KeepOpen {
             session: self.session,
             gen,
             open: s.held.keys().copied().collect(),
             uploads: s.uploads.keys().copied().collect(),
-        })
+        };
+        Some((renewal, s.gen))
     }
 
-    fn renewed(&self, gen: u64) {
+    /// The namenode took the renewal built at generation `built`.
+    fn renewed(&self, renewal_gen: u64, built: u64) {
         let mut s = self.state();
-        s.sent_gen = s.sent_gen.max(gen);
+        s.sent_gen = s.sent_gen.max(renewal_gen);
+        s.unclaimed.retain(|_, gen| *gen > built);
     }
 
     #[cfg(test)]
@@ -180,14 +205,33 @@ pub(crate) async fn renew_if_held(client: &crate::Client, changed: &[Ino]) {
     if !held {
         return;
     }
-    let Some(renewal) = set.renewal() else {
-        return;
+    if let Err(e) = renew_now(client).await {
+        tracing::debug!("renewing open files failed: {e}");
+    }
+}
+
+/// Before a change that may remove the last name of one of `reached` (with `None`, of any
+/// file): the namenode purges a file nobody holds, so it must know of those held here by a
+/// lease alone.
+pub(crate) async fn tell_unheard(
+    client: &crate::Client,
+    reached: Option<&[Ino]>,
+) -> cairn_common::FsResult<()> {
+    if client.inner.opens_handle().unheard(reached) {
+        renew_now(client).await?;
+    }
+    Ok(())
+}
+
+async fn renew_now(client: &crate::Client) -> cairn_common::FsResult<()> {
+    let set = client.inner.opens_handle();
+    let Some((renewal, built)) = set.renewal() else {
+        return Ok(());
     };
     let gen = renewal.gen;
-    match client.namenode(renewal).await {
-        Ok(()) => set.renewed(gen),
-        Err(e) => tracing::debug!("renewing open files failed: {e}"),
-    }
+    client.namenode(renewal).await?;
+    set.renewed(gen, built);
+    Ok(())
 }
 
 pub(crate) async fn renew(client: Weak<crate::Inner>) {
@@ -204,12 +248,12 @@ pub(crate) async fn renew(client: Weak<crate::Inner>) {
         let Some(inner) = client.upgrade() else {
             return;
         };
-        let Some(renewal) = set.renewal() else {
+        let Some((renewal, built)) = set.renewal() else {
             continue;
         };
         let gen = renewal.gen;
         match crate::Client::from_inner(inner).namenode(renewal).await {
-            Ok(()) => set.renewed(gen),
+            Ok(()) => set.renewed(gen, built),
             // Tried again at the next tick; the lease spans several.
             Err(e) => tracing::debug!("renewing open files failed: {e}"),
         }
@@ -226,16 +270,37 @@ mod tests {
         assert!(set.renewal().is_none(), "nothing held, nothing to say");
         assert!(set.hold(Ino(5)).1, "the first hold starts the renewals");
         assert!(!set.hold(Ino(5)).1);
-        let r = set.renewal().expect("a held file is renewed");
+        let (r, built) = set.renewal().expect("a held file is renewed");
         assert_eq!((r.session, r.open.clone()), (9, vec![Ino(5)]));
-        set.renewed(r.gen);
+        set.renewed(r.gen, built);
         set.release(Ino(5));
         assert_eq!(set.held(), vec![Ino(5)], "one handle is still open");
         set.release(Ino(5));
-        let r = set.renewal().expect("the last close is told");
+        let (r, built) = set.renewal().expect("the last close is told");
         assert!(r.open.is_empty());
-        set.renewed(r.gen);
+        set.renewed(r.gen, built);
         assert!(set.renewal().is_none());
+    }
+
+    #[test]
+    fn files_opened_by_a_lease_are_unheard_until_a_renewal_names_them() {
+        let set = OpenSet::new(2);
+        set.hold(Ino(1));
+        assert!(
+            !set.unheard(None),
+            "opened with a claim: the namenode knows"
+        );
+        assert!(!set.hold_unclaimed(Ino(7)), "renewals already run");
+        assert!(set.unheard(Some(&[Ino(7)])) && set.unheard(None));
+        assert!(!set.unheard(Some(&[Ino(1), Ino(8)])));
+        let (r, built) = set.renewal().unwrap();
+        assert!(r.open.contains(&Ino(7)));
+        set.hold_unclaimed(Ino(8));
+        set.renewed(r.gen, built);
+        assert!(!set.unheard(Some(&[Ino(7)])), "named by the renewal");
+        assert!(set.unheard(Some(&[Ino(8)])), "opened after it was built");
+        set.release(Ino(8));
+        assert!(!set.unheard(None), "closed: nothing to keep");
     }
 
     #[test]
@@ -244,10 +309,10 @@ mod tests {
         let (a, _) = set.hold(Ino(3));
         let c = set.creating();
         assert!(c.gen > a.gen);
-        let r = set.renewal().unwrap();
+        let (r, _) = set.renewal().unwrap();
         assert!(r.gen < c.gen, "the namenode keeps the create's claim");
         assert!(!set.created(c, Some(Ino(4))), "renewals already run");
-        let r = set.renewal().unwrap();
+        let (r, _) = set.renewal().unwrap();
         assert!(r.gen > c.gen);
         let mut open = r.open.clone();
         open.sort();

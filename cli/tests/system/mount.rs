@@ -391,6 +391,26 @@ async fn a_file_read_here_opens_again_without_asking_until_another_mount_changes
         open_here.seek(SeekFrom::Start(0)).unwrap();
         open_here.read_to_string(&mut back).unwrap();
         assert_eq!(back, "still");
+
+        tracing::info!("--- unlinked here while open here by the lease");
+        fs::write(a.join("own"), b"kept").unwrap();
+        // The namenode heard of the close: the open below is known here alone.
+        std::thread::sleep(Duration::from_millis(500));
+        let opens = client.sent::<Open>();
+        let mut open_here = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(a.join("own"))
+            .unwrap();
+        assert_eq!(client.sent::<Open>(), opens, "opened by the lease");
+        fs::remove_file(a.join("own")).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        open_here.write_all(b"still").unwrap();
+        open_here.sync_all().unwrap();
+        let mut back = String::new();
+        open_here.seek(SeekFrom::Start(0)).unwrap();
+        open_here.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "still");
     })
     .await;
     unmount(mounted).await;
