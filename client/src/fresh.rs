@@ -14,7 +14,9 @@
 //!   entries that may reach files it cannot name (unlink, rename, link change `nlink` and
 //!   `ctime`) forgets every file.
 //! - An answer recorded while such a change was under way could predate it, so it is not
-//!   kept: forgetting bumps a sequence number, and a recording made across a bump is dropped.
+//!   kept: forgetting bumps a sequence number, and a recording made across a bump of what it
+//!   records is dropped (forgetting one inode bumps it for that inode, forgetting every file
+//!   for all).
 //!
 //! It also knows the names in directories this client made and has been alone to change:
 //! the namenode counts each directory's entry changes, a directory made at count 0 is
@@ -46,6 +48,9 @@ use cairn_common::Ino;
 const MAX_INODES: usize = 65_536;
 /// Names known in all directories; a directory that would pass it is no longer followed.
 const MAX_NAMES: usize = 200_000;
+/// Inodes forgotten one by one that are remembered; past it, the oldest count as a
+/// forgetting of all.
+const MAX_FORGOTTEN: usize = 1024;
 
 /// What a change did to one directory's names.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +71,12 @@ pub(crate) struct FreshAttrs {
 #[derive(Default)]
 struct State {
     inodes: HashMap<Ino, Fresh>,
+    /// Moves with every forgetting.
     seq: u64,
+    /// The inodes forgotten one by one since `floor`, with the `seq` each forgetting took.
+    forgotten: std::collections::VecDeque<(u64, Ino)>,
+    /// The `seq` of the last forgetting of all: answers to calls begun before it are not kept.
+    floor: u64,
     listings: HashMap<Ino, Listing>,
     names: usize,
     /// When the current position in the namenode's change feed was taken: what was kept
@@ -106,6 +116,36 @@ struct Kept {
 }
 
 impl State {
+    /// Forgets `ino`: answers to calls under way are not kept for it.
+    fn forget_one(&mut self, ino: Ino) {
+        self.seq += 1;
+        self.inodes.remove(&ino);
+        self.forgotten.push_back((self.seq, ino));
+        if self.forgotten.len() > MAX_FORGOTTEN {
+            if let Some((seq, _)) = self.forgotten.pop_front() {
+                self.floor = self.floor.max(seq);
+            }
+        }
+    }
+
+    /// Answers to calls under way are not kept, whatever they are of.
+    fn forget_all_answers(&mut self) {
+        self.seq += 1;
+        self.floor = self.seq;
+        self.forgotten.clear();
+    }
+
+    /// Was `ino` forgotten since a call begun at `seq`?
+    fn forgotten_since(&self, seq: u64, ino: Ino) -> bool {
+        self.floor > seq
+            || self
+                .forgotten
+                .iter()
+                .rev()
+                .take_while(|(at, _)| *at > seq)
+                .any(|(_, i)| *i == ino)
+    }
+
     /// How long ago what was kept at `at` was last known to be true.
     fn age(&self, at: Instant) -> Duration {
         match (self.feed_from, self.synced) {
@@ -260,18 +300,16 @@ impl FreshAttrs {
         bare: bool,
     ) {
         let mut s = self.state();
-        if s.seq != seq {
-            // Not kept, and what was kept of them is older still: forget that too.
-            for (attr, _) in attrs {
-                s.inodes.remove(&attr.ino);
-            }
-            return;
-        }
         if s.inodes.len() >= MAX_INODES {
             s.inodes.clear();
         }
         let at = Instant::now();
         for (attr, version) in attrs {
+            if s.forgotten_since(seq, attr.ino) {
+                // Not kept, and what was kept of it is older still: forget that too.
+                s.inodes.remove(&attr.ino);
+                continue;
+            }
             let newer_kept = match (s.inodes.get(&attr.ino).and_then(|f| f.version), version) {
                 (Some((epoch, kept)), Some((e, v))) => epoch == e && kept > v,
                 _ => false,
@@ -293,9 +331,8 @@ impl FreshAttrs {
     /// else forgotten.
     pub fn record_alone(&self, seq: u64, attr: InodeAttr) {
         let mut s = self.state();
-        if s.seq != seq {
-            s.seq += 1;
-            s.inodes.remove(&attr.ino);
+        if s.forgotten_since(seq, attr.ino) {
+            s.forget_one(attr.ino);
             return;
         }
         if s.inodes.len() >= MAX_INODES {
@@ -313,9 +350,7 @@ impl FreshAttrs {
     /// `ino`'s attributes are changing some other way: forget them, and drop the answers of
     /// calls still under way.
     pub fn forget(&self, ino: Ino) {
-        let mut s = self.state();
-        s.seq += 1;
-        s.inodes.remove(&ino);
+        self.state().forget_one(ino);
     }
 
     /// A change of `dir`'s entries went unanswered: forget its attributes and its names.
@@ -336,13 +371,15 @@ impl FreshAttrs {
             return;
         }
         let mut s = self.state();
+        // A listing under way may predate any of them (see `adopt`).
         s.seq += 1;
         for change in changes {
             match change {
                 Change::Inode(ino) => {
-                    s.inodes.remove(ino);
+                    s.forget_one(*ino);
                     s.map_moved(*ino);
                 }
+                // (A change of the directory's attributes is told apart, as `Inode`.)
                 Change::Entries(dir, count) => {
                     let held = s
                         .listings
@@ -366,7 +403,7 @@ impl FreshAttrs {
     /// calls begun before are not kept.
     pub fn feed_restarted(&self) {
         let mut s = self.state();
-        s.seq += 1;
+        s.forget_all_answers();
         let moved: Vec<Ino> = s.maps.keys().copied().collect();
         for ino in moved {
             s.map_moved(ino);
@@ -393,7 +430,7 @@ impl FreshAttrs {
     /// A change of entries may have changed files it does not name: forget every file.
     pub fn forget_files(&self) {
         let mut s = self.state();
-        s.seq += 1;
+        s.forget_all_answers();
         s.inodes.retain(|_, f| f.attr.kind == FileKind::Dir);
     }
 
@@ -845,10 +882,28 @@ mod tests {
         fresh.record_dirs(second, &[at(9, 9)]);
         fresh.record_dirs(first, &[at(8, 8)]);
         assert_eq!(fresh.get(Ino(2), SEC).unwrap().0.size, 9);
-        // An answer dropped for a race with a change elsewhere leaves nothing older behind.
+        // A change of another inode under way leaves an answer's others standing.
         let mkdir = fresh.begin();
         fresh.forget(Ino(40));
-        fresh.record(mkdir, [attr(2, FileKind::Dir, 4)]);
+        fresh.record(
+            mkdir,
+            [attr(2, FileKind::Dir, 4), attr(40, FileKind::File, 1)],
+        );
+        assert_eq!(fresh.get(Ino(2), SEC).unwrap().0.size, 4);
+        assert!(fresh.get(Ino(40), SEC).is_none());
+        // A change that may reach any file voids every answer under way; one dropped leaves
+        // nothing older behind.
+        let open = fresh.begin();
+        fresh.forget_files();
+        fresh.record(open, [attr(2, FileKind::Dir, 5)]);
+        assert!(fresh.get(Ino(2), SEC).is_none());
+        // Too many inodes forgotten one by one to remember: as if all were.
+        fresh.record(fresh.begin(), [attr(2, FileKind::Dir, 6)]);
+        let mkdir = fresh.begin();
+        for ino in 100..100 + MAX_FORGOTTEN as u64 + 1 {
+            fresh.forget(Ino(ino));
+        }
+        fresh.record(mkdir, [attr(2, FileKind::Dir, 7)]);
         assert!(fresh.get(Ino(2), SEC).is_none());
     }
 
