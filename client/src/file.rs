@@ -399,41 +399,43 @@ impl FileHandle {
             let (id, data) = f?;
             blocks.insert(id, data);
         }
-        let piece = |block: &BlockId, block_off: u64, len: u64| {
-            let (from, to) = (block_off as usize, (block_off + len) as usize);
-            blocks[block]
-                .get(from..to)
-                .map(|_| blocks[block].slice(from..to))
-                .ok_or_else(|| FsError::io(format!("slice reaches past the end of block {block}")))
-        };
-        // Most reads fall within one block: hand out the cached bytes themselves.
-        if let [(
-            _,
-            Segment::Data {
-                block,
-                block_off,
-                len,
-                ..
-            },
-        )] = segments.as_slice()
-        {
-            return piece(block, *block_off, *len);
+        assemble(offset, end, segments, &blocks)
+    }
+
+    /// [`FileHandle::read`] when it needs nothing but memory: the maps of the chunks read
+    /// are here, their blocks are in the memory cache, nothing written waits to be flushed
+    /// and no read-ahead is due. `None` when something is not (then `read` does it).
+    pub fn read_cached(&mut self, offset: u64, len: usize) -> Option<Bytes> {
+        if self.error.is_some() || self.is_dirty() {
+            return None;
         }
-        let mut out = vec![0u8; (end - offset) as usize];
-        for (base, seg) in segments {
-            if let Segment::Data {
-                pos,
-                len,
-                block,
-                block_off,
-                ..
-            } = seg
-            {
-                let at = (base + pos - offset) as usize;
-                out[at..at + len as usize].copy_from_slice(&piece(&block, block_off, len)?);
+        let first = (offset / CHUNK_SIZE) as u32;
+        if !self.map.loaded.contains(&first) {
+            return None;
+        }
+        let end = offset.saturating_add(len as u64).min(self.attr.size);
+        if end <= offset {
+            return Some(Bytes::new());
+        }
+        let last = ((end - 1) / CHUNK_SIZE) as u32;
+        if !(first..=last).all(|c| self.map.loaded.contains(&c)) {
+            return None;
+        }
+        let segments = self.segments(offset, end);
+        let mut blocks = HashMap::new();
+        for (block, _) in blocks_of(&segments) {
+            blocks.insert(block, self.client.inner.cache.get(&block)?);
+        }
+        if offset == self.last_read_end && end + READ_AHEAD / 2 > self.prefetched_to {
+            let from = end.max(self.prefetched_to);
+            if (from + READ_AHEAD).min(self.attr.size) > from {
+                return None;
             }
         }
-        Ok(Bytes::from(out))
+        // A block shorter than its slices says: `read` reports it, after a fresh map.
+        let data = assemble(offset, end, segments, &blocks).ok()?;
+        self.last_read_end = end;
+        Some(data)
     }
 
     /// The bytes `[from, to)` resolved into pieces of blocks and holes, each with the file
@@ -493,6 +495,51 @@ impl FileHandle {
 }
 
 /// The distinct blocks `segments` read from, with their lengths, in order of first use.
+/// The bytes `[offset, end)` of a file from its `segments` and their `blocks`: a read within
+/// one block is a slice of the block itself.
+fn assemble(
+    offset: u64,
+    end: u64,
+    segments: Vec<(u64, Segment)>,
+    blocks: &HashMap<BlockId, Bytes>,
+) -> FsResult<Bytes> {
+    let piece = |block: &BlockId, block_off: u64, len: u64| {
+        let (from, to) = (block_off as usize, (block_off + len) as usize);
+        blocks[block]
+            .get(from..to)
+            .map(|_| blocks[block].slice(from..to))
+            .ok_or_else(|| FsError::io(format!("slice reaches past the end of block {block}")))
+    };
+    // Most reads fall within one block: hand out the cached bytes themselves.
+    if let [(
+        _,
+        Segment::Data {
+            block,
+            block_off,
+            len,
+            ..
+        },
+    )] = segments.as_slice()
+    {
+        return piece(block, *block_off, *len);
+    }
+    let mut out = vec![0u8; (end - offset) as usize];
+    for (base, seg) in segments {
+        if let Segment::Data {
+            pos,
+            len,
+            block,
+            block_off,
+            ..
+        } = seg
+        {
+            let at = (base + pos - offset) as usize;
+            out[at..at + len as usize].copy_from_slice(&piece(&block, block_off, len)?);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
 fn blocks_of(segments: &[(u64, Segment)]) -> Vec<(BlockId, u32)> {
     let mut out: Vec<(BlockId, u32)> = Vec::new();
     for (_, seg) in segments {

@@ -86,6 +86,35 @@ async fn random_overwrites_match_a_local_file() {
     let back = get(&client, attr.ino, 8 << 20).await;
     assert_eq!(back.len(), model.len());
     assert!(back == model, "file differs from the local model");
+
+    tracing::info!("--- reads answered from memory alone match too");
+    let mut f = client.open(attr.ino).await.unwrap();
+    let end = model.len() as u64;
+    let mut ranges = vec![
+        ((50 << 20) - 100, 5000), // the truncated bytes' zeros, past the last block
+        ((4 << 20) - 7, 100),     // across a block boundary
+        ((64 << 20) - 5000, 10_000), // across the chunk boundary (after the cut: none)
+        (end - 10, 100),          // past the end
+        (end + 10, 100),          // wholly past it
+    ];
+    for _ in 0..30 {
+        let len = rng.gen_range(1..300_000);
+        ranges.push((rng.gen_range(0..end), len));
+    }
+    for (at, len) in ranges {
+        let read = f.read(at, len).await.unwrap();
+        let cached = f.read_cached(at, len).expect("all of it in memory");
+        let want = &model[(at.min(end) as usize)..((at + len as u64).min(end) as usize)];
+        assert!(read == want && cached == want, "{len} bytes at {at}");
+    }
+    let other = cluster.client().await.unwrap();
+    let mut fresh = other.open(attr.ino).await.unwrap();
+    let (at, len) = (2 << 20, 1000);
+    assert!(
+        fresh.read_cached(at, len).is_none(),
+        "nothing in that client's memory"
+    );
+    assert!(fresh.read(at, len).await.unwrap() == model[at as usize..at as usize + len]);
     cluster.stop().await.unwrap();
 }
 
