@@ -164,37 +164,44 @@ impl Datanode {
         let store = self.store.clone();
         let block = r.block;
         let sync = r.sync;
-        let local = tokio::task::spawn_blocking(move || store.put(&block, &parts, sync));
-
-        let mut stored_on = Vec::new();
-        if let Some((next, mut send, mut recv)) = down {
-            let _ = send.finish();
-            match read_frame::<FsResult<PutReply>>(&mut recv).await {
-                Ok(Ok(reply)) => {
-                    stored_on.extend(reply.stored_on);
-                    failed.extend(reply.failed);
-                }
-                Ok(Err(e)) | Err(e) => failed.push((next, e.to_string())),
-            }
-        }
-        let local = local
-            .await
-            .map_err(|e| FsError::io(format!("block writer panicked: {e}")))?;
-        match local {
-            Ok(()) => {
-                debug!(block = %r.block, "stored");
-                stored_on.insert(0, self.id());
+        let local = async {
+            let stored = tokio::task::spawn_blocking(move || store.put(&block, &parts, sync))
+                .await
+                .map_err(|e| FsError::io(format!("block writer panicked: {e}")))?;
+            if stored.is_ok() {
+                debug!(block = %block, "stored");
                 // Tell the namenode before acknowledging, so a reader that follows the
-                // writer's commit finds this replica.
+                // writer's commit finds this replica. Each node of the pipeline does so
+                // while the rest of it works: the reports overlap.
                 let report = BlockReceived {
                     id: self.id(),
-                    added: vec![r.block],
+                    added: vec![block],
                     removed: Vec::new(),
                 };
                 if let Err(e) = self.namenode_call(report).await {
-                    warn!(block = %r.block, "cannot report block to namenode: {e}");
+                    warn!(block = %block, "cannot report block to namenode: {e}");
                 }
             }
+            Ok::<_, FsError>(stored)
+        };
+        let downstream = async {
+            let (next, mut send, mut recv) = down?;
+            let _ = send.finish();
+            Some((next, read_frame::<FsResult<PutReply>>(&mut recv).await))
+        };
+        let (local, downstream) = tokio::join!(local, downstream);
+
+        let mut stored_on = Vec::new();
+        match downstream {
+            Some((_, Ok(Ok(reply)))) => {
+                stored_on.extend(reply.stored_on);
+                failed.extend(reply.failed);
+            }
+            Some((next, Ok(Err(e)) | Err(e))) => failed.push((next, e.to_string())),
+            None => {}
+        }
+        match local? {
+            Ok(()) => stored_on.insert(0, self.id()),
             Err(e) if stored_on.is_empty() => return Err(e),
             Err(e) => {
                 warn!(block = %r.block, "cannot store block: {e}");
