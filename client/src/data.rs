@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_common::cert::Role;
-use cairn_common::proto::{AllocateBlock, DatanodeAddr, GetBlock, PutBlock, ReportBadReplica};
+use cairn_common::proto::{
+    AllocateBlock, DatanodeAddr, GetBlock, PutBlock, PutReply, ReportBadReplica,
+};
 use cairn_common::transport;
 use cairn_common::{BlockId, DatanodeId, FsError, FsResult, Ino};
 use lru::LruCache;
@@ -25,6 +27,13 @@ const MAX_PLACEMENT_ROUNDS: usize = 5;
 const BUSY_WAIT: Duration = Duration::from_secs(60);
 /// Largest written block kept in the cache for reading back.
 const KEEP_WRITTEN_MAX: usize = 1 << 20;
+/// Blocks up to this size are hashed on the task's own thread: handing them to the blocking
+/// pool and back costs more than the hash.
+const HASH_INLINE_MAX: usize = 128 << 10;
+/// Blocks up to this size go to each of their datanodes at once rather than down a
+/// pipeline: for them the pipeline's hops, each receiving the whole block before its
+/// successor has it, are most of the time, and sending them several times costs little.
+const FAN_OUT_MAX: usize = 1 << 20;
 /// A block transfer that several readers may wait on.
 pub type Transfer = Shared<BoxFuture<'static, FsResult<Bytes>>>;
 
@@ -114,12 +123,7 @@ impl Client {
     /// Stores `data` as a block of file `ino` and returns its id once at least
     /// `min_replicas` datanodes (capped at the file's replication) hold it.
     pub(crate) async fn upload_block(&self, ino: Ino, data: Bytes) -> FsResult<BlockId> {
-        let id = {
-            let data = data.clone();
-            tokio::task::spawn_blocking(move || BlockId::of(&data))
-                .await
-                .map_err(|e| FsError::io(format!("hashing failed: {e}")))?
-        };
+        let (data, id) = hashed(data).await?;
         let len = data.len() as u32;
         let mut stored: Vec<DatanodeId> = Vec::new();
         let mut failed: Vec<(DatanodeId, String)> = Vec::new();
@@ -176,20 +180,22 @@ impl Client {
             let Some((head, rest)) = placement.targets.split_first() else {
                 break;
             };
-            match self.put_pipeline(head, rest, id, data.clone()).await {
-                Ok(reply) => {
-                    stored.extend(reply.stored_on);
-                    for (id, _) in &reply.failed {
-                        self.inner.suspects.add(*id);
-                    }
-                    failed.extend(reply.failed);
-                }
-                Err(e) => {
+            let reply = if data.len() <= FAN_OUT_MAX {
+                self.put_each(&placement.targets, id, &data).await
+            } else {
+                self.put_pipeline(head, rest, id, data.clone())
+                    .await
                     // The head is gone; the rest never saw the block.
-                    self.inner.suspects.add(head.id);
-                    failed.push((head.id, e.to_string()));
-                }
+                    .unwrap_or_else(|e| PutReply {
+                        stored_on: Vec::new(),
+                        failed: vec![(head.id, e.to_string())],
+                    })
+            };
+            stored.extend(reply.stored_on);
+            for (id, _) in &reply.failed {
+                self.inner.suspects.add(*id);
             }
+            failed.extend(reply.failed);
             stored.sort();
             stored.dedup();
             if stored.len() >= want {
@@ -225,13 +231,35 @@ impl Client {
         }
     }
 
+    /// Stores the block on each of `targets` at once, each on its own.
+    async fn put_each(&self, targets: &[DatanodeAddr], id: BlockId, data: &Bytes) -> PutReply {
+        let puts = targets.iter().map(|target| async move {
+            let res = self.put_pipeline(target, &[], id, data.clone()).await;
+            (target.id, res)
+        });
+        let mut all = PutReply {
+            stored_on: Vec::new(),
+            failed: Vec::new(),
+        };
+        for (node, res) in futures::future::join_all(puts).await {
+            match res {
+                Ok(reply) => {
+                    all.stored_on.extend(reply.stored_on);
+                    all.failed.extend(reply.failed);
+                }
+                Err(e) => all.failed.push((node, e.to_string())),
+            }
+        }
+        all
+    }
+
     async fn put_pipeline(
         &self,
         head: &DatanodeAddr,
         rest: &[DatanodeAddr],
         id: BlockId,
         data: Bytes,
-    ) -> FsResult<cairn_common::proto::PutReply> {
+    ) -> FsResult<PutReply> {
         let conn = self.inner.pool.get(head.addr, Role::Datanode).await?;
         let req = PutBlock {
             block: id,
@@ -363,17 +391,25 @@ impl Client {
                 return Err(e);
             }
         };
-        let buf = tokio::task::spawn_blocking(move || {
-            let ok = BlockId::of(&buf) == id;
-            (buf, ok)
-        })
-        .await
-        .map_err(|e| FsError::io(format!("hashing failed: {e}")))?;
-        match buf {
-            (buf, true) => Ok(Bytes::from(buf)),
-            (_, false) => Err(FsError::io(
+        match hashed(buf).await? {
+            (buf, got) if got == id => Ok(Bytes::from(buf)),
+            _ => Err(FsError::io(
                 "replica bytes do not match the block hash (corrupt)",
             )),
         }
     }
+}
+
+/// `data` with its BLAKE3 id; a large block is hashed off the runtime's threads.
+async fn hashed<T: AsRef<[u8]> + Send + 'static>(data: T) -> FsResult<(T, BlockId)> {
+    if data.as_ref().len() <= HASH_INLINE_MAX {
+        let id = BlockId::of(data.as_ref());
+        return Ok((data, id));
+    }
+    tokio::task::spawn_blocking(move || {
+        let id = BlockId::of(data.as_ref());
+        (data, id)
+    })
+    .await
+    .map_err(|e| FsError::io(format!("hashing failed: {e}")))
 }

@@ -213,6 +213,17 @@ async fn a_datanode_killed_during_a_put_loses_nothing() {
     }
     assert!(get(&client, created.attr.ino, 16 << 20).await == data);
 
+    tracing::info!("--- small blocks, sent to each datanode at once: on both survivors too");
+    let small = random_bytes(200 << 10, 7);
+    let attr = put(&client, "small", &small, 64 << 10).await;
+    let blocks = file_blocks(&client, attr.ino).await;
+    assert!(!blocks.is_empty());
+    for b in blocks {
+        let on = holders(&cluster, &b);
+        assert!(on.contains(&0) && on.contains(&1), "block {b} is on {on:?}");
+    }
+    assert!(get(&client, attr.ino, 64 << 10).await == small);
+
     tracing::info!("--- with one datanode left, writes fail instead of pretending");
     cluster.stop_datanode(1).await.unwrap();
     let created = client
