@@ -37,8 +37,10 @@ pub struct ClientConfig {
     /// Disk for cached blocks in `block_cache_dir`, in MiB. Default 4096.
     #[serde(default = "default_disk_cache_mib")]
     pub block_cache_disk_mib: u64,
-    /// Ask datanodes to fsync every block before acknowledging it. Default true.
-    #[serde(default = "default_true")]
+    /// Ask datanodes to fsync every block before acknowledging it. Default false: a close
+    /// returns once every block is on `min_replicas` datanodes, and an `fsync()` of the file
+    /// has the datanodes put its blocks on stable storage first.
+    #[serde(default)]
     pub sync_blocks: bool,
     /// Certificate files.
     pub tls: TlsPaths,
@@ -59,9 +61,6 @@ fn default_cache_mib() -> u64 {
 fn default_disk_cache_mib() -> u64 {
     4096
 }
-fn default_true() -> bool {
-    true
-}
 
 impl ClientConfig {
     pub fn new(namenode: SocketAddr, tls: TlsPaths) -> ClientConfig {
@@ -73,7 +72,7 @@ impl ClientConfig {
             block_cache_mib: default_cache_mib(),
             block_cache_dir: None,
             block_cache_disk_mib: default_disk_cache_mib(),
-            sync_blocks: true,
+            sync_blocks: false,
             tls,
         }
     }

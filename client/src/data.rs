@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
-    AllocateBlock, DatanodeAddr, GetBlock, PutBlock, PutReply, ReportBadReplica,
+    AllocateBlock, DatanodeAddr, GetBlock, PutBlock, PutReply, ReportBadReplica, Rpc, SyncBlocks,
+    SyncReply,
 };
 use cairn_common::transport;
 use cairn_common::{BlockId, DatanodeId, FsError, FsResult, Ino};
@@ -39,6 +40,56 @@ pub type Transfer = Shared<BoxFuture<'static, FsResult<Bytes>>>;
 
 /// How long a datanode that failed a write is left out of new pipelines.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+/// How long blocks stored without an fsync are remembered for one: the datanodes' kernels
+/// write dirty pages back within half a minute by themselves.
+const UNSYNCED_KEEP: Duration = Duration::from_secs(60);
+
+/// The blocks this client stored without an fsync, by file, with where each is: an
+/// `fsync()` of the file, through any handle, has them put on stable storage.
+#[derive(Default)]
+pub struct Unsynced {
+    inner: Mutex<UnsyncedFiles>,
+}
+
+/// A file's blocks stored without an fsync: where each is, and since when.
+type FileBlocks = HashMap<BlockId, (Instant, Vec<DatanodeAddr>)>;
+
+#[derive(Default)]
+struct UnsyncedFiles {
+    files: HashMap<Ino, FileBlocks>,
+    swept: Option<Instant>,
+}
+
+impl Unsynced {
+    fn lock(&self) -> std::sync::MutexGuard<'_, UnsyncedFiles> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn add(&self, ino: Ino, block: BlockId, on: Vec<DatanodeAddr>) {
+        let mut u = self.lock();
+        let now = Instant::now();
+        if u.swept
+            .is_none_or(|at| now.duration_since(at) > UNSYNCED_KEEP / 10)
+        {
+            for blocks in u.files.values_mut() {
+                blocks.retain(|_, (at, _)| now.duration_since(*at) < UNSYNCED_KEEP);
+            }
+            u.files.retain(|_, blocks| !blocks.is_empty());
+            u.swept = Some(now);
+        }
+        u.files.entry(ino).or_default().insert(block, (now, on));
+    }
+
+    /// The blocks of `ino` to sync; [`Unsynced::restore`] them if that fails.
+    fn take(&self, ino: Ino) -> Option<FileBlocks> {
+        self.lock().files.remove(&ino)
+    }
+
+    fn restore(&self, ino: Ino, taken: FileBlocks) {
+        self.lock().files.entry(ino).or_default().extend(taken);
+    }
+}
 
 #[derive(Default)]
 pub struct Suspects {
@@ -121,10 +172,23 @@ impl Client {
     }
 
     /// Stores `data` as a block of file `ino` and returns its id once at least
-    /// `min_replicas` datanodes (capped at the file's replication) hold it.
-    pub(crate) async fn upload_block(&self, ino: Ino, data: Bytes) -> FsResult<BlockId> {
+    /// `min_replicas` datanodes (capped at the file's replication) hold it, with the
+    /// datanodes that do.
+    pub(crate) async fn upload_block(
+        &self,
+        ino: Ino,
+        data: Bytes,
+    ) -> FsResult<(BlockId, Vec<DatanodeAddr>)> {
         let (data, id) = hashed(data).await?;
         let len = data.len() as u32;
+        // Where each datanode heard of is, to tell where the block ended up.
+        let mut known: HashMap<DatanodeId, DatanodeAddr> = HashMap::new();
+        let on = |stored: &[DatanodeId], known: &HashMap<DatanodeId, DatanodeAddr>| {
+            stored
+                .iter()
+                .filter_map(|d| known.get(d).cloned())
+                .collect()
+        };
         let mut stored: Vec<DatanodeId> = Vec::new();
         let mut failed: Vec<(DatanodeId, String)> = Vec::new();
         let mut want = 0usize;
@@ -166,9 +230,12 @@ impl Client {
                 }
                 Err(e) => return Err(e),
             };
+            for node in placement.targets.iter().chain(&placement.holders_at) {
+                known.insert(node.id, node.clone());
+            }
             if placement.already_stored {
                 self.keep_written(id, data);
-                return Ok(id);
+                return Ok((id, placement.holders_at));
             }
             want = placement.replication as usize;
             stored.extend(placement.holders.iter().copied());
@@ -209,7 +276,7 @@ impl Client {
                 warn!(block = %id, stored = stored.len(), want, "block is under-replicated");
             }
             self.keep_written(id, data);
-            return Ok(id);
+            return Ok((id, on(&stored, &known)));
         }
         let reasons: Vec<String> = failed
             .iter()
@@ -229,6 +296,88 @@ impl Client {
         if data.len() <= KEEP_WRITTEN_MAX {
             self.inner.cache.insert(id, data);
         }
+    }
+
+    /// Puts the blocks of `ino` this client stored without an fsync on stable storage, each
+    /// on at least `min_replicas` of its datanodes (capped at how many it is on).
+    pub(crate) async fn sync_file(&self, ino: Ino) -> FsResult<()> {
+        let Some(taken) = self.inner.unsynced.take(ino) else {
+            return Ok(());
+        };
+        let blocks = taken
+            .iter()
+            .map(|(block, (_, on))| (*block, on.clone()))
+            .collect();
+        let res = self.sync_blocks(&blocks).await;
+        if res.is_err() {
+            // Tried again at the next fsync.
+            self.inner.unsynced.restore(ino, taken);
+        }
+        res
+    }
+
+    async fn sync_blocks(&self, blocks: &HashMap<BlockId, Vec<DatanodeAddr>>) -> FsResult<()> {
+        let mut by_node: HashMap<DatanodeId, (DatanodeAddr, Vec<BlockId>)> = HashMap::new();
+        for (block, on) in blocks {
+            for node in on {
+                by_node
+                    .entry(node.id)
+                    .or_insert_with(|| (node.clone(), Vec::new()))
+                    .1
+                    .push(*block);
+            }
+        }
+        let syncs = by_node.into_values().map(|(node, ids)| async move {
+            let res = async {
+                let conn = self.inner.pool.get(node.addr, Role::Datanode).await?;
+                let req = SyncBlocks {
+                    blocks: ids.clone(),
+                };
+                transport::call_enveloped::<_, SyncReply>(&conn, &req.into_service()).await
+            }
+            .await;
+            (node, ids, res)
+        });
+        let mut synced: HashMap<BlockId, usize> = HashMap::new();
+        let mut missing: HashMap<BlockId, usize> = HashMap::new();
+        let mut failed = Vec::new();
+        for (node, ids, res) in futures::future::join_all(syncs).await {
+            match res {
+                Ok(reply) => {
+                    for id in ids {
+                        let counts = if reply.missing.contains(&id) {
+                            &mut missing
+                        } else {
+                            &mut synced
+                        };
+                        *counts.entry(id).or_default() += 1;
+                    }
+                }
+                Err(e) => {
+                    if let FsError::Unavailable(_) = e {
+                        self.inner.pool.forget(node.addr);
+                    }
+                    failed.push(format!("{}: {e}", node.id));
+                }
+            }
+        }
+        let min = self.inner.config.min_replicas.max(1) as usize;
+        for (block, on) in blocks {
+            if missing.get(block) == Some(&on.len()) {
+                // Gone from everywhere it was: overwritten since and collected, so no longer
+                // the file's.
+                continue;
+            }
+            let need = min.min(on.len()).max(1);
+            let got = synced.get(block).copied().unwrap_or(0);
+            if got < need {
+                return Err(FsError::io(format!(
+                    "block {block} is on stable storage on {got} of the {need} datanodes required ({})",
+                    failed.join("; ")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Stores the block on each of `targets` at once, each on its own.

@@ -22,7 +22,7 @@ const READ_AHEAD: u64 = 32 << 20;
 /// Chunks asked for per `ReadChunks`.
 const CHUNKS_PER_MAP: u32 = 16;
 
-type Upload = JoinHandle<FsResult<(u32, Slice, Uploaded)>>;
+type Upload = JoinHandle<FsResult<((u32, Slice, Uploaded), Vec<DatanodeAddr>)>>;
 
 pub struct FileHandle {
     client: Client,
@@ -173,19 +173,16 @@ impl FileHandle {
         let pos = (offset % CHUNK_SIZE) as u32;
         let len = data.len() as u32;
         self.uploads.push_back(tokio::spawn(async move {
-            let block = client.upload_block(ino, data).await?;
+            let (block, on) = client.upload_block(ino, data).await?;
             let uploaded = client.inner.opens_handle().uploaded(block);
-            Ok((
-                chunk,
-                Slice {
-                    pos,
-                    len,
-                    block,
-                    block_off: 0,
-                    block_len: len,
-                },
-                uploaded,
-            ))
+            let slice = Slice {
+                pos,
+                len,
+                block,
+                block_off: 0,
+                block_len: len,
+            };
+            Ok(((chunk, slice, uploaded), on))
         }));
         if self.done.len() >= COMMIT_BATCH {
             self.commit().await?;
@@ -201,7 +198,13 @@ impl FileHandle {
             .map_err(|e| FsError::io(format!("upload task failed: {e}")))
             .and_then(|r| r);
         match res {
-            Ok(slice) => {
+            Ok((slice, on)) => {
+                if !self.client.inner.config.sync_blocks {
+                    self.client
+                        .inner
+                        .unsynced
+                        .add(self.attr.ino, slice.1.block, on);
+                }
                 self.done.push(slice);
                 Ok(())
             }
@@ -278,8 +281,12 @@ impl FileHandle {
         self.commit().await
     }
 
+    /// [`FileHandle::flush`], and every block of the file this client stored (through any
+    /// handle) is on stable storage on at least `min_replicas` datanodes: uploads do not
+    /// wait for that unless `sync_blocks` is set.
     pub async fn fsync(&mut self) -> FsResult<()> {
-        self.flush().await
+        self.flush().await?;
+        self.client.sync_file(self.attr.ino).await
     }
 
     /// Flushes and closes. An error here means some written bytes are not stored.

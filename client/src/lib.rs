@@ -181,6 +181,8 @@ struct Inner {
     /// Datanodes that failed a write recently; new blocks avoid them for a while, so one
     /// dead node costs one failed attempt, not one per block until the namenode notices.
     suspects: data::Suspects,
+    /// Blocks stored without an fsync, by file, until an `fsync()` of the file.
+    unsynced: data::Unsynced,
     /// This client's identity in lock ownership: locks of different mounts never mix.
     session: u64,
     /// Block transfers under way, so a block is fetched once however many want it.
@@ -245,6 +247,7 @@ impl Client {
                 cache,
                 disk_cache,
                 suspects: data::Suspects::default(),
+                unsynced: data::Unsynced::default(),
                 inflight: Mutex::default(),
                 opens: Arc::new(opens::OpenSet::new(session)),
                 fresh: fresh::FreshAttrs::default(),

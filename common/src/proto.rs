@@ -99,6 +99,7 @@ service! {
     DatanodeRequest {
         PutBlock(PutBlock) -> PutReply,
         GetBlock(GetBlock) -> BlockData,
+        SyncBlocks(SyncBlocks) -> SyncReply,
     }
 }
 
@@ -533,6 +534,8 @@ pub struct Placement {
     /// Live datanodes that already hold the block (an earlier attempt, or the same bytes
     /// written before): they count as replicas.
     pub holders: Vec<DatanodeId>,
+    /// Where `holders` are (an `fsync()` asks them to put the block on stable storage).
+    pub holders_at: Vec<DatanodeAddr>,
     /// The cluster already holds this block with full replication: nothing to send.
     pub already_stored: bool,
     /// Replicas the file wants.
@@ -915,6 +918,19 @@ pub struct PutBlock {
     pub downstream: Vec<DatanodeAddr>,
     /// fsync the block file and its directory before answering.
     pub sync: bool,
+}
+
+/// Puts blocks this datanode holds on stable storage (a client's `fsync()` of a file whose
+/// blocks were stored without it); answered once they are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncBlocks {
+    pub blocks: Vec<BlockId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// Blocks asked for that this datanode does not hold: not synced.
+    pub missing: Vec<BlockId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

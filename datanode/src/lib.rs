@@ -14,7 +14,7 @@ use cairn_common::codec::{read_frame, write_frame};
 use cairn_common::layout::MAX_BLOCK_SIZE;
 use cairn_common::proto::{
     BlockData, BlockReceived, BlockReport, DatanodeAddr, DatanodeCommand, DatanodeRequest,
-    GetBlock, Heartbeat, PutBlock, PutReply, Register, Rpc,
+    GetBlock, Heartbeat, PutBlock, PutReply, Register, Rpc, SyncReply,
 };
 use cairn_common::transport::{self, ConnectionPool, Exchange, Peer, Service, TransportOptions};
 use cairn_common::{BlockId, DatanodeId, FsError, FsResult};
@@ -702,6 +702,15 @@ impl Service for Datanode {
         let res = match req {
             DatanodeRequest::PutBlock(r) => self.put_block(r, ex).await,
             DatanodeRequest::GetBlock(r) => self.get_block(r, ex).await,
+            DatanodeRequest::SyncBlocks(r) => {
+                let store = self.store.clone();
+                let synced = tokio::task::spawn_blocking(move || store.sync(&r.blocks))
+                    .await
+                    .map_err(|e| FsError::io(format!("block sync panicked: {e}")))
+                    .and_then(|r| r);
+                ex.respond(&synced.map(|missing| SyncReply { missing }))
+                    .await
+            }
         };
         self.active_transfers.fetch_sub(1, Ordering::Relaxed);
         res

@@ -220,6 +220,7 @@ impl Namenode {
             return Ok(Placement {
                 targets: Vec::new(),
                 holders: holder_ids,
+                holders_at: holders,
                 already_stored: true,
                 replication,
             });
@@ -243,6 +244,7 @@ impl Namenode {
         Ok(Placement {
             targets,
             holders: holder_ids,
+            holders_at: holders,
             already_stored: false,
             replication,
         })

@@ -223,8 +223,15 @@ async fn a_datanode_killed_during_a_put_loses_nothing() {
         assert!(on.contains(&0) && on.contains(&1), "block {b} is on {on:?}");
     }
     assert!(get(&client, attr.ino, 64 << 10).await == small);
+    let mut later = client.open(attr.ino).await.unwrap();
+    later.fsync().await.expect("an fsync with two datanodes up");
 
     tracing::info!("--- with one datanode left, writes fail instead of pretending");
+    // Stored and closed while two datanodes were up, not yet on stable storage: an fsync
+    // through another handle needs them on two.
+    let unsynced = random_bytes(300 << 10, 8);
+    let attr = put(&client, "unsynced", &unsynced, 64 << 10).await;
+    let mut again = client.open(attr.ino).await.unwrap();
     cluster.stop_datanode(1).await.unwrap();
     let created = client
         .create(Ino::ROOT, b"doomed", 0o644, true, false, Owner::current())
@@ -237,6 +244,12 @@ async fn a_datanode_killed_during_a_put_loses_nothing() {
         .await
         .expect_err("close must fail below min_replicas");
     assert_eq!(err.errno(), libc_eio(), "{err}");
+    let err = again
+        .fsync()
+        .await
+        .expect_err("fsync must fail when one datanode can sync");
+    assert_eq!(err.errno(), libc_eio(), "{err}");
+    assert!(err.to_string().contains("stable storage"), "{err}");
     cluster.stop().await.unwrap();
 }
 
