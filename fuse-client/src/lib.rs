@@ -233,6 +233,10 @@ pub fn mount(
 }
 
 fn errno(e: &FsError) -> Errno {
+    // What an application sees only as EIO: the log says why.
+    if let FsError::Io(_) | FsError::Protocol(_) = e {
+        tracing::warn!("answering EIO: {e}");
+    }
     Errno::from_i32(e.errno())
 }
 
