@@ -257,11 +257,7 @@ async fn mount_counting(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn names_in_a_directory_this_mount_did_not_make_are_learnt_and_cost_no_lookups() {
     use cairn_common::proto::Lookup;
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    let (client, _here, a, mounted) = mount_counting(&cluster).await;
-    with_mount(&cluster, move |b| {
-        std::thread::sleep(Duration::from_millis(300));
+    on_two_mounts_one_counting(move |client, a, b| {
         let within_ttl = || std::thread::sleep(Duration::from_millis(1100));
         tracing::info!("--- made and filled on the other mount");
         fs::create_dir_all(b.join("filled/listed")).unwrap();
@@ -317,19 +313,51 @@ async fn names_in_a_directory_this_mount_did_not_make_are_learnt_and_cost_no_loo
         assert!(!exists(&d.join("n6")) && exists(&d.join("new")));
     })
     .await;
+}
+
+/// A cluster mounted twice, the first mount's client counting its requests to the namenode;
+/// `body` runs once the first mount reads the change feed.
+async fn on_two_mounts_one_counting(
+    body: impl FnOnce(&cairn_client::Client, &Path, &Path) + Send + 'static,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let (client, _here, a, mounted) = mount_counting(&cluster).await;
+    with_mount(&cluster, move |b| {
+        std::thread::sleep(Duration::from_millis(300));
+        body(&client, &a, b);
+    })
+    .await;
     unmount(mounted).await;
     cluster.stop().await.unwrap();
+}
+
+/// Opens `path` for reading and writing.
+fn open_rw(path: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+/// `file`, open, is still written and read back after `unlink` removed its last name.
+fn outlives_its_unlink(mut file: fs::File, unlink: impl FnOnce()) {
+    unlink();
+    std::thread::sleep(Duration::from_millis(300));
+    file.write_all(b"still").unwrap();
+    file.sync_all().unwrap();
+    let mut back = String::new();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "still");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_read_here_opens_again_without_asking_until_another_mount_changes_it() {
     use cairn_common::proto::Open;
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    let (client, _here, a, mounted) = mount_counting(&cluster).await;
-    with_mount(&cluster, move |b| {
-        // The feed is being read (a lease is given only to a mount that reads it).
-        std::thread::sleep(Duration::from_millis(300));
+    // The feed is being read when the body runs: a lease is given only to a mount that does.
+    on_two_mounts_one_counting(move |client, a, b| {
         tracing::info!("--- written here: opened again by the map its commit came with");
         fs::write(a.join("mine"), b"v1").unwrap();
         let opens = client.sent::<Open>();
@@ -378,43 +406,19 @@ async fn a_file_read_here_opens_again_without_asking_until_another_mount_changes
         tracing::info!("--- unlinked on the other mount while open here by the lease");
         fs::write(b.join("gone"), b"kept").unwrap();
         assert_eq!(fs::read(a.join("gone")).unwrap(), b"kept");
-        let mut open_here = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(a.join("gone"))
-            .unwrap();
-        fs::remove_file(b.join("gone")).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        open_here.write_all(b"still").unwrap();
-        open_here.sync_all().unwrap();
-        let mut back = String::new();
-        open_here.seek(SeekFrom::Start(0)).unwrap();
-        open_here.read_to_string(&mut back).unwrap();
-        assert_eq!(back, "still");
+        let open_here = open_rw(&a.join("gone"));
+        outlives_its_unlink(open_here, || fs::remove_file(b.join("gone")).unwrap());
 
         tracing::info!("--- unlinked here while open here by the lease");
         fs::write(a.join("own"), b"kept").unwrap();
         // The namenode heard of the close: the open below is known here alone.
         std::thread::sleep(Duration::from_millis(500));
         let opens = client.sent::<Open>();
-        let mut open_here = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(a.join("own"))
-            .unwrap();
+        let open_here = open_rw(&a.join("own"));
         assert_eq!(client.sent::<Open>(), opens, "opened by the lease");
-        fs::remove_file(a.join("own")).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        open_here.write_all(b"still").unwrap();
-        open_here.sync_all().unwrap();
-        let mut back = String::new();
-        open_here.seek(SeekFrom::Start(0)).unwrap();
-        open_here.read_to_string(&mut back).unwrap();
-        assert_eq!(back, "still");
+        outlives_its_unlink(open_here, || fs::remove_file(a.join("own")).unwrap());
     })
     .await;
-    unmount(mounted).await;
-    cluster.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
