@@ -2,7 +2,7 @@
 //! download from the first replica that serves bytes matching the block's hash, and a cache
 //! keyed by hash (so it can never be stale).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use std::sync::Mutex;
@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_common::cert::Role;
+use cairn_common::layout::CHUNK_SIZE;
 use cairn_common::proto::{
-    AllocateBlock, DatanodeAddr, GetBlock, PutBlock, PutReply, ReportBadReplica, Rpc, SyncBlocks,
-    SyncReply,
+    AllocateBlock, DatanodeAddr, GetBlock, PutBlock, PutReply, ReadChunks, ReportBadReplica, Rpc,
+    SyncBlocks, SyncReply,
 };
 use cairn_common::transport;
 use cairn_common::{BlockId, DatanodeId, FsError, FsResult, Ino};
@@ -35,6 +36,8 @@ const HASH_INLINE_MAX: usize = 128 << 10;
 /// pipeline: for them the pipeline's hops, each receiving the whole block before its
 /// successor has it, are most of the time, and sending them several times costs little.
 const FAN_OUT_MAX: usize = 1 << 20;
+/// Chunks of a file's map asked for at a time when an fsync looks for blocks that moved.
+const SYNC_MAP_CHUNKS: u32 = 16;
 /// A block transfer that several readers may wait on.
 pub type Transfer = Shared<BoxFuture<'static, FsResult<Bytes>>>;
 
@@ -88,6 +91,27 @@ impl Unsynced {
 
     fn restore(&self, ino: Ino, taken: FileBlocks) {
         self.lock().files.entry(ino).or_default().extend(taken);
+    }
+}
+
+/// What the datanodes asked to sync blocks answered: which of them has each block on stable
+/// storage, and why those that did not answer failed.
+#[derive(Default)]
+struct Tally {
+    synced: HashMap<BlockId, HashSet<DatanodeId>>,
+    unreachable: HashSet<DatanodeId>,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn synced_on(&self, block: &BlockId) -> usize {
+        self.synced.get(block).map_or(0, HashSet::len)
+    }
+
+    /// Has `node` synced `block` already, or failed to answer at all?
+    fn asked(&self, block: &BlockId, node: DatanodeId) -> bool {
+        self.unreachable.contains(&node)
+            || self.synced.get(block).is_some_and(|on| on.contains(&node))
     }
 }
 
@@ -299,16 +323,16 @@ impl Client {
     }
 
     /// Puts the blocks of `ino` this client stored without an fsync on stable storage, each
-    /// on at least `min_replicas` of its datanodes (capped at how many it is on).
+    /// on at least `min_replicas` of its datanodes (capped at how many it was stored on).
     pub(crate) async fn sync_file(&self, ino: Ino) -> FsResult<()> {
         let Some(taken) = self.inner.unsynced.take(ino) else {
             return Ok(());
         };
-        let blocks = taken
+        let stored: HashMap<BlockId, Vec<DatanodeAddr>> = taken
             .iter()
             .map(|(block, (_, on))| (*block, on.clone()))
             .collect();
-        let res = self.sync_blocks(&blocks).await;
+        let res = self.sync_stored(ino, &stored).await;
         if res.is_err() {
             // Tried again at the next fsync.
             self.inner.unsynced.restore(ino, taken);
@@ -316,7 +340,90 @@ impl Client {
         res
     }
 
-    async fn sync_blocks(&self, blocks: &HashMap<BlockId, Vec<DatanodeAddr>>) -> FsResult<()> {
+    async fn sync_stored(
+        &self,
+        ino: Ino,
+        stored: &HashMap<BlockId, Vec<DatanodeAddr>>,
+    ) -> FsResult<()> {
+        let min = self.inner.config.min_replicas.max(1) as usize;
+        let need = |block: &BlockId| min.min(stored[block].len()).max(1);
+        let mut tally = Tally::default();
+        self.sync_round(stored, &mut tally).await;
+        let short: Vec<BlockId> = stored
+            .keys()
+            .filter(|b| tally.synced_on(b) < need(b))
+            .copied()
+            .collect();
+        if short.is_empty() {
+            return Ok(());
+        }
+        // Missing where it was stored: moved since (the balancer, a decommission), or no
+        // longer the file's (overwritten, then collected). Where the namenode says the
+        // file's blocks are now is where they must be synced.
+        let now = self.current_locations(ino, &short).await?;
+        let elsewhere: HashMap<BlockId, Vec<DatanodeAddr>> = now
+            .iter()
+            .map(|(block, on)| {
+                let new = on
+                    .iter()
+                    .filter(|n| !tally.asked(block, n.id))
+                    .cloned()
+                    .collect();
+                (*block, new)
+            })
+            .collect();
+        self.sync_round(&elsewhere, &mut tally).await;
+        for block in short {
+            if !now.contains_key(&block) {
+                continue;
+            }
+            let (got, need) = (tally.synced_on(&block), need(&block));
+            if got < need {
+                return Err(FsError::io(format!(
+                    "block {block} is on stable storage on {got} of the {need} datanodes \
+                     required ({})",
+                    tally.failed.join("; ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the namenode says `blocks` are now, for those still in file `ino`.
+    async fn current_locations(
+        &self,
+        ino: Ino,
+        blocks: &[BlockId],
+    ) -> FsResult<HashMap<BlockId, Vec<DatanodeAddr>>> {
+        let mut found = HashMap::new();
+        let mut first = 0u32;
+        loop {
+            let map = self
+                .namenode(ReadChunks {
+                    ino,
+                    first,
+                    count: SYNC_MAP_CHUNKS,
+                })
+                .await?;
+            let in_file: HashSet<BlockId> = map
+                .chunks
+                .iter()
+                .flat_map(|(_, slices)| slices.iter().map(|s| s.block))
+                .collect();
+            for (block, on) in map.locations {
+                if in_file.contains(&block) && blocks.contains(&block) {
+                    found.insert(block, on);
+                }
+            }
+            first = first.saturating_add(SYNC_MAP_CHUNKS);
+            if found.len() == blocks.len() || u64::from(first) * CHUNK_SIZE >= map.attr.size {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// Asks each datanode of `blocks` to sync its share; counts the answers in `tally`.
+    async fn sync_round(&self, blocks: &HashMap<BlockId, Vec<DatanodeAddr>>, tally: &mut Tally) {
         let mut by_node: HashMap<DatanodeId, (DatanodeAddr, Vec<BlockId>)> = HashMap::new();
         for (block, on) in blocks {
             for node in on {
@@ -338,46 +445,22 @@ impl Client {
             .await;
             (node, ids, res)
         });
-        let mut synced: HashMap<BlockId, usize> = HashMap::new();
-        let mut missing: HashMap<BlockId, usize> = HashMap::new();
-        let mut failed = Vec::new();
         for (node, ids, res) in futures::future::join_all(syncs).await {
             match res {
                 Ok(reply) => {
-                    for id in ids {
-                        let counts = if reply.missing.contains(&id) {
-                            &mut missing
-                        } else {
-                            &mut synced
-                        };
-                        *counts.entry(id).or_default() += 1;
+                    for id in ids.into_iter().filter(|id| !reply.missing.contains(id)) {
+                        tally.synced.entry(id).or_default().insert(node.id);
                     }
                 }
                 Err(e) => {
                     if let FsError::Unavailable(_) = e {
                         self.inner.pool.forget(node.addr);
                     }
-                    failed.push(format!("{}: {e}", node.id));
+                    tally.unreachable.insert(node.id);
+                    tally.failed.push(format!("{}: {e}", node.id));
                 }
             }
         }
-        let min = self.inner.config.min_replicas.max(1) as usize;
-        for (block, on) in blocks {
-            if missing.get(block) == Some(&on.len()) {
-                // Gone from everywhere it was: overwritten since and collected, so no longer
-                // the file's.
-                continue;
-            }
-            let need = min.min(on.len()).max(1);
-            let got = synced.get(block).copied().unwrap_or(0);
-            if got < need {
-                return Err(FsError::io(format!(
-                    "block {block} is on stable storage on {got} of the {need} datanodes required ({})",
-                    failed.join("; ")
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// Stores the block on each of `targets` at once, each on its own.

@@ -633,6 +633,8 @@ async fn the_balancer_fills_an_empty_datanode_without_losing_a_replica() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = quick_options(dir.path(), 3);
     opts.datanode_capacity = Some(256 << 20);
+    // Every copy counts for an fsync: one moved away must be synced where it went.
+    opts.min_replicas = 3;
     let mut cluster = DevCluster::start(opts).await.expect("cluster starts");
     let client = cluster.client().await.unwrap();
     let blocks = 24;
@@ -693,6 +695,10 @@ async fn the_balancer_fills_an_empty_datanode_without_losing_a_replica() {
     assert!(on_new >= 8, "the new datanode holds {on_new} blocks");
     wait_for_replicas(&client, attr.ino, "trimmed", every_block(blocks, 3)).await;
     assert!(get(&client, attr.ino, 3 << 20).await == data);
+    // The blocks written above were not synced yet, and some are no longer where they were
+    // written: an fsync syncs them where they are now.
+    let mut f = client.open(attr.ino).await.unwrap();
+    f.fsync().await.expect("fsync of a file whose blocks moved");
     let (code, fsck) = admin(&cluster, &["fsck", "/"]);
     assert_eq!(code, 0, "{fsck}");
     cluster.stop().await.unwrap();
