@@ -105,6 +105,8 @@ trait ChangedEntries {
 
 impl ChangedEntries for () {}
 
+impl ChangedEntries for proto::Unlinked {}
+
 /// The attributes an answer to a change gives, if it does.
 pub(crate) trait AttrAnswer {
     fn attr(&self) -> Option<&InodeAttr>;
@@ -654,7 +656,13 @@ impl Client {
             parent,
             name: name.to_vec(),
         };
-        self.remove_name(req, parent, name).await
+        let unlinked = self.remove_name(req, parent, name).await?;
+        if let Some(trash) = unlinked.trash {
+            // The change feed does not tell this client of the name the file got there.
+            self.inner.fresh.unknown_change(trash);
+            self.inner.void_in_kernel(&[trash]);
+        }
+        Ok(())
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
@@ -665,10 +673,16 @@ impl Client {
         self.remove_name(req, parent, name).await
     }
 
-    /// Sends `req`, which removes `name` from `parent` and so reaches what it named.
-    async fn remove_name<R>(&self, req: R, parent: Ino, name: &[u8]) -> FsResult<()>
+    /// Sends `req`, which removes `name` from `parent` and so reaches what it named: what
+    /// this client kept of that is forgotten (of every file, if it cannot tell which it was).
+    async fn remove_name<R, T: ChangedEntries>(
+        &self,
+        req: R,
+        parent: Ino,
+        name: &[u8],
+    ) -> FsResult<T>
     where
-        R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<()>>,
+        R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
     {
         let edits = [(parent, Edit::Remove(name))];
         self.change_reaching_files(req, &edits, &[(parent, name)], &[])
@@ -1007,6 +1021,21 @@ impl Client {
 }
 
 /// The components of an absolute path; `.` is skipped, `..` refused.
+impl Inner {
+    /// Has the mount's kernel forget what it keeps of `inos` (the hook of
+    /// [`Client::on_others_changes`]).
+    fn void_in_kernel(&self, inos: &[Ino]) {
+        let hook = self
+            .on_changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(hook) = hook.filter(|_| !inos.is_empty()) {
+            hook(inos);
+        }
+    }
+}
+
 fn components(path: &str) -> FsResult<Vec<&str>> {
     if !path.starts_with('/') {
         return Err(FsError::invalid(format!(
@@ -1076,14 +1105,7 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
                     proto::Change::Entries(..) => None,
                 })
                 .collect();
-            let hook = inner
-                .on_changed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            if let Some(hook) = hook.filter(|_| !files.is_empty()) {
-                hook(&files);
-            }
+            inner.void_in_kernel(&files);
             opens::renew_if_held(&Client::from_inner(inner.clone()), &files).await;
         } else {
             inner.fresh.feed_restarted();

@@ -48,7 +48,7 @@ service! {
         Mkdir(Mkdir) -> Changed<InodeAttr>,
         Create(Create) -> Changed<CreateReply>,
         Mknod(Mknod) -> Changed<InodeAttr>,
-        Unlink(Unlink) -> Changed<()>,
+        Unlink(Unlink) -> Changed<Unlinked>,
         Rmdir(Rmdir) -> Changed<()>,
         Rename(Rename) -> Changed<()>,
         Symlink(Symlink) -> Changed<InodeAttr>,
@@ -193,6 +193,14 @@ pub struct KeepOpen {
 pub struct Changed<T> {
     pub reply: T,
     pub dirs: Vec<ChangedDir>,
+}
+
+/// What an unlink did beside removing the name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Unlinked {
+    /// The trash directory the file was moved to (`trash_retention_secs`), whose entries
+    /// and attributes the remover must forget: the change feed does not tell it of them.
+    pub trash: Option<Ino>,
 }
 
 /// A directory after a change of its entries.

@@ -565,6 +565,13 @@ fn answered(kind: &MetaOpKind, reply: Option<&MetaReply>) -> Vec<Ino> {
     match reply {
         Some(MetaReply::Attr(a)) => inos.push(a.ino),
         Some(MetaReply::Created(c)) => inos.push(c.attr.ino),
+        // What it named the remover forgets (the client forgets every file it cannot tell
+        // is not the one), and it is told the trash directory the file went to: hearing of
+        // them again would only wake it.
+        Some(MetaReply::Removed { ino, trash }) if matches!(kind, MetaOpKind::Unlink(_)) => {
+            inos.push(*ino);
+            inos.extend(trash);
+        }
         _ => {}
     }
     inos
@@ -812,14 +819,16 @@ mod tests {
         assert_eq!(seen, made, "another connection hears of all of it");
         let own = engine.feed().since(3, epoch, 0);
         assert!(own.complete && own.changes.is_empty(), "{own:?}");
-        // An unlink's answer tells of the directory, not of the file it freed.
+        // An unlink's remover forgets the file by itself: it hears nothing, the others do.
         let unlink = MetaOpKind::Unlink(cairn_common::proto::Unlink {
             parent: Ino::ROOT,
             name: "f".into(),
         });
         engine.submit_from(3, Caller::ROOT, unlink).await.unwrap();
         let own = engine.feed().since(3, epoch, own.next);
-        assert_eq!(own.changes, vec![Change::Inode(file)]);
+        assert!(own.complete && own.changes.is_empty(), "{own:?}");
+        let other = engine.feed().since(4, epoch, 0).changes;
+        assert!(other.contains(&Change::Inode(file)), "{other:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

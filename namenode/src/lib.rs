@@ -24,7 +24,7 @@ use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
     AllocateBlock, Changed, ChangedDir, ChunkMap, CreateReply, DatanodeCommand, FsStats,
-    HeartbeatReply, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply,
+    HeartbeatReply, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply, Unlinked,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{BlockId, FsError, FsResult};
@@ -148,7 +148,9 @@ impl Namenode {
         match self.mutate(who, kind).await? {
             MetaReply::Attr(a) => Ok(a),
             MetaReply::Created(c) => Ok(c.attr),
-            MetaReply::Done => Err(FsError::protocol("operation returned no attributes")),
+            MetaReply::Removed { .. } | MetaReply::Done => {
+                Err(FsError::protocol("operation returned no attributes"))
+            }
         }
     }
 
@@ -328,7 +330,7 @@ impl Service for Namenode {
                         attr,
                         created: true,
                     }),
-                    Ok(MetaReply::Done) => Err(FsError::protocol("create returned nothing")),
+                    Ok(_) => Err(FsError::protocol("create returned nothing")),
                     Err(e) => Err(e),
                 };
                 ex.respond(&self.changed(res, &[parent])).await
@@ -340,7 +342,11 @@ impl Service for Namenode {
             }
             R::Unlink(r) => {
                 let parent = r.parent;
-                let res = self.mutate_unit(&who, MetaOpKind::Unlink(r)).await;
+                let res = match self.mutate(&who, MetaOpKind::Unlink(r)).await {
+                    Ok(MetaReply::Removed { trash, .. }) => Ok(Unlinked { trash }),
+                    Ok(_) => Err(FsError::protocol("unlink returned no removed inode")),
+                    Err(e) => Err(e),
+                };
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::Rmdir(r) => {

@@ -103,6 +103,12 @@ impl MetaOpKind {
 pub enum MetaReply {
     Attr(InodeAttr),
     Created(CreateReply),
+    /// A name removed: what it named, and the trash directory the file went to instead of
+    /// going (when it did).
+    Removed {
+        ino: Ino,
+        trash: Option<Ino>,
+    },
     Done,
 }
 
@@ -179,10 +185,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             Ok(MetaReply::Attr(attr))
         }
         MetaOpKind::Link(l) => link(txn, who, l, now),
-        MetaOpKind::Unlink(u) => {
-            remove_entry(txn, who, u.parent, &u.name, false, now)?;
-            Ok(MetaReply::Done)
-        }
+        MetaOpKind::Unlink(u) => remove_entry(txn, who, u.parent, &u.name, false, now),
         MetaOpKind::Rmdir(r) => {
             remove_entry(txn, who, r.parent, &r.name, true, now)?;
             Ok(MetaReply::Done)
@@ -507,7 +510,7 @@ fn remove_entry(
     name: &[u8],
     want_dir: bool,
     now: Timestamp,
-) -> FsResult<()> {
+) -> FsResult<MetaReply> {
     if name.len() > cairn_common::attr::NAME_MAX {
         return Err(FsError::NameTooLong);
     }
@@ -536,7 +539,12 @@ fn remove_entry(
                 dir.attr.mtime = now;
                 dir.attr.ctime = now;
                 txn.put_inode(&dir);
-                return crate::trash::move_in(txn, who, parent, name, rec, now);
+                let ino = rec.attr.ino;
+                let trash = crate::trash::move_in(txn, who, parent, name, rec, now)?;
+                return Ok(MetaReply::Removed {
+                    ino,
+                    trash: Some(trash),
+                });
             }
         }
     }
@@ -544,7 +552,9 @@ fn remove_entry(
     dir.attr.mtime = now;
     dir.attr.ctime = now;
     txn.put_inode(&dir);
-    drop_link(txn, rec, now)
+    let ino = rec.attr.ino;
+    drop_link(txn, rec, now)?;
+    Ok(MetaReply::Removed { ino, trash: None })
 }
 
 /// Removes one name of `rec`. The last name of a regular file makes it an orphan: it lives

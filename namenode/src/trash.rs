@@ -69,8 +69,8 @@ fn ensure_dir(
     }
 }
 
-/// Moves regular file `rec`, named `name` in `parent`, to `who`'s trash. The caller has
-/// checked that `who` may remove it.
+/// Moves regular file `rec`, named `name` in `parent`, to `who`'s trash; returns that trash
+/// directory. The caller has checked that `who` may remove it.
 pub fn move_in(
     txn: &mut Txn<'_>,
     who: &Caller,
@@ -78,7 +78,7 @@ pub fn move_in(
     name: &[u8],
     mut rec: InodeRecord,
     now: Timestamp,
-) -> FsResult<()> {
+) -> FsResult<Ino> {
     let dir_node = |perm, uid, gid| NewNode {
         kind: FileKind::Dir,
         perm,
@@ -122,7 +122,8 @@ pub fn move_in(
     rec.parent = mine;
     rec.attr.ctime = now;
     txn.put_inode(&rec);
-    touch_dir(txn, mine, now)
+    touch_dir(txn, mine, now)?;
+    Ok(mine)
 }
 
 fn touch_dir(txn: &mut Txn<'_>, dir: Ino, now: Timestamp) -> FsResult<()> {

@@ -183,3 +183,52 @@ async fn removed_files_wait_in_the_trash_and_come_back() {
     }
     cluster.stop().await.unwrap();
 }
+
+/// The change feed does not tell a client of its own unlinks: what it kept of the file and
+/// of the trash directory the file went to, it forgets by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unlink_leaves_nothing_stale_on_the_client_that_made_it() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 3);
+    opts.trash_retention_secs = 3600;
+    let cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    client.follow_changes();
+    let long = Duration::from_secs(600);
+    let docs = client
+        .mkdir(Ino::ROOT, b"docs", 0o777, Owner::current())
+        .await
+        .unwrap();
+    put_in(&client, docs.ino, "first", b"1").await;
+    client.unlink(docs.ino, b"first").await.unwrap();
+    let trash = trash_of(&client).await[0].dir;
+    // Listed whole: the client now answers for the trash directory's names itself.
+    client.readdir_plus(trash).await.unwrap();
+
+    let second = put_in(&client, docs.ino, "second", b"2").await;
+    assert!(client.known_entry(docs.ino, b"second", long).is_some());
+    client.unlink(docs.ino, b"second").await.unwrap();
+    let moved = trash_of(&client)
+        .await
+        .into_iter()
+        .find(|e| e.name.ends_with(b"-second"))
+        .expect("second in the trash");
+    assert_eq!(
+        client.known_absent(trash, &moved.name, long),
+        None,
+        "the trash's new name is not taken for absent"
+    );
+    assert!(client.known_entry(docs.ino, b"second", long).is_none());
+    assert!(client.fresh_attr(second.ino, long).is_none());
+    // Asked again, the trash says what it holds.
+    let names: Vec<Vec<u8>> = client
+        .readdir_plus(trash)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&moved.name), "{names:?}");
+    cluster.stop().await.unwrap();
+}
