@@ -107,6 +107,8 @@ impl ChangedEntries for () {}
 
 impl ChangedEntries for proto::Unlinked {}
 
+impl ChangedEntries for proto::Renamed {}
+
 /// The attributes an answer to a change gives, if it does.
 pub(crate) trait AttrAnswer {
     fn attr(&self) -> Option<&InodeAttr>;
@@ -656,12 +658,8 @@ impl Client {
             parent,
             name: name.to_vec(),
         };
-        let unlinked = self.remove_name(req, parent, name).await?;
-        if let Some(trash) = unlinked.trash {
-            // The change feed does not tell this client of the name the file got there.
-            self.inner.fresh.unknown_change(trash);
-            self.inner.void_in_kernel(&[trash]);
-        }
+        let unlinked: proto::Unlinked = self.remove_name(req, parent, name).await?;
+        self.forget_trash(unlinked.trash);
         Ok(())
     }
 
@@ -704,19 +702,35 @@ impl Client {
                 (new_parent, Edit::Add(new_name)),
             ],
         };
-        self.change_reaching_files(
-            proto::Rename {
-                parent,
-                name: name.to_vec(),
-                new_parent,
-                new_name: new_name.to_vec(),
-                mode,
-            },
-            &edits,
-            &[(parent, name), (new_parent, new_name)],
-            &[],
-        )
-        .await
+        let renamed: proto::Renamed = self
+            .change_reaching_files(
+                proto::Rename {
+                    parent,
+                    name: name.to_vec(),
+                    new_parent,
+                    new_name: new_name.to_vec(),
+                    mode,
+                },
+                &edits,
+                &[(parent, name), (new_parent, new_name)],
+                &[],
+            )
+            .await?;
+        // The change feed does not tell this client of what its rename reached.
+        for ino in std::iter::once(renamed.moved).chain(renamed.replaced) {
+            self.inner.fresh.forget(ino);
+        }
+        self.forget_trash(renamed.trash);
+        Ok(())
+    }
+
+    /// A file this client removed went to `trash`: the change feed does not tell it of the
+    /// name the file got there, so what it and its kernel keep of that directory goes.
+    fn forget_trash(&self, trash: Option<Ino>) {
+        if let Some(trash) = trash {
+            self.inner.fresh.unknown_change(trash);
+            self.inner.void_in_kernel(&[trash]);
+        }
     }
 
     pub async fn symlink(

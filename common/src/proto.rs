@@ -50,7 +50,7 @@ service! {
         Mknod(Mknod) -> Changed<InodeAttr>,
         Unlink(Unlink) -> Changed<Unlinked>,
         Rmdir(Rmdir) -> Changed<()>,
-        Rename(Rename) -> Changed<()>,
+        Rename(Rename) -> Changed<Renamed>,
         Symlink(Symlink) -> Changed<InodeAttr>,
         Readlink(Readlink) -> Vec<u8>,
         Link(Link) -> Changed<InodeAttr>,
@@ -200,6 +200,18 @@ pub struct Changed<T> {
 pub struct Unlinked {
     /// The trash directory the file was moved to (`trash_retention_secs`), whose entries
     /// and attributes the remover must forget: the change feed does not tell it of them.
+    pub trash: Option<Ino>,
+}
+
+/// What a rename reached beside its two directories, which the renamer must forget: the
+/// change feed does not tell it of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Renamed {
+    /// The inode the old name named.
+    pub moved: Ino,
+    /// The inode the new name named before, exchanged or removed.
+    pub replaced: Option<Ino>,
+    /// The trash directory a removed file went to.
     pub trash: Option<Ino>,
 }
 

@@ -572,6 +572,16 @@ fn answered(kind: &MetaOpKind, reply: Option<&MetaReply>) -> Vec<Ino> {
             inos.push(*ino);
             inos.extend(trash);
         }
+        // The answer names them all for the renamer to forget.
+        Some(MetaReply::Renamed {
+            moved,
+            replaced,
+            trash,
+        }) => {
+            inos.push(*moved);
+            inos.extend(replaced);
+            inos.extend(trash);
+        }
         _ => {}
     }
     inos
@@ -829,6 +839,35 @@ mod tests {
         assert!(own.complete && own.changes.is_empty(), "{own:?}");
         let other = engine.feed().since(4, epoch, 0).changes;
         assert!(other.contains(&Change::Inode(file)), "{other:?}");
+        // So does a renamer: the answer names what the rename moved and replaced.
+        let mut made = Vec::new();
+        for name in ["a", "b"] {
+            match engine
+                .submit_from(3, Caller::ROOT, create(Ino::ROOT, name))
+                .await
+            {
+                Ok(MetaReply::Created(c)) => made.push(c.attr.ino),
+                other => panic!("{other:?}"),
+            }
+        }
+        let seen = engine.feed().since(3, epoch, 0).next;
+        let rename = MetaOpKind::Rename(Rename {
+            parent: Ino::ROOT,
+            name: "a".into(),
+            new_parent: Ino::ROOT,
+            new_name: "b".into(),
+            mode: RenameMode::Replace,
+        });
+        match engine.submit_from(3, Caller::ROOT, rename).await {
+            Ok(MetaReply::Renamed {
+                moved, replaced, ..
+            }) => assert_eq!((moved, replaced), (made[0], Some(made[1]))),
+            other => panic!("{other:?}"),
+        }
+        let own = engine.feed().since(3, epoch, seen);
+        assert!(own.complete && own.changes.is_empty(), "{own:?}");
+        let other = engine.feed().since(4, epoch, seen).changes;
+        assert!(other.contains(&Change::Inode(made[0])), "{other:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

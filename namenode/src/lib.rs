@@ -24,7 +24,7 @@ use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
     AllocateBlock, Changed, ChangedDir, ChunkMap, CreateReply, DatanodeCommand, FsStats,
-    HeartbeatReply, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply, Unlinked,
+    HeartbeatReply, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply, Renamed, Unlinked,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{BlockId, FsError, FsResult};
@@ -148,7 +148,7 @@ impl Namenode {
         match self.mutate(who, kind).await? {
             MetaReply::Attr(a) => Ok(a),
             MetaReply::Created(c) => Ok(c.attr),
-            MetaReply::Removed { .. } | MetaReply::Done => {
+            MetaReply::Removed { .. } | MetaReply::Renamed { .. } | MetaReply::Done => {
                 Err(FsError::protocol("operation returned no attributes"))
             }
         }
@@ -356,7 +356,19 @@ impl Service for Namenode {
             }
             R::Rename(r) => {
                 let dirs = [r.parent, r.new_parent];
-                let res = self.mutate_unit(&who, MetaOpKind::Rename(r)).await;
+                let res = match self.mutate(&who, MetaOpKind::Rename(r)).await {
+                    Ok(MetaReply::Renamed {
+                        moved,
+                        replaced,
+                        trash,
+                    }) => Ok(Renamed {
+                        moved,
+                        replaced,
+                        trash,
+                    }),
+                    Ok(_) => Err(FsError::protocol("rename returned nothing it moved")),
+                    Err(e) => Err(e),
+                };
                 ex.respond(&self.changed(res, &dirs)).await
             }
             R::Symlink(r) => {

@@ -109,6 +109,13 @@ pub enum MetaReply {
         ino: Ino,
         trash: Option<Ino>,
     },
+    /// A rename: the inode it moved, the one its new name named before (exchanged or
+    /// removed), and the trash directory a removed file went to.
+    Renamed {
+        moved: Ino,
+        replaced: Option<Ino>,
+        trash: Option<Ino>,
+    },
     Done,
 }
 
@@ -190,10 +197,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             remove_entry(txn, who, r.parent, &r.name, true, now)?;
             Ok(MetaReply::Done)
         }
-        MetaOpKind::Rename(r) => {
-            rename(txn, who, r, now)?;
-            Ok(MetaReply::Done)
-        }
+        MetaOpKind::Rename(r) => rename(txn, who, r, now),
         MetaOpKind::SetAttr { ino, set } => setattr(txn, who, *ino, set, now),
         MetaOpKind::Accessed(a) => {
             let mut rec = load(txn, a.ino)?;
@@ -587,7 +591,7 @@ fn free_inode(txn: &mut Txn<'_>, mut rec: InodeRecord) -> FsResult<()> {
     Ok(())
 }
 
-fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResult<()> {
+fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResult<MetaReply> {
     check_name(&r.name)?;
     check_name(&r.new_name)?;
     let src_dir = load_dir(txn, r.parent)?;
@@ -611,6 +615,11 @@ fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResu
             "cannot move a directory into its own subtree",
         ));
     }
+    let answer = |trash| MetaReply::Renamed {
+        moved: src.ino,
+        replaced: dst.map(|d| d.ino),
+        trash,
+    };
     if r.mode == RenameMode::Exchange {
         let dst = dst.ok_or(FsError::NotFound)?;
         if dst.kind == FileKind::Dir && is_ancestor_or_self(txn, dst.ino, r.parent)? {
@@ -618,15 +627,17 @@ fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResu
                 "cannot move a directory into its own subtree",
             ));
         }
-        return exchange(txn, r, src, dst, now);
+        exchange(txn, r, src, dst, now)?;
+        return Ok(answer(None));
     }
+    let mut trash = None;
     if let Some(dst) = dst {
         if r.mode == RenameMode::NoReplace {
             return Err(FsError::Exists);
         }
         if dst.ino == src.ino {
             // Two names of one inode: POSIX says rename does nothing.
-            return Ok(());
+            return Ok(answer(None));
         }
         match (src.kind == FileKind::Dir, dst.kind == FileKind::Dir) {
             (true, false) => return Err(FsError::NotDir),
@@ -634,7 +645,7 @@ fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResu
             _ => {}
         }
         // Remove the target as unlink/rmdir would (emptiness checked there).
-        remove_entry(
+        let removed = remove_entry(
             txn,
             who,
             r.new_parent,
@@ -642,6 +653,9 @@ fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResu
             dst.kind == FileKind::Dir,
             now,
         )?;
+        if let MetaReply::Removed { trash: to, .. } = removed {
+            trash = to;
+        }
     }
 
     txn.delete(Cf::Dentries, keys::dentry(r.parent, &r.name));
@@ -669,7 +683,7 @@ fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResu
         }
         txn.put_inode(&dst_dir);
     }
-    Ok(())
+    Ok(answer(trash))
 }
 
 fn exchange(

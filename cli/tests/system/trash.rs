@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use cairn_cli::devcluster::DevCluster;
 use cairn_client::{Client, Owner};
 use cairn_common::attr::{Caller, InodeAttr};
-use cairn_common::proto::{ListTrash, TrashEntry};
+use cairn_common::proto::{ListTrash, RenameMode, TrashEntry};
 use cairn_common::{FsError, Ino};
 
 use crate::support::*;
@@ -184,10 +184,10 @@ async fn removed_files_wait_in_the_trash_and_come_back() {
     cluster.stop().await.unwrap();
 }
 
-/// The change feed does not tell a client of its own unlinks: what it kept of the file and
-/// of the trash directory the file went to, it forgets by itself.
+/// The change feed does not tell a client of its own unlinks and renames: what it kept of
+/// the files and of the trash directory a removed file went to, it forgets by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_unlink_leaves_nothing_stale_on_the_client_that_made_it() {
+async fn an_unlink_or_rename_leaves_nothing_stale_on_the_client_that_made_it() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let mut opts = quick_options(dir.path(), 3);
@@ -230,5 +230,24 @@ async fn an_unlink_leaves_nothing_stale_on_the_client_that_made_it() {
         .map(|e| e.name)
         .collect();
     assert!(names.contains(&moved.name), "{names:?}");
+
+    // A rename over a file sends that file to the trash too.
+    let third = put_in(&client, docs.ino, "third", b"3").await;
+    put_in(&client, docs.ino, "fourth", b"4").await;
+    assert!(client.fresh_attr(third.ino, long).is_some());
+    client
+        .rename(docs.ino, b"third", docs.ino, b"fourth", RenameMode::Replace)
+        .await
+        .unwrap();
+    let replaced = trash_of(&client)
+        .await
+        .into_iter()
+        .find(|e| e.name.ends_with(b"-fourth"))
+        .expect("fourth in the trash");
+    assert_eq!(client.known_absent(trash, &replaced.name, long), None);
+    assert!(
+        client.fresh_attr(third.ino, long).is_none(),
+        "its ctime moved"
+    );
     cluster.stop().await.unwrap();
 }
