@@ -105,7 +105,7 @@ trait ChangedEntries {
 
 impl ChangedEntries for () {}
 
-impl ChangedEntries for proto::Unlinked {}
+impl ChangedEntries for proto::Removed {}
 
 impl ChangedEntries for proto::Renamed {}
 
@@ -658,9 +658,7 @@ impl Client {
             parent,
             name: name.to_vec(),
         };
-        let unlinked: proto::Unlinked = self.remove_name(req, parent, name).await?;
-        self.forget_trash(unlinked.trash);
-        Ok(())
+        self.remove_name(req, parent, name).await
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
@@ -672,19 +670,19 @@ impl Client {
     }
 
     /// Sends `req`, which removes `name` from `parent` and so reaches what it named: what
-    /// this client kept of that is forgotten (of every file, if it cannot tell which it was).
-    async fn remove_name<R, T: ChangedEntries>(
-        &self,
-        req: R,
-        parent: Ino,
-        name: &[u8],
-    ) -> FsResult<T>
+    /// this client kept of that is forgotten (of every file, if it cannot tell which it
+    /// was), and then what the answer says it removed, which the change feed does not tell.
+    async fn remove_name<R>(&self, req: R, parent: Ino, name: &[u8]) -> FsResult<()>
     where
-        R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<T>>,
+        R: Rpc<Service = proto::NamenodeRequest, Response = proto::Changed<proto::Removed>>,
     {
         let edits = [(parent, Edit::Remove(name))];
-        self.change_reaching_files(req, &edits, &[(parent, name)], &[])
-            .await
+        let removed = self
+            .change_reaching_files(req, &edits, &[(parent, name)], &[])
+            .await?;
+        self.inner.fresh.forget(removed.ino);
+        self.forget_trash(removed.trash);
+        Ok(())
     }
 
     pub async fn rename(

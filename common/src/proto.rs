@@ -48,8 +48,8 @@ service! {
         Mkdir(Mkdir) -> Changed<InodeAttr>,
         Create(Create) -> Changed<CreateReply>,
         Mknod(Mknod) -> Changed<InodeAttr>,
-        Unlink(Unlink) -> Changed<Unlinked>,
-        Rmdir(Rmdir) -> Changed<()>,
+        Unlink(Unlink) -> Changed<Removed>,
+        Rmdir(Rmdir) -> Changed<Removed>,
         Rename(Rename) -> Changed<Renamed>,
         Symlink(Symlink) -> Changed<InodeAttr>,
         Readlink(Readlink) -> Vec<u8>,
@@ -195,11 +195,14 @@ pub struct Changed<T> {
     pub dirs: Vec<ChangedDir>,
 }
 
-/// What an unlink did beside removing the name.
+/// What an unlink or rmdir removed, which the remover must forget: the change feed does
+/// not tell it of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Unlinked {
+pub struct Removed {
+    /// The inode the name named.
+    pub ino: Ino,
     /// The trash directory the file was moved to (`trash_retention_secs`), whose entries
-    /// and attributes the remover must forget: the change feed does not tell it of them.
+    /// and attributes the remover must forget too.
     pub trash: Option<Ino>,
 }
 

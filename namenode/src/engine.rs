@@ -565,10 +565,9 @@ fn answered(kind: &MetaOpKind, reply: Option<&MetaReply>) -> Vec<Ino> {
     match reply {
         Some(MetaReply::Attr(a)) => inos.push(a.ino),
         Some(MetaReply::Created(c)) => inos.push(c.attr.ino),
-        // What it named the remover forgets (the client forgets every file it cannot tell
-        // is not the one), and it is told the trash directory the file went to: hearing of
-        // them again would only wake it.
-        Some(MetaReply::Removed { ino, trash }) if matches!(kind, MetaOpKind::Unlink(_)) => {
+        // The remover is told what the name named and the trash directory a file went to,
+        // and forgets them: hearing of them again would only wake it.
+        Some(MetaReply::Removed { ino, trash }) => {
             inos.push(*ino);
             inos.extend(trash);
         }
@@ -868,6 +867,23 @@ mod tests {
         assert!(own.complete && own.changes.is_empty(), "{own:?}");
         let other = engine.feed().since(4, epoch, seen).changes;
         assert!(other.contains(&Change::Inode(made[0])), "{other:?}");
+        // And an rmdir's remover.
+        let mkdir = MetaOpKind::Mkdir(Mkdir {
+            parent: Ino::ROOT,
+            name: "d".into(),
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+        engine.submit_from(3, Caller::ROOT, mkdir).await.unwrap();
+        let seen = engine.feed().since(3, epoch, 0).next;
+        let rmdir = MetaOpKind::Rmdir(cairn_common::proto::Rmdir {
+            parent: Ino::ROOT,
+            name: "d".into(),
+        });
+        engine.submit_from(3, Caller::ROOT, rmdir).await.unwrap();
+        let own = engine.feed().since(3, epoch, seen);
+        assert!(own.complete && own.changes.is_empty(), "{own:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
     AllocateBlock, Changed, ChangedDir, ChunkMap, CreateReply, DatanodeCommand, FsStats,
-    HeartbeatReply, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply, Renamed, Unlinked,
+    HeartbeatReply, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply, Removed, Renamed,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{BlockId, FsError, FsResult};
@@ -151,6 +151,14 @@ impl Namenode {
             MetaReply::Removed { .. } | MetaReply::Renamed { .. } | MetaReply::Done => {
                 Err(FsError::protocol("operation returned no attributes"))
             }
+        }
+    }
+
+    /// An unlink or rmdir, answered with what it removed.
+    async fn mutate_removing(&self, who: &Who, kind: MetaOpKind) -> FsResult<Removed> {
+        match self.mutate(who, kind).await? {
+            MetaReply::Removed { ino, trash } => Ok(Removed { ino, trash }),
+            _ => Err(FsError::protocol("removal returned no removed inode")),
         }
     }
 
@@ -342,16 +350,12 @@ impl Service for Namenode {
             }
             R::Unlink(r) => {
                 let parent = r.parent;
-                let res = match self.mutate(&who, MetaOpKind::Unlink(r)).await {
-                    Ok(MetaReply::Removed { trash, .. }) => Ok(Unlinked { trash }),
-                    Ok(_) => Err(FsError::protocol("unlink returned no removed inode")),
-                    Err(e) => Err(e),
-                };
+                let res = self.mutate_removing(&who, MetaOpKind::Unlink(r)).await;
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::Rmdir(r) => {
                 let parent = r.parent;
-                let res = self.mutate_unit(&who, MetaOpKind::Rmdir(r)).await;
+                let res = self.mutate_removing(&who, MetaOpKind::Rmdir(r)).await;
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::Rename(r) => {

@@ -193,10 +193,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
         }
         MetaOpKind::Link(l) => link(txn, who, l, now),
         MetaOpKind::Unlink(u) => remove_entry(txn, who, u.parent, &u.name, false, now),
-        MetaOpKind::Rmdir(r) => {
-            remove_entry(txn, who, r.parent, &r.name, true, now)?;
-            Ok(MetaReply::Done)
-        }
+        MetaOpKind::Rmdir(r) => remove_entry(txn, who, r.parent, &r.name, true, now),
         MetaOpKind::Rename(r) => rename(txn, who, r, now),
         MetaOpKind::SetAttr { ino, set } => setattr(txn, who, *ino, set, now),
         MetaOpKind::Accessed(a) => {

@@ -184,10 +184,11 @@ async fn removed_files_wait_in_the_trash_and_come_back() {
     cluster.stop().await.unwrap();
 }
 
-/// The change feed does not tell a client of its own unlinks and renames: what it kept of
-/// the files and of the trash directory a removed file went to, it forgets by itself.
+/// The change feed does not tell a client of its own unlinks, rmdirs and renames: what it
+/// kept of what they reached and of the trash directory a removed file went to, it forgets
+/// by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_unlink_or_rename_leaves_nothing_stale_on_the_client_that_made_it() {
+async fn a_removal_or_rename_leaves_nothing_stale_on_the_client_that_made_it() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let mut opts = quick_options(dir.path(), 3);
@@ -249,5 +250,13 @@ async fn an_unlink_or_rename_leaves_nothing_stale_on_the_client_that_made_it() {
         client.fresh_attr(third.ino, long).is_none(),
         "its ctime moved"
     );
+
+    let sub = client
+        .mkdir(docs.ino, b"sub", 0o755, Owner::current())
+        .await
+        .unwrap();
+    assert!(client.fresh_attr(sub.ino, long).is_some());
+    client.rmdir(docs.ino, b"sub").await.unwrap();
+    assert!(client.fresh_attr(sub.ino, long).is_none(), "removed");
     cluster.stop().await.unwrap();
 }
