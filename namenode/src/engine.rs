@@ -569,7 +569,7 @@ fn answered(kind: &MetaOpKind, reply: Option<&MetaReply>) -> Vec<Ino> {
         // and forgets them: hearing of them again would only wake it.
         Some(MetaReply::Removed { ino, trash }) => {
             inos.push(*ino);
-            inos.extend(trash);
+            trashed(&mut inos, trash);
         }
         // The answer names them all for the renamer to forget.
         Some(MetaReply::Renamed {
@@ -579,11 +579,22 @@ fn answered(kind: &MetaOpKind, reply: Option<&MetaReply>) -> Vec<Ino> {
         }) => {
             inos.push(*moved);
             inos.extend(replaced);
-            inos.extend(trash);
+            trashed(&mut inos, trash);
         }
         _ => {}
     }
     inos
+}
+
+/// A removed file went to the trash: its directory is answered for; `/` is not when the op
+/// made `/.trash` in it (the client knows only its own change there).
+fn trashed(inos: &mut Vec<Ino>, trash: &Option<crate::trash::Moved>) {
+    if let Some(moved) = trash {
+        inos.push(moved.dir);
+        if moved.made_root_entry {
+            inos.retain(|ino| *ino != Ino::ROOT);
+        }
+    }
 }
 
 /// Applies one op in the writer, with what only the writer may decide: whether an orphan is

@@ -155,9 +155,20 @@ impl Namenode {
     }
 
     /// An unlink or rmdir, answered with what it removed.
-    async fn mutate_removing(&self, who: &Who, kind: MetaOpKind) -> FsResult<Removed> {
+    async fn mutate_removing(
+        &self,
+        who: &Who,
+        kind: MetaOpKind,
+        dirs: &[cairn_common::Ino],
+    ) -> FsResult<Changed<Removed>> {
         match self.mutate(who, kind).await? {
-            MetaReply::Removed { ino, trash } => Ok(Removed { ino, trash }),
+            MetaReply::Removed { ino, trash } => self.changed(
+                Ok(Removed {
+                    ino,
+                    trash: trash.map(|t| t.dir),
+                }),
+                &accounted(dirs, trash),
+            ),
             _ => Err(FsError::protocol("removal returned no removed inode")),
         }
     }
@@ -349,14 +360,14 @@ impl Service for Namenode {
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::Unlink(r) => {
-                let parent = r.parent;
-                let res = self.mutate_removing(&who, MetaOpKind::Unlink(r)).await;
-                ex.respond(&self.changed(res, &[parent])).await
+                let parent = [r.parent];
+                let res = self.mutate_removing(&who, MetaOpKind::Unlink(r), &parent);
+                ex.respond(&res.await).await
             }
             R::Rmdir(r) => {
-                let parent = r.parent;
-                let res = self.mutate_removing(&who, MetaOpKind::Rmdir(r)).await;
-                ex.respond(&self.changed(res, &[parent])).await
+                let parent = [r.parent];
+                let res = self.mutate_removing(&who, MetaOpKind::Rmdir(r), &parent);
+                ex.respond(&res.await).await
             }
             R::Rename(r) => {
                 let dirs = [r.parent, r.new_parent];
@@ -365,15 +376,18 @@ impl Service for Namenode {
                         moved,
                         replaced,
                         trash,
-                    }) => Ok(Renamed {
-                        moved,
-                        replaced,
-                        trash,
-                    }),
+                    }) => self.changed(
+                        Ok(Renamed {
+                            moved,
+                            replaced,
+                            trash: trash.map(|t| t.dir),
+                        }),
+                        &accounted(&dirs, trash),
+                    ),
                     Ok(_) => Err(FsError::protocol("rename returned nothing it moved")),
                     Err(e) => Err(e),
                 };
-                ex.respond(&self.changed(res, &dirs)).await
+                ex.respond(&res).await
             }
             R::Symlink(r) => {
                 let parent = r.parent;
@@ -919,6 +933,20 @@ async fn reap_orphans(nn: Arc<Namenode>, shutdown: CancellationToken) {
             Err(e) => warn!("listing files with no name left failed: {e}"),
         }
     }
+}
+
+/// The directories an answer to a removal accounts for: not `/` when the op also made
+/// `/.trash` there, an entry the client cannot know of (without `/` in the answer it stops
+/// following `/`'s names).
+fn accounted(
+    dirs: &[cairn_common::Ino],
+    trash: Option<crate::trash::Moved>,
+) -> Vec<cairn_common::Ino> {
+    let made_root_entry = trash.is_some_and(|t| t.made_root_entry);
+    dirs.iter()
+        .copied()
+        .filter(|d| !(made_root_entry && *d == cairn_common::Ino::ROOT))
+        .collect()
 }
 
 fn known_or_register(known: bool) -> FsResult<()> {

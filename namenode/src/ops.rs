@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{self, META_FORMAT, META_INODE_COUNT, META_NEXT_INO};
 use crate::perm::{self, EXEC, READ, WRITE};
 use crate::store::{BlockRecord, Cf, Dentry, InodeRecord, Txn, FORMAT_VERSION};
+use crate::trash::{move_in, Moved};
 
 /// Most hard links one inode may have.
 const LINK_MAX: u32 = 65_000;
@@ -107,14 +108,14 @@ pub enum MetaReply {
     /// going (when it did).
     Removed {
         ino: Ino,
-        trash: Option<Ino>,
+        trash: Option<Moved>,
     },
     /// A rename: the inode it moved, the one its new name named before (exchanged or
     /// removed), and the trash directory a removed file went to.
     Renamed {
         moved: Ino,
         replaced: Option<Ino>,
-        trash: Option<Ino>,
+        trash: Option<Moved>,
     },
     Done,
 }
@@ -541,7 +542,7 @@ fn remove_entry(
                 dir.attr.ctime = now;
                 txn.put_inode(&dir);
                 let ino = rec.attr.ino;
-                let trash = crate::trash::move_in(txn, who, parent, name, rec, now)?;
+                let trash = move_in(txn, who, parent, name, rec, now)?;
                 return Ok(MetaReply::Removed {
                     ino,
                     trash: Some(trash),

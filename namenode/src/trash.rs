@@ -69,8 +69,17 @@ fn ensure_dir(
     }
 }
 
-/// Moves regular file `rec`, named `name` in `parent`, to `who`'s trash; returns that trash
-/// directory. The caller has checked that `who` may remove it.
+/// Where [`move_in`] put a file.
+#[derive(Clone, Copy, Debug)]
+pub struct Moved {
+    /// The remover's trash directory.
+    pub dir: Ino,
+    /// `/.trash` was made by this move: `/` has a new entry too.
+    pub made_root_entry: bool,
+}
+
+/// Moves regular file `rec`, named `name` in `parent`, to `who`'s trash. The caller has
+/// checked that `who` may remove it.
 pub fn move_in(
     txn: &mut Txn<'_>,
     who: &Caller,
@@ -78,7 +87,7 @@ pub fn move_in(
     name: &[u8],
     mut rec: InodeRecord,
     now: Timestamp,
-) -> FsResult<Ino> {
+) -> FsResult<Moved> {
     let dir_node = |perm, uid, gid| NewNode {
         kind: FileKind::Dir,
         perm,
@@ -87,6 +96,7 @@ pub fn move_in(
         rdev: 0,
         target: None,
     };
+    let made_root_entry = txn.dentry(Ino::ROOT, TRASH_DIR)?.is_none();
     let root = ensure_dir(txn, Ino::ROOT, TRASH_DIR, dir_node(0o755, 0, 0), now)?;
     let mine = ensure_dir(
         txn,
@@ -123,7 +133,10 @@ pub fn move_in(
     rec.attr.ctime = now;
     txn.put_inode(&rec);
     touch_dir(txn, mine, now)?;
-    Ok(mine)
+    Ok(Moved {
+        dir: mine,
+        made_root_entry,
+    })
 }
 
 fn touch_dir(txn: &mut Txn<'_>, dir: Ino, now: Timestamp) -> FsResult<()> {

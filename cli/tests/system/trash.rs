@@ -184,18 +184,25 @@ async fn removed_files_wait_in_the_trash_and_come_back() {
     cluster.stop().await.unwrap();
 }
 
+/// A cluster with the trash on and a client of it that follows the change feed, as a mount
+/// does.
+async fn following_client(dir: &std::path::Path) -> (DevCluster, Client) {
+    init_tracing();
+    let mut opts = quick_options(dir, 3);
+    opts.trash_retention_secs = 3600;
+    let cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    client.follow_changes();
+    (cluster, client)
+}
+
 /// The change feed does not tell a client of its own unlinks, rmdirs and renames: what it
 /// kept of what they reached and of the trash directory a removed file went to, it forgets
 /// by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_removal_or_rename_leaves_nothing_stale_on_the_client_that_made_it() {
-    init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = quick_options(dir.path(), 3);
-    opts.trash_retention_secs = 3600;
-    let cluster = DevCluster::start(opts).await.expect("cluster starts");
-    let client = cluster.client().await.unwrap();
-    client.follow_changes();
+    let (cluster, client) = following_client(dir.path()).await;
     let long = Duration::from_secs(600);
     let docs = client
         .mkdir(Ino::ROOT, b"docs", 0o777, Owner::current())
@@ -258,5 +265,21 @@ async fn a_removal_or_rename_leaves_nothing_stale_on_the_client_that_made_it() {
     assert!(client.fresh_attr(sub.ino, long).is_some());
     client.rmdir(docs.ino, b"sub").await.unwrap();
     assert!(client.fresh_attr(sub.ino, long).is_none(), "removed");
+    cluster.stop().await.unwrap();
+}
+
+/// The first removal into the trash makes `/.trash`: a client removing a file of `/` while
+/// it follows `/`'s names must not take `.trash` for absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_trash_made_by_a_removal_in_the_root_is_seen_by_its_remover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client) = following_client(dir.path()).await;
+    let long = Duration::from_secs(600);
+    put_in(&client, Ino::ROOT, "f", b"f").await;
+    client.readdir_plus(Ino::ROOT).await.unwrap();
+    assert!(client.known_absent(Ino::ROOT, b".trash", long).is_some());
+    client.unlink(Ino::ROOT, b"f").await.unwrap();
+    assert_eq!(client.known_absent(Ino::ROOT, b".trash", long), None);
+    assert!(client.resolve("/.trash").await.is_ok());
     cluster.stop().await.unwrap();
 }
