@@ -254,7 +254,7 @@ impl FileHandle {
             Ok(map) => {
                 self.attr = map.attr.clone();
                 self.map = ChunkCache::default();
-                if map.leased {
+                if map.lease.is_some() {
                     // The whole file (one chunk) as of this commit: reads need not ask.
                     self.absorb(0, 1, map);
                 }

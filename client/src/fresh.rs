@@ -29,19 +29,21 @@
 //! read: another client's change, or a change of this client's in a directory it does not
 //! follow (its count may not show in the listing's yet).
 //!
-//! And it keeps the maps of files it holds leases on (`ChunkMap::leased`): an open of such a
+//! And it keeps the maps of files it holds leases on (`ChunkMap::lease`): an open of such a
 //! file needs no call while the feed is read (within [`LEASE_TRUST`] of the last complete
-//! read asked for) and told of no change of the file. A change of the file's map by this
-//! client (a commit, a truncate) forgets it, as does an answer to an open that raced with
-//! one (each such change moves the file's generation; a map is kept only by a call that saw
-//! the generation stand still).
+//! read asked for) and told of no change of the file that the map does not hold. A change
+//! of the file's map by this client (a commit, a truncate) forgets it, as does an answer to
+//! an open that raced with one (each such change moves the file's generation; a map is kept
+//! only by a call that saw the generation stand still). Another client's change forgets it
+//! when the feed tells of it at a position the lease was given at or after: one before is
+//! in the map already (the feed read that tells of it may well arrive after the open).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_common::attr::{FileKind, InodeAttr};
-use cairn_common::proto::{Change, ChangedDir, ChunkMap, LEASE_MAP_KEEP, LEASE_TRUST};
+use cairn_common::proto::{Change, ChangedDir, ChunkMap, Lease, LEASE_MAP_KEEP, LEASE_TRUST};
 use cairn_common::Ino;
 
 /// More inodes than this and the memory starts afresh.
@@ -113,6 +115,26 @@ struct Kept {
     /// This client's changes of the map under way.
     changing: u32,
     map: Option<(ChunkMap, Instant)>,
+    /// The feed's run and position up to which it told of the latest change of the file
+    /// by another client: a map is kept only from a lease given there or later.
+    heard: Option<(u64, u64)>,
+}
+
+impl Kept {
+    /// Is `map` one to keep: leased, of the whole file, holding every change heard of?
+    fn keeps(&self, map: &ChunkMap) -> bool {
+        covers_file(map)
+            && map
+                .lease
+                .as_ref()
+                .is_some_and(|lease| self.holds_news(lease))
+    }
+
+    /// May a map with `lease` be kept, as far as other clients' changes go?
+    fn holds_news(&self, lease: &Lease) -> bool {
+        self.heard
+            .is_none_or(|(epoch, next)| lease.epoch == epoch && lease.from >= next)
+    }
 }
 
 impl State {
@@ -162,10 +184,29 @@ impl State {
             Some(k) if k.changing > 0 => {
                 k.gen = gen;
                 k.map = None;
+                // Only calls begun from now on are kept: none saw a change heard before.
+                k.heard = None;
             }
             _ => {
                 self.maps.remove(&ino);
             }
+        }
+    }
+
+    /// The feed of run `epoch` told, in a read up to `next`, of another client's change of
+    /// `ino`: a map whose lease was given before `next` may not hold it.
+    fn map_heard(&mut self, ino: Ino, epoch: u64, next: u64) {
+        let Some(k) = self.maps.get_mut(&ino) else {
+            // No map kept, none being fetched.
+            return;
+        };
+        k.heard = Some((epoch, next));
+        let holds = k
+            .map
+            .as_ref()
+            .is_some_and(|(map, _)| map.lease.as_ref().is_some_and(|lease| k.holds_news(lease)));
+        if !holds {
+            k.map = None;
         }
     }
 
@@ -363,10 +404,11 @@ impl FreshAttrs {
         }
     }
 
-    /// Other clients' changes, read from the change feed of namenode run `epoch`. A
-    /// directory whose names this client knows as of the change's count or later keeps
-    /// them: they hold it already (a listing taken after it).
-    pub fn others_changed(&self, epoch: u64, changes: &[Change]) {
+    /// Other clients' changes, read from the change feed of namenode run `epoch` up to
+    /// position `next`. A directory whose names this client knows as of the change's count
+    /// or later keeps them: they hold it already (a listing taken after it); likewise a
+    /// file's map leased at `next` or later.
+    pub fn others_changed(&self, epoch: u64, next: u64, changes: &[Change]) {
         if changes.is_empty() {
             return;
         }
@@ -377,7 +419,7 @@ impl FreshAttrs {
             match change {
                 Change::Inode(ino) => {
                     s.forget_one(*ino);
-                    s.map_moved(*ino);
+                    s.map_heard(*ino, epoch, next);
                 }
                 // (A change of the directory's attributes is told apart, as `Inode`.)
                 Change::Entries(dir, count) => {
@@ -657,12 +699,9 @@ impl FreshAttrs {
     /// Keeps the map of a file an open answered with (asked for as `ask` says), if
     /// it is leased, covers the whole file, and nothing moved the file's map meanwhile.
     pub fn keep_map(&self, ask: MapAsk, map: &ChunkMap) {
-        if !map.leased || !covers_file(map) {
-            return;
-        }
         let mut s = self.state();
         if let Some(k) = s.maps.get_mut(&map.attr.ino) {
-            if k.gen == ask.gen && k.changing == 0 {
+            if k.gen == ask.gen && k.changing == 0 && k.keeps(map) {
                 k.map = Some((map.clone(), ask.asked));
             }
         }
@@ -678,8 +717,10 @@ impl FreshAttrs {
     pub fn kept_map(&self, ino: Ino) -> Option<ChunkMap> {
         let s = self.state();
         let (map, at) = s.maps.get(&ino)?.map.as_ref()?;
-        let trusted =
-            s.synced.is_some_and(|t| t.elapsed() < LEASE_TRUST) && s.reader == Some(map.holder);
+        let trusted = s.synced.is_some_and(|t| t.elapsed() < LEASE_TRUST)
+            && map
+                .lease
+                .is_some_and(|lease| s.reader == Some(lease.holder));
         // Replica locations move (a datanode lost, a balancer): a read that fails on them
         // asks again, but an old map is not kept for long.
         (trusted && at.elapsed() < LEASE_MAP_KEEP).then(|| map.clone())
@@ -708,7 +749,7 @@ impl FreshAttrs {
         };
         k.changing = k.changing.saturating_sub(1);
         match map {
-            Some(map) if k.gen == ask.gen && k.changing == 0 && map.leased && covers_file(map) => {
+            Some(map) if k.gen == ask.gen && k.changing == 0 && k.keeps(map) => {
                 k.map = Some((map.clone(), ask.asked));
             }
             _ => s.map_moved(ino),
@@ -764,14 +805,20 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
 
+    /// The feed position the maps' leases are given at, in run 1.
+    const LEASED_AT: u64 = 10;
+
     fn map(ino: u64, size: u64, leased: bool) -> ChunkMap {
         ChunkMap {
             attr: attr(ino, FileKind::File, size),
             chunks: Vec::new(),
             locations: Vec::new(),
             corrupt: Vec::new(),
-            leased,
-            holder: 3,
+            lease: leased.then_some(Lease {
+                holder: 3,
+                epoch: 1,
+                from: LEASED_AT,
+            }),
         }
     }
 
@@ -799,19 +846,36 @@ mod tests {
         );
         fresh.synced(Instant::now());
 
-        // Not leased, or more than the map covers: not kept.
-        fresh.others_changed(1, &[Change::Inode(f)]);
+        // Another client's change the map holds: a feed read up to the lease's position.
+        fresh.others_changed(1, LEASED_AT, &[Change::Inode(f)]);
+        assert!(kept(&fresh), "a change from before the lease");
+        fresh.others_changed(2, LEASED_AT, &[Change::Inode(f)]);
+        assert!(!kept(&fresh), "a change told by another run");
+        fresh.keep_map(fresh.map_ask(f), &small);
+        assert!(!kept(&fresh), "still not the map of the run that told it");
+        fresh.feed_restarted();
+        fresh.synced(Instant::now());
+        fresh.keep_map(fresh.map_ask(f), &small);
+        assert!(kept(&fresh), "the feed is read from the map's run again");
+        fresh.others_changed(1, LEASED_AT + 1, &[Change::Inode(f)]);
         assert!(!kept(&fresh), "another client changed it");
+
+        // Not leased, or more than the map covers: not kept.
         fresh.keep_map(fresh.map_ask(f), &map(5, 10, false));
         let huge = 100 * cairn_common::layout::CHUNK_SIZE;
         fresh.keep_map(fresh.map_ask(f), &map(5, huge, true));
         assert!(!kept(&fresh));
 
-        // An answer to an open that raced with another client's change.
+        // An answer to an open that raced with another client's change: kept if the lease
+        // came after it.
         let gen = fresh.map_ask(f);
-        fresh.others_changed(1, &[Change::Inode(f)]);
+        fresh.others_changed(1, LEASED_AT + 1, &[Change::Inode(f)]);
         fresh.keep_map(gen, &small);
         assert!(!kept(&fresh));
+        let gen = fresh.map_ask(f);
+        fresh.others_changed(1, LEASED_AT - 1, &[Change::Inode(f)]);
+        fresh.keep_map(gen, &small);
+        assert!(kept(&fresh), "a change from before the lease");
 
         // This client's commit answers with the map: kept. Two at once: neither.
         let g = fresh.map_changing(f);
@@ -830,7 +894,7 @@ mod tests {
         assert!(!kept(&fresh));
         // A change heard of while a commit was under way.
         let g = fresh.map_changing(f);
-        fresh.others_changed(1, &[Change::Inode(f)]);
+        fresh.others_changed(1, LEASED_AT + 1, &[Change::Inode(f)]);
         fresh.map_changed(f, g, Some(&small));
         assert!(!kept(&fresh));
 
@@ -1017,7 +1081,7 @@ mod tests {
             assert!(fresh.state().learning.is_empty());
         };
         not_adopted(&|f| f.entries_changed(&[whole(8)], &[(listed, Edit::Add(b"c"))], None));
-        not_adopted(&|f| f.others_changed(7, &[Change::Entries(listed, 3)]));
+        not_adopted(&|f| f.others_changed(7, 0, &[Change::Entries(listed, 3)]));
         not_adopted(&|f| f.unknown_change(listed));
         // Two listings under way: each ends on its own.
         let two = FreshAttrs::default();
@@ -1102,19 +1166,19 @@ mod tests {
         );
         assert!(fresh.absent(dir, b"b", short).is_some());
         // Another client changed the file: forgotten; its name is still known.
-        fresh.others_changed(7, &[Change::Inode(Ino(20))]);
+        fresh.others_changed(7, 0, &[Change::Inode(Ino(20))]);
         assert!(fresh.entry(dir, b"a", short).is_none());
         assert!(fresh.absent(dir, b"b", short).is_some());
         // A change of the directory's entries its names already hold (counted at or before
         // the count they are as of): still followed.
-        fresh.others_changed(7, &[Change::Entries(dir, 1)]);
+        fresh.others_changed(7, 0, &[Change::Entries(dir, 1)]);
         assert!(fresh.absent(dir, b"b", short).is_some());
         // A later one, or one of another namenode run: no longer followed.
         let again = FreshAttrs::default();
         again.entries_changed(&[changed(9, 0, 7)], &[], None);
-        again.others_changed(8, &[Change::Entries(dir, 0)]);
+        again.others_changed(8, 0, &[Change::Entries(dir, 0)]);
         assert!(again.absent(dir, b"b", short).is_none());
-        fresh.others_changed(7, &[Change::Entries(dir, 2)]);
+        fresh.others_changed(7, 0, &[Change::Entries(dir, 2)]);
         assert!(fresh.absent(dir, b"b", short).is_none());
         // The feed lost track: what was kept is trusted for its TTL only.
         fresh.record(fresh.begin(), [attr(21, FileKind::File, 1)]);

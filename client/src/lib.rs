@@ -1108,7 +1108,9 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
             }
         };
         if reply.complete {
-            inner.fresh.others_changed(reply.epoch, &reply.changes);
+            inner
+                .fresh
+                .others_changed(reply.epoch, reply.next, &reply.changes);
             let files: Vec<Ino> = reply
                 .changes
                 .iter()

@@ -512,10 +512,20 @@ pub struct ChunkMap {
     /// A lease: until this client reads of a change of the file in the change feed, the
     /// namenode answers no other client's change of it. While it reads the feed, the client
     /// may open the file again by this map (when it covers the whole file) without asking.
-    pub leased: bool,
+    pub lease: Option<Lease>,
+}
+
+/// A lease on a file, given with its map (see [`ChunkMap::lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
     /// The connection the lease is held by: only while the client reads the feed through
     /// that connection (a client that dialled again holds the lease no more).
     pub holder: u64,
+    /// The namenode run whose change feed `from` counts in.
+    pub epoch: u64,
+    /// The change feed's end when the lease was given: the map holds every change before
+    /// it, so a change read from the feed before `from` is no news to the map.
+    pub from: u64,
 }
 
 impl ChunkMap {
@@ -526,8 +536,7 @@ impl ChunkMap {
             chunks: Vec::new(),
             locations: Vec::new(),
             corrupt: Vec::new(),
-            leased: false,
-            holder: 0,
+            lease: None,
         }
     }
 }

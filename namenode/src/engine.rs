@@ -974,11 +974,16 @@ mod tests {
         }
 
         assert!(
-            !feed.lease(HOLDER, ino),
+            feed.lease(HOLDER, ino).is_none(),
             "a lease only for a reader of the feed"
         );
         let mut at = feed.since(HOLDER, epoch, 0).next;
-        assert!(feed.lease(HOLDER, ino));
+        let lease = feed.lease(HOLDER, ino).unwrap();
+        assert_eq!(
+            (lease.holder, lease.epoch, lease.from),
+            (HOLDER, epoch, at),
+            "given at the feed's end: the map read after holds every change before"
+        );
         let own = change_by(HOLDER, chmod(0o600));
         answered(own, 5).await;
         assert_eq!(feed.leases(HOLDER), 1, "its own change keeps its lease");
@@ -1003,7 +1008,7 @@ mod tests {
         assert!(!feed.may_be_open_elsewhere(ino, OTHER, false));
 
         // A holder that stops reading the feed is waited for while it may trust its lease.
-        assert!(feed.lease(HOLDER, ino));
+        assert!(feed.lease(HOLDER, ino).is_some());
         let started = std::time::Instant::now();
         let change = change_by(OTHER, chmod(0o640));
         answered(change, 10).await;
@@ -1012,7 +1017,7 @@ mod tests {
         // Leased elsewhere when its last name goes: an orphan, not purged.
         at = feed.since(HOLDER, epoch, at).next;
         at = feed.since(HOLDER, epoch, at).next;
-        assert!(feed.lease(HOLDER, ino));
+        assert!(feed.lease(HOLDER, ino).is_some());
         let unlink = change_by(
             OTHER,
             MetaOpKind::Unlink(cairn_common::proto::Unlink {

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 /// back: it trusts them for [`LEASE_TRUST`] after asking for that read.
 const LEASE_HOLD: Duration = Duration::from_secs(2 * LEASE_TRUST.as_secs());
 
-use cairn_common::proto::{Change, ChangesReply};
+use cairn_common::proto::{Change, ChangesReply, Lease};
 use cairn_common::Ino;
 
 /// Changes kept: at ~50 bytes each, a few MiB.
@@ -67,7 +67,7 @@ struct Log {
 /// One lease: when it was given, and the position its holder must read to once a change
 /// broke it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Lease {
+struct Held {
     given: Instant,
     broken: Option<u64>,
 }
@@ -80,7 +80,7 @@ struct Follower {
     read_at: Instant,
     /// Its leases: held, or broken by a change it must read to (until then it may still
     /// open the file without asking, so the file is still counted as open there).
-    leased: HashMap<Ino, Lease>,
+    leased: HashMap<Ino, Held>,
     /// Broken leases, in the order of the positions they end at.
     broken: VecDeque<(Ino, u64)>,
 }
@@ -193,20 +193,24 @@ impl ChangeFeed {
     }
 
     /// Gives connection `conn` a lease on `ino`, if it follows the feed. Taken before the
-    /// map it covers is read: a change the map misses then waits for `conn`.
-    pub fn lease(&self, conn: u64, ino: Ino) -> bool {
+    /// map it covers is read: a change the map misses then waits for `conn`, and one the
+    /// feed had before is in the map.
+    pub fn lease(&self, conn: u64, ino: Ino) -> Option<Lease> {
         let mut log = self.log();
-        let Some(f) = log.followers.get_mut(&conn).filter(|f| f.live()) else {
-            return false;
-        };
-        let lease = Lease {
+        let from = log.end();
+        let f = log.followers.get_mut(&conn).filter(|f| f.live())?;
+        let held = Held {
             given: Instant::now(),
             broken: None,
         };
-        if f.leased.insert(ino, lease).is_none() {
+        if f.leased.insert(ino, held).is_none() {
             log.holders.entry(ino).or_default().push(conn);
         }
-        true
+        Some(Lease {
+            holder: conn,
+            epoch: self.epoch,
+            from,
+        })
     }
 
     /// Waits until everything `breaks` names is done: each holder read the feed far enough
@@ -308,7 +312,7 @@ impl ChangeFeed {
                         };
                         // Broken by the first change it has not read: that read ends it.
                         let to = match f.leased.get_mut(ino) {
-                            Some(Lease {
+                            Some(Held {
                                 broken: Some(to), ..
                             }) => *to,
                             Some(lease) => {

@@ -224,8 +224,7 @@ impl Namenode {
             chunks,
             locations,
             corrupt,
-            leased: false,
-            holder: 0,
+            lease: None,
         })
     }
 
@@ -426,21 +425,18 @@ impl Service for Namenode {
             R::CommitSlices(r) => {
                 let ino = r.ino;
                 // Taken before the commit: a change the map read after it misses waits.
-                let leased = r.size <= cairn_common::layout::CHUNK_SIZE
-                    && self.engine.feed().lease(who.origin, ino);
+                let lease = (r.size <= cairn_common::layout::CHUNK_SIZE)
+                    .then(|| self.engine.feed().lease(who.origin, ino))
+                    .flatten();
                 let res = match self.check_stored(&r) {
                     Ok(()) => self.mutate_attr(&who, MetaOpKind::CommitSlices(r)).await,
                     Err(e) => Err(e),
                 };
                 let res = res.map(|attr| {
-                    let whole = leased && attr.size <= cairn_common::layout::CHUNK_SIZE;
+                    let whole = lease.is_some() && attr.size <= cairn_common::layout::CHUNK_SIZE;
                     // Removed meanwhile: committed all the same, only the map is not given.
                     match whole.then(|| self.read_chunks(ino, 0, 1)) {
-                        Some(Ok(map)) => ChunkMap {
-                            leased,
-                            holder: who.origin,
-                            ..map
-                        },
+                        Some(Ok(map)) => ChunkMap { lease, ..map },
                         _ => ChunkMap::attributes_only(attr),
                     }
                 });
@@ -525,13 +521,9 @@ impl Service for Namenode {
                     // first, the map is the file's until the client hears of a change.
                     match self.engine.getattr(r.ino) {
                         Ok(attr) if attr.kind == cairn_common::attr::FileKind::File => {
-                            let leased = self.engine.feed().lease(who.origin, r.ino);
+                            let lease = self.engine.feed().lease(who.origin, r.ino);
                             self.read_chunks(r.ino, 0, cairn_common::proto::OPEN_MAP_CHUNKS)
-                                .map(|map| ChunkMap {
-                                    leased,
-                                    holder: who.origin,
-                                    ..map
-                                })
+                                .map(|map| ChunkMap { lease, ..map })
                         }
                         Ok(attr) => Ok(ChunkMap::attributes_only(attr)),
                         Err(e) => Err(e),
