@@ -201,11 +201,7 @@ impl State {
             return;
         };
         k.heard = Some((epoch, next));
-        let holds = k
-            .map
-            .as_ref()
-            .is_some_and(|(map, _)| map.lease.as_ref().is_some_and(|lease| k.holds_news(lease)));
-        if !holds {
+        if !k.map.as_ref().is_some_and(|(map, _)| k.keeps(map)) {
             k.map = None;
         }
     }
