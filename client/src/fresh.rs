@@ -168,6 +168,10 @@ impl State {
                 .any(|(_, i)| *i == ino)
     }
 
+    fn in_sync(&self) -> bool {
+        self.synced.is_some_and(|t| t.elapsed() < LEASE_TRUST)
+    }
+
     /// How long ago what was kept at `at` was last known to be true.
     fn age(&self, at: Instant) -> Duration {
         match (self.feed_from, self.synced) {
@@ -708,12 +712,17 @@ impl FreshAttrs {
         self.state().reader = Some(reader);
     }
 
+    /// Was the last complete read of the feed asked for less than [`LEASE_TRUST`] ago?
+    pub fn in_sync(&self) -> bool {
+        self.state().in_sync()
+    }
+
     /// The map a lease keeps for `ino`, while the lease can be trusted: the feed is read,
     /// through the connection that holds the lease.
     pub fn kept_map(&self, ino: Ino) -> Option<ChunkMap> {
         let s = self.state();
         let (map, at) = s.maps.get(&ino)?.map.as_ref()?;
-        let trusted = s.synced.is_some_and(|t| t.elapsed() < LEASE_TRUST)
+        let trusted = s.in_sync()
             && map
                 .lease
                 .is_some_and(|lease| s.reader == Some(lease.holder));

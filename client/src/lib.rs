@@ -392,6 +392,12 @@ impl Client {
         tokio::spawn(follow_changes(Arc::downgrade(&self.inner)));
     }
 
+    /// Is this client following the change feed: its last complete read asked for less
+    /// than [`proto::LEASE_TRUST`] ago? Only then does it open files by their leases.
+    pub fn follows_feed(&self) -> bool {
+        self.inner.fresh.in_sync()
+    }
+
     /// Keeps what a create begun at `seq` answered: a new file has no extended attributes.
     fn fresh_file(&self, seq: u64, created: &CreateReply) {
         if created.created {

@@ -268,12 +268,17 @@ async fn names_in_a_directory_this_mount_did_not_make_are_learnt_and_cost_no_loo
         let d = a.join("filled");
         // The feed tells this mount of those changes first (a change of anyone's heard
         // while a listing is read keeps it from being followed: it may predate it).
-        std::thread::sleep(Duration::from_millis(400));
+        until_feed_read(client);
 
         tracing::info!("--- names made here one after another: learnt after two misses");
         fs::write(d.join("n0"), b"n").unwrap();
         fs::write(d.join("n1"), b"n").unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        let dir = cairn_common::Ino(fs::metadata(&d).unwrap().ino());
+        wait_until("the names learnt in the background", || {
+            client
+                .known_absent(dir, b"n2", Duration::from_secs(1))
+                .is_some()
+        });
         let lookups = client.sent::<Lookup>();
         for i in 2..12 {
             fs::write(d.join(format!("n{i}")), b"n").unwrap();
@@ -324,12 +329,35 @@ async fn on_two_mounts_one_counting(
     let cluster = cluster(dir.path(), 3).await;
     let (client, _here, a, mounted) = mount_counting(&cluster).await;
     with_mount(&cluster, move |b| {
-        std::thread::sleep(Duration::from_millis(300));
+        until_feed_read(&client);
         body(&client, &a, b);
     })
     .await;
     unmount(mounted).await;
     cluster.stop().await.unwrap();
+}
+
+/// Waits until `client` follows the change feed (leases are given to a client that reads
+/// it, and used while it does) and has applied a read of it sent after this call, so that
+/// what happened before the call is known to it (it sends its next read once it applied one).
+fn until_feed_read(client: &cairn_client::Client) {
+    use cairn_common::proto::Changes;
+    let sent = client.sent::<Changes>();
+    wait_until("a read of the change feed", || {
+        client.follows_feed() && client.sent::<Changes>() >= sent + 2
+    });
+}
+
+/// Waits, for 10 s at most, until `done`.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Opens `path` for reading and writing.
