@@ -309,19 +309,16 @@ impl FileHandle {
         Ok(())
     }
 
-    /// Sets the file's size; bytes past a new, larger size read as zeros.
+    /// Sets the file's size; bytes past a new, larger size read as zeros. The handle is the
+    /// right to do so, as an open file's is (`ftruncate` of a file whose mode forbids
+    /// writing, opened for writing before, or made so by its own `open`).
     pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
         self.flush().await?;
-        self.attr = self
-            .client
-            .setattr(
-                self.attr.ino,
-                SetAttr {
-                    size: Some(size),
-                    ..SetAttr::default()
-                },
-            )
-            .await?;
+        let set = SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        };
+        self.attr = self.client.set_attr(self.attr.ino, set, true).await?;
         self.map = ChunkCache::default();
         Ok(())
     }

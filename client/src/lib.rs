@@ -584,9 +584,25 @@ impl Client {
     }
 
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<InodeAttr> {
+        self.set_attr(ino, set, false).await
+    }
+
+    /// [`Client::setattr`]; `open_for_write` when a handle the caller opened sets the size
+    /// (see [`proto::SetAttrReq::open_for_write`]).
+    pub(crate) async fn set_attr(
+        &self,
+        ino: Ino,
+        set: SetAttr,
+        open_for_write: bool,
+    ) -> FsResult<InodeAttr> {
         let fresh = &self.inner.fresh;
         let ask = fresh.map_changing(ino);
-        let res = self.change_attrs(ino, proto::SetAttrReq { ino, set }).await;
+        let req = proto::SetAttrReq {
+            ino,
+            set,
+            open_for_write,
+        };
+        let res = self.change_attrs(ino, req).await;
         fresh.map_changed(ino, ask, None);
         res
     }

@@ -125,6 +125,10 @@ pub struct GetAttr {
 pub struct SetAttrReq {
     pub ino: Ino,
     pub set: SetAttr,
+    /// The size is set through a file the caller opened for writing (`ftruncate`,
+    /// `fallocate`): the open checked the right to write, and the file's mode since does not
+    /// take it away, as on a local file system.
+    pub open_for_write: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -693,7 +693,7 @@ impl Filesystem for CairnFs {
         let open = self.open_handles(ino);
         tracing::debug!(%ino, ?fh, open = open.len(), ?size, ?mtime, "setattr");
         let via = fh.and_then(|fh| self.file(fh).ok());
-        let set = SetAttr {
+        let mut set = SetAttr {
             perm: mode.map(|m| (m & 0o7777) as u16),
             uid,
             gid,
@@ -701,6 +701,11 @@ impl Filesystem for CairnFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
+        if size.is_some() && set.mtime == Some(TimeSet::Now) {
+            // The kernel's "now" beside a truncate: the size change sets it, and asking for
+            // it apart would need a right to write that a handle's truncate does not.
+            set.mtime = None;
+        }
         self.run(
             async move {
                 // Writes still buffered in this mount land first: a truncate cuts them, and
@@ -709,26 +714,27 @@ impl Filesystem for CairnFs {
                 for f in &open {
                     f.lock().await.file.flush().await?;
                 }
+                let mut sized = None;
                 if let Some(size) = size {
-                    match via {
-                        Some(f) => f.lock().await.file.truncate(size).await?,
-                        None => {
-                            client
-                                .setattr(
-                                    ino,
-                                    SetAttr {
-                                        size: Some(size),
-                                        ..SetAttr::default()
-                                    },
-                                )
-                                .await?;
+                    sized = Some(match via {
+                        Some(f) => {
+                            let mut f = f.lock().await;
+                            f.file.truncate(size).await?;
+                            f.file.attr().clone()
                         }
-                    }
+                        None => {
+                            let set = SetAttr {
+                                size: Some(size),
+                                ..SetAttr::default()
+                            };
+                            client.setattr(ino, set).await?
+                        }
+                    });
                 }
-                let attr = if set == SetAttr::default() {
-                    client.getattr(ino).await?
-                } else {
-                    client.setattr(ino, set).await?
+                let attr = match sized {
+                    _ if set != SetAttr::default() => client.setattr(ino, set).await?,
+                    Some(attr) => attr,
+                    None => client.getattr(ino).await?,
                 };
                 tracing::debug!(%ino, size = attr.size, mtime = attr.mtime.secs, "setattr done");
                 Ok(attr)

@@ -806,6 +806,7 @@ mod tests {
                         perm: Some(0o711),
                         ..Default::default()
                     },
+                    open_for_write: false,
                 },
             )
             .await
@@ -955,6 +956,7 @@ mod tests {
         let epoch = engine.versions().epoch;
         let chmod = |perm| MetaOpKind::SetAttr {
             ino,
+            open_for_write: false,
             set: SetAttr {
                 perm: Some(perm),
                 ..SetAttr::default()

@@ -328,6 +328,7 @@ impl Service for Namenode {
                         MetaOpKind::SetAttr {
                             ino: r.ino,
                             set: r.set,
+                            open_for_write: r.open_for_write,
                         },
                     )
                     .await;

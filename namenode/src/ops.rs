@@ -49,6 +49,8 @@ pub enum MetaOpKind {
     SetAttr {
         ino: Ino,
         set: SetAttr,
+        /// See [`cairn_common::proto::SetAttrReq::open_for_write`].
+        open_for_write: bool,
     },
     SetXattr(SetXattr),
     RemoveXattr(RemoveXattr),
@@ -196,7 +198,11 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
         MetaOpKind::Unlink(u) => remove_entry(txn, who, u.parent, &u.name, false, now),
         MetaOpKind::Rmdir(r) => remove_entry(txn, who, r.parent, &r.name, true, now),
         MetaOpKind::Rename(r) => rename(txn, who, r, now),
-        MetaOpKind::SetAttr { ino, set } => setattr(txn, who, *ino, set, now),
+        MetaOpKind::SetAttr {
+            ino,
+            set,
+            open_for_write,
+        } => setattr(txn, who, *ino, set, *open_for_write, now),
         MetaOpKind::Accessed(a) => {
             let mut rec = load(txn, a.ino)?;
             perm::require(who, &rec.attr, READ)?;
@@ -479,6 +485,10 @@ fn link(txn: &mut Txn<'_>, who: &Caller, l: &Link, now: Timestamp) -> FsResult<M
     if rec.attr.kind == FileKind::Dir {
         return Err(FsError::NotPermitted);
     }
+    if rec.attr.nlink == 0 {
+        // Removed (open somewhere, or in the trash): as Linux, no new name for it.
+        return Err(FsError::NotFound);
+    }
     let mut dir = load_dir(txn, l.new_parent)?;
     perm::require(who, &dir.attr, WRITE | EXEC)?;
     if txn.dentry(l.new_parent, &l.new_name)?.is_some() {
@@ -663,6 +673,7 @@ fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResu
     if src.kind == FileKind::Dir && r.parent != r.new_parent {
         moved.parent = r.new_parent;
     }
+    crate::trash::moving(txn, &mut moved, &src_dir, &dst_dir)?;
     txn.put_inode(&moved);
     // Reload: removing the target may have changed the parents.
     let mut src_dir = load(txn, src_dir.attr.ino)?;
@@ -693,12 +704,15 @@ fn exchange(
 ) -> FsResult<()> {
     txn.put_dentry(r.parent, &r.name, dst);
     txn.put_dentry(r.new_parent, &r.new_name, src);
-    for (d, new_parent) in [(src, r.new_parent), (dst, r.parent)] {
+    let src_dir = load(txn, r.parent)?;
+    let dst_dir = load(txn, r.new_parent)?;
+    for (d, from, to) in [(src, &src_dir, &dst_dir), (dst, &dst_dir, &src_dir)] {
         let mut rec = load(txn, d.ino)?;
         rec.attr.ctime = now;
         if d.kind == FileKind::Dir {
-            rec.parent = new_parent;
+            rec.parent = to.attr.ino;
         }
+        crate::trash::moving(txn, &mut rec, from, to)?;
         txn.put_inode(&rec);
     }
     let moved_dirs = |into_src_side: bool| -> i64 {
@@ -748,6 +762,7 @@ fn setattr(
     who: &Caller,
     ino: Ino,
     set: &SetAttr,
+    open_for_write: bool,
     now: Timestamp,
 ) -> FsResult<MetaReply> {
     let mut rec = load(txn, ino)?;
@@ -778,7 +793,7 @@ fn setattr(
             TimeSet::Now => {}
         }
     }
-    if set.size.is_some() && rec.attr.kind == FileKind::File {
+    if set.size.is_some() && rec.attr.kind == FileKind::File && !open_for_write {
         perm::require(who, &rec.attr, WRITE)?;
     }
     if let Some(perm) = set.perm {

@@ -10,6 +10,12 @@
 //! leaves them; symlinks and device nodes hold no data). A file with other hard links
 //! loses a name, not its data, and does not go either. Renaming over a file replaces it
 //! for good, as HDFS's trash does.
+//!
+//! A file in the trash has no name outside it, and says so: its link count is 0, as that of
+//! any removed file a program still holds open (`fstat` after `unlink`, `lsof +L1`). Its
+//! entry in the trash is not a link: it cannot be linked again (`ENOENT`, as Linux answers
+//! for any removed file); restoring it, or moving it out of the trash with `mv`, gives it
+//! its one name back.
 
 use cairn_common::attr::{check_name, Caller, FileKind, InodeAttr, Timestamp, NAME_MAX};
 use cairn_common::proto::{Restore, TrashOrigin, TRASH_DIR, TRASH_ORIGIN_XATTR};
@@ -130,6 +136,7 @@ pub fn move_in(
         origin.encode(),
     );
     rec.parent = mine;
+    rec.attr.nlink = 0;
     rec.attr.ctime = now;
     txn.put_inode(&rec);
     touch_dir(txn, mine, now)?;
@@ -198,6 +205,7 @@ pub fn restore(
     );
     txn.delete(Cf::Xattrs, origin_key);
     rec.parent = to_parent;
+    rec.attr.nlink = 1;
     rec.attr.ctime = now;
     txn.put_inode(&rec);
     dest.attr.mtime = now;
@@ -205,6 +213,25 @@ pub fn restore(
     txn.put_inode(&dest);
     touch_dir(txn, r.parent, now)?;
     Ok(rec.attr)
+}
+
+/// A file `rec` moved from directory `from` to `to` by a rename: leaving the trash, a file
+/// that had no name outside it has one again (what [`restore`] does, by `mv`).
+pub fn moving(
+    txn: &mut Txn<'_>,
+    rec: &mut InodeRecord,
+    from: &InodeRecord,
+    to: &InodeRecord,
+) -> FsResult<()> {
+    if rec.attr.kind == FileKind::File
+        && rec.attr.nlink == 0
+        && is_trash(txn, from)?
+        && !is_trash(txn, to)?
+    {
+        rec.attr.nlink = 1;
+        txn.delete(Cf::Xattrs, keys::xattr(rec.attr.ino, TRASH_ORIGIN_XATTR));
+    }
+    Ok(())
 }
 
 /// When the trash entry `name` was removed, from the seconds it starts with.

@@ -930,6 +930,21 @@ async fn local_users_get_exactly_their_permissions() {
         let (ok, _) = sh_as(bob, bob, &format!("echo more >> {mm}/shared/a"));
         assert!(!ok, "0644 keeps others from writing");
 
+        tracing::info!("--- an open for writing is the right to write, whatever the mode says");
+        let (ok, err) = sh_as(
+            alice,
+            alice,
+            &format!(
+                "python3 -c \"import os; fd = os.open('{mm}/shared/ro', os.O_CREAT | os.O_RDWR, 0); \
+                 os.ftruncate(fd, 10); os.posix_fallocate(fd, 0, 20); os.write(fd, b'x')\""
+            ),
+        );
+        assert!(ok, "ftruncate and fallocate through the open that made it: {err}");
+        let meta = fs::metadata(m.join("shared/ro")).unwrap();
+        assert_eq!((meta.len(), meta.mode() & 0o7777), (20, 0));
+        let (ok, err) = sh_as(alice, alice, &format!("truncate -s 0 {mm}/shared/ro"));
+        assert!(!ok && err.contains("Permission denied"), "{err}");
+
         tracing::info!("--- the sticky bit: bob may not remove alice's file in a 1777 directory");
         let (ok, err) = sh_as(bob, bob, &format!("rm -f {mm}/shared/a"));
         assert!(!ok && err.contains("not permitted"), "{err}");
