@@ -1,10 +1,12 @@
 #!/bin/sh
 # End to end from the built binary: start `cairn dev`, use it with `cairn fs` from its
 # directory and through CAIRN_CONFIG, stop it with Ctrl-C (SIGINT), start it again and find
-# the data intact.
+# the data intact, mounted, where pjdfstest checks its POSIX conformance.
 set -eu
 CAIRN="${1:?usage: smoke-dev.sh PATH/TO/cairn}"
 WORK="$(mktemp -d)"
+# pjdfstest's other users reach the mount through it.
+chmod 0755 "$WORK"
 DEV="$WORK/dev"
 PID=""
 cleanup() {
@@ -90,6 +92,9 @@ start --mount "$WORK/devmnt"
 "$CAIRN" fs get /smoke/input "$WORK/output2"
 cmp "$WORK/input" "$WORK/output2"
 cmp "$WORK/input" "$WORK/devmnt/copy"
+
+echo "--- pjdfstest, the POSIX conformance suite, on the dev mount (the trash on)"
+"$(dirname "$0")/pjdfstest.sh" "$WORK/devmnt"
 stop
 if mountpoint -q "$WORK/devmnt"; then echo "Ctrl-C left the dev mount behind"; exit 1; fi
 echo "smoke test passed"
