@@ -1,7 +1,7 @@
 #!/bin/sh
 # End to end from the built binary: start `cairn dev`, use it with `cairn fs` from its
 # directory and through CAIRN_CONFIG, stop it with Ctrl-C (SIGINT), start it again and find
-# the data intact, mounted, where pjdfstest checks its POSIX conformance.
+# the data intact, mounted, where pjdfstest and fsx check its conformance.
 set -eu
 CAIRN="${1:?usage: smoke-dev.sh PATH/TO/cairn}"
 WORK="$(mktemp -d)"
@@ -93,8 +93,8 @@ start --mount "$WORK/devmnt"
 cmp "$WORK/input" "$WORK/output2"
 cmp "$WORK/input" "$WORK/devmnt/copy"
 
-echo "--- pjdfstest, the POSIX conformance suite, on the dev mount (the trash on)"
-"$(dirname "$0")/pjdfstest.sh" "$WORK/devmnt"
+echo "--- pjdfstest and fsx on the dev mount (the trash on)"
+"$(dirname "$0")/conformance.sh" "$WORK/devmnt"
 stop
 if mountpoint -q "$WORK/devmnt"; then echo "Ctrl-C left the dev mount behind"; exit 1; fi
 echo "smoke test passed"

@@ -1,0 +1,99 @@
+#!/bin/sh
+# Two suites that file systems such as FreeBSD's and Linux's are held to, from crates.io,
+# against a mounted directory (run as root):
+# - pjdfstest: every system call's effects and error codes, as root and as two other users
+#   (nobody, daemon). Skipped: the read-only tests (they remount the file system) and
+#   LINK_MAX, which a FUSE file system cannot announce through pathconf.
+# - fsx: random reads, writes, mmap reads and writes, truncates, fallocate, hole punches,
+#   copy_file_range, fsync and reopens of one file, every read checked against what was
+#   written (FSX_OPS operations on each of FSX_SEEDS seeds).
+#
+#   scripts/conformance.sh MOUNTED_DIR [PJDFSTEST_TEST_FILTER...]
+#
+# Installs both on first use under ~/.cache/cairn-tools (CAIRN_TOOLS_DIR chooses another
+# place).
+set -eu
+DIR="${1:?usage: conformance.sh MOUNTED_DIR [PJDFSTEST_TEST_FILTER...]}"
+shift
+TOOLS="${CAIRN_TOOLS_DIR:-$HOME/.cache/cairn-tools}"
+FSX_OPS="${FSX_OPS:-3000}"
+FSX_SEEDS="${FSX_SEEDS:-1 2}"
+
+tool() { # NAME VERSION: the path of the tool, installed if missing
+    if ! "$TOOLS/bin/$1" --version 2>/dev/null | grep -qF "$2"; then
+        echo "--- installing $1 $2 in $TOOLS" >&2
+        CARGO_TARGET_DIR="$TOOLS/target" cargo install --quiet --locked --version "$2" \
+            --root "$TOOLS" "$1" >&2
+    fi
+    echo "$TOOLS/bin/$1"
+}
+PJDFSTEST="$(tool pjdfstest 0.2.2)"
+FSX="$(tool fsx 0.3.2)"
+
+WORK="$(mktemp -d)"
+HERE="$DIR/conformance.$$"
+cleanup() {
+    rm -rf "$HERE" "$WORK"
+}
+trap cleanup EXIT
+# pjdfstest's other users work in these directories.
+mkdir "$HERE" "$WORK/secondary"
+chmod 0777 "$HERE" "$WORK/secondary"
+chmod 0755 "$WORK"
+cat >"$WORK/pjdfstest.toml" <<'TOML'
+[features]
+posix_fallocate = {}
+rename_ctime = {}
+utime_now = {}
+utimensat = {}
+
+[settings]
+naptime = 0.01
+expected_failures = []
+
+[dummy_auth]
+entries = [["nobody", "nogroup"], ["daemon", "daemon"]]
+TOML
+cat >"$WORK/fsx.toml" <<'TOML'
+flen = 8388608
+[opsize]
+max = 1048576
+[weights]
+close_open = 2
+read = 10
+write = 10
+mapread = 5
+mapwrite = 5
+invalidate = 1
+truncate = 3
+fsync = 1
+fdatasync = 1
+posix_fallocate = 2
+punch_hole = 1
+sendfile = 1
+posix_fadvise = 1
+copy_file_range = 1
+TOML
+
+echo "--- pjdfstest on $DIR"
+cd "$HERE"
+"$PJDFSTEST" -c "$WORK/pjdfstest.toml" -p "$HERE" -s "$WORK/secondary" "$@" \
+    >"$WORK/pjdfstest.out" 2>&1 || {
+    grep -v " ok$" "$WORK/pjdfstest.out"
+    echo "pjdfstest failed on $DIR"
+    exit 1
+}
+grep "^Summary" "$WORK/pjdfstest.out"
+[ $# -eq 0 ] || exit 0
+
+for seed in $FSX_SEEDS; do
+    echo "--- fsx on $DIR: $FSX_OPS operations, seed $seed"
+    "$FSX" -f "$WORK/fsx.toml" -N "$FSX_OPS" -S "$seed" -P "$WORK" "$HERE/fsx.$seed" \
+        >"$WORK/fsx.out" 2>&1 || {
+        tail -40 "$WORK/fsx.out"
+        echo "fsx failed on $DIR (seed $seed; the file as written is in $HERE)"
+        trap - EXIT
+        exit 1
+    }
+    tail -1 "$WORK/fsx.out"
+done
