@@ -140,6 +140,15 @@ fn main() -> ExitCode {
         cli.command,
         Command::Fs(_) | Command::Admin(_) | Command::Cert { .. } | Command::Bench { .. }
     );
+    if quiet {
+        // A command whose output is cut short (`cairn admin report | head`) ends quietly,
+        // as other tools do, instead of panicking on the closed pipe. Daemons keep SIGPIPE
+        // ignored: a closed log pipe must not kill them.
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_tracing(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
