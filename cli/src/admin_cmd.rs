@@ -10,8 +10,8 @@ use cairn_client::Client;
 use cairn_common::attr::{FileKind, InodeAttr};
 use cairn_common::layout::CHUNK_SIZE;
 use cairn_common::proto::{
-    AdminState, DatanodeState, DatanodeStatus, GetRepairStatus, ReadChunks, RepairStatus, SafeMode,
-    SafeModeAction, SafeModeStatus, SetAdminState,
+    AdminState, DatanodeState, DatanodeStatus, GetMetaHealth, GetRepairStatus, MetaHealth,
+    ReadChunks, RepairStatus, SafeMode, SafeModeAction, SafeModeStatus, SetAdminState,
 };
 use cairn_common::{BlockId, FsError};
 use clap::{Args, Subcommand, ValueEnum};
@@ -236,6 +236,7 @@ struct Report {
     totals: Totals,
     repair: RepairStatus,
     safe_mode: SafeModeStatus,
+    metadata: MetaHealth,
 }
 
 async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
@@ -248,6 +249,10 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         .namenode(SafeMode {
             action: SafeModeAction::Get,
         })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let metadata = client
+        .namenode(GetMetaHealth)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let count = |state| datanodes.iter().filter(|d| d.state == state).count();
@@ -267,6 +272,7 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         totals,
         repair,
         safe_mode,
+        metadata,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -278,6 +284,13 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         t.datanodes, t.live, t.stale, t.dead
     );
     println!("{}", safe_mode_line(&report.safe_mode));
+    match &report.metadata.refusing {
+        None => println!("Metadata: taking writes"),
+        Some(r) => println!(
+            "Metadata: REFUSING WRITES for {} s ({} changes refused): {}",
+            r.for_secs, r.refused, r.error
+        ),
+    }
     println!();
     println!(
         "{:<16} {:<10} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>6} {:>8} {:>10} {:>5}",

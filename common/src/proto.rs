@@ -83,6 +83,7 @@ service! {
         SetAdminState(SetAdminState) -> DatanodeStatus,
         Changes(Changes) -> ChangesReply,
         ListDir(ListDir) -> DirListing,
+        GetMetaHealth(GetMetaHealth) -> MetaHealth,
     }
 }
 
@@ -768,6 +769,27 @@ pub struct RepairStatus {
 /// The repair status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GetRepairStatus;
+
+/// Whether the namenode's metadata store takes writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetMetaHealth;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MetaHealth {
+    /// The store refuses writes (its disk is full or failing): every change fails until it
+    /// takes them again. None while it takes them.
+    pub refusing: Option<MetaRefusal>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetaRefusal {
+    /// Since how long, in seconds.
+    pub for_secs: u64,
+    /// Changes refused since.
+    pub refused: u64,
+    /// The store's error, with the advice the namenode has for it.
+    pub error: String,
+}
 
 /// Safe mode: after a start the namenode makes no replication or deletion decisions until
 /// enough of the blocks it knows have been reported by datanodes.

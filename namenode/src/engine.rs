@@ -12,11 +12,12 @@ use cairn_common::layout::Slice;
 use cairn_common::proto::{Change, ChangedDir, DirListing};
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::feed::{Breaks, ChangeFeed};
 use crate::gc::Gc;
 use crate::keys::{self, META_INODE_COUNT};
+use crate::meta_health::WriteHealth;
 use crate::opens::OpenTable;
 use crate::ops::{self, MetaOp, MetaOpKind, MetaReply};
 use crate::store::{decode, BlockRecord, Cf, Dentry, Store, Txn};
@@ -86,6 +87,7 @@ impl DirVersions {
 
 pub struct MetaEngine {
     store: Arc<Store>,
+    health: Arc<WriteHealth>,
     versions: Arc<DirVersions>,
     feed: Arc<ChangeFeed>,
     queue: Option<mpsc::Sender<Pending>>,
@@ -124,17 +126,20 @@ impl MetaEngine {
         let writer_store = store.clone();
         let versions = Arc::new(DirVersions::new());
         let feed = Arc::new(ChangeFeed::new(versions.epoch, restarted));
+        let health = Arc::new(WriteHealth::new(dir));
         let deciders = Deciders {
             opens,
             gc,
             versions: versions.clone(),
             feed: feed.clone(),
+            health: health.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("meta-writer".into())
             .spawn(move || write_loop(writer_store, rx, sync, deciders))?;
         Ok(MetaEngine {
             store,
+            health,
             versions,
             feed,
             queue: Some(tx),
@@ -188,6 +193,11 @@ impl MetaEngine {
             })
             .map_err(|_| FsError::io("metadata writer stopped"))?;
         Ok(rx)
+    }
+
+    /// Whether the store takes writes.
+    pub fn health(&self) -> cairn_common::proto::MetaHealth {
+        self.health.status()
     }
 
     /// Changes of directory entries since this namenode started.
@@ -455,6 +465,7 @@ struct Deciders {
     gc: Arc<Gc>,
     versions: Arc<DirVersions>,
     feed: Arc<ChangeFeed>,
+    health: Arc<WriteHealth>,
 }
 
 /// What one op of a group wrote, for the change counts and the feed.
@@ -516,6 +527,7 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
         let mut breaks: Vec<Breaks> = group.iter().map(|_| Breaks::default()).collect();
         match &written {
             Ok(()) => {
+                deciders.health.written();
                 deciders.versions.count(&mut counted, &removed);
                 for op in counted {
                     breaks[op.index] = deciders.feed.push(op.origin, &op.answered, op.changes);
@@ -523,7 +535,7 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
                 deciders.feed.removed(&removed);
             }
             Err(e) => {
-                error!("metadata write of {} ops failed: {e}", group.len());
+                deciders.health.failed(e, group.len());
                 deciders.gc.abandon(&decided.condemned);
             }
         }

@@ -10,6 +10,7 @@ pub mod feed;
 pub mod gc;
 pub mod keys;
 pub mod locks;
+pub mod meta_health;
 pub mod opens;
 pub mod ops;
 pub mod perm;
@@ -540,6 +541,7 @@ impl Service for Namenode {
                 self.gc.report(&mut status);
                 ex.respond(&Ok(status)).await
             }
+            R::GetMetaHealth(_) => ex.respond(&Ok(self.engine.health())).await,
             R::SafeMode(r) => {
                 let res = if r.action != cairn_common::proto::SafeModeAction::Get && caller.uid != 0
                 {

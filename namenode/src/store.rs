@@ -83,7 +83,13 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> FsResult<T> {
 }
 
 fn db_error(e: rocksdb::Error) -> FsError {
-    FsError::io(format!("metadata store: {e}"))
+    let text = e.into_string();
+    if text.contains("No space left on device") {
+        // A local file system says ENOSPC when its disk is full; so does the namespace.
+        FsError::NoSpace(format!("the namenode's metadata disk is full ({text})"))
+    } else {
+        FsError::io(format!("metadata store: {text}"))
+    }
 }
 
 pub struct Store {

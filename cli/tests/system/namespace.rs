@@ -557,3 +557,111 @@ async fn the_locks_of_a_client_that_goes_away_are_released() {
     .unwrap();
     cluster.stop().await.unwrap();
 }
+
+/// A tmpfs of `size` mounted on `dir` for as long as it lives.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "mounting a tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Bytes free on it.
+    fn free(&self) -> u64 {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.0)
+            .output()
+            .expect("run df");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The namenode's metadata disk fills up: changes fail with ENOSPC, as on a full local disk,
+/// reads go on, `cairn admin report` says why, and once space is freed changes are taken
+/// again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_metadata_disk_refuses_changes_until_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for RocksDB to resume: a memtable's worth (64 MiB) must be free.
+    let disk = Tmpfs::mount(&dir.path().join("namenode"), "160m");
+    let cluster = quick_cluster(dir.path(), 1).await;
+    let client = cluster.client().await.unwrap();
+    let docs = client
+        .mkdir(Ino::ROOT, b"docs", 0o755, Owner::current())
+        .await
+        .unwrap();
+    let filler = dir.path().join("namenode/filler");
+    let room = disk.free().saturating_sub(1 << 20);
+    std::fs::write(&filler, vec![0u8; room as usize]).unwrap();
+
+    tracing::info!("--- changes until the disk is full: the last one fails with ENOSPC");
+    let value = vec![7u8; 60 << 10];
+    let mut refused = None;
+    for i in 0..20_000 {
+        let name = format!("user.fill{i}");
+        if let Err(e) = client
+            .set_xattr(docs.ino, name.as_bytes(), &value, XattrMode::Any)
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("the disk never filled");
+    assert!(matches!(refused, FsError::NoSpace(_)), "{refused}");
+    assert_eq!(refused.errno(), libc::ENOSPC);
+    assert!(matches!(
+        client
+            .mkdir(Ino::ROOT, b"more", 0o755, Owner::current())
+            .await,
+        Err(FsError::NoSpace(_))
+    ));
+    assert_eq!(
+        client.readdir(Ino::ROOT).await.unwrap().len(),
+        1,
+        "reads go on"
+    );
+    let (code, report) = admin(&cluster, &["report"]);
+    assert_eq!(code, 0);
+    let why = report["metadata"]["refusing"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("metadata disk is full"), "{report}");
+
+    tracing::info!("--- space freed: changes are taken again, without a restart");
+    std::fs::remove_file(&filler).unwrap();
+    let freed = std::time::Instant::now();
+    while let Err(e) = client
+        .mkdir(Ino::ROOT, b"more", 0o755, Owner::current())
+        .await
+    {
+        assert!(
+            freed.elapsed() < std::time::Duration::from_secs(60),
+            "changes still refused a minute after space was freed: {e}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (_, report) = admin(&cluster, &["report"]);
+    assert!(report["metadata"]["refusing"].is_null(), "{report}");
+    cluster.stop().await.unwrap();
+    drop(disk);
+}
