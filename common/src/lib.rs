@@ -9,6 +9,7 @@ pub mod attr;
 pub mod cert;
 pub mod codec;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod ids;
 pub mod layout;

@@ -881,6 +881,11 @@ pub struct BalanceStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Register {
     pub id: DatanodeId,
+    /// The namespace whose blocks it holds, learnt at its first registration (None: none
+    /// yet). A namenode of another namespace refuses it, and so never takes its blocks for
+    /// garbage: a namenode formatted anew on an empty directory (a disk that did not mount)
+    /// must not delete a cluster's data.
+    pub cluster: Option<u64>,
     pub name: String,
     /// Its failure domain (`rack` in its configuration; empty: none given).
     pub rack: String,
@@ -894,6 +899,8 @@ pub struct Register {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterReply {
     pub heartbeat_interval_ms: u64,
+    /// The namenode's namespace: the datanode keeps it and gives it at every registration.
+    pub cluster: u64,
 }
 
 /// Part of a full block report; `last` closes it, and any replica the namenode had listed

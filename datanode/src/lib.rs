@@ -275,6 +275,7 @@ impl Datanode {
         let reply = self
             .namenode_call(Register {
                 id: self.id(),
+                cluster: self.store.cluster(),
                 name: self.config.name.clone(),
                 rack: self.config.rack.clone(),
                 addr: self.advertised,
@@ -283,6 +284,9 @@ impl Datanode {
                 available: space.available,
             })
             .await?;
+        self.store
+            .join_cluster(reply.cluster)
+            .map_err(|e| FsError::io(format!("{e:#}")))?;
         let blocks = self.store.list();
         let parts: Vec<&[cairn_common::BlockId]> = if blocks.is_empty() {
             vec![&[]]

@@ -17,6 +17,8 @@ use cairn_common::{BlockId, DatanodeId, FsError, FsResult};
 use tracing::{info, warn};
 
 const ID_FILE: &str = "datanode-id";
+/// The namespace whose blocks this directory holds (see `proto::Register::cluster`).
+const CLUSTER_FILE: &str = "cluster-id";
 /// Where replicas found bad wait until the namenode has the block copied from a good one.
 const QUARANTINE: &str = "quarantine";
 /// Bytes of small parts gathered before they are fed to the hasher (see `put`).
@@ -30,6 +32,7 @@ const ID_MAGIC: &str = "cairn-datanode-v1";
 pub struct BlockStore {
     root: PathBuf,
     id: DatanodeId,
+    cluster: Mutex<Option<u64>>,
     /// Bytes kept free on the file system for everything else.
     reserve: u64,
     /// Most bytes of blocks to hold, if less than the disk.
@@ -63,6 +66,7 @@ impl BlockStore {
         fs::create_dir_all(&tmp)?;
         fs::create_dir_all(root.join(QUARANTINE))?;
         let id = load_or_create_id(root)?;
+        let cluster = load_cluster(root)?;
         let mut blocks = HashMap::new();
         let mut used = 0u64;
         for a in read_dir_sorted(&root.join("blocks"))? {
@@ -87,6 +91,7 @@ impl BlockStore {
         Ok(BlockStore {
             root: root.to_path_buf(),
             id,
+            cluster: Mutex::new(cluster),
             reserve,
             capacity_limit,
             blocks: Mutex::new(blocks),
@@ -97,6 +102,28 @@ impl BlockStore {
 
     pub fn id(&self) -> DatanodeId {
         self.id
+    }
+
+    /// The namespace whose blocks this directory holds, once a namenode named it.
+    pub fn cluster(&self) -> Option<u64> {
+        *self.cluster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records, at the first registration, the namespace the blocks from now on belong to.
+    pub fn join_cluster(&self, cluster: u64) -> anyhow::Result<()> {
+        let mut held = self.cluster.lock().unwrap_or_else(|e| e.into_inner());
+        match *held {
+            Some(c) if c == cluster => Ok(()),
+            Some(c) => anyhow::bail!(
+                "this data directory holds blocks of cluster {c:016x}, not {cluster:016x}"
+            ),
+            None => {
+                write_durably(&self.root, CLUSTER_FILE, &format!("{cluster:016x}\n"))?;
+                info!(cluster = %format!("{cluster:016x}"), "joined the namenode's cluster");
+                *held = Some(cluster);
+                Ok(())
+            }
+        }
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, HashMap<BlockId, u32>> {
@@ -131,7 +158,7 @@ impl BlockStore {
 
     pub fn space(&self) -> SpaceReport {
         let used = self.used.load(Ordering::Relaxed);
-        let (fs_total, fs_free) = fs_space(&self.root).unwrap_or((0, 0));
+        let (fs_total, fs_free) = cairn_common::disk::space(&self.root).unwrap_or((0, 0));
         let mut available = fs_free.saturating_sub(self.reserve);
         let mut capacity = fs_total.saturating_sub(self.reserve);
         if let Some(limit) = self.capacity_limit {
@@ -363,27 +390,30 @@ fn load_or_create_id(root: &Path) -> anyhow::Result<DatanodeId> {
         return Ok(DatanodeId(id));
     }
     let id = DatanodeId(rand::random());
-    let tmp = root.join(format!("{ID_FILE}.tmp"));
-    let mut f = File::create(&tmp)?;
-    writeln!(f, "{ID_MAGIC}\n{id}")?;
-    f.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    File::open(root)?.sync_all()?;
+    write_durably(root, ID_FILE, &format!("{ID_MAGIC}\n{id}\n"))?;
     Ok(id)
 }
 
-/// Total and free bytes of the file system holding `path`.
-fn fs_space(path: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
+fn load_cluster(root: &Path) -> anyhow::Result<Option<u64>> {
+    let path = root.join(CLUSTER_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16)
+            .map(Some)
+            .with_context(|| format!("{} holds no cluster id", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let frsize = st.f_frsize as u64;
-    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
+
+/// Writes `root/name` whole or not at all, and durably.
+fn write_durably(root: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
+    let tmp = root.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, root.join(name))?;
+    File::open(root)?.sync_all()?;
+    Ok(())
 }
 
 /// Writes `parts` one after another, as the network delivered them, with few writev(2)

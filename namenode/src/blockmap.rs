@@ -550,6 +550,7 @@ mod tests {
     fn register_in(map: &BlockMap, id: u64, available: u64, rack: &str) {
         map.register(&Register {
             id: DatanodeId(id),
+            cluster: None,
             name: format!("dn{id}"),
             rack: rack.into(),
             addr: format!("127.0.0.1:{}", 1000 + id).parse().unwrap(),

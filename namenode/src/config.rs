@@ -56,6 +56,11 @@ pub struct NamenodeConfig {
     /// this long before they are removed for good; 0 removes them at once. Default 86400.
     #[serde(default = "default_trash_retention_secs")]
     pub trash_retention_secs: u64,
+    /// Changes are refused (`ENOSPC`) while the disk of `meta_dir` has less than this many
+    /// MiB free, so that the metadata store never runs out of space in the middle of a
+    /// write; they are taken again as soon as it has more. 0: no such check. Default 100.
+    #[serde(default = "default_meta_reserve_mb")]
+    pub meta_reserve_mb: u64,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -93,6 +98,9 @@ fn default_gc_grace_ms() -> u64 {
 fn default_trash_retention_secs() -> u64 {
     86_400
 }
+fn default_meta_reserve_mb() -> u64 {
+    100
+}
 fn default_true() -> bool {
     true
 }
@@ -113,6 +121,7 @@ impl NamenodeConfig {
             safemode_extension_ms: default_safemode_extension_ms(),
             gc_grace_ms: default_gc_grace_ms(),
             trash_retention_secs: default_trash_retention_secs(),
+            meta_reserve_mb: default_meta_reserve_mb(),
             tls,
         }
     }

@@ -16,7 +16,7 @@ use tracing::info;
 
 use crate::feed::{Breaks, ChangeFeed};
 use crate::gc::Gc;
-use crate::keys::{self, META_INODE_COUNT};
+use crate::keys::{self, META_CLUSTER_ID, META_INODE_COUNT};
 use crate::meta_health::WriteHealth;
 use crate::opens::OpenTable;
 use crate::ops::{self, MetaOp, MetaOpKind, MetaReply};
@@ -87,6 +87,7 @@ impl DirVersions {
 
 pub struct MetaEngine {
     store: Arc<Store>,
+    cluster: u64,
     health: Arc<WriteHealth>,
     versions: Arc<DirVersions>,
     feed: Arc<ChangeFeed>,
@@ -122,6 +123,18 @@ impl MetaEngine {
             ops::apply(&mut txn, &op)?;
             store.commit(txn, true)?;
         }
+        let cluster = match store.meta_u64(META_CLUSTER_ID)? {
+            Some(id) => id,
+            None => {
+                // Formatted just now, or by a version that did not name its namespaces.
+                let id = rand::random::<u64>().max(1);
+                let mut txn = store.txn();
+                txn.put_meta_u64(META_CLUSTER_ID, id);
+                store.commit(txn, true)?;
+                info!(cluster = %format!("{id:016x}"), "the namespace is named");
+                id
+            }
+        };
         let (tx, rx) = mpsc::channel();
         let writer_store = store.clone();
         let versions = Arc::new(DirVersions::new());
@@ -139,6 +152,7 @@ impl MetaEngine {
             .spawn(move || write_loop(writer_store, rx, sync, deciders))?;
         Ok(MetaEngine {
             store,
+            cluster,
             health,
             versions,
             feed,
@@ -193,6 +207,16 @@ impl MetaEngine {
             })
             .map_err(|_| FsError::io("metadata writer stopped"))?;
         Ok(rx)
+    }
+
+    /// The namespace's name, drawn when it was formatted: datanodes hold blocks of one.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster
+    }
+
+    /// Refuses changes while the store's disk has less than `bytes` free (0: never).
+    pub fn keep_free(&self, bytes: u64) {
+        self.health.keep_free(bytes);
     }
 
     /// Whether the store takes writes.
@@ -522,7 +546,10 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
         let written = if txn.is_empty() {
             Ok(())
         } else {
-            store.commit(txn, sync)
+            deciders
+                .health
+                .room()
+                .and_then(|()| store.commit(txn, sync))
         };
         let mut breaks: Vec<Breaks> = group.iter().map(|_| Breaks::default()).collect();
         match &written {

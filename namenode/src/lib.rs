@@ -89,6 +89,7 @@ pub async fn run(
         opens.clone(),
         gc.clone(),
     )?;
+    engine.keep_free(config.meta_reserve_mb << 20);
     // Blocks condemned before a restart go on being deleted.
     gc.restore(engine.tombstones()?);
     info!(
@@ -116,10 +117,11 @@ pub async fn run(
         engine,
     });
     let retention_secs = namenode.config.trash_retention_secs;
-    namenode
-        .engine
-        .submit(Caller::ROOT, MetaOpKind::SetTrash { retention_secs })
-        .await?;
+    let set_trash = MetaOpKind::SetTrash { retention_secs };
+    if let Err(e) = namenode.engine.submit(Caller::ROOT, set_trash).await {
+        // A full metadata disk: serve reads all the same (changes are refused, and say why).
+        warn!("trash_retention_secs = {retention_secs} not recorded, the last one recorded holds: {e}");
+    }
     let reaper = tokio::spawn(reap_orphans(namenode.clone(), shutdown.clone()));
     let emptier = tokio::spawn(empty_trash(namenode.clone(), shutdown.clone()));
     let repairer = tokio::spawn(repair_loop(namenode.clone(), shutdown.clone()));
@@ -476,12 +478,23 @@ impl Service for Namenode {
             }
             R::Register(r) => {
                 peer.require(Role::Datanode)?;
-                info!(datanode = %r.id, name = %r.name, addr = %r.addr, "datanode registered");
-                self.blocks.register(&r);
-                let reply = RegisterReply {
-                    heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                let cluster = self.engine.cluster_id();
+                let res = match r.cluster {
+                    Some(theirs) if theirs != cluster => {
+                        let why = foreign_datanode(&r.name, theirs, cluster);
+                        warn!(datanode = %r.id, name = %r.name, "{why}");
+                        Err(FsError::invalid(why))
+                    }
+                    _ => {
+                        info!(datanode = %r.id, name = %r.name, addr = %r.addr, "datanode registered");
+                        self.blocks.register(&r);
+                        Ok(RegisterReply {
+                            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                            cluster,
+                        })
+                    }
                 };
-                ex.respond(&Ok(reply)).await
+                ex.respond(&res).await
             }
             R::BlockReport(r) => {
                 peer.require(Role::Datanode)?;
@@ -950,4 +963,15 @@ fn known_or_register(known: bool) -> FsResult<()> {
     } else {
         Err(FsError::unavailable("datanode is not registered"))
     }
+}
+
+/// Why a datanode holding blocks of namespace `theirs` is refused by a namenode of `ours`.
+fn foreign_datanode(name: &str, theirs: u64, ours: u64) -> String {
+    format!(
+        "datanode {name} holds blocks of cluster {theirs:016x}, and this namenode's namespace \
+         is cluster {ours:016x}: refused, so that its blocks are not taken for garbage. Was \
+         the namenode's meta_dir formatted anew (a disk that did not mount, a wrong path)? \
+         Point the namenode at its own meta_dir; or, to give the datanode to this cluster, \
+         empty its data directory"
+    )
 }

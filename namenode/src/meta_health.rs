@@ -1,17 +1,21 @@
-//! Whether the metadata store takes writes. After one write fails (its disk full, an I/O
-//! error), RocksDB refuses every write until it recovers: from a full disk by itself, once
-//! the disk has room for a memtable again (it checks every few seconds); from other errors
-//! only by a restart. Meanwhile every change fails and reads go on. The writer says so here:
-//! once in the log when it begins (with what to do), a reminder a minute, once when it ends,
-//! and to `cairn admin report` throughout.
+//! Whether the metadata store takes writes. The writer refuses changes itself while the
+//! store's disk has less free than a reserve (`meta_reserve_mb`), as HDFS's namenode stops
+//! taking edits under `dfs.namenode.resource.du.reserved`: RocksDB must not run out of space
+//! in the middle of a write. After a write of its own fails (the disk filled by someone else
+//! between two checks, an I/O error), RocksDB refuses every write until it recovers: from a
+//! full disk by itself once a memtable's worth (64 MiB) is free, from other errors only by a
+//! restart (this build of RocksDB may even abort the namenode on the way: it checks its own
+//! assertions). Meanwhile every change fails and reads go on. The writer says so here: once
+//! in the log when it begins (with what to do), a reminder a minute, once when it ends, and
+//! to `cairn admin report` throughout.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_common::proto::{MetaHealth, MetaRefusal};
-use cairn_common::FsError;
+use cairn_common::{FsError, FsResult};
 use tracing::{error, info, warn};
 
 /// How often the log is reminded of a refusal that goes on.
@@ -19,6 +23,8 @@ const REMIND_EVERY: Duration = Duration::from_secs(60);
 
 pub struct WriteHealth {
     dir: PathBuf,
+    /// Bytes the disk keeps free (0: not checked).
+    reserve: AtomicU64,
     /// Fast path for the writer: nothing to end.
     refusing: AtomicBool,
     refusal: Mutex<Option<Refusal>>,
@@ -36,8 +42,31 @@ impl WriteHealth {
     pub fn new(dir: &Path) -> WriteHealth {
         WriteHealth {
             dir: dir.to_path_buf(),
+            reserve: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             refusal: Mutex::new(None),
+        }
+    }
+
+    pub fn keep_free(&self, bytes: u64) {
+        self.reserve.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Ok while the disk has more free than the reserve (or its space cannot be read: the
+    /// write itself will tell).
+    pub fn room(&self) -> FsResult<()> {
+        let reserve = self.reserve.load(Ordering::Relaxed);
+        if reserve == 0 {
+            return Ok(());
+        }
+        match cairn_common::disk::space(&self.dir) {
+            Ok((_, free)) if free < reserve => Err(FsError::NoSpace(format!(
+                "the namenode's metadata disk is full: {} MiB free, less than the {} MiB \
+                 kept free (meta_reserve_mb)",
+                free >> 20,
+                reserve >> 20
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -53,8 +82,8 @@ impl WriteHealth {
             None => {
                 let advice = match e {
                     FsError::NoSpace(_) => format!(
-                        "free space on the disk of {}: the store takes writes again by itself \
-                         once it has room for a memtable (64 MiB), checking every 5 s",
+                        "free space on the disk of {}: changes are taken again by themselves \
+                         once it has room",
                         self.dir.display()
                     ),
                     _ => format!(

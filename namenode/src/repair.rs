@@ -609,6 +609,7 @@ mod tests {
     fn node_in(map: &BlockMap, id: u64, rack: &str) -> DatanodeId {
         map.register(&Register {
             id: DatanodeId(id),
+            cluster: None,
             name: format!("dn{id}"),
             rack: rack.into(),
             addr: format!("127.0.0.1:{}", 2000 + id).parse().unwrap(),

@@ -250,3 +250,59 @@ async fn garbage_goes_after_its_grace_and_live_blocks_never_do() {
     assert_eq!(code, 0, "{fsck}");
     cluster.stop().await.unwrap();
 }
+
+/// The namenode comes back on an empty metadata directory (a disk that did not mount, a
+/// wrong path): it formats a new namespace, and the datanodes, which hold the blocks of the
+/// old one, refuse to join it, so it never takes their blocks for garbage. Back on its own
+/// directory, the namenode has them again, data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namenode_formatted_anew_does_not_collect_the_old_namespaces_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 2);
+    opts.gc_grace_ms = GRACE.as_millis() as u64;
+    opts.replication = 2;
+    let mut cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(6 << 20, 77);
+    let file = put(&client, "kept", &data, 1 << 20).await;
+    let blocks = file_blocks(&client, file.ino).await;
+    assert!(blocks.iter().all(|b| holders(&cluster, b).len() == 2));
+    drop(client);
+
+    tracing::info!("--- the namenode restarts on an empty metadata directory");
+    cluster.stop_namenode().await.unwrap();
+    let meta = cluster.namenode_config.meta_dir.clone();
+    let aside = dir.path().join("namenode-aside");
+    std::fs::rename(&meta, &aside).unwrap();
+    cluster.start_namenode().await.unwrap();
+    let client = cluster.client().await.unwrap();
+    assert!(
+        client.readdir(Ino::ROOT).await.unwrap().is_empty(),
+        "a new namespace"
+    );
+    // Past the grace period: had the datanodes joined, their blocks would be garbage now.
+    let waited = Instant::now();
+    while waited.elapsed() < GRACE + Duration::from_secs(5) {
+        let joined = client.datanodes().await.unwrap();
+        assert!(
+            joined.is_empty(),
+            "a datanode joined a namespace not its own: {joined:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for b in &blocks {
+        assert_eq!(holders(&cluster, b).len(), 2, "block {b} was deleted");
+    }
+    drop(client);
+
+    tracing::info!("--- back on its own directory: the datanodes join, the file reads whole");
+    cluster.stop_namenode().await.unwrap();
+    std::fs::remove_dir_all(&meta).unwrap();
+    std::fs::rename(&aside, &meta).unwrap();
+    cluster.start_namenode().await.unwrap();
+    cluster.wait_for_datanodes(2).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let back = client.resolve("/kept").await.unwrap();
+    assert!(get(&client, back.ino, 1 << 20).await == data);
+    cluster.stop().await.unwrap();
+}
