@@ -7,5 +7,8 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --bin cairn
+# A test process that aborts must die at once: one that serves FUSE mounts itself (and maps
+# files from them) once hung for good while dumping its core, and the run with it.
+ulimit -c 0
 cargo test --workspace -- --test-threads=2
 ./scripts/smoke-dev.sh "$CARGO_TARGET_DIR/debug/cairn"
