@@ -284,6 +284,7 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         t.datanodes, t.live, t.stale, t.dead
     );
     println!("{}", safe_mode_line(&report.safe_mode));
+    println!("Cluster: {:016x}", report.metadata.cluster);
     match &report.metadata.refusing {
         None => println!("Metadata: taking writes"),
         Some(r) => println!(

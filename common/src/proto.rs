@@ -776,6 +776,8 @@ pub struct GetMetaHealth;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MetaHealth {
+    /// The namespace's cluster id (see [`Register::cluster`]).
+    pub cluster: u64,
     /// The store refuses writes (its disk is full or failing): every change fails until it
     /// takes them again. None while it takes them.
     pub refusing: Option<MetaRefusal>,

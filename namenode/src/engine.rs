@@ -219,9 +219,9 @@ impl MetaEngine {
         self.health.keep_free(bytes);
     }
 
-    /// Whether the store takes writes.
-    pub fn health(&self) -> cairn_common::proto::MetaHealth {
-        self.health.status()
+    /// Whether the store takes writes: the refusal going on, if any.
+    pub fn refusing(&self) -> Option<cairn_common::proto::MetaRefusal> {
+        self.health.refusing()
     }
 
     /// Changes of directory entries since this namenode started.

@@ -554,7 +554,13 @@ impl Service for Namenode {
                 self.gc.report(&mut status);
                 ex.respond(&Ok(status)).await
             }
-            R::GetMetaHealth(_) => ex.respond(&Ok(self.engine.health())).await,
+            R::GetMetaHealth(_) => {
+                let health = cairn_common::proto::MetaHealth {
+                    cluster: self.engine.cluster_id(),
+                    refusing: self.engine.refusing(),
+                };
+                ex.respond(&Ok(health)).await
+            }
             R::SafeMode(r) => {
                 let res = if r.action != cairn_common::proto::SafeModeAction::Get && caller.uid != 0
                 {

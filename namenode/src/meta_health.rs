@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_common::proto::{MetaHealth, MetaRefusal};
+use cairn_common::proto::MetaRefusal;
 use cairn_common::{FsError, FsResult};
 use tracing::{error, info, warn};
 
@@ -132,14 +132,13 @@ impl WriteHealth {
         self.refusing.store(false, Ordering::Release);
     }
 
-    pub fn status(&self) -> MetaHealth {
-        MetaHealth {
-            refusing: self.refusal().as_ref().map(|r| MetaRefusal {
-                for_secs: r.since.elapsed().as_secs(),
-                refused: r.refused,
-                error: r.error.clone(),
-            }),
-        }
+    /// The refusal going on, if any.
+    pub fn refusing(&self) -> Option<MetaRefusal> {
+        self.refusal().as_ref().map(|r| MetaRefusal {
+            for_secs: r.since.elapsed().as_secs(),
+            refused: r.refused,
+            error: r.error.clone(),
+        })
     }
 }
 
@@ -150,11 +149,11 @@ mod tests {
     #[test]
     fn a_refusal_is_told_from_its_first_failure_to_the_next_write() {
         let health = WriteHealth::new(Path::new("/meta"));
-        assert!(health.status().refusing.is_none());
+        assert!(health.refusing().is_none());
         health.written();
         health.failed(&FsError::NoSpace("disk full".into()), 3);
         health.failed(&FsError::NoSpace("disk full".into()), 2);
-        let refusing = health.status().refusing.expect("refusing");
+        let refusing = health.refusing().expect("refusing");
         assert_eq!(refusing.refused, 5);
         assert!(
             refusing.error.contains("free space on the disk of /meta"),
@@ -162,9 +161,9 @@ mod tests {
             refusing.error
         );
         health.written();
-        assert!(health.status().refusing.is_none());
+        assert!(health.refusing().is_none());
         health.failed(&FsError::io("bad sector"), 1);
-        let refusing = health.status().refusing.expect("refusing again");
+        let refusing = health.refusing().expect("refusing again");
         assert!(
             refusing.error.contains("restart the namenode"),
             "{}",

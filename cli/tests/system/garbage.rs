@@ -7,7 +7,7 @@ use cairn_cli::devcluster::DevCluster;
 use cairn_client::{Client, ClientConfig, NewFile, Owner};
 use cairn_common::attr::Timestamp;
 use cairn_common::layout::{Slice, MAX_BLOCK_SIZE};
-use cairn_common::proto::CommitSlices;
+use cairn_common::proto::{CommitSlices, GetMetaHealth};
 use cairn_common::{BlockId, FsError, Ino};
 
 use crate::support::*;
@@ -267,7 +267,8 @@ async fn a_namenode_formatted_anew_does_not_collect_the_old_namespaces_blocks() 
     let file = put(&client, "kept", &data, 1 << 20).await;
     let blocks = file_blocks(&client, file.ino).await;
     assert!(blocks.iter().all(|b| holders(&cluster, b).len() == 2));
-    drop(client);
+    let cluster_id = |c: Client| async move { c.namenode(GetMetaHealth).await.unwrap().cluster };
+    let ours = cluster_id(client).await;
 
     tracing::info!("--- the namenode restarts on an empty metadata directory");
     cluster.stop_namenode().await.unwrap();
@@ -280,6 +281,7 @@ async fn a_namenode_formatted_anew_does_not_collect_the_old_namespaces_blocks() 
         client.readdir(Ino::ROOT).await.unwrap().is_empty(),
         "a new namespace"
     );
+    assert_ne!(cluster_id(client.clone()).await, ours);
     // Past the grace period: had the datanodes joined, their blocks would be garbage now.
     let waited = Instant::now();
     while waited.elapsed() < GRACE + Duration::from_secs(5) {
@@ -302,6 +304,7 @@ async fn a_namenode_formatted_anew_does_not_collect_the_old_namespaces_blocks() 
     cluster.start_namenode().await.unwrap();
     cluster.wait_for_datanodes(2).await.unwrap();
     let client = cluster.client().await.unwrap();
+    assert_eq!(cluster_id(client.clone()).await, ours);
     let back = client.resolve("/kept").await.unwrap();
     assert!(get(&client, back.ino, 1 << 20).await == data);
     cluster.stop().await.unwrap();
