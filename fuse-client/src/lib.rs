@@ -46,7 +46,7 @@ pub struct MountOptions {
     pub threads: usize,
     /// Record reads in access times, as Linux's relatime does; off is `noatime`.
     pub atime: bool,
-    /// Refuse every change with EROFS.
+    /// Refuse every change with EROFS, and record no access times.
     pub read_only: bool,
 }
 
@@ -188,7 +188,8 @@ pub fn mount(
         next_handle: AtomicU64::new(1),
         locked_inodes: Mutex::default(),
         groups: GroupsCache::default(),
-        atime: opts.atime,
+        // A read-only mount changes nothing, access times included.
+        atime: opts.atime && !opts.read_only,
         append_lock: Arc::default(),
         ended: Mutex::new(Some(tx)),
     };

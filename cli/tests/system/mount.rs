@@ -1438,6 +1438,13 @@ async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
     };
     let quiet = mount_with(&cluster, quiet_dir.path(), &noatime).await;
     let q = quiet_dir.path().to_path_buf();
+    let ro_dir = tempfile::tempdir().unwrap();
+    let ro = cairn_fuse::MountOptions {
+        read_only: true,
+        ..cairn_fuse::MountOptions::default()
+    };
+    let read_only = mount_with(&cluster, ro_dir.path(), &ro).await;
+    let r = ro_dir.path().to_path_buf();
     with_mount(&cluster, move |m| {
         let expire = || std::thread::sleep(std::time::Duration::from_millis(1100));
         let p = m.join("read-me");
@@ -1451,6 +1458,23 @@ async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
 
         tracing::info!("--- on a noatime mount a read leaves the access time alone");
         assert_eq!(fs::read(q.join("read-me")).unwrap(), b"content");
+        expire();
+        assert_eq!(fs::metadata(&p).unwrap().atime(), 1_577_836_800);
+
+        tracing::info!("--- a read-only mount reads, changes nothing, and refuses every change");
+        assert_eq!(fs::read(r.join("read-me")).unwrap(), b"content");
+        let erofs = libc::EROFS;
+        refused(&[
+            (fs::write(r.join("read-me"), b"x"), erofs),
+            (fs::write(r.join("new"), b"x"), erofs),
+            (fs::create_dir(r.join("dir")), erofs),
+            (fs::remove_file(r.join("read-me")), erofs),
+            (fs::rename(r.join("read-me"), r.join("moved")), erofs),
+            (
+                fs::set_permissions(r.join("read-me"), fs::Permissions::from_mode(0o600)),
+                erofs,
+            ),
+        ]);
         expire();
         assert_eq!(fs::metadata(&p).unwrap().atime(), 1_577_836_800);
 
@@ -1487,6 +1511,7 @@ async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
     })
     .await;
     unmount(quiet).await;
+    unmount(read_only).await;
     cluster.stop().await.unwrap();
 }
 
