@@ -1431,20 +1431,15 @@ async fn listings_carry_attributes_and_symlink_loops_fail() {
 async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 3).await;
-    let quiet_dir = tempfile::tempdir().unwrap();
-    let noatime = cairn_fuse::MountOptions {
-        atime: false,
+    let (quiet_dir, ro_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (q, r) = (quiet_dir.path().to_path_buf(), ro_dir.path().to_path_buf());
+    let opts = |atime, read_only| cairn_fuse::MountOptions {
+        atime,
+        read_only,
         ..cairn_fuse::MountOptions::default()
     };
-    let quiet = mount_with(&cluster, quiet_dir.path(), &noatime).await;
-    let q = quiet_dir.path().to_path_buf();
-    let ro_dir = tempfile::tempdir().unwrap();
-    let ro = cairn_fuse::MountOptions {
-        read_only: true,
-        ..cairn_fuse::MountOptions::default()
-    };
-    let read_only = mount_with(&cluster, ro_dir.path(), &ro).await;
-    let r = ro_dir.path().to_path_buf();
+    let quiet = mount_with(&cluster, &q, &opts(false, false)).await;
+    let read_only = mount_with(&cluster, &r, &opts(true, true)).await;
     with_mount(&cluster, move |m| {
         let expire = || std::thread::sleep(std::time::Duration::from_millis(1100));
         let p = m.join("read-me");
