@@ -40,6 +40,9 @@ pub struct FileHandle {
     error: Option<FsError>,
     /// What this handle knows of the file's chunks (close-to-open: valid while open).
     map: ChunkCache,
+    /// The client's [`crate::opens::OpenSet::map_version`] of the file that `map` and the
+    /// size in `attr` hold: when it moves, they are fetched anew before the next read.
+    map_seen: u64,
     /// Where the last read ended: a read starting there is sequential.
     last_read_end: u64,
     /// How far read-ahead has asked for blocks.
@@ -63,6 +66,7 @@ impl Drop for FileHandle {
 impl FileHandle {
     /// Only for a file the client holds (`OpenSet::hold`); the handle releases it when dropped.
     pub(crate) fn new(client: Client, attr: InodeAttr) -> FileHandle {
+        let map_seen = client.inner.opens.map_version(attr.ino);
         FileHandle {
             client,
             attr,
@@ -73,14 +77,17 @@ impl FileHandle {
             written_end: 0,
             error: None,
             map: ChunkCache::default(),
+            map_seen,
             last_read_end: 0,
             prefetched_to: 0,
         }
     }
 
-    /// A handle on a file just opened, with the map of its first chunks that came with it.
-    pub(crate) fn opened(client: Client, map: ChunkMap) -> FileHandle {
+    /// A handle on a file just opened, with the map of its first chunks that came with it,
+    /// asked for at `map_seen` (see [`FileHandle::map_seen`]).
+    pub(crate) fn opened(client: Client, map: ChunkMap, map_seen: u64) -> FileHandle {
         let mut handle = FileHandle::new(client, map.attr.clone());
+        handle.map_seen = map_seen;
         handle.absorb(0, cairn_common::proto::OPEN_MAP_CHUNKS, map);
         handle
     }
@@ -110,6 +117,30 @@ impl FileHandle {
     /// Forgets what this handle knows of the file's chunks (another handle changed them).
     pub fn forget_map(&mut self) {
         self.map = ChunkCache::default();
+    }
+
+    /// Forgets the map and size if the file changed since they were fetched in a way they
+    /// do not hold (another handle's commit, a truncate, another client's change): a read
+    /// by them would miss bytes, or end early, which the kernel takes for the file's end.
+    fn drop_stale_map(&mut self) {
+        let now = self.client.inner.opens.map_version(self.attr.ino);
+        if now != self.map_seen {
+            self.map = ChunkCache::default();
+            self.prefetched_to = 0;
+            // Set before the fetch: a change while it is under way is fetched again.
+            self.map_seen = now;
+        }
+    }
+
+    /// Brings the size up to date with changes the handle does not hold yet (see
+    /// [`FileHandle::drop_stale_map`]): one call if there are some, none otherwise.
+    pub async fn refresh(&mut self) -> FsResult<()> {
+        let stale = self.client.inner.opens.map_version(self.attr.ino) != self.map_seen;
+        if stale {
+            self.drop_stale_map();
+            self.load_map(0).await?;
+        }
+        Ok(())
     }
 
     /// Would a flush neither store anything nor report an error? Then it can be skipped.
@@ -254,6 +285,12 @@ impl FileHandle {
             Ok(map) => {
                 self.attr = map.attr.clone();
                 self.map = ChunkCache::default();
+                // The other handles of the file read by a fresh map from now on; this one's
+                // is as of the commit, unless some other change came between.
+                let version = self.client.inner.opens.map_changed(self.attr.ino);
+                if version == self.map_seen + 1 {
+                    self.map_seen = version;
+                }
                 if map.lease.is_some() {
                     // The whole file (one chunk) as of this commit: reads need not ask.
                     self.absorb(0, 1, map);
@@ -330,6 +367,7 @@ impl FileHandle {
             // Full POSIX within one handle: a read sees the writes before it.
             self.flush().await?;
         }
+        self.drop_stale_map();
         let data = match self.read_mapped(offset, len).await {
             Err(FsError::Io(_)) => {
                 // Replica locations may have moved since the map was fetched: refresh once.
@@ -410,7 +448,10 @@ impl FileHandle {
     /// are here, their blocks are in the memory cache, nothing written waits to be flushed
     /// and no read-ahead is due. `None` when something is not (then `read` does it).
     pub fn read_cached(&mut self, offset: u64, len: usize) -> Option<Bytes> {
-        if self.error.is_some() || self.is_dirty() {
+        if self.error.is_some()
+            || self.is_dirty()
+            || self.client.inner.opens.map_version(self.attr.ino) != self.map_seen
+        {
             return None;
         }
         let first = (offset / CHUNK_SIZE) as u32;

@@ -602,8 +602,12 @@ impl Client {
             set,
             open_for_write,
         };
+        let sized = req.set.size.is_some();
         let res = self.change_attrs(ino, req).await;
         fresh.map_changed(ino, ask, None);
+        if sized {
+            self.inner.opens.map_changed(ino);
+        }
         res
     }
 
@@ -986,6 +990,7 @@ impl Client {
         if start {
             self.start_renewals();
         }
+        let map_seen = self.inner.opens.map_version(ino);
         let seq = self.inner.fresh.begin();
         let ask = self.inner.fresh.map_ask(ino);
         let opened = self.namenode(proto::Open { ino, claim }).await;
@@ -1007,7 +1012,7 @@ impl Client {
                 return Err(e);
             }
         };
-        Ok(FileHandle::opened(self.clone(), map))
+        Ok(FileHandle::opened(self.clone(), map, map_seen))
     }
 
     /// Opens a file this client holds a lease on, by the map the lease keeps, without a
@@ -1018,7 +1023,9 @@ impl Client {
         if self.inner.opens.hold_unclaimed(ino) {
             self.start_renewals();
         }
-        Some(FileHandle::opened(self.clone(), map))
+        // A kept map holds every change of this client's (a commit forgets it).
+        let map_seen = self.inner.opens.map_version(ino);
+        Some(FileHandle::opened(self.clone(), map, map_seen))
     }
 
     /// Creates a file (or opens an existing one, as `open(2)` with `O_CREAT` does) and opens
@@ -1142,9 +1149,11 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
                 })
                 .collect();
             inner.void_in_kernel(&files);
+            inner.opens.maps_changed_elsewhere(Some(&files));
             opens::renew_if_held(&Client::from_inner(inner.clone()), &files).await;
         } else {
             inner.fresh.feed_restarted();
+            inner.opens.maps_changed_elsewhere(None);
         }
         at = (reply.epoch, reply.next);
         wait = if reply.more {

@@ -23,7 +23,7 @@ const CLOSE_DEBOUNCE: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 struct State {
-    held: HashMap<Ino, u32>,
+    held: HashMap<Ino, Held>,
     /// Generations of creates under way: their files are claimed at the namenode but not
     /// yet held here, so a renewal must not speak for them.
     creating: Vec<u64>,
@@ -36,6 +36,15 @@ struct State {
     /// Files held by a lease, opened without a claim, that no renewal has named yet: the
     /// namenode does not know they are open here (with the generation of the open).
     unclaimed: HashMap<Ino, u64>,
+}
+
+/// A file held open here.
+#[derive(Default)]
+struct Held {
+    handles: u32,
+    /// Moves at every change of the file's bytes or size known here (see
+    /// [`OpenSet::map_version`]).
+    map_version: u64,
 }
 
 /// A block this client stored and has not committed yet: renewals name it while this lives.
@@ -123,7 +132,7 @@ impl OpenSet {
     /// be started.
     pub fn hold(&self, ino: Ino) -> (OpenClaim, bool) {
         let mut s = self.state();
-        *s.held.entry(ino).or_default() += 1;
+        s.held.entry(ino).or_default().handles += 1;
         s.gen += 1;
         let claim = OpenClaim {
             session: self.session,
@@ -144,16 +153,52 @@ impl OpenSet {
     /// One handle on `ino` fewer; at the last, the namenode hears of it soon.
     pub fn release(&self, ino: Ino) {
         let mut s = self.state();
-        let Some(n) = s.held.get_mut(&ino) else {
+        let Some(held) = s.held.get_mut(&ino) else {
             return;
         };
-        *n -= 1;
-        if *n == 0 {
+        held.handles -= 1;
+        if held.handles == 0 {
             s.held.remove(&ino);
             s.unclaimed.remove(&ino);
             s.gen += 1;
             drop(s);
             self.closed.notify_one();
+        }
+    }
+
+    /// How many times the bytes or size of held file `ino` changed in a way this client
+    /// knows of: through one of its handles (a commit, a truncate), a truncate by path, or
+    /// another client's change the feed told of. A handle whose map is older than the
+    /// version reads by a fresh one, so every handle of a file open here reads what any of
+    /// them wrote and committed (POSIX within one mount), and what others committed once the
+    /// feed tells of it (`tail -f` of a file another machine appends to).
+    pub fn map_version(&self, ino: Ino) -> u64 {
+        self.state().held.get(&ino).map_or(0, |h| h.map_version)
+    }
+
+    /// The map of `ino` changed (see [`OpenSet::map_version`]): its new version, if held.
+    pub fn map_changed(&self, ino: Ino) -> u64 {
+        match self.state().held.get_mut(&ino) {
+            Some(h) => {
+                h.map_version += 1;
+                h.map_version
+            }
+            None => 0,
+        }
+    }
+
+    /// The maps of held files among `changed` (all of them, with `None`) changed elsewhere.
+    pub fn maps_changed_elsewhere(&self, changed: Option<&[Ino]>) {
+        let mut s = self.state();
+        match changed {
+            Some(inos) => {
+                for ino in inos {
+                    if let Some(h) = s.held.get_mut(ino) {
+                        h.map_version += 1;
+                    }
+                }
+            }
+            None => s.held.values_mut().for_each(|h| h.map_version += 1),
         }
     }
 
@@ -301,6 +346,24 @@ mod tests {
         assert!(set.unheard(Some(&[Ino(8)])), "opened after it was built");
         set.release(Ino(8));
         assert!(!set.unheard(None), "closed: nothing to keep");
+    }
+
+    #[test]
+    fn map_versions_move_for_held_files_only() {
+        let set = OpenSet::new(1);
+        assert_eq!(set.map_changed(Ino(4)), 0, "not held: nothing to follow");
+        set.hold(Ino(4));
+        set.hold(Ino(4));
+        assert_eq!(set.map_version(Ino(4)), 0);
+        assert_eq!(set.map_changed(Ino(4)), 1);
+        set.maps_changed_elsewhere(Some(&[Ino(4), Ino(9)]));
+        assert_eq!(set.map_version(Ino(4)), 2);
+        set.maps_changed_elsewhere(None);
+        assert_eq!(set.map_version(Ino(4)), 3);
+        set.release(Ino(4));
+        assert_eq!(set.map_version(Ino(4)), 3, "one handle is still open");
+        set.release(Ino(4));
+        assert_eq!(set.map_version(Ino(4)), 0, "forgotten with the last handle");
     }
 
     #[test]

@@ -1012,6 +1012,8 @@ impl Filesystem for CairnFs {
                     end = end.max(other.lock().await.file.size());
                 }
                 let mut f = file.lock().await;
+                // Past what other handles of this mount committed and closed, too.
+                f.file.refresh().await?;
                 let at = end.max(f.file.size());
                 f.file.write(at, &data).await?;
                 Ok(data.len() as u32)
@@ -1396,6 +1398,7 @@ impl Filesystem for CairnFs {
             async move {
                 let end = offset.checked_add(length).ok_or(FsError::TooLarge)?;
                 let mut f = file.lock().await;
+                f.file.refresh().await?;
                 let size = f.file.size();
                 if zero {
                     let to = if keep_size { end.min(size) } else { end };

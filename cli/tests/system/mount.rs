@@ -480,6 +480,83 @@ async fn a_file_open_here_shows_another_mounts_truncate() {
     .await;
 }
 
+/// Reads `len` bytes of `file` at `offset` as one `pread`, however many it returns.
+fn pread(file: &fs::File, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let n = file.read_at(&mut buf, offset).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_handle_reads_what_other_handles_and_mounts_committed_since() {
+    on_a_cluster_mounted_twice(move |a, b| {
+        use std::os::unix::fs::FileExt;
+        tracing::info!("--- one mount: a write committed through one handle, read through another");
+        fs::write(a.join("f"), b"0123456789").unwrap();
+        let reader = fs::File::open(a.join("f")).unwrap();
+        assert_eq!(pread(&reader, 0, 100), b"0123456789");
+        // Pages the write covers only in part are not kept by the kernel: the reads below
+        // reach the mount, through the reader's handle.
+        let writer = open_rw(&a.join("f"));
+        let bytes = random_bytes(5000, 3);
+        writer.write_all_at(&bytes, 6000).unwrap();
+        writer.sync_all().unwrap();
+        assert_eq!(pread(&reader, 8192, 100), bytes[2192..2292]);
+        assert_eq!(reader.metadata().unwrap().len(), 11_000);
+        tracing::info!("--- ... and a truncate through a third handle");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(a.join("f"))
+            .unwrap()
+            .set_len(7000)
+            .unwrap();
+        assert_eq!(pread(&reader, 6990, 100), bytes[990..1000]);
+        // SQLite's write-ahead log: every connection maps the index file (`-shm`) that
+        // another grew with writes; the page beyond what one connection first saw faulted
+        // in with SIGBUS when its handle read by its old size.
+        tracing::info!("--- a page another handle wrote, mapped");
+        let shm = a.join("shm");
+        let first = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&shm)
+            .unwrap();
+        let second = open_rw(&shm);
+        assert_eq!(pread(&second, 0, 10), b"");
+        first.set_len(3).unwrap();
+        for page in 0..8u64 {
+            first
+                .write_all_at(&[page as u8 + 1], page * 4096 + 4095)
+                .unwrap();
+        }
+        first.sync_all().unwrap();
+        assert_eq!(pread(&second, 5 * 4096 + 4090, 6), [0, 0, 0, 0, 0, 6]);
+
+        tracing::info!(
+            "--- another mount appends and closes: read here through a handle open since"
+        );
+        let log = a.join("log");
+        fs::write(&log, b"first line\n").unwrap();
+        let tail = fs::File::open(&log).unwrap();
+        assert_eq!(pread(&tail, 0, 100), b"first line\n");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(b.join("log"))
+            .unwrap()
+            .write_all(b"second line\n")
+            .unwrap();
+        wait_until("the append shows here", || {
+            tail.metadata().unwrap().len() == 23
+        });
+        assert_eq!(pread(&tail, 11, 100), b"second line\n");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_directory_this_mount_listed_is_followed_until_another_mount_changes_it() {
     on_a_cluster_mounted_twice(move |a, b| {
@@ -683,6 +760,20 @@ async fn real_programs_work_on_the_mount() {
              pragma integrity_check; select count(*) from t;\""
         ));
         assert_eq!(out.lines().collect::<Vec<_>>(), vec!["ok", "2728"]);
+
+        tracing::info!("--- SQLite's write-ahead log, three processes writing at once");
+        sh(&format!(
+            "sqlite3 {mm}/wal.sqlite 'pragma journal_mode=wal; create table t(a integer primary key, b text);'"
+        ));
+        sh(&format!(
+            "pids=; for p in 1 2 3; do (for i in $(seq 1 100); do echo \"insert into t(b) values('$p-$i');\"; \
+             done | sed '1i pragma busy_timeout=20000;' | sqlite3 -bail {mm}/wal.sqlite >/dev/null) & \
+             pids=\"$pids $!\"; done; for pid in $pids; do wait $pid || exit 1; done"
+        ));
+        let out = sh(&format!(
+            "sqlite3 {mm}/wal.sqlite 'pragma integrity_check; select count(*) from t;'"
+        ));
+        assert_eq!(out.lines().collect::<Vec<_>>(), vec!["ok", "300"]);
     })
     .await;
     cluster.stop().await.unwrap();
