@@ -233,6 +233,15 @@ pub fn mount(
     })
 }
 
+/// Is `name` one of the POSIX ACL attributes? Cairn has no ACLs: like a local file system
+/// mounted `noacl`, it answers them `EOPNOTSUPP`, so `cp -a`, `tar --acls` and `rsync -A`
+/// set the mode with `chmod` instead (stored as a plain attribute, the ACL `cp -a` writes
+/// for every file took the place of the mode it copies: the copy came out `0600`).
+fn is_acl(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    name == b"system.posix_acl_access" || name == b"system.posix_acl_default"
+}
+
 fn errno(e: &FsError) -> Errno {
     // What an application sees only as EIO: the log says why.
     if let FsError::Io(_) | FsError::Protocol(_) = e {
@@ -1253,6 +1262,9 @@ impl Filesystem for CairnFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if is_acl(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let mode = if flags & libc::XATTR_CREATE != 0 {
             XattrMode::Create
         } else if flags & libc::XATTR_REPLACE != 0 {
@@ -1268,6 +1280,9 @@ impl Filesystem for CairnFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if is_acl(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         // The kernel asks for `security.capability` before the first write to every file.
         if self.client.fresh_and_bare(Ino(ino.0), TTL) {
             return reply.error(errno(&FsError::NoAttr));
@@ -1286,6 +1301,9 @@ impl Filesystem for CairnFs {
                 let names = client.list_xattr(Ino(ino.0)).await?;
                 let mut out = Vec::new();
                 for n in names {
+                    if is_acl(OsStr::from_bytes(&n)) {
+                        continue;
+                    }
                     out.extend_from_slice(&n);
                     out.push(0);
                 }
@@ -1296,6 +1314,9 @@ impl Filesystem for CairnFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_acl(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let (client, name) = (self.client_for(req), name_of(name));
         self.reply_empty(
             async move { client.remove_xattr(Ino(ino.0), &name).await },

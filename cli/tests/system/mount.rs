@@ -734,6 +734,13 @@ async fn real_programs_work_on_the_mount() {
             );
         }
 
+        tracing::info!("--- cp -a keeps every mode (it writes ACLs, refused, then chmods)");
+        sh(&format!("chmod 0640 {l}/d1/f1 && chmod 0750 {l}/d2"));
+        sh(&format!("cp -a {l} {mm}/cpa"));
+        let modes = |d: &str| sh(&format!("cd {d} && find . -printf '%m %p\\n' | sort"));
+        assert_eq!(modes(&format!("{mm}/cpa")), modes(&l.to_string()));
+        assert!(modes(&l.to_string()).contains("644 ./d0/f0"));
+
         tracing::info!("--- rsync -a, then a second rsync transfers nothing");
         sh(&format!("rsync -a {l}/ {mm}/rs/"));
         let second = sh(&format!("rsync -a --stats {l}/ {mm}/rs/"));
@@ -1835,6 +1842,10 @@ async fn posix_conformance_of_renames_links_nodes_times_and_xattrs() {
         let rc = unsafe { libc::removexattr(x.as_ptr(), n.as_ptr()) };
         assert_eq!(rc_errno(rc), 0);
         assert_eq!(get("user.colour"), Err(libc::ENODATA));
+        // No ACLs, as a local disk mounted `noacl`: the mode is the whole permission.
+        let minimal_acl = b"\x02\0\0\0\x01\0\x06\0\xff\xff\xff\xff\x04\0\x04\0\xff\xff\xff\xff\x20\0\x04\0\xff\xff\xff\xff";
+        assert_eq!(set("system.posix_acl_access", minimal_acl, 0), libc::EOPNOTSUPP);
+        assert_eq!(get("system.posix_acl_access"), Err(libc::EOPNOTSUPP));
 
         tracing::info!("--- statfs, fsync of a file and of a directory");
         let stats = statvfs_of(m);
