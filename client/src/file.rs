@@ -17,6 +17,9 @@ use crate::Client;
 
 /// Slices committed at once while a long write is still going.
 const COMMIT_BATCH: usize = 512;
+/// The short block a flush leaves at the end of what was written is kept up to this size,
+/// and stored again, whole, with the writes that continue it (see [`FileHandle::tail`]).
+const TAIL_MAX: usize = 256 << 10;
 /// How far ahead of a sequential reader blocks are fetched.
 const READ_AHEAD: u64 = 32 << 20;
 /// Chunks asked for per `ReadChunks`.
@@ -30,6 +33,12 @@ pub struct FileHandle {
     /// Bytes written but not yet cut into a block, starting at file offset `buf_start`.
     buf: BytesMut,
     buf_start: u64,
+    /// The short block the last flush stored and committed, with its offset: a write that
+    /// continues it takes it back into `buf`, so that the next block stored holds it too and
+    /// hides it. An appender that flushes often (a log with `fsync` per line) then leaves
+    /// blocks of up to [`TAIL_MAX`], not one per flush: the chunk's list of slices, which
+    /// every commit rewrites, stays short.
+    tail: Option<(u64, Bytes)>,
     /// Blocks being uploaded, in write order (later slices overlay earlier ones).
     uploads: FuturesOrdered<Upload>,
     /// Slices uploaded and awaiting commit, in write order.
@@ -72,6 +81,7 @@ impl FileHandle {
             attr,
             buf: BytesMut::new(),
             buf_start: 0,
+            tail: None,
             uploads: FuturesOrdered::new(),
             done: Vec::new(),
             written_end: 0,
@@ -163,6 +173,15 @@ impl FileHandle {
             .ok_or(FsError::TooLarge)?;
         if data.is_empty() {
             return Ok(());
+        }
+        if let Some((start, tail)) = self.tail.take() {
+            // Not if the file changed since in a way the tail does not hold.
+            if offset == start + tail.len() as u64
+                && self.client.inner.opens.map_version(self.attr.ino) == self.map_seen
+            {
+                self.buf = BytesMut::from(&tail[..]);
+                self.buf_start = start;
+            }
         }
         if !self.buf.is_empty() && offset != self.buf_start + self.buf.len() as u64 {
             self.seal().await?;
@@ -311,11 +330,23 @@ impl FileHandle {
     /// their slices committed.
     pub async fn flush(&mut self) -> FsResult<()> {
         self.check()?;
-        self.seal().await?;
+        let mut tail = None;
+        if !self.buf.is_empty() {
+            let block = self.buf.split().freeze();
+            if block.len() < TAIL_MAX {
+                tail = Some((self.buf_start, block.clone()));
+            }
+            self.dispatch(self.buf_start, block).await?;
+        }
         while !self.uploads.is_empty() {
             self.reap_one().await?;
         }
-        self.commit().await
+        self.commit().await?;
+        // Kept only if this commit is the file's last change known here.
+        if self.client.inner.opens.map_version(self.attr.ino) == self.map_seen {
+            self.tail = tail;
+        }
+        Ok(())
     }
 
     /// [`FileHandle::flush`], and every block of the file this client stored (through any
@@ -351,6 +382,7 @@ impl FileHandle {
     /// writing, opened for writing before, or made so by its own `open`).
     pub async fn truncate(&mut self, size: u64) -> FsResult<()> {
         self.flush().await?;
+        self.tail = None;
         let set = SetAttr {
             size: Some(size),
             ..SetAttr::default()

@@ -448,3 +448,37 @@ async fn a_local_disk_cache_serves_blocks_across_clients_and_drops_rotten_ones()
     assert!(get(&third, attr.ino, 4 << 20).await == data);
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_appender_flushing_every_line_leaves_few_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let attr = put(&client, "log", b"", 1 << 20).await;
+
+    tracing::info!("--- 1,500 lines, each flushed (a log with fsync per line)");
+    let mut f = client.open(attr.ino).await.unwrap();
+    let mut model = Vec::new();
+    for i in 0..1500 {
+        let line = format!("line {i:05} of the log, flushed at once\n");
+        f.write(model.len() as u64, line.as_bytes()).await.unwrap();
+        model.extend_from_slice(line.as_bytes());
+        f.flush().await.unwrap();
+    }
+    // Each flush stored the short block at the end again, whole, and the new slice hid the
+    // last: one slice, not 1,500 for every commit to rewrite.
+    let map = chunk_map(&client, attr.ino).await;
+    assert_eq!(map.chunks.len(), 1);
+    assert_eq!(map.chunks[0].1.len(), 1, "slices of the log's chunk");
+
+    tracing::info!("--- another handle's write inside that end block is not stored over");
+    let mut other = client.open(attr.ino).await.unwrap();
+    other.write(10, b"OTHER").await.unwrap();
+    other.close().await.unwrap();
+    model[10..15].copy_from_slice(b"OTHER");
+    f.write(model.len() as u64, b"last line\n").await.unwrap();
+    model.extend_from_slice(b"last line\n");
+    f.close().await.unwrap();
+    assert!(get(&client, attr.ino, 1 << 20).await == model);
+    cluster.stop().await.unwrap();
+}
