@@ -117,6 +117,14 @@ impl FileHandle {
         self.written_end
     }
 
+    /// The committed size this handle knows, if no change it does not hold came since
+    /// (see [`FileHandle::drop_stale_map`]): its own commits' answers count, which a reply
+    /// put together from attributes fetched before them would miss.
+    pub fn known_size(&self) -> Option<u64> {
+        let current = self.client.inner.opens.map_version(self.attr.ino) == self.map_seen;
+        current.then_some(self.attr.size)
+    }
+
     fn check(&self) -> FsResult<()> {
         match &self.error {
             Some(e) => Err(e.clone()),
@@ -175,9 +183,12 @@ impl FileHandle {
             return Ok(());
         }
         if let Some((start, tail)) = self.tail.take() {
-            // Not if the file changed since in a way the tail does not hold.
+            // Not if the file changed since in a way the tail does not hold, nor while
+            // another handle here could hold writes to its bytes not yet committed.
+            let opens = &self.client.inner.opens;
             if offset == start + tail.len() as u64
-                && self.client.inner.opens.map_version(self.attr.ino) == self.map_seen
+                && opens.map_version(self.attr.ino) == self.map_seen
+                && opens.handles(self.attr.ino) == 1
             {
                 self.buf = BytesMut::from(&tail[..]);
                 self.buf_start = start;

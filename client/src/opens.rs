@@ -176,6 +176,11 @@ impl OpenSet {
         self.state().held.get(&ino).map_or(0, |h| h.map_version)
     }
 
+    /// How many handles on `ino` this client has open.
+    pub fn handles(&self, ino: Ino) -> u32 {
+        self.state().held.get(&ino).map_or(0, |h| h.handles)
+    }
+
     /// The map of `ino` changed (see [`OpenSet::map_version`]): its new version, if held.
     pub fn map_changed(&self, ino: Ino) -> u64 {
         match self.state().held.get_mut(&ino) {
@@ -354,7 +359,7 @@ mod tests {
         assert_eq!(set.map_changed(Ino(4)), 0, "not held: nothing to follow");
         set.hold(Ino(4));
         set.hold(Ino(4));
-        assert_eq!(set.map_version(Ino(4)), 0);
+        assert_eq!((set.map_version(Ino(4)), set.handles(Ino(4))), (0, 2));
         assert_eq!(set.map_changed(Ino(4)), 1);
         set.maps_changed_elsewhere(Some(&[Ino(4), Ino(9)]));
         assert_eq!(set.map_version(Ino(4)), 2);

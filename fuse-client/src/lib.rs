@@ -527,11 +527,14 @@ fn handles_of(files: &FileTable, ino: Ino) -> Vec<Shared<OpenFile>> {
 
 /// `attr` as this mount sees it: writes still buffered in its open handles count for the
 /// size. Every attribute reply goes through here, or the kernel would shrink a file that is
-/// being written back to what the namenode has committed.
+/// being written back to what the namenode has committed. So does what a handle committed
+/// while this waited for it (a read through it flushes it): `attr` may predate that.
 async fn with_pending(mut attr: InodeAttr, files: &FileTable) -> InodeAttr {
     if attr.kind == FileKind::File {
         for f in handles_of(files, attr.ino) {
-            attr.size = attr.size.max(f.lock().await.file.unflushed_end());
+            let f = f.lock().await;
+            let known = f.file.known_size().unwrap_or(0);
+            attr.size = attr.size.max(f.file.unflushed_end()).max(known);
         }
     }
     attr
