@@ -45,6 +45,8 @@ pub struct FileHandle {
     done: Vec<(u32, Slice, Uploaded)>,
     /// End of the furthest byte written and not yet committed.
     written_end: u64,
+    /// When the oldest write not yet committed was made.
+    dirty_since: Option<std::time::Instant>,
     /// A failed upload: every later write, flush and close reports it.
     error: Option<FsError>,
     /// What this handle knows of the file's chunks (close-to-open: valid while open).
@@ -85,6 +87,7 @@ impl FileHandle {
             uploads: FuturesOrdered::new(),
             done: Vec::new(),
             written_end: 0,
+            dirty_since: None,
             error: None,
             map: ChunkCache::default(),
             map_seen,
@@ -166,6 +169,11 @@ impl FileHandle {
         !self.is_dirty() && self.error.is_none()
     }
 
+    /// How long the oldest write not yet committed has waited (`None`: there is none).
+    pub fn dirty_for(&self) -> Option<std::time::Duration> {
+        self.dirty_since.map(|t| t.elapsed())
+    }
+
     /// Are there writes not yet committed?
     pub fn is_dirty(&self) -> bool {
         !self.buf.is_empty() || !self.uploads.is_empty() || !self.done.is_empty()
@@ -182,6 +190,7 @@ impl FileHandle {
         if data.is_empty() {
             return Ok(());
         }
+        self.dirty_since.get_or_insert_with(std::time::Instant::now);
         if let Some((start, tail)) = self.tail.take() {
             // Not if the file changed since in a way the tail does not hold, nor while
             // another handle here could hold writes to its bytes not yet committed.
@@ -327,6 +336,7 @@ impl FileHandle {
                 }
                 if !self.is_dirty() {
                     self.written_end = 0;
+                    self.dirty_since = None;
                 }
                 Ok(())
             }

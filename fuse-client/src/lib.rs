@@ -36,6 +36,10 @@ const MAX_WRITE: u32 = 1 << 20;
 const UNMOUNT_DRAIN: Duration = Duration::from_secs(10);
 /// Block size reported by stat(2): programs size their buffers by it.
 const BLKSIZE: u32 = 1 << 20;
+/// Writes still buffered this long are stored and committed in the background, as a local
+/// file system commits its journal every few seconds: other mounts see them (`tail -f` of
+/// a log a program writes without `fsync`), and a machine that fails loses no more.
+const WRITE_BACK_AFTER: Duration = Duration::from_secs(5);
 
 /// Options of one mount.
 #[derive(Clone, Debug)]
@@ -81,7 +85,8 @@ impl OpenFile {
 
 type Shared<T> = Arc<tokio::sync::Mutex<T>>;
 /// Open files by handle, with their inode and whether they were opened for writing.
-type FileTable = Arc<Mutex<HashMap<u64, (Ino, bool, Shared<OpenFile>)>>>;
+type FileTable = Arc<Files>;
+type Files = Mutex<HashMap<u64, (Ino, bool, Shared<OpenFile>)>>;
 /// Directory snapshots by handle.
 type DirTable = Arc<Mutex<HashMap<u64, DirListing>>>;
 
@@ -224,6 +229,7 @@ pub fn mount(
         let _runtime = follower_rt.enter();
         follower.follow_changes();
     }
+    follower_rt.spawn(write_back(Arc::downgrade(&files)));
     info!(mountpoint = %mountpoint.display(), "mounted");
     Ok(Mount {
         session: Some(session),
@@ -523,6 +529,38 @@ fn handles_of(files: &FileTable, ino: Ino) -> Vec<Shared<OpenFile>> {
         .filter(|(i, _, _)| *i == ino)
         .map(|(_, _, f)| f.clone())
         .collect()
+}
+
+/// Flushes, every second until the mount ends, the handles holding writes older than
+/// [`WRITE_BACK_AFTER`]. A handle in use is left for the next round; a failure stays with
+/// the handle and reaches the program at its next write, `fsync` or `close`.
+async fn write_back(files: std::sync::Weak<Files>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(files) = files.upgrade() else {
+            return;
+        };
+        let writable: Vec<Shared<OpenFile>> = files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|(_, writable, _)| *writable)
+            .map(|(_, _, f)| f.clone())
+            .collect();
+        drop(files);
+        for f in writable {
+            let Ok(mut f) = f.try_lock() else {
+                continue;
+            };
+            if f.file.dirty_for().is_some_and(|d| d >= WRITE_BACK_AFTER) {
+                if let Err(e) = f.file.flush().await {
+                    tracing::debug!(ino = %f.file.attr().ino, "write-back failed: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// `attr` as this mount sees it: writes still buffered in its open handles count for the

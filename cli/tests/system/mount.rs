@@ -558,6 +558,37 @@ async fn an_open_handle_reads_what_other_handles_and_mounts_committed_since() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_left_buffered_are_stored_within_seconds_and_seen_elsewhere() {
+    on_a_cluster_mounted_twice(move |a, b| {
+        let mut log = fs::File::create(a.join("log")).unwrap();
+        let written = std::time::Instant::now();
+        log.write_all(b"one\n").unwrap();
+        let tail = fs::File::open(b.join("log")).unwrap();
+        let seen = pread(&tail, 0, 100);
+        assert!(seen.is_empty() || written.elapsed() >= Duration::from_secs(5));
+        // Neither closed nor synced: stored by the write-back after 5 s.
+        let started = std::time::Instant::now();
+        while pread(&tail, 0, 100) != b"one\n" {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the other mount never saw the write"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The write-back waits 5 s from the write: what showed sooner came another way.
+        assert!(
+            written.elapsed() >= Duration::from_secs(5),
+            "seen {:?} after the write",
+            written.elapsed()
+        );
+        log.write_all(b"two\n").unwrap();
+        drop(log);
+        assert_eq!(fs::read(b.join("log")).unwrap(), b"one\ntwo\n");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_directory_this_mount_listed_is_followed_until_another_mount_changes_it() {
     on_a_cluster_mounted_twice(move |a, b| {
         let within_ttl = || std::thread::sleep(Duration::from_millis(1100));
