@@ -19,7 +19,7 @@ use crate::Client;
 const COMMIT_BATCH: usize = 512;
 /// The short block a flush leaves at the end of what was written is kept up to this size,
 /// and stored again, whole, with the writes that continue it (see [`FileHandle::tail`]).
-const TAIL_MAX: usize = 256 << 10;
+const TAIL_MAX: usize = 64 << 10;
 /// How far ahead of a sequential reader blocks are fetched.
 const READ_AHEAD: u64 = 32 << 20;
 /// Chunks asked for per `ReadChunks`.
