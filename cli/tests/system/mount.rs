@@ -369,6 +369,16 @@ fn open_rw(path: &Path) -> fs::File {
         .unwrap()
 }
 
+/// Sets `path`'s size with `ftruncate` through a handle of its own, opened for it.
+fn truncate_through_a_handle(path: &Path, size: u64) {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+}
+
 /// `file`, open, is still written and read back after `unlink` removed its last name.
 fn outlives_its_unlink(mut file: fs::File, unlink: impl FnOnce()) {
     unlink();
@@ -458,12 +468,7 @@ async fn a_file_open_here_shows_another_mounts_truncate() {
             .write(true)
             .open(a.join("t"))
             .unwrap();
-        fs::OpenOptions::new()
-            .write(true)
-            .open(b.join("t"))
-            .unwrap()
-            .set_len(10)
-            .unwrap();
+        truncate_through_a_handle(&b.join("t"), 10);
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(
             fs::metadata(a.join("t")).unwrap().len(),
@@ -506,12 +511,7 @@ async fn an_open_handle_reads_what_other_handles_and_mounts_committed_since() {
         assert_eq!(pread(&reader, 8192, 100), bytes[2192..2292]);
         assert_eq!(reader.metadata().unwrap().len(), 11_000);
         tracing::info!("--- ... and a truncate through a third handle");
-        fs::OpenOptions::new()
-            .write(true)
-            .open(a.join("f"))
-            .unwrap()
-            .set_len(7000)
-            .unwrap();
+        truncate_through_a_handle(&a.join("f"), 7000);
         assert_eq!(pread(&reader, 6990, 100), bytes[990..1000]);
         // SQLite's write-ahead log: every connection maps the index file (`-shm`) that
         // another grew with writes; the page beyond what one connection first saw faulted
