@@ -51,8 +51,11 @@ echo "--- put, ls, get from the dev directory"
     "$CAIRN" fs ls /smoke | grep -q "/smoke/input"
     "$CAIRN" fs ls --json /smoke/dir | grep -q '"path": "/smoke/dir/small"'
     "$CAIRN" fs get /smoke/input "$WORK/output"
+    "$CAIRN" fs cp /smoke/input /smoke/dir/
+    "$CAIRN" fs get /smoke/dir/input "$WORK/copied"
 )
 cmp "$WORK/input" "$WORK/output"
+cmp "$WORK/input" "$WORK/copied"
 
 echo "--- from anywhere with CAIRN_CONFIG"
 export CAIRN_CONFIG="$DEV/cairn-client.toml"

@@ -69,6 +69,15 @@ enum FsCommand {
     },
     /// Move or rename.
     Mv { from: String, to: String },
+    /// Copy a file within the cluster, by reference: the copy names the blocks the
+    /// source's bytes are in, so nothing is read or stored again.
+    Cp {
+        /// Replace the target if it exists.
+        #[arg(short, long)]
+        force: bool,
+        from: String,
+        to: String,
+    },
     /// Show a file's attributes and where its blocks are.
     Stat { path: String },
     /// Space used by each entry of a directory (or its total with -s).
@@ -125,6 +134,7 @@ pub async fn run(args: FsArgs) -> anyhow::Result<ExitCode> {
         FsCommand::Cat { path } => get(&client, &path, Path::new("-"), false).await?,
         FsCommand::Rm { recursive, path } => rm(&client, &path, recursive).await?,
         FsCommand::Mv { from, to } => mv(&client, &from, &to).await?,
+        FsCommand::Cp { force, from, to } => cp(&client, &from, &to, force, json).await?,
         FsCommand::Stat { path } => stat(&client, &path, json).await?,
         FsCommand::Du { summary, path } => du(&client, &path, summary, json).await?,
         FsCommand::Df => df(&client, json).await?,
@@ -516,6 +526,58 @@ async fn mv(client: &Client, from: &str, to: &str) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| anyhow!("{from} -> {to}: {e}"))
+}
+
+async fn cp(client: &Client, from: &str, to: &str, force: bool, json: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let src = client.resolve(from).await.map_err(at(from))?;
+    if src.kind != FileKind::File {
+        bail!("{from}: not a regular file");
+    }
+    // Onto an existing directory: into it, under the source's name, as cp(1) does.
+    let to = match client.resolve(to).await {
+        Ok(a) if a.kind == FileKind::Dir => join(to, from.rsplit('/').next().unwrap_or(from)),
+        _ => to.to_string(),
+    };
+    // Checked before the target is opened: `-f` truncates it.
+    if matches!(client.resolve(&to).await, Ok(a) if a.ino == src.ino) {
+        bail!("{from} and {to} are the same file");
+    }
+    let (dir, name) = client.resolve_parent(&to).await.map_err(at(&to))?;
+    let (created, file) = client
+        .create_open(cairn_client::NewFile {
+            parent: dir.ino,
+            name: name.as_bytes(),
+            perm: src.perm,
+            exclusive: !force,
+            truncate: force,
+            owner: Owner::current(),
+        })
+        .await
+        .map_err(at(&to))?;
+    let dst = created.attr.ino;
+    let mut copied = 0;
+    loop {
+        let n = client
+            .copy_range(src.ino, copied, dst, copied, u64::MAX)
+            .await
+            .map_err(|e| anyhow!("{from} -> {to}: {e}"))?
+            .len;
+        if n == 0 {
+            break;
+        }
+        copied += n;
+    }
+    file.close().await.map_err(at(&to))?;
+    if json {
+        let t = Transfer {
+            path: to,
+            bytes: copied,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        println!("{}", serde_json::to_string(&t)?);
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]

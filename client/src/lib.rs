@@ -126,6 +126,12 @@ impl AttrAnswer for InodeAttr {
     }
 }
 
+impl AttrAnswer for proto::Copied {
+    fn attr(&self) -> Option<&InodeAttr> {
+        Some(&self.attr)
+    }
+}
+
 impl AttrAnswer for proto::ChunkMap {
     fn attr(&self) -> Option<&InodeAttr> {
         Some(&self.attr)
@@ -607,6 +613,37 @@ impl Client {
         fresh.map_changed(ino, ask, None);
         if sized {
             self.inner.opens.map_changed(ino);
+        }
+        res
+    }
+
+    /// Copies `len` bytes of file `src` at `src_off` over file `dst` at `dst_off` by
+    /// reference (see [`proto::CopyRange`]): no byte is read or stored. Copies what the
+    /// namenode has: writes still buffered in handles of either file are flushed first by
+    /// the caller. Answers `dst`'s attributes and the bytes copied, fewer than `len` at
+    /// `src`'s end and at most [`proto::COPY_MAX`].
+    pub async fn copy_range(
+        &self,
+        src: Ino,
+        src_off: u64,
+        dst: Ino,
+        dst_off: u64,
+        len: u64,
+    ) -> FsResult<proto::Copied> {
+        let fresh = &self.inner.fresh;
+        let ask = fresh.map_changing(dst);
+        let req = proto::CopyRange {
+            src,
+            src_off,
+            dst,
+            dst_off,
+            len,
+        };
+        let res = self.change_attrs(dst, req).await;
+        fresh.map_changed(dst, ask, None);
+        if res.is_ok() {
+            // Handles of `dst` read by a fresh map from now on.
+            self.inner.opens.map_changed(dst);
         }
         res
     }

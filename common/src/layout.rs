@@ -158,6 +158,53 @@ pub fn compact(slices: Vec<Slice>, limit: u64) -> (Vec<Slice>, Vec<BlockId>) {
     (out, dropped)
 }
 
+/// A chunk's slices with a range cut out of them: see [`punch`].
+#[derive(Debug, Default)]
+pub struct Punched {
+    /// The slices, oldest first.
+    pub slices: Vec<Slice>,
+    /// One entry per new reference: a slice cut in two keeps its reference in one part and
+    /// takes another for the other.
+    pub added: Vec<BlockId>,
+    /// One entry per reference dropped: slices wholly inside the range.
+    pub dropped: Vec<BlockId>,
+}
+
+/// Cuts `[start, end)` out of every slice of a chunk, so that the range reads as a hole
+/// (slices cannot say "zeros": a hole is where no slice is). Everything else reads as before.
+pub fn punch(slices: Vec<Slice>, start: u64, end: u64) -> Punched {
+    let mut out = Punched {
+        slices: Vec::with_capacity(slices.len() + 1),
+        ..Punched::default()
+    };
+    for s in slices {
+        let (s_start, s_end) = (s.pos as u64, s.end());
+        if s_end <= start || end <= s_start {
+            out.slices.push(s);
+            continue;
+        }
+        let before = (s_start < start).then(|| Slice {
+            len: (start - s_start) as u32,
+            ..s
+        });
+        let after = (end < s_end).then(|| Slice {
+            pos: end as u32,
+            len: (s_end - end) as u32,
+            block_off: s.block_off + (end - s_start) as u32,
+            ..s
+        });
+        match (before, after) {
+            (None, None) => out.dropped.push(s.block),
+            (Some(one), None) | (None, Some(one)) => out.slices.push(one),
+            (Some(before), Some(after)) => {
+                out.slices.extend([before, after]);
+                out.added.push(s.block);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +287,30 @@ mod tests {
         assert_eq!(dropped, vec![BlockId([3; 32])]);
         assert!(kept.iter().all(|s| s.end() <= 40));
     }
+
+    #[test]
+    fn punch_splits_drops_and_keeps_block_offsets() {
+        let slices = vec![slice(0, 100, 1), slice(120, 10, 2), slice(200, 50, 3)];
+        let p = punch(slices, 40, 210);
+        assert_eq!(p.added, vec![]);
+        assert_eq!(p.dropped, vec![BlockId([2; 32])]);
+        assert_eq!(
+            p.slices[0],
+            Slice {
+                len: 40,
+                ..slice(0, 100, 1)
+            }
+        );
+        assert_eq!((p.slices[1].pos, p.slices[1].len), (210, 40));
+        assert_eq!(p.slices[1].block_off, 10);
+        let p = punch(vec![slice(0, 100, 1)], 10, 20);
+        assert_eq!(p.added, vec![BlockId([1; 32])]);
+        assert_eq!(
+            paint(&p.slices, 100)[5..25],
+            [&[1; 5][..], &[0; 10], &[1; 5]].concat()
+        );
+        assert!(p.slices.iter().all(Slice::is_valid));
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +338,16 @@ mod properties {
             .map_or(0, |s| s.block.0[0])
     }
 
+    /// Where byte `i` of the chunk is read from: the newest slice covering it (its block's
+    /// tag and the offset in the block), or nothing (a hole).
+    fn source_at(slices: &[Slice], i: u64) -> Option<(u8, u64)> {
+        slices
+            .iter()
+            .rev()
+            .find(|s| (s.pos as u64) <= i && i < s.end())
+            .map(|s| (s.block.0[0], s.block_off as u64 + i - s.pos as u64))
+    }
+
     proptest! {
         #[test]
         fn resolve_matches_brute_force(
@@ -289,6 +370,24 @@ mod properties {
                 at += seg_len;
             }
             prop_assert_eq!(at, end);
+        }
+
+        #[test]
+        fn punch_makes_a_hole_and_keeps_every_other_byte(
+            slices in proptest::collection::vec(arb_slice(), 0..12),
+            start in 0u64..2600,
+            len in 0u64..600,
+        ) {
+            let end = start + len;
+            let p = punch(slices.clone(), start, end);
+            prop_assert_eq!(
+                p.slices.len(),
+                slices.len() + p.added.len() - p.dropped.len()
+            );
+            for i in 0..2600u64 {
+                let want = if (start..end).contains(&i) { None } else { source_at(&slices, i) };
+                prop_assert_eq!(source_at(&p.slices, i), want, "byte {}", i);
+            }
         }
 
         #[test]

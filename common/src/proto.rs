@@ -64,6 +64,7 @@ service! {
         ReadChunks(ReadChunks) -> ChunkMap,
         AllocateBlock(AllocateBlock) -> Placement,
         CommitSlices(CommitSlices) -> ChunkMap,
+        CopyRange(CopyRange) -> Copied,
         ReportBadReplica(ReportBadReplica) -> (),
         ListDatanodes(ListDatanodes) -> Vec<DatanodeStatus>,
         GetLock(GetLock) -> Option<LockRange>,
@@ -588,6 +589,29 @@ pub struct CommitSlices {
     pub slices: Vec<(u32, Slice)>,
     pub size: u64,
     pub mtime: Timestamp,
+}
+
+/// Copies `len` bytes of file `src` at `src_off` over file `dst` at `dst_off` by reference:
+/// `dst`'s new slices name the blocks `src`'s bytes are stored in, so no byte is read or
+/// stored again, and holes stay holes. At most [`COPY_MAX`] bytes per call, and none past
+/// `src`'s end; the answer says how many.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyRange {
+    pub src: Ino,
+    pub src_off: u64,
+    pub dst: Ino,
+    pub dst_off: u64,
+    pub len: u64,
+}
+
+/// The most one [`CopyRange`] copies: 16 chunks. Callers loop, as they do over short writes.
+pub const COPY_MAX: u64 = 1 << 30;
+
+/// What a [`CopyRange`] did: `dst`'s attributes after it, and the bytes copied.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Copied {
+    pub attr: InodeAttr,
+    pub len: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -598,11 +598,12 @@ fn answered(kind: &MetaOpKind, reply: Option<&MetaReply>) -> Vec<Ino> {
         MetaOpKind::RemoveXattr(r) => vec![r.ino],
         MetaOpKind::SetReplication(r) => vec![r.ino],
         MetaOpKind::CommitSlices(r) => vec![r.ino],
+        MetaOpKind::CopyRange(r) => vec![r.dst],
         MetaOpKind::Accessed(r) => vec![r.ino],
         _ => Vec::new(),
     };
     match reply {
-        Some(MetaReply::Attr(a)) => inos.push(a.ino),
+        Some(MetaReply::Attr(a)) | Some(MetaReply::Copied { attr: a, .. }) => inos.push(a.ino),
         Some(MetaReply::Created(c)) => inos.push(c.attr.ino),
         // The remover is told what the name named and the trash directory a file went to,
         // and forgets them: hearing of them again would only wake it.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
-    AllocateBlock, Changed, ChangedDir, ChunkMap, CreateReply, DatanodeCommand, FsStats,
+    AllocateBlock, Changed, ChangedDir, ChunkMap, Copied, CreateReply, DatanodeCommand, FsStats,
     HeartbeatReply, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply, Removed, Renamed,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
@@ -149,7 +149,7 @@ impl Namenode {
         kind: MetaOpKind,
     ) -> FsResult<cairn_common::attr::InodeAttr> {
         match self.mutate(who, kind).await? {
-            MetaReply::Attr(a) => Ok(a),
+            MetaReply::Attr(a) | MetaReply::Copied { attr: a, .. } => Ok(a),
             MetaReply::Created(c) => Ok(c.attr),
             MetaReply::Removed { .. } | MetaReply::Renamed { .. } | MetaReply::Done => {
                 Err(FsError::protocol("operation returned no attributes"))
@@ -444,6 +444,14 @@ impl Service for Namenode {
                         _ => ChunkMap::attributes_only(attr),
                     }
                 });
+                ex.respond(&res).await
+            }
+            R::CopyRange(r) => {
+                let res = match self.mutate(&who, MetaOpKind::CopyRange(r)).await {
+                    Ok(MetaReply::Copied { attr, len }) => Ok(Copied { attr, len }),
+                    Ok(_) => Err(FsError::protocol("copy returned no count")),
+                    Err(e) => Err(e),
+                };
                 ex.respond(&res).await
             }
             R::ReportBadReplica(r) => {

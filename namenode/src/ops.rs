@@ -7,10 +7,10 @@ use cairn_common::attr::{
     check_name, Caller, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp, SYMLINK_MAX,
     XATTR_NAME_MAX, XATTR_VALUE_MAX,
 };
-use cairn_common::layout::{self, Slice, CHUNK_SIZE, MAX_FILE_SIZE};
+use cairn_common::layout::{self, Segment, Slice, CHUNK_SIZE, MAX_FILE_SIZE};
 use cairn_common::proto::{
-    Accessed, CommitSlices, Create, CreateReply, Link, Mkdir, Mknod, RemoveXattr, Rename,
-    RenameMode, Rmdir, SetReplication, SetXattr, Symlink, Unlink, XattrMode,
+    Accessed, CommitSlices, CopyRange, Create, CreateReply, Link, Mkdir, Mknod, RemoveXattr,
+    Rename, RenameMode, Rmdir, SetReplication, SetXattr, Symlink, Unlink, XattrMode,
 };
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,7 @@ pub enum MetaOpKind {
     RemoveXattr(RemoveXattr),
     SetReplication(SetReplication),
     CommitSlices(CommitSlices),
+    CopyRange(CopyRange),
     Accessed(Accessed),
     /// Frees those of `inos` that are orphans (files whose last name is gone) once nobody has
     /// them open. The engine decides when; it does nothing to a file that is not an orphan.
@@ -118,6 +119,11 @@ pub enum MetaReply {
         moved: Ino,
         replaced: Option<Ino>,
         trash: Option<Moved>,
+    },
+    /// A copy by reference: the target's attributes after it, and the bytes copied.
+    Copied {
+        attr: InodeAttr,
+        len: u64,
     },
     Done,
 }
@@ -243,6 +249,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             Ok(MetaReply::Attr(rec.attr))
         }
         MetaOpKind::CommitSlices(c) => commit_slices(txn, c, now),
+        MetaOpKind::CopyRange(c) => copy_range(txn, c, now),
         MetaOpKind::Purge { inos } => {
             for ino in inos {
                 purge(txn, *ino)?;
@@ -966,6 +973,127 @@ fn commit_slices(txn: &mut Txn<'_>, c: &CommitSlices, now: Timestamp) -> FsResul
     rec.attr.ctime = now;
     txn.put_inode(&rec);
     Ok(MetaReply::Attr(rec.attr))
+}
+
+/// Copies a range of one file over another by reference (see [`CopyRange`]). Like a commit,
+/// it trusts the handles the client opened the files with: the permissions were checked
+/// when they were opened.
+fn copy_range(txn: &mut Txn<'_>, c: &CopyRange, now: Timestamp) -> FsResult<MetaReply> {
+    let src = load_file(txn, c.src)?;
+    let mut dst = load_file(txn, c.dst)?;
+    let len = c
+        .len
+        .min(cairn_common::proto::COPY_MAX)
+        .min(src.attr.size.saturating_sub(c.src_off));
+    if len == 0 {
+        return Ok(MetaReply::Copied {
+            attr: dst.attr,
+            len,
+        });
+    }
+    let dst_end = c
+        .dst_off
+        .checked_add(len)
+        .filter(|end| *end <= MAX_FILE_SIZE)
+        .ok_or(FsError::TooLarge)?;
+    if c.src == c.dst && c.src_off < dst_end && c.dst_off < c.src_off + len {
+        return Err(FsError::invalid(
+            "source and target ranges of one file overlap",
+        ));
+    }
+    // What the source's bytes are, read before the target changes (it may be the same file):
+    // (target offset, length, block, offset in the block, block length).
+    let mut pieces = Vec::new();
+    for (index, from, to) in chunk_spans(c.src_off, c.src_off + len) {
+        let base = index as u64 * CHUNK_SIZE;
+        for seg in layout::resolve(&txn.chunk(c.src, index)?, from, to) {
+            if let Segment::Data {
+                pos,
+                len,
+                block,
+                block_off,
+                block_len,
+            } = seg
+            {
+                let at = c.dst_off + (base + pos - c.src_off);
+                pieces.push((at, len, block, block_off, block_len));
+            }
+        }
+    }
+    // The target range becomes a hole, then the source's data is laid over it.
+    let mut chunks = std::collections::BTreeMap::new();
+    for (index, from, to) in chunk_spans(c.dst_off, dst_end) {
+        let punched = layout::punch(txn.chunk(c.dst, index)?, from, to);
+        for block in &punched.added {
+            add_ref(txn, block, dst.attr.replication)?;
+        }
+        for block in &punched.dropped {
+            unref_block(txn, block)?;
+        }
+        chunks.insert(index, punched.slices);
+    }
+    for (at, len, block, block_off, block_len) in pieces {
+        for (index, from, to) in chunk_spans(at, at + len) {
+            let slice = Slice {
+                pos: from as u32,
+                len: (to - from) as u32,
+                block,
+                block_off: (block_off + (index as u64 * CHUNK_SIZE + from - at)) as u32,
+                block_len,
+            };
+            add_ref(txn, &block, dst.attr.replication)?;
+            chunks.entry(index).or_default().push(slice);
+        }
+    }
+    for (index, slices) in chunks {
+        txn.put_chunk(c.dst, index, &slices);
+    }
+    dst.attr.size = dst.attr.size.max(dst_end);
+    dst.attr.mtime = now;
+    dst.attr.ctime = now;
+    txn.put_inode(&dst);
+    Ok(MetaReply::Copied {
+        attr: dst.attr,
+        len,
+    })
+}
+
+/// The chunks `[start, end)` of a file spans: (chunk index, start and end inside it).
+fn chunk_spans(start: u64, end: u64) -> impl Iterator<Item = (u32, u64, u64)> {
+    let mut at = start;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let index = at / CHUNK_SIZE;
+        let base = index * CHUNK_SIZE;
+        let to = end.min(base + CHUNK_SIZE);
+        let span = (index as u32, at - base, to - base);
+        at = to;
+        Some(span)
+    })
+}
+
+/// A regular file's record.
+fn load_file(txn: &Txn<'_>, ino: Ino) -> FsResult<InodeRecord> {
+    let rec = load(txn, ino)?;
+    match rec.attr.kind {
+        FileKind::File => Ok(rec),
+        FileKind::Dir => Err(FsError::IsDir),
+        _ => Err(FsError::invalid("only regular files hold data")),
+    }
+}
+
+/// One more reference to a block the namespace knows (one a file's slice names), which
+/// is then kept at least at `replication`.
+fn add_ref(txn: &mut Txn<'_>, id: &BlockId, replication: u8) -> FsResult<()> {
+    let mut rec = txn
+        .block(id)?
+        .ok_or_else(|| FsError::io(format!("block {id} is named by a file but not recorded")))?;
+    rec.refs += 1;
+    rec.replication = rec.replication.max(replication);
+    txn.put_block(id, &rec);
+    Ok(())
 }
 
 /// user.* attributes follow the file's write permission; the other namespaces

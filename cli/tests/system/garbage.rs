@@ -251,6 +251,66 @@ async fn garbage_goes_after_its_grace_and_live_blocks_never_do() {
     cluster.stop().await.unwrap();
 }
 
+/// A copy by reference (`copy_file_range`) holds the blocks it names: they outlive the
+/// source past the grace period, and go once the last copy does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copied_blocks_live_as_long_as_a_copy_names_them() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 3);
+    opts.gc_grace_ms = GRACE.as_millis() as u64;
+    let cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(2 * MAX_BLOCK_SIZE as usize + 1000, 210);
+    let orig = put(&client, "orig", &data, 1 << 20).await;
+    let blocks = blocks_of(&data);
+    let whole = put(&client, "whole", &[], 1).await.ino;
+    let part = put(&client, "part", &[], 1).await.ino;
+    let copied = client
+        .copy_range(orig.ino, 0, whole, 0, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!((copied.len, copied.attr.size), (orig.size, orig.size));
+    // Unaligned at both ends: its slices start and end inside the blocks.
+    let copied = client
+        .copy_range(orig.ino, 1000, part, 5, 5 << 20)
+        .await
+        .unwrap();
+    assert_eq!((copied.len, copied.attr.size), (5 << 20, 5 + (5 << 20)));
+    let part_data = [&[0u8; 5][..], &data[1000..1000 + (5 << 20)]].concat();
+    assert_eq!(file_blocks(&client, part).await.len(), 2);
+
+    tracing::info!("--- the source removed: its blocks stay past the grace period");
+    client.unlink(Ino::ROOT, b"orig").await.unwrap();
+    tokio::time::sleep(GRACE + Duration::from_secs(5)).await;
+    assert!(
+        everywhere(&blocks, 3)(&cluster),
+        "copied blocks were collected"
+    );
+    assert!(get(&client, whole, 3 << 20).await == data);
+    assert!(get(&client, part, 3 << 20).await == part_data);
+
+    tracing::info!("--- the copies removed: the blocks go");
+    client.unlink(Ino::ROOT, b"whole").await.unwrap();
+    tokio::time::sleep(GRACE + Duration::from_secs(5)).await;
+    assert!(
+        everywhere(&blocks[..2], 3)(&cluster),
+        "blocks still named by a copy were collected"
+    );
+    assert!(get(&client, part, 3 << 20).await == part_data);
+    client.unlink(Ino::ROOT, b"part").await.unwrap();
+    wait_for_disks(
+        &cluster,
+        "last copy's blocks collected",
+        GRACE * 6,
+        nowhere(&blocks),
+    )
+    .await;
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    cluster.stop().await.unwrap();
+}
+
 /// The namenode comes back on an empty metadata directory (a disk that did not mount, a
 /// wrong path): it formats a new namespace, and the datanodes, which hold the blocks of the
 /// old one, refuse to join it, so it never takes their blocks for garbage. Back on its own

@@ -557,6 +557,113 @@ async fn an_open_handle_reads_what_other_handles_and_mounts_committed_since() {
     .await;
 }
 
+/// copy_file_range(2) from `from` at `from_off` to `to` at `to_off`: the bytes copied.
+fn copy_range(
+    from: &fs::File,
+    from_off: u64,
+    to: &fs::File,
+    to_off: u64,
+    len: usize,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let (mut from_off, mut to_off) = (from_off as i64, to_off as i64);
+    // SAFETY: both descriptors are open for the call; the offsets are locals it may move.
+    let n = unsafe {
+        libc::copy_file_range(
+            from.as_raw_fd(),
+            &mut from_off,
+            to.as_raw_fd(),
+            &mut to_off,
+            len,
+            0,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `cp` and copy_file_range(2) copy by reference: new slices name the source's blocks, so
+/// nothing is stored, and what reads back is what a copy of the bytes would give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_share_blocks_and_read_as_the_bytes_copied() {
+    use cairn_common::proto::{AllocateBlock, CopyRange};
+    use std::os::unix::fs::FileExt;
+    on_two_mounts_one_counting(move |client, a, b| {
+        tracing::info!("--- cp of a file with a hole, its data across a chunk boundary");
+        const MIB: usize = 1 << 20;
+        let src = a.join("src");
+        let mut want = vec![0u8; 66 * MIB];
+        want[..9 * MIB].copy_from_slice(&random_bytes(9 * MIB, 40));
+        want[63 * MIB..].copy_from_slice(&random_bytes(3 * MIB, 41));
+        {
+            let f = fs::File::create(&src).unwrap();
+            f.write_all_at(&want[..9 * MIB], 0).unwrap();
+            f.write_all_at(&want[63 * MIB..], 63 * MIB as u64).unwrap();
+        }
+        let (stored, copies) = (client.sent::<AllocateBlock>(), client.sent::<CopyRange>());
+        sh(&format!("cp {} {}", src.display(), a.join("dst").display()));
+        assert!(
+            client.sent::<CopyRange>() > copies,
+            "cp copied by copy_file_range"
+        );
+        assert_eq!(
+            client.sent::<AllocateBlock>(),
+            stored,
+            "a copy stores nothing"
+        );
+        assert!(fs::read(a.join("dst")).unwrap() == want);
+        assert!(
+            fs::read(b.join("dst")).unwrap() == want,
+            "read whole on another mount"
+        );
+
+        tracing::info!("--- a range with a hole in it, over a file with data, unaligned");
+        let target = a.join("target");
+        let mut expect = random_bytes(12 * MIB, 42);
+        fs::write(&target, &expect).unwrap();
+        let (s, t) = (fs::File::open(&src).unwrap(), open_rw(&target));
+        assert_eq!(
+            copy_range(&s, 8 * MIB as u64, &t, 777, 3 * MIB).unwrap(),
+            3 * MIB
+        );
+        expect[777..777 + 3 * MIB].copy_from_slice(&want[8 * MIB..11 * MIB]);
+        assert!(fs::read(&target).unwrap() == expect);
+
+        tracing::info!("--- from the source's end: short, then nothing");
+        let end = want.len() as u64;
+        assert_eq!(copy_range(&s, end - 10, &t, 0, 100).unwrap(), 10);
+        assert_eq!(copy_range(&s, end, &t, 0, 100).unwrap(), 0);
+        expect[..10].copy_from_slice(&want[want.len() - 10..]);
+
+        tracing::info!("--- within one file: apart, past its end; overlapping is EINVAL");
+        assert_eq!(copy_range(&t, 0, &t, 20 * MIB as u64, 1000).unwrap(), 1000);
+        expect.resize(20 * MIB, 0);
+        expect.extend_from_within(..1000);
+        assert_eq!(errno_of(copy_range(&t, 0, &t, 500, 1000)), libc::EINVAL);
+        assert!(fs::read(&target).unwrap() == expect);
+        assert!(fs::read(b.join("target")).unwrap() == expect);
+
+        tracing::info!("--- writes still buffered in the source's handle are copied");
+        let held = fs::File::create(a.join("held")).unwrap();
+        held.write_all_at(b"not yet flushed", 0).unwrap();
+        let out = fs::File::create(a.join("held-copy")).unwrap();
+        assert_eq!(
+            copy_range(&fs::File::open(a.join("held")).unwrap(), 0, &out, 0, 100).unwrap(),
+            15
+        );
+        assert_eq!(fs::read(a.join("held-copy")).unwrap(), b"not yet flushed");
+        drop(held);
+
+        tracing::info!("--- the source removed: the copies read on");
+        fs::remove_file(&src).unwrap();
+        assert!(fs::read(b.join("dst")).unwrap() == want);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_left_buffered_are_stored_within_seconds_and_seen_elsewhere() {
     on_a_cluster_mounted_twice(move |a, b| {
