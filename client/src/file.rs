@@ -383,21 +383,6 @@ impl FileHandle {
         self.flush().await
     }
 
-    /// Makes `[offset, offset + len)` read as zeros, as written zeros: blocks of zeros share
-    /// one id, so they cost their hashing and one stored block.
-    pub async fn write_zeros(&mut self, offset: u64, len: u64) -> FsResult<()> {
-        const PIECE: u64 = 1 << 20;
-        let zeros = vec![0u8; PIECE.min(len) as usize];
-        let end = offset.checked_add(len).ok_or(FsError::TooLarge)?;
-        let mut at = offset;
-        while at < end {
-            let n = PIECE.min(end - at);
-            self.write(at, &zeros[..n as usize]).await?;
-            at += n;
-        }
-        Ok(())
-    }
-
     /// Sets the file's size; bytes past a new, larger size read as zeros. The handle is the
     /// right to do so, as an open file's is (`ftruncate` of a file whose mode forbids
     /// writing, opened for writing before, or made so by its own `open`).

@@ -617,6 +617,40 @@ impl Client {
         res
     }
 
+    /// Makes `len` bytes of file `ino` at `offset` a hole (see [`proto::Punch`]). Writes
+    /// still buffered in handles of the file are flushed first by the caller.
+    pub async fn punch(
+        &self,
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> FsResult<InodeAttr> {
+        let req = proto::Punch {
+            ino,
+            offset,
+            len,
+            keep_size,
+        };
+        self.change_map(ino, req).await
+    }
+
+    /// Sends a change of `ino`'s map: the handles of it here read by a fresh one after.
+    async fn change_map<R>(&self, ino: Ino, req: R) -> FsResult<R::Response>
+    where
+        R: Rpc<Service = proto::NamenodeRequest>,
+        R::Response: AttrAnswer,
+    {
+        let fresh = &self.inner.fresh;
+        let ask = fresh.map_changing(ino);
+        let res = self.change_attrs(ino, req).await;
+        fresh.map_changed(ino, ask, None);
+        if res.is_ok() {
+            self.inner.opens.map_changed(ino);
+        }
+        res
+    }
+
     /// Copies `len` bytes of file `src` at `src_off` over file `dst` at `dst_off` by
     /// reference (see [`proto::CopyRange`]): no byte is read or stored. Copies what the
     /// namenode has: writes still buffered in handles of either file are flushed first by
@@ -630,8 +664,6 @@ impl Client {
         dst_off: u64,
         len: u64,
     ) -> FsResult<proto::Copied> {
-        let fresh = &self.inner.fresh;
-        let ask = fresh.map_changing(dst);
         let req = proto::CopyRange {
             src,
             src_off,
@@ -639,13 +671,7 @@ impl Client {
             dst_off,
             len,
         };
-        let res = self.change_attrs(dst, req).await;
-        fresh.map_changed(dst, ask, None);
-        if res.is_ok() {
-            // Handles of `dst` read by a fresh map from now on.
-            self.inner.opens.map_changed(dst);
-        }
-        res
+        self.change_map(dst, req).await
     }
 
     pub async fn mkdir(

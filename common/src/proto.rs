@@ -65,6 +65,7 @@ service! {
         AllocateBlock(AllocateBlock) -> Placement,
         CommitSlices(CommitSlices) -> ChunkMap,
         CopyRange(CopyRange) -> Copied,
+        Punch(Punch) -> InodeAttr,
         ReportBadReplica(ReportBadReplica) -> (),
         ListDatanodes(ListDatanodes) -> Vec<DatanodeStatus>,
         GetLock(GetLock) -> Option<LockRange>,
@@ -589,6 +590,17 @@ pub struct CommitSlices {
     pub slices: Vec<(u32, Slice)>,
     pub size: u64,
     pub mtime: Timestamp,
+}
+
+/// Makes `len` bytes of file `ino` at `offset` a hole: they read as zeros and take no
+/// space (`fallocate` with `PUNCH_HOLE` or `ZERO_RANGE`). The file grows to the range's end
+/// unless `keep_size`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Punch {
+    pub ino: Ino,
+    pub offset: u64,
+    pub len: u64,
+    pub keep_size: bool,
 }
 
 /// Copies `len` bytes of file `src` at `src_off` over file `dst` at `dst_off` by reference:

@@ -1433,7 +1433,7 @@ impl Filesystem for CairnFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -1441,9 +1441,9 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         // Blocks are stored when written, so there is nothing to reserve: plain fallocate
-        // only grows the file, KEEP_SIZE does nothing. Punched and zeroed ranges are written
-        // as zeros (which deduplicate to one block); space is not given back. Collapsing
-        // and inserting ranges are not supported, and say so.
+        // only grows the file, KEEP_SIZE does nothing. Punched and zeroed ranges become
+        // holes at the namenode (their blocks' references go). Collapsing and inserting
+        // ranges are not supported, and say so.
         tracing::debug!(mode, offset, length, "fallocate");
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let zero = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
@@ -1456,18 +1456,26 @@ impl Filesystem for CairnFs {
             Ok(f) => f,
             Err(e) => return reply.error(errno(&e)),
         };
+        let handles = self.open_handles(Ino(ino.0));
+        let client = self.client.clone();
         self.reply_empty(
             async move {
                 let end = offset.checked_add(length).ok_or(FsError::TooLarge)?;
+                if zero {
+                    // Writes buffered in this mount would otherwise land after the hole.
+                    for h in handles {
+                        let mut h = h.lock().await;
+                        if h.file.is_dirty() {
+                            h.file.flush().await?;
+                        }
+                    }
+                    client.punch(Ino(ino.0), offset, length, keep_size).await?;
+                    return Ok(());
+                }
                 let mut f = file.lock().await;
                 f.file.refresh().await?;
                 let size = f.file.size();
-                if zero {
-                    let to = if keep_size { end.min(size) } else { end };
-                    if to > offset {
-                        f.file.write_zeros(offset, to - offset).await?;
-                    }
-                } else if !keep_size && end > size {
+                if !keep_size && end > size {
                     f.file.truncate(end).await?;
                 }
                 Ok(())

@@ -599,6 +599,7 @@ fn answered(kind: &MetaOpKind, reply: Option<&MetaReply>) -> Vec<Ino> {
         MetaOpKind::SetReplication(r) => vec![r.ino],
         MetaOpKind::CommitSlices(r) => vec![r.ino],
         MetaOpKind::CopyRange(r) => vec![r.dst],
+        MetaOpKind::Punch(r) => vec![r.ino],
         MetaOpKind::Accessed(r) => vec![r.ino],
         _ => Vec::new(),
     };

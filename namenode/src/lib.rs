@@ -454,6 +454,10 @@ impl Service for Namenode {
                 };
                 ex.respond(&res).await
             }
+            R::Punch(r) => {
+                ex.respond(&self.mutate_attr(&who, MetaOpKind::Punch(r)).await)
+                    .await
+            }
             R::ReportBadReplica(r) => {
                 warn!(block = %r.block, datanode = %r.datanode, reason = %r.reason, reporter = %peer.name, "bad replica reported");
                 self.blocks.drop_replica(&r.block, r.datanode);

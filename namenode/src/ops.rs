@@ -9,7 +9,7 @@ use cairn_common::attr::{
 };
 use cairn_common::layout::{self, Segment, Slice, CHUNK_SIZE, MAX_FILE_SIZE};
 use cairn_common::proto::{
-    Accessed, CommitSlices, CopyRange, Create, CreateReply, Link, Mkdir, Mknod, RemoveXattr,
+    Accessed, CommitSlices, CopyRange, Create, CreateReply, Link, Mkdir, Mknod, Punch, RemoveXattr,
     Rename, RenameMode, Rmdir, SetReplication, SetXattr, Symlink, Unlink, XattrMode,
 };
 use cairn_common::{BlockId, FsError, FsResult, Ino};
@@ -57,6 +57,7 @@ pub enum MetaOpKind {
     SetReplication(SetReplication),
     CommitSlices(CommitSlices),
     CopyRange(CopyRange),
+    Punch(Punch),
     Accessed(Accessed),
     /// Frees those of `inos` that are orphans (files whose last name is gone) once nobody has
     /// them open. The engine decides when; it does nothing to a file that is not an orphan.
@@ -250,6 +251,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
         }
         MetaOpKind::CommitSlices(c) => commit_slices(txn, c, now),
         MetaOpKind::CopyRange(c) => copy_range(txn, c, now),
+        MetaOpKind::Punch(p) => punch(txn, p, now),
         MetaOpKind::Purge { inos } => {
             for ino in inos {
                 purge(txn, *ino)?;
@@ -1021,17 +1023,7 @@ fn copy_range(txn: &mut Txn<'_>, c: &CopyRange, now: Timestamp) -> FsResult<Meta
         }
     }
     // The target range becomes a hole, then the source's data is laid over it.
-    let mut chunks = std::collections::BTreeMap::new();
-    for (index, from, to) in chunk_spans(c.dst_off, dst_end) {
-        let punched = layout::punch(txn.chunk(c.dst, index)?, from, to);
-        for block in &punched.added {
-            add_ref(txn, block, dst.attr.replication)?;
-        }
-        for block in &punched.dropped {
-            unref_block(txn, block)?;
-        }
-        chunks.insert(index, punched.slices);
-    }
+    let mut chunks = punch_range(txn, &dst.attr, c.dst_off, dst_end)?;
     for (at, len, block, block_off, block_len) in pieces {
         for (index, from, to) in chunk_spans(at, at + len) {
             let slice = Slice {
@@ -1056,6 +1048,51 @@ fn copy_range(txn: &mut Txn<'_>, c: &CopyRange, now: Timestamp) -> FsResult<Meta
         attr: dst.attr,
         len,
     })
+}
+
+/// Cuts `[start, end)` out of the slices of file `attr`, counting the references that
+/// changes: the chunks the range spans, as they are now (not yet written).
+fn punch_range(
+    txn: &mut Txn<'_>,
+    attr: &InodeAttr,
+    start: u64,
+    end: u64,
+) -> FsResult<std::collections::BTreeMap<u32, Vec<Slice>>> {
+    let mut chunks = std::collections::BTreeMap::new();
+    for (index, from, to) in chunk_spans(start, end) {
+        let punched = layout::punch(txn.chunk(attr.ino, index)?, from, to);
+        for block in &punched.added {
+            add_ref(txn, block, attr.replication)?;
+        }
+        for block in &punched.dropped {
+            unref_block(txn, block)?;
+        }
+        chunks.insert(index, punched.slices);
+    }
+    Ok(chunks)
+}
+
+/// Makes a range of a file a hole (see [`Punch`]). Like a commit, it trusts the handle the
+/// client opened the file with.
+fn punch(txn: &mut Txn<'_>, p: &Punch, now: Timestamp) -> FsResult<MetaReply> {
+    let mut rec = load_file(txn, p.ino)?;
+    let end = p
+        .offset
+        .checked_add(p.len)
+        .filter(|end| *end <= MAX_FILE_SIZE)
+        .ok_or(FsError::TooLarge)?;
+    // Past the end there are no slices to cut.
+    let chunks = punch_range(txn, &rec.attr, p.offset, end.min(rec.attr.size))?;
+    for (index, slices) in chunks {
+        txn.put_chunk(p.ino, index, &slices);
+    }
+    if !p.keep_size {
+        rec.attr.size = rec.attr.size.max(end);
+    }
+    rec.attr.mtime = now;
+    rec.attr.ctime = now;
+    txn.put_inode(&rec);
+    Ok(MetaReply::Attr(rec.attr))
 }
 
 /// The chunks `[start, end)` of a file spans: (chunk index, start and end inside it).

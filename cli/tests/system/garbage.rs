@@ -252,9 +252,9 @@ async fn garbage_goes_after_its_grace_and_live_blocks_never_do() {
 }
 
 /// A copy by reference (`copy_file_range`) holds the blocks it names: they outlive the
-/// source past the grace period, and go once the last copy does.
+/// source past the grace period, and go once no copy names them, removed or punched out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn copied_blocks_live_as_long_as_a_copy_names_them() {
+async fn copied_blocks_live_as_long_as_a_slice_names_them() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let mut opts = quick_options(dir.path(), 3);
@@ -277,8 +277,11 @@ async fn copied_blocks_live_as_long_as_a_copy_names_them() {
         .await
         .unwrap();
     assert_eq!((copied.len, copied.attr.size), (5 << 20, 5 + (5 << 20)));
-    let part_data = [&[0u8; 5][..], &data[1000..1000 + (5 << 20)]].concat();
+    let mut part_data = [&[0u8; 5][..], &data[1000..1000 + (5 << 20)]].concat();
     assert_eq!(file_blocks(&client, part).await.len(), 2);
+    // A hole inside the slice of the first block: the slice is cut in two.
+    client.punch(part, 1 << 20, 4096, true).await.unwrap();
+    part_data[1 << 20..(1 << 20) + 4096].fill(0);
 
     tracing::info!("--- the source removed: its blocks stay past the grace period");
     client.unlink(Ino::ROOT, b"orig").await.unwrap();
@@ -290,22 +293,30 @@ async fn copied_blocks_live_as_long_as_a_copy_names_them() {
     assert!(get(&client, whole, 3 << 20).await == data);
     assert!(get(&client, part, 3 << 20).await == part_data);
 
-    tracing::info!("--- the copies removed: the blocks go");
+    tracing::info!("--- one copy removed, the other's first piece punched: the rest stays");
     client.unlink(Ino::ROOT, b"whole").await.unwrap();
+    client.punch(part, 0, 1 << 20, true).await.unwrap();
+    part_data[..1 << 20].fill(0);
     tokio::time::sleep(GRACE + Duration::from_secs(5)).await;
     assert!(
         everywhere(&blocks[..2], 3)(&cluster),
         "blocks still named by a copy were collected"
     );
     assert!(get(&client, part, 3 << 20).await == part_data);
-    client.unlink(Ino::ROOT, b"part").await.unwrap();
+
+    tracing::info!("--- the last copy punched whole: a hole of the same size, the blocks go");
+    let punched = client.punch(part, 0, u64::MAX >> 20, true).await.unwrap();
+    assert_eq!(punched.size, part_data.len() as u64);
+    assert!(file_blocks(&client, part).await.is_empty());
     wait_for_disks(
         &cluster,
-        "last copy's blocks collected",
+        "punched blocks collected",
         GRACE * 6,
         nowhere(&blocks),
     )
     .await;
+    assert!(get(&client, part, 3 << 20).await.iter().all(|b| *b == 0));
+    client.unlink(Ino::ROOT, b"part").await.unwrap();
     let (code, fsck) = admin(&cluster, &["fsck", "/"]);
     assert_eq!(code, 0, "{fsck}");
     cluster.stop().await.unwrap();
