@@ -1058,8 +1058,27 @@ fn punch_range(
     start: u64,
     end: u64,
 ) -> FsResult<std::collections::BTreeMap<u32, Vec<Slice>>> {
+    // A range of many chunks (a hole punched in a large sparse file) visits only those
+    // that exist: one read per chunk of the range could be millions.
+    const LOOK_UP_AT_MOST: usize = 64;
+    let mut spans: Vec<(u32, u64, u64)> =
+        chunk_spans(start, end).take(LOOK_UP_AT_MOST + 1).collect();
+    if spans.len() > LOOK_UP_AT_MOST {
+        let (first, last) = (start / CHUNK_SIZE, (end - 1) / CHUNK_SIZE);
+        spans = txn
+            .scan_raw(Cf::Chunks, &keys::chunk_prefix(attr.ino))?
+            .iter()
+            .filter_map(|(key, _)| keys::chunk_index(key))
+            .filter(|index| (first..=last).contains(&(*index as u64)))
+            .map(|index| {
+                let base = index as u64 * CHUNK_SIZE;
+                let (from, to) = (start.max(base), end.min(base + CHUNK_SIZE));
+                (index, from - base, to - base)
+            })
+            .collect();
+    }
     let mut chunks = std::collections::BTreeMap::new();
-    for (index, from, to) in chunk_spans(start, end) {
+    for (index, from, to) in spans {
         let punched = layout::punch(txn.chunk(attr.ino, index)?, from, to);
         for block in &punched.added {
             add_ref(txn, block, attr.replication)?;

@@ -645,6 +645,11 @@ async fn copies_share_blocks_and_read_as_the_bytes_copied() {
         assert_eq!(errno_of(copy_range(&t, 0, &t, 500, 1000)), libc::EINVAL);
         assert!(fs::read(&target).unwrap() == expect);
         assert!(fs::read(b.join("target")).unwrap() == expect);
+        tracing::info!("--- a hole punched here reads as one on the other mount");
+        sh(&format!("fallocate -p -o 4096 -l 1M {}", target.display()));
+        expect[4096..4096 + MIB].fill(0);
+        assert!(fs::read(b.join("target")).unwrap() == expect);
+        assert!(fs::read(&target).unwrap() == expect);
 
         tracing::info!("--- writes still buffered in the source's handle are copied");
         let held = fs::File::create(a.join("held")).unwrap();
@@ -1373,6 +1378,21 @@ print(open(p, 'rb').read()[98:107])
         assert_eq!(zeroed.len(), 4 << 20, "zeroing past the end grows the file");
         assert!(zeroed[12288..2 << 20].iter().all(|b| *b == 0xab));
         assert!(zeroed[2 << 20..].iter().all(|b| *b == 0));
+        // A hole across half the largest file there may be: only chunks that exist are cut.
+        let huge = m.join("huge");
+        let f = fs::File::create(&huge).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"tail", 1 << 49).unwrap();
+        drop(f);
+        sh(&format!(
+            "fallocate -p -o 0 -l {} {mm}/huge",
+            (1u64 << 49) + 4
+        ));
+        let f = fs::File::open(&huge).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), (1 << 49) + 4);
+        assert_eq!(pread(&f, 0, 4), [0; 4]);
+        assert_eq!(pread(&f, 1 << 49, 4), [0; 4]);
         let collapse = std::process::Command::new("fallocate")
             .args(["-c", "-o", "0", "-l", "1M"])
             .arg(m.join("alloc"))
