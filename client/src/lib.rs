@@ -635,6 +635,13 @@ impl Client {
         self.change_map(ino, req).await
     }
 
+    /// Where the data (or with `hole`, the hole) of file `ino` at or after `offset` begins
+    /// (see [`proto::Seek`]), as the namenode has it: writes buffered in handles of the file
+    /// are flushed first by the caller.
+    pub async fn seek(&self, ino: Ino, offset: u64, hole: bool) -> FsResult<Option<u64>> {
+        self.namenode(proto::Seek { ino, offset, hole }).await
+    }
+
     /// Sends a change of `ino`'s map: the handles of it here read by a fresh one after.
     async fn change_map<R>(&self, ino: Ino, req: R) -> FsResult<R::Response>
     where

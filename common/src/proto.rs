@@ -66,6 +66,7 @@ service! {
         CommitSlices(CommitSlices) -> ChunkMap,
         CopyRange(CopyRange) -> Copied,
         Punch(Punch) -> InodeAttr,
+        Seek(Seek) -> Option<u64>,
         ReportBadReplica(ReportBadReplica) -> (),
         ListDatanodes(ListDatanodes) -> Vec<DatanodeStatus>,
         GetLock(GetLock) -> Option<LockRange>,
@@ -590,6 +591,16 @@ pub struct CommitSlices {
     pub slices: Vec<(u32, Slice)>,
     pub size: u64,
     pub mtime: Timestamp,
+}
+
+/// Where the data (or with `hole`, the hole) of file `ino` at or after `offset` begins, as
+/// `lseek`'s SEEK_DATA and SEEK_HOLE answer; `None` when there is no data from `offset` to
+/// the end of the file, or `offset` is past it (ENXIO). The end of the file is a hole.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Seek {
+    pub ino: Ino,
+    pub offset: u64,
+    pub hole: bool,
 }
 
 /// Makes `len` bytes of file `ino` at `offset` a hole: they read as zeros and take no

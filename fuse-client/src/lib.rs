@@ -21,8 +21,8 @@ use cairn_common::{FsError, FsResult, Ino};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::info;
@@ -561,6 +561,17 @@ async fn write_back(files: std::sync::Weak<Files>) {
             }
         }
     }
+}
+
+/// Flushes the writes buffered in `handles`: for an op the namenode answers from what it has.
+async fn flush_all(handles: Vec<Shared<OpenFile>>) -> FsResult<()> {
+    for h in handles {
+        let mut h = h.lock().await;
+        if h.file.is_dirty() {
+            h.file.flush().await?;
+        }
+    }
+    Ok(())
 }
 
 /// `attr` as this mount sees it: writes still buffered in its open handles count for the
@@ -1463,12 +1474,7 @@ impl Filesystem for CairnFs {
                 let end = offset.checked_add(length).ok_or(FsError::TooLarge)?;
                 if zero {
                     // Writes buffered in this mount would otherwise land after the hole.
-                    for h in handles {
-                        let mut h = h.lock().await;
-                        if h.file.is_dirty() {
-                            h.file.flush().await?;
-                        }
-                    }
+                    flush_all(handles).await?;
                     client.punch(Ino(ino.0), offset, length, keep_size).await?;
                     return Ok(());
                 }
@@ -1481,6 +1487,43 @@ impl Filesystem for CairnFs {
                 Ok(())
             },
             reply,
+        );
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // The kernel answers the other kinds of seek itself.
+        let hole = match whence {
+            libc::SEEK_DATA => false,
+            libc::SEEK_HOLE => true,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if let Err(e) = self.file(fh) {
+            return reply.error(errno(&e));
+        }
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        let handles = self.open_handles(Ino(ino.0));
+        let client = self.client.clone();
+        self.run(
+            async move {
+                // Where the data is includes what this mount has written and not flushed.
+                flush_all(handles).await?;
+                client.seek(Ino(ino.0), offset, hole).await
+            },
+            move |r| match r {
+                Ok(Some(at)) => reply.offset(at as i64),
+                Ok(None) => reply.error(Errno::ENXIO),
+                Err(e) => reply.error(errno(&e)),
+            },
         );
     }
 
@@ -1515,12 +1558,7 @@ impl Filesystem for CairnFs {
             async move {
                 // The copy takes what the namenode has; writes buffered in the target would
                 // otherwise land after it.
-                for h in handles {
-                    let mut h = h.lock().await;
-                    if h.file.is_dirty() {
-                        h.file.flush().await?;
-                    }
-                }
+                flush_all(handles).await?;
                 let len = len.min(u32::MAX as u64);
                 let copied = client
                     .copy_range(src, offset_in, dst, offset_out, len)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use cairn_common::attr::{Caller, DirEntry, FileKind, InodeAttr, Timestamp};
-use cairn_common::layout::Slice;
+use cairn_common::layout::{Segment, Slice, CHUNK_SIZE};
 use cairn_common::proto::{Change, ChangedDir, DirListing};
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use tokio::sync::oneshot;
@@ -360,14 +360,13 @@ impl MetaEngine {
     pub fn chunks(&self, ino: Ino, first: u32, count: u32) -> FsResult<Vec<(u32, Vec<Slice>)>> {
         let mut out = Vec::new();
         let end = first.saturating_add(count);
+        // From the first asked for: a large file's map is read a few chunks at a time.
         let start = keys::chunk(ino, first);
+        let prefix = keys::chunk_prefix(ino);
         for (k, v) in self
             .store
-            .scan_raw(Cf::Chunks, &keys::chunk_prefix(ino), None, usize::MAX)?
+            .scan_from(Cf::Chunks, &prefix, &start, count as usize)?
         {
-            if k < start {
-                continue;
-            }
             let Some(index) = keys::chunk_index(&k) else {
                 continue;
             };
@@ -377,6 +376,49 @@ impl MetaEngine {
             out.push((index, decode("chunk", &v)?));
         }
         Ok(out)
+    }
+
+    /// Where the data (or, with `hole`, the hole) of file `ino` at or after `offset` begins,
+    /// as `lseek`'s SEEK_DATA and SEEK_HOLE answer: `None` when there is no data from
+    /// `offset` to the end, or `offset` is past it. The end of the file is a hole.
+    pub fn seek(&self, ino: Ino, offset: u64, hole: bool) -> FsResult<Option<u64>> {
+        let size = self.getattr(ino)?.size;
+        if offset >= size {
+            return Ok(None);
+        }
+        const BATCH: usize = 64;
+        let prefix = keys::chunk_prefix(ino);
+        // The chunk that comes next if there is no hole between.
+        let mut next = offset / CHUNK_SIZE;
+        'scan: loop {
+            let batch =
+                self.store
+                    .scan_from(Cf::Chunks, &prefix, &keys::chunk(ino, next as u32), BATCH)?;
+            for (k, v) in &batch {
+                let Some(index) = keys::chunk_index(k) else {
+                    continue;
+                };
+                let base = index as u64 * CHUNK_SIZE;
+                if base >= size || (hole && index as u64 > next) {
+                    break 'scan;
+                }
+                let slices: Vec<Slice> = decode("chunk", v)?;
+                let (from, to) = (offset.max(base) - base, (size - base).min(CHUNK_SIZE));
+                for seg in cairn_common::layout::resolve(&slices, from, to) {
+                    match seg {
+                        Segment::Data { pos, .. } if !hole => return Ok(Some(base + pos)),
+                        Segment::Hole { pos, .. } if hole => return Ok(Some(base + pos)),
+                        _ => {}
+                    }
+                }
+                next = index as u64 + 1;
+            }
+            if batch.len() < BATCH {
+                break;
+            }
+        }
+        // Past the chunks looked at: the first missing one, or the end, is the hole.
+        Ok(hole.then(|| offset.max(next * CHUNK_SIZE).min(size)))
     }
 
     pub fn block(&self, id: &BlockId) -> FsResult<Option<BlockRecord>> {

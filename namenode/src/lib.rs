@@ -454,6 +454,7 @@ impl Service for Namenode {
                 };
                 ex.respond(&res).await
             }
+            R::Seek(r) => ex.respond(&self.engine.seek(r.ino, r.offset, r.hole)).await,
             R::Punch(r) => {
                 ex.respond(&self.mutate_attr(&who, MetaOpKind::Punch(r)).await)
                     .await

@@ -138,10 +138,21 @@ impl Store {
             }
             None => prefix.to_vec(),
         };
+        self.scan_from(cf, prefix, &start, limit)
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, from `start` on.
+    pub fn scan_from(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         for item in self
             .db
-            .iterator_cf(self.cf(cf), IteratorMode::From(&start, Direction::Forward))
+            .iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward))
         {
             let (k, v) = item.map_err(db_error)?;
             if !k.starts_with(prefix) || out.len() >= limit {

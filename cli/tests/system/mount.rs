@@ -585,10 +585,22 @@ fn copy_range(
     }
 }
 
+/// lseek(2) of `file` to `offset` with `whence`: the offset it answers.
+fn seek(file: &fs::File, offset: u64, whence: i32) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the call.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset as i64, whence) };
+    if at < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(at as u64)
+    }
+}
+
 /// `cp` and copy_file_range(2) copy by reference: new slices name the source's blocks, so
 /// nothing is stored, and what reads back is what a copy of the bytes would give.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn copies_share_blocks_and_read_as_the_bytes_copied() {
+async fn copies_share_blocks_and_keep_holes() {
     use cairn_common::proto::{AllocateBlock, CopyRange};
     use std::os::unix::fs::FileExt;
     on_two_mounts_one_counting(move |client, a, b| {
@@ -619,6 +631,20 @@ async fn copies_share_blocks_and_read_as_the_bytes_copied() {
             fs::read(b.join("dst")).unwrap() == want,
             "read whole on another mount"
         );
+        tracing::info!("--- the copy's holes are holes: SEEK_DATA and SEEK_HOLE find them");
+        let copy = fs::File::open(a.join("dst")).unwrap();
+        let at = |offset: usize, whence| seek(&copy, offset as u64, whence).map(|o| o as usize);
+        assert_eq!(at(0, libc::SEEK_DATA).unwrap(), 0);
+        assert_eq!(at(0, libc::SEEK_HOLE).unwrap(), 9 * MIB);
+        assert_eq!(at(10 * MIB, libc::SEEK_HOLE).unwrap(), 10 * MIB);
+        assert_eq!(at(9 * MIB, libc::SEEK_DATA).unwrap(), 63 * MIB);
+        assert_eq!(at(65 * MIB, libc::SEEK_DATA).unwrap(), 65 * MIB);
+        assert_eq!(
+            at(63 * MIB, libc::SEEK_HOLE).unwrap(),
+            66 * MIB,
+            "the end is a hole"
+        );
+        assert_eq!(errno_of(at(66 * MIB, libc::SEEK_DATA)), libc::ENXIO);
 
         tracing::info!("--- a range with a hole in it, over a file with data, unaligned");
         let target = a.join("target");
@@ -654,6 +680,8 @@ async fn copies_share_blocks_and_read_as_the_bytes_copied() {
         tracing::info!("--- writes still buffered in the source's handle are copied");
         let held = fs::File::create(a.join("held")).unwrap();
         held.write_all_at(b"not yet flushed", 0).unwrap();
+        let reader = fs::File::open(a.join("held")).unwrap();
+        assert_eq!(seek(&reader, 0, libc::SEEK_HOLE).unwrap(), 15);
         let out = fs::File::create(a.join("held-copy")).unwrap();
         assert_eq!(
             copy_range(&fs::File::open(a.join("held")).unwrap(), 0, &out, 0, 100).unwrap(),
