@@ -325,6 +325,24 @@ struct Transfer {
     seconds: f64,
 }
 
+/// With `--json`, prints what a transfer to or from `path` moved, and how long it took.
+fn report_transfer(
+    json: bool,
+    path: &str,
+    bytes: u64,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    if json {
+        let t = Transfer {
+            path: path.to_string(),
+            bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        println!("{}", serde_json::to_string(&t)?);
+    }
+    Ok(())
+}
+
 async fn put(
     client: &Client,
     local: &Path,
@@ -387,15 +405,7 @@ async fn put(
     }
     file.close().await.map_err(at(&remote))?;
     bar.finish_and_clear();
-    if json {
-        let t = Transfer {
-            path: remote,
-            bytes: offset,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        println!("{}", serde_json::to_string(&t)?);
-    }
-    Ok(())
+    report_transfer(json, &remote, offset, started)
 }
 
 /// Reads until `buf` is full or the input ends.
@@ -457,15 +467,7 @@ async fn get(client: &Client, remote: &str, local: &Path, json: bool) -> anyhow:
     }
     out.flush().await?;
     bar.finish_and_clear();
-    if json {
-        let t = Transfer {
-            path: remote.to_string(),
-            bytes: offset,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        println!("{}", serde_json::to_string(&t)?);
-    }
-    Ok(())
+    report_transfer(json, remote, offset, started)
 }
 
 async fn rm(client: &Client, path: &str, recursive: bool) -> anyhow::Result<()> {
@@ -569,15 +571,7 @@ async fn cp(client: &Client, from: &str, to: &str, force: bool, json: bool) -> a
         copied += n;
     }
     file.close().await.map_err(at(&to))?;
-    if json {
-        let t = Transfer {
-            path: to,
-            bytes: copied,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        println!("{}", serde_json::to_string(&t)?);
-    }
-    Ok(())
+    report_transfer(json, &to, copied, started)
 }
 
 #[derive(Serialize)]

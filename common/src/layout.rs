@@ -331,11 +331,7 @@ mod properties {
 
     /// Byte `i` of the chunk, by brute force: the newest slice covering it, or a hole (0).
     fn byte_at(slices: &[Slice], i: u64) -> u8 {
-        slices
-            .iter()
-            .rev()
-            .find(|s| (s.pos as u64) <= i && i < s.end())
-            .map_or(0, |s| s.block.0[0])
+        source_at(slices, i).map_or(0, |(tag, _)| tag)
     }
 
     /// Where byte `i` of the chunk is read from: the newest slice covering it (its block's
