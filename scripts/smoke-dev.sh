@@ -11,7 +11,7 @@ DEV="$WORK/dev"
 PID=""
 cleanup() {
     for m in "$WORK/mnt" "$WORK/devmnt"; do
-        mountpoint -q "$m" 2>/dev/null && umount -l "$m"
+        umount -l "$m" 2>/dev/null || true
     done
     [ -n "$PID" ] && kill -INT "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
     rm -rf "$WORK"
@@ -81,6 +81,18 @@ cp "$WORK/input" "$WORK/mnt/copy"
 cmp "$WORK/input" "$WORK/mnt/copy"
 ls "$WORK/mnt/smoke" | grep -q '^input$'
 [ "$("$CAIRN" fs cat /smoke/dir/small)" = "hello cairn" ]
+
+echo "--- a second mount there is refused; a mount whose process died is replaced"
+if "$WORK/mount.cairn" cairn "$WORK/mnt" -o "config=$DEV/cairn-client.toml" 2>"$WORK/err"; then
+    echo "a second mount on one directory succeeded"; exit 1
+fi
+grep -q "Cairn is already mounted on" "$WORK/err"
+pkill -KILL -f "cairn mount $WORK/mnt"
+while pgrep -f "cairn mount $WORK/mnt" >/dev/null; do sleep 0.1; done
+if ls "$WORK/mnt" 2>/dev/null; then echo "the killed mount still answers"; exit 1; fi
+"$WORK/mount.cairn" cairn "$WORK/mnt" -o "config=$DEV/cairn-client.toml,log=$WORK/mount.log"
+cmp "$WORK/input" "$WORK/mnt/copy"
+[ "$(grep -c " $WORK/mnt fuse" /proc/mounts)" = 1 ]
 umount "$WORK/mnt"
 i=0
 while pgrep -f "cairn mount $WORK/mnt" >/dev/null; do

@@ -25,6 +25,8 @@ pub async fn run(
     opts: cairn_fuse::MountOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Before anything else: a taken mount point is refused without waiting on the network.
+    cairn_fuse::prepare_mountpoint(&mountpoint)?;
     let path = cairn_client::ClientConfig::locate(config.as_deref()).map_err(anyhow::Error::msg)?;
     let mut config = cairn_client::ClientConfig::load(&path)?;
     if let Some(nn) = namenode {
@@ -111,6 +113,9 @@ pub fn mount_options(
 /// Starts `cairn ARGS` (this mount command) without `--daemon` in a new session, detached
 /// from the terminal, and returns once `mountpoint` is mounted (or the child has failed).
 pub fn daemonize(args: &[OsString], mountpoint: &Path, log: Option<&Path>) -> anyhow::Result<()> {
+    // Here rather than in the child, so that a refusal reaches the terminal, and so that
+    // a mount already there is not taken for the child's.
+    cairn_fuse::prepare_mountpoint(mountpoint)?;
     let exe = std::env::current_exe().context("finding the cairn executable")?;
     let args: Vec<&OsString> = args.iter().filter(|a| *a != "--daemon").collect();
     let log_path = match log {
@@ -139,7 +144,7 @@ pub fn daemonize(args: &[OsString], mountpoint: &Path, log: Option<&Path>) -> an
     let mut child = cmd.spawn().context("starting the background mount")?;
     let deadline = Instant::now() + DAEMON_START_TIMEOUT;
     loop {
-        if is_mounted(mountpoint)? {
+        if cairn_fuse::cairn_mounts_on(mountpoint)? > 0 {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
@@ -157,30 +162,6 @@ pub fn daemonize(args: &[OsString], mountpoint: &Path, log: Option<&Path>) -> an
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Is a Cairn file system mounted on `mountpoint`?
-pub fn is_mounted(mountpoint: &Path) -> anyhow::Result<bool> {
-    let target = mountpoint
-        .canonicalize()
-        .with_context(|| format!("{}", mountpoint.display()))?;
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    Ok(mounts.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        let (_source, point, fstype) = (fields.next(), fields.next(), fields.next());
-        point.map(unescape_mount_path).as_deref()
-            == Some(target.as_os_str().to_string_lossy().as_ref())
-            && fstype.is_some_and(|t| t.starts_with("fuse"))
-    }))
-}
-
-/// /proc/mounts writes spaces and a few other bytes as octal escapes.
-fn unescape_mount_path(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// When called as `mount.cairn SPEC DIR [-o OPTIONS]` (by mount(8)), the equivalent

@@ -27,6 +27,10 @@ use fuser::{
 use tokio::runtime::Handle;
 use tracing::info;
 
+mod mountpoint;
+use mountpoint::FS_NAME;
+pub use mountpoint::{cairn_mounts_on, prepare_mountpoint};
+
 /// How long the kernel may cache attributes and names. Short: other mounts change things,
 /// and this mount's own changes reply with fresh attributes anyway.
 const TTL: Duration = Duration::from_secs(1);
@@ -180,6 +184,7 @@ pub fn mount(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> std::io::Result<Mount> {
+    prepare_mountpoint(mountpoint)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let (follower, follower_rt) = (client.clone(), rt.clone());
     let files = FileTable::default();
@@ -200,8 +205,8 @@ pub fn mount(
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        fuser::MountOption::FSName("cairn".into()),
-        fuser::MountOption::Subtype("cairn".into()),
+        fuser::MountOption::FSName(FS_NAME.into()),
+        fuser::MountOption::Subtype(FS_NAME.into()),
         // The kernel checks owner/group/other bits against the caller, as on a local disk.
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::Dev,

@@ -14,7 +14,6 @@ fn errno_of(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
         .expect("an errno")
 }
 
-/// Mounts `cluster` on `dir` with a client of its own.
 /// Whether `p` exists: false only for ENOENT.
 fn exists(p: &Path) -> bool {
     match fs::metadata(p) {
@@ -1293,6 +1292,63 @@ async fn the_mount_reports_a_missing_namenode_and_recovers_when_it_returns() {
     .await
     .unwrap();
     unmount(mounted).await;
+    cluster.stop().await.unwrap();
+}
+
+/// Cuts the FUSE connection of the mount on `dir`, as the kernel does when the process
+/// serving it ends: everything under `dir` then fails with ENOTCONN.
+fn abort_connection(dir: &Path) {
+    // The connection is named by the device number of the mount.
+    let minor = libc::minor(fs::metadata(dir).unwrap().dev());
+    let control = Path::new("/sys/fs/fuse/connections");
+    if !control.join(minor.to_string()).exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(control)
+            .status();
+    }
+    fs::write(control.join(minor.to_string()).join("abort"), "1").expect("abort the connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_mount_point_is_refused_and_a_dead_mount_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let (_guard, point, first) = mount_new(&cluster).await;
+    fs::write(point.join("kept"), b"still here").unwrap();
+
+    // A second mount would hide the first: refused, with the way out.
+    let client = cluster.client().await.unwrap();
+    let refused = cairn_fuse::mount(
+        client,
+        tokio::runtime::Handle::current(),
+        &point,
+        &cairn_fuse::MountOptions::default(),
+    )
+    .err()
+    .expect("a second mount on one directory is refused");
+    assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
+    assert!(refused.to_string().contains("already mounted"), "{refused}");
+    assert_eq!(cairn_fuse::cairn_mounts_on(&point).unwrap(), 1);
+    assert_eq!(fs::read(point.join("kept")).unwrap(), b"still here");
+
+    // The mount's process dies: its connection is cut and nothing cleans up after it.
+    abort_connection(&point);
+    assert_eq!(errno_of(fs::read(point.join("kept"))), libc::ENOTCONN);
+    // What a process that died leaves: no unmount.
+    std::mem::forget(first);
+
+    // Mounting again takes the dead mount off first.
+    let again = mount_at(&cluster, &point).await;
+    assert_eq!(cairn_fuse::cairn_mounts_on(&point).unwrap(), 1);
+    let read = point.clone();
+    let kept = tokio::task::spawn_blocking(move || fs::read(read.join("kept")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept, b"still here");
+    unmount(again).await;
+    assert_eq!(cairn_fuse::cairn_mounts_on(&point).unwrap(), 0);
     cluster.stop().await.unwrap();
 }
 
