@@ -80,6 +80,11 @@ cmp "$WORK/input" "$WORK/mnt/smoke/input"
 cp "$WORK/input" "$WORK/mnt/copy"
 cmp "$WORK/input" "$WORK/mnt/copy"
 ls "$WORK/mnt/smoke" | grep -q '^input$'
+truncate -s 1G "$WORK/mnt/holes"
+[ "$(stat -c %b "$WORK/mnt/holes")" = 0 ]
+"$CAIRN" fs stat /holes | grep -q "size: 1073741824 bytes (0 stored, holes left out)"
+"$CAIRN" fs du -s /holes | grep -q "^  1073741824 .* 0 B  /holes$"
+rm "$WORK/mnt/holes"
 [ "$("$CAIRN" fs cat /smoke/dir/small)" = "hello cairn" ]
 
 echo "--- a second mount there is refused; a mount whose process died is replaced"

@@ -80,7 +80,8 @@ enum FsCommand {
     },
     /// Show a file's attributes and where its blocks are.
     Stat { path: String },
-    /// Space used by each entry of a directory (or its total with -s).
+    /// Space used by each entry of a directory (or its total with -s): bytes, and how many
+    /// of them are stored (holes left out).
     Du {
         #[arg(short, long)]
         summary: bool,
@@ -169,6 +170,8 @@ struct Entry {
     path: String,
     kind: &'static str,
     size: u64,
+    /// Bytes that hold data: holes left out.
+    stored: u64,
     mode: String,
     uid: u32,
     gid: u32,
@@ -196,6 +199,7 @@ fn entry(path: String, a: &InodeAttr) -> Entry {
         path,
         kind: kind_name(a.kind),
         size: a.size,
+        stored: a.stored,
         mode: format!("{:04o}", a.perm),
         uid: a.uid,
         gid: a.gid,
@@ -631,7 +635,14 @@ async fn stat(client: &Client, path: &str, json: bool) -> anyhow::Result<()> {
     let e = &out.entry;
     println!("  path: {}", e.path);
     println!("  kind: {}  inode: {}  links: {}", e.kind, e.ino, e.nlink);
-    println!("  size: {} bytes", e.size);
+    if attr.kind == FileKind::File {
+        println!(
+            "  size: {} bytes ({} stored, holes left out)",
+            e.size, e.stored
+        );
+    } else {
+        println!("  size: {} bytes", e.size);
+    }
     println!(
         "  mode: {} ({})  uid: {}  gid: {}",
         e.mode,
@@ -663,6 +674,8 @@ async fn stat(client: &Client, path: &str, json: bool) -> anyhow::Result<()> {
 #[derive(Serialize, Default, Clone, Copy)]
 struct Usage {
     bytes: u64,
+    /// The part of `bytes` that holds data: holes left out.
+    stored: u64,
     files: u64,
     dirs: u64,
 }
@@ -686,6 +699,7 @@ async fn usage(client: &Client, attr: &InodeAttr, path: &str) -> anyhow::Result<
             _ => {
                 total.files += 1;
                 total.bytes += a.size;
+                total.stored += a.stored;
             }
         }
     }
@@ -722,11 +736,13 @@ async fn du(client: &Client, path: &str, summary: bool, json: bool) -> anyhow::R
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    println!("{:>12}  {:>10}  {:>10}  Path", "Bytes", "Size", "Stored");
     for (p, u) in rows {
         println!(
-            "{:>12}  {:>10}  {p}",
+            "{:>12}  {:>10}  {:>10}  {p}",
             u.bytes,
-            bytesize::ByteSize(u.bytes).to_string()
+            bytesize::ByteSize(u.bytes).to_string(),
+            bytesize::ByteSize(u.stored).to_string()
         );
     }
     Ok(())

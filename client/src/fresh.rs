@@ -805,6 +805,7 @@ mod tests {
             ctime: Default::default(),
             rdev: 0,
             replication: 3,
+            stored: 0,
         }
     }
 

@@ -91,6 +91,9 @@ pub struct InodeAttr {
     pub rdev: u32,
     /// Replicas each block of this file should have; directories pass theirs to new children.
     pub replication: u8,
+    /// Bytes of a file that hold data, holes left out (`st_blocks` is this in 512-byte
+    /// units). A copy by reference counts in full, as a reflinked copy does on a local disk.
+    pub stored: u64,
 }
 
 impl InodeAttr {

@@ -106,6 +106,21 @@ pub fn resolve(slices: &[Slice], start: u64, end: u64) -> Vec<Segment> {
     out
 }
 
+/// How many bytes of a chunk its slices hold data for: the rest of the chunk is holes.
+pub fn covered(slices: &[Slice]) -> u64 {
+    let mut spans: Vec<(u64, u64)> = slices.iter().map(|s| (s.pos as u64, s.end())).collect();
+    spans.sort_unstable();
+    let (mut total, mut reached) = (0, 0);
+    for (start, end) in spans {
+        let start = start.max(reached);
+        if end > start {
+            total += end - start;
+            reached = end;
+        }
+    }
+    total
+}
+
 /// Drops the slices that newer slices hide completely, and trims everything at or past
 /// `limit` (a truncation point inside the chunk). Returns the slices kept, oldest first, and
 /// the blocks whose references were dropped (one entry per dropped slice).
@@ -384,6 +399,14 @@ mod properties {
                 let want = if (start..end).contains(&i) { None } else { source_at(&slices, i) };
                 prop_assert_eq!(source_at(&p.slices, i), want, "byte {}", i);
             }
+        }
+
+        #[test]
+        fn covered_counts_each_byte_some_slice_holds_once(
+            slices in proptest::collection::vec(arb_slice(), 0..12),
+        ) {
+            let held = (0..2600u64).filter(|i| source_at(&slices, *i).is_some()).count();
+            prop_assert_eq!(covered(&slices), held as u64);
         }
 
         #[test]

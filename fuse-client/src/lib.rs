@@ -304,7 +304,7 @@ fn file_attr(a: &InodeAttr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        blocks: a.stored.div_ceil(512),
         atime: to_system_time(a.atime),
         mtime: to_system_time(a.mtime),
         ctime: to_system_time(a.ctime),
@@ -342,6 +342,7 @@ fn placeholder_attr() -> InodeAttr {
         ctime: Timestamp::default(),
         rdev: 0,
         replication: 0,
+        stored: 0,
     }
 }
 
@@ -589,6 +590,11 @@ async fn with_pending(mut attr: InodeAttr, files: &FileTable) -> InodeAttr {
             let f = f.lock().await;
             let known = f.file.known_size().unwrap_or(0);
             attr.size = attr.size.max(f.file.unflushed_end()).max(known);
+            if f.file.is_dirty() {
+                // Bytes written and not yet stored: counted as if the whole file held data,
+                // so that no program takes it for sparse and skips them.
+                attr.stored = attr.size;
+            }
         }
     }
     attr

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use cairn_common::attr::{Caller, DirEntry, FileKind, InodeAttr, Timestamp};
-use cairn_common::layout::{Segment, Slice, CHUNK_SIZE};
+use cairn_common::layout::{self, Segment, Slice, CHUNK_SIZE};
 use cairn_common::proto::{Change, ChangedDir, DirListing};
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use tokio::sync::oneshot;
@@ -16,11 +16,11 @@ use tracing::info;
 
 use crate::feed::{Breaks, ChangeFeed};
 use crate::gc::Gc;
-use crate::keys::{self, META_CLUSTER_ID, META_INODE_COUNT};
+use crate::keys::{self, META_CLUSTER_ID, META_FORMAT, META_INODE_COUNT};
 use crate::meta_health::WriteHealth;
 use crate::opens::OpenTable;
 use crate::ops::{self, MetaOp, MetaOpKind, MetaReply};
-use crate::store::{decode, BlockRecord, Cf, Dentry, Store, Txn};
+use crate::store::{decode, decode_inode, BlockRecord, Cf, Dentry, Store, Txn, FORMAT_VERSION};
 
 /// Most ops applied in one group; bounds the latency a large group adds to its first op.
 const MAX_GROUP: usize = 4096;
@@ -135,6 +135,15 @@ impl MetaEngine {
                 id
             }
         };
+        match store.meta_u64(META_FORMAT)? {
+            Some(FORMAT_VERSION) => {}
+            Some(v) if v > FORMAT_VERSION => anyhow::bail!(
+                "the metadata in {} is format {v}, newer than this namenode's \
+                 {FORMAT_VERSION}: run the cairn that wrote it, or a newer one",
+                dir.display()
+            ),
+            old => upgrade(&store, old.unwrap_or(1))?,
+        }
         let (tx, rx) = mpsc::channel();
         let writer_store = store.clone();
         let versions = Arc::new(DirVersions::new());
@@ -550,6 +559,47 @@ struct Written {
 struct Decided {
     purging: Vec<Ino>,
     condemned: Vec<BlockId>,
+}
+
+/// Brings a database of an older format to [`FORMAT_VERSION`]. Format 1 did not count the
+/// bytes each file stores: every inode is rewritten with its count, read from its chunks.
+/// Pages commit one at a time and the format is recorded last, so an upgrade cut short
+/// runs again, whole, at the next start.
+fn upgrade(store: &Store, from: u64) -> anyhow::Result<()> {
+    const PAGE: usize = 1024;
+    info!(from, to = FORMAT_VERSION, "upgrading the metadata format");
+    let mut after: Option<Vec<u8>> = None;
+    let mut inodes = 0u64;
+    loop {
+        let page = store.scan_raw(Cf::Inodes, &[], after.as_deref(), PAGE)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        let mut txn = store.txn();
+        for (_, value) in &page {
+            let mut rec = decode_inode(value)?;
+            if rec.attr.kind == FileKind::File {
+                let mut stored = 0;
+                for (_, chunk) in store.scan_raw(
+                    Cf::Chunks,
+                    &keys::chunk_prefix(rec.attr.ino),
+                    None,
+                    usize::MAX,
+                )? {
+                    let slices: Vec<Slice> = decode("chunk", &chunk)?;
+                    stored += layout::covered(&slices);
+                }
+                rec.attr.stored = stored;
+            }
+            txn.put_inode(&rec);
+        }
+        inodes += page.len() as u64;
+        store.commit(txn, true)?;
+    }
+    let mut txn = store.txn();
+    txn.put_meta_u64(META_FORMAT, FORMAT_VERSION);
+    store.commit(txn, true)?;
+    info!(inodes, "metadata upgraded to format {FORMAT_VERSION}");
+    Ok(())
 }
 
 fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, deciders: Deciders) {
@@ -1116,5 +1166,197 @@ mod tests {
         answered(unlink, 5).await;
         assert_eq!(engine.orphans().unwrap(), vec![ino]);
         assert_eq!(engine.getattr(ino).unwrap().nlink, 0);
+    }
+
+    /// Submits `kind`; the attributes it answers with.
+    async fn attr_after(engine: &MetaEngine, kind: MetaOpKind) -> InodeAttr {
+        match engine.submit(Caller::ROOT, kind).await.unwrap() {
+            MetaReply::Attr(a) | MetaReply::Copied { attr: a, .. } => a,
+            MetaReply::Created(c) => c.attr,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A slice of `len` bytes at `pos` in its chunk, all of a block of its own.
+    fn slice(pos: u64, len: u32, tag: u8) -> Slice {
+        Slice {
+            pos: pos as u32,
+            len,
+            block: BlockId([tag; 32]),
+            block_off: 0,
+            block_len: len,
+        }
+    }
+
+    fn commit(ino: Ino, slices: Vec<(u32, Slice)>, size: u64) -> MetaOpKind {
+        MetaOpKind::CommitSlices(cairn_common::proto::CommitSlices {
+            ino,
+            slices,
+            size,
+            mtime: Timestamp::now(),
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_counts_the_bytes_it_stores_and_not_its_holes() {
+        use cairn_common::attr::SetAttr;
+        use cairn_common::proto::{CopyRange, Punch};
+        const MIB: u64 = 1 << 20;
+        let (_dir, _, engine) = new_engine();
+        let ino = attr_after(&engine, create(Ino::ROOT, "sparse")).await.ino;
+        // 1 MiB at the start, 1 MiB in the second chunk: 130 MiB long, 2 MiB stored.
+        let a = attr_after(
+            &engine,
+            commit(
+                ino,
+                vec![(0, slice(0, MIB as u32, 1)), (2, slice(0, MIB as u32, 2))],
+                2 * CHUNK_SIZE + MIB,
+            ),
+        )
+        .await;
+        assert_eq!((a.size, a.stored), (2 * CHUNK_SIZE + MIB, 2 * MIB));
+        // Overwriting stored bytes stores none more; writing past them does.
+        let a = attr_after(
+            &engine,
+            commit(ino, vec![(0, slice(MIB / 2, MIB as u32, 3))], 0),
+        )
+        .await;
+        assert_eq!(a.stored, 2 * MIB + MIB / 2);
+        // A hole punched across both runs of data, keeping the size.
+        let punch = |offset, len| {
+            MetaOpKind::Punch(Punch {
+                ino,
+                offset,
+                len,
+                keep_size: true,
+            })
+        };
+        let a = attr_after(&engine, punch(MIB, 2 * CHUNK_SIZE)).await;
+        assert_eq!((a.size, a.stored), (2 * CHUNK_SIZE + MIB, MIB));
+        let a = attr_after(&engine, punch(0, 3 * CHUNK_SIZE)).await;
+        assert_eq!(a.stored, 0);
+        // A copy by reference counts in the copy too, holes left out.
+        let a = attr_after(&engine, commit(ino, vec![(1, slice(0, MIB as u32, 4))], 0)).await;
+        assert_eq!(a.stored, MIB);
+        let copy = attr_after(&engine, create(Ino::ROOT, "copy")).await.ino;
+        let c = attr_after(
+            &engine,
+            MetaOpKind::CopyRange(CopyRange {
+                src: ino,
+                src_off: 0,
+                dst: copy,
+                dst_off: 0,
+                len: u64::MAX,
+            }),
+        )
+        .await;
+        assert_eq!((c.size, c.stored), (2 * CHUNK_SIZE + MIB, MIB));
+        // Truncating drops what is past the new end.
+        let truncate = |size| MetaOpKind::SetAttr {
+            ino: copy,
+            set: SetAttr {
+                size: Some(size),
+                ..SetAttr::default()
+            },
+            open_for_write: false,
+        };
+        let c = attr_after(&engine, truncate(CHUNK_SIZE + MIB / 4)).await;
+        assert_eq!((c.size, c.stored), (CHUNK_SIZE + MIB / 4, MIB / 4));
+        let c = attr_after(&engine, truncate(10 * CHUNK_SIZE)).await;
+        assert_eq!((c.size, c.stored), (10 * CHUNK_SIZE, MIB / 4));
+        // The count is kept with the file, not only answered.
+        assert_eq!(engine.getattr(copy).unwrap().stored, MIB / 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_format_1_namespace_is_upgraded_with_each_files_stored_bytes() {
+        use crate::store::decode_inode;
+        let (dir, opens, engine) = new_engine();
+        let file = attr_after(&engine, create(Ino::ROOT, "f")).await.ino;
+        let sub = attr_after(
+            &engine,
+            MetaOpKind::Mkdir(Mkdir {
+                parent: Ino::ROOT,
+                name: b"d".to_vec(),
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+            }),
+        )
+        .await;
+        let size = 3 * CHUNK_SIZE;
+        attr_after(
+            &engine,
+            commit(
+                file,
+                vec![(0, slice(100, 5000, 1)), (2, slice(7, 900, 2))],
+                size,
+            ),
+        )
+        .await;
+        drop(engine);
+        // Rewrite the records as format 1 wrote them: no count, and the format said so.
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut txn = store.txn();
+            for ino in [Ino::ROOT, file, sub.ino] {
+                let rec = store.inode(ino).unwrap().unwrap();
+                let a = &rec.attr;
+                let old: crate::store::InodeRecordV1 = (
+                    (
+                        a.ino,
+                        a.kind,
+                        a.perm,
+                        a.uid,
+                        a.gid,
+                        a.size,
+                        a.nlink,
+                        a.atime,
+                        a.mtime,
+                        a.ctime,
+                        a.rdev,
+                        a.replication,
+                    ),
+                    rec.parent,
+                    rec.target.clone(),
+                );
+                txn.put_raw(Cf::Inodes, keys::inode(ino), crate::store::encode(&old));
+            }
+            txn.put_meta_u64(META_FORMAT, 1);
+            store.commit(txn, true).unwrap();
+            let raw = store
+                .get_raw(Cf::Inodes, &keys::inode(file))
+                .unwrap()
+                .unwrap();
+            assert_eq!(raw[0], 1);
+            // Read before the upgrade, a file counts as all stored, as it showed then.
+            assert_eq!(decode_inode(&raw).unwrap().attr.stored, size);
+        }
+        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
+        let engine = MetaEngine::open(dir.path(), 3, false, opens, gc).unwrap();
+        let f = engine.getattr(file).unwrap();
+        assert_eq!((f.size, f.stored), (size, 5900));
+        assert_eq!(engine.getattr(sub.ino).unwrap(), sub);
+        assert_eq!(
+            engine.store.meta_u64(META_FORMAT).unwrap(),
+            Some(FORMAT_VERSION)
+        );
+        drop(engine);
+        // A namespace from a newer Cairn is refused, not misread.
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut txn = store.txn();
+            txn.put_meta_u64(META_FORMAT, FORMAT_VERSION + 1);
+            store.commit(txn, true).unwrap();
+        }
+        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
+        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
+        let refused = MetaEngine::open(dir.path(), 3, false, opens, gc)
+            .err()
+            .expect("a newer format is refused");
+        assert!(
+            refused.to_string().contains("newer than this namenode"),
+            "{refused}"
+        );
     }
 }

@@ -338,6 +338,7 @@ fn format(txn: &mut Txn<'_>, replication: u8, now: Timestamp) -> FsResult<MetaRe
             ctime: now,
             rdev: 0,
             replication: replication.max(1),
+            stored: 0,
         },
         parent: Ino::ROOT,
         target: None,
@@ -411,6 +412,7 @@ pub(crate) fn make_node(
             ctime: now,
             rdev: node.rdev,
             replication: dir.attr.replication,
+            stored: 0,
         },
         parent,
         target: node.target,
@@ -865,7 +867,7 @@ fn truncate(txn: &mut Txn<'_>, rec: &mut InodeRecord, size: u64) -> FsResult<()>
             for block in dropped {
                 unref_block(txn, &block)?;
             }
-            txn.put_chunk(ino, index, &kept);
+            set_chunk(txn, &mut rec.attr, index, &kept)?;
         }
     }
     rec.attr.size = size;
@@ -954,7 +956,7 @@ fn commit_slices(txn: &mut Txn<'_>, c: &CommitSlices, now: Timestamp) -> FsResul
         }
         let mut slices = txn.chunk(c.ino, *index)?;
         slices.push(*slice);
-        txn.put_chunk(c.ino, *index, &slices);
+        set_chunk(txn, &mut rec.attr, *index, &slices)?;
         if !touched.contains(index) {
             touched.push(*index);
         }
@@ -968,7 +970,7 @@ fn commit_slices(txn: &mut Txn<'_>, c: &CommitSlices, now: Timestamp) -> FsResul
             for block in &dropped {
                 unref_block(txn, block)?;
             }
-            txn.put_chunk(c.ino, index, &kept);
+            set_chunk(txn, &mut rec.attr, index, &kept)?;
         }
     }
     rec.attr.mtime = c.mtime;
@@ -1038,7 +1040,7 @@ fn copy_range(txn: &mut Txn<'_>, c: &CopyRange, now: Timestamp) -> FsResult<Meta
         }
     }
     for (index, slices) in chunks {
-        txn.put_chunk(c.dst, index, &slices);
+        set_chunk(txn, &mut dst.attr, index, &slices)?;
     }
     dst.attr.size = dst.attr.size.max(dst_end);
     dst.attr.mtime = now;
@@ -1103,7 +1105,7 @@ fn punch(txn: &mut Txn<'_>, p: &Punch, now: Timestamp) -> FsResult<MetaReply> {
     // Past the end there are no slices to cut.
     let chunks = punch_range(txn, &rec.attr, p.offset, end.min(rec.attr.size))?;
     for (index, slices) in chunks {
-        txn.put_chunk(p.ino, index, &slices);
+        set_chunk(txn, &mut rec.attr, index, &slices)?;
     }
     if !p.keep_size {
         rec.attr.size = rec.attr.size.max(end);
@@ -1112,6 +1114,18 @@ fn punch(txn: &mut Txn<'_>, p: &Punch, now: Timestamp) -> FsResult<MetaReply> {
     rec.attr.ctime = now;
     txn.put_inode(&rec);
     Ok(MetaReply::Attr(rec.attr))
+}
+
+/// Sets chunk `index` of file `attr`, keeping its count of stored bytes.
+fn set_chunk(
+    txn: &mut Txn<'_>,
+    attr: &mut InodeAttr,
+    index: u32,
+    slices: &[Slice],
+) -> FsResult<()> {
+    let change = txn.put_chunk(attr.ino, index, slices)?;
+    attr.stored = attr.stored.saturating_add_signed(change);
+    Ok(())
 }
 
 /// The chunks `[start, end)` of a file spans: (chunk index, start and end inside it).

@@ -81,6 +81,7 @@ mod tests {
             ctime: Timestamp::default(),
             rdev: 0,
             replication: 1,
+            stored: 0,
         }
     }
 

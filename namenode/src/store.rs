@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use cairn_common::attr::{FileKind, InodeAttr};
+use cairn_common::attr::{FileKind, InodeAttr, Timestamp};
 use cairn_common::layout::Slice;
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use rocksdb::{
@@ -19,8 +19,11 @@ use crate::keys::{self, ALL_CFS};
 
 /// Version byte in front of every record value; a reader refuses a version it does not know.
 const RECORD_VERSION: u8 = 1;
-/// Format of the whole database, in `meta/format`.
-pub const FORMAT_VERSION: u64 = 1;
+/// Version byte of inode records: 2 added the bytes a file stores (`InodeAttr::stored`).
+const INODE_RECORD_VERSION: u8 = 2;
+/// Format of the whole database, in `meta/format`: 2 counts each file's stored bytes (a
+/// namenode upgrades a format-1 database when it opens it, see `MetaEngine::open`).
+pub const FORMAT_VERSION: u64 = 2;
 
 /// What the `inodes` family holds for one inode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +82,73 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> FsResult<T> {
             "{what} record has unknown version {v}; is this namenode older than its data?"
         ))),
         None => Err(FsError::io(format!("empty {what} record in metadata"))),
+    }
+}
+
+fn encode_inode(rec: &InodeRecord) -> Vec<u8> {
+    postcard::to_extend(rec, vec![INODE_RECORD_VERSION]).expect("records always serialize")
+}
+
+/// Reads an inode record of either version. A version-1 record (format 1) counts a file's
+/// bytes as all stored, as `st_blocks` did then, until the upgrade counts them.
+pub fn decode_inode(bytes: &[u8]) -> FsResult<InodeRecord> {
+    let corrupt =
+        |e: postcard::Error| FsError::io(format!("corrupt inode record in metadata: {e}"));
+    match bytes.split_first() {
+        Some((&INODE_RECORD_VERSION, body)) => postcard::from_bytes(body).map_err(corrupt),
+        Some((1, body)) => postcard::from_bytes::<InodeRecordV1>(body)
+            .map(from_v1)
+            .map_err(corrupt),
+        _ => decode("inode", bytes),
+    }
+}
+
+/// An inode record as format 1 wrote it: the attributes as they were before `stored` (ino,
+/// kind, perm, uid, gid, size, nlink, atime, mtime, ctime, rdev, replication), the parent,
+/// the symlink target.
+pub(crate) type InodeRecordV1 = (
+    (
+        Ino,
+        FileKind,
+        u16,
+        u32,
+        u32,
+        u64,
+        u32,
+        Timestamp,
+        Timestamp,
+        Timestamp,
+        u32,
+        u8,
+    ),
+    Ino,
+    Option<Vec<u8>>,
+);
+
+fn from_v1(old: InodeRecordV1) -> InodeRecord {
+    let (
+        (ino, kind, perm, uid, gid, size, nlink, atime, mtime, ctime, rdev, replication),
+        parent,
+        target,
+    ) = old;
+    InodeRecord {
+        attr: InodeAttr {
+            ino,
+            kind,
+            perm,
+            uid,
+            gid,
+            size,
+            nlink,
+            atime,
+            mtime,
+            ctime,
+            rdev,
+            replication,
+            stored: if kind == FileKind::File { size } else { 0 },
+        },
+        parent,
+        target,
     }
 }
 
@@ -165,7 +235,7 @@ impl Store {
 
     pub fn inode(&self, ino: Ino) -> FsResult<Option<InodeRecord>> {
         self.get_raw(Cf::Inodes, &keys::inode(ino))?
-            .map(|v| decode("inode", &v))
+            .map(|v| decode_inode(&v))
             .transpose()
     }
 
@@ -444,12 +514,12 @@ impl Txn<'_> {
 
     pub fn inode(&self, ino: Ino) -> FsResult<Option<InodeRecord>> {
         self.get_raw(Cf::Inodes, &keys::inode(ino))?
-            .map(|v| decode("inode", &v))
+            .map(|v| decode_inode(&v))
             .transpose()
     }
 
     pub fn put_inode(&mut self, rec: &InodeRecord) {
-        self.put_raw(Cf::Inodes, keys::inode(rec.attr.ino), encode(rec));
+        self.put_raw(Cf::Inodes, keys::inode(rec.attr.ino), encode_inode(rec));
     }
 
     pub fn dentry(&self, parent: Ino, name: &[u8]) -> FsResult<Option<Dentry>> {
@@ -470,13 +540,18 @@ impl Txn<'_> {
             .unwrap_or_default())
     }
 
-    pub fn put_chunk(&mut self, ino: Ino, index: u32, slices: &[Slice]) {
+    /// Sets chunk `index` of `ino`; returns how the bytes the file stores changed (for
+    /// [`InodeAttr::stored`], which the caller keeps).
+    #[must_use = "the file's stored bytes change with its chunks"]
+    pub fn put_chunk(&mut self, ino: Ino, index: u32, slices: &[Slice]) -> FsResult<i64> {
+        let before = cairn_common::layout::covered(&self.chunk(ino, index)?);
         let key = keys::chunk(ino, index);
         if slices.is_empty() {
             self.delete(Cf::Chunks, key);
         } else {
             self.put_raw(Cf::Chunks, key, encode(&slices));
         }
+        Ok(cairn_common::layout::covered(slices) as i64 - before as i64)
     }
 
     pub fn block(&self, id: &BlockId) -> FsResult<Option<BlockRecord>> {

@@ -597,14 +597,31 @@ fn seek(file: &fs::File, offset: u64, whence: i32) -> std::io::Result<u64> {
 }
 
 /// `cp` and copy_file_range(2) copy by reference: new slices name the source's blocks, so
-/// nothing is stored, and what reads back is what a copy of the bytes would give.
+/// nothing is stored, and what reads back is what a copy of the bytes would give. (`cp`
+/// reads and writes the data of a file `st_blocks` shows sparse, as on a local disk.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copies_share_blocks_and_keep_holes() {
     use cairn_common::proto::{AllocateBlock, CopyRange};
     use std::os::unix::fs::FileExt;
     on_two_mounts_one_counting(move |client, a, b| {
-        tracing::info!("--- cp of a file with a hole, its data across a chunk boundary");
         const MIB: usize = 1 << 20;
+        tracing::info!("--- cp copies by reference: nothing stored");
+        let dense = random_bytes(5 * MIB, 39);
+        fs::write(a.join("dense"), &dense).unwrap();
+        let (stored, copies) = (client.sent::<AllocateBlock>(), client.sent::<CopyRange>());
+        sh(&format!("cp {0}/dense {0}/dense-copy", a.display()));
+        assert!(
+            client.sent::<CopyRange>() > copies,
+            "cp copied by copy_file_range"
+        );
+        assert_eq!(
+            client.sent::<AllocateBlock>(),
+            stored,
+            "a copy stores nothing"
+        );
+        assert!(fs::read(b.join("dense-copy")).unwrap() == dense);
+
+        tracing::info!("--- a file with a hole, its data across a chunk boundary, copied whole");
         let src = a.join("src");
         let mut want = vec![0u8; 66 * MIB];
         want[..9 * MIB].copy_from_slice(&random_bytes(9 * MIB, 40));
@@ -615,11 +632,19 @@ async fn copies_share_blocks_and_keep_holes() {
             f.write_all_at(&want[63 * MIB..], 63 * MIB as u64).unwrap();
         }
         let (stored, copies) = (client.sent::<AllocateBlock>(), client.sent::<CopyRange>());
-        sh(&format!("cp {} {}", src.display(), a.join("dst").display()));
-        assert!(
-            client.sent::<CopyRange>() > copies,
-            "cp copied by copy_file_range"
-        );
+        {
+            let (from, to) = (
+                fs::File::open(&src).unwrap(),
+                fs::File::create(a.join("dst")).unwrap(),
+            );
+            let mut at = 0;
+            while at < want.len() {
+                let n = copy_range(&from, at as u64, &to, at as u64, want.len() - at).unwrap();
+                assert!(n > 0, "copy_file_range stopped at {at}");
+                at += n;
+            }
+        }
+        assert!(client.sent::<CopyRange>() > copies);
         assert_eq!(
             client.sent::<AllocateBlock>(),
             stored,
@@ -644,6 +669,14 @@ async fn copies_share_blocks_and_keep_holes() {
             "the end is a hole"
         );
         assert_eq!(errno_of(at(66 * MIB, libc::SEEK_DATA)), libc::ENXIO);
+        assert_eq!(copy.metadata().unwrap().blocks(), (12 * MIB / 512) as u64);
+
+        tracing::info!("--- cp sees from st_blocks that the file is sparse, and keeps its hole");
+        sh(&format!("cp {0}/src {0}/cp-of-src", a.display()));
+        let copy = fs::File::open(a.join("cp-of-src")).unwrap();
+        assert_eq!(seek(&copy, 0, libc::SEEK_HOLE).unwrap(), 9 * MIB as u64);
+        assert_eq!(copy.metadata().unwrap().blocks(), (12 * MIB / 512) as u64);
+        assert!(fs::read(b.join("cp-of-src")).unwrap() == want);
 
         tracing::info!("--- a range with a hole in it, over a file with data, unaligned");
         let target = a.join("target");
@@ -1440,6 +1473,21 @@ print(open(p, 'rb').read()[98:107])
         let mut end = Vec::new();
         f.read_to_end(&mut end).unwrap();
         assert_eq!(end, b"\0\0tail");
+        tracing::info!("--- its holes take no space, and copies of it keep them");
+        assert_eq!(f.metadata().unwrap().blocks(), 1, "4 bytes stored");
+        assert_eq!(
+            sh(&format!("du -B1 {mm}/sparse")).split('\t').next(),
+            Some("512")
+        );
+        let local = tempfile::tempdir().unwrap();
+        sh(&format!("cp {mm}/sparse {}/sparse", local.path().display()));
+        let copied = fs::File::open(local.path().join("sparse")).unwrap();
+        assert_eq!(copied.metadata().unwrap().len(), (5u64 << 30) + 11);
+        assert!(
+            copied.metadata().unwrap().blocks() <= 64,
+            "cp found the holes and wrote none of them"
+        );
+        assert_eq!(pread(&copied, (5u64 << 30) + 5, 6), b"\0\0tail");
 
         tracing::info!(
             "--- fallocate grows a file, KEEP_SIZE leaves it, punched and zeroed ranges read \
@@ -1462,6 +1510,12 @@ print(open(p, 'rb').read()[98:107])
         assert_eq!(zeroed.len(), 4 << 20, "zeroing past the end grows the file");
         assert!(zeroed[12288..2 << 20].iter().all(|b| *b == 0xab));
         assert!(zeroed[2 << 20..].iter().all(|b| *b == 0));
+        let blocks = fs::metadata(m.join("alloc")).unwrap().blocks();
+        assert_eq!(
+            blocks,
+            ((2 << 20) - 8192) / 512,
+            "holes punched and zeroed take no space"
+        );
         // A hole across half the largest file there may be: only chunks that exist are cut.
         let huge = m.join("huge");
         let f = fs::File::create(&huge).unwrap();
@@ -1477,6 +1531,7 @@ print(open(p, 'rb').read()[98:107])
         assert_eq!(f.metadata().unwrap().len(), (1 << 49) + 4);
         assert_eq!(pread(&f, 0, 4), [0; 4]);
         assert_eq!(pread(&f, 1 << 49, 4), [0; 4]);
+        assert_eq!(f.metadata().unwrap().blocks(), 0);
         let collapse = std::process::Command::new("fallocate")
             .args(["-c", "-o", "0", "-l", "1M"])
             .arg(m.join("alloc"))
