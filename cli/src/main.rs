@@ -128,7 +128,16 @@ fn main() -> ExitCode {
     // Called as mount.cairn by mount(8) for an fstab line: translate its arguments.
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match mount_cmd::helper_args(&argv) {
-        Some(Ok(translated)) => argv = translated,
+        Some(Ok(mount_cmd::HelperCall::Mount(translated))) => argv = translated,
+        Some(Ok(mount_cmd::HelperCall::Remount { dir, read_only })) => {
+            return match mount_cmd::remount(&dir, read_only) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mount.cairn: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Some(Err(e)) => {
             eprintln!("mount.cairn: {e:#}");
             return ExitCode::from(1);

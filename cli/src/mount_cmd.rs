@@ -164,20 +164,80 @@ pub fn daemonize(args: &[OsString], mountpoint: &Path, log: Option<&Path>) -> an
     }
 }
 
-/// When called as `mount.cairn SPEC DIR [-o OPTIONS]` (by mount(8)), the equivalent
-/// `cairn mount` arguments; `None` when called as `cairn`.
-pub fn helper_args(args: &[OsString]) -> Option<anyhow::Result<Vec<OsString>>> {
+/// What mount(8) asked of a helper.
+#[derive(Debug, PartialEq)]
+pub enum HelperCall {
+    /// A mount: the equivalent `cairn mount` arguments.
+    Mount(Vec<OsString>),
+    /// `mount -o remount,ro|rw DIR` of a live mount.
+    Remount { dir: PathBuf, read_only: bool },
+}
+
+/// When called by mount(8), what it asks; `None` for an ordinary `cairn` command. mount(8)
+/// runs `mount.cairn SPEC DIR -o OPTIONS` for an fstab line, and for a remount of a mount
+/// it finds in the mount table (type `fuse`, source `cairn`) runs `mount.fuse`, which runs
+/// `cairn DIR -o OPTIONS`.
+pub fn helper_args(args: &[OsString]) -> Option<anyhow::Result<HelperCall>> {
     let name = Path::new(args.first()?)
         .file_name()?
         .to_string_lossy()
         .into_owned();
-    if name != "mount.cairn" {
+    let by_mount_fuse = name == "cairn"
+        && args
+            .get(1)
+            .is_some_and(|a| a.to_string_lossy().starts_with('/'));
+    if name != "mount.cairn" && !by_mount_fuse {
         return None;
     }
-    Some(translate_helper(&args[1..]))
+    Some(translate_helper(&args[1..], !by_mount_fuse))
 }
 
-fn translate_helper(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
+/// Remounts the Cairn mount on `dir` read-only or read-write, keeping its other flags
+/// (the kernel then refuses every change with EROFS; the mount records no access times).
+pub fn remount(dir: &Path, read_only: bool) -> anyhow::Result<()> {
+    let options = cairn_fuse::mount_flags_of(dir)?
+        .with_context(|| format!("{} is not a Cairn mount", dir.display()))?;
+    let mut flags = libc::MS_REMOUNT;
+    for (name, flag) in [
+        ("nosuid", libc::MS_NOSUID),
+        ("nodev", libc::MS_NODEV),
+        ("noexec", libc::MS_NOEXEC),
+        ("noatime", libc::MS_NOATIME),
+        ("nodiratime", libc::MS_NODIRATIME),
+        ("relatime", libc::MS_RELATIME),
+        ("sync", libc::MS_SYNCHRONOUS),
+    ] {
+        if options.iter().any(|o| o == name) {
+            flags |= flag;
+        }
+    }
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .context("a mount point with a NUL byte")?;
+    // SAFETY: `c_dir` is NUL-terminated; the other pointers may be null for a remount.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c_dir.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "remounting {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// `with_spec`: the arguments are `SPEC DIR` (mount.cairn), not `DIR` alone (mount.fuse).
+fn translate_helper(args: &[OsString], with_spec: bool) -> anyhow::Result<HelperCall> {
     let mut positional = Vec::new();
     let mut options = Vec::new();
     let mut it = args.iter();
@@ -194,9 +254,18 @@ fn translate_helper(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
             _ => positional.push(a.clone()),
         }
     }
-    let [_spec, dir] = positional.as_slice() else {
-        bail!("usage: mount.cairn SPEC DIR [-o config=FILE,namenode=HOST:PORT]");
+    let dir = match (positional.as_slice(), with_spec) {
+        ([_, dir], true) | ([dir], false) => dir,
+        _ => bail!("usage: mount.cairn SPEC DIR [-o config=FILE,namenode=HOST:PORT]"),
     };
+    let flags: Vec<&str> = options.iter().flat_map(|o| o.split(',')).collect();
+    if flags.contains(&"remount") {
+        return Ok(HelperCall::Remount {
+            dir: PathBuf::from(dir),
+            // The last of ro and rw wins, as in mount(8).
+            read_only: flags.iter().rev().find(|o| **o == "ro" || **o == "rw") == Some(&"ro"),
+        });
+    }
     let mut out: Vec<OsString> = vec![
         "cairn".into(),
         "mount".into(),
@@ -212,7 +281,7 @@ fn translate_helper(args: &[OsString]) -> anyhow::Result<Vec<OsString>> {
             _ => out.extend(["-o".into(), opt.into()]),
         }
     }
-    Ok(out)
+    Ok(HelperCall::Mount(out))
 }
 
 #[cfg(test)]
@@ -234,23 +303,52 @@ mod tests {
         let out = helper_args(&args).unwrap().unwrap();
         assert_eq!(
             out,
-            [
-                "cairn",
-                "mount",
-                "/mnt/c",
-                "--daemon",
-                "-o",
-                "rw",
-                "--config",
-                "/etc/c.toml",
-                "-o",
-                "_netdev"
-            ]
-            .iter()
-            .map(OsString::from)
-            .collect::<Vec<_>>()
+            HelperCall::Mount(
+                [
+                    "cairn",
+                    "mount",
+                    "/mnt/c",
+                    "--daemon",
+                    "-o",
+                    "rw",
+                    "--config",
+                    "/etc/c.toml",
+                    "-o",
+                    "_netdev"
+                ]
+                .iter()
+                .map(OsString::from)
+                .collect::<Vec<_>>()
+            )
         );
         assert!(helper_args(&[OsString::from("cairn")]).is_none());
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(helper_args(&args(&["cairn", "fs", "ls"])).is_none());
+        // A remount, as mount(8) asks it through mount.fuse: `cairn DIR -o OPTIONS`.
+        assert_eq!(
+            helper_args(&args(&["cairn", "/mnt/c", "-o", "rw,remount,ro"]))
+                .unwrap()
+                .unwrap(),
+            HelperCall::Remount {
+                dir: "/mnt/c".into(),
+                read_only: true
+            }
+        );
+        assert_eq!(
+            helper_args(&args(&[
+                "mount.cairn",
+                "cairn",
+                "/mnt/c",
+                "-o",
+                "remount,ro,rw"
+            ]))
+            .unwrap()
+            .unwrap(),
+            HelperCall::Remount {
+                dir: "/mnt/c".into(),
+                read_only: false
+            }
+        );
         let bad: Vec<OsString> = ["mount.cairn", "only-one"]
             .iter()
             .map(OsString::from)

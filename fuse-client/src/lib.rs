@@ -29,7 +29,7 @@ use tracing::info;
 
 mod mountpoint;
 use mountpoint::FS_NAME;
-pub use mountpoint::{cairn_mounts_on, prepare_mountpoint};
+pub use mountpoint::{cairn_mounts_on, mount_flags_of, prepare_mountpoint};
 
 /// How long the kernel may cache attributes and names. Short: other mounts change things,
 /// and this mount's own changes reply with fresh attributes anyway.
@@ -118,6 +118,8 @@ pub struct CairnFs {
     /// Record reads in access times (relatime).
     atime: bool,
     ended: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Where this is mounted (absolute), to tell a read-only remount.
+    mountpoint: Arc<std::path::PathBuf>,
 }
 
 /// A mounted file system. Dropping it unmounts.
@@ -202,6 +204,7 @@ pub fn mount(
         atime: opts.atime && !opts.read_only,
         append_lock: Arc::default(),
         ended: Mutex::new(Some(tx)),
+        mountpoint: Arc::new(mountpoint::absolute(mountpoint)?),
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -1015,13 +1018,13 @@ impl Filesystem for CairnFs {
             if let Ok(mut f) = file.try_lock() {
                 if let Some(data) = f.file.read_cached(offset, size as usize) {
                     if std::mem::take(&mut f.atime_due) {
-                        record_access(&self.rt, reader, Ino(ino.0));
+                        record_access(&self.rt, reader, Ino(ino.0), self.mountpoint.clone());
                     }
                     return reply.data(&data);
                 }
             }
         }
-        let rt = self.rt.clone();
+        let (rt, mountpoint) = (self.rt.clone(), self.mountpoint.clone());
         self.run(
             async move {
                 // Full POSIX within one mount: a read sees what other handles wrote before it.
@@ -1038,7 +1041,7 @@ impl Filesystem for CairnFs {
                     f.file.forget_map();
                 }
                 if std::mem::take(&mut f.atime_due) {
-                    record_access(&rt, reader, Ino(ino.0));
+                    record_access(&rt, reader, Ino(ino.0), mountpoint);
                 }
                 f.file.read(offset, size as usize).await
             },
@@ -1654,8 +1657,16 @@ impl Filesystem for CairnFs {
 
 /// Records a read of `ino` in its access time, in the background: the read does not wait
 /// for a durable write.
-fn record_access(rt: &Handle, reader: Client, ino: Ino) {
+/// Not once the mount on `mountpoint` is remounted read-only (`mount -o remount,ro`).
+fn record_access(rt: &Handle, reader: Client, ino: Ino, mountpoint: Arc<std::path::PathBuf>) {
     rt.spawn(async move {
+        let read_only = mount_flags_of(&mountpoint)
+            .ok()
+            .flatten()
+            .is_some_and(|flags| flags.iter().any(|f| f == "ro"));
+        if read_only {
+            return;
+        }
         if let Err(e) = reader.accessed(ino).await {
             tracing::debug!("access time of {ino} not recorded: {e}");
         }

@@ -79,19 +79,34 @@ const DEAD_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2
 
 /// How many Cairn mounts the mount table has on `mountpoint` (stacked ones count each).
 pub fn cairn_mounts_on(mountpoint: &Path) -> io::Result<usize> {
+    Ok(cairn_mounts(mountpoint)?.len())
+}
+
+/// The options of the Cairn mount on `mountpoint` (the topmost, if they are stacked) as the
+/// mount table shows them (`rw`/`ro`, `nosuid`, `relatime`, …); `None` if there is none.
+pub fn mount_flags_of(mountpoint: &Path) -> io::Result<Option<Vec<String>>> {
+    Ok(cairn_mounts(mountpoint)?
+        .pop()
+        .map(|options| options.split(',').map(str::to_string).collect()))
+}
+
+/// The option fields of the mount table's Cairn mounts on `mountpoint`, oldest first.
+fn cairn_mounts(mountpoint: &Path) -> io::Result<Vec<String>> {
     let target = absolute(mountpoint)?;
     let target = target.to_string_lossy();
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
     Ok(mounts
         .lines()
-        .filter(|line| {
+        .filter_map(|line| {
             let mut fields = line.split_whitespace();
-            let (source, point, fstype) = (fields.next(), fields.next(), fields.next());
-            source == Some(FS_NAME)
+            let (source, point, fstype, options) =
+                (fields.next(), fields.next(), fields.next(), fields.next());
+            (source == Some(FS_NAME)
                 && fstype.is_some_and(|t| t.starts_with("fuse"))
-                && point.map(unescape_mount_path).as_deref() == Some(target.as_ref())
+                && point.map(unescape_mount_path).as_deref() == Some(target.as_ref()))
+            .then(|| options.unwrap_or_default().to_string())
         })
-        .count())
+        .collect())
 }
 
 /// The name mounts of Cairn carry in the mount table's source field.
@@ -99,7 +114,7 @@ pub(crate) const FS_NAME: &str = "cairn";
 
 /// `path` made absolute with its directories resolved, but not its last component: a dead
 /// mount there cannot be looked into (ENOTCONN), yet it is the name the mount table holds.
-fn absolute(path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn absolute(path: &Path) -> io::Result<PathBuf> {
     match (path.parent(), path.file_name()) {
         (Some(parent), Some(name)) => {
             let parent = if parent.as_os_str().is_empty() {

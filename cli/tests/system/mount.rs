@@ -1857,6 +1857,9 @@ async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
     };
     let quiet = mount_with(&cluster, &q, &opts(false, false)).await;
     let read_only = mount_with(&cluster, &r, &opts(true, true)).await;
+    let remounted_dir = tempfile::tempdir().unwrap();
+    let rem = remounted_dir.path().to_path_buf();
+    let remounted = mount_with(&cluster, &rem, &opts(true, false)).await;
     with_mount(&cluster, move |m| {
         let expire = || std::thread::sleep(std::time::Duration::from_millis(1100));
         let p = m.join("read-me");
@@ -1889,6 +1892,26 @@ async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
         ]);
         expire();
         assert_eq!(fs::metadata(&p).unwrap().atime(), 1_577_836_800);
+
+        tracing::info!("--- `mount -o remount,ro` makes a mount read-only, then `rw` again");
+        use cairn_cli::mount_cmd::remount;
+        remount(&rem, true).unwrap();
+        assert_eq!(fs::read(rem.join("read-me")).unwrap(), b"content");
+        refused(&[
+            (fs::write(rem.join("new"), b"x"), libc::EROFS),
+            (fs::remove_file(rem.join("read-me")), libc::EROFS),
+        ]);
+        expire();
+        assert_eq!(
+            fs::metadata(&p).unwrap().atime(),
+            1_577_836_800,
+            "a read-only mount records no access time"
+        );
+        remount(&rem, false).unwrap();
+        fs::write(rem.join("new"), b"x").unwrap();
+        fs::remove_file(rem.join("new")).unwrap();
+        let not_ours = remount(&m.join("read-me"), true).unwrap_err().to_string();
+        assert!(not_ours.contains("is not a Cairn mount"), "{not_ours}");
 
         tracing::info!("--- a read records itself in atime; mtime and ctime stay");
         assert_eq!(fs::read(&p).unwrap(), b"content");
@@ -1924,6 +1947,7 @@ async fn reads_move_the_access_time_as_relatime_does_unless_noatime() {
     .await;
     unmount(quiet).await;
     unmount(read_only).await;
+    unmount(remounted).await;
     cluster.stop().await.unwrap();
 }
 
