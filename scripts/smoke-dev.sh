@@ -89,6 +89,9 @@ truncate -s 1G "$WORK/mnt/holes"
 rm "$WORK/mnt/holes"
 [ "$("$CAIRN" fs cat /smoke/dir/small)" = "hello cairn" ]
 
+echo "--- the namenode lists the mount"
+"$CAIRN" admin mounts | grep -q ":$WORK/mnt  pid "
+
 echo "--- a second mount there is refused; a mount whose process died is replaced"
 if "$WORK/mount.cairn" cairn "$WORK/mnt" -o "config=$DEV/cairn-client.toml" 2>"$WORK/err"; then
     echo "a second mount on one directory succeeded"; exit 1

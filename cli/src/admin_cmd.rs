@@ -62,6 +62,10 @@ enum AdminCommand {
     },
     /// Re-replication: blocks below their replication, copies under way, rate and ETA.
     RepairStatus,
+    /// The mounts connected to the namenode: host, mount point, process, version, open
+    /// files, and when each last read the change feed (one that stopped reading it makes
+    /// changes of files it read wait up to two seconds).
+    Mounts,
     /// Drain a datanode: its blocks are copied elsewhere, then it shows as decommissioned
     /// and may be switched off (root only). `--cancel` puts it back in service.
     Decommission {
@@ -131,6 +135,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             }
         }
         AdminCommand::RepairStatus => repair_status(&client, json).await?,
+        AdminCommand::Mounts => mounts(&client, json).await?,
         AdminCommand::Decommission { node, cancel } => {
             let state = admin_target(AdminState::Decommissioning, cancel);
             set_admin(&client, &node, state, json).await?
@@ -366,6 +371,41 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
             size(s.bytes_this_pass),
             last,
             s.corrupt_found
+        );
+    }
+    Ok(())
+}
+
+async fn mounts(client: &Client, json: bool) -> anyhow::Result<()> {
+    let list = client
+        .namenode(cairn_common::proto::ListMounts)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!("Mounts: {}", list.len());
+    // Twice the trust a read of the feed gives: past it, the namenode stops waiting for
+    // the mount before answering changes of files it read.
+    let stale_after = 2 * cairn_common::proto::LEASE_TRUST.as_millis() as u64;
+    for m in &list {
+        let feed = format!("{:.1} s ago", m.feed_read_ms_ago as f64 / 1000.0);
+        let stale = if m.feed_read_ms_ago > stale_after {
+            "  STALE: not reading the change feed"
+        } else {
+            ""
+        };
+        println!(
+            "{}:{}  pid {}  cairn {}  {} ({})  open files {}  feed read {feed}  up {}{stale}",
+            m.info.host,
+            m.info.mountpoint,
+            m.info.pid,
+            m.info.version,
+            m.addr,
+            m.client,
+            m.open_files,
+            humantime::format_duration(std::time::Duration::from_secs(m.connected_secs)),
         );
     }
     Ok(())

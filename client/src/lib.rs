@@ -208,6 +208,8 @@ struct Inner {
     sent: Mutex<HashMap<&'static str, u64>>,
     /// Told of the inodes other clients changed, before the feed is read on.
     on_changed: Mutex<Option<ChangedHook>>,
+    /// Who this client is, when it serves a mount (see [`Client::serve_mount`]).
+    mount: Mutex<Option<proto::MountInfo>>,
 }
 
 /// What [`Client::on_others_changes`] installs.
@@ -264,6 +266,7 @@ impl Client {
                 misses: Mutex::default(),
                 sent: Mutex::default(),
                 on_changed: Mutex::default(),
+                mount: Mutex::default(),
                 session,
             }),
         })
@@ -396,6 +399,21 @@ impl Client {
     /// with it, for that long after the last read of the feed.
     pub fn follow_changes(&self) {
         tokio::spawn(follow_changes(Arc::downgrade(&self.inner)));
+    }
+
+    /// Says that this client serves the mount on `mountpoint`: its reads of the change
+    /// feed then tell the namenode so (`cairn admin mounts` lists it).
+    pub fn serve_mount(&self, mountpoint: &std::path::Path) {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        *self.inner.mount.lock().unwrap_or_else(|e| e.into_inner()) = Some(proto::MountInfo {
+            host,
+            mountpoint: mountpoint.display().to_string(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            session: self.inner.session,
+        });
     }
 
     /// Is this client following the change feed: its last complete read asked for less
@@ -1187,6 +1205,11 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
             epoch: at.0,
             since: at.1,
             wait_ms: wait.as_millis() as u32,
+            mount: inner
+                .mount
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         };
         let reader = Client::from_inner(inner);
         let answer = tokio::select! {

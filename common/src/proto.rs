@@ -87,6 +87,7 @@ service! {
         Changes(Changes) -> ChangesReply,
         ListDir(ListDir) -> DirListing,
         GetMetaHealth(GetMetaHealth) -> MetaHealth,
+        ListMounts(ListMounts) -> Vec<MountStatus>,
     }
 }
 
@@ -247,6 +248,39 @@ pub struct Changes {
     /// there is, or this long (capped at [`MAX_FEED_WAIT_MS`]): the feed comes as it
     /// happens, one request in flight at a time.
     pub wait_ms: u32,
+    /// Sent by mounts: who they are, for `cairn admin mounts`.
+    pub mount: Option<MountInfo>,
+}
+
+/// Who a mount is. A mount reads the change feed as long as it lives, so its reads carry
+/// this, and the namenode lists the mounts reading its feed from them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub host: String,
+    pub mountpoint: String,
+    pub pid: u32,
+    pub version: String,
+    /// The client's session, under which its open files and locks are held.
+    pub session: u64,
+}
+
+/// The mounts connected to the namenode, as `cairn admin mounts` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListMounts;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountStatus {
+    pub info: MountInfo,
+    /// The name in the mount's certificate.
+    pub client: String,
+    pub addr: SocketAddr,
+    /// Files the mount holds open (as its last renewal said).
+    pub open_files: u64,
+    /// How long ago the mount last read the change feed: one that stopped reading it for
+    /// over twice [`LEASE_TRUST`] makes changes of files it read wait for it.
+    pub feed_read_ms_ago: u64,
+    /// How long the mount has been connected.
+    pub connected_secs: u64,
 }
 
 /// The longest a [`Changes`] request is held back waiting for a change.

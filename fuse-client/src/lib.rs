@@ -206,6 +206,7 @@ pub fn mount(
         ended: Mutex::new(Some(tx)),
         mountpoint: Arc::new(mountpoint::absolute(mountpoint)?),
     };
+    follower.serve_mount(&fs.mountpoint);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(FS_NAME.into()),

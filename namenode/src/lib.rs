@@ -25,7 +25,8 @@ use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
     AllocateBlock, Changed, ChangedDir, ChunkMap, Copied, CreateReply, DatanodeCommand, FsStats,
-    HeartbeatReply, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply, Removed, Renamed,
+    HeartbeatReply, MountStatus, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply,
+    Removed, Renamed,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{BlockId, FsError, FsResult};
@@ -62,6 +63,17 @@ pub struct Namenode {
     lock_sessions: std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<u64>>>,
     /// Cancelled at shutdown: requests held back waiting (for the change feed) answer at once.
     stopping: CancellationToken,
+    /// The mounts reading the change feed, by connection.
+    mounts: std::sync::Mutex<std::collections::HashMap<u64, MountSeen>>,
+}
+
+/// A mount as its reads of the change feed show it.
+struct MountSeen {
+    info: cairn_common::proto::MountInfo,
+    client: String,
+    addr: std::net::SocketAddr,
+    since: std::time::Instant,
+    read_at: std::time::Instant,
 }
 
 /// Runs a namenode serving on `endpoint` until `shutdown` is cancelled.
@@ -112,6 +124,7 @@ pub async fn run(
         opens,
         gc,
         lock_sessions: Default::default(),
+        mounts: Default::default(),
         stopping: shutdown.clone(),
         config,
         engine,
@@ -299,6 +312,7 @@ impl Service for Namenode {
 
     fn disconnected(&self, peer: &Peer) {
         self.drop_session_locks(peer);
+        self.mounts().remove(&peer.serial);
     }
 
     async fn handle(
@@ -618,6 +632,19 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::Changes(r) => {
+                if let Some(info) = r.mount {
+                    let now = std::time::Instant::now();
+                    let mut mounts = self.mounts();
+                    let seen = mounts.entry(peer.serial).or_insert_with(|| MountSeen {
+                        info: info.clone(),
+                        client: peer.name.clone(),
+                        addr: peer.addr,
+                        since: now,
+                        read_at: now,
+                    });
+                    seen.info = info;
+                    seen.read_at = now;
+                }
                 let wait = r.wait_ms.min(cairn_common::proto::MAX_FEED_WAIT_MS);
                 let reply = self
                     .engine
@@ -631,6 +658,24 @@ impl Service for Namenode {
                     )
                     .await;
                 ex.respond(&Ok(reply)).await
+            }
+            R::ListMounts(_) => {
+                let mut list: Vec<MountStatus> = self
+                    .mounts()
+                    .values()
+                    .map(|m| MountStatus {
+                        info: m.info.clone(),
+                        client: m.client.clone(),
+                        addr: m.addr,
+                        open_files: self.opens.held_by(m.info.session) as u64,
+                        feed_read_ms_ago: m.read_at.elapsed().as_millis() as u64,
+                        connected_secs: m.since.elapsed().as_secs(),
+                    })
+                    .collect();
+                list.sort_by(|a, b| {
+                    (&a.info.host, &a.info.mountpoint).cmp(&(&b.info.host, &b.info.mountpoint))
+                });
+                ex.respond(&Ok(list)).await
             }
             R::KeepOpen(r) => {
                 let released = self.opens.renew(r.session, r.gen, &r.open);
@@ -755,6 +800,10 @@ impl Namenode {
             Ok(_) => {}
             Err(e) => warn!(files, "freeing files with no name left failed: {e}"),
         }
+    }
+
+    fn mounts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, MountSeen>> {
+        self.mounts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn drop_session_locks(&self, peer: &Peer) {

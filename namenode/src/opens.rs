@@ -137,6 +137,14 @@ impl OpenTable {
         released
     }
 
+    /// How many files `session` holds open.
+    pub fn held_by(&self, session: u64) -> usize {
+        self.table()
+            .sessions
+            .get(&session)
+            .map_or(0, |s| s.open.len())
+    }
+
     /// Forgets sessions not renewed within the lease (their clients died or lost us).
     /// Returns the inodes nobody holds any more.
     pub fn expire(&self) -> Vec<Ino> {

@@ -1328,6 +1328,61 @@ async fn the_mount_reports_a_missing_namenode_and_recovers_when_it_returns() {
     cluster.stop().await.unwrap();
 }
 
+/// The mounts the namenode lists, once `ready` holds of them (within bounds).
+async fn listed_mounts(
+    admin: &cairn_client::Client,
+    ready: impl Fn(&[cairn_common::proto::MountStatus]) -> bool,
+) -> Vec<cairn_common::proto::MountStatus> {
+    for _ in 0..100 {
+        let list = admin
+            .namenode(cairn_common::proto::ListMounts)
+            .await
+            .unwrap();
+        if ready(&list) {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    panic!("the mounts listed never became what was expected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_namenode_lists_its_mounts_and_what_they_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let (_first_dir, a, first) = mount_new(&cluster).await;
+    let (_second_dir, b, second) = mount_new(&cluster).await;
+    let admin = cluster.client().await.unwrap();
+    let path = a.join("held");
+    let held = tokio::task::spawn_blocking(move || fs::File::create(path).unwrap())
+        .await
+        .unwrap();
+    let list = listed_mounts(&admin, |l| l.len() == 2).await;
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for m in &list {
+        assert_eq!(m.info.pid, std::process::id());
+        assert_eq!(m.info.host, host.trim());
+        assert_eq!(m.info.version, env!("CARGO_PKG_VERSION"));
+        assert!(
+            m.feed_read_ms_ago < 2_000,
+            "a live mount reads the feed: {m:?}"
+        );
+    }
+    let on = |p: &Path| {
+        list.iter()
+            .find(|m| m.info.mountpoint == p.display().to_string())
+            .unwrap_or_else(|| panic!("{} not listed in {list:?}", p.display()))
+    };
+    assert_eq!(on(&a).open_files, 1, "the file held open there");
+    assert_eq!(on(&b).open_files, 0);
+    drop(held);
+    unmount(second).await;
+    let left = listed_mounts(&admin, |l| l.len() == 1).await;
+    assert_eq!(left[0].info.mountpoint, a.display().to_string());
+    unmount(first).await;
+    cluster.stop().await.unwrap();
+}
+
 /// Cuts the FUSE connection of the mount on `dir`, as the kernel does when the process
 /// serving it ends: everything under `dir` then fails with ENOTCONN.
 fn abort_connection(dir: &Path) {
