@@ -91,6 +91,7 @@ rm "$WORK/mnt/holes"
 
 echo "--- the namenode lists the mount"
 "$CAIRN" admin mounts | grep -q ":$WORK/mnt  pid "
+"$CAIRN" admin report | grep -q "^Mounts: 1 (0 not reading the change feed"
 
 echo "--- a second mount there is refused; a mount whose process died is replaced"
 if "$WORK/mount.cairn" cairn "$WORK/mnt" -o "config=$DEV/cairn-client.toml" 2>"$WORK/err"; then

@@ -242,6 +242,13 @@ struct Report {
     repair: RepairStatus,
     safe_mode: SafeModeStatus,
     metadata: MetaHealth,
+    mounts: Vec<cairn_common::proto::MountStatus>,
+}
+
+/// How long since its last read of the change feed a mount counts as stale: twice the
+/// trust one read gives, past which the namenode stops waiting for it.
+fn stale_after_ms() -> u64 {
+    2 * cairn_common::proto::LEASE_TRUST.as_millis() as u64
 }
 
 async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
@@ -258,6 +265,10 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
     let metadata = client
         .namenode(GetMetaHealth)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let mounts = client
+        .namenode(cairn_common::proto::ListMounts)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let count = |state| datanodes.iter().filter(|d| d.state == state).count();
@@ -278,6 +289,7 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         repair,
         safe_mode,
         metadata,
+        mounts,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -297,6 +309,15 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
             r.for_secs, r.refused, r.error
         ),
     }
+    let stale = report
+        .mounts
+        .iter()
+        .filter(|m| m.feed_read_ms_ago > stale_after_ms())
+        .count();
+    println!(
+        "Mounts: {} ({stale} not reading the change feed; `cairn admin mounts` lists them)",
+        report.mounts.len()
+    );
     println!();
     println!(
         "{:<16} {:<10} {:<22} {:<6} {:<15} {:>10} {:>10} {:>10} {:>6} {:>8} {:>10} {:>5}",
@@ -386,12 +407,9 @@ async fn mounts(client: &Client, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("Mounts: {}", list.len());
-    // Twice the trust a read of the feed gives: past it, the namenode stops waiting for
-    // the mount before answering changes of files it read.
-    let stale_after = 2 * cairn_common::proto::LEASE_TRUST.as_millis() as u64;
     for m in &list {
         let feed = format!("{:.1} s ago", m.feed_read_ms_ago as f64 / 1000.0);
-        let stale = if m.feed_read_ms_ago > stale_after {
+        let stale = if m.feed_read_ms_ago > stale_after_ms() {
             "  STALE: not reading the change feed"
         } else {
             ""
