@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what building and testing Cairn needs on Debian 12 (run as root):
 # RocksDB and clang (for the rocksdb crate's bindings), FUSE 3, the programs the mount tests
-# run on a mount (git, sqlite3, rsync, tar), and a Rust toolchain if none.
+# run on a mount (git, sqlite3, rsync, tar), systemd-analyze (the example units are
+# checked), and a Rust toolchain if none.
 # With --bench, also what docs/BENCHMARKS.md's runs use: fio, bindfs (the FUSE ceiling) and
 # perf (the profiles and scripts/fuse-request-latency.sh).
 set -eu
@@ -14,7 +15,7 @@ apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config ca-certificates curl \
     librocksdb-dev libclang-dev clang \
     fuse3 libfuse3-dev \
-    git sqlite3 rsync tar python3 util-linux $BENCH >/dev/null
+    git sqlite3 rsync tar python3 util-linux systemd $BENCH >/dev/null
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
         :

@@ -63,6 +63,16 @@ echo "--- from anywhere with CAIRN_CONFIG"
 export CAIRN_CONFIG="$DEV/cairn-client.toml"
 [ "$("$CAIRN" fs cat /smoke/dir/small)" = "hello cairn" ]
 
+echo "--- the example systemd units are valid for this build"
+mkdir "$WORK/units"
+for f in "$(dirname "$0")"/../examples/systemd/*.service; do
+    sed "s#/usr/local/bin/cairn#$(readlink -f "$CAIRN")#" "$f" >"$WORK/units/$(basename "$f")"
+done
+# systemd-analyze warns (and still exits 0) about anything it would ignore.
+warned="$(systemd-analyze verify "$WORK/units/cairn-namenode.service" \
+    "$WORK/units/cairn-datanode@one.service" 2>&1)"
+[ -z "$warned" ] || { echo "$warned"; exit 1; }
+
 echo "--- the cluster's health for an operator"
 "$CAIRN" admin report | grep -q "Datanodes: 3 (3 live, 0 stale, 0 dead)"
 "$CAIRN" admin fsck /smoke | grep -q "Status: HEALTHY"
