@@ -87,6 +87,23 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Runs `daemon` (called `what`) until its token is cancelled. An error that ends it is
+    /// logged as it happens: nobody may be waiting on the task to hear it.
+    fn spawn(
+        what: String,
+        shutdown: CancellationToken,
+        daemon: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) -> Daemon {
+        let task = tokio::spawn(async move {
+            let ended = daemon.await;
+            if let Err(e) = &ended {
+                tracing::error!("{what} stopped: {e:#}");
+            }
+            ended
+        });
+        Daemon { shutdown, task }
+    }
+
     async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.task.await.context("daemon task panicked")?
@@ -234,12 +251,8 @@ impl DevCluster {
         self.namenode_addr = endpoint.local_addr()?;
         self.namenode_config.listen = self.namenode_addr;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(cairn_namenode::run(
-            self.namenode_config.clone(),
-            endpoint,
-            shutdown.clone(),
-        ));
-        self.namenode = Some(Daemon { shutdown, task });
+        let run = cairn_namenode::run(self.namenode_config.clone(), endpoint, shutdown.clone());
+        self.namenode = Some(Daemon::spawn("the namenode".into(), shutdown, run));
         Ok(())
     }
 
@@ -309,12 +322,9 @@ impl DevCluster {
         };
         dn.addr = Some(endpoint.local_addr()?);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(cairn_datanode::run(
-            dn.config.clone(),
-            endpoint,
-            shutdown.clone(),
-        ));
-        dn.daemon = Some(Daemon { shutdown, task });
+        let run = cairn_datanode::run(dn.config.clone(), endpoint, shutdown.clone());
+        let what = format!("datanode {}", dn.config.name);
+        dn.daemon = Some(Daemon::spawn(what, shutdown, run));
         Ok(())
     }
 
@@ -335,6 +345,10 @@ impl DevCluster {
 
     /// Waits until `n` datanodes are registered and alive.
     pub async fn wait_for_datanodes(&self, n: usize) -> anyhow::Result<()> {
+        let namenode_stopped = || self.namenode.as_ref().is_some_and(|d| d.task.is_finished());
+        if namenode_stopped() {
+            anyhow::bail!("the namenode stopped (its error is logged above)");
+        }
         let client = self.client().await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -344,6 +358,9 @@ impl DevCluster {
             };
             if alive >= n {
                 return Ok(());
+            }
+            if namenode_stopped() {
+                anyhow::bail!("the namenode stopped (its error is logged above)");
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,

@@ -40,6 +40,8 @@ pub struct BlockStore {
     blocks: Mutex<HashMap<BlockId, u32>>,
     used: AtomicU64,
     temp_seq: AtomicU64,
+    /// Held (locked) while the store is open: one datanode per data directory.
+    _lock: fs::File,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +60,9 @@ impl BlockStore {
     ) -> anyhow::Result<BlockStore> {
         fs::create_dir_all(root.join("blocks"))
             .with_context(|| format!("creating {}", root.display()))?;
+        // Before anything is cleaned: a second datanode here would delete the first's
+        // blocks being written, and both would answer for one identity.
+        let lock = lock_data_dir(root)?;
         let tmp = root.join("tmp");
         // Temp files are blocks whose write never finished: nobody was acknowledged.
         if tmp.exists() {
@@ -97,6 +102,7 @@ impl BlockStore {
             blocks: Mutex::new(blocks),
             used: AtomicU64::new(used),
             temp_seq: AtomicU64::new(0),
+            _lock: lock,
         })
     }
 
@@ -374,6 +380,52 @@ fn read_dir_sorted(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// How long a datanode waits for the lock of its data directory: a datanode restarted in
+/// the same process may still be letting go of it.
+#[cfg(not(test))]
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+#[cfg(test)]
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Locks `root` for this datanode (`flock` on `root/lock`, released when the process ends
+/// however it ends), with this process's id in it for whoever finds it taken.
+fn lock_data_dir(root: &Path) -> anyhow::Result<fs::File> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let path = root.join("lock");
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: the descriptor is open for the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+        if std::time::Instant::now() >= deadline {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "data directory {} is in use by another datanode (pid {}); one datanode per \
+                 data directory",
+                root.display(),
+                holder.trim()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
 fn load_or_create_id(root: &Path) -> anyhow::Result<DatanodeId> {
     let path = root.join(ID_FILE);
     if let Ok(text) = fs::read_to_string(&path) {
@@ -437,6 +489,28 @@ fn write_parts(f: &mut File, parts: &[Bytes]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_datanode_per_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = BlockStore::open(dir.path(), 0, None).unwrap();
+        let refused = BlockStore::open(dir.path(), 0, None)
+            .err()
+            .expect("a second is refused");
+        let why = format!("{refused:#}");
+        assert!(
+            why.contains("in use by another datanode")
+                && why.contains(&format!("pid {}", std::process::id())),
+            "{why}"
+        );
+        // Let go of it (a datanode restarting in one process): the next open waits for that.
+        let releasing = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(first);
+        });
+        BlockStore::open(dir.path(), 0, None).unwrap();
+        releasing.join().unwrap();
+    }
 
     #[test]
     fn blocks_survive_reopen_and_bad_bytes_are_refused() {

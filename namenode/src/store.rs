@@ -176,8 +176,17 @@ impl Store {
         let cfs = ALL_CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, family_options()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs)
-            .map_err(|e| anyhow::anyhow!("opening metadata store {}: {e}", dir.display()))?;
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            // Another process (or this one) has it open: RocksDB holds `LOCK` while open.
+            if e.to_string().contains("/LOCK") {
+                anyhow::anyhow!(
+                    "metadata directory {} is in use by another namenode ({e})",
+                    dir.display()
+                )
+            } else {
+                anyhow::anyhow!("opening metadata store {}: {e}", dir.display())
+            }
+        })?;
         Ok(Store { db: Arc::new(db) })
     }
 
@@ -606,6 +615,17 @@ mod tests {
             Err(FsError::Io(_))
         ));
         assert!(decode::<BlockRecord>("block", &[]).is_err());
+    }
+
+    #[test]
+    fn one_namenode_per_metadata_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let refused = Store::open(dir.path()).err().expect("a second is refused");
+        assert!(
+            refused.to_string().contains("in use by another namenode"),
+            "{refused}"
+        );
     }
 
     #[test]
