@@ -40,7 +40,8 @@ enum AdminCommand {
     /// many blocks are under-replicated or missing.
     Report,
     /// Check files' blocks against their replication: per file, blocks, replicas and where
-    /// they are, and what is wrong. Exits with 1 when data is missing or corrupt.
+    /// they are, and what is wrong. Exits with 1 when data is missing or corrupt, with 3
+    /// when blocks are only under-replicated.
     Fsck {
         #[arg(default_value = "/")]
         path: String,
@@ -369,6 +370,9 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
         "Blocks: {} referenced; {} under-replicated ({} with one replica), {} missing, {} over-replicated, {} in too few racks",
         r.blocks, r.under_replicated, r.one_replica, r.missing, r.over_replicated, r.misplaced
     );
+    if let Some(why) = unrepairable(r) {
+        println!("{why}");
+    }
     println!(
         "Corrupt: {} replicas awaiting replacement; {} blocks with no good replica",
         r.corrupt_replicas, r.corrupt_blocks
@@ -442,6 +446,9 @@ async fn repair_status(client: &Client, json: bool) -> anyhow::Result<()> {
         "Queue: {} blocks under-replicated ({} with one replica), {} missing, {} in too few racks",
         r.under_replicated, r.one_replica, r.missing, r.misplaced
     );
+    if let Some(why) = unrepairable(&r) {
+        println!("{why}");
+    }
     println!(
         "To copy: {} replicas, {}; {} copies under way",
         r.copies_needed,
@@ -501,8 +508,16 @@ struct FsckSummary {
     missing: u64,
     /// Blocks whose every replica was found corrupt.
     corrupt: u64,
+    /// Every block has all its replicas.
     healthy: bool,
+    /// `healthy`, `under-replicated` (every block readable, some short of replicas) or
+    /// `corrupt` (some block has no good live replica).
+    status: &'static str,
 }
+
+/// `cairn admin fsck`'s exit status when every block is readable but some have fewer live
+/// replicas than their replication (1 is for missing or corrupt data, 2 for usage errors).
+const FSCK_UNDER_REPLICATED: u8 = 3;
 
 /// One file's blocks against its replication; `names` names datanodes by id.
 async fn check_file(
@@ -625,7 +640,14 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
             _ => {}
         }
     }
-    summary.healthy = summary.missing == 0 && summary.corrupt == 0;
+    summary.status = if summary.missing + summary.corrupt > 0 {
+        "corrupt"
+    } else if summary.under_replicated > 0 {
+        "under-replicated"
+    } else {
+        "healthy"
+    };
+    summary.healthy = summary.status == "healthy";
     if json {
         #[derive(Serialize)]
         struct Out {
@@ -637,7 +659,7 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
             summary,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(exit_code(out.summary.healthy));
+        return Ok(fsck_exit(&out.summary));
     }
     for f in &reported {
         let problems = f.blocks.iter().filter(|b| b.problem.is_some()).count();
@@ -686,21 +708,42 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
         s.missing,
         s.corrupt
     );
-    println!(
-        "Status: {}",
-        if s.healthy {
-            "HEALTHY"
-        } else {
-            "CORRUPT (blocks with no good live replica)"
+    match s.status {
+        "healthy" => println!("Status: HEALTHY"),
+        "under-replicated" => {
+            println!(
+                "Status: UNDER-REPLICATED ({} blocks have fewer live replicas than their replication; all are readable)",
+                s.under_replicated
+            );
+            // Why repair has not fixed it, as the namenode sees it now.
+            if let Ok(r) = client.namenode(GetRepairStatus).await {
+                if let Some(why) = unrepairable(&r) {
+                    println!("{why}");
+                } else {
+                    println!("Repair is under way: cairn admin repair-status");
+                }
+            }
         }
-    );
-    Ok(exit_code(s.healthy))
+        _ => println!("Status: CORRUPT (blocks with no good live replica)"),
+    }
+    Ok(fsck_exit(s))
 }
 
-fn exit_code(healthy: bool) -> ExitCode {
-    if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+fn fsck_exit(s: &FsckSummary) -> ExitCode {
+    match s.status {
+        "healthy" => ExitCode::SUCCESS,
+        "under-replicated" => ExitCode::from(FSCK_UNDER_REPLICATED),
+        _ => ExitCode::from(1),
     }
+}
+
+/// Why some under-replicated blocks cannot be repaired now, if any cannot.
+fn unrepairable(r: &cairn_common::proto::RepairStatus) -> Option<String> {
+    (r.unrepairable > 0).then(|| {
+        format!(
+            "Cannot repair {} blocks now: each is on every one of the {} live datanodes in service, \
+             fewer than its replication. Add datanodes, or lower the replication (cairn admin setrep).",
+            r.unrepairable, r.live_datanodes
+        )
+    })
 }

@@ -394,6 +394,14 @@ impl FreshAttrs {
         self.state().forget_one(ino);
     }
 
+    /// Forgets `ino`'s attributes and its kept map: a lock on it was taken, and what
+    /// another client wrote under the lock before must be read (NFS's rule).
+    pub fn drop_file(&self, ino: Ino) {
+        let mut s = self.state();
+        s.forget_one(ino);
+        s.map_moved(ino);
+    }
+
     /// A change of `dir`'s entries went unanswered: forget its attributes and its names.
     pub fn unknown_change(&self, dir: Ino) {
         self.forget(dir);

@@ -206,14 +206,23 @@ struct Inner {
     misses: Mutex<HashMap<Ino, (std::time::Instant, Option<std::time::Instant>)>>,
     /// Requests sent to the namenode, by kind (what a test or a debugger counts).
     sent: Mutex<HashMap<&'static str, u64>>,
-    /// Told of the inodes other clients changed, before the feed is read on.
+    /// Told of other clients' changes, before the feed is read on.
     on_changed: Mutex<Option<ChangedHook>>,
     /// Who this client is, when it serves a mount (see [`Client::serve_mount`]).
     mount: Mutex<Option<proto::MountInfo>>,
 }
 
 /// What [`Client::on_others_changes`] installs.
-type ChangedHook = Arc<dyn Fn(&[Ino]) + Send + Sync>;
+type ChangedHook = Arc<dyn Fn(OthersChanged<'_>) + Send + Sync>;
+
+/// What other clients changed, as the change feed tells it.
+#[derive(Debug, Clone, Copy)]
+pub enum OthersChanged<'a> {
+    /// These changes, in order.
+    These(&'a [proto::Change]),
+    /// Anything may have: the feed was restarted or fell behind.
+    Anything,
+}
 
 impl Inner {
     fn opens_handle(&self) -> Arc<opens::OpenSet> {
@@ -382,10 +391,11 @@ impl Client {
         res
     }
 
-    /// Calls `hook` with the inodes other clients changed, as the change feed tells of them
-    /// and before it is read on — so before another client's close of a file this client
-    /// holds a lease on returns (a mount voids what its kernel keeps of them).
-    pub fn on_others_changes(&self, hook: impl Fn(&[Ino]) + Send + Sync + 'static) {
+    /// Calls `hook` with what other clients changed, as the change feed tells of it and
+    /// before it is read on — so before the other client's change is answered there (the
+    /// namenode waits for every mount reading the feed to read past it): a mount voids
+    /// what its kernel keeps of it, names, attributes and pages.
+    pub fn on_others_changes(&self, hook: impl Fn(OthersChanged<'_>) + Send + Sync + 'static) {
         *self
             .inner
             .on_changed
@@ -795,7 +805,7 @@ impl Client {
             .change_reaching_files(req, &edits, &[(parent, name)], &[])
             .await?;
         self.inner.fresh.forget(removed.ino);
-        self.forget_trash(removed.trash);
+        self.forget_trash(removed.trash).await;
         Ok(())
     }
 
@@ -832,16 +842,20 @@ impl Client {
         for ino in std::iter::once(renamed.moved).chain(renamed.replaced) {
             self.inner.fresh.forget(ino);
         }
-        self.forget_trash(renamed.trash);
+        self.forget_trash(renamed.trash).await;
         Ok(())
     }
 
     /// A file this client removed went to `trash`: the change feed does not tell it of the
     /// name the file got there, so what it and its kernel keep of that directory goes.
-    fn forget_trash(&self, trash: Option<Ino>) {
+    async fn forget_trash(&self, trash: Option<Ino>) {
         if let Some(trash) = trash {
             self.inner.fresh.unknown_change(trash);
-            self.inner.void_in_kernel(&[trash]);
+            let changed = vec![
+                proto::Change::Inode(trash),
+                proto::Change::Entries(trash, 0),
+            ];
+            self.inner.void_in_kernel(Some(changed)).await;
         }
     }
 
@@ -1039,6 +1053,14 @@ impl Client {
         self.namenode(proto::ReleaseLocks { ino, owner }).await
     }
 
+    /// Forgets what this client keeps of `ino` (attributes, map; every handle reads by a
+    /// fresh map next): a lock on it was just taken, and what another client wrote under
+    /// the lock before must be what is read now.
+    pub fn drop_cached(&self, ino: Ino) {
+        self.inner.fresh.drop_file(ino);
+        self.inner.opens.maps_changed_elsewhere(Some(&[ino]));
+    }
+
     pub async fn datanodes(&self) -> FsResult<Vec<DatanodeStatus>> {
         self.namenode(proto::ListDatanodes).await
     }
@@ -1151,16 +1173,28 @@ impl Client {
 
 /// The components of an absolute path; `.` is skipped, `..` refused.
 impl Inner {
-    /// Has the mount's kernel forget what it keeps of `inos` (the hook of
+    /// Has the mount's kernel forget what it keeps of what others `changed` (the hook of
     /// [`Client::on_others_changes`]).
-    fn void_in_kernel(&self, inos: &[Ino]) {
+    ///
+    /// On a thread of its own: the kernel drops a page only once a read of it is answered,
+    /// and the task answering it may be queued behind this one on the runtime's worker.
+    async fn void_in_kernel(&self, changes: Option<Vec<proto::Change>>) {
+        if changes.as_ref().is_some_and(Vec::is_empty) {
+            return;
+        }
         let hook = self
             .on_changed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some(hook) = hook.filter(|_| !inos.is_empty()) {
-            hook(inos);
+        if let Some(hook) = hook {
+            let voided = tokio::task::spawn_blocking(move || match &changes {
+                Some(changes) => hook(OthersChanged::These(changes)),
+                None => hook(OthersChanged::Anything),
+            });
+            if let Err(e) = voided.await {
+                tracing::warn!("the kernel's caches could not be voided: {e}");
+            }
         }
     }
 }
@@ -1241,11 +1275,12 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
                     proto::Change::Entries(..) => None,
                 })
                 .collect();
-            inner.void_in_kernel(&files);
+            inner.void_in_kernel(Some(reply.changes.clone())).await;
             inner.opens.maps_changed_elsewhere(Some(&files));
             opens::renew_if_held(&Client::from_inner(inner.clone()), &files).await;
         } else {
             inner.fresh.feed_restarted();
+            inner.void_in_kernel(None).await;
             inner.opens.maps_changed_elsewhere(None);
         }
         at = (reply.epoch, reply.next);

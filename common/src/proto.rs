@@ -810,8 +810,14 @@ impl std::fmt::Display for DatanodeState {
 /// How far the cluster is from every block having its replicas, and what repair has done.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct RepairStatus {
-    /// Referenced blocks with fewer live replicas than wanted (at least one).
+    /// Referenced blocks with fewer live replicas than their replication (at least one),
+    /// whether or not there is a datanode to copy them to.
     pub under_replicated: u64,
+    /// Of those, blocks repair cannot bring up now: every live datanode in service holds
+    /// one already (fewer live datanodes than the replication).
+    pub unrepairable: u64,
+    /// Live datanodes in service, for saying why (`unrepairable`).
+    pub live_datanodes: u64,
     /// Of those, blocks with a single live replica.
     pub one_replica: u64,
     /// Referenced blocks with no live replica at all.

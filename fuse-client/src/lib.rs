@@ -27,13 +27,13 @@ use fuser::{
 use tokio::runtime::Handle;
 use tracing::info;
 
+mod kernel_cache;
+mod lock_order;
 mod mountpoint;
+use kernel_cache::{KernelCache, TTL};
 use mountpoint::FS_NAME;
 pub use mountpoint::{cairn_mounts_on, mount_flags_of, prepare_mountpoint};
 
-/// How long the kernel may cache attributes and names. Short: other mounts change things,
-/// and this mount's own changes reply with fresh attributes anyway.
-const TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
 /// Longest wait at unmount for files closed just before to be released.
@@ -114,12 +114,16 @@ pub struct CairnFs {
     append_lock: Arc<tokio::sync::Mutex<()>>,
     /// Inodes this mount has taken locks on.
     locked_inodes: Mutex<std::collections::HashSet<Ino>>,
+    /// Each lock owner's requests reach the namenode in the kernel's order.
+    lock_order: lock_order::LockOrder,
     groups: GroupsCache,
     /// Record reads in access times (relatime).
     atime: bool,
     ended: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     /// Where this is mounted (absolute), to tell a read-only remount.
     mountpoint: Arc<std::path::PathBuf>,
+    /// What the kernel keeps, and the means to make it forget.
+    kernel: Arc<KernelCache>,
 }
 
 /// A mounted file system. Dropping it unmounts.
@@ -191,6 +195,7 @@ pub fn mount(
     let (follower, follower_rt) = (client.clone(), rt.clone());
     let files = FileTable::default();
     let releasing = Arc::new(AtomicU64::new(0));
+    let kernel = Arc::new(KernelCache::default());
     let fs = CairnFs {
         releasing: releasing.clone(),
         client,
@@ -199,12 +204,14 @@ pub fn mount(
         dirs: Arc::default(),
         next_handle: AtomicU64::new(1),
         locked_inodes: Mutex::default(),
+        lock_order: lock_order::LockOrder::default(),
         groups: GroupsCache::default(),
         // A read-only mount changes nothing, access times included.
         atime: opts.atime && !opts.read_only,
         append_lock: Arc::default(),
         ended: Mutex::new(Some(tx)),
         mountpoint: Arc::new(mountpoint::absolute(mountpoint)?),
+        kernel: kernel.clone(),
     };
     follower.serve_mount(&fs.mountpoint);
     let mut config = fuser::Config::default();
@@ -224,16 +231,10 @@ pub fn mount(
     }
     config.n_threads = Some(opts.threads.max(1));
     let session = fuser::Session::new(fs, mountpoint, &config)?.spawn()?;
-    // What another client changed, the kernel forgets too (its attributes, a file's size
-    // among them): with the lease's wait, a file closed elsewhere is read whole here at the
-    // next open, not only after the kernel's TTL.
-    let notifier = session.notifier();
-    follower.on_others_changes(move |inos| {
-        for ino in inos {
-            // Not cached by the kernel (ENOENT) is the common case.
-            let _ = notifier.inval_inode(INodeNo(ino.0), -1, 0);
-        }
-    });
+    // What another client changed, the kernel forgets too (names, attributes, pages)
+    // before the change is answered there: an operation that starts here afterwards sees it.
+    kernel.set_notifier(session.notifier());
+    follower.on_others_changes(move |changed| kernel.others_changed(changed));
     {
         let _runtime = follower_rt.enter();
         follower.follow_changes();
@@ -430,13 +431,21 @@ impl CairnFs {
         self.rt.spawn(async move { done(op.await) });
     }
 
+    /// Replies with the entry `op` makes as `name` in `parent`.
     fn reply_entry(
         &self,
+        parent: INodeNo,
+        name: &[u8],
         op: impl std::future::Future<Output = FsResult<InodeAttr>> + Send + 'static,
         reply: ReplyEntry,
     ) {
+        let (kernel, start, name) = (self.kernel.clone(), self.kernel.start(), name.to_vec());
         self.run(op, move |r| match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => {
+                let ttl = kernel.ttl(start);
+                kernel.handed(Ino(parent.0), &name, ttl);
+                reply.entry(&ttl, &file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         });
     }
@@ -677,44 +686,66 @@ impl Filesystem for CairnFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         // The kernel looks a name up before creating it: in a directory this mount made and
         // alone changed, it knows the name is not there.
+        // Every name handed out is remembered, so another client's change of the directory
+        // makes the kernel forget it (`kernel_cache`).
+        let (kernel, start) = (self.kernel.clone(), self.kernel.start());
+        let dir = Ino(parent.0);
         if name.len() <= cairn_common::attr::NAME_MAX {
-            if let Some(age) = self
-                .client
-                .known_absent(Ino(parent.0), name.as_bytes(), TTL)
-            {
-                return reply.entry(&(TTL - age), &absent_entry(), Generation(0));
+            if let Some(age) = self.client.known_absent(dir, name.as_bytes(), TTL) {
+                let ttl = kernel.ttl_left(start, TTL - age);
+                kernel.handed(dir, name.as_bytes(), ttl);
+                return reply.entry(&ttl, &absent_entry(), Generation(0));
             }
         }
         // There, it also knows what the names it made point at, for as long as the change
         // feed says nobody else changed them.
-        let known = self.client.known_entry(Ino(parent.0), name.as_bytes(), TTL);
+        let known = self.client.known_entry(dir, name.as_bytes(), TTL);
+        let name = name_of(name);
         if let Some((attr, age)) = known {
             if settled(&attr, &self.files) {
-                return reply.entry(&(TTL - age), &file_attr(&attr), Generation(0));
+                let ttl = kernel.ttl_left(start, TTL - age);
+                kernel.handed(dir, &name, ttl);
+                return reply.entry(&ttl, &file_attr(&attr), Generation(0));
             }
             let files = self.files_handle();
             return self.run(
                 async move { Ok(with_pending(attr, &files).await) },
                 move |r| match r {
-                    Ok(a) => reply.entry(&(TTL - age), &file_attr(&a), Generation(0)),
+                    Ok(a) => {
+                        let ttl = kernel.ttl_left(start, TTL - age);
+                        kernel.handed(dir, &name, ttl);
+                        reply.entry(&ttl, &file_attr(&a), Generation(0))
+                    }
                     Err(e) => reply.error(errno(&e)),
                 },
             );
         }
-        let (client, name) = (self.client_for(req), name_of(name));
+        let client = self.client_for(req);
         let files = self.files_handle();
         self.run(
-            async move {
-                let attr = client.lookup(Ino(parent.0), &name).await?;
-                Ok(with_pending(attr, &files).await)
+            {
+                let name = name.clone();
+                async move {
+                    let attr = client.lookup(dir, &name).await?;
+                    Ok(with_pending(attr, &files).await)
+                }
             },
-            move |r| match r {
-                Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-                // An entry with inode 0 is a negative entry: the kernel remembers the name
-                // is absent for the TTL, so a create right after costs no second lookup.
-                // This mount's own creates replace it at once.
-                Err(FsError::NotFound) => reply.entry(&TTL, &absent_entry(), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
+            move |r| {
+                let ttl = kernel.ttl(start);
+                match r {
+                    Ok(a) => {
+                        kernel.handed(dir, &name, ttl);
+                        reply.entry(&ttl, &file_attr(&a), Generation(0))
+                    }
+                    // An entry with inode 0 is a negative entry: the kernel remembers the
+                    // name is absent for the TTL, so a create right after costs no second
+                    // lookup. This mount's own creates replace it at once.
+                    Err(FsError::NotFound) => {
+                        kernel.handed(dir, &name, ttl);
+                        reply.entry(&ttl, &absent_entry(), Generation(0))
+                    }
+                    Err(e) => reply.error(errno(&e)),
+                }
             },
         );
     }
@@ -732,6 +763,7 @@ impl Filesystem for CairnFs {
         }
         let client = self.client.clone();
         let files = self.files_handle();
+        let (kernel, start) = (self.kernel.clone(), self.kernel.start());
         self.run(
             async move {
                 let (attr, ttl) = match fresh {
@@ -741,7 +773,7 @@ impl Filesystem for CairnFs {
                 Ok((with_pending(attr, &files).await, ttl))
             },
             move |r| match r {
-                Ok((a, ttl)) => reply.attr(&ttl, &file_attr(&a)),
+                Ok((a, ttl)) => reply.attr(&kernel.ttl_left(start, ttl), &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -847,6 +879,8 @@ impl Filesystem for CairnFs {
         let (client, name, who) = (self.client_for(req), name_of(name), owner(req));
         let perm = (mode & !umask & 0o7777) as u16;
         self.reply_entry(
+            parent,
+            &name.clone(),
             async move {
                 if kind == FileKind::File {
                     let c = client
@@ -874,6 +908,8 @@ impl Filesystem for CairnFs {
         let (client, name, who) = (self.client_for(req), name_of(name), owner(req));
         let perm = (mode & !umask & 0o7777) as u16;
         self.reply_entry(
+            parent,
+            &name.clone(),
             async move { client.mkdir(Ino(parent.0), &name, perm, who).await },
             reply,
         );
@@ -907,6 +943,8 @@ impl Filesystem for CairnFs {
         let (client, name, who) = (self.client_for(req), name_of(link_name), owner(req));
         let target = target.as_os_str().as_bytes().to_vec();
         self.reply_entry(
+            parent,
+            &name.clone(),
             async move { client.symlink(Ino(parent.0), &name, &target, who).await },
             reply,
         );
@@ -953,6 +991,8 @@ impl Filesystem for CairnFs {
     ) {
         let (client, name) = (self.client_for(req), name_of(newname));
         self.reply_entry(
+            newparent,
+            &name.clone(),
             async move { client.link(Ino(ino.0), Ino(newparent.0), &name).await },
             reply,
         );
@@ -1121,11 +1161,22 @@ impl Filesystem for CairnFs {
         }
         // close(2) returns what this returns: a write that could not be stored shows here.
         // A close also drops the closing process's POSIX locks on the file.
+        // What was written under a lock reaches the namenode before the lock is let go,
+        // through whichever handle of this mount it was written.
+        let (others, ticket) = if ever_locked {
+            let ticket = self.lock_order.ticket(Ino(ino.0), lock_owner.0);
+            (self.open_handles(Ino(ino.0)), Some(ticket))
+        } else {
+            (Vec::new(), None)
+        };
         self.reply_empty(
             async move {
                 let flushed = file.lock().await.file.flush().await;
-                if ever_locked {
+                if let Some(ticket) = ticket {
+                    let flushed_all = flush_all(others).await;
+                    ticket.turn().await;
                     client.release_locks(Ino(ino.0), lock_owner.0).await?;
+                    flushed_all?;
                 }
                 flushed
             },
@@ -1157,13 +1208,24 @@ impl Filesystem for CairnFs {
             return reply.ok();
         }
         let releasing = Releasing::start(&self.releasing);
+        let (others, ticket) = match lock_owner.filter(|_| ever_locked) {
+            Some(owner) => (
+                self.open_handles(ino),
+                Some(self.lock_order.ticket(ino, owner.0)),
+            ),
+            None => (Vec::new(), None),
+        };
         self.reply_empty(
             async move {
                 let _releasing = releasing;
                 let flushed = file.lock().await.file.flush().await;
-                // The last close of a file drops the flock lock taken through it.
-                if let Some(owner) = lock_owner.filter(|_| ever_locked) {
+                // The last close of a file drops the flock lock taken through it, once what
+                // was written under it is committed.
+                if let (Some(owner), Some(ticket)) = (lock_owner, ticket) {
+                    let flushed_all = flush_all(others).await;
+                    ticket.turn().await;
                     client.release_locks(ino, owner.0).await?;
+                    flushed_all?;
                 }
                 flushed
             },
@@ -1245,6 +1307,7 @@ impl Filesystem for CairnFs {
     ) {
         let listing = self.dir_listing(req, ino, fh, offset);
         let files = self.files_handle();
+        let (kernel, start) = (self.kernel.clone(), self.kernel.start());
         self.rt.spawn(async move {
             let entries = match listing.await {
                 Ok(entries) => entries,
@@ -1263,7 +1326,9 @@ impl Filesystem for CairnFs {
                     None => continue,
                 };
                 let name = OsStr::from_bytes(&e.name);
-                if reply.add(INodeNo(e.ino.0), next, name, &TTL, &attr, Generation(0)) {
+                let ttl = kernel.ttl(start);
+                kernel.handed(Ino(ino.0), &e.name, ttl);
+                if reply.add(INodeNo(e.ino.0), next, name, &ttl, &attr, Generation(0)) {
                     break;
                 }
             }
@@ -1439,18 +1504,44 @@ impl Filesystem for CairnFs {
         let Some(range) = lock_range(typ, start, end, pid) else {
             return reply.error(Errno::EINVAL);
         };
-        if range.kind != LockKind::Unlock {
+        let ino = Ino(ino.0);
+        let unlock = range.kind == LockKind::Unlock;
+        if !unlock {
             self.locked_inodes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(Ino(ino.0));
+                .insert(ino);
         }
-        let client = self.client.clone();
+        // NFS's rules, which SQLite and every lock-based tool rely on across machines: what
+        // was written under a lock is committed before the lock is let go, and taking a
+        // lock drops every cached byte and attribute of the file, the kernel's included.
+        let written = if unlock {
+            self.open_handles(ino)
+        } else {
+            Vec::new()
+        };
+        let (client, kernel) = (self.client.clone(), self.kernel.clone());
+        let ticket = self.lock_order.ticket(ino, lock_owner.0);
         self.reply_empty(
             async move {
-                client
-                    .set_lock(Ino(ino.0), lock_owner.0, range, sleep)
-                    .await
+                let flushed = flush_all(written).await;
+                ticket.turn().await;
+                match client.set_lock(ino, lock_owner.0, range, false).await {
+                    // A wait holds up none of the owner's later requests (another thread's).
+                    Err(FsError::WouldBlock) if sleep => {
+                        drop(ticket);
+                        client.set_lock(ino, lock_owner.0, range, true).await?;
+                    }
+                    other => other?,
+                }
+                if !unlock {
+                    client.drop_cached(ino);
+                    // Off the runtime's workers: the kernel waits for reads of the file's
+                    // pages in flight, which tasks on them answer.
+                    let dropped = tokio::task::spawn_blocking(move || kernel.drop_file(ino));
+                    dropped.await.map_err(|e| FsError::io(e.to_string()))?;
+                }
+                flushed
             },
             reply,
         );
@@ -1626,6 +1717,7 @@ impl Filesystem for CairnFs {
         let fh = self.new_handle();
         let files = self.files_handle();
         let atime = self.atime;
+        let (kernel, start, handed) = (self.kernel.clone(), self.kernel.start(), name.clone());
         self.run(
             async move {
                 let (created, file) = client
@@ -1643,13 +1735,17 @@ impl Filesystem for CairnFs {
                 Ok(created.attr)
             },
             move |r| match r {
-                Ok(a) => reply.created(
-                    &TTL,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok(a) => {
+                    let ttl = kernel.ttl(start);
+                    kernel.handed(Ino(parent.0), &handed, ttl);
+                    reply.created(
+                        &ttl,
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
                 Err(e) => reply.error(errno(&e)),
             },
         );

@@ -271,6 +271,19 @@ impl ChangeFeed {
         }
     }
 
+    /// Connection `conn` ended: it reads the feed no more, and no change waits for it.
+    pub fn disconnected(&self, conn: u64) {
+        let mut log = self.log();
+        log.waiting.remove(&conn);
+        if let Some(f) = log.followers.remove(&conn) {
+            for ino in f.leased.into_keys() {
+                log.unlease(ino, conn);
+            }
+        }
+        drop(log);
+        self.heard.send_modify(|n| *n += 1);
+    }
+
     /// Files connection `conn` holds leases on (for tests and the dashboard).
     pub fn leases(&self, conn: u64) -> usize {
         self.log().followers.get(&conn).map_or(0, |f| {
@@ -301,6 +314,7 @@ impl ChangeFeed {
         };
         // Whether some change is news to the connection that made them too.
         let mut news_to_origin = false;
+        let position_before = log.end();
         for change in changes {
             let position = log.end();
             let known = match &change {
@@ -331,6 +345,17 @@ impl ChangeFeed {
             news_to_origin |= !known;
             log.changes
                 .push_back((if known { origin } else { 0 }, change));
+        }
+        // Coherence: once the change is answered, every other mount has dropped what it
+        // kept of it (names, attributes, pages, in its kernel too), so an operation that
+        // starts there afterwards sees it. Each live follower must read past the change.
+        let end = log.end();
+        if end > position_before {
+            for (conn, f) in &log.followers {
+                if *conn != origin && f.live() && f.heard < end {
+                    breaks.heard.push((*conn, end));
+                }
+            }
         }
         for (conn, news) in &log.waiting {
             if news_to_origin || *conn != origin {

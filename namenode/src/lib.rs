@@ -313,6 +313,7 @@ impl Service for Namenode {
     fn disconnected(&self, peer: &Peer) {
         self.drop_session_locks(peer);
         self.mounts().remove(&peer.serial);
+        self.engine.feed().disconnected(peer.serial);
     }
 
     async fn handle(
@@ -869,6 +870,14 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
                 copied_mib = now.bytes_copied >> 20,
                 "blocks below their replication"
             );
+            if now.unrepairable > 0 {
+                warn!(
+                    blocks = now.unrepairable,
+                    live_datanodes = now.live_datanodes,
+                    "blocks that cannot be repaired now: every live datanode in service holds \
+                     them already; add datanodes or lower their replication"
+                );
+            }
             last_log = Some(tokio::time::Instant::now());
         } else if below == 0 && was_below > 0 {
             info!(

@@ -368,7 +368,10 @@ impl Repair {
         // Blocks at exactly their replication with nothing under way: the balancer's to move.
         let mut movable: HashMap<BlockId, u32> = HashMap::new();
         let mut held_bytes: HashMap<DatanodeId, u64> = HashMap::new();
-        let mut status = RepairStatus::default();
+        let mut status = RepairStatus {
+            live_datanodes: live_nodes as u64,
+            ..RepairStatus::default()
+        };
         let mut s = self.state();
         for (block, rec) in blocks {
             if rec.refs == 0 {
@@ -415,12 +418,19 @@ impl Repair {
                 continue;
             }
             status.blocks_reported += 1;
-            if counted.len() < want {
-                short.insert(*block);
+            if counted.len() < rec.replication as usize {
+                // Below its replication whether or not a datanode can take a copy now: an
+                // operator must hear of it (add a datanode, or lower the replication).
                 status.under_replicated += 1;
                 if counted.len() <= 1 {
                     status.one_replica += 1;
                 }
+                if counted.len() >= want {
+                    status.unrepairable += 1;
+                }
+            }
+            if counted.len() < want {
+                short.insert(*block);
                 let missing_copies = (want - counted.len()) as u64;
                 status.copies_needed += missing_copies;
                 status.bytes_needed += missing_copies * rec.len as u64;

@@ -55,6 +55,30 @@ async fn a_lost_datanode_is_replaced_by_itself_and_a_returning_one_trimmed() {
     cluster.stop().await.unwrap();
 }
 
+/// Waits for the repair pass to count `blocks` under-replicated blocks that no datanode can
+/// take a copy of (every live one holds them), and checks that `report`, `repair-status` and
+/// their text say so.
+async fn assert_unrepairable(cluster: &DevCluster, blocks: u64) {
+    for _ in 0..50 {
+        if admin(cluster, &["repair-status"]).1["unrepairable"] == blocks {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, status) = admin(cluster, &["repair-status"]);
+    assert_eq!(status["under_replicated"], blocks, "{status}");
+    assert_eq!(status["unrepairable"], blocks, "{status}");
+    let (_, report) = admin(cluster, &["report"]);
+    assert_eq!(report["repair"]["under_replicated"], blocks, "{report}");
+    for command in ["report", "repair-status"] {
+        let text = admin_text(cluster, &[command]);
+        assert!(
+            text.contains(&format!("Cannot repair {blocks} blocks now")),
+            "{command}: {text}"
+        );
+    }
+}
+
 /// `cairn dev` names datanodes `datanode-1`, `datanode-2`…: index 0, 1…
 fn cluster_index(name: &str) -> usize {
     let n: usize = name
@@ -95,13 +119,21 @@ async fn admin_report_and_fsck_tell_what_is_missing() {
     assert_eq!(report["totals"]["live"], 3, "{report}");
     assert_eq!(report["datanodes"].as_array().unwrap().len(), 3);
 
-    tracing::info!("--- one of three datanodes gone: under-replicated, nothing missing");
+    tracing::info!(
+        "--- one of three datanodes gone at replication 3: under-replicated, nothing missing"
+    );
     cluster.stop_datanode(0).await.unwrap();
     wait_for_dead(&cluster, 1).await;
     let (code, fsck) = admin(&cluster, &["fsck", "/"]);
-    assert_eq!(code, 0, "{fsck}");
+    assert_eq!(
+        code, 3,
+        "under-replicated has an exit status of its own: {fsck}"
+    );
+    assert_eq!(fsck["summary"]["status"], "under-replicated");
+    assert_eq!(fsck["summary"]["healthy"], false);
     assert_eq!(fsck["summary"]["under_replicated"], blocks);
     assert_eq!(fsck["files"][0]["path"], "/kept");
+    assert_unrepairable(&cluster, blocks).await;
 
     tracing::info!("--- all gone: fsck names the file, its blocks are missing, exit 1");
     cluster.stop_datanode(1).await.unwrap();
@@ -863,5 +895,50 @@ async fn a_restarted_datanode_does_not_scrub_everything_again() {
         assert!(started.elapsed() < Duration::from_secs(30), "{p:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_replication_nothing_can_repair_is_told_and_cleared_by_a_new_datanode() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = quick_cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(6 << 20, 61);
+    let attr = put(&client, "kept", &data, 1 << 20).await;
+    let blocks = admin(&cluster, &["fsck", "/"]).1["summary"]["blocks"]
+        .as_u64()
+        .unwrap();
+
+    tracing::info!("--- replication 3 on 3 datanodes, one dies: short, and nowhere to copy");
+    cluster.stop_datanode(1).await.unwrap();
+    wait_for_dead(&cluster, 1).await;
+    assert_unrepairable(&cluster, blocks).await;
+    let text = admin_text(&cluster, &["fsck", "/"]);
+    assert!(text.contains("Status: UNDER-REPLICATED"), "{text}");
+    assert!(text.contains("Cannot repair"), "{text}");
+
+    tracing::info!("--- a fourth datanode joins: the blocks are copied to it and it clears");
+    cluster.add_datanode().await.unwrap();
+    wait_for_replicas(
+        &client,
+        attr.ino,
+        "repaired",
+        every_block(blocks as usize, 3),
+    )
+    .await;
+    for _ in 0..50 {
+        if admin(&cluster, &["repair-status"]).1["under_replicated"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, status) = admin(&cluster, &["repair-status"]);
+    assert_eq!(
+        (&status["under_replicated"], &status["unrepairable"]),
+        (&0.into(), &0.into()),
+        "{status}"
+    );
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!((code, &fsck["summary"]["status"]), (0, &"healthy".into()));
     cluster.stop().await.unwrap();
 }

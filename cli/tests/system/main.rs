@@ -3,6 +3,7 @@
 
 mod support;
 
+mod coherence;
 mod data_path;
 mod garbage;
 mod healing;

@@ -23,7 +23,10 @@ fn exists(p: &Path) -> bool {
     }
 }
 
-async fn mount_at(cluster: &cairn_cli::devcluster::DevCluster, dir: &Path) -> cairn_fuse::Mount {
+pub(crate) async fn mount_at(
+    cluster: &cairn_cli::devcluster::DevCluster,
+    dir: &Path,
+) -> cairn_fuse::Mount {
     mount_with(cluster, dir, &cairn_fuse::MountOptions::default()).await
 }
 
@@ -49,7 +52,7 @@ async fn mount_new(
 }
 
 /// Unmounts, off the async runtime (unmounting waits for the session to end).
-async fn unmount(mounted: cairn_fuse::Mount) {
+pub(crate) async fn unmount(mounted: cairn_fuse::Mount) {
     tokio::task::spawn_blocking(move || mounted.unmount())
         .await
         .unwrap()

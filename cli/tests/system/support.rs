@@ -155,16 +155,25 @@ pub async fn quick_cluster(dir: &Path, datanodes: usize) -> DevCluster {
         .expect("cluster starts")
 }
 
-/// Runs `cairn admin ARGS --json` against `cluster`: its exit code and parsed output.
-pub fn admin(cluster: &DevCluster, args: &[&str]) -> (i32, serde_json::Value) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .arg("admin")
+/// Runs `cairn ARGS` with the client configuration of `cluster`.
+pub fn cairn(cluster: &DevCluster, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(args)
-        .arg("--json")
         .arg("--config")
         .arg(cluster.dir().join("cairn-client.toml"))
         .output()
-        .expect("run cairn");
+        .expect("run cairn")
+}
+
+/// What `cairn admin ARGS` prints for people, on either stream.
+pub fn admin_text(cluster: &DevCluster, args: &[&str]) -> String {
+    let out = cairn(cluster, &[&["admin"], args].concat());
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Runs `cairn admin ARGS --json` against `cluster`: its exit code and parsed output.
+pub fn admin(cluster: &DevCluster, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = cairn(cluster, &[&["admin"], args, &["--json"]].concat());
     if out.stdout.is_empty() {
         return (out.status.code().unwrap_or(-1), serde_json::Value::Null);
     }

@@ -15,13 +15,7 @@ const RETENTION_SECS: u64 = 6;
 
 /// Runs `cairn fs ARGS` against `cluster`: exit status, stdout, stderr.
 fn fs(cluster: &DevCluster, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .arg("fs")
-        .args(args)
-        .arg("--config")
-        .arg(cluster.dir().join("cairn-client.toml"))
-        .output()
-        .expect("run cairn");
+    let out = cairn(cluster, &[&["fs"], args].concat());
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,0 +1,208 @@
+//! What one mount changes, the others see: real programs on three mounts of one cluster,
+//! as on three machines. A change is answered only once every other mount has dropped what
+//! it kept of it, its kernel's caches included; locks publish what was written under them.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::mount::{mount_at, unmount};
+use crate::support::*;
+
+/// Runs `body` on `count` mounts of a new three-datanode cluster (each with a client,
+/// connection and session of its own), then unmounts them and stops the cluster.
+async fn on_mounts(count: usize, body: impl FnOnce(&[PathBuf]) + Send + 'static) {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let points: Vec<tempfile::TempDir> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut mounts = Vec::new();
+    for point in &points {
+        mounts.push(mount_at(&cluster, point.path()).await);
+    }
+    let paths: Vec<PathBuf> = points.iter().map(|p| p.path().to_path_buf()).collect();
+    let result = tokio::task::spawn_blocking(move || body(&paths)).await;
+    for mounted in mounts {
+        unmount(mounted).await;
+    }
+    cluster.stop().await.unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Writes one of the Python programs beside the tests into a new directory (kept as long
+/// as the guard); returns the guard and the program's path.
+fn program(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// Runs `python3 script args…` on each of `runs` at once; returns what each printed, and
+/// fails the test with its error output if one fails.
+fn run_together(script: &Path, runs: &[Vec<String>]) -> Vec<String> {
+    let children: Vec<_> = runs
+        .iter()
+        .map(|args| {
+            Command::new("python3")
+                .arg(script)
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("python3 runs")
+        })
+        .collect();
+    children
+        .into_iter()
+        .zip(runs)
+        .map(|(child, args)| {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect()
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_written_from_three_mounts_keeps_every_committed_row() {
+    const EACH: usize = 150;
+    on_mounts(3, |m| {
+        let (_dir, writer) = program(
+            "sqlite_writer.py",
+            include_str!("programs/sqlite_writer.py"),
+        );
+        for mode in ["delete", "truncate", "persist"] {
+            tracing::info!("--- journal_mode={mode}: a writer on each mount, one database");
+            let db = format!("{mode}.db");
+            let runs: Vec<Vec<String>> = m
+                .iter()
+                .enumerate()
+                .map(|(i, mount)| {
+                    let path = mount.join(&db).display().to_string();
+                    vec![path, format!("w{i}"), EACH.to_string(), mode.to_string()]
+                })
+                .collect();
+            let committed = run_together(&writer, &runs);
+            assert!(
+                committed.iter().all(|c| *c == EACH.to_string()),
+                "{committed:?}"
+            );
+            // Read on another mount than any writer's last: every row each one committed.
+            let counts = sqlite(&m[1].join(&db), "SELECT tag, count(*) FROM t GROUP BY tag");
+            assert_eq!(counts, format!("w0|{EACH}\nw1|{EACH}\nw2|{EACH}"), "{mode}");
+            assert_eq!(sqlite(&m[2].join(&db), "PRAGMA integrity_check"), "ok");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_counter_under_locks_on_three_mounts_is_exact() {
+    const EACH: usize = 200;
+    on_mounts(3, |m| {
+        let (_dir, counter) = program(
+            "locked_counter.py",
+            include_str!("programs/locked_counter.py"),
+        );
+        for kind in ["fcntl", "flock"] {
+            for how in ["reopen", "kept"] {
+                tracing::info!("--- {kind} locks, a descriptor {how}: one process per mount");
+                let name = format!("count-{kind}-{how}");
+                fs::write(m[0].join(&name), b"0").unwrap();
+                let mut runs: Vec<Vec<String>> = m
+                    .iter()
+                    .map(|mount| {
+                        let path = mount.join(&name).display().to_string();
+                        vec![path, EACH.to_string(), kind.into(), how.into()]
+                    })
+                    .collect();
+                // Two processes on one mount too: their locks conflict there as well.
+                runs.push(runs[0].clone());
+                run_together(&counter, &runs);
+                let total = fs::read_to_string(m[2].join(&name)).unwrap();
+                assert_eq!(
+                    total.trim(),
+                    (EACH * runs.len()).to_string(),
+                    "{kind}, {how}"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_one_mount_changed_the_next_operation_on_another_sees() {
+    const ROUNDS: usize = 400;
+    on_mounts(2, |m| {
+        let (a, b) = (&m[0], &m[1]);
+        fs::write(a.join("held"), [b'x'; 64]).unwrap();
+        // Open on B throughout, its pages in B's kernel: an overwrite on A must reach it.
+        let held = fs::File::open(b.join("held")).unwrap();
+        let mut page = [0u8; 64];
+        held.read_exact_at(&mut page, 0).unwrap();
+        let mut log_len = 0;
+        for i in 0..ROUNDS {
+            // An editor's save: a new file renamed over the old one.
+            fs::write(a.join("k.new"), format!("v{i}")).unwrap();
+            fs::rename(a.join("k.new"), a.join("k")).unwrap();
+            assert_eq!(
+                fs::read_to_string(b.join("k")).unwrap(),
+                format!("v{i}"),
+                "mv over"
+            );
+
+            fs::write(a.join("r"), b"r").unwrap();
+            assert!(b.join("r").exists(), "round {i}: a new name");
+            fs::remove_file(a.join("r")).unwrap();
+            assert!(!b.join("r").exists(), "round {i}: a removed name");
+
+            let value = format!("{i:064}");
+            let writer = fs::OpenOptions::new()
+                .write(true)
+                .open(a.join("held"))
+                .unwrap();
+            writer.write_all_at(value.as_bytes(), 0).unwrap();
+            drop(writer);
+            held.read_exact_at(&mut page, 0).unwrap();
+            assert_eq!(
+                &page[..],
+                value.as_bytes(),
+                "round {i}: an in-place overwrite"
+            );
+
+            let line = b"a line\n";
+            let mut log = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(a.join("log"))
+                .unwrap();
+            std::io::Write::write_all(&mut log, line).unwrap();
+            drop(log);
+            log_len += line.len() as u64;
+            assert_eq!(
+                fs::metadata(b.join("log")).unwrap().len(),
+                log_len,
+                "round {i}"
+            );
+        }
+    })
+    .await;
+}
