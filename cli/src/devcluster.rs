@@ -48,6 +48,8 @@ pub struct DevOptions {
     /// How long removed files stay in the trash (`trash_retention_secs`; 0, the default
     /// here, removes them at once).
     pub trash_retention_secs: u64,
+    /// Whether files replaced by a rename go to the trash too (`trash_replaced`).
+    pub trash_replaced: bool,
     /// Failure domains: datanode `i` is in `racks[i % racks.len()]` (none if empty).
     pub racks: Vec<String>,
     /// Most copies one datanode sends or receives at a time (`repair_copies_per_node`).
@@ -73,6 +75,7 @@ impl DevOptions {
             safemode_extension_ms: 3_000,
             gc_grace_ms: 30_000,
             trash_retention_secs: 0,
+            trash_replaced: false,
             racks: Vec::new(),
             repair_copies_per_node: 4,
             repair_bytes_per_sec: None,
@@ -204,6 +207,7 @@ impl DevCluster {
         nn_config.safemode_extension_ms = opts.safemode_extension_ms;
         nn_config.gc_grace_ms = opts.gc_grace_ms;
         nn_config.trash_retention_secs = opts.trash_retention_secs;
+        nn_config.trash_replaced = opts.trash_replaced;
         nn_config.repair_copies_per_node = opts.repair_copies_per_node;
         let mut cluster = DevCluster {
             namenode_addr: opts.namenode_addr,

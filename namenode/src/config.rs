@@ -56,6 +56,12 @@ pub struct NamenodeConfig {
     /// this long before they are removed for good; 0 removes them at once. Default 86400.
     #[serde(default = "default_trash_retention_secs")]
     pub trash_retention_secs: u64,
+    /// Whether a file replaced by a rename (an editor's save, `mv new old`, SQLite's and
+    /// git's lock files) goes to the trash too. Off by default: such files are replaced for
+    /// good, as on a local disk and in HDFS, and a busy mount does not fill its trash with
+    /// old versions. Default false.
+    #[serde(default)]
+    pub trash_replaced: bool,
     /// Changes are refused (`ENOSPC`) while the disk of `meta_dir` has less than this many
     /// MiB free, so that the metadata store never runs out of space in the middle of a
     /// write; they are taken again as soon as it has more. 0: no such check. Default 100.
@@ -121,6 +127,7 @@ impl NamenodeConfig {
             safemode_extension_ms: default_safemode_extension_ms(),
             gc_grace_ms: default_gc_grace_ms(),
             trash_retention_secs: default_trash_retention_secs(),
+            trash_replaced: false,
             meta_reserve_mb: default_meta_reserve_mb(),
             tls,
         }

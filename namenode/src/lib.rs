@@ -130,7 +130,10 @@ pub async fn run(
         engine,
     });
     let retention_secs = namenode.config.trash_retention_secs;
-    let set_trash = MetaOpKind::SetTrash { retention_secs };
+    let set_trash = MetaOpKind::SetTrash {
+        retention_secs,
+        replaced: namenode.config.trash_replaced,
+    };
     if let Err(e) = namenode.engine.submit(Caller::ROOT, set_trash).await {
         // A full metadata disk: serve reads all the same (changes are refused, and say why).
         warn!("trash_retention_secs = {retention_secs} not recorded, the last one recorded holds: {e}");

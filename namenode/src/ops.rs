@@ -74,9 +74,11 @@ pub enum MetaOpKind {
     ForgetCollected {
         blocks: Vec<BlockId>,
     },
-    /// How long removed files stay in the trash (0: they are removed at once).
+    /// How long removed files stay in the trash (0: they are removed at once), and whether
+    /// files replaced by a rename go there too.
     SetTrash {
         retention_secs: u64,
+        replaced: bool,
     },
     Restore(cairn_common::proto::Restore),
     /// Records an operator's state for a datanode, so that it outlives a namenode restart
@@ -202,8 +204,8 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             Ok(MetaReply::Attr(attr))
         }
         MetaOpKind::Link(l) => link(txn, who, l, now),
-        MetaOpKind::Unlink(u) => remove_entry(txn, who, u.parent, &u.name, false, now),
-        MetaOpKind::Rmdir(r) => remove_entry(txn, who, r.parent, &r.name, true, now),
+        MetaOpKind::Unlink(u) => remove_entry(txn, who, u.parent, &u.name, false, false, now),
+        MetaOpKind::Rmdir(r) => remove_entry(txn, who, r.parent, &r.name, true, false, now),
         MetaOpKind::Rename(r) => rename(txn, who, r, now),
         MetaOpKind::SetAttr {
             ino,
@@ -258,8 +260,12 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
             }
             Ok(MetaReply::Done)
         }
-        MetaOpKind::SetTrash { retention_secs } => {
+        MetaOpKind::SetTrash {
+            retention_secs,
+            replaced,
+        } => {
             txn.put_meta_u64(crate::trash::META_TRASH_RETENTION, *retention_secs);
+            txn.put_meta_u64(crate::trash::META_TRASH_REPLACED, u64::from(*replaced));
             Ok(MetaReply::Done)
         }
         MetaOpKind::Restore(r) => Ok(MetaReply::Attr(crate::trash::restore(txn, who, r, now)?)),
@@ -525,13 +531,15 @@ fn link(txn: &mut Txn<'_>, who: &Caller, l: &Link, now: Timestamp) -> FsResult<M
     Ok(MetaReply::Attr(rec.attr))
 }
 
-/// `unlink` (`want_dir` false) or `rmdir` (`want_dir` true).
+/// `unlink` (`want_dir` false) or `rmdir` (`want_dir` true); `replacing`: for a rename
+/// over the name.
 fn remove_entry(
     txn: &mut Txn<'_>,
     who: &Caller,
     parent: Ino,
     name: &[u8],
     want_dir: bool,
+    replacing: bool,
     now: Timestamp,
 ) -> FsResult<MetaReply> {
     if name.len() > cairn_common::attr::NAME_MAX {
@@ -558,7 +566,7 @@ fn remove_entry(
             dir.attr.nlink = dir.attr.nlink.saturating_sub(1);
         }
         (false, false) => {
-            if crate::trash::takes(txn, &dir, &rec)? {
+            if crate::trash::takes(txn, &dir, &rec, replacing)? {
                 dir.attr.mtime = now;
                 dir.attr.ctime = now;
                 txn.put_inode(&dir);
@@ -670,6 +678,7 @@ fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResu
             r.new_parent,
             &r.new_name,
             dst.kind == FileKind::Dir,
+            true,
             now,
         )?;
         if let MetaReply::Removed { trash: to, .. } = removed {

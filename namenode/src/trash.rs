@@ -9,7 +9,11 @@
 //! Only regular files go to the trash (directories are removed once empty, as `rm -r`
 //! leaves them; symlinks and device nodes hold no data). A file with other hard links
 //! loses a name, not its data, and does not go either. Renaming over a file replaces it
-//! for good, as HDFS's trash does.
+//! for good, as HDFS's trash does, unless `trash_replaced` is set: editors, SQLite and git
+//! replace files by renames all day, and their old versions would fill the trash.
+//!
+//! `/.trash` itself can be entered by everyone but listed by root alone (`0711`): who else
+//! removed files is nobody's business; each `/.trash/<uid>` is its owner's (`0700`).
 //!
 //! A file in the trash has no name outside it, and says so: its link count is 0, as that of
 //! any removed file a program still holds open (`fstat` after `unlink`, `lsof +L1`). Its
@@ -28,6 +32,11 @@ use crate::store::{Cf, Dentry, InodeRecord, Txn};
 
 /// `meta` key: how long files stay in the trash, in seconds (absent or 0: no trash).
 pub const META_TRASH_RETENTION: &[u8] = b"trash_retention_secs";
+/// `meta` key: 1 if files replaced by a rename go to the trash too.
+pub const META_TRASH_REPLACED: &[u8] = b"trash_replaced";
+
+/// The mode of `/.trash`: entered by all, listed by root alone.
+const TRASH_ROOT_MODE: u16 = 0o711;
 
 pub fn retention(txn: &Txn<'_>) -> FsResult<u64> {
     Ok(txn.meta_u64(META_TRASH_RETENTION)?.unwrap_or(0))
@@ -49,11 +58,18 @@ pub fn is_trash(txn: &Txn<'_>, dir: &InodeRecord) -> FsResult<bool> {
     Ok(dir.attr.ino == root || (dir.parent == root && dir.attr.ino != Ino::ROOT))
 }
 
-/// Should removing the name `rec` has in `dir` move it to the trash?
-pub fn takes(txn: &Txn<'_>, dir: &InodeRecord, rec: &InodeRecord) -> FsResult<bool> {
+/// Should removing the name `rec` has in `dir` move it to the trash? `replacing`: a rename
+/// over the name removes it.
+pub fn takes(
+    txn: &Txn<'_>,
+    dir: &InodeRecord,
+    rec: &InodeRecord,
+    replacing: bool,
+) -> FsResult<bool> {
     Ok(rec.attr.kind == FileKind::File
         && rec.attr.nlink <= 1
         && retention(txn)? > 0
+        && (!replacing || txn.meta_u64(META_TRASH_REPLACED)? == Some(1))
         && !is_trash(txn, dir)?)
 }
 
@@ -103,7 +119,13 @@ pub fn move_in(
         target: None,
     };
     let made_root_entry = txn.dentry(Ino::ROOT, TRASH_DIR)?.is_none();
-    let root = ensure_dir(txn, Ino::ROOT, TRASH_DIR, dir_node(0o755, 0, 0), now)?;
+    let root = ensure_dir(txn, Ino::ROOT, TRASH_DIR, dir_node(TRASH_ROOT_MODE, 0, 0), now)?;
+    // Made listable by everyone before the mode was tightened.
+    let mut root_rec = load_dir(txn, root)?;
+    if root_rec.attr.perm != TRASH_ROOT_MODE {
+        root_rec.attr.perm = TRASH_ROOT_MODE;
+        txn.put_inode(&root_rec);
+    }
     let mine = ensure_dir(
         txn,
         root,

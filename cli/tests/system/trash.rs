@@ -150,6 +150,22 @@ async fn removed_files_wait_in_the_trash_and_come_back() {
         bob.readdir(hers[0].dir).await,
         Err(FsError::AccessDenied)
     ));
+    let trash_root = root.resolve("/.trash").await.unwrap();
+    assert_eq!(trash_root.perm, 0o711, "entered by all, listed by root alone");
+    assert!(matches!(
+        bob.readdir(trash_root.ino).await,
+        Err(FsError::AccessDenied)
+    ));
+    assert!(alice.readdir(hers[0].dir).await.is_ok(), "her own trash");
+
+    tracing::info!("--- a file replaced by a rename is replaced for good by default");
+    put_in(&alice, docs.ino, "draft.new", b"v2").await;
+    put_in(&alice, docs.ino, "draft", b"v1").await;
+    alice
+        .rename(docs.ino, b"draft.new", docs.ino, b"draft", RenameMode::Replace)
+        .await
+        .unwrap();
+    assert_eq!(trash_of(&alice).await.len(), 1, "only the file she removed");
     assert!(matches!(
         bob.namenode(ListTrash { all: true }).await,
         Err(FsError::NotPermitted)
@@ -209,12 +225,13 @@ async fn removed_files_wait_in_the_trash_and_come_back() {
     cluster.stop().await.unwrap();
 }
 
-/// A cluster with the trash on and a client of it that follows the change feed, as a mount
-/// does.
+/// A cluster with the trash on (files replaced by renames too) and a client of it that
+/// follows the change feed, as a mount does.
 async fn following_client(dir: &std::path::Path) -> (DevCluster, Client) {
     init_tracing();
     let mut opts = quick_options(dir, 3);
     opts.trash_retention_secs = 3600;
+    opts.trash_replaced = true;
     let cluster = DevCluster::start(opts).await.expect("cluster starts");
     let client = cluster.client().await.unwrap();
     client.follow_changes();
@@ -274,7 +291,7 @@ async fn a_removal_or_rename_leaves_nothing_stale_on_the_client_that_made_it() {
         .collect();
     assert!(names.contains(&moved.name), "{names:?}");
 
-    // A rename over a file sends that file to the trash too.
+    // With `trash_replaced`, a rename over a file sends that file to the trash too.
     let third = put_in(&client, docs.ino, "third", b"3").await;
     put_in(&client, docs.ino, "fourth", b"4").await;
     assert!(client.fresh_attr(third.ino, long).is_some());
