@@ -3,40 +3,59 @@
 
 use anyhow::anyhow;
 use cairn_client::Client;
-use cairn_common::proto::{ListTrash, Restore, TrashEntry, TRASH_DIR};
+use cairn_common::proto::{ListTrash, Restore, TrashEntry, TRASH_DIR, TRASH_PAGE_MAX};
 use cairn_common::FsError;
 
 use crate::fs_cmd::at;
 
-/// Lists the caller's trash, or everyone's with `all` (root).
+/// Lists the caller's trash, or everyone's with `all` (root), a page at a time: a trash of
+/// a million files lists as it is read, in bounded memory (JSON: one array, streamed).
 pub async fn list(client: &Client, all: bool, json: bool) -> anyhow::Result<()> {
-    let entries = client
-        .namenode(ListTrash { all })
-        .await
-        .map_err(|e| anyhow!("trash: {e}"))?;
+    let mut after = None;
+    let mut listed = 0u64;
+    loop {
+        let page = client
+            .namenode(ListTrash {
+                all,
+                after: after.take(),
+                limit: TRASH_PAGE_MAX,
+            })
+            .await
+            .map_err(|e| anyhow!("trash: {e}"))?;
+        for e in &page.entries {
+            if json {
+                let sep = if listed == 0 { "[\n" } else { ",\n" };
+                print!("{sep}{}", serde_json::to_string(e)?);
+            } else {
+                if listed == 0 {
+                    println!(
+                        "{:<20} {:>10} {:>6}  {:<40} ENTRY",
+                        "REMOVED", "SIZE", "BY", "FROM"
+                    );
+                }
+                println!(
+                    "{:<20} {:>10} {:>6}  {:<40} {}",
+                    removed(e),
+                    bytesize::ByteSize(e.size).to_string(),
+                    e.origin.as_ref().map_or("?".into(), |o| o.by.to_string()),
+                    e.from.as_deref().unwrap_or("(its directory is gone)"),
+                    String::from_utf8_lossy(&e.name)
+                );
+            }
+            listed += 1;
+        }
+        match page.entries.last() {
+            Some(last) if page.more => after = Some((last.dir, last.name.clone())),
+            _ => break,
+        }
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(());
-    }
-    if entries.is_empty() {
+        println!("{}", if listed == 0 { "[]" } else { "\n]" });
+    } else if listed == 0 {
         println!("The trash is empty.");
-        return Ok(());
+    } else {
+        println!("{listed} files. Restore with `cairn fs restore ENTRY [--to PATH]`.");
     }
-    println!(
-        "{:<20} {:>10} {:>6}  {:<40} ENTRY",
-        "REMOVED", "SIZE", "BY", "FROM"
-    );
-    for e in &entries {
-        println!(
-            "{:<20} {:>10} {:>6}  {:<40} {}",
-            removed(e),
-            bytesize::ByteSize(e.size).to_string(),
-            e.origin.as_ref().map_or("?".into(), |o| o.by.to_string()),
-            e.from.as_deref().unwrap_or("(its directory is gone)"),
-            String::from_utf8_lossy(&e.name)
-        );
-    }
-    println!("Restore with `cairn fs restore ENTRY [--to PATH]`.");
     Ok(())
 }
 

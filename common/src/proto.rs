@@ -82,7 +82,7 @@ service! {
         SafeMode(SafeMode) -> SafeModeStatus,
         Balance(Balance) -> BalanceStatus,
         Restore(Restore) -> InodeAttr,
-        ListTrash(ListTrash) -> Vec<TrashEntry>,
+        ListTrash(ListTrash) -> TrashPage,
         SetAdminState(SetAdminState) -> DatanodeStatus,
         Changes(Changes) -> ChangesReply,
         ListDir(ListDir) -> DirListing,
@@ -370,10 +370,24 @@ impl TrashOrigin {
     }
 }
 
-/// The files in the caller's trash, or (root only) in every user's (`all`).
+/// The files in the caller's trash, or (root only) in every user's (`all`), a page at a
+/// time: up to `limit` (at most [`TRASH_PAGE_MAX`]) after the entry `after` names (a trash
+/// directory and a name in it; from the start if none).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListTrash {
     pub all: bool,
+    pub after: Option<(Ino, Vec<u8>)>,
+    pub limit: u32,
+}
+
+/// The largest page of [`ListTrash`]: entries of up to 4 KiB paths fit in a header.
+pub const TRASH_PAGE_MAX: u32 = 200;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrashPage {
+    pub entries: Vec<TrashEntry>,
+    /// More entries follow the last one.
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -85,6 +85,9 @@ impl DirVersions {
     }
 }
 
+/// An entry of the trash: a user's trash directory, the name in it, the file.
+pub type TrashRow = (Ino, Vec<u8>, Ino);
+
 pub struct MetaEngine {
     store: Arc<Store>,
     cluster: u64,
@@ -442,24 +445,59 @@ impl MetaEngine {
     }
 
     /// Every file in a user's trash: (trash directory, entry name, file).
-    pub fn trash_entries(&self) -> FsResult<Vec<(Ino, Vec<u8>, Ino)>> {
+    /// Up to `limit` entries of the trash after `after` (a user's trash directory and a name
+    /// in it), users' directories in inode order, names in byte order; only those of
+    /// `owner`'s directory if given. Also whether more follow.
+    pub fn trash_page(
+        &self,
+        owner: Option<u32>,
+        after: Option<(Ino, &[u8])>,
+        limit: usize,
+    ) -> FsResult<(Vec<TrashRow>, bool)> {
         let Some(root) = self
             .store
             .dentry(Ino::ROOT, cairn_common::proto::TRASH_DIR)?
             .filter(|d| d.kind == FileKind::Dir)
         else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
-        let mut out = Vec::new();
+        let mut users: Vec<Ino> = Vec::new();
         for (_, user) in self.entries(root.ino)? {
             if user.kind != FileKind::Dir {
                 continue;
             }
-            for (name, entry) in self.entries(user.ino)? {
-                out.push((user.ino, name, entry.ino));
+            if let Some(uid) = owner {
+                if self.getattr(user.ino)?.uid != uid {
+                    continue;
+                }
+            }
+            users.push(user.ino);
+        }
+        users.sort();
+        let mut out = Vec::new();
+        for dir in users {
+            let from = match after {
+                Some((at, _)) if dir < at => continue,
+                Some((at, name)) if dir == at => Some(keys::dentry(dir, name)),
+                _ => None,
+            };
+            let want = limit + 1 - out.len();
+            let rows = self.store.scan_raw(
+                Cf::Dentries,
+                &keys::dentry_prefix(dir),
+                from.as_deref(),
+                want,
+            )?;
+            for (k, v) in rows {
+                let entry: Dentry = decode("dentry", &v)?;
+                out.push((dir, keys::dentry_name(&k).to_vec(), entry.ino));
+            }
+            if out.len() > limit {
+                out.truncate(limit);
+                return Ok((out, true));
             }
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// Every entry of directory `dir`, by name, unpaged (for the namenode's own chores).

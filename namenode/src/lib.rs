@@ -602,7 +602,7 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::SetAdminState(r) => ex.respond(&self.set_admin_state(&who, r).await).await,
-            R::ListTrash(r) => ex.respond(&self.list_trash(caller, r.all)).await,
+            R::ListTrash(r) => ex.respond(&self.list_trash(caller, r)).await,
             R::Restore(r) => {
                 ex.respond(&self.mutate_attr(&who, MetaOpKind::Restore(r)).await)
                     .await
@@ -718,17 +718,21 @@ impl Namenode {
     fn list_trash(
         &self,
         caller: &Caller,
-        all: bool,
-    ) -> FsResult<Vec<cairn_common::proto::TrashEntry>> {
-        use cairn_common::proto::{TrashEntry, TrashOrigin, TRASH_ORIGIN_XATTR};
-        if all && caller.uid != 0 {
+        r: cairn_common::proto::ListTrash,
+    ) -> FsResult<cairn_common::proto::TrashPage> {
+        use cairn_common::proto::{TrashEntry, TrashOrigin, TRASH_ORIGIN_XATTR, TRASH_PAGE_MAX};
+        if r.all && caller.uid != 0 {
             return Err(FsError::NotPermitted);
         }
+        let owner = (!r.all).then_some(caller.uid);
+        let after = r.after.as_ref().map(|(dir, name)| (*dir, name.as_slice()));
+        let limit = r.limit.clamp(1, TRASH_PAGE_MAX) as usize;
+        let (page, more) = self.engine.trash_page(owner, after, limit)?;
+        // Files of a page mostly come from a few directories.
+        let mut paths: std::collections::HashMap<cairn_common::Ino, Option<String>> =
+            std::collections::HashMap::new();
         let mut out = Vec::new();
-        for (dir, name, ino) in self.engine.trash_entries()? {
-            if !all && self.engine.getattr(dir)?.uid != caller.uid {
-                continue;
-            }
+        for (dir, name, ino) in page {
             let Ok(attr) = self.engine.getattr(ino) else {
                 continue;
             };
@@ -738,14 +742,24 @@ impl Namenode {
                 .ok()
                 .and_then(|v| TrashOrigin::decode(&v));
             let from = match &origin {
-                Some(o) => self.engine.path_of(o.parent)?.map(|dir| {
-                    let name = String::from_utf8_lossy(&o.name);
-                    if dir == "/" {
-                        format!("/{name}")
-                    } else {
-                        format!("{dir}/{name}")
-                    }
-                }),
+                Some(o) => {
+                    let dir = match paths.get(&o.parent) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p = self.engine.path_of(o.parent)?;
+                            paths.insert(o.parent, p.clone());
+                            p
+                        }
+                    };
+                    dir.map(|dir| {
+                        let name = String::from_utf8_lossy(&o.name);
+                        if dir == "/" {
+                            format!("/{name}")
+                        } else {
+                            format!("{dir}/{name}")
+                        }
+                    })
+                }
                 None => None,
             };
             out.push(TrashEntry {
@@ -756,7 +770,7 @@ impl Namenode {
                 origin,
             });
         }
-        Ok(out)
+        Ok(cairn_common::proto::TrashPage { entries: out, more })
     }
 
     /// Decommission, maintenance or normal service for a datanode, recorded durably first so
@@ -910,34 +924,43 @@ async fn empty_trash(nn: Arc<Namenode>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = cairn_common::attr::Timestamp::now().secs;
-        let expired = match nn.engine.trash_entries() {
-            Ok(entries) => entries
-                .into_iter()
-                .filter(|(_, name, _)| {
-                    trash::removed_at(name)
-                        .is_some_and(|at| now.saturating_sub(at) >= retention as i64)
-                })
-                .collect::<Vec<_>>(),
-            Err(e) => {
-                warn!("listing the trash failed: {e}");
-                continue;
-            }
-        };
-        for (dir, name, _) in expired {
-            let op = MetaOpKind::Unlink(cairn_common::proto::Unlink {
-                parent: dir,
-                name: name.clone(),
+        // A page at a time: a trash of millions of files is never held in memory whole.
+        let mut after: Option<(cairn_common::Ino, Vec<u8>)> = None;
+        loop {
+            let at = after.as_ref().map(|(dir, name)| (*dir, name.as_slice()));
+            let (page, more) = match nn.engine.trash_page(None, at, TRASH_EMPTY_PAGE) {
+                Ok(page) => page,
+                Err(e) => {
+                    warn!("listing the trash failed: {e}");
+                    break;
+                }
+            };
+            after = page.last().map(|(dir, name, _)| (*dir, name.clone()));
+            let expired = page.into_iter().filter(|(_, name, _)| {
+                trash::removed_at(name).is_some_and(|at| now.saturating_sub(at) >= retention as i64)
             });
-            match nn.engine.submit(Caller::ROOT, op).await {
-                Ok(_) | Err(FsError::NotFound) => {}
-                Err(e) => warn!(
-                    entry = %String::from_utf8_lossy(&name),
-                    "removing an expired file from the trash failed: {e}"
-                ),
+            for (dir, name, _) in expired {
+                let op = MetaOpKind::Unlink(cairn_common::proto::Unlink {
+                    parent: dir,
+                    name: name.clone(),
+                });
+                match nn.engine.submit(Caller::ROOT, op).await {
+                    Ok(_) | Err(FsError::NotFound) => {}
+                    Err(e) => warn!(
+                        entry = %String::from_utf8_lossy(&name),
+                        "removing an expired file from the trash failed: {e}"
+                    ),
+                }
+            }
+            if !more || shutdown.is_cancelled() {
+                break;
             }
         }
     }
 }
+
+/// Trash entries the emptier reads at a time.
+const TRASH_EMPTY_PAGE: usize = 10_000;
 
 /// Most blocks condemned, or forgotten, by one metadata write.
 const GC_BATCH: usize = 4096;

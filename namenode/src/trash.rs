@@ -119,7 +119,13 @@ pub fn move_in(
         target: None,
     };
     let made_root_entry = txn.dentry(Ino::ROOT, TRASH_DIR)?.is_none();
-    let root = ensure_dir(txn, Ino::ROOT, TRASH_DIR, dir_node(TRASH_ROOT_MODE, 0, 0), now)?;
+    let root = ensure_dir(
+        txn,
+        Ino::ROOT,
+        TRASH_DIR,
+        dir_node(TRASH_ROOT_MODE, 0, 0),
+        now,
+    )?;
     // Made listable by everyone before the mode was tightened.
     let mut root_rec = load_dir(txn, root)?;
     if root_rec.attr.perm != TRASH_ROOT_MODE {

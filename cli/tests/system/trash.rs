@@ -40,7 +40,26 @@ async fn put_in(client: &Client, dir: Ino, name: &str, data: &[u8]) -> InodeAttr
 }
 
 async fn trash_of(client: &Client) -> Vec<TrashEntry> {
-    client.namenode(ListTrash { all: false }).await.unwrap()
+    list_trash(client, false).await.unwrap()
+}
+
+/// Every entry of the caller's trash (everyone's with `all`), page by page.
+async fn list_trash(client: &Client, all: bool) -> Result<Vec<TrashEntry>, FsError> {
+    let mut out: Vec<TrashEntry> = Vec::new();
+    loop {
+        let after = out.last().map(|e| (e.dir, e.name.clone()));
+        let page = client
+            .namenode(ListTrash {
+                all,
+                after,
+                limit: 7,
+            })
+            .await?;
+        out.extend(page.entries);
+        if !page.more {
+            return Ok(out);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -151,7 +170,10 @@ async fn removed_files_wait_in_the_trash_and_come_back() {
         Err(FsError::AccessDenied)
     ));
     let trash_root = root.resolve("/.trash").await.unwrap();
-    assert_eq!(trash_root.perm, 0o711, "entered by all, listed by root alone");
+    assert_eq!(
+        trash_root.perm, 0o711,
+        "entered by all, listed by root alone"
+    );
     assert!(matches!(
         bob.readdir(trash_root.ino).await,
         Err(FsError::AccessDenied)
@@ -162,18 +184,21 @@ async fn removed_files_wait_in_the_trash_and_come_back() {
     put_in(&alice, docs.ino, "draft.new", b"v2").await;
     put_in(&alice, docs.ino, "draft", b"v1").await;
     alice
-        .rename(docs.ino, b"draft.new", docs.ino, b"draft", RenameMode::Replace)
+        .rename(
+            docs.ino,
+            b"draft.new",
+            docs.ino,
+            b"draft",
+            RenameMode::Replace,
+        )
         .await
         .unwrap();
     assert_eq!(trash_of(&alice).await.len(), 1, "only the file she removed");
     assert!(matches!(
-        bob.namenode(ListTrash { all: true }).await,
+        list_trash(&bob, true).await,
         Err(FsError::NotPermitted)
     ));
-    assert_eq!(
-        root.namenode(ListTrash { all: true }).await.unwrap().len(),
-        1
-    );
+    assert_eq!(list_trash(&root, true).await.unwrap().len(), 1);
     assert!(matches!(
         bob.namenode(cairn_common::proto::Restore {
             parent: hers[0].dir,
@@ -333,5 +358,52 @@ async fn the_trash_made_by_a_removal_in_the_root_is_seen_by_its_remover() {
     client.unlink(Ino::ROOT, b"f").await.unwrap();
     assert_eq!(client.known_absent(Ino::ROOT, b".trash", long), None);
     assert!(client.resolve("/.trash").await.is_ok());
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_trash_lists_page_by_page() {
+    const FILES: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client) = following_client(dir.path()).await;
+    let docs = client
+        .mkdir(Ino::ROOT, b"docs", 0o777, Owner::current())
+        .await
+        .unwrap();
+    tracing::info!("--- {FILES} files removed");
+    let owner = Owner {
+        uid: client.caller().uid,
+        gid: client.caller().gid,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..FILES {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let name = format!("f{i:04}");
+            client
+                .create(docs.ino, name.as_bytes(), 0o644, true, false, owner)
+                .await
+                .unwrap();
+            client.unlink(docs.ino, name.as_bytes()).await.unwrap();
+        });
+        if tasks.len() >= 32 {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    tracing::info!("--- pages of 7 through the API, pages of the most through the CLI");
+    let listed = trash_of(&client).await;
+    assert_eq!(listed.len(), FILES);
+    let mut names: Vec<&[u8]> = listed.iter().map(|e| e.name.as_slice()).collect();
+    names.dedup();
+    assert_eq!(names.len(), FILES, "an entry listed twice");
+    let (ok, out, err) = fs(&cluster, &["trash", "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("one JSON array");
+    assert_eq!(json.as_array().unwrap().len(), FILES);
+    let (ok, out, _) = fs(&cluster, &["trash"]);
+    assert!(ok && out.contains(&format!("{FILES} files")), "{out}");
     cluster.stop().await.unwrap();
 }
