@@ -87,7 +87,9 @@ grep -q "/smoke/missing: no such file or directory" "$WORK/err"
 echo "--- mount.cairn, as mount(8) runs it for an fstab line; then umount"
 ln -s "$CAIRN" "$WORK/mount.cairn"
 mkdir "$WORK/mnt"
-"$WORK/mount.cairn" cairn "$WORK/mnt" -o "rw,config=$DEV/cairn-client.toml,_netdev,log=$WORK/mount.log"
+"$WORK/mount.cairn" cairn "$WORK/mnt" -o "rw,config=$DEV/cairn-client.toml,_netdev,log=$WORK/mount.log" >"$WORK/mounted"
+MOUNT_PID="$(pgrep -f "cairn mount $WORK/mnt")"
+grep -q "mounted on $WORK/mnt (pid $MOUNT_PID; log $WORK/mount.log)" "$WORK/mounted"
 cmp "$WORK/input" "$WORK/mnt/smoke/input"
 cp "$WORK/input" "$WORK/mnt/copy"
 cmp "$WORK/input" "$WORK/mnt/copy"
@@ -98,6 +100,20 @@ truncate -s 1G "$WORK/mnt/holes"
 "$CAIRN" fs du -s /holes | grep -q "^  1073741824 .* 0 B  /holes$"
 rm "$WORK/mnt/holes"
 [ "$("$CAIRN" fs cat /smoke/dir/small)" = "hello cairn" ]
+
+echo "--- a stopped mount holds another client's change up 2 s at most, then reads it"
+[ "$(cat "$WORK/mnt/smoke/dir/small")" = "hello cairn" ]
+kill -STOP "$MOUNT_PID"
+echo "changed while it was stopped" >"$WORK/small2"
+started=$(date +%s)
+"$CAIRN" fs put -f "$WORK/small2" /smoke/dir/small
+took=$(($(date +%s) - started))
+kill -CONT "$MOUNT_PID"
+# Two seconds of waiting, and the rest of a put: a change must never wait for a stopped
+# mount's resumption.
+[ "$took" -lt 15 ] || { echo "the change waited $took s for a stopped mount"; exit 1; }
+[ "$(cat "$WORK/mnt/smoke/dir/small")" = "changed while it was stopped" ]
+"$CAIRN" fs put -f "$WORK/small" /smoke/dir/small
 
 echo "--- the namenode lists the mount"
 "$CAIRN" admin mounts | grep -q ":$WORK/mnt  pid "
@@ -121,10 +137,10 @@ while pgrep -f "cairn mount $WORK/mnt" >/dev/null; do
     sleep 0.1
 done
 
-echo "--- Ctrl-C, restart with --mount, data intact"
+echo "--- Ctrl-C, restart with --mount on a directory it makes, data intact"
 stop
-mkdir "$WORK/devmnt"
 start --mount "$WORK/devmnt"
+grep -q "made the mount point $WORK/devmnt" "$WORK/dev.out"
 "$CAIRN" fs get /smoke/input "$WORK/output2"
 cmp "$WORK/input" "$WORK/output2"
 cmp "$WORK/input" "$WORK/devmnt/copy"

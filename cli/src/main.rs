@@ -250,7 +250,14 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
             // Bad options fail here, before a background mount would hide the message.
             let opts = mount_cmd::mount_options(&options, threads)?;
             if daemon {
-                mount_cmd::daemonize(&argv[1..], &mountpoint, log.as_deref())?;
+                let daemon = mount_cmd::daemonize(&argv[1..], &mountpoint, log.as_deref())?;
+                // What an operator needs to stop it or read why it failed.
+                println!(
+                    "cairn: mounted on {} (pid {}; log {})",
+                    mountpoint.display(),
+                    daemon.pid,
+                    daemon.log.display()
+                );
             } else {
                 let shutdown = shutdown_on_signal();
                 mount_cmd::run(mountpoint, config, namenode, opts, shutdown).await?;
@@ -269,6 +276,17 @@ async fn dev(
     mountpoint: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(datanodes >= 1, "a cluster needs at least one datanode");
+    // The mount point is made, or refused, before anything starts: a cluster started for a
+    // mount that then fails is a cluster nobody asked for.
+    if let Some(m) = &mountpoint {
+        if !m.exists() {
+            std::fs::create_dir_all(m)
+                .with_context(|| format!("making the mount point {}", m.display()))?;
+            println!("made the mount point {}", m.display());
+        }
+        cairn_fuse::prepare_mountpoint(m)
+            .with_context(|| format!("mounting on {}", m.display()))?;
+    }
     let mut opts = DevOptions::new(&dir, datanodes);
     opts.namenode_addr = namenode;
     opts.replication = replication;

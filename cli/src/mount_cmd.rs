@@ -110,9 +110,19 @@ pub fn mount_options(
     Ok(opts)
 }
 
+/// A mount serving from the background, as [`daemonize`] started it.
+pub struct Daemon {
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
 /// Starts `cairn ARGS` (this mount command) without `--daemon` in a new session, detached
 /// from the terminal, and returns once `mountpoint` is mounted (or the child has failed).
-pub fn daemonize(args: &[OsString], mountpoint: &Path, log: Option<&Path>) -> anyhow::Result<()> {
+pub fn daemonize(
+    args: &[OsString],
+    mountpoint: &Path,
+    log: Option<&Path>,
+) -> anyhow::Result<Daemon> {
     // Here rather than in the child, so that a refusal reaches the terminal, and so that
     // a mount already there is not taken for the child's.
     cairn_fuse::prepare_mountpoint(mountpoint)?;
@@ -145,7 +155,10 @@ pub fn daemonize(args: &[OsString], mountpoint: &Path, log: Option<&Path>) -> an
     let deadline = Instant::now() + DAEMON_START_TIMEOUT;
     loop {
         if cairn_fuse::cairn_mounts_on(mountpoint)? > 0 {
-            return Ok(());
+            return Ok(Daemon {
+                pid: child.id(),
+                log: log_path,
+            });
         }
         if let Some(status) = child.try_wait()? {
             bail!(
