@@ -68,6 +68,12 @@ pub fn read_error(what: &str, e: quinn::ReadExactError) -> FsError {
         quinn::ReadExactError::FinishedEarly(got) => FsError::protocol(format!(
             "stream ended after {got} bytes while reading {what}"
         )),
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => {
+            FsError::unavailable(format!(
+                "connection lost while reading {what}: {}",
+                crate::transport::why_closed(&e)
+            ))
+        }
         quinn::ReadExactError::ReadError(e) => {
             FsError::unavailable(format!("connection lost while reading {what}: {e}"))
         }

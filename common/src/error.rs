@@ -25,6 +25,10 @@ pub enum FsError {
     NotPermitted,
     #[error("permission denied")]
     AccessDenied,
+    /// The peer's certificate is of another role than the request needs (a datanode
+    /// started with a client's certificate): no retry helps.
+    #[error("refused: {0}")]
+    WrongRole(String),
     #[error("no space left: {0}")]
     NoSpace(String),
     #[error("no such attribute")]
@@ -64,7 +68,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::NotPermitted => libc::EPERM,
-            FsError::AccessDenied => libc::EACCES,
+            FsError::AccessDenied | FsError::WrongRole(_) => libc::EACCES,
             FsError::NoSpace(_) => libc::ENOSPC,
             FsError::NoAttr => libc::ENODATA,
             FsError::TooManyLinks => libc::EMLINK,

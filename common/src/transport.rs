@@ -434,8 +434,48 @@ pub async fn call_streaming<R: Rpc>(
 
 async fn open(conn: &Connection) -> FsResult<(SendStream, RecvStream)> {
     conn.open_bi().await.map_err(|e| {
-        FsError::unavailable(format!("connection to {} lost: {e}", conn.remote_address()))
+        FsError::unavailable(format!(
+            "connection to {} lost: {}",
+            conn.remote_address(),
+            why_closed(&e)
+        ))
     })
+}
+
+/// Why a connection ended, in words an operator can act on. A peer that refuses this side's
+/// certificate does so after the handshake seemed done (TLS 1.3 checks the client's
+/// certificate last), and says why only in a TLS alert: named here.
+pub fn why_closed(e: &quinn::ConnectionError) -> String {
+    let code = match e {
+        quinn::ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        other => return other.to_string(),
+    };
+    let by_peer = matches!(e, quinn::ConnectionError::ConnectionClosed(_));
+    let (whose, fix) = if by_peer {
+        (
+            "the peer refused this side's certificate",
+            "issue this side a certificate with `cairn cert issue` from the cluster's CA",
+        )
+    } else {
+        (
+            "this side refused the peer's certificate",
+            "the peer needs a certificate from this cluster's CA (`cairn cert issue`)",
+        )
+    };
+    // TLS alerts travel as QUIC crypto errors, 0x100 + the alert number (RFC 9001 §4.8).
+    let cause = match code.checked_sub(0x100) {
+        Some(48) => "it is signed by another CA than the cluster's (unknown_ca)",
+        // What rustls answers when the issuer's name matches but its key does not: another
+        // cluster's CA of the same name.
+        Some(51) => "it is signed by another CA than the cluster's (its signature does not verify)",
+        Some(45) => "it has expired (certificate_expired)",
+        Some(44) => "it has been revoked (certificate_revoked)",
+        Some(42) | Some(43) | Some(46) => "it is not valid for this cluster (bad_certificate)",
+        Some(116) => "none was presented (certificate_required)",
+        _ => return e.to_string(),
+    };
+    format!("{whose}: {cause}; {fix}")
 }
 
 /// Reads exactly `buf.len()` raw bytes that follow a header.
@@ -490,7 +530,11 @@ impl Peer {
         if self.role == role {
             Ok(())
         } else {
-            Err(FsError::AccessDenied)
+            Err(FsError::WrongRole(format!(
+                "this request needs a {role} certificate, and {:?} is a {} certificate; \
+                 issue one with `cairn cert issue --role {role}`",
+                self.name, self.role
+            )))
         }
     }
 }
