@@ -96,6 +96,9 @@ struct State {
     /// Files' maps held by leases, and files whose maps are changing.
     maps: HashMap<Ino, Kept>,
     map_gen: u64,
+    /// Extended attributes found absent, by inode, with when: `ls -l` asks every file for
+    /// `security.selinux`, and the answer is kept as an absent name is.
+    absent_xattrs: HashMap<Ino, AbsentXattrs>,
 }
 
 /// A call about to fetch or change a file's map: the file's generation then, and when the
@@ -142,6 +145,7 @@ impl State {
     fn forget_one(&mut self, ino: Ino) {
         self.seq += 1;
         self.inodes.remove(&ino);
+        self.absent_xattrs.remove(&ino);
         self.forgotten.push_back((self.seq, ino));
         if self.forgotten.len() > MAX_FORGOTTEN {
             if let Some((seq, _)) = self.forgotten.pop_front() {
@@ -155,6 +159,7 @@ impl State {
         self.seq += 1;
         self.floor = self.seq;
         self.forgotten.clear();
+        self.absent_xattrs.clear();
     }
 
     /// Was `ino` forgotten since a call begun at `seq`?
@@ -290,6 +295,9 @@ struct Listing {
     /// When the namenode last confirmed the count.
     at: Instant,
 }
+
+/// The extended attributes of an inode found absent, and when last.
+type AbsentXattrs = (Instant, Vec<Box<[u8]>>);
 
 struct Fresh {
     attr: InodeAttr,
@@ -781,6 +789,33 @@ impl FreshAttrs {
     /// `ino`'s attributes if recorded less than `within` ago, with how long ago.
     pub fn get(&self, ino: Ino, within: Duration) -> Option<(InodeAttr, Duration)> {
         self.fresh(ino, within).map(|(attr, age, _)| (attr, age))
+    }
+
+    /// A call begun at `seq` found `ino` without the extended attribute `name`.
+    pub fn record_absent_xattr(&self, seq: u64, ino: Ino, name: &[u8]) {
+        let mut s = self.state();
+        if s.forgotten_since(seq, ino) {
+            return;
+        }
+        if s.absent_xattrs.len() >= MAX_INODES {
+            s.absent_xattrs.clear();
+        }
+        let (at, names) = s
+            .absent_xattrs
+            .entry(ino)
+            .or_insert_with(|| (Instant::now(), Vec::new()));
+        *at = Instant::now();
+        if !names.iter().any(|n| **n == *name) {
+            names.push(name.into());
+        }
+    }
+
+    /// Is `ino` known, as of less than `within` ago, to lack the extended attribute `name`?
+    pub fn absent_xattr(&self, ino: Ino, name: &[u8], within: Duration) -> bool {
+        let s = self.state();
+        s.absent_xattrs
+            .get(&ino)
+            .is_some_and(|(at, names)| s.age(*at) < within && names.iter().any(|n| **n == *name))
     }
 
     /// Is `ino` known, as of less than `within` ago, to have no extended attributes?

@@ -981,12 +981,25 @@ impl Client {
         .await
     }
 
-    pub async fn get_xattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
-        self.namenode(proto::GetXattr {
-            ino,
-            name: name.to_vec(),
-        })
-        .await
+    /// The extended attribute `name` of `ino`. One found absent is known absent without a
+    /// call for `within`, as long as the change feed tells of no change of `ino` (as an
+    /// absent name is).
+    pub async fn get_xattr(&self, ino: Ino, name: &[u8], within: Duration) -> FsResult<Vec<u8>> {
+        let fresh = &self.inner.fresh;
+        if fresh.absent_xattr(ino, name, within) {
+            return Err(FsError::NoAttr);
+        }
+        let seq = fresh.begin();
+        let got = self
+            .namenode(proto::GetXattr {
+                ino,
+                name: name.to_vec(),
+            })
+            .await;
+        if matches!(got, Err(FsError::NoAttr)) {
+            fresh.record_absent_xattr(seq, ino, name);
+        }
+        got
     }
 
     pub async fn list_xattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {

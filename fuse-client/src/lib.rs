@@ -1421,7 +1421,7 @@ impl Filesystem for CairnFs {
         }
         let (client, name) = (self.client_for(req), name_of(name));
         self.run(
-            async move { client.get_xattr(Ino(ino.0), &name).await },
+            async move { client.get_xattr(Ino(ino.0), &name, TTL).await },
             move |r| reply_xattr(r, size, reply),
         );
     }

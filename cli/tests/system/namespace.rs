@@ -322,15 +322,36 @@ async fn links_attributes_and_xattrs() {
     c.set_xattr(f.ino, b"user.a", b"3", XattrMode::Replace)
         .await
         .unwrap();
-    assert_eq!(c.get_xattr(f.ino, b"user.a").await.unwrap(), b"3");
-    assert_eq!(c.get_xattr(f.ino, b"user.b").await.unwrap(), b"");
+    let long = std::time::Duration::from_secs(600);
+    assert_eq!(c.get_xattr(f.ino, b"user.a", long).await.unwrap(), b"3");
+    assert_eq!(c.get_xattr(f.ino, b"user.b", long).await.unwrap(), b"");
     assert_eq!(
         c.list_xattr(f.ino).await.unwrap(),
         vec![b"user.a".to_vec(), b"user.b".to_vec()]
     );
     c.remove_xattr(f.ino, b"user.a").await.unwrap();
-    assert_eq!(errno(c.get_xattr(f.ino, b"user.a").await), libc::ENODATA);
+    assert_eq!(
+        errno(c.get_xattr(f.ino, b"user.a", long).await),
+        libc::ENODATA
+    );
     assert_eq!(errno(c.remove_xattr(f.ino, b"user.a").await), libc::ENODATA);
+
+    tracing::info!("--- an attribute found absent is known absent without asking, until set");
+    let asked = c.sent::<cairn_common::proto::GetXattr>();
+    for _ in 0..3 {
+        assert_eq!(
+            errno(c.get_xattr(f.ino, b"security.selinux", long).await),
+            libc::ENODATA
+        );
+    }
+    assert_eq!(c.sent::<cairn_common::proto::GetXattr>(), asked + 1);
+    c.set_xattr(f.ino, b"security.selinux", b"label", XattrMode::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get_xattr(f.ino, b"security.selinux", long).await.unwrap(),
+        b"label"
+    );
 
     tracing::info!("--- statfs counts inodes");
     let stats = c.statfs().await.unwrap();

@@ -128,8 +128,12 @@ async fn removed_files_wait_in_the_trash_and_come_back() {
     assert_eq!(back.nlink, 1);
     assert!(trash_of(&root).await.is_empty());
     assert!(matches!(
-        root.get_xattr(attr.ino, cairn_common::proto::TRASH_ORIGIN_XATTR)
-            .await,
+        root.get_xattr(
+            attr.ino,
+            cairn_common::proto::TRASH_ORIGIN_XATTR,
+            Duration::ZERO
+        )
+        .await,
         Err(FsError::NoAttr)
     ));
 
