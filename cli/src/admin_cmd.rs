@@ -10,8 +10,8 @@ use cairn_client::Client;
 use cairn_common::attr::{FileKind, InodeAttr};
 use cairn_common::layout::CHUNK_SIZE;
 use cairn_common::proto::{
-    AdminState, DatanodeState, DatanodeStatus, GetMetaHealth, GetRepairStatus, MetaHealth,
-    ReadChunks, RepairStatus, SafeMode, SafeModeAction, SafeModeStatus, SetAdminState,
+    AdminState, DatanodeState, DatanodeStatus, ForgetDatanode, GetMetaHealth, GetRepairStatus,
+    MetaHealth, ReadChunks, RepairStatus, SafeMode, SafeModeAction, SafeModeStatus, SetAdminState,
 };
 use cairn_common::{BlockId, FsError};
 use clap::{Args, Subcommand, ValueEnum};
@@ -82,6 +82,13 @@ enum AdminCommand {
         #[arg(long)]
         end: bool,
     },
+    /// Drop a dead datanode from the list for good (root only): one that will not come
+    /// back. Dead datanodes stay listed, across namenode restarts too, until forgotten or
+    /// dead for `forget_dead_datanode_secs`.
+    Forget {
+        /// The datanode's name, address or id (as `report` shows them).
+        node: String,
+    },
     /// Move replicas from the fullest datanodes to the emptiest until every datanode's used
     /// share is within the threshold of the cluster's average (root only to start or stop),
     /// showing progress until then. Interrupted, the balancing goes on in the namenode.
@@ -144,6 +151,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         AdminCommand::Maintenance { node, end } => {
             let state = admin_target(AdminState::Maintenance, end);
             set_admin(&client, &node, state, json).await?
+        }
+        AdminCommand::Forget { node } => {
+            let status = client
+                .namenode(ForgetDatanode { node: node.clone() })
+                .await
+                .map_err(|e| anyhow!("{node}: {e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{} ({}): forgotten", status.name, status.addr);
+            }
         }
         AdminCommand::Balance {
             threshold,

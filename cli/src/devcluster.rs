@@ -50,6 +50,8 @@ pub struct DevOptions {
     pub trash_retention_secs: u64,
     /// Whether files replaced by a rename go to the trash too (`trash_replaced`).
     pub trash_replaced: bool,
+    /// The most of the datanodes' capacity the trash may hold (`trash_max_percent`).
+    pub trash_max_percent: u8,
     /// Failure domains: datanode `i` is in `racks[i % racks.len()]` (none if empty).
     pub racks: Vec<String>,
     /// Most copies one datanode sends or receives at a time (`repair_copies_per_node`).
@@ -76,6 +78,7 @@ impl DevOptions {
             gc_grace_ms: 30_000,
             trash_retention_secs: 0,
             trash_replaced: false,
+            trash_max_percent: 10,
             racks: Vec::new(),
             repair_copies_per_node: 4,
             repair_bytes_per_sec: None,
@@ -208,6 +211,7 @@ impl DevCluster {
         nn_config.gc_grace_ms = opts.gc_grace_ms;
         nn_config.trash_retention_secs = opts.trash_retention_secs;
         nn_config.trash_replaced = opts.trash_replaced;
+        nn_config.trash_max_percent = opts.trash_max_percent;
         nn_config.repair_copies_per_node = opts.repair_copies_per_node;
         let mut cluster = DevCluster {
             namenode_addr: opts.namenode_addr,

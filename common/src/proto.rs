@@ -88,6 +88,7 @@ service! {
         ListDir(ListDir) -> DirListing,
         GetMetaHealth(GetMetaHealth) -> MetaHealth,
         ListMounts(ListMounts) -> Vec<MountStatus>,
+        ForgetDatanode(ForgetDatanode) -> DatanodeStatus,
     }
 }
 
@@ -796,6 +797,14 @@ impl std::fmt::Display for AdminState {
 pub struct SetAdminState {
     pub node: String,
     pub state: AdminState,
+}
+
+/// Drop a dead datanode from the namenode's list for good (root only): one that will not
+/// come back. `node` as in [`SetAdminState`]. A datanode that registers again later is
+/// listed again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForgetDatanode {
+    pub node: String,
 }
 
 /// How a datanode is doing, by its heartbeats.

@@ -1,6 +1,7 @@
 //! Soft state: which datanodes are alive, how full they are, and which of them hold each
-//! block. None of it is persisted; datanodes rebuild it with their registrations and block
-//! reports after a namenode restart, as in HDFS.
+//! block. Datanodes rebuild it with their registrations and block reports after a namenode
+//! restart, as in HDFS; only the list of datanodes seen is kept (see [`KnownDatanode`]), so
+//! that one that died is still shown dead after a restart, not forgotten.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -12,6 +13,21 @@ use cairn_common::proto::{
 };
 use cairn_common::{BlockId, DatanodeId};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// What the namenode records of a datanode it has seen, to list it after a restart until it
+/// registers again, is forgotten by an operator, or has been dead for
+/// `forget_dead_datanode_secs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownDatanode {
+    pub name: String,
+    pub rack: String,
+    pub addr: SocketAddr,
+    pub capacity: u64,
+    pub used: u64,
+    /// When it was last heard from, in milliseconds since the Unix epoch.
+    pub heard_ms: u64,
+}
 
 struct Datanode {
     name: String,
@@ -22,6 +38,9 @@ struct Datanode {
     used: u64,
     available: u64,
     last_heartbeat: Instant,
+    /// Known from before a restart and not registered since: dead, silent this long before
+    /// `last_heartbeat` (the restart).
+    restored: Option<Duration>,
     active_transfers: u32,
     scrub: cairn_common::proto::ScrubProgress,
     admin: AdminState,
@@ -81,12 +100,14 @@ impl BlockMap {
             used: 0,
             available: 0,
             last_heartbeat: Instant::now(),
+            restored: None,
             active_transfers: 0,
             scrub: Default::default(),
             admin,
             blocks: HashSet::new(),
             report: None,
         });
+        node.restored = None;
         node.name = r.name.clone();
         node.rack = r.rack.clone();
         node.addr = r.addr;
@@ -100,7 +121,7 @@ impl BlockMap {
     pub fn heartbeat(&self, h: &Heartbeat) -> bool {
         let mut inner = self.lock();
         match inner.nodes.get_mut(&h.id) {
-            Some(node) => {
+            Some(node) if node.restored.is_none() => {
                 node.capacity = h.capacity;
                 node.used = h.used;
                 node.available = h.available;
@@ -109,7 +130,7 @@ impl BlockMap {
                 node.scrub = h.scrub;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -122,7 +143,7 @@ impl BlockMap {
         last: bool,
     ) -> bool {
         let mut inner = self.lock();
-        let Some(node) = inner.nodes.get_mut(&id) else {
+        let Some(node) = inner.nodes.get_mut(&id).filter(|n| n.restored.is_none()) else {
             return false;
         };
         if first || node.report.is_none() {
@@ -148,7 +169,7 @@ impl BlockMap {
     /// An incremental report: blocks stored or removed since the last one.
     pub fn blocks_changed(&self, id: DatanodeId, added: &[BlockId], removed: &[BlockId]) -> bool {
         let mut inner = self.lock();
-        let Some(node) = inner.nodes.get_mut(&id) else {
+        let Some(node) = inner.nodes.get_mut(&id).filter(|n| n.restored.is_none()) else {
             return false;
         };
         for b in added {
@@ -277,12 +298,12 @@ impl BlockMap {
     }
 
     fn alive(&self, node: &Datanode, now: Instant) -> bool {
-        now.duration_since(node.last_heartbeat) < self.dead_timeout
+        node.restored.is_none() && now.duration_since(node.last_heartbeat) < self.dead_timeout
     }
 
     fn state(&self, node: &Datanode, now: Instant) -> DatanodeState {
         let silent = now.duration_since(node.last_heartbeat);
-        if silent >= self.dead_timeout {
+        if node.restored.is_some() || silent >= self.dead_timeout {
             DatanodeState::Dead
         } else if silent >= self.stale_timeout {
             DatanodeState::Stale
@@ -294,14 +315,22 @@ impl BlockMap {
     /// Datanodes in normal service that have missed heartbeats but are not yet dead: likely
     /// gone, so not to be counted on as the source of a copy.
     pub fn silent(&self) -> HashSet<DatanodeId> {
+        self.ids_where(|n, now| {
+            n.admin == AdminState::Normal && self.state(n, now) == DatanodeState::Stale
+        })
+    }
+
+    /// The datanodes for which `keep(node, now)` holds.
+    fn ids_where<C: FromIterator<DatanodeId>>(
+        &self,
+        keep: impl Fn(&Datanode, Instant) -> bool,
+    ) -> C {
         let inner = self.lock();
         let now = Instant::now();
         inner
             .nodes
             .iter()
-            .filter(|(_, n)| {
-                n.admin == AdminState::Normal && self.state(n, now) == DatanodeState::Stale
-            })
+            .filter(|(_, n)| keep(n, now))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -346,6 +375,76 @@ impl BlockMap {
             .iter()
             .find(|(id, n)| n.name == node || n.addr.to_string() == node || id.to_string() == node)
             .map(|(id, _)| *id)
+    }
+
+    /// The datanodes recorded before a restart, listed dead until they register.
+    pub fn restore_known(&self, known: Vec<(DatanodeId, KnownDatanode)>) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        for (id, k) in known {
+            let admin = inner.remembered_admin.get(&id).copied().unwrap_or_default();
+            inner.nodes.entry(id).or_insert_with(|| Datanode {
+                name: k.name,
+                rack: k.rack,
+                addr: k.addr,
+                capacity: k.capacity,
+                used: k.used,
+                available: 0,
+                last_heartbeat: now,
+                restored: Some(Duration::from_millis(now_ms.saturating_sub(k.heard_ms))),
+                active_transfers: 0,
+                scrub: Default::default(),
+                admin,
+                blocks: HashSet::new(),
+                report: None,
+            });
+        }
+    }
+
+    /// What to record of the datanodes heard from since the restart (`only`: just that one).
+    pub fn known(&self, only: Option<DatanodeId>) -> Vec<(DatanodeId, KnownDatanode)> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        inner
+            .nodes
+            .iter()
+            .filter(|(id, n)| n.restored.is_none() && only.is_none_or(|o| o == **id))
+            .map(|(id, n)| {
+                let silent = now.duration_since(n.last_heartbeat).as_millis() as u64;
+                let known = KnownDatanode {
+                    name: n.name.clone(),
+                    rack: n.rack.clone(),
+                    addr: n.addr,
+                    capacity: n.capacity,
+                    used: n.used,
+                    heard_ms: now_ms.saturating_sub(silent),
+                };
+                (*id, known)
+            })
+            .collect()
+    }
+
+    /// Datanodes dead for at least `after`.
+    pub fn dead_for(&self, after: Duration) -> Vec<DatanodeId> {
+        self.ids_where(|n, now| {
+            let silent = now.duration_since(n.last_heartbeat) + n.restored.unwrap_or_default();
+            self.state(n, now) == DatanodeState::Dead && silent >= after.max(self.dead_timeout)
+        })
+    }
+
+    /// Drops a datanode and the replicas it was said to hold; its status as it was.
+    pub fn forget(&self, id: DatanodeId) -> Option<DatanodeStatus> {
+        let status = self.status_of(id)?;
+        let mut inner = self.lock();
+        if let Some(node) = inner.nodes.remove(&id) {
+            for b in &node.blocks {
+                remove_replica(&mut inner.replicas, b, id);
+            }
+        }
+        inner.remembered_admin.remove(&id);
+        Some(status)
     }
 
     /// Operators' states recorded before a restart: applied as the datanodes register.
@@ -497,6 +596,13 @@ impl BlockMap {
         let mut out: Vec<DatanodeStatus> = inner
             .nodes
             .iter()
+            // One alive when the namenode stopped is not listed until it registers, or
+            // until it would have been dead had the namenode run on.
+            .filter(|(_, n)| {
+                n.restored.is_none_or(|before| {
+                    before + now.duration_since(n.last_heartbeat) >= self.dead_timeout
+                })
+            })
             .map(|(id, n)| DatanodeStatus {
                 id: *id,
                 name: n.name.clone(),
@@ -511,12 +617,20 @@ impl BlockMap {
                 used: n.used,
                 available: n.available,
                 blocks: n.blocks.len() as u64,
-                last_heartbeat_ms: now.duration_since(n.last_heartbeat).as_millis() as u64,
+                last_heartbeat_ms: (now.duration_since(n.last_heartbeat)
+                    + n.restored.unwrap_or_default())
+                .as_millis() as u64,
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn add_replica(replicas: &mut HashMap<BlockId, Vec<DatanodeId>>, block: BlockId, id: DatanodeId) {
@@ -626,5 +740,59 @@ mod tests {
         map.block_report(DatanodeId(1), &[], false, true);
         assert!(map.locations(&a).is_empty());
         assert_eq!(map.locations(&b)[0].id, DatanodeId(1));
+    }
+
+    #[test]
+    fn datanodes_seen_before_a_restart_are_listed_dead_until_they_register() {
+        let before = BlockMap::new(Duration::from_secs(60));
+        register(&before, 1, 1 << 30);
+        let mut known = before.known(None);
+        assert_eq!(known.len(), 1);
+        // A second one, silent for an hour when the namenode stopped.
+        let mut gone = known[0].1.clone();
+        gone.name = "dn2".into();
+        gone.heard_ms -= 3_600_000;
+        known.push((DatanodeId(2), gone));
+
+        let after = BlockMap::new(Duration::from_secs(60));
+        after.restore_known(known);
+        let listed = after.statuses();
+        assert_eq!(
+            listed.len(),
+            1,
+            "one alive at the stop waits for its dead timeout"
+        );
+        assert_eq!(listed[0].name, "dn2");
+        assert_eq!(listed[0].state, DatanodeState::Dead);
+        assert!(!listed[0].alive);
+        assert!(listed[0].last_heartbeat_ms >= 3_600_000);
+        assert!(
+            after.place(1, 1, &[], &[]).is_empty(),
+            "nothing placed on them"
+        );
+        assert_eq!(
+            after.dead_for(Duration::from_secs(1800)),
+            vec![DatanodeId(2)]
+        );
+        assert!(
+            !after.heartbeat(&Heartbeat {
+                id: DatanodeId(2),
+                capacity: 1 << 30,
+                used: 0,
+                available: 1 << 30,
+                blocks: 0,
+                active_transfers: 0,
+                copies_failed: Vec::new(),
+                scrub: Default::default(),
+            }),
+            "a heartbeat does not stand for a registration"
+        );
+
+        register(&after, 2, 1 << 30);
+        assert!(after.status_of(DatanodeId(2)).unwrap().alive);
+        assert!(after.dead_for(Duration::ZERO).is_empty());
+        assert_eq!(after.forget(DatanodeId(2)).unwrap().name, "dn2");
+        assert!(after.status_of(DatanodeId(2)).is_none());
+        assert!(after.known(None).is_empty(), "dn1 has not registered since");
     }
 }

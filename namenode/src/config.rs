@@ -62,6 +62,23 @@ pub struct NamenodeConfig {
     /// old versions. Default false.
     #[serde(default)]
     pub trash_replaced: bool,
+    /// The most of the datanodes' capacity the trash may hold, in percent, its files
+    /// counted once per replica: past it, the files removed longest ago go for good first.
+    /// 0: no bound but the retention. Default 10.
+    #[serde(default = "default_trash_max_percent")]
+    pub trash_max_percent: u8,
+    /// When the datanodes' free space falls below this share of their capacity (percent),
+    /// the trash gives up its oldest files until it is back, so that a write does not fail
+    /// for space the trash holds. The space comes back once the removed files' blocks are
+    /// collected (`gc_grace_ms`). 0: never. Default 5.
+    #[serde(default = "default_trash_keep_free_percent")]
+    pub trash_keep_free_percent: u8,
+    /// A datanode dead this long is dropped from the list (`cairn admin report`) and from
+    /// what the namenode remembers across restarts; until then it stays listed as dead,
+    /// restarts included. `cairn admin forget` drops one at once. 0: never. Default 604800
+    /// (a week).
+    #[serde(default = "default_forget_dead_datanode_secs")]
+    pub forget_dead_datanode_secs: u64,
     /// Changes are refused (`ENOSPC`) while the disk of `meta_dir` has less than this many
     /// MiB free, so that the metadata store never runs out of space in the middle of a
     /// write; they are taken again as soon as it has more. 0: no such check. Default 100.
@@ -104,6 +121,15 @@ fn default_gc_grace_ms() -> u64 {
 fn default_trash_retention_secs() -> u64 {
     86_400
 }
+fn default_trash_max_percent() -> u8 {
+    10
+}
+fn default_trash_keep_free_percent() -> u8 {
+    5
+}
+fn default_forget_dead_datanode_secs() -> u64 {
+    7 * 86_400
+}
 fn default_meta_reserve_mb() -> u64 {
     100
 }
@@ -128,6 +154,9 @@ impl NamenodeConfig {
             gc_grace_ms: default_gc_grace_ms(),
             trash_retention_secs: default_trash_retention_secs(),
             trash_replaced: false,
+            trash_max_percent: default_trash_max_percent(),
+            trash_keep_free_percent: default_trash_keep_free_percent(),
+            forget_dead_datanode_secs: default_forget_dead_datanode_secs(),
             meta_reserve_mb: default_meta_reserve_mb(),
             tls,
         }
@@ -171,6 +200,12 @@ impl NamenodeConfig {
             "gc_grace_ms ({}) must be at least {min_grace}: two of the clients' renewals, \
              which keep their uploads from being taken for garbage",
             self.gc_grace_ms
+        );
+        anyhow::ensure!(
+            self.trash_max_percent <= 100 && self.trash_keep_free_percent <= 100,
+            "trash_max_percent ({}) and trash_keep_free_percent ({}) are percentages: 0 to 100",
+            self.trash_max_percent,
+            self.trash_keep_free_percent
         );
         Ok(())
     }

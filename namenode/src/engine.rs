@@ -88,6 +88,9 @@ impl DirVersions {
 /// An entry of the trash: a user's trash directory, the name in it, the file.
 pub type TrashRow = (Ino, Vec<u8>, Ino);
 
+/// Trash entries [`MetaEngine::trash_census`] reads at a time.
+const TRASH_CENSUS_PAGE: usize = 10_000;
+
 pub struct MetaEngine {
     store: Arc<Store>,
     cluster: u64,
@@ -444,7 +447,13 @@ impl MetaEngine {
         self.store.node_admin_states()
     }
 
-    /// Every file in a user's trash: (trash directory, entry name, file).
+    /// The datanodes recorded as seen, to list after a restart.
+    pub fn known_datanodes(
+        &self,
+    ) -> FsResult<Vec<(cairn_common::DatanodeId, crate::blockmap::KnownDatanode)>> {
+        self.store.known_datanodes()
+    }
+
     /// Up to `limit` entries of the trash after `after` (a user's trash directory and a name
     /// in it), users' directories in inode order, names in byte order; only those of
     /// `owner`'s directory if given. Also whether more follow.
@@ -498,6 +507,29 @@ impl MetaEngine {
             }
         }
         Ok((out, false))
+    }
+
+    /// What the trash holds, page by page: each file's stored bytes, counted once per
+    /// replica, by the second it was removed.
+    pub fn trash_census(&self) -> FsResult<crate::trash::Census> {
+        let mut census = crate::trash::Census::default();
+        let mut after: Option<(Ino, Vec<u8>)> = None;
+        loop {
+            let at = after.as_ref().map(|(dir, name)| (*dir, name.as_slice()));
+            let (page, more) = self.trash_page(None, at, TRASH_CENSUS_PAGE)?;
+            for (_, name, ino) in &page {
+                let (Some(removed), Some(rec)) =
+                    (crate::trash::removed_at(name), self.store.inode(*ino)?)
+                else {
+                    continue;
+                };
+                census.add(removed, crate::trash::weight(&rec.attr));
+            }
+            after = page.last().map(|(dir, name, _)| (*dir, name.clone()));
+            if !more {
+                return Ok(census);
+            }
+        }
     }
 
     /// Every entry of directory `dir`, by name, unpaged (for the namenode's own chores).

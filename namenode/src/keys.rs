@@ -30,6 +30,10 @@ pub const META_ORPHAN_PREFIX: &[u8] = b"orphan/";
 /// Prefix of the `meta` keys holding an operator's state for a datanode.
 pub const META_NODE_ADMIN_PREFIX: &[u8] = b"node-admin/";
 
+/// Prefix of the `meta` keys recording the datanodes seen, so that one that dies is still
+/// listed after a restart.
+pub const META_NODE_PREFIX: &[u8] = b"node/";
+
 /// Prefix of the `meta` keys naming condemned blocks (see `gc.rs`).
 pub const META_GC_PREFIX: &[u8] = b"gc/";
 
@@ -56,6 +60,21 @@ pub fn node_admin(id: cairn_common::DatanodeId) -> Vec<u8> {
 /// The datanode a node-admin key names, if the key is well formed.
 pub fn node_admin_id(key: &[u8]) -> Option<cairn_common::DatanodeId> {
     let rest = key.strip_prefix(META_NODE_ADMIN_PREFIX)?;
+    Some(cairn_common::DatanodeId(u64::from_be_bytes(
+        rest.try_into().ok()?,
+    )))
+}
+
+/// `node/<datanode id>`: a datanode seen, where and when.
+pub fn node(id: cairn_common::DatanodeId) -> Vec<u8> {
+    let mut k = META_NODE_PREFIX.to_vec();
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// The datanode a `node/` key names, if the key is well formed.
+pub fn node_id(key: &[u8]) -> Option<cairn_common::DatanodeId> {
+    let rest = key.strip_prefix(META_NODE_PREFIX)?;
     Some(cairn_common::DatanodeId(u64::from_be_bytes(
         rest.try_into().ok()?,
     )))
@@ -156,6 +175,8 @@ mod tests {
     fn node_admin_keys_name_their_datanode() {
         let id = cairn_common::DatanodeId(0xfeed_beef);
         assert_eq!(node_admin_id(&node_admin(id)), Some(id));
+        assert_eq!(node_id(&node(id)), Some(id));
+        assert_eq!(node_id(&node_admin(id)), None);
         assert_eq!(node_admin_id(&orphan(Ino(1))), None);
     }
 

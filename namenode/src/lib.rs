@@ -65,6 +65,9 @@ pub struct Namenode {
     stopping: CancellationToken,
     /// The mounts reading the change feed, by connection.
     mounts: std::sync::Mutex<std::collections::HashMap<u64, MountSeen>>,
+    /// Wakes the trash's emptier: a write found no space, or the trash may be over its bound.
+    trash_wake: tokio::sync::Notify,
+    trash_gauge: trash::Gauge,
 }
 
 /// A mount as its reads of the change feed show it.
@@ -113,6 +116,7 @@ pub async fn run(
         blockmap::BlockMap::new(config.dead_timeout()).with_stale_timeout(config.stale_timeout());
     // Decommissions and maintenance set before a restart hold on.
     blocks.restore_admin(engine.node_admin_states()?);
+    blocks.restore_known(engine.known_datanodes()?);
     let namenode = Arc::new(Namenode {
         blocks,
         safe_mode: safemode::SafeMode::new(
@@ -125,6 +129,8 @@ pub async fn run(
         gc,
         lock_sessions: Default::default(),
         mounts: Default::default(),
+        trash_wake: tokio::sync::Notify::new(),
+        trash_gauge: trash::Gauge::default(),
         stopping: shutdown.clone(),
         config,
         engine,
@@ -181,7 +187,7 @@ impl Namenode {
         dirs: &[cairn_common::Ino],
     ) -> FsResult<Changed<Removed>> {
         match self.mutate(who, kind).await? {
-            MetaReply::Removed { ino, trash } => self.changed(
+            MetaReply::Removed { ino, trash } => self.trashed(trash).changed(
                 Ok(Removed {
                     ino,
                     trash: trash.map(|t| t.dir),
@@ -190,6 +196,14 @@ impl Namenode {
             ),
             _ => Err(FsError::protocol("removal returned no removed inode")),
         }
+    }
+
+    /// A file went to the trash: the emptier looks if the trash may be over its bound.
+    fn trashed(&self, trash: Option<trash::Moved>) -> &Namenode {
+        if trash.is_some_and(|t| self.trash_gauge.added(t.bytes)) {
+            self.trash_wake.notify_one();
+        }
+        self
     }
 
     async fn mutate_unit(&self, who: &Who, kind: MetaOpKind) -> FsResult<()> {
@@ -273,6 +287,7 @@ impl Namenode {
             return Err(if live == 0 {
                 FsError::unavailable("no live datanodes")
             } else {
+                self.trash_wake.notify_one();
                 FsError::NoSpace(format!(
                     "no live datanode outside the {} excluded has {} bytes free",
                     exclude.len(),
@@ -397,7 +412,7 @@ impl Service for Namenode {
                         moved,
                         replaced,
                         trash,
-                    }) => self.changed(
+                    }) => self.trashed(trash).changed(
                         Ok(Renamed {
                             moved,
                             replaced,
@@ -519,6 +534,7 @@ impl Service for Namenode {
                     _ => {
                         info!(datanode = %r.id, name = %r.name, addr = %r.addr, "datanode registered");
                         self.blocks.register(&r);
+                        self.record_datanodes(Some(r.id)).await;
                         Ok(RegisterReply {
                             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
                             cluster,
@@ -602,6 +618,7 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::SetAdminState(r) => ex.respond(&self.set_admin_state(&who, r).await).await,
+            R::ForgetDatanode(r) => ex.respond(&self.forget_datanode(&who, r).await).await,
             R::ListTrash(r) => ex.respond(&self.list_trash(caller, r)).await,
             R::Restore(r) => {
                 ex.respond(&self.mutate_attr(&who, MetaOpKind::Restore(r)).await)
@@ -773,6 +790,16 @@ impl Namenode {
         Ok(cairn_common::proto::TrashPage { entries: out, more })
     }
 
+    /// The datanode an operator (root alone) names by its name, address or id.
+    fn operators_datanode(&self, who: &Who, node: &str) -> FsResult<cairn_common::DatanodeId> {
+        if who.caller.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+        self.blocks
+            .find(node)
+            .ok_or_else(|| FsError::invalid(format!("no datanode named {node}")))
+    }
+
     /// Decommission, maintenance or normal service for a datanode, recorded durably first so
     /// that it outlives a namenode restart.
     async fn set_admin_state(
@@ -780,13 +807,7 @@ impl Namenode {
         who: &Who,
         r: cairn_common::proto::SetAdminState,
     ) -> FsResult<cairn_common::proto::DatanodeStatus> {
-        if who.caller.uid != 0 {
-            return Err(FsError::NotPermitted);
-        }
-        let id = self
-            .blocks
-            .find(&r.node)
-            .ok_or_else(|| FsError::invalid(format!("no datanode named {}", r.node)))?;
+        let id = self.operators_datanode(who, &r.node)?;
         let op = MetaOpKind::SetNodeAdmin {
             node: id,
             state: r.state,
@@ -795,6 +816,64 @@ impl Namenode {
         self.blocks.set_admin_of(id, r.state);
         info!(datanode = %r.node, state = %r.state, "set by an operator");
         self.blocks.status_of(id).ok_or(FsError::NotFound)
+    }
+
+    /// Records the datanodes heard from (or just `only`) with when, for a restart to list.
+    async fn record_datanodes(&self, only: Option<cairn_common::DatanodeId>) {
+        let known = self.blocks.known(only);
+        if known.is_empty() {
+            return;
+        }
+        let op = MetaOpKind::RecordDatanodes(known);
+        if let Err(e) = self.engine.submit(Caller::ROOT, op).await {
+            warn!("recording the datanodes seen failed: {e}");
+        }
+    }
+
+    /// Drops a dead datanode from the list and from what is recorded (root only).
+    async fn forget_datanode(
+        &self,
+        who: &Who,
+        r: cairn_common::proto::ForgetDatanode,
+    ) -> FsResult<cairn_common::proto::DatanodeStatus> {
+        let id = self.operators_datanode(who, &r.node)?;
+        if self
+            .blocks
+            .status_of(id)
+            .is_some_and(|s| s.state != cairn_common::proto::DatanodeState::Dead)
+        {
+            return Err(FsError::invalid(format!(
+                "datanode {} is not dead: stop it first (decommission it first to keep its \
+                 blocks' replicas)",
+                r.node
+            )));
+        }
+        self.mutate(who, MetaOpKind::ForgetDatanode(id)).await?;
+        let status = self.blocks.forget(id).ok_or(FsError::NotFound)?;
+        info!(datanode = %status.name, addr = %status.addr, "forgotten by an operator");
+        Ok(status)
+    }
+
+    /// Drops the datanodes dead for `forget_dead_datanode_secs`.
+    async fn forget_long_dead(&self) {
+        let after = self.config.forget_dead_datanode_secs;
+        if after == 0 {
+            return;
+        }
+        for id in self.blocks.dead_for(std::time::Duration::from_secs(after)) {
+            match self
+                .engine
+                .submit(Caller::ROOT, MetaOpKind::ForgetDatanode(id))
+                .await
+            {
+                Ok(_) => {
+                    if let Some(s) = self.blocks.forget(id) {
+                        info!(datanode = %s.name, addr = %s.addr, dead_secs = after, "dead datanode forgotten");
+                    }
+                }
+                Err(e) => warn!(datanode = %id, "forgetting a long-dead datanode failed: {e}"),
+            }
+        }
     }
 
     /// Frees those of `inos` that are orphans nobody holds open any more, in the background.
@@ -845,6 +924,7 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<cairn_common::proto::RepairStatus> = None;
     let mut last_log: Option<tokio::time::Instant> = None;
+    let mut last_record = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -871,6 +951,11 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
         }
         if act && !nn.opens.in_grace() {
             collect_garbage(&nn, &blocks).await;
+        }
+        if last_record.elapsed() >= RECORD_DATANODES_EVERY {
+            last_record = tokio::time::Instant::now();
+            nn.record_datanodes(None).await;
+            nn.forget_long_dead().await;
         }
         let now = nn.repair.status();
         nn.safe_mode.observe(&now);
@@ -908,56 +993,183 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
     }
 }
 
-/// Removes for good the files that have been in the trash for the retention period.
+/// Removes for good the files that have been in the trash for the retention period, and
+/// the oldest first while the trash holds more than its bound (see [`trash::budget`]).
 async fn empty_trash(nn: Arc<Namenode>, shutdown: CancellationToken) {
     let retention = nn.config.trash_retention_secs;
     if retention == 0 {
         return;
     }
-    // Often enough that nothing stays much past its time, at most once a minute.
-    let every = std::time::Duration::from_secs((retention / 4).clamp(1, 60));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A pass reads the whole trash: often enough that nothing stays much past its time, at
+    // most once a minute; at once when a file moved in may have taken the trash over its
+    // bound or a write found no space (at most once a second); and every few seconds while
+    // the datanodes' free space is short, which costs nothing to look at.
+    let calm = std::time::Duration::from_secs((retention / 4).clamp(1, 60));
+    let mut freeing = Freeing::default();
+    let mut last = std::time::Instant::now();
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = cairn_common::attr::Timestamp::now().secs;
-        // A page at a time: a trash of millions of files is never held in memory whole.
-        let mut after: Option<(cairn_common::Ino, Vec<u8>)> = None;
+        // With no datanode heard of yet, the bound is not known: look again once one is.
+        let bounded = nn.space().0 > 0;
+        empty_trash_once(&nn, retention, &mut freeing).await;
         loop {
-            let at = after.as_ref().map(|(dir, name)| (*dir, name.as_slice()));
-            let (page, more) = match nn.engine.trash_page(None, at, TRASH_EMPTY_PAGE) {
-                Ok(page) => page,
-                Err(e) => {
-                    warn!("listing the trash failed: {e}");
-                    break;
-                }
-            };
-            after = page.last().map(|(dir, name, _)| (*dir, name.clone()));
-            let expired = page.into_iter().filter(|(_, name, _)| {
-                trash::removed_at(name).is_some_and(|at| now.saturating_sub(at) >= retention as i64)
-            });
-            for (dir, name, _) in expired {
-                let op = MetaOpKind::Unlink(cairn_common::proto::Unlink {
-                    parent: dir,
-                    name: name.clone(),
-                });
-                match nn.engine.submit(Caller::ROOT, op).await {
-                    Ok(_) | Err(FsError::NotFound) => {}
-                    Err(e) => warn!(
-                        entry = %String::from_utf8_lossy(&name),
-                        "removing an expired file from the trash failed: {e}"
-                    ),
-                }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TRASH_SHORT_EVERY) => {}
+                _ = async {
+                    nn.trash_wake.notified().await;
+                    tokio::time::sleep(TRASH_PASS_GAP).await;
+                } => break,
             }
-            if !more || shutdown.is_cancelled() {
+            if last.elapsed() >= calm
+                || nn.space_short(&mut freeing)
+                || !bounded && nn.space().0 > 0
+            {
                 break;
             }
         }
+        last = std::time::Instant::now();
     }
 }
+
+impl Namenode {
+    /// The live datanodes' capacity and free bytes, as their heartbeats last said.
+    fn space(&self) -> (u64, u64) {
+        self.blocks
+            .statuses()
+            .iter()
+            .filter(|s| s.alive)
+            .fold((0, 0), |(c, a), s| (c + s.capacity, a + s.available))
+    }
+
+    /// Whether the datanodes' free space, with what the trash's removals will give back,
+    /// is under `trash_keep_free_percent` of their capacity.
+    fn space_short(&self, freeing: &mut Freeing) -> bool {
+        let (capacity, available) = self.space();
+        let soon_free = available.saturating_add(freeing.bytes(self.collected_after()));
+        capacity > 0
+            && u128::from(soon_free) * 100
+                < u128::from(capacity) * u128::from(self.config.trash_keep_free_percent)
+    }
+
+    /// How long after their files go removed blocks show as free space: the collector's
+    /// grace, then a repair pass and a heartbeat.
+    fn collected_after(&self) -> std::time::Duration {
+        self.config.gc_grace() + std::time::Duration::from_secs(60)
+    }
+}
+
+/// Bytes the emptier removed that their blocks' collection has not given back yet, so that
+/// space short for a while is not taken for more to give up.
+#[derive(Default)]
+struct Freeing(std::collections::VecDeque<(std::time::Instant, u64)>);
+
+impl Freeing {
+    fn bytes(&mut self, collected_after: std::time::Duration) -> u64 {
+        while self
+            .0
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > collected_after)
+        {
+            self.0.pop_front();
+        }
+        self.0.iter().map(|(_, b)| b).sum()
+    }
+}
+
+/// One pass of the emptier.
+async fn empty_trash_once(nn: &Namenode, retention: u64, freeing: &mut Freeing) {
+    let census = match nn.engine.trash_census() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("reading the trash failed: {e}");
+            return;
+        }
+    };
+    let (capacity, available) = nn.space();
+    let pending = freeing.bytes(nn.collected_after());
+    let (max, keep) = (
+        nn.config.trash_max_percent,
+        nn.config.trash_keep_free_percent,
+    );
+    let budget = trash::budget(max, keep, capacity, available, pending, census.bytes);
+    // Past its bound the trash goes down to 90% of it, so that every file removed after
+    // does not bring the emptier back.
+    let target = if census.bytes > budget {
+        budget - budget / 10
+    } else {
+        budget
+    };
+    tracing::debug!(
+        trash = census.bytes,
+        files = census.files,
+        budget,
+        capacity,
+        available,
+        pending,
+        "trash pass"
+    );
+    let now = cairn_common::attr::Timestamp::now().secs;
+    let expired = now.saturating_sub(retention as i64);
+    let over = census.oldest_to_free(target);
+    let cutoff = over.map_or(expired, |at| at.max(expired));
+    if over.is_some_and(|at| at > expired) {
+        info!(
+            trash_mib = census.bytes >> 20,
+            files = census.files,
+            budget_mib = budget >> 20,
+            free_mib = available >> 20,
+            "the trash is over its bound: removing for good the files removed longest ago"
+        );
+    }
+    let removing = census.bytes_through(cutoff);
+    nn.trash_gauge.set(census.bytes - removing, budget);
+    if removing == 0 {
+        return;
+    }
+    freeing.0.push_back((std::time::Instant::now(), removing));
+    // A page at a time: a trash of millions of files is never held in memory whole.
+    let mut after: Option<(cairn_common::Ino, Vec<u8>)> = None;
+    loop {
+        let at = after.as_ref().map(|(dir, name)| (*dir, name.as_slice()));
+        let (page, more) = match nn.engine.trash_page(None, at, TRASH_EMPTY_PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                warn!("listing the trash failed: {e}");
+                return;
+            }
+        };
+        after = page.last().map(|(dir, name, _)| (*dir, name.clone()));
+        let due = page
+            .into_iter()
+            .filter(|(_, name, _)| trash::removed_at(name).is_some_and(|at| at <= cutoff));
+        for (dir, name, _) in due {
+            let op = MetaOpKind::Unlink(cairn_common::proto::Unlink {
+                parent: dir,
+                name: name.clone(),
+            });
+            match nn.engine.submit(Caller::ROOT, op).await {
+                Ok(_) | Err(FsError::NotFound) => {}
+                Err(e) => warn!(
+                    entry = %String::from_utf8_lossy(&name),
+                    "removing a file from the trash for good failed: {e}"
+                ),
+            }
+        }
+        if !more || nn.stopping.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// The least time between two passes of the emptier.
+const TRASH_PASS_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often the emptier looks while the datanodes' free space is short.
+const TRASH_SHORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often the namenode records when it last heard from each datanode (for a restart to
+/// say how long a dead one has been silent).
+const RECORD_DATANODES_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Trash entries the emptier reads at a time.
 const TRASH_EMPTY_PAGE: usize = 10_000;

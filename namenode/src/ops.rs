@@ -87,6 +87,10 @@ pub enum MetaOpKind {
         node: cairn_common::DatanodeId,
         state: cairn_common::proto::AdminState,
     },
+    /// Records datanodes as seen, so that they are listed after a restart.
+    RecordDatanodes(Vec<(cairn_common::DatanodeId, crate::blockmap::KnownDatanode)>),
+    /// Drops what is recorded of a datanode: its sighting and its operator's state.
+    ForgetDatanode(cairn_common::DatanodeId),
 }
 
 impl MetaOpKind {
@@ -287,6 +291,17 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
                 cairn_common::proto::AdminState::Normal => txn.delete(Cf::Meta, key),
                 _ => txn.put_raw(Cf::Meta, key, crate::store::encode(state)),
             }
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::RecordDatanodes(nodes) => {
+            for (id, known) in nodes {
+                txn.put_raw(Cf::Meta, keys::node(*id), crate::store::encode(known));
+            }
+            Ok(MetaReply::Done)
+        }
+        MetaOpKind::ForgetDatanode(id) => {
+            txn.delete(Cf::Meta, keys::node(*id));
+            txn.delete(Cf::Meta, keys::node_admin(*id));
             Ok(MetaReply::Done)
         }
     }

@@ -303,6 +303,17 @@ impl Store {
             .collect()
     }
 
+    /// The datanodes recorded as seen.
+    pub fn known_datanodes(
+        &self,
+    ) -> FsResult<Vec<(cairn_common::DatanodeId, crate::blockmap::KnownDatanode)>> {
+        self.scan_raw(Cf::Meta, keys::META_NODE_PREFIX, None, usize::MAX)?
+            .iter()
+            .filter_map(|(k, v)| Some((keys::node_id(k)?, v)))
+            .map(|(id, v)| Ok((id, decode("known datanode", v)?)))
+            .collect()
+    }
+
     /// Every block with its record.
     pub fn blocks(&self) -> FsResult<Vec<(BlockId, BlockRecord)>> {
         let mut out = Vec::new();

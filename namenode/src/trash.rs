@@ -21,6 +21,8 @@
 //! for any removed file); restoring it, or moving it out of the trash with `mv`, gives it
 //! its one name back.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use cairn_common::attr::{check_name, Caller, FileKind, InodeAttr, Timestamp, NAME_MAX};
 use cairn_common::proto::{Restore, TrashOrigin, TRASH_DIR, TRASH_ORIGIN_XATTR};
 use cairn_common::{FsError, FsResult, Ino};
@@ -98,6 +100,8 @@ pub struct Moved {
     pub dir: Ino,
     /// `/.trash` was made by this move: `/` has a new entry too.
     pub made_root_entry: bool,
+    /// What the file adds to the trash: its stored bytes, once per replica.
+    pub bytes: u64,
 }
 
 /// Moves regular file `rec`, named `name` in `parent`, to `who`'s trash. The caller has
@@ -171,6 +175,7 @@ pub fn move_in(
     Ok(Moved {
         dir: mine,
         made_root_entry,
+        bytes: weight(&rec.attr),
     })
 }
 
@@ -268,9 +273,145 @@ pub fn removed_at(name: &[u8]) -> Option<i64> {
     std::str::from_utf8(&name[..end]).ok()?.parse().ok()
 }
 
+/// What a file weighs in the trash: its stored bytes, once per replica.
+pub fn weight(attr: &InodeAttr) -> u64 {
+    attr.stored * u64::from(attr.replication.max(1))
+}
+
+/// What the trash holds: its files' bytes, counted once per replica, by the second each
+/// was removed (so the oldest can go first without holding the entries in memory).
+#[derive(Debug, Default)]
+pub struct Census {
+    pub bytes: u64,
+    pub files: u64,
+    by_second: std::collections::BTreeMap<i64, u64>,
+}
+
+impl Census {
+    pub fn add(&mut self, removed: i64, bytes: u64) {
+        self.bytes += bytes;
+        self.files += 1;
+        *self.by_second.entry(removed).or_default() += bytes;
+    }
+
+    /// The removal second up to which (inclusive) files must go, oldest first, for at most
+    /// `budget` bytes to stay; `None` if the trash is within it.
+    pub fn oldest_to_free(&self, budget: u64) -> Option<i64> {
+        let mut over = self.bytes.checked_sub(budget).filter(|o| *o > 0)?;
+        for (at, bytes) in &self.by_second {
+            over = over.saturating_sub(*bytes);
+            if over == 0 {
+                return Some(*at);
+            }
+        }
+        self.by_second.keys().next_back().copied()
+    }
+
+    /// Bytes of the files removed up to second `through`, inclusive.
+    pub fn bytes_through(&self, through: i64) -> u64 {
+        self.by_second.range(..=through).map(|(_, b)| b).sum()
+    }
+}
+
+/// The emptier's estimate of the trash's bytes against its bound between its passes: a
+/// file moved in wakes it only when the trash may have gone over.
+#[derive(Debug)]
+pub struct Gauge {
+    bytes: AtomicU64,
+    budget: AtomicU64,
+}
+
+impl Default for Gauge {
+    fn default() -> Gauge {
+        Gauge {
+            bytes: AtomicU64::new(0),
+            budget: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Gauge {
+    /// The emptier's pass left `bytes` in the trash, which may hold `budget`.
+    pub fn set(&self, bytes: u64, budget: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.budget.store(budget, Ordering::Relaxed);
+    }
+
+    /// A file of `bytes` moved in: whether the trash may now be over its bound.
+    pub fn added(&self, bytes: u64) -> bool {
+        let now = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        now > self.budget.load(Ordering::Relaxed)
+    }
+}
+
+/// How many bytes (once per replica) the trash may hold now: `max_percent` of the
+/// datanodes' `capacity`, and less when their free space, with what earlier removals will
+/// free once collected (`freeing`), is under `keep_free_percent` of it: then the trash gives
+/// up what brings the free space back, all of it if need be. With no capacity known (no
+/// live datanode) nothing is bounded but by age.
+pub fn budget(
+    max_percent: u8,
+    keep_free_percent: u8,
+    capacity: u64,
+    available: u64,
+    freeing: u64,
+    trash_bytes: u64,
+) -> u64 {
+    if capacity == 0 {
+        return u64::MAX;
+    }
+    let percent = |p: u8| (u128::from(capacity) * u128::from(p) / 100) as u64;
+    let share = if max_percent == 0 {
+        u64::MAX
+    } else {
+        percent(max_percent)
+    };
+    let floor = percent(keep_free_percent);
+    let soon_free = available.saturating_add(freeing);
+    if soon_free >= floor {
+        share
+    } else {
+        share.min(trash_bytes.saturating_add(soon_free).saturating_sub(floor))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oldest_go_first_until_the_trash_fits() {
+        let mut c = Census::default();
+        c.add(300, 10);
+        c.add(100, 10);
+        c.add(200, 10);
+        c.add(200, 5);
+        assert_eq!((c.bytes, c.files), (35, 4));
+        assert_eq!(c.oldest_to_free(35), None);
+        assert_eq!(c.oldest_to_free(100), None);
+        assert_eq!(c.oldest_to_free(30), Some(100));
+        assert_eq!(c.oldest_to_free(25), Some(100));
+        assert_eq!(c.oldest_to_free(24), Some(200));
+        assert_eq!(c.oldest_to_free(0), Some(300));
+        assert_eq!(c.bytes_through(200), 25);
+        assert_eq!(Census::default().oldest_to_free(0), None);
+    }
+
+    #[test]
+    fn the_trash_keeps_its_share_and_gives_way_to_writes() {
+        // 10% of 1000, plenty free: the share.
+        assert_eq!(budget(10, 5, 1000, 500, 0, 80), 100);
+        // No share set: unbounded while space is free.
+        assert_eq!(budget(0, 5, 1000, 500, 0, 80), u64::MAX);
+        // 30 free of the 50 to keep: the trash gives up 20 of its 80.
+        assert_eq!(budget(10, 5, 1000, 30, 0, 80), 60);
+        // ... unless 20 are being freed already.
+        assert_eq!(budget(10, 5, 1000, 30, 20, 80), 100);
+        // Full disks and a small trash: all of it goes.
+        assert_eq!(budget(10, 5, 1000, 0, 0, 40), 0);
+        // Nothing known of the datanodes: no bound.
+        assert_eq!(budget(10, 5, 0, 0, 0, 40), u64::MAX);
+    }
 
     #[test]
     fn trash_entries_start_with_their_removal_time() {

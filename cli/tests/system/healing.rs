@@ -942,3 +942,55 @@ async fn under_replication_nothing_can_repair_is_told_and_cleared_by_a_new_datan
     assert_eq!((code, &fsck["summary"]["status"]), (0, &"healthy".into()));
     cluster.stop().await.unwrap();
 }
+
+/// The state `cairn admin report` shows for each datanode, by name.
+fn states(cluster: &DevCluster) -> Vec<(String, String)> {
+    let (_, report) = admin(cluster, &["report"]);
+    report["datanodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let field = |f: &str| d[f].as_str().unwrap().to_string();
+            (field("name"), field("state"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_datanode_stays_listed_across_restarts_until_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = quick_cluster(dir.path(), 3).await;
+    cluster.stop_datanode(2).await.unwrap();
+    wait_for_dead(&cluster, 1).await;
+
+    tracing::info!("--- the namenode restarts: the dead one is still listed, dead");
+    cluster.restart_namenode().await.unwrap();
+    cluster.wait_for_datanodes(2).await.unwrap();
+    let listed = states(&cluster);
+    assert!(
+        listed.contains(&("datanode-3".into(), "dead".into())),
+        "{listed:?}"
+    );
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let text = admin_text(&cluster, &["report"]);
+    assert!(text.contains("datanode-3"), "{text}");
+
+    tracing::info!("--- forgetting a live one is refused; the dead one goes");
+    let out = admin_text(&cluster, &["forget", "datanode-1"]);
+    assert!(out.contains("not dead"), "{out}");
+    let out = admin_text(&cluster, &["forget", "datanode-3"]);
+    assert!(out.contains("forgotten"), "{out}");
+    assert_eq!(states(&cluster).len(), 2);
+    cluster.restart_namenode().await.unwrap();
+    cluster.wait_for_datanodes(2).await.unwrap();
+    // Past the dead timeout, a datanode not heard since the restart would show.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(states(&cluster).len(), 2, "{:?}", states(&cluster));
+
+    tracing::info!("--- it comes back after all: listed again");
+    cluster.start_datanode(2).await.unwrap();
+    cluster.wait_for_datanodes(3).await.unwrap();
+    assert!(states(&cluster).contains(&("datanode-3".into(), "live".into())));
+    cluster.stop().await.unwrap();
+}

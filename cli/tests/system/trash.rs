@@ -411,3 +411,138 @@ async fn a_large_trash_lists_page_by_page() {
     assert!(ok && out.contains(&format!("{FILES} files")), "{out}");
     cluster.stop().await.unwrap();
 }
+
+/// Removes the files `names` from `dir` in one second of the namenode's clock, and waits for
+/// the next second to begin, so that each batch is a distinct age in the trash.
+async fn remove_batch(client: &Client, dir: Ino, names: &[String]) {
+    for name in names {
+        client.unlink(dir, name.as_bytes()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+}
+
+/// The names in the caller's trash that came from `names` (entries end with the file's name).
+async fn still_in_trash(client: &Client, names: &[String]) -> Vec<String> {
+    let listed = trash_of(client).await;
+    names
+        .iter()
+        .filter(|n| {
+            listed
+                .iter()
+                .any(|e| e.name.ends_with(format!("-{n}").as_bytes()))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Waits until the caller's trash holds exactly `want` of the files `names`.
+async fn wait_for_trash(client: &Client, names: &[String], want: &[String], why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let have = still_in_trash(client, names).await;
+        if have == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}: the trash holds {have:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes `count` files of `len` distinct bytes named `prefix<i>` in `dir`.
+async fn put_files(
+    client: &Client,
+    dir: Ino,
+    prefix: &str,
+    count: usize,
+    len: usize,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in 0..count {
+        let name = format!("{prefix}{i}");
+        // Distinct bytes in every file: equal ones would be stored once.
+        let seed = name
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        put_in(client, dir, &name, &random_bytes(len, seed)).await;
+        names.push(name);
+    }
+    names
+}
+
+/// Three datanodes of 8 MiB each, a trash kept an hour, with `tune`'s settings; a client and
+/// its directory `/docs`.
+async fn small_datanodes(
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut cairn_cli::devcluster::DevOptions),
+) -> (DevCluster, Client, InodeAttr) {
+    init_tracing();
+    let mut opts = quick_options(dir, 3);
+    opts.trash_retention_secs = 3600;
+    opts.datanode_capacity = Some(8 << 20);
+    tune(&mut opts);
+    let cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    let docs = client
+        .mkdir(Ino::ROOT, b"docs", 0o777, Owner::current())
+        .await
+        .unwrap();
+    (cluster, client, docs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trash_past_its_share_gives_up_its_oldest_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3 × 8 MiB of datanodes; the trash may hold a fifth: 4.8 MiB, replicas counted.
+    let (cluster, client, docs) = small_datanodes(dir.path(), |o| o.trash_max_percent = 20).await;
+    tracing::info!("--- three batches of 4 × 256 KiB (3 MiB with their replicas) removed");
+    let mut batches = Vec::new();
+    for prefix in ["a", "b", "c"] {
+        batches.push(put_files(&client, docs.ino, prefix, 4, 256 << 10).await);
+    }
+    let every: Vec<String> = batches.concat();
+    for batch in &batches {
+        remove_batch(&client, docs.ino, batch).await;
+    }
+    tracing::info!("--- the two oldest batches go for good, the newest stays");
+    wait_for_trash(&client, &every, &batches[2], "past its share").await;
+    let held: u64 = trash_of(&client).await.iter().map(|e| e.size).sum();
+    assert_eq!(held, 4 * (256 << 10));
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_trash_gives_way_before_the_datanodes_fill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, docs) = small_datanodes(dir.path(), |o| {
+        o.trash_max_percent = 100;
+        o.gc_grace_ms = 10_000;
+    })
+    .await;
+    tracing::info!("--- 7 MiB of the datanodes' 8 written, then removed in two batches");
+    let old = put_files(&client, docs.ino, "old", 14, 256 << 10).await;
+    let newer = put_files(&client, docs.ino, "new", 14, 256 << 10).await;
+    remove_batch(&client, docs.ino, &old).await;
+    remove_batch(&client, docs.ino, &newer).await;
+    let every = [old.clone(), newer.clone()].concat();
+    assert_eq!(still_in_trash(&client, &every).await, every);
+
+    tracing::info!("--- a write takes the free space under 5%: the oldest batch goes");
+    let more = put_files(&client, docs.ino, "more", 3, 256 << 10).await;
+    wait_for_trash(&client, &every, &newer, "space short").await;
+
+    tracing::info!("--- once collected, the space is there for writes");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.statfs().await.unwrap().available < 4 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the trash's space never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    put_files(&client, docs.ino, "after", 4, 256 << 10).await;
+    assert_eq!(still_in_trash(&client, &every).await, newer);
+    for name in more {
+        client.lookup(docs.ino, name.as_bytes()).await.unwrap();
+    }
+    cluster.stop().await.unwrap();
+}
