@@ -166,4 +166,7 @@ fi
 "$(dirname "$0")/conformance.sh" "$WORK/devmnt"
 stop
 if mountpoint -q "$WORK/devmnt"; then echo "Ctrl-C left the dev mount behind"; exit 1; fi
+
+echo "--- SQLite on three mounts, one mount's process killed and mounted again"
+CAIRN="$CAIRN" "$(dirname "$0")/sqlite-across-mounts.sh" 200 --kill
 echo "smoke test passed"

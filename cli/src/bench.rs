@@ -86,6 +86,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
+    /// The trash at scale, in the metadata engine alone: files made and removed into the
+    /// trash, then one pass of the emptier's read of it, a listing page by page, and the
+    /// emptier's removal of them all.
+    Trash {
+        #[arg(long, default_value_t = 1_000_000)]
+        files: usize,
+        /// Concurrent submitters filling the trash.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
 }
 
 #[derive(Serialize)]
@@ -137,6 +147,7 @@ pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> any
             creates,
             concurrency,
         } => engine(tmp.path(), creates, concurrency).await?,
+        BenchCommand::Trash { files, concurrency } => trash(tmp.path(), files, concurrency).await?,
         BenchCommand::Balance {
             size_mib,
             capacity_mib,
@@ -529,11 +540,8 @@ async fn meta(dir: &std::path::Path, clients: usize, files: usize) -> anyhow::Re
     Ok(figures)
 }
 
-async fn engine(
-    dir: &std::path::Path,
-    creates: usize,
-    concurrency: usize,
-) -> anyhow::Result<Vec<Figure>> {
+/// A metadata engine of its own in `dir`, synced, as a namenode opens it.
+fn bench_engine(dir: &std::path::Path) -> anyhow::Result<Arc<MetaEngine>> {
     let opens = Arc::new(cairn_namenode::opens::OpenTable::new(
         Duration::from_secs(30),
         Duration::ZERO,
@@ -542,20 +550,26 @@ async fn engine(
         Duration::from_secs(300),
         Duration::from_secs(30),
     ));
-    let engine = Arc::new(MetaEngine::open(dir, 3, true, opens, gc)?);
-    let per_task = creates / concurrency.max(1);
-    let t0 = Instant::now();
+    Ok(Arc::new(MetaEngine::open(dir, 3, true, opens, gc)?))
+}
+
+/// `concurrency` tasks submit, in turn, the ops `ops` makes of each of `count` file names
+/// (as many as divide evenly); how many names they went through.
+async fn submitters(
+    engine: &Arc<MetaEngine>,
+    count: usize,
+    concurrency: usize,
+    ops: fn(Vec<u8>) -> Vec<MetaOpKind>,
+) -> anyhow::Result<usize> {
+    let per_task = count / concurrency.max(1);
     let mut tasks = Vec::new();
     for t in 0..concurrency {
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
             for j in 0..per_task {
-                engine
-                    .submit(
-                        cairn_common::attr::Caller::ROOT,
-                        MetaOpKind::new_file(Ino::ROOT, format!("t{t}-{j}").into_bytes()),
-                    )
-                    .await?;
+                for op in ops(format!("t{t}-{j}").into_bytes()) {
+                    engine.submit(cairn_common::attr::Caller::ROOT, op).await?;
+                }
             }
             anyhow::Ok(())
         }));
@@ -563,10 +577,103 @@ async fn engine(
     for t in tasks {
         t.await.context("submitter task")??;
     }
+    Ok(per_task * concurrency)
+}
+
+async fn trash(
+    dir: &std::path::Path,
+    files: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let engine = bench_engine(dir)?;
+    use cairn_common::attr::Caller;
+    let on = MetaOpKind::SetTrash {
+        retention_secs: 86_400,
+        replaced: false,
+    };
+    engine.submit(Caller::ROOT, on).await?;
+    let t0 = Instant::now();
+    let files = submitters(&engine, files, concurrency, |name| {
+        vec![
+            MetaOpKind::new_file(Ino::ROOT, name.clone()),
+            MetaOpKind::Unlink(cairn_common::proto::Unlink {
+                parent: Ino::ROOT,
+                name,
+            }),
+        ]
+    })
+    .await?;
+    let filled = t0.elapsed();
+    let t0 = Instant::now();
+    let census = engine.trash_census()?;
+    let read = t0.elapsed();
+    anyhow::ensure!(
+        census.files as usize == files,
+        "the emptier's read counted {} files",
+        census.files
+    );
+    let t0 = Instant::now();
+    let (mut listed, mut after) = (0, None::<(Ino, Vec<u8>)>);
+    loop {
+        let at = after.as_ref().map(|(d, n)| (*d, n.as_slice()));
+        let (page, more) =
+            engine.trash_page(None, at, cairn_common::proto::TRASH_PAGE_MAX as usize)?;
+        listed += page.len();
+        after = page.last().map(|(d, n, _)| (*d, n.clone()));
+        if !more {
+            break;
+        }
+    }
+    let list = t0.elapsed();
+    anyhow::ensure!(listed == files, "the listing found {listed} files");
+    let t0 = Instant::now();
+    let never = tokio_util::sync::CancellationToken::new();
+    let purged = cairn_namenode::emptier::purge(&engine, i64::MAX, &never).await;
+    let purge = t0.elapsed();
+    anyhow::ensure!(purged == files, "the purge removed {purged} files");
+    let rate = |d: Duration| files as f64 / d.as_secs_f64().max(1e-6);
+    Ok(vec![
+        Figure {
+            what: format!("{files} files created and removed into the trash"),
+            value: rate(filled),
+            unit: "files/s",
+        },
+        Figure {
+            what: "the emptier's read of the whole trash".into(),
+            value: read.as_secs_f64(),
+            unit: "s",
+        },
+        Figure {
+            what: format!(
+                "listed page by page ({} a page)",
+                cairn_common::proto::TRASH_PAGE_MAX
+            ),
+            value: list.as_secs_f64(),
+            unit: "s",
+        },
+        Figure {
+            what: "the emptier's removal of them all".into(),
+            value: rate(purge),
+            unit: "files/s",
+        },
+    ])
+}
+
+async fn engine(
+    dir: &std::path::Path,
+    creates: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let engine = bench_engine(dir)?;
+    let t0 = Instant::now();
+    let created = submitters(&engine, creates, concurrency, |name| {
+        vec![MetaOpKind::new_file(Ino::ROOT, name)]
+    })
+    .await?;
     let elapsed = t0.elapsed().max(Duration::from_micros(1));
     Ok(vec![Figure {
         what: format!("engine creates, {concurrency} submitters, synced"),
-        value: (per_task * concurrency) as f64 / elapsed.as_secs_f64(),
+        value: created as f64 / elapsed.as_secs_f64(),
         unit: "ops/s",
     }])
 }

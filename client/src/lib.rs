@@ -213,15 +213,19 @@ struct Inner {
 }
 
 /// What [`Client::on_others_changes`] installs.
-type ChangedHook = Arc<dyn Fn(OthersChanged<'_>) + Send + Sync>;
+type ChangedHook = Arc<dyn Fn(ChangeNews<'_>) + Send + Sync>;
 
-/// What other clients changed, as the change feed tells it.
+/// What a mount's kernel must forget: what other clients changed, as the change feed tells
+/// it, or a side effect of this client's own change that its answer did not cover.
 #[derive(Debug, Clone, Copy)]
-pub enum OthersChanged<'a> {
-    /// These changes, in order.
-    These(&'a [proto::Change]),
-    /// Anything may have: the feed was restarted or fell behind.
+pub enum ChangeNews<'a> {
+    /// Others made these changes, in order.
+    Others(&'a [proto::Change]),
+    /// Others may have changed anything: the feed was restarted or fell behind.
     Anything,
+    /// This client's own change made these (a removed file's trash directory got an entry):
+    /// nothing it answered meanwhile is stale, only what the kernel kept of them.
+    Own(&'a [proto::Change]),
 }
 
 impl Inner {
@@ -395,7 +399,7 @@ impl Client {
     /// before it is read on — so before the other client's change is answered there (the
     /// namenode waits for every mount reading the feed to read past it): a mount voids
     /// what its kernel keeps of it, names, attributes and pages.
-    pub fn on_others_changes(&self, hook: impl Fn(OthersChanged<'_>) + Send + Sync + 'static) {
+    pub fn on_others_changes(&self, hook: impl Fn(ChangeNews<'_>) + Send + Sync + 'static) {
         *self
             .inner
             .on_changed
@@ -848,14 +852,22 @@ impl Client {
 
     /// A file this client removed went to `trash`: the change feed does not tell it of the
     /// name the file got there, so what it and its kernel keep of that directory goes.
+    ///
+    /// The kernel forgets it in the background: the removal need not wait for that (the
+    /// kernel's names there are only those the mount handed out, for its TTL).
     async fn forget_trash(&self, trash: Option<Ino>) {
         if let Some(trash) = trash {
             self.inner.fresh.unknown_change(trash);
-            let changed = vec![
-                proto::Change::Inode(trash),
-                proto::Change::Entries(trash, 0),
-            ];
-            self.inner.void_in_kernel(Some(changed)).await;
+            let hook = self.inner.changed_hook();
+            if let Some(hook) = hook {
+                tokio::task::spawn_blocking(move || {
+                    let changed = [
+                        proto::Change::Inode(trash),
+                        proto::Change::Entries(trash, 0),
+                    ];
+                    hook(ChangeNews::Own(&changed))
+                });
+            }
         }
     }
 
@@ -1186,6 +1198,13 @@ impl Client {
 
 /// The components of an absolute path; `.` is skipped, `..` refused.
 impl Inner {
+    fn changed_hook(&self) -> Option<ChangedHook> {
+        self.on_changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Has the mount's kernel forget what it keeps of what others `changed` (the hook of
     /// [`Client::on_others_changes`]).
     ///
@@ -1195,15 +1214,10 @@ impl Inner {
         if changes.as_ref().is_some_and(Vec::is_empty) {
             return;
         }
-        let hook = self
-            .on_changed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(hook) = hook {
+        if let Some(hook) = self.changed_hook() {
             let voided = tokio::task::spawn_blocking(move || match &changes {
-                Some(changes) => hook(OthersChanged::These(changes)),
-                None => hook(OthersChanged::Anything),
+                Some(changes) => hook(ChangeNews::Others(changes)),
+                None => hook(ChangeNews::Anything),
             });
             if let Err(e) = voided.await {
                 tracing::warn!("the kernel's caches could not be voided: {e}");

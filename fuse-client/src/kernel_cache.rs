@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cairn_client::OthersChanged;
+use cairn_client::ChangeNews;
 use cairn_common::proto::Change;
 use cairn_common::Ino;
 use fuser::{INodeNo, Notifier};
@@ -109,15 +109,18 @@ impl KernelCache {
         }
     }
 
-    /// Other clients changed things: the kernel forgets them before the feed is read on.
-    pub fn others_changed(&self, changed: OthersChanged<'_>) {
-        // First: a reply begun before this is kept by the kernel no longer.
-        self.heard.fetch_add(1, Ordering::SeqCst);
+    /// Other clients changed things (the kernel forgets them before the feed is read on), or
+    /// this one's change had side effects its answer did not cover.
+    pub fn changed(&self, news: ChangeNews<'_>) {
+        // First: a reply begun before others' changes is kept by the kernel no longer.
+        if !matches!(news, ChangeNews::Own(_)) {
+            self.heard.fetch_add(1, Ordering::SeqCst);
+        }
         let Some(notifier) = self.notifier.get() else {
             return;
         };
-        match changed {
-            OthersChanged::These(changes) => {
+        match news {
+            ChangeNews::Others(changes) | ChangeNews::Own(changes) => {
                 for change in changes {
                     match change {
                         // Attributes and every page: the data may have changed. An inode the
@@ -134,7 +137,7 @@ impl KernelCache {
                     }
                 }
             }
-            OthersChanged::Anything => {
+            ChangeNews::Anything => {
                 let all: Vec<Ino> = self.dirs();
                 for dir in all {
                     for name in self.take(dir) {
@@ -182,7 +185,13 @@ mod tests {
         let cache = KernelCache::default();
         let before = cache.start();
         assert_eq!(cache.ttl(before), TTL);
-        cache.others_changed(OthersChanged::These(&[]));
+        cache.changed(ChangeNews::Own(&[]));
+        assert_eq!(
+            cache.ttl(before),
+            TTL,
+            "its own changes are no news to a mount"
+        );
+        cache.changed(ChangeNews::Others(&[]));
         assert_eq!(cache.ttl(before), Duration::ZERO);
         assert_eq!(cache.ttl(cache.start()), TTL);
     }

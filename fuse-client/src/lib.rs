@@ -234,7 +234,7 @@ pub fn mount(
     // What another client changed, the kernel forgets too (names, attributes, pages)
     // before the change is answered there: an operation that starts here afterwards sees it.
     kernel.set_notifier(session.notifier());
-    follower.on_others_changes(move |changed| kernel.others_changed(changed));
+    follower.on_others_changes(move |news| kernel.changed(news));
     {
         let _runtime = follower_rt.enter();
         follower.follow_changes();
