@@ -52,6 +52,8 @@ pub struct DevOptions {
     pub trash_replaced: bool,
     /// The most of the datanodes' capacity the trash may hold (`trash_max_percent`).
     pub trash_max_percent: u8,
+    /// The free space under which the trash gives way (`trash_keep_free_percent`).
+    pub trash_keep_free_percent: u8,
     /// Failure domains: datanode `i` is in `racks[i % racks.len()]` (none if empty).
     pub racks: Vec<String>,
     /// Most copies one datanode sends or receives at a time (`repair_copies_per_node`).
@@ -79,6 +81,7 @@ impl DevOptions {
             trash_retention_secs: 0,
             trash_replaced: false,
             trash_max_percent: 10,
+            trash_keep_free_percent: 5,
             racks: Vec::new(),
             repair_copies_per_node: 4,
             repair_bytes_per_sec: None,
@@ -212,6 +215,7 @@ impl DevCluster {
         nn_config.trash_retention_secs = opts.trash_retention_secs;
         nn_config.trash_replaced = opts.trash_replaced;
         nn_config.trash_max_percent = opts.trash_max_percent;
+        nn_config.trash_keep_free_percent = opts.trash_keep_free_percent;
         nn_config.repair_copies_per_node = opts.repair_copies_per_node;
         let mut cluster = DevCluster {
             namenode_addr: opts.namenode_addr,
