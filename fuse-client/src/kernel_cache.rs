@@ -13,10 +13,6 @@
 //! before it. Every reply's TTL is therefore taken from a [`Ttl`] captured when the request
 //! began, which is zero if others' changes were heard meanwhile.
 //!
-//! Pages are the same story: a `READ` begun before others' change of the file, answered
-//! after the kernel dropped the file's pages, puts the old bytes back in its cache. Such a
-//! read is followed by the file's pages dropped once more ([`KernelCache::changed_since`]).
-//!
 //! Taking a lock drops the file's attributes and pages too (NFS's rule, which SQLite and
 //! every lock-based tool rely on): see `setlk`.
 
@@ -24,7 +20,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cairn_client::ChangeNews;
@@ -38,32 +34,13 @@ pub const TTL: Duration = Duration::from_secs(1);
 /// Names remembered before the old ones are swept (they expire after [`TTL`] anyway).
 const SWEEP_AT: usize = 100_000;
 
+#[derive(Default)]
 pub struct KernelCache {
     notifier: OnceLock<Notifier>,
     /// Counts the feed's reports of others' changes.
     heard: AtomicU64,
-    /// For inodes hashed into each slot, the report (as `heard` counts) that last changed
-    /// one; a shared slot only costs an extra invalidation.
-    changed_at: Box<[AtomicU64]>,
-    /// The last report that may have changed anything.
-    anything_at: AtomicU64,
     /// Names handed to the kernel within the TTL, by directory, with when.
     names: Mutex<Names>,
-}
-
-/// Slots of [`KernelCache::changed_at`].
-const CHANGED_SLOTS: usize = 1024;
-
-impl Default for KernelCache {
-    fn default() -> KernelCache {
-        KernelCache {
-            notifier: OnceLock::new(),
-            heard: AtomicU64::new(0),
-            changed_at: (0..CHANGED_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            anything_at: AtomicU64::new(0),
-            names: Mutex::default(),
-        }
-    }
 }
 
 #[derive(Default)]
@@ -135,24 +112,9 @@ impl KernelCache {
     /// Other clients changed things (the kernel forgets them before the feed is read on), or
     /// this one's change had side effects its answer did not cover.
     pub fn changed(&self, news: ChangeNews<'_>) {
-        // First: a reply begun before others' changes is kept by the kernel no longer, and
-        // a read of a changed file answered meanwhile is followed by another invalidation.
-        let report = match news {
-            ChangeNews::Own(_) => None,
-            _ => Some(self.heard.fetch_add(1, Ordering::SeqCst) + 1),
-        };
-        match (news, report) {
-            (ChangeNews::Others(changes), Some(report)) => {
-                for change in changes {
-                    if let Change::Inode(ino) = change {
-                        self.slot(*ino).store(report, Ordering::SeqCst);
-                    }
-                }
-            }
-            (ChangeNews::Anything, Some(report)) => {
-                self.anything_at.store(report, Ordering::SeqCst);
-            }
-            _ => {}
+        // First: a reply begun before others' changes is kept by the kernel no longer.
+        if !matches!(news, ChangeNews::Own(_)) {
+            self.heard.fetch_add(1, Ordering::SeqCst);
         }
         let Some(notifier) = self.notifier.get() else {
             return;
@@ -184,24 +146,6 @@ impl KernelCache {
                 }
             }
         }
-    }
-
-    fn slot(&self, ino: Ino) -> &AtomicU64 {
-        &self.changed_at[(ino.0 as usize) % CHANGED_SLOTS]
-    }
-
-    /// Whether others changed `ino` (or may have) since the request begun at `start`: what
-    /// it read may be older than the kernel's last invalidation of the file.
-    pub fn changed_since(&self, ino: Ino, start: Ttl) -> bool {
-        self.slot(ino).load(Ordering::SeqCst) > start.heard
-            || self.anything_at.load(Ordering::SeqCst) > start.heard
-    }
-
-    /// The kernel forgets `ino`'s pages again, on a thread of its own (it may wait for
-    /// reads this thread would answer).
-    pub fn drop_file_later(self: &Arc<Self>, ino: Ino) {
-        let me = self.clone();
-        std::thread::spawn(move || me.drop_file(ino));
     }
 
     /// The kernel forgets `ino`'s attributes and pages (a lock on it was taken).
@@ -250,27 +194,6 @@ mod tests {
         cache.changed(ChangeNews::Others(&[]));
         assert_eq!(cache.ttl(before), Duration::ZERO);
         assert_eq!(cache.ttl(cache.start()), TTL);
-    }
-
-    #[test]
-    fn a_read_across_others_change_of_its_file_is_told_so() {
-        let cache = KernelCache::default();
-        let before = cache.start();
-        cache.changed(ChangeNews::Others(&[Change::Inode(Ino(7))]));
-        assert!(cache.changed_since(Ino(7), before));
-        assert!(!cache.changed_since(Ino(8), before), "another file is not");
-        assert!(
-            !cache.changed_since(Ino(7), cache.start()),
-            "nor a later read"
-        );
-        let before = cache.start();
-        cache.changed(ChangeNews::Own(&[Change::Inode(Ino(8))]));
-        assert!(
-            !cache.changed_since(Ino(8), before),
-            "its own changes are no news"
-        );
-        cache.changed(ChangeNews::Anything);
-        assert!(cache.changed_since(Ino(9), before));
     }
 
     #[test]

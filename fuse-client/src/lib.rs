@@ -1053,13 +1053,6 @@ impl Filesystem for CairnFs {
             .filter(|f| !Arc::ptr_eq(f, &file))
             .collect();
         let reader = self.client_for(req);
-        // Bytes read before others changed the file must not stay in the kernel's cache.
-        let (kernel, start) = (self.kernel.clone(), self.kernel.start());
-        let reread = move || {
-            if kernel.changed_since(Ino(ino.0), start) {
-                kernel.drop_file_later(Ino(ino.0));
-            }
-        };
         // Answered here when memory holds it all and no other handle of the file is open
         // (one could hold writes this read must see): no trip through the runtime.
         if others.is_empty() {
@@ -1068,8 +1061,7 @@ impl Filesystem for CairnFs {
                     if std::mem::take(&mut f.atime_due) {
                         record_access(&self.rt, reader, Ino(ino.0), self.mountpoint.clone());
                     }
-                    reply.data(&data);
-                    return reread();
+                    return reply.data(&data);
                 }
             }
         }
@@ -1094,10 +1086,7 @@ impl Filesystem for CairnFs {
                 }
                 f.file.read(offset, size as usize).await
             },
-            move |r| {
-                reply_data(r, reply);
-                reread();
-            },
+            move |r| reply_data(r, reply),
         );
     }
 
