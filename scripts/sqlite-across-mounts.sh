@@ -22,9 +22,10 @@ WRITER=$HERE/../cli/tests/system/programs/sqlite_writer.py
 W=$(mktemp -d /tmp/cairn-sqlite.XXXX)
 M1=$W/m1; M2=$W/m2; M3=$W/m3
 cleanup() {
-    pkill -f "$WRITER" 2>/dev/null || true
-    for m in "$M3" "$M2" "$M1"; do fusermount3 -u "$m" 2>/dev/null || true; done
-    [ -n "${DEV:-}" ] && kill "$DEV" 2>/dev/null && wait "$DEV" 2>/dev/null
+    set +e  # every step, whatever the one before did; the script's own status stands
+    pkill -f "$WRITER" 2>/dev/null
+    for m in "$M3" "$M2" "$M1"; do fusermount3 -u "$m" 2>/dev/null; done
+    if [ -n "${DEV:-}" ]; then kill "$DEV" 2>/dev/null; wait "$DEV" 2>/dev/null; fi
     rm -rf "$W"
 }
 trap cleanup EXIT
