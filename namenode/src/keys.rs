@@ -52,29 +52,34 @@ pub fn tombstone_block(key: &[u8]) -> Option<BlockId> {
 
 /// `node-admin/<datanode id>`: decommissioning, decommissioned or maintenance.
 pub fn node_admin(id: cairn_common::DatanodeId) -> Vec<u8> {
-    let mut k = META_NODE_ADMIN_PREFIX.to_vec();
-    k.extend_from_slice(&id.0.to_be_bytes());
-    k
+    per_datanode(META_NODE_ADMIN_PREFIX, id)
 }
 
 /// The datanode a node-admin key names, if the key is well formed.
 pub fn node_admin_id(key: &[u8]) -> Option<cairn_common::DatanodeId> {
-    let rest = key.strip_prefix(META_NODE_ADMIN_PREFIX)?;
-    Some(cairn_common::DatanodeId(u64::from_be_bytes(
-        rest.try_into().ok()?,
-    )))
+    datanode_of(META_NODE_ADMIN_PREFIX, key)
 }
 
 /// `node/<datanode id>`: a datanode seen, where and when.
 pub fn node(id: cairn_common::DatanodeId) -> Vec<u8> {
-    let mut k = META_NODE_PREFIX.to_vec();
-    k.extend_from_slice(&id.0.to_be_bytes());
-    k
+    per_datanode(META_NODE_PREFIX, id)
 }
 
 /// The datanode a `node/` key names, if the key is well formed.
 pub fn node_id(key: &[u8]) -> Option<cairn_common::DatanodeId> {
-    let rest = key.strip_prefix(META_NODE_PREFIX)?;
+    datanode_of(META_NODE_PREFIX, key)
+}
+
+/// `<prefix><datanode id>`, the id big-endian.
+fn per_datanode(prefix: &[u8], id: cairn_common::DatanodeId) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// The datanode a `<prefix><datanode id>` key names, if it is one.
+pub fn datanode_of(prefix: &[u8], key: &[u8]) -> Option<cairn_common::DatanodeId> {
+    let rest = key.strip_prefix(prefix)?;
     Some(cairn_common::DatanodeId(u64::from_be_bytes(
         rest.try_into().ok()?,
     )))

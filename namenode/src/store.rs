@@ -298,21 +298,26 @@ impl Store {
     pub fn node_admin_states(
         &self,
     ) -> FsResult<Vec<(cairn_common::DatanodeId, cairn_common::proto::AdminState)>> {
-        self.scan_raw(Cf::Meta, keys::META_NODE_ADMIN_PREFIX, None, usize::MAX)?
-            .iter()
-            .filter_map(|(k, v)| Some((keys::node_admin_id(k)?, v)))
-            .map(|(id, v)| Ok((id, decode("node admin state", v)?)))
-            .collect()
+        self.per_datanode(keys::META_NODE_ADMIN_PREFIX, "node admin state")
     }
 
     /// The datanodes recorded as seen.
     pub fn known_datanodes(
         &self,
     ) -> FsResult<Vec<(cairn_common::DatanodeId, crate::blockmap::KnownDatanode)>> {
-        self.scan_raw(Cf::Meta, keys::META_NODE_PREFIX, None, usize::MAX)?
+        self.per_datanode(keys::META_NODE_PREFIX, "known datanode")
+    }
+
+    /// Every `meta` record under `prefix` keyed by datanode, decoded as `what`.
+    fn per_datanode<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        what: &str,
+    ) -> FsResult<Vec<(cairn_common::DatanodeId, T)>> {
+        self.scan_raw(Cf::Meta, prefix, None, usize::MAX)?
             .iter()
-            .filter_map(|(k, v)| Some((keys::node_id(k)?, v)))
-            .map(|(id, v)| Ok((id, decode("known datanode", v)?)))
+            .filter_map(|(k, v)| Some((keys::datanode_of(prefix, k)?, v)))
+            .map(|(id, v)| Ok((id, decode(what, v)?)))
             .collect()
     }
 
