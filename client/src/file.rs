@@ -58,6 +58,8 @@ pub struct FileHandle {
     last_read_end: u64,
     /// How far read-ahead has asked for blocks.
     prefetched_to: u64,
+    /// Held open for writing (see `OpenSet::hold`).
+    writer: bool,
 }
 
 #[derive(Default)]
@@ -70,13 +72,14 @@ struct ChunkCache {
 /// The client opened the file for this handle ([`crate::Client::open`]); dropping it lets go.
 impl Drop for FileHandle {
     fn drop(&mut self) {
-        self.client.released(self.attr.ino);
+        self.client.released(self.attr.ino, self.writer);
     }
 }
 
 impl FileHandle {
-    /// Only for a file the client holds (`OpenSet::hold`); the handle releases it when dropped.
-    pub(crate) fn new(client: Client, attr: InodeAttr) -> FileHandle {
+    /// Only for a file the client holds (`OpenSet::hold`, for writing if `writer`); the
+    /// handle releases it when dropped.
+    pub(crate) fn new(client: Client, attr: InodeAttr, writer: bool) -> FileHandle {
         let map_seen = client.inner.opens.map_version(attr.ino);
         FileHandle {
             client,
@@ -93,13 +96,14 @@ impl FileHandle {
             map_seen,
             last_read_end: 0,
             prefetched_to: 0,
+            writer,
         }
     }
 
     /// A handle on a file just opened, with the map of its first chunks that came with it,
     /// asked for at `map_seen` (see [`FileHandle::map_seen`]).
-    pub(crate) fn opened(client: Client, map: ChunkMap, map_seen: u64) -> FileHandle {
-        let mut handle = FileHandle::new(client, map.attr.clone());
+    pub(crate) fn opened(client: Client, map: ChunkMap, map_seen: u64, writer: bool) -> FileHandle {
+        let mut handle = FileHandle::new(client, map.attr.clone(), writer);
         handle.map_seen = map_seen;
         handle.absorb(0, cairn_common::proto::OPEN_MAP_CHUNKS, map);
         handle

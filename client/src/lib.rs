@@ -292,8 +292,8 @@ impl Client {
         }
     }
 
-    pub(crate) fn released(&self, ino: Ino) {
-        self.inner.opens.release(ino);
+    pub(crate) fn released(&self, ino: Ino, writer: bool) {
+        self.inner.opens.release(ino, writer);
     }
 
     /// Starts the task that keeps the namenode told which files this client holds open.
@@ -1118,36 +1118,46 @@ impl Client {
     /// Opens a regular file for reading and writing. Until the handle is dropped the file
     /// outlives the removal of its last name, by this client or any other.
     pub async fn open(&self, ino: Ino) -> FsResult<FileHandle> {
-        if let Some(file) = self.open_leased(ino) {
-            return Ok(file);
+        Ok(self.open_as(ino, false).await?.0)
+    }
+
+    /// Opens a file, for writing if `write`: the handle, and whether the file is shared with
+    /// another client's writes ([`proto::Opened::shared`]). An open for writing always asks
+    /// the namenode, so that two clients writing one file both know it.
+    pub async fn open_as(&self, ino: Ino, write: bool) -> FsResult<(FileHandle, bool)> {
+        if !write {
+            if let Some(file) = self.open_leased(ino) {
+                return Ok((file, false));
+            }
         }
-        let (claim, start) = self.inner.opens.hold(ino);
+        let (claim, start) = self.inner.opens.hold(ino, write);
         if start {
             self.start_renewals();
         }
         let map_seen = self.inner.opens.map_version(ino);
         let seq = self.inner.fresh.begin();
         let ask = self.inner.fresh.map_ask(ino);
-        let opened = self.namenode(proto::Open { ino, claim }).await;
-        if let Ok(map) = &opened {
-            self.inner.fresh.record(seq, [map.attr.clone()]);
-            self.inner.fresh.keep_map(ask, map);
+        let opened = self.namenode(proto::Open { ino, claim, write }).await;
+        if let Ok(opened) = &opened {
+            self.inner.fresh.record(seq, [opened.map.attr.clone()]);
+            self.inner.fresh.keep_map(ask, &opened.map);
         }
-        let map = match opened {
-            Ok(map) if map.attr.kind == FileKind::File => map,
-            Ok(map) => {
-                self.inner.opens.release(ino);
-                return Err(match map.attr.kind {
+        let opened = match opened {
+            Ok(opened) if opened.map.attr.kind == FileKind::File => opened,
+            Ok(opened) => {
+                self.inner.opens.release(ino, write);
+                return Err(match opened.map.attr.kind {
                     FileKind::Dir => FsError::IsDir,
                     _ => FsError::invalid("not a regular file"),
                 });
             }
             Err(e) => {
-                self.inner.opens.release(ino);
+                self.inner.opens.release(ino, write);
                 return Err(e);
             }
         };
-        Ok(FileHandle::opened(self.clone(), map, map_seen))
+        let file = FileHandle::opened(self.clone(), opened.map, map_seen, write);
+        Ok((file, opened.shared))
     }
 
     /// Opens a file this client holds a lease on, by the map the lease keeps, without a
@@ -1160,7 +1170,7 @@ impl Client {
         }
         // A kept map holds every change of this client's (a commit forgets it).
         let map_seen = self.inner.opens.map_version(ino);
-        Some(FileHandle::opened(self.clone(), map, map_seen))
+        Some(FileHandle::opened(self.clone(), map, map_seen, false))
     }
 
     /// Creates a file (or opens an existing one, as `open(2)` with `O_CREAT` does) and opens
@@ -1182,7 +1192,7 @@ impl Client {
         let created = created?;
         match created.attr.kind {
             FileKind::File => {
-                let file = FileHandle::new(self.clone(), created.attr.clone());
+                let file = FileHandle::new(self.clone(), created.attr.clone(), true);
                 Ok((created, file))
             }
             FileKind::Dir => Err(FsError::IsDir),

@@ -42,6 +42,8 @@ struct State {
 #[derive(Default)]
 struct Held {
     handles: u32,
+    /// Of those, how many are open for writing.
+    writers: u32,
     /// Moves at every change of the file's bytes or size known here (see
     /// [`OpenSet::map_version`]).
     map_version: u64,
@@ -100,7 +102,7 @@ impl OpenSet {
     /// the renewal task must be started.
     pub fn created(&self, claim: OpenClaim, ino: Option<Ino>) -> bool {
         let start = match ino {
-            Some(ino) => self.hold(ino).1,
+            Some(ino) => self.hold(ino, true).1,
             None => false,
         };
         let mut s = self.state();
@@ -113,7 +115,7 @@ impl OpenSet {
     /// One more handle on `ino`, opened by a lease without telling the namenode: whether
     /// the renewal task must be started.
     pub fn hold_unclaimed(&self, ino: Ino) -> bool {
-        let (claim, start) = self.hold(ino);
+        let (claim, start) = self.hold(ino, false);
         self.state().unclaimed.entry(ino).or_insert(claim.gen);
         start
     }
@@ -128,11 +130,13 @@ impl OpenSet {
         }
     }
 
-    /// One more handle on `ino`: the claim to send for it, and whether the renewal task must
-    /// be started.
-    pub fn hold(&self, ino: Ino) -> (OpenClaim, bool) {
+    /// One more handle on `ino`, for writing if `write`: the claim to send for it, and
+    /// whether the renewal task must be started.
+    pub fn hold(&self, ino: Ino, write: bool) -> (OpenClaim, bool) {
         let mut s = self.state();
-        s.held.entry(ino).or_default().handles += 1;
+        let held = s.held.entry(ino).or_default();
+        held.handles += 1;
+        held.writers += u32::from(write);
         s.gen += 1;
         let claim = OpenClaim {
             session: self.session,
@@ -150,16 +154,21 @@ impl OpenSet {
         }
     }
 
-    /// One handle on `ino` fewer; at the last, the namenode hears of it soon.
-    pub fn release(&self, ino: Ino) {
+    /// One handle on `ino` fewer (one held for writing if `write`); at the last, or the last
+    /// writer, the namenode hears of it soon.
+    pub fn release(&self, ino: Ino, write: bool) {
         let mut s = self.state();
         let Some(held) = s.held.get_mut(&ino) else {
             return;
         };
         held.handles -= 1;
-        if held.handles == 0 {
+        held.writers -= u32::from(write);
+        let (last, last_writer) = (held.handles == 0, write && held.writers == 0);
+        if last {
             s.held.remove(&ino);
             s.unclaimed.remove(&ino);
+        }
+        if last || last_writer {
             s.gen += 1;
             drop(s);
             self.closed.notify_one();
@@ -223,6 +232,10 @@ impl OpenSet {
             session: self.session,
             gen,
             open: s.held.keys().copied().collect(),
+            writing: (s.held.iter())
+                .filter(|(_, h)| h.writers > 0)
+                .map(|(ino, _)| *ino)
+                .collect(),
             uploads: s.uploads.keys().copied().collect(),
         };
         Some((renewal, s.gen))
@@ -318,14 +331,17 @@ mod tests {
     fn renewals_follow_holds_and_last_closes() {
         let set = OpenSet::new(9);
         assert!(set.renewal().is_none(), "nothing held, nothing to say");
-        assert!(set.hold(Ino(5)).1, "the first hold starts the renewals");
-        assert!(!set.hold(Ino(5)).1);
+        assert!(
+            set.hold(Ino(5), false).1,
+            "the first hold starts the renewals"
+        );
+        assert!(!set.hold(Ino(5), false).1);
         let (r, built) = set.renewal().expect("a held file is renewed");
         assert_eq!((r.session, r.open.clone()), (9, vec![Ino(5)]));
         set.renewed(r.gen, built);
-        set.release(Ino(5));
+        set.release(Ino(5), false);
         assert_eq!(set.held(), vec![Ino(5)], "one handle is still open");
-        set.release(Ino(5));
+        set.release(Ino(5), false);
         let (r, built) = set.renewal().expect("the last close is told");
         assert!(r.open.is_empty());
         set.renewed(r.gen, built);
@@ -335,7 +351,7 @@ mod tests {
     #[test]
     fn files_opened_by_a_lease_are_unheard_until_a_renewal_names_them() {
         let set = OpenSet::new(2);
-        set.hold(Ino(1));
+        set.hold(Ino(1), false);
         assert!(
             !set.unheard(None),
             "opened with a claim: the namenode knows"
@@ -349,7 +365,7 @@ mod tests {
         set.renewed(r.gen, built);
         assert!(!set.unheard(Some(&[Ino(7)])), "named by the renewal");
         assert!(set.unheard(Some(&[Ino(8)])), "opened after it was built");
-        set.release(Ino(8));
+        set.release(Ino(8), false);
         assert!(!set.unheard(None), "closed: nothing to keep");
     }
 
@@ -357,24 +373,24 @@ mod tests {
     fn map_versions_move_for_held_files_only() {
         let set = OpenSet::new(1);
         assert_eq!(set.map_changed(Ino(4)), 0, "not held: nothing to follow");
-        set.hold(Ino(4));
-        set.hold(Ino(4));
+        set.hold(Ino(4), false);
+        set.hold(Ino(4), false);
         assert_eq!((set.map_version(Ino(4)), set.handles(Ino(4))), (0, 2));
         assert_eq!(set.map_changed(Ino(4)), 1);
         set.maps_changed_elsewhere(Some(&[Ino(4), Ino(9)]));
         assert_eq!(set.map_version(Ino(4)), 2);
         set.maps_changed_elsewhere(None);
         assert_eq!(set.map_version(Ino(4)), 3);
-        set.release(Ino(4));
+        set.release(Ino(4), false);
         assert_eq!(set.map_version(Ino(4)), 3, "one handle is still open");
-        set.release(Ino(4));
+        set.release(Ino(4), false);
         assert_eq!(set.map_version(Ino(4)), 0, "forgotten with the last handle");
     }
 
     #[test]
     fn a_renewal_stays_below_creates_under_way() {
         let set = OpenSet::new(1);
-        let (a, _) = set.hold(Ino(3));
+        let (a, _) = set.hold(Ino(3), false);
         let c = set.creating();
         assert!(c.gen > a.gen);
         let (r, _) = set.renewal().unwrap();
@@ -385,5 +401,25 @@ mod tests {
         let mut open = r.open.clone();
         open.sort();
         assert_eq!(open, vec![Ino(3), Ino(4)]);
+    }
+
+    #[test]
+    fn renewals_name_files_held_for_writing_until_their_last_writer_closes() {
+        let set = OpenSet::new(4);
+        set.hold(Ino(1), true);
+        set.hold(Ino(1), false);
+        set.created(set.creating(), Some(Ino(2)));
+        let (r, built) = set.renewal().unwrap();
+        let mut writing = r.writing.clone();
+        writing.sort();
+        assert_eq!(
+            writing,
+            vec![Ino(1), Ino(2)],
+            "a created file is being written"
+        );
+        set.renewed(r.gen, built);
+        set.release(Ino(1), true);
+        let (r, _) = set.renewal().expect("the last writer's close is told");
+        assert_eq!((r.open.len(), r.writing.clone()), (2, vec![Ino(2)]));
     }
 }

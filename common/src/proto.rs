@@ -76,7 +76,7 @@ service! {
         BlockReport(BlockReport) -> (),
         BlockReceived(BlockReceived) -> (),
         Heartbeat(Heartbeat) -> HeartbeatReply,
-        Open(Open) -> ChunkMap,
+        Open(Open) -> Opened,
         KeepOpen(KeepOpen) -> (),
         GetRepairStatus(GetRepairStatus) -> RepairStatus,
         SafeMode(SafeMode) -> SafeModeStatus,
@@ -175,6 +175,19 @@ pub struct OpenClaim {
 pub struct Open {
     pub ino: Ino,
     pub claim: OpenClaim,
+    /// Opened for writing.
+    pub write: bool,
+}
+
+/// The answer to an [`Open`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Opened {
+    pub map: ChunkMap,
+    /// Another session holds the file open for writing, or this open writes and another
+    /// session holds it open: what this mount keeps of its bytes can change under it, so it
+    /// reads and writes them uncached (shared memory mappings of it are refused: they
+    /// cannot be kept coherent between machines).
+    pub shared: bool,
 }
 
 /// Chunks whose map an `Open` of a regular file returns with its attributes, so that a
@@ -192,6 +205,8 @@ pub struct KeepOpen {
     pub session: u64,
     pub gen: u64,
     pub open: Vec<Ino>,
+    /// Those of `open` held open for writing.
+    pub writing: Vec<Ino>,
     /// Blocks the session has stored and not yet committed: they are not garbage.
     pub uploads: Vec<BlockId>,
 }
@@ -328,6 +343,9 @@ pub struct CreateReply {
     pub attr: InodeAttr,
     /// False when an existing file was opened.
     pub created: bool,
+    /// An existing file opened is shared with another session's writes (see
+    /// [`Opened::shared`]).
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1006,12 +1006,13 @@ impl Filesystem for CairnFs {
         let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let files = self.files_handle();
         let atime = self.atime;
-        // Opened by a lease's map: no call, so no trip through the runtime either.
-        let leased = {
+        // Opened by a lease's map: no call, so no trip through the runtime either. An open
+        // for writing asks the namenode, which tells it whether another mount writes too.
+        let leased = (!writable).then(|| {
             let _runtime = self.rt.enter();
             client.open_leased(ino)
-        };
-        if let Some(file) = leased {
+        });
+        if let Some(file) = leased.flatten() {
             register(
                 &files,
                 fh,
@@ -1019,14 +1020,14 @@ impl Filesystem for CairnFs {
                 writable,
                 OpenFile::new(file, append, atime),
             );
-            return reply_opened(Ok(()), fh, reply);
+            return reply_opened(Ok(false), fh, reply);
         }
         self.run(
             async move {
-                let file = client.open(ino).await?;
+                let (file, shared) = client.open_as(ino, writable).await?;
                 let file = OpenFile::new(file, append, atime);
                 register(&files, fh, ino, writable, file);
-                Ok(())
+                Ok(shared)
             },
             move |r| reply_opened(r, fh, reply),
         );
@@ -1262,7 +1263,7 @@ impl Filesystem for CairnFs {
                         read: false,
                     },
                 );
-                Ok(())
+                Ok(false)
             },
             move |r| reply_opened(r, fh, reply),
         );
@@ -1732,19 +1733,18 @@ impl Filesystem for CairnFs {
                     .await?;
                 let file = OpenFile::new(file, append, atime);
                 register(&files, fh, created.attr.ino, writable, file);
-                Ok(created.attr)
+                Ok((created.attr, created.shared))
             },
             move |r| match r {
-                Ok(a) => {
+                Ok((a, shared)) => {
                     let ttl = kernel.ttl(start);
                     kernel.handed(Ino(parent.0), &handed, ttl);
-                    reply.created(
-                        &ttl,
-                        &file_attr(&a),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    )
+                    // See `reply_opened`.
+                    let flags = match shared {
+                        true => FopenFlags::FOPEN_DIRECT_IO,
+                        false => FopenFlags::empty(),
+                    };
+                    reply.created(&ttl, &file_attr(&a), Generation(0), FileHandle(fh), flags)
                 }
                 Err(e) => reply.error(errno(&e)),
             },
@@ -1786,9 +1786,14 @@ fn reply_data(r: FsResult<impl AsRef<[u8]>>, reply: ReplyData) {
     }
 }
 
-fn reply_opened(r: FsResult<()>, fh: u64, reply: ReplyOpen) {
+/// Answers an open; a file `shared` with another mount's writes is read and written past
+/// the kernel's page cache (which cannot follow changes made on other machines to pages
+/// mapped into memory), so shared mappings of it are refused (`ENODEV`): SQLite's WAL index
+/// on a second mount fails loudly rather than corrupting the database.
+fn reply_opened(r: FsResult<bool>, fh: u64, reply: ReplyOpen) {
     match r {
-        Ok(()) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        Ok(false) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        Ok(true) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
         Err(e) => reply.error(errno(&e)),
     }
 }

@@ -856,10 +856,12 @@ fn apply(
         }
         _ => {}
     }
-    let reply = ops::apply(txn, op)?;
-    if let (MetaOpKind::Create(c), MetaReply::Created(created)) = (&op.kind, &reply) {
+    let mut reply = ops::apply(txn, op)?;
+    if let (MetaOpKind::Create(c), MetaReply::Created(created)) = (&op.kind, &mut reply) {
         if let Some(claim) = c.open {
-            opens.claim(claim.session, created.attr.ino, claim.gen);
+            // The creator writes it: another mount that opens it meanwhile is told so.
+            let shared = opens.claim(claim.session, created.attr.ino, claim.gen, true);
+            created.shared = shared == Some(true);
         }
     }
     for ino in txn.take_orphans() {
@@ -1115,8 +1117,8 @@ mod tests {
             unreachable!()
         };
         // One session has the last two open while their names go: they become orphans.
-        opens.claim(7, let_go, 1);
-        opens.claim(7, held, 1);
+        opens.claim(7, let_go, 1, false);
+        opens.claim(7, held, 1, false);
         for name in ["let-go", "held"] {
             let unlink = MetaOpKind::Unlink(cairn_common::proto::Unlink {
                 parent: Ino::ROOT,
@@ -1125,7 +1127,7 @@ mod tests {
             engine.submit(Caller::ROOT, unlink).await.unwrap();
         }
         assert!(engine.getattr(let_go).is_ok(), "an open orphan is kept");
-        assert_eq!(opens.renew(7, 2, &[held]), vec![let_go]);
+        assert_eq!(opens.renew(7, 2, &[held], &[]), vec![let_go]);
         let inos = vec![named, let_go, held];
         engine
             .submit(Caller::ROOT, MetaOpKind::Purge { inos })
@@ -1136,7 +1138,9 @@ mod tests {
         assert_eq!(engine.getattr(named).unwrap().nlink, 1);
         assert_eq!(engine.orphans().unwrap(), vec![held]);
         // Nothing was left marked as being purged: both can be opened.
-        assert!(opens.claim(8, named, 1) && opens.claim(8, held, 1));
+        assert!(
+            opens.claim(8, named, 1, false).is_some() && opens.claim(8, held, 1, false).is_some()
+        );
     }
 
     /// Close-to-open under leases: a change of a file another connection holds a lease on

@@ -26,8 +26,8 @@ use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
     AllocateBlock, Changed, ChangedDir, ChunkMap, Copied, CreateReply, DatanodeCommand, FsStats,
-    HeartbeatReply, MountStatus, NamenodeEnvelope, NamenodeRequest, Placement, RegisterReply,
-    Removed, Renamed,
+    HeartbeatReply, MountStatus, NamenodeEnvelope, NamenodeRequest, Opened, Placement,
+    RegisterReply, Removed, Renamed,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{BlockId, FsError, FsResult};
@@ -385,6 +385,7 @@ impl Service for Namenode {
                     Ok(MetaReply::Attr(attr)) => Ok(CreateReply {
                         attr,
                         created: true,
+                        shared: false,
                     }),
                     Ok(_) => Err(FsError::protocol("create returned nothing")),
                     Err(e) => Err(e),
@@ -578,22 +579,30 @@ impl Service for Namenode {
                 .await
             }
             R::Open(r) => {
-                let res = if self.opens.claim(r.claim.session, r.ino, r.claim.gen) {
+                let claimed = self
+                    .opens
+                    .claim(r.claim.session, r.ino, r.claim.gen, r.write);
+                let res = match claimed {
                     // A regular file comes with the map of its first chunks: a small file's
                     // first read then asks the namenode nothing more. With a lease taken
                     // first, the map is the file's until the client hears of a change.
-                    match self.engine.getattr(r.ino) {
+                    Some(shared) => match self.engine.getattr(r.ino) {
                         Ok(attr) if attr.kind == cairn_common::attr::FileKind::File => {
                             let lease = self.engine.feed().lease(who.origin, r.ino);
                             self.read_chunks(r.ino, 0, cairn_common::proto::OPEN_MAP_CHUNKS)
-                                .map(|map| ChunkMap { lease, ..map })
+                                .map(|map| Opened {
+                                    map: ChunkMap { lease, ..map },
+                                    shared,
+                                })
                         }
-                        Ok(attr) => Ok(ChunkMap::attributes_only(attr)),
+                        Ok(attr) => Ok(Opened {
+                            map: ChunkMap::attributes_only(attr),
+                            shared: false,
+                        }),
                         Err(e) => Err(e),
-                    }
-                } else {
+                    },
                     // Its last name went and nobody held it: the open came too late.
-                    Err(FsError::NotFound)
+                    None => Err(FsError::NotFound),
                 };
                 ex.respond(&res).await
             }
@@ -700,7 +709,7 @@ impl Service for Namenode {
                 ex.respond(&Ok(list)).await
             }
             R::KeepOpen(r) => {
-                let released = self.opens.renew(r.session, r.gen, &r.open);
+                let released = self.opens.renew(r.session, r.gen, &r.open, &r.writing);
                 self.gc.uploading(r.session, &r.uploads);
                 self.purge_if_orphans(released);
                 ex.respond(&Ok(())).await

@@ -488,6 +488,7 @@ fn create(txn: &mut Txn<'_>, who: &Caller, c: &Create, now: Timestamp) -> FsResu
         return Ok(MetaReply::Created(CreateReply {
             attr: rec.attr,
             created: false,
+            shared: false,
         }));
     }
     let attr = make_node(
@@ -508,6 +509,7 @@ fn create(txn: &mut Txn<'_>, who: &Caller, c: &Create, now: Timestamp) -> FsResu
     Ok(MetaReply::Created(CreateReply {
         attr,
         created: true,
+        shared: false,
     }))
 }
 

@@ -113,6 +113,79 @@ async fn sqlite_written_from_three_mounts_keeps_every_committed_row() {
     .await;
 }
 
+/// Holds a connection to a WAL database open: inserts a row, says "ready", waits for its
+/// input to close, inserts another and closes.
+const HOLD_WAL: &str = r#"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=60)
+db.execute("PRAGMA journal_mode=wal")
+db.execute("INSERT INTO t VALUES('held', 0)")
+db.commit()
+print("ready", flush=True)
+sys.stdin.read()
+db.execute("INSERT INTO t VALUES('held', 1)")
+db.commit()
+db.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_in_wal_mode_is_shared_within_a_mount_and_refused_on_a_second_one() {
+    const EACH: usize = 100;
+    on_mounts(2, |m| {
+        use std::io::BufRead;
+        let (_dir, writer) = program(
+            "sqlite_writer.py",
+            include_str!("programs/sqlite_writer.py"),
+        );
+        // Two processes on one mount share WAL's index in memory, as on a local disk.
+        let on_a = m[0].join("wal.db");
+        let runs: Vec<Vec<String>> = ["w0", "w1"]
+            .iter()
+            .map(|tag| {
+                let db = on_a.display().to_string();
+                vec![db, tag.to_string(), EACH.to_string(), "wal".into()]
+            })
+            .collect();
+        let committed = run_together(&writer, &runs);
+        assert_eq!(committed, [EACH.to_string(), EACH.to_string()]);
+
+        // While a connection on mount A holds it, a process on mount B cannot map the index
+        // (it would not see A's changes to it): an error, not a corrupt database.
+        let mut holder = Command::new("python3")
+            .args(["-c", HOLD_WAL])
+            .arg(&on_a)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "ready");
+        let on_b = m[1].join("wal.db");
+        let refused = Command::new("sqlite3")
+            .arg(&on_b)
+            .arg("INSERT INTO t VALUES('b', 0)")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && said.contains("disk I/O error"),
+            "a second mount used a WAL database another holds: {refused:?}"
+        );
+        drop(holder.stdin.take());
+        assert!(holder.wait().unwrap().success());
+
+        // Once A let go, B writes; every committed row is there.
+        sqlite(&on_b, "INSERT INTO t VALUES('b', 1)");
+        let counts = sqlite(&on_b, "SELECT tag, count(*) FROM t GROUP BY tag");
+        assert_eq!(counts, format!("b|1\nheld|2\nw0|{EACH}\nw1|{EACH}"));
+        assert_eq!(sqlite(&on_a, "PRAGMA integrity_check"), "ok");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_counter_under_locks_on_three_mounts_is_exact() {
     const EACH: usize = 200;

@@ -454,9 +454,18 @@ async fn a_file_read_here_opens_again_without_asking_until_another_mount_changes
         // The namenode heard of the close: the open below is known here alone.
         std::thread::sleep(Duration::from_millis(500));
         let opens = client.sent::<Open>();
-        let open_here = open_rw(&a.join("own"));
+        let mut open_here = fs::File::open(a.join("own")).unwrap();
         assert_eq!(client.sent::<Open>(), opens, "opened by the lease");
-        outlives_its_unlink(open_here, || fs::remove_file(a.join("own")).unwrap());
+        fs::remove_file(a.join("own")).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut back = String::new();
+        open_here.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "kept", "outlives its unlink");
+
+        tracing::info!("--- opened for writing: always asked, so two writers know of each other");
+        let opens = client.sent::<Open>();
+        drop(open_rw(&a.join("mine")));
+        assert_eq!(client.sent::<Open>(), opens + 1);
     })
     .await;
 }
