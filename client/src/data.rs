@@ -1,10 +1,12 @@
 //! Moving blocks: upload down a datanode pipeline until enough replicas hold the block,
-//! download from the first replica that serves bytes matching the block's hash, and a cache
-//! keyed by hash (so it can never be stale).
+//! download from the first replica that serves bytes matching the block's hash — a whole
+//! block, or a range of it with its proof — and a cache keyed by hash (so it can never be
+//! stale) of whole blocks and of the verified chunk groups of ranges.
 
 use std::collections::{HashMap, HashSet};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,10 +14,11 @@ use bytes::Bytes;
 use cairn_common::cert::Role;
 use cairn_common::layout::CHUNK_SIZE;
 use cairn_common::proto::{
-    AllocateBlock, DatanodeAddr, GetBlock, PutBlock, PutReply, ReadChunks, ReportBadReplica, Rpc,
-    SyncBlocks, SyncReply,
+    AllocateBlock, DatanodeAddr, GetBlock, GetRange, PutBlock, PutReply, ReadChunks,
+    ReportBadReplica, Rpc, SyncBlocks, SyncReply,
 };
 use cairn_common::transport;
+use cairn_common::verified::{self, GROUP_BYTES};
 use cairn_common::{BlockId, DatanodeId, FsError, FsResult, Ino};
 use lru::LruCache;
 use tracing::{debug, warn};
@@ -136,10 +139,19 @@ impl Suspects {
     }
 }
 
+/// Verified bytes by block id: whole blocks, and the chunk groups of blocks read by range
+/// (keyed by where each starts), sharing one budget, least recently used out first.
 pub struct BlockCache {
     budget: u64,
-    inner: Mutex<(LruCache<BlockId, Bytes>, u64)>,
+    /// The entries, and the bytes they hold.
+    inner: Mutex<(Entries, u64)>,
 }
+
+/// Cached bytes by block and the offset of their group ([`WHOLE`] for the whole block).
+type Entries = LruCache<(BlockId, u32), Bytes>;
+
+/// The key of a whole block in the cache (groups are keyed by their offset).
+const WHOLE: u32 = u32::MAX;
 
 impl BlockCache {
     pub fn new(budget: u64) -> BlockCache {
@@ -149,21 +161,62 @@ impl BlockCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (LruCache<BlockId, Bytes>, u64)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Entries, u64)> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn get(&self, id: &BlockId) -> Option<Bytes> {
-        self.lock().0.get(id).cloned()
+        self.lock().0.get(&(*id, WHOLE)).cloned()
+    }
+
+    /// The bytes `[offset, offset + len)` of block `id`, if the whole block or every group
+    /// they lie in is here.
+    pub fn get_range(&self, id: &BlockId, offset: u64, len: u64) -> Option<Bytes> {
+        let end = offset + len;
+        let mut guard = self.lock();
+        let lru = &mut guard.0;
+        if let Some(whole) = lru.get(&(*id, WHOLE)) {
+            let (from, to) = (offset as usize, end as usize);
+            return whole.get(from..to).map(|_| whole.slice(from..to));
+        }
+        let first = offset / GROUP_BYTES * GROUP_BYTES;
+        let group = lru.get(&(*id, first as u32))?.clone();
+        if end <= first + group.len() as u64 {
+            return Some(group.slice((offset - first) as usize..(end - first) as usize));
+        }
+        // Across groups: gathered.
+        let mut out = Vec::with_capacity(len as usize);
+        let mut at = offset;
+        while at < end {
+            let start = at / GROUP_BYTES * GROUP_BYTES;
+            let group = lru.get(&(*id, start as u32))?;
+            let upto = end.min(start + group.len() as u64);
+            out.extend_from_slice(group.get((at - start) as usize..(upto - start) as usize)?);
+            at = upto;
+        }
+        Some(Bytes::from(out))
     }
 
     pub fn insert(&self, id: BlockId, data: Bytes) {
+        self.put((id, WHOLE), data);
+    }
+
+    /// Keeps the verified groups `data` of block `id`, the first starting at `start`.
+    pub fn insert_groups(&self, id: BlockId, start: u64, data: &Bytes) {
+        for (i, at) in (0..data.len()).step_by(GROUP_BYTES as usize).enumerate() {
+            let to = (at + GROUP_BYTES as usize).min(data.len());
+            let key = start + i as u64 * GROUP_BYTES;
+            self.put((id, key as u32), data.slice(at..to));
+        }
+    }
+
+    fn put(&self, key: (BlockId, u32), data: Bytes) {
         if data.len() as u64 > self.budget {
             return;
         }
         let mut guard = self.lock();
         let (lru, used) = &mut *guard;
-        if let Some(old) = lru.put(id, data.clone()) {
+        if let Some(old) = lru.put(key, data.clone()) {
             *used -= old.len() as u64;
         }
         *used += data.len() as u64;
@@ -559,18 +612,56 @@ impl Client {
                 return Ok(data);
             }
         }
+        let data = self
+            .read_any_replica(id, locations, |loc| self.fetch_from(loc, id, len))
+            .await?;
+        self.inner.cache.insert(id, data.clone());
+        if let Some(disk) = self.inner.disk_cache.clone() {
+            // In the background: the reader has its bytes already.
+            let kept = data.clone();
+            tokio::task::spawn_blocking(move || disk.put(&id, &kept));
+        }
+        Ok(data)
+    }
+
+    /// The bytes `[offset, offset + len)` of block `id` (`block_len` bytes long), from the
+    /// cache or the first of `locations` that serves them with a proof that checks against
+    /// `id`: the chunk groups they lie in move, not the block. A replica failing its proof is
+    /// reported, as one serving a wrong whole block is.
+    pub(crate) async fn fetch_range(
+        &self,
+        id: BlockId,
+        block_len: u32,
+        offset: u64,
+        len: u64,
+        locations: &[DatanodeAddr],
+    ) -> FsResult<Bytes> {
+        if let Some(data) = self.inner.cache.get_range(&id, offset, len) {
+            return Ok(data);
+        }
+        let fetch = |loc| self.fetch_range_from(loc, id, block_len, offset, len);
+        let (start, groups) = self.read_any_replica(id, locations, fetch).await?;
+        self.inner.cache.insert_groups(id, start, &groups);
+        let from = (offset - start) as usize;
+        Ok(groups.slice(from..from + len as usize))
+    }
+
+    /// The first of `locations` that `fetch` gets block `id`'s bytes from; each that serves
+    /// bytes failing their hash is reported to the namenode.
+    async fn read_any_replica<'a, T, F, Fut>(
+        &self,
+        id: BlockId,
+        locations: &'a [DatanodeAddr],
+        fetch: F,
+    ) -> FsResult<T>
+    where
+        F: Fn(&'a DatanodeAddr) -> Fut,
+        Fut: std::future::Future<Output = FsResult<T>>,
+    {
         let mut errors = Vec::new();
         for loc in locations {
-            match self.fetch_from(loc, id, len).await {
-                Ok(data) => {
-                    self.inner.cache.insert(id, data.clone());
-                    if let Some(disk) = self.inner.disk_cache.clone() {
-                        // In the background: the reader has its bytes already.
-                        let kept = data.clone();
-                        tokio::task::spawn_blocking(move || disk.put(&id, &kept));
-                    }
-                    return Ok(data);
-                }
+            match fetch(loc).await {
+                Ok(data) => return Ok(data),
                 Err(e) => {
                     warn!(block = %id, datanode = %loc.id, "replica failed: {e}");
                     if matches!(e, FsError::Io(_)) {
@@ -596,6 +687,69 @@ impl Client {
         )))
     }
 
+    /// Groups of block `id` covering `[offset, offset + len)` from one replica, checked:
+    /// where they start in the block, and their bytes.
+    async fn fetch_range_from(
+        &self,
+        loc: &DatanodeAddr,
+        id: BlockId,
+        block_len: u32,
+        offset: u64,
+        len: u64,
+    ) -> FsResult<(u64, Bytes)> {
+        let conn = self.inner.pool.get(loc.addr, Role::Datanode).await?;
+        let req = GetRange {
+            block: id,
+            offset: offset as u32,
+            len: len as u32,
+        };
+        let res = async {
+            let (header, mut recv) = transport::call_streaming(&conn, req).await?;
+            if header.block_len != block_len {
+                return Err(FsError::io(format!(
+                    "replica has {} bytes, the block has {block_len}",
+                    header.block_len
+                )));
+            }
+            // Its groups and every hash of the tree at most: a longer answer is not one.
+            let (start, end) = verified::covering(block_len as u64, offset, len);
+            let most = end - start + verified::outboard_len(block_len as u64);
+            if header.len as u64 > most {
+                return Err(FsError::io(format!(
+                    "a range of {} bytes came with {} bytes",
+                    end - start,
+                    header.len
+                )));
+            }
+            self.body(&mut recv, header.len).await
+        }
+        .await;
+        let encoded = self.unless_lost(loc, res)?;
+        let (block_len, offset) = (block_len as u64, offset);
+        if encoded.len() <= HASH_INLINE_MAX {
+            return verified::decode(&id, block_len, offset, len, &encoded);
+        }
+        tokio::task::spawn_blocking(move || verified::decode(&id, block_len, offset, len, &encoded))
+            .await
+            .map_err(|e| FsError::io(format!("checking a range failed: {e}")))?
+    }
+
+    /// The `len` bytes after a datanode's answer header, counted.
+    async fn body(&self, recv: &mut quinn::RecvStream, len: u32) -> FsResult<Vec<u8>> {
+        let body = transport::read_body_exact(recv, len as usize).await?;
+        let fetched = &self.inner.fetched;
+        fetched.fetch_add(body.len() as u64, Ordering::Relaxed);
+        Ok(body)
+    }
+
+    /// `res` of a call to `loc`; a datanode that cannot be reached is dialled anew next time.
+    fn unless_lost<T>(&self, loc: &DatanodeAddr, res: FsResult<T>) -> FsResult<T> {
+        if let Err(FsError::Unavailable(_)) = &res {
+            self.inner.pool.forget(loc.addr);
+        }
+        res
+    }
+
     async fn fetch_from(&self, loc: &DatanodeAddr, id: BlockId, len: u32) -> FsResult<Bytes> {
         let conn = self.inner.pool.get(loc.addr, Role::Datanode).await?;
         let req = GetBlock {
@@ -611,18 +765,10 @@ impl Client {
                     header.len
                 )));
             }
-            transport::read_body_exact(&mut recv, len as usize).await
+            self.body(&mut recv, len).await
         }
         .await;
-        let buf = match res {
-            Ok(buf) => buf,
-            Err(e) => {
-                if let FsError::Unavailable(_) = e {
-                    self.inner.pool.forget(loc.addr);
-                }
-                return Err(e);
-            }
-        };
+        let buf = self.unless_lost(loc, res)?;
         match hashed(buf).await? {
             (buf, got) if got == id => Ok(Bytes::from(buf)),
             _ => Err(FsError::io(

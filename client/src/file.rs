@@ -464,8 +464,30 @@ impl FileHandle {
             self.load_map(chunk).await?;
         }
         let segments = self.segments(offset, end);
-        let wanted = blocks_of(&segments);
         let concurrency = self.client.inner.config.read_concurrency.max(1);
+        if offset != self.last_read_end {
+            // A random read: only the chunk groups it touches move, with their proofs.
+            let wanted = ranges_of(&segments)?;
+            let fetched: Vec<FsResult<(Piece, Bytes)>> = futures::stream::iter(wanted)
+                .map(|(block, block_len, block_off, len)| {
+                    let client = self.client.clone();
+                    let locations = self.map.locations.get(&block).cloned().unwrap_or_default();
+                    async move {
+                        let data = client
+                            .fetch_range(block, block_len, block_off, len, &locations)
+                            .await?;
+                        Ok(((block, block_off, len), data))
+                    }
+                })
+                .buffered(concurrency)
+                .collect()
+                .await;
+            let pieces = fetched.into_iter().collect::<FsResult<HashMap<_, _>>>()?;
+            return assemble(offset, end, segments, |block, block_off, len| {
+                pieces.get(&(*block, block_off, len)).cloned()
+            });
+        }
+        let wanted = blocks_of(&segments);
         let fetched: Vec<FsResult<(BlockId, Bytes)>> = futures::stream::iter(wanted)
             .map(|(block, block_len)| {
                 let client = self.client.clone();
@@ -478,12 +500,12 @@ impl FileHandle {
             .buffered(concurrency)
             .collect()
             .await;
-        let mut blocks = HashMap::new();
-        for f in fetched {
-            let (id, data) = f?;
-            blocks.insert(id, data);
-        }
-        assemble(offset, end, segments, &blocks)
+        let blocks = fetched.into_iter().collect::<FsResult<HashMap<_, _>>>()?;
+        assemble(offset, end, segments, |block, block_off, len| {
+            let (from, to) = (block_off as usize, (block_off + len) as usize);
+            let data = blocks.get(block)?;
+            data.get(from..to).map(|_| data.slice(from..to))
+        })
     }
 
     /// [`FileHandle::read`] when it needs nothing but memory: the maps of the chunks read
@@ -509,9 +531,13 @@ impl FileHandle {
             return None;
         }
         let segments = self.segments(offset, end);
-        let mut blocks = HashMap::new();
-        for (block, _) in blocks_of(&segments) {
-            blocks.insert(block, self.client.inner.cache.get(&block)?);
+        let cache = &self.client.inner.cache;
+        let mut pieces = HashMap::new();
+        for (block, _, block_off, len) in ranges_of(&segments).ok()? {
+            pieces.insert(
+                (block, block_off, len),
+                cache.get_range(&block, block_off, len)?,
+            );
         }
         if offset == self.last_read_end && end + READ_AHEAD / 2 > self.prefetched_to {
             let from = end.max(self.prefetched_to);
@@ -519,8 +545,10 @@ impl FileHandle {
                 return None;
             }
         }
-        // A block shorter than its slices says: `read` reports it, after a fresh map.
-        let data = assemble(offset, end, segments, &blocks).ok()?;
+        let data = assemble(offset, end, segments, |block, block_off, len| {
+            pieces.get(&(*block, block_off, len)).cloned()
+        })
+        .ok()?;
         self.last_read_end = end;
         Some(data)
     }
@@ -584,17 +612,17 @@ impl FileHandle {
 /// The distinct blocks `segments` read from, with their lengths, in order of first use.
 /// The bytes `[offset, end)` of a file from its `segments` and their `blocks`: a read within
 /// one block is a slice of the block itself.
+/// The bytes `[offset, end)` from `segments`, each piece of a block given by `piece(block,
+/// offset in the block, length)` (`None`: the block is shorter than its slices say).
 fn assemble(
     offset: u64,
     end: u64,
     segments: Vec<(u64, Segment)>,
-    blocks: &HashMap<BlockId, Bytes>,
+    piece: impl Fn(&BlockId, u64, u64) -> Option<Bytes>,
 ) -> FsResult<Bytes> {
     let piece = |block: &BlockId, block_off: u64, len: u64| {
-        let (from, to) = (block_off as usize, (block_off + len) as usize);
-        blocks[block]
-            .get(from..to)
-            .map(|_| blocks[block].slice(from..to))
+        piece(block, block_off, len)
+            .filter(|p| p.len() as u64 == len)
             .ok_or_else(|| FsError::io(format!("slice reaches past the end of block {block}")))
     };
     // Most reads fall within one block: hand out the cached bytes themselves.
@@ -627,16 +655,43 @@ fn assemble(
     Ok(Bytes::from(out))
 }
 
+/// A piece of a block: the block, the offset in it, the length.
+type Piece = (BlockId, u64, u64);
+
+/// The pieces of blocks `segments` read: block, its length, offset in it and length.
+fn pieces_of(segments: &[(u64, Segment)]) -> impl Iterator<Item = (BlockId, u32, u64, u64)> + '_ {
+    segments.iter().filter_map(|(_, seg)| match seg {
+        Segment::Data {
+            block,
+            block_len,
+            block_off,
+            len,
+            ..
+        } => Some((*block, *block_len, *block_off, *len)),
+        Segment::Hole { .. } => None,
+    })
+}
+
+/// [`pieces_of`], each checked to lie within its block (else the map and the block disagree).
+fn ranges_of(segments: &[(u64, Segment)]) -> FsResult<Vec<(BlockId, u32, u64, u64)>> {
+    pieces_of(segments)
+        .map(|(block, block_len, block_off, len)| {
+            if block_off + len > block_len as u64 {
+                return Err(FsError::io(format!(
+                    "slice reaches past the end of block {block}"
+                )));
+            }
+            Ok((block, block_len, block_off, len))
+        })
+        .collect()
+}
+
+/// The blocks `segments` read, each once, with its length.
 fn blocks_of(segments: &[(u64, Segment)]) -> Vec<(BlockId, u32)> {
     let mut out: Vec<(BlockId, u32)> = Vec::new();
-    for (_, seg) in segments {
-        if let Segment::Data {
-            block, block_len, ..
-        } = seg
-        {
-            if !out.iter().any(|(b, _)| b == block) {
-                out.push((*block, *block_len));
-            }
+    for (block, block_len, _, _) in pieces_of(segments) {
+        if !out.iter().any(|(b, _)| *b == block) {
+            out.push((block, block_len));
         }
     }
     out

@@ -206,6 +206,8 @@ struct Inner {
     misses: Mutex<HashMap<Ino, (std::time::Instant, Option<std::time::Instant>)>>,
     /// Requests sent to the namenode, by kind (what a test or a debugger counts).
     sent: Mutex<HashMap<&'static str, u64>>,
+    /// Bytes received from datanodes: blocks, and ranges with their proofs.
+    fetched: std::sync::atomic::AtomicU64,
     /// Told of other clients' changes, before the feed is read on.
     on_changed: Mutex<Option<ChangedHook>>,
     /// Who this client is, when it serves a mount (see [`Client::serve_mount`]).
@@ -278,6 +280,7 @@ impl Client {
                 fresh: fresh::FreshAttrs::default(),
                 misses: Mutex::default(),
                 sent: Mutex::default(),
+                fetched: Default::default(),
                 on_changed: Mutex::default(),
                 mount: Mutex::default(),
                 session,
@@ -515,6 +518,13 @@ impl Client {
     }
 
     /// How many requests of kind `R` this client (and its clones) sent to the namenode.
+    /// Bytes this client has received from datanodes (blocks, and ranges with their proofs).
+    pub fn fetched_bytes(&self) -> u64 {
+        self.inner
+            .fetched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn sent<R: Rpc<Service = proto::NamenodeRequest>>(&self) -> u64 {
         let sent = self.inner.sent.lock().unwrap_or_else(|e| e.into_inner());
         sent.get(std::any::type_name::<R>()).copied().unwrap_or(0)

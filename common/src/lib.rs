@@ -15,6 +15,7 @@ pub mod ids;
 pub mod layout;
 pub mod proto;
 pub mod transport;
+pub mod verified;
 
 pub use error::{FsError, FsResult};
 pub use ids::{BlockId, DatanodeId, Ino};

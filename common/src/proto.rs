@@ -105,6 +105,7 @@ service! {
     DatanodeRequest {
         PutBlock(PutBlock) -> PutReply,
         GetBlock(GetBlock) -> BlockData,
+        GetRange(GetRange) -> RangeData,
         SyncBlocks(SyncBlocks) -> SyncReply,
     }
 }
@@ -1148,5 +1149,23 @@ pub struct GetBlock {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlockData {
     /// Number of raw bytes after the header.
+    pub len: u32,
+}
+
+/// Reads the bytes `[offset, offset + len)` of a block with their proof: the answer carries
+/// the chunk groups the range touches, in Bao's encoding against the block's id
+/// (`cairn_common::verified`), which the reader checks before it uses a byte.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GetRange {
+    pub block: BlockId,
+    pub offset: u32,
+    pub len: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RangeData {
+    /// The length of the whole block, which the proof's shape depends on.
+    pub block_len: u32,
+    /// Bytes of the encoding after the header.
     pub len: u32,
 }

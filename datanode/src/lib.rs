@@ -14,7 +14,7 @@ use cairn_common::codec::{read_frame, write_frame};
 use cairn_common::layout::MAX_BLOCK_SIZE;
 use cairn_common::proto::{
     BlockData, BlockReceived, BlockReport, DatanodeAddr, DatanodeCommand, DatanodeRequest,
-    GetBlock, Heartbeat, PutBlock, PutReply, Register, Rpc, SyncReply,
+    GetBlock, GetRange, Heartbeat, PutBlock, PutReply, RangeData, Register, Rpc, SyncReply,
 };
 use cairn_common::transport::{self, ConnectionPool, Exchange, Peer, Service, TransportOptions};
 use cairn_common::{BlockId, DatanodeId, FsError, FsResult};
@@ -256,17 +256,22 @@ impl Datanode {
 
     async fn get_block(&self, r: GetBlock, ex: &mut Exchange) -> FsResult<()> {
         let store = self.store.clone();
-        let data = tokio::task::spawn_blocking(move || store.read(&r.block, r.offset, r.len))
-            .await
-            .map_err(|e| FsError::io(format!("block reader panicked: {e}")))??;
-        ex.respond(&Ok(BlockData {
+        let data = read_blocking(move || store.read(&r.block, r.offset, r.len)).await?;
+        let header = BlockData {
             len: data.len() as u32,
-        }))
-        .await?;
-        ex.send
-            .write_chunk(bytes::Bytes::from(data))
-            .await
-            .map_err(|e| FsError::unavailable(format!("client lost: {e}")))
+        };
+        respond_with_body(ex, header, data).await
+    }
+
+    async fn get_range(&self, r: GetRange, ex: &mut Exchange) -> FsResult<()> {
+        let store = self.store.clone();
+        let read = move || store.read_range(&r.block, r.offset, r.len);
+        let (block_len, encoded) = read_blocking(read).await?;
+        let header = RangeData {
+            block_len,
+            len: encoded.len() as u32,
+        };
+        respond_with_body(ex, header, encoded).await
     }
 
     /// Registers and sends a full block report; returns the heartbeat interval.
@@ -693,6 +698,28 @@ async fn scrub_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
     }
 }
 
+/// Runs a read of the block store on the blocking pool.
+async fn read_blocking<T: Send + 'static>(
+    read: impl FnOnce() -> FsResult<T> + Send + 'static,
+) -> FsResult<T> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| FsError::io(format!("block reader panicked: {e}")))?
+}
+
+/// Answers with `header`, then `body` after it on the stream.
+async fn respond_with_body<H: serde::Serialize>(
+    ex: &mut Exchange,
+    header: H,
+    body: Vec<u8>,
+) -> FsResult<()> {
+    ex.respond(&Ok(header)).await?;
+    ex.send
+        .write_chunk(bytes::Bytes::from(body))
+        .await
+        .map_err(|e| FsError::unavailable(format!("client lost: {e}")))
+}
+
 impl Service for Datanode {
     type Request = DatanodeRequest;
 
@@ -706,6 +733,7 @@ impl Service for Datanode {
         let res = match req {
             DatanodeRequest::PutBlock(r) => self.put_block(r, ex).await,
             DatanodeRequest::GetBlock(r) => self.get_block(r, ex).await,
+            DatanodeRequest::GetRange(r) => self.get_range(r, ex).await,
             DatanodeRequest::SyncBlocks(r) => {
                 let store = self.store.clone();
                 let synced = tokio::task::spawn_blocking(move || store.sync(&r.blocks))

@@ -2,6 +2,13 @@
 //! directories keep every directory small with millions of blocks. A block becomes visible
 //! only after its bytes hashed to its id, by write-temp → fsync → rename → fsync-dir, so a
 //! crash leaves either the whole verified block or nothing (temp files are swept at start).
+//!
+//! A block longer than one chunk group has its outboard beside it, `<id hex>.obao`: the
+//! inner hashes of its BLAKE3 tree, which prove any range of it (`cairn_common::verified`).
+//! It is computed with the id as the block comes in and renamed into place just before the
+//! block. One that is missing (a block stored before outboards existed, or a crash between
+//! the two renames), short or wrong is built again from the block's bytes when a range read
+//! or the scrubber needs it, once those bytes are checked against the id.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -13,7 +20,7 @@ use std::sync::Mutex;
 use anyhow::Context;
 use bytes::Bytes;
 use cairn_common::layout::MAX_BLOCK_SIZE;
-use cairn_common::{BlockId, DatanodeId, FsError, FsResult};
+use cairn_common::{verified, BlockId, DatanodeId, FsError, FsResult};
 use tracing::{info, warn};
 
 const ID_FILE: &str = "datanode-id";
@@ -21,10 +28,8 @@ const ID_FILE: &str = "datanode-id";
 const CLUSTER_FILE: &str = "cluster-id";
 /// Where replicas found bad wait until the namenode has the block copied from a good one.
 const QUARANTINE: &str = "quarantine";
-/// Bytes of small parts gathered before they are fed to the hasher (see `put`).
-const HASH_STAGING: usize = 256 << 10;
-/// Parts at least this long are hashed where they lie, without gathering.
-const HASH_DIRECT: usize = 16 << 10;
+/// What a block's outboard file adds to its name.
+const OUTBOARD_SUFFIX: &str = ".obao";
 /// Buffers one writev(2) takes at most.
 const IOV_MAX: usize = 1024;
 const ID_MAGIC: &str = "cairn-datanode-v1";
@@ -74,10 +79,15 @@ impl BlockStore {
         let cluster = load_cluster(root)?;
         let mut blocks = HashMap::new();
         let mut used = 0u64;
+        let mut outboards = Vec::new();
         for a in read_dir_sorted(&root.join("blocks"))? {
             for b in read_dir_sorted(&a)? {
                 for f in read_dir_sorted(&b)? {
                     let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    if let Some(block) = name.strip_suffix(OUTBOARD_SUFFIX) {
+                        outboards.push((BlockId::from_hex(block), f.clone()));
+                        continue;
+                    }
                     let Some(block) = BlockId::from_hex(name) else {
                         warn!(path = %f.display(), "ignoring a file that is not a block");
                         continue;
@@ -90,6 +100,12 @@ impl BlockStore {
                     used += len;
                     blocks.insert(block, len as u32);
                 }
+            }
+        }
+        // An outboard whose block never arrived (a crash between the renames) or is gone.
+        for (block, path) in outboards {
+            if !block.is_some_and(|b| blocks.contains_key(&b)) {
+                let _ = fs::remove_file(&path);
             }
         }
         info!(datanode = %id, blocks = blocks.len(), used, "block store open");
@@ -145,6 +161,21 @@ impl BlockStore {
             .join(hex)
     }
 
+    fn outboard_path(&self, id: &BlockId) -> PathBuf {
+        let mut path = self.block_path(id).into_os_string();
+        path.push(OUTBOARD_SUFFIX);
+        path.into()
+    }
+
+    /// A new temp file name for `id`.
+    fn temp_path(&self, id: &BlockId) -> PathBuf {
+        self.root.join("tmp").join(format!(
+            "{}.{}",
+            id.to_hex(),
+            self.temp_seq.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
     pub fn contains(&self, id: &BlockId) -> bool {
         self.index().contains_key(id)
     }
@@ -188,25 +219,9 @@ impl BlockStore {
                 "block of {len} bytes exceeds {MAX_BLOCK_SIZE}"
             )));
         }
-        // Parts are as small as network packets; BLAKE3 is several times faster given whole
-        // runs of 1 KiB chunks at once, so hash through a staging buffer.
-        let mut hasher = blake3::Hasher::new();
-        let mut staging = Vec::new();
-        for p in parts {
-            if p.len() >= HASH_DIRECT {
-                hasher.update(&staging);
-                staging.clear();
-                hasher.update(p);
-                continue;
-            }
-            if staging.len() + p.len() > HASH_STAGING {
-                hasher.update(&staging);
-                staging.clear();
-            }
-            staging.extend_from_slice(p);
-        }
-        hasher.update(&staging);
-        if BlockId::from_hash(hasher.finalize()) != *id {
+        // The tree hash gives the id and, on the way, the outboard that proves any range.
+        let (hashed, outboard) = verified::outboard(parts);
+        if hashed != *id {
             return Err(FsError::io(format!(
                 "block {id} failed verification: its bytes hash to something else"
             )));
@@ -221,11 +236,8 @@ impl BlockStore {
             )));
         }
         let path = self.block_path(id);
-        let tmp = self.root.join("tmp").join(format!(
-            "{}.{}",
-            id.to_hex(),
-            self.temp_seq.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = self.temp_path(id);
+        let tmp_outboard = (!outboard.is_empty()).then(|| self.temp_path(id));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             write_parts(&mut f, parts)?;
@@ -233,8 +245,19 @@ impl BlockStore {
                 // The bytes must be on disk before the name points at them.
                 f.sync_all()?;
             }
+            if let Some(tmp_outboard) = &tmp_outboard {
+                let mut f = File::create(tmp_outboard)?;
+                f.write_all(&outboard)?;
+                if sync {
+                    f.sync_all()?;
+                }
+            }
             let dir = path.parent().unwrap_or(&self.root);
             fs::create_dir_all(dir)?;
+            // The outboard first: a block is seldom seen without it (it would be rebuilt).
+            if let Some(tmp_outboard) = &tmp_outboard {
+                fs::rename(tmp_outboard, self.outboard_path(id))?;
+            }
             fs::rename(&tmp, &path)?;
             if sync {
                 // The rename itself must survive a crash, or the block vanishes on reboot.
@@ -244,6 +267,9 @@ impl BlockStore {
         };
         if let Err(e) = write() {
             let _ = fs::remove_file(&tmp);
+            if let Some(tmp_outboard) = &tmp_outboard {
+                let _ = fs::remove_file(tmp_outboard);
+            }
             return Err(match e.raw_os_error() {
                 Some(libc::ENOSPC) => {
                     FsError::NoSpace(format!("datanode {} disk is full", self.id))
@@ -286,10 +312,29 @@ impl BlockStore {
     }
 
     /// Re-reads a block and checks it against its id: `Ok(true)` when it is intact. A block
-    /// that cannot be read at all is as bad as one that reads wrong: `Ok(false)` too.
+    /// that cannot be read at all is as bad as one that reads wrong: `Ok(false)` too. The
+    /// outboard of an intact block is checked too, and written again if it is missing or
+    /// differs (its bytes are what a range read's proof is made from).
     pub fn verify(&self, id: &BlockId) -> FsResult<bool> {
         match self.read(id, 0, None) {
-            Ok(data) => Ok(BlockId::of(&data) == *id),
+            Ok(data) => {
+                let (hashed, outboard) = verified::outboard(&[Bytes::from(data)]);
+                if hashed != *id {
+                    return Ok(false);
+                }
+                if !outboard.is_empty() {
+                    match fs::read(self.outboard_path(id)) {
+                        Ok(stored) if stored == outboard => {}
+                        stored => {
+                            if stored.is_ok() {
+                                warn!(block = %id, "outboard does not match its block; written again");
+                            }
+                            self.store_outboard(id, &outboard)?;
+                        }
+                    }
+                }
+                Ok(true)
+            }
             Err(FsError::NotFound) => Err(FsError::NotFound),
             Err(e) => {
                 warn!(block = %id, "unreadable replica: {e}");
@@ -305,6 +350,7 @@ impl BlockStore {
         if let Some(len) = self.index().remove(id) {
             self.used.fetch_sub(len as u64, Ordering::Relaxed);
         }
+        self.remove_outboard(id)?;
         let to = self.root.join(QUARANTINE).join(id.to_hex());
         match fs::rename(self.block_path(id), &to) {
             Ok(()) => Ok(()),
@@ -341,10 +387,101 @@ impl BlockStore {
             return Ok(());
         };
         self.used.fetch_sub(len as u64, Ordering::Relaxed);
+        self.remove_outboard(id)?;
         match fs::remove_file(self.block_path(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(FsError::io(format!("deleting block {id}: {e}"))),
+        }
+    }
+
+    fn remove_outboard(&self, id: &BlockId) -> FsResult<()> {
+        match fs::remove_file(self.outboard_path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FsError::io(format!("deleting the outboard of {id}: {e}"))),
+        }
+    }
+
+    /// Writes the outboard of `id` (temp → rename: a reader sees all of it or none).
+    fn store_outboard(&self, id: &BlockId, outboard: &[u8]) -> FsResult<()> {
+        let tmp = self.temp_path(id);
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(outboard)?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.outboard_path(id))
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            FsError::io(format!("writing the outboard of {id}: {e}"))
+        })
+    }
+
+    /// The outboard of held block `id` (`block_len` bytes), from its file, or built again
+    /// from the block's bytes if that is missing or of the wrong length.
+    fn outboard(&self, id: &BlockId, block_len: u32) -> FsResult<Vec<u8>> {
+        match fs::read(self.outboard_path(id)) {
+            Ok(stored) if stored.len() as u64 == verified::outboard_len(block_len as u64) => {
+                Ok(stored)
+            }
+            Ok(_) => {
+                warn!(block = %id, "outboard of the wrong length; built again");
+                self.rebuild_outboard(id)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.rebuild_outboard(id),
+            Err(e) => Err(FsError::io(format!("reading the outboard of {id}: {e}"))),
+        }
+    }
+
+    /// Builds the outboard of `id` from its bytes, which must hash to the id.
+    fn rebuild_outboard(&self, id: &BlockId) -> FsResult<Vec<u8>> {
+        let data = self.read(id, 0, None)?;
+        let (hashed, outboard) = verified::outboard(&[Bytes::from(data)]);
+        if hashed != *id {
+            return Err(FsError::io(format!(
+                "replica of block {id} on datanode {} does not hash to its id",
+                self.id
+            )));
+        }
+        self.store_outboard(id, &outboard)?;
+        Ok(outboard)
+    }
+
+    /// The bytes `[offset, offset + len)` of block `id` with their proof (see
+    /// [`verified::encode`]), and the block's length. Bytes that fail their outboard are
+    /// checked whole: a bad outboard is built again, a bad replica is an I/O error.
+    pub fn read_range(&self, id: &BlockId, offset: u32, len: u32) -> FsResult<(u32, Vec<u8>)> {
+        let Some(block_len) = self.index().get(id).copied() else {
+            return Err(FsError::NotFound);
+        };
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > block_len) {
+            return Err(FsError::invalid(format!(
+                "range {offset}+{len} is not inside block {id} ({block_len} bytes)"
+            )));
+        }
+        let data = File::open(self.block_path(id))
+            .map_err(|e| FsError::io(format!("reading block {id}: {e}")))?;
+        let encode = |outboard: &[u8]| {
+            verified::encode(
+                id,
+                block_len as u64,
+                &data,
+                outboard,
+                offset as u64,
+                len as u64,
+            )
+        };
+        if verified::outboard_len(block_len as u64) == 0 {
+            return encode(&[]).map(|e| (block_len, e));
+        }
+        match encode(&self.outboard(id, block_len)?) {
+            Ok(encoded) => Ok((block_len, encoded)),
+            Err(e) => {
+                warn!(block = %id, "{e}; checking the whole replica");
+                let outboard = self.rebuild_outboard(id)?;
+                encode(&outboard).map(|e| (block_len, e))
+            }
         }
     }
 
@@ -560,5 +697,77 @@ mod tests {
             .put(&BlockId::of(&small), &[Bytes::from(small.clone())], false)
             .unwrap();
         assert_eq!(store.space().available, 0);
+    }
+
+    #[test]
+    fn ranges_come_with_proofs_and_outboards_mend_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 0, None).unwrap();
+        let data: Vec<u8> = (0..100_000).map(|_| rand::random()).collect();
+        let id = BlockId::of(&data);
+        store.put(&id, &[Bytes::from(data.clone())], false).unwrap();
+        let outboard = store.outboard_path(&id);
+        let good = fs::read(&outboard).expect("stored with its block");
+        let serves = |store: &BlockStore| {
+            let (len, encoded) = store.read_range(&id, 40_000, 4096).unwrap();
+            let (start, got) = verified::decode(&id, len as u64, 40_000, 4096, &encoded).unwrap();
+            assert_eq!(&got[..], &data[start as usize..start as usize + got.len()]);
+        };
+        serves(&store);
+
+        // Stored before outboards existed: built at the first range read.
+        fs::remove_file(&outboard).unwrap();
+        serves(&store);
+        assert_eq!(fs::read(&outboard).unwrap(), good);
+        // Cut short, or wrong: built again from the block's bytes, once they check out.
+        fs::write(&outboard, &good[..10]).unwrap();
+        serves(&store);
+        assert_eq!(fs::read(&outboard).unwrap(), good);
+        let bad: Vec<u8> = good.iter().map(|b| b ^ 0x5a).collect();
+        fs::write(&outboard, &bad).unwrap();
+        serves(&store);
+        assert_eq!(fs::read(&outboard).unwrap(), good);
+        // The scrubber mends them too, even where no range read looked.
+        let mut bad = good.clone();
+        bad[5] ^= 1;
+        fs::write(&outboard, &bad).unwrap();
+        assert!(store.verify(&id).unwrap());
+        assert_eq!(fs::read(&outboard).unwrap(), good);
+        fs::remove_file(&outboard).unwrap();
+        assert!(store.verify(&id).unwrap());
+        assert_eq!(fs::read(&outboard).unwrap(), good);
+
+        // Bytes gone bad fail a range over them, not one elsewhere; the scrubber finds them.
+        let mut rotten = data.clone();
+        rotten[41_000] ^= 1;
+        fs::write(store.block_path(&id), &rotten).unwrap();
+        assert!(matches!(
+            store.read_range(&id, 40_000, 4096),
+            Err(FsError::Io(_))
+        ));
+        assert!(store.read_range(&id, 80_000, 4096).is_ok());
+        assert!(!store.verify(&id).unwrap());
+        // Ranges outside the block, or empty, are refused.
+        for (offset, len) in [(99_999, 2), (0, 0), (u32::MAX, 2)] {
+            let res = store.read_range(&id, offset, len);
+            assert!(
+                matches!(res, Err(FsError::Invalid(_))),
+                "{offset}+{len}: {res:?}"
+            );
+        }
+
+        // A block goes with its outboard; an outboard left without its block, at the next open.
+        store.delete(&id).unwrap();
+        assert!(!outboard.exists());
+        let small = b"one group, no outboard".to_vec();
+        let small_id = BlockId::of(&small);
+        store.put(&small_id, &[Bytes::from(small)], false).unwrap();
+        assert!(!store.outboard_path(&small_id).exists());
+        assert!(store.read_range(&small_id, 4, 5).is_ok());
+        fs::write(&outboard, &good).unwrap();
+        drop(store);
+        let store = BlockStore::open(dir.path(), 0, None).unwrap();
+        assert!(!outboard.exists());
+        assert_eq!(store.list(), vec![small_id]);
     }
 }

@@ -1,6 +1,7 @@
 //! Files in and out: replication on disk, overwrites, restarts, failures, corruption.
 
 use cairn_client::Owner;
+use cairn_common::layout::MAX_BLOCK_SIZE;
 use cairn_common::Ino;
 
 use crate::support::*;
@@ -115,7 +116,69 @@ async fn random_overwrites_match_a_local_file() {
         "nothing in that client's memory"
     );
     assert!(fresh.read(at, len).await.unwrap() == model[at as usize..at as usize + len]);
+
+    tracing::info!("--- random reads: chunk groups with their proofs, not blocks");
+    // As if stored before outboards existed: the datanodes build them at the first range.
+    let outboards = remove_outboards(cluster.dir());
+    assert!(
+        outboards > 0,
+        "blocks of more than one group have outboards"
+    );
+    let reader = cluster.client().await.unwrap();
+    let mut f = reader.open(attr.ino).await.unwrap();
+    let (block, group) = (MAX_BLOCK_SIZE as i64, 16 << 10);
+    let mut offsets: Vec<u64> = Vec::new();
+    for edge in [block, 5 * block, 12 * block] {
+        for d in [
+            -group - 1,
+            -group,
+            -4096,
+            -1,
+            0,
+            1,
+            group - 1,
+            group,
+            group + 1,
+        ] {
+            offsets.push((edge + d) as u64);
+        }
+    }
+    // The first and last bytes, and the zeros of the grown end, which no block holds.
+    offsets.extend([0, 1, end - 1, (50 << 20) + 100, (4 << 20) - 7]);
+    let before = reader.fetched_bytes();
+    let (mut reads, mut last_end) = (0, 0);
+    for at in offsets {
+        for len in [1usize, 4096, 16 << 10, 40_000] {
+            // Never where the last read ended: each is a random read.
+            let at = if at == last_end { at + 3 } else { at };
+            last_end = at + len as u64;
+            let read = f.read(at, len).await.unwrap();
+            let want = &model[(at.min(end) as usize)..((at + len as u64).min(end) as usize)];
+            assert!(read == want, "{len} bytes at {at}");
+            reads += 1;
+        }
+    }
+    let fetched = reader.fetched_bytes() - before;
+    assert!(
+        fetched < reads * (80 << 10),
+        "{reads} random reads moved {fetched} bytes"
+    );
     cluster.stop().await.unwrap();
+}
+
+/// Deletes every block outboard under `dir`; returns how many there were.
+fn remove_outboards(dir: &std::path::Path) -> usize {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            removed += remove_outboards(&path);
+        } else if path.extension().is_some_and(|e| e == "obao") {
+            std::fs::remove_file(&path).unwrap();
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -266,7 +329,10 @@ async fn a_corrupt_replica_is_skipped_and_reported() {
     let attr = put(&client, "c", &data, 1 << 20).await;
 
     tracing::info!("--- flip bytes in the replica a reader tries first");
-    let map = chunk_map(&client, attr.ino).await;
+    // The order it tries them in is its map's, best first, as the open gave it.
+    let ranged = cluster.client().await.unwrap();
+    let mut f = ranged.open(attr.ino).await.unwrap();
+    let map = chunk_map(&ranged, attr.ino).await;
     let (block, locations) = map.locations[0].clone();
     let victim = locations[0].clone();
     let index = cluster
@@ -279,6 +345,26 @@ async fn a_corrupt_replica_is_skipped_and_reported() {
     bytes[1000] ^= 0xff;
     bytes[2000] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
+
+    tracing::info!("--- a random read away from them is served by that replica");
+    // Where the block's first byte is in the file (one chunk: slices' positions are).
+    let base = map.chunks[0]
+        .1
+        .iter()
+        .find(|s| s.block == block)
+        .map(|s| (s.pos - s.block_off) as usize)
+        .unwrap();
+    let far = base + (1 << 20);
+    assert!(f.read(far as u64, 4096).await.unwrap() == data[far..far + 4096]);
+    let listed = |map: &cairn_common::proto::ChunkMap| {
+        let (_, holders) = map.locations.iter().find(|(b, _)| *b == block).unwrap();
+        holders.iter().map(|l| l.id).collect::<Vec<_>>()
+    };
+    assert!(listed(&chunk_map(&client, attr.ino).await).contains(&victim.id));
+    tracing::info!("--- one over them fails its proof there and is read from another replica");
+    let near = base + 500;
+    assert!(f.read(near as u64, 4096).await.unwrap() == data[near..near + 4096]);
+    assert!(!listed(&chunk_map(&client, attr.ino).await).contains(&victim.id));
 
     tracing::info!("--- a fresh client still reads the right bytes");
     let fresh = cluster.client().await.unwrap();
