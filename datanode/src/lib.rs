@@ -266,7 +266,13 @@ impl Datanode {
     async fn get_range(&self, r: GetRange, ex: &mut Exchange) -> FsResult<()> {
         let store = self.store.clone();
         let read = move || store.read_range(&r.block, r.offset, r.len);
-        let (block_len, encoded) = read_blocking(read).await?;
+        // A random read's few groups are read here: the hand-off to the blocking pool and
+        // back would cost more than the read (page-cache hits, mostly).
+        let (block_len, encoded) = if r.len <= INLINE_RANGE_MAX {
+            read()?
+        } else {
+            read_blocking(read).await?
+        };
         let header = RangeData {
             block_len,
             len: encoded.len() as u32,
@@ -697,6 +703,9 @@ async fn scrub_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
         }
     }
 }
+
+/// Ranges up to this long are read on the task's own thread (see `get_range`).
+const INLINE_RANGE_MAX: u32 = 64 << 10;
 
 /// Runs a read of the block store on the blocking pool.
 async fn read_blocking<T: Send + 'static>(

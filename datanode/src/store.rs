@@ -43,10 +43,23 @@ pub struct BlockStore {
     /// Most bytes of blocks to hold, if less than the disk.
     capacity_limit: Option<u64>,
     blocks: Mutex<HashMap<BlockId, u32>>,
+    /// Blocks lately read by range, open, with their outboards: a random reader's next
+    /// range of one costs no open and no outboard read.
+    open_blocks: Mutex<lru::LruCache<BlockId, std::sync::Arc<OpenBlock>>>,
     used: AtomicU64,
     temp_seq: AtomicU64,
     /// Held (locked) while the store is open: one datanode per data directory.
     _lock: fs::File,
+}
+
+/// How many blocks [`BlockStore::read_range`] keeps open (with their outboards, at most
+/// 16 KiB each).
+const OPEN_BLOCKS: usize = 1024;
+
+/// A block file open for range reads, and its outboard.
+struct OpenBlock {
+    file: File,
+    outboard: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +129,9 @@ impl BlockStore {
             reserve,
             capacity_limit,
             blocks: Mutex::new(blocks),
+            open_blocks: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(OPEN_BLOCKS).expect("not zero"),
+            )),
             used: AtomicU64::new(used),
             temp_seq: AtomicU64::new(0),
             _lock: lock,
@@ -396,6 +412,7 @@ impl BlockStore {
     }
 
     fn remove_outboard(&self, id: &BlockId) -> FsResult<()> {
+        self.close_block(id);
         match fs::remove_file(self.outboard_path(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -405,6 +422,7 @@ impl BlockStore {
 
     /// Writes the outboard of `id` (temp → rename: a reader sees all of it or none).
     fn store_outboard(&self, id: &BlockId, outboard: &[u8]) -> FsResult<()> {
+        self.close_block(id);
         let tmp = self.temp_path(id);
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
@@ -460,29 +478,56 @@ impl BlockStore {
                 "range {offset}+{len} is not inside block {id} ({block_len} bytes)"
             )));
         }
-        let data = File::open(self.block_path(id))
-            .map_err(|e| FsError::io(format!("reading block {id}: {e}")))?;
-        let encode = |outboard: &[u8]| {
+        let encode = |block: &OpenBlock| {
             verified::encode(
                 id,
                 block_len as u64,
-                &data,
-                outboard,
+                &block.file,
+                &block.outboard[..],
                 offset as u64,
                 len as u64,
             )
         };
-        if verified::outboard_len(block_len as u64) == 0 {
-            return encode(&[]).map(|e| (block_len, e));
-        }
-        match encode(&self.outboard(id, block_len)?) {
+        let block = self.open_block(id, block_len)?;
+        match encode(&block) {
             Ok(encoded) => Ok((block_len, encoded)),
-            Err(e) => {
+            Err(e) if !block.outboard.is_empty() => {
                 warn!(block = %id, "{e}; checking the whole replica");
+                self.close_block(id);
                 let outboard = self.rebuild_outboard(id)?;
-                encode(&outboard).map(|e| (block_len, e))
+                let file = self.open_file(id)?;
+                encode(&OpenBlock { file, outboard }).map(|e| (block_len, e))
             }
+            Err(e) => Err(e),
         }
+    }
+
+    fn open_file(&self, id: &BlockId) -> FsResult<File> {
+        File::open(self.block_path(id)).map_err(|e| FsError::io(format!("reading block {id}: {e}")))
+    }
+
+    /// Held block `id` (`block_len` bytes) open with its outboard, kept for the next range.
+    fn open_block(&self, id: &BlockId, block_len: u32) -> FsResult<std::sync::Arc<OpenBlock>> {
+        let lock = || self.open_blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = lock().get(id) {
+            return Ok(open.clone());
+        }
+        let file = self.open_file(id)?;
+        let outboard = match verified::outboard_len(block_len as u64) {
+            0 => Vec::new(),
+            _ => self.outboard(id, block_len)?,
+        };
+        let open = std::sync::Arc::new(OpenBlock { file, outboard });
+        lock().put(*id, open.clone());
+        Ok(open)
+    }
+
+    /// Forgets what [`BlockStore::open_block`] kept of `id`: it is gone or changed.
+    fn close_block(&self, id: &BlockId) {
+        self.open_blocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop(id);
     }
 
     /// Reads `len` bytes (`None`: to the end) of a block from `offset`.
@@ -715,16 +760,24 @@ mod tests {
         };
         serves(&store);
 
-        // Stored before outboards existed: built at the first range read.
+        // Stored before outboards existed: built at the first range read. (Each case on a
+        // datanode started anew: a running one keeps the outboards of blocks it reads.)
+        let reopen = |store: BlockStore| {
+            drop(store);
+            BlockStore::open(dir.path(), 0, None).unwrap()
+        };
         fs::remove_file(&outboard).unwrap();
+        let store = reopen(store);
         serves(&store);
         assert_eq!(fs::read(&outboard).unwrap(), good);
         // Cut short, or wrong: built again from the block's bytes, once they check out.
         fs::write(&outboard, &good[..10]).unwrap();
+        let store = reopen(store);
         serves(&store);
         assert_eq!(fs::read(&outboard).unwrap(), good);
         let bad: Vec<u8> = good.iter().map(|b| b ^ 0x5a).collect();
         fs::write(&outboard, &bad).unwrap();
+        let store = reopen(store);
         serves(&store);
         assert_eq!(fs::read(&outboard).unwrap(), good);
         // The scrubber mends them too, even where no range read looked.
