@@ -630,10 +630,7 @@ impl Client {
     /// reported, as one serving a wrong whole block is.
     pub(crate) async fn fetch_range(
         &self,
-        id: BlockId,
-        block_len: u32,
-        offset: u64,
-        len: u64,
+        (id, block_len, offset, len): (BlockId, u32, u64, u64),
         locations: &[DatanodeAddr],
     ) -> FsResult<Bytes> {
         if let Some(data) = self.inner.cache.get_range(&id, offset, len) {

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use cairn_common::attr::{InodeAttr, SetAttr, Timestamp};
 use cairn_common::layout::{self, Segment, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE, MAX_FILE_SIZE};
 use cairn_common::proto::{ChunkMap, CommitSlices, DatanodeAddr, ReadChunks};
+use cairn_common::verified;
 use cairn_common::{BlockId, FsError, FsResult};
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::task::JoinHandle;
@@ -473,9 +474,13 @@ impl FileHandle {
                     let client = self.client.clone();
                     let locations = self.map.locations.get(&block).cloned().unwrap_or_default();
                     async move {
-                        let data = client
-                            .fetch_range(block, block_len, block_off, len, &locations)
-                            .await?;
+                        let data = if block_len as u64 > verified::WHOLE_BLOCK_MAX {
+                            let at = (block, block_len, block_off, len);
+                            client.fetch_range(at, &locations).await?
+                        } else {
+                            let whole = client.fetch_block(block, block_len, &locations).await?;
+                            whole.slice(block_off as usize..(block_off + len) as usize)
+                        };
                         Ok(((block, block_off, len), data))
                     }
                 })

@@ -28,6 +28,12 @@ const GROUP_LOG: u8 = 4;
 /// The bytes of a chunk group: the smallest run of a block a range read moves.
 pub const GROUP_BYTES: u64 = 1024 << GROUP_LOG;
 
+/// Blocks up to this long are read whole, even by a random reader, and a datanode keeps no
+/// outboard file for them (it builds their outboard in memory if asked for a range): their
+/// bytes cost little more to move than a proof, and a second file per small block would
+/// cost every small file's write an inode.
+pub const WHOLE_BLOCK_MAX: u64 = 256 << 10;
+
 fn tree(block_len: u64) -> BaoTree {
     BaoTree::new(block_len, BlockSize::from_chunk_log(GROUP_LOG))
 }

@@ -3,8 +3,9 @@
 //! only after its bytes hashed to its id, by write-temp → fsync → rename → fsync-dir, so a
 //! crash leaves either the whole verified block or nothing (temp files are swept at start).
 //!
-//! A block longer than one chunk group has its outboard beside it, `<id hex>.obao`: the
-//! inner hashes of its BLAKE3 tree, which prove any range of it (`cairn_common::verified`).
+//! A block longer than `verified::WHOLE_BLOCK_MAX` has its outboard beside it,
+//! `<id hex>.obao`: the inner hashes of its BLAKE3 tree, which prove any range of it
+//! (`cairn_common::verified`); a shorter one's is built in memory when a range is asked.
 //! It is computed with the id as the block comes in and renamed into place just before the
 //! block. One that is missing (a block stored before outboards existed, or a crash between
 //! the two renames), short or wrong is built again from the block's bytes when a range read
@@ -253,7 +254,7 @@ impl BlockStore {
         }
         let path = self.block_path(id);
         let tmp = self.temp_path(id);
-        let tmp_outboard = (!outboard.is_empty()).then(|| self.temp_path(id));
+        let tmp_outboard = keeps_outboard(len as u32).then(|| self.temp_path(id));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             write_parts(&mut f, parts)?;
@@ -334,11 +335,12 @@ impl BlockStore {
     pub fn verify(&self, id: &BlockId) -> FsResult<bool> {
         match self.read(id, 0, None) {
             Ok(data) => {
+                let len = data.len() as u32;
                 let (hashed, outboard) = verified::outboard(&[Bytes::from(data)]);
                 if hashed != *id {
                     return Ok(false);
                 }
-                if !outboard.is_empty() {
+                if keeps_outboard(len) {
                     match fs::read(self.outboard_path(id)) {
                         Ok(stored) if stored == outboard => {}
                         stored => {
@@ -437,8 +439,12 @@ impl BlockStore {
     }
 
     /// The outboard of held block `id` (`block_len` bytes), from its file, or built again
-    /// from the block's bytes if that is missing or of the wrong length.
+    /// from the block's bytes if that is missing or of the wrong length (or, for a block that
+    /// keeps none, built in memory).
     fn outboard(&self, id: &BlockId, block_len: u32) -> FsResult<Vec<u8>> {
+        if !keeps_outboard(block_len) {
+            return self.outboard_of_bytes(id);
+        }
         match fs::read(self.outboard_path(id)) {
             Ok(stored) if stored.len() as u64 == verified::outboard_len(block_len as u64) => {
                 Ok(stored)
@@ -452,8 +458,18 @@ impl BlockStore {
         }
     }
 
-    /// Builds the outboard of `id` from its bytes, which must hash to the id.
+    /// Builds the outboard of `id` from its bytes, which must hash to the id, and keeps it
+    /// if the block keeps one.
     fn rebuild_outboard(&self, id: &BlockId) -> FsResult<Vec<u8>> {
+        let outboard = self.outboard_of_bytes(id)?;
+        if keeps_outboard(self.len_of(id) as u32) {
+            self.store_outboard(id, &outboard)?;
+        }
+        Ok(outboard)
+    }
+
+    /// The outboard of `id` computed from its bytes, which must hash to the id.
+    fn outboard_of_bytes(&self, id: &BlockId) -> FsResult<Vec<u8>> {
         let data = self.read(id, 0, None)?;
         let (hashed, outboard) = verified::outboard(&[Bytes::from(data)]);
         if hashed != *id {
@@ -462,7 +478,6 @@ impl BlockStore {
                 self.id
             )));
         }
-        self.store_outboard(id, &outboard)?;
         Ok(outboard)
     }
 
@@ -551,6 +566,11 @@ impl BlockStore {
         };
         read().map_err(|e| FsError::io(format!("reading block {id}: {e}")))
     }
+}
+
+/// Whether a block of `block_len` bytes keeps its outboard in a file.
+fn keeps_outboard(block_len: u32) -> bool {
+    block_len as u64 > verified::WHOLE_BLOCK_MAX
 }
 
 fn read_dir_sorted(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -748,7 +768,7 @@ mod tests {
     fn ranges_come_with_proofs_and_outboards_mend_themselves() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlockStore::open(dir.path(), 0, None).unwrap();
-        let data: Vec<u8> = (0..100_000).map(|_| rand::random()).collect();
+        let data: Vec<u8> = (0..300_000).map(|_| rand::random()).collect();
         let id = BlockId::of(&data);
         store.put(&id, &[Bytes::from(data.clone())], false).unwrap();
         let outboard = store.outboard_path(&id);
@@ -801,7 +821,7 @@ mod tests {
         assert!(store.read_range(&id, 80_000, 4096).is_ok());
         assert!(!store.verify(&id).unwrap());
         // Ranges outside the block, or empty, are refused.
-        for (offset, len) in [(99_999, 2), (0, 0), (u32::MAX, 2)] {
+        for (offset, len) in [(299_999, 2), (0, 0), (u32::MAX, 2)] {
             let res = store.read_range(&id, offset, len);
             assert!(
                 matches!(res, Err(FsError::Invalid(_))),
@@ -812,11 +832,18 @@ mod tests {
         // A block goes with its outboard; an outboard left without its block, at the next open.
         store.delete(&id).unwrap();
         assert!(!outboard.exists());
-        let small = b"one group, no outboard".to_vec();
+        // A small block keeps no outboard file; its ranges are proven all the same.
+        let small: Vec<u8> = (0..100_000).map(|_| rand::random()).collect();
         let small_id = BlockId::of(&small);
-        store.put(&small_id, &[Bytes::from(small)], false).unwrap();
+        store
+            .put(&small_id, &[Bytes::from(small.clone())], false)
+            .unwrap();
         assert!(!store.outboard_path(&small_id).exists());
-        assert!(store.read_range(&small_id, 4, 5).is_ok());
+        let (len, encoded) = store.read_range(&small_id, 70_000, 5).unwrap();
+        let (start, got) = verified::decode(&small_id, len as u64, 70_000, 5, &encoded).unwrap();
+        assert_eq!(&got[..], &small[start as usize..start as usize + got.len()]);
+        assert!(store.verify(&small_id).unwrap());
+        assert!(!store.outboard_path(&small_id).exists());
         fs::write(&outboard, &good).unwrap();
         drop(store);
         let store = BlockStore::open(dir.path(), 0, None).unwrap();
