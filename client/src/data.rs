@@ -636,6 +636,15 @@ impl Client {
         if let Some(data) = self.inner.cache.get_range(&id, offset, len) {
             return Ok(data);
         }
+        // A block this machine keeps on disk is read from there, whole.
+        if let Some(disk) = self.inner.disk_cache.clone().filter(|d| d.contains(&id)) {
+            if let Ok(Some(data)) = tokio::task::spawn_blocking(move || disk.get(&id)).await {
+                self.inner.cache.insert(id, data.clone());
+                if let Some(range) = data.get(offset as usize..(offset + len) as usize) {
+                    return Ok(data.slice_ref(range));
+                }
+            }
+        }
         let fetch = |loc| self.fetch_range_from(loc, id, block_len, offset, len);
         let (start, groups) = self.read_any_replica(id, locations, fetch).await?;
         self.inner.cache.insert_groups(id, start, &groups);

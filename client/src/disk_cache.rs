@@ -63,6 +63,11 @@ impl DiskCache {
         self.dir.join(id.to_hex())
     }
 
+    /// Whether block `id` is cached (it may still turn out unreadable: see `get`).
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.lock().0.contains(id)
+    }
+
     /// The bytes of block `id`, if cached and intact. Blocking: call off the runtime.
     pub fn get(&self, id: &BlockId) -> Option<Bytes> {
         self.lock().0.get(id)?;

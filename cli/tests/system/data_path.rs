@@ -532,6 +532,11 @@ async fn a_local_disk_cache_serves_blocks_across_clients_and_drops_rotten_ones()
     }
     let third = cached_client().await.unwrap();
     assert!(get(&third, attr.ino, 4 << 20).await == data);
+    // A random read too (it would ask a datanode for a range otherwise).
+    let fourth = cached_client().await.unwrap();
+    let mut f = fourth.open(attr.ino).await.unwrap();
+    let at = 9 << 20;
+    assert!(f.read(at as u64, 4096).await.unwrap() == data[at..at + 4096]);
     cluster.stop().await.unwrap();
 }
 
