@@ -711,12 +711,7 @@ impl Client {
         };
         let res = async {
             let (header, mut recv) = transport::call_streaming(&conn, req).await?;
-            if header.block_len != block_len {
-                return Err(FsError::io(format!(
-                    "replica has {} bytes, the block has {block_len}",
-                    header.block_len
-                )));
-            }
+            same_length(header.block_len, block_len)?;
             // Its groups and every hash of the tree at most: a longer answer is not one.
             let (start, end) = verified::covering(block_len as u64, offset, len);
             let most = end - start + verified::outboard_len(block_len as u64);
@@ -765,12 +760,7 @@ impl Client {
         };
         let res = async {
             let (header, mut recv) = transport::call_streaming(&conn, req).await?;
-            if header.len != len {
-                return Err(FsError::io(format!(
-                    "replica has {} bytes, the block has {len}",
-                    header.len
-                )));
-            }
+            same_length(header.len, len)?;
             self.body(&mut recv, len).await
         }
         .await;
@@ -782,6 +772,16 @@ impl Client {
             )),
         }
     }
+}
+
+/// A replica announcing another length than its block's is not that block.
+fn same_length(replica: u32, block: u32) -> FsResult<()> {
+    if replica != block {
+        return Err(FsError::io(format!(
+            "replica has {replica} bytes, the block has {block}"
+        )));
+    }
+    Ok(())
 }
 
 /// `data` with its BLAKE3 id; a large block is hashed off the runtime's threads.

@@ -70,6 +70,14 @@ fn run_together(script: &Path, runs: &[Vec<String>]) -> Vec<String> {
         .collect()
 }
 
+/// The SQLite writer program (see `programs/sqlite_writer.py`).
+fn sqlite_writer() -> (tempfile::TempDir, PathBuf) {
+    program(
+        "sqlite_writer.py",
+        include_str!("programs/sqlite_writer.py"),
+    )
+}
+
 fn sqlite(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
     assert!(
@@ -84,10 +92,7 @@ fn sqlite(db: &Path, sql: &str) -> String {
 async fn sqlite_written_from_three_mounts_keeps_every_committed_row() {
     const EACH: usize = 150;
     on_mounts(3, |m| {
-        let (_dir, writer) = program(
-            "sqlite_writer.py",
-            include_str!("programs/sqlite_writer.py"),
-        );
+        let (_dir, writer) = sqlite_writer();
         for mode in ["delete", "truncate", "persist"] {
             tracing::info!("--- journal_mode={mode}: a writer on each mount, one database");
             let db = format!("{mode}.db");
@@ -133,10 +138,7 @@ async fn sqlite_in_wal_mode_is_shared_within_a_mount_and_refused_on_a_second_one
     const EACH: usize = 100;
     on_mounts(2, |m| {
         use std::io::BufRead;
-        let (_dir, writer) = program(
-            "sqlite_writer.py",
-            include_str!("programs/sqlite_writer.py"),
-        );
+        let (_dir, writer) = sqlite_writer();
         // Two processes on one mount share WAL's index in memory, as on a local disk.
         let on_a = m[0].join("wal.db");
         let runs: Vec<Vec<String>> = ["w0", "w1"]
