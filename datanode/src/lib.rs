@@ -3,6 +3,7 @@
 //! holds (registration, full and incremental block reports, heartbeats).
 
 pub mod config;
+mod direct;
 pub mod store;
 
 use std::sync::atomic::{AtomicU32, Ordering};

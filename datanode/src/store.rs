@@ -10,6 +10,8 @@
 //! block. One that is missing (a block stored before outboards existed, or a crash between
 //! the two renames), short or wrong is built again from the block's bytes when a range read
 //! or the scrubber needs it, once those bytes are checked against the id.
+//!
+//! Large blocks are written past the page cache (`crate::direct`).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -24,6 +26,8 @@ use cairn_common::layout::MAX_BLOCK_SIZE;
 use cairn_common::{verified, BlockId, DatanodeId, FsError, FsResult};
 use tracing::{info, warn};
 
+use crate::direct::BlockWriter;
+
 const ID_FILE: &str = "datanode-id";
 /// The namespace whose blocks this directory holds (see `proto::Register::cluster`).
 const CLUSTER_FILE: &str = "cluster-id";
@@ -31,8 +35,6 @@ const CLUSTER_FILE: &str = "cluster-id";
 const QUARANTINE: &str = "quarantine";
 /// What a block's outboard file adds to its name.
 const OUTBOARD_SUFFIX: &str = ".obao";
-/// Buffers one writev(2) takes at most.
-const IOV_MAX: usize = 1024;
 const ID_MAGIC: &str = "cairn-datanode-v1";
 
 pub struct BlockStore {
@@ -49,6 +51,7 @@ pub struct BlockStore {
     open_blocks: Mutex<lru::LruCache<BlockId, std::sync::Arc<OpenBlock>>>,
     used: AtomicU64,
     temp_seq: AtomicU64,
+    writer: BlockWriter,
     /// Held (locked) while the store is open: one datanode per data directory.
     _lock: fs::File,
 }
@@ -135,6 +138,7 @@ impl BlockStore {
             )),
             used: AtomicU64::new(used),
             temp_seq: AtomicU64::new(0),
+            writer: BlockWriter::new(),
             _lock: lock,
         })
     }
@@ -256,8 +260,7 @@ impl BlockStore {
         let tmp = self.temp_path(id);
         let tmp_outboard = keeps_outboard(len as u32).then(|| self.temp_path(id));
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            write_parts(&mut f, parts)?;
+            let f = self.writer.create(&tmp, parts, len)?;
             if sync {
                 // The bytes must be on disk before the name points at them.
                 f.sync_all()?;
@@ -672,22 +675,6 @@ fn write_durably(root: &Path, name: &str, contents: &str) -> anyhow::Result<()> 
 
 /// Writes `parts` one after another, as the network delivered them, with few writev(2)
 /// calls and no copy into a buffer of its own.
-fn write_parts(f: &mut File, parts: &[Bytes]) -> std::io::Result<()> {
-    for group in parts.chunks(IOV_MAX) {
-        let mut slices: Vec<std::io::IoSlice<'_>> =
-            group.iter().map(|p| std::io::IoSlice::new(p)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let n = f.write_vectored(rest)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            std::io::IoSlice::advance_slices(&mut rest, n);
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
