@@ -15,7 +15,7 @@ use cairn_common::cert::Role;
 use cairn_common::layout::CHUNK_SIZE;
 use cairn_common::proto::{
     AllocateBlock, DatanodeAddr, GetBlock, GetRange, PutBlock, PutReply, ReadChunks,
-    ReportBadReplica, Rpc, SyncBlocks, SyncReply,
+    ReportBadReplica, Rpc, SyncBlocks, SyncReply, PLACED_BLOCK_MAX,
 };
 use cairn_common::transport;
 use cairn_common::verified::{self, GROUP_BYTES};
@@ -251,10 +251,15 @@ impl Client {
     /// Stores `data` as a block of file `ino` and returns its id once at least
     /// `min_replicas` datanodes (capped at the file's replication) hold it, with the
     /// datanodes that do.
+    ///
+    /// A small block with datanodes `placed` (see `CreateReply::place`) is sent there while
+    /// the namenode is asked for a placement, which still decides: what it says is stored
+    /// already, or is being deleted (then the early copies do not count), wins.
     pub(crate) async fn upload_block(
         &self,
         ino: Ino,
         data: Bytes,
+        placed: Vec<DatanodeAddr>,
     ) -> FsResult<(BlockId, Vec<DatanodeAddr>)> {
         let (data, id) = hashed(data).await?;
         let len = data.len() as u32;
@@ -270,6 +275,30 @@ impl Client {
         let mut failed: Vec<(DatanodeId, String)> = Vec::new();
         let mut want = 0usize;
         let mut avoid_suspects = true;
+        let mut answered = None;
+        if !placed.is_empty() && len <= PLACED_BLOCK_MAX {
+            let request = AllocateBlock {
+                ino,
+                block: id,
+                len,
+                exclude: Vec::new(),
+                count: 0,
+            };
+            let (placement, early) =
+                tokio::join!(self.namenode(request), self.put_each(&placed, id, &data));
+            // A block being deleted as garbage may have been "stored" where it is going.
+            if !matches!(placement, Err(FsError::Busy(_))) {
+                for node in &placed {
+                    known.insert(node.id, node.clone());
+                }
+                stored.extend(early.stored_on);
+                for (id, _) in &early.failed {
+                    self.inner.suspects.add(*id);
+                }
+                failed.extend(early.failed);
+                answered = Some(placement);
+            }
+        }
         for round in 0..MAX_PLACEMENT_ROUNDS {
             let mut exclude = stored.clone();
             exclude.extend(failed.iter().map(|(id, _)| *id));
@@ -293,7 +322,11 @@ impl Client {
                     want.saturating_sub(stored.len()) as u8
                 },
             };
-            let placement = match self.allocate(request).await {
+            let allocated = match answered.take() {
+                Some(placement) => placement,
+                None => self.allocate(request).await,
+            };
+            let mut placement = match allocated {
                 Ok(p) => p,
                 // Only suspects are left: they may have recovered, try them.
                 Err(FsError::NoSpace(_)) if had_suspects => {
@@ -321,6 +354,7 @@ impl Client {
             if stored.len() >= want {
                 break;
             }
+            placement.targets.retain(|t| !stored.contains(&t.id));
             let Some((head, rest)) = placement.targets.split_first() else {
                 break;
             };

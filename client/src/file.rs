@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use bytes::{Bytes, BytesMut};
 use cairn_common::attr::{InodeAttr, SetAttr, Timestamp};
 use cairn_common::layout::{self, Segment, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE, MAX_FILE_SIZE};
-use cairn_common::proto::{ChunkMap, CommitSlices, DatanodeAddr, ReadChunks};
+use cairn_common::proto::{ChunkMap, CommitSlices, DatanodeAddr, ReadChunks, PLACED_BLOCK_MAX};
 use cairn_common::verified;
 use cairn_common::{BlockId, FsError, FsResult};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -61,6 +61,8 @@ pub struct FileHandle {
     prefetched_to: u64,
     /// Held open for writing (see `OpenSet::hold`).
     writer: bool,
+    /// Where a new file's first block may go at once (`CreateReply::place`); used once.
+    placed: Vec<DatanodeAddr>,
 }
 
 #[derive(Default)]
@@ -98,6 +100,7 @@ impl FileHandle {
             last_read_end: 0,
             prefetched_to: 0,
             writer,
+            placed: Vec::new(),
         }
     }
 
@@ -108,6 +111,11 @@ impl FileHandle {
         handle.map_seen = map_seen;
         handle.absorb(0, cairn_common::proto::OPEN_MAP_CHUNKS, map);
         handle
+    }
+
+    /// Where the file's first block may go (a new file's `CreateReply::place`).
+    pub(crate) fn place_first_block(&mut self, place: Vec<DatanodeAddr>) {
+        self.placed = place;
     }
 
     pub fn attr(&self) -> &InodeAttr {
@@ -247,8 +255,13 @@ impl FileHandle {
         let chunk = (offset / CHUNK_SIZE) as u32;
         let pos = (offset % CHUNK_SIZE) as u32;
         let len = data.len() as u32;
+        let placed = if len <= PLACED_BLOCK_MAX {
+            std::mem::take(&mut self.placed)
+        } else {
+            Vec::new()
+        };
         self.uploads.push_back(tokio::spawn(async move {
-            let (block, on) = client.upload_block(ino, data).await?;
+            let (block, on) = client.upload_block(ino, data, placed).await?;
             let uploaded = client.inner.opens_handle().uploaded(block);
             let slice = Slice {
                 pos,

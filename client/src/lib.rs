@@ -1202,7 +1202,8 @@ impl Client {
         let created = created?;
         match created.attr.kind {
             FileKind::File => {
-                let file = FileHandle::new(self.clone(), created.attr.clone(), true);
+                let mut file = FileHandle::new(self.clone(), created.attr.clone(), true);
+                file.place_first_block(created.place.clone());
                 Ok((created, file))
             }
             FileKind::Dir => Err(FsError::IsDir),

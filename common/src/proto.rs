@@ -347,7 +347,15 @@ pub struct CreateReply {
     /// An existing file opened is shared with another session's writes (see
     /// [`Opened::shared`]).
     pub shared: bool,
+    /// For a file just made: datanodes for its first block, if that is at most
+    /// [`PLACED_BLOCK_MAX`] bytes. The client sends the block there while it asks for a
+    /// placement as usual (which still decides), so a small file's block is not held up
+    /// by that question.
+    pub place: Vec<DatanodeAddr>,
 }
+
+/// Largest first block that goes where [`CreateReply::place`] says.
+pub const PLACED_BLOCK_MAX: u32 = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Mknod {

@@ -49,6 +49,8 @@ pub struct Datanode {
     scrub: std::sync::Mutex<cairn_common::proto::ScrubProgress>,
     /// A copy or deletion finished: heartbeat now, for the next orders.
     work_done: tokio::sync::Notify,
+    /// Blocks stored, for `received_loop` to report.
+    received: tokio::sync::mpsc::UnboundedSender<BlockId>,
 }
 
 /// Runs a datanode serving on `endpoint` until `shutdown` is cancelled.
@@ -67,6 +69,7 @@ pub async fn run(
         );
         Arc::new(tokio::task::spawn_blocking(move || BlockStore::open(&dir, reserve, cap)).await??)
     };
+    let (received, stored) = tokio::sync::mpsc::unbounded_channel();
     let datanode = Arc::new(Datanode {
         pool: ConnectionPool::new(
             endpoint.clone(),
@@ -82,10 +85,12 @@ pub async fn run(
         copy_pace: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         scrub: Default::default(),
         work_done: tokio::sync::Notify::new(),
+        received,
     });
     // Cancellation point: the reporter checks `shutdown` between heartbeats and retries.
     let reporter = tokio::spawn(report_loop(datanode.clone(), shutdown.clone()));
     let scrubber = tokio::spawn(scrub_loop(datanode.clone(), shutdown.clone()));
+    tokio::spawn(received_loop(Arc::downgrade(&datanode), stored));
     transport::serve(endpoint.clone(), datanode.clone(), shutdown).await;
     let _ = reporter.await;
     let _ = scrubber.await;
@@ -171,17 +176,9 @@ impl Datanode {
                 .map_err(|e| FsError::io(format!("block writer panicked: {e}")))?;
             if stored.is_ok() {
                 debug!(block = %block, "stored");
-                // Tell the namenode before acknowledging, so a reader that follows the
-                // writer's commit finds this replica. Each node of the pipeline does so
-                // while the rest of it works: the reports overlap.
-                let report = BlockReceived {
-                    id: self.id(),
-                    added: vec![block],
-                    removed: Vec::new(),
-                };
-                if let Err(e) = self.namenode_call(report).await {
-                    warn!(block = %block, "cannot report block to namenode: {e}");
-                }
+                // Reported as it is acknowledged, not before: the writer's commit waits at
+                // the namenode for the report if it arrives first.
+                let _ = self.received.send(block);
             }
             Ok::<_, FsError>(stored)
         };
@@ -540,6 +537,29 @@ impl Datanode {
         }
         debug!(%block, targets = targets.len(), "copied");
         Ok(())
+    }
+}
+
+/// Tells the namenode of the blocks stored, as they are: all stored while one report is
+/// under way go in the next. Ends with the datanode. A report that fails is not sent again:
+/// the next full block report has the block.
+async fn received_loop(
+    datanode: std::sync::Weak<Datanode>,
+    mut stored: tokio::sync::mpsc::UnboundedReceiver<BlockId>,
+) {
+    let mut added = Vec::new();
+    while stored.recv_many(&mut added, REPORT_PART).await > 0 {
+        let Some(datanode) = datanode.upgrade() else {
+            return;
+        };
+        let report = BlockReceived {
+            id: datanode.id(),
+            added: std::mem::take(&mut added),
+            removed: Vec::new(),
+        };
+        if let Err(e) = datanode.namenode_call(report).await {
+            warn!("cannot report stored blocks to the namenode: {e}");
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cairn_common::proto::{
     AdminState, DatanodeAddr, DatanodeState, DatanodeStatus, Heartbeat, Register,
 };
-use cairn_common::{BlockId, DatanodeId};
+use cairn_common::{BlockId, DatanodeId, FsResult};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +61,8 @@ pub struct BlockMap {
     stale_timeout: Duration,
     dead_timeout: Duration,
     inner: Mutex<Inner>,
+    /// Woken whenever a datanode reports new replicas.
+    added: tokio::sync::Notify,
 }
 
 impl BlockMap {
@@ -70,6 +72,7 @@ impl BlockMap {
             stale_timeout: dead_timeout / 3,
             dead_timeout,
             inner: Mutex::default(),
+            added: tokio::sync::Notify::new(),
         }
     }
 
@@ -184,7 +187,30 @@ impl BlockMap {
         for b in removed {
             remove_replica(&mut inner.replicas, b, id);
         }
+        drop(inner);
+        if !added.is_empty() {
+            self.added.notify_waiters();
+        }
         true
+    }
+
+    /// Waits until no block `missing` names is missing any more, or `deadline`; returns the
+    /// first still missing then.
+    pub async fn await_reported(
+        &self,
+        deadline: tokio::time::Instant,
+        missing: impl Fn() -> FsResult<Option<BlockId>>,
+    ) -> FsResult<Option<BlockId>> {
+        loop {
+            // Registered before looking, so a report in between is not missed.
+            let added = self.added.notified();
+            let Some(block) = missing()? else {
+                return Ok(None);
+            };
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return Ok(Some(block));
+            }
+        }
     }
 
     /// Does datanode `id` hold `block`, as far as its reports say?
@@ -522,12 +548,30 @@ impl BlockMap {
     /// replicas so far) nor the others chosen are in, as long as such domains have room.
     /// Within that, nodes are drawn at random, weighted by free space, so new blocks spread
     /// over the cluster and emptier nodes fill faster.
+    /// The space is counted as taken until the next heartbeat.
     pub fn place(
         &self,
         count: usize,
         len: u64,
         exclude: &[DatanodeId],
         holders: &[DatanodeId],
+    ) -> Vec<DatanodeAddr> {
+        self.choose(count, len, exclude, holders, true)
+    }
+
+    /// Chooses as [`BlockMap::place`] does, taking no space: for an offer that a placement
+    /// which does take it follows (`CreateReply::place`), or not at all.
+    pub fn offer(&self, count: usize, len: u64) -> Vec<DatanodeAddr> {
+        self.choose(count, len, &[], &[], false)
+    }
+
+    fn choose(
+        &self,
+        count: usize,
+        len: u64,
+        exclude: &[DatanodeId],
+        holders: &[DatanodeId],
+        take: bool,
     ) -> Vec<DatanodeAddr> {
         let mut inner = self.lock();
         let now = Instant::now();
@@ -580,8 +624,9 @@ impl BlockMap {
             .into_iter()
             .filter_map(|id| {
                 let node = inner.nodes.get_mut(&id)?;
-                // Count the space as taken until the next heartbeat says otherwise.
-                node.available = node.available.saturating_sub(len);
+                if take {
+                    node.available = node.available.saturating_sub(len);
+                }
                 Some(DatanodeAddr {
                     id,
                     addr: node.addr,
@@ -672,6 +717,49 @@ mod tests {
             used: 0,
             available,
         });
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_reports_ends_with_the_report_or_the_deadline() {
+        let map = std::sync::Arc::new(BlockMap::new(Duration::from_secs(60)));
+        register(&map, 1, 100 << 20);
+        let block = BlockId::of(b"reported late");
+        let missing = |map: &BlockMap| map.locations(&block).is_empty().then_some(block);
+        let reporter = {
+            let map = map.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(map.blocks_changed(DatanodeId(1), &[block], &[]));
+            })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let waited = map.await_reported(deadline, || Ok(missing(&map))).await;
+        assert_eq!(waited.unwrap(), None, "the report ends the wait");
+        reporter.await.unwrap();
+
+        let never = BlockId::of(b"never reported");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        let still = || Ok(map.locations(&never).is_empty().then_some(never));
+        assert_eq!(
+            map.await_reported(deadline, still).await.unwrap(),
+            Some(never)
+        );
+    }
+
+    #[test]
+    fn an_offer_takes_no_space_and_a_placement_does() {
+        let map = BlockMap::new(Duration::from_secs(60));
+        register(&map, 1, 4 << 20);
+        for _ in 0..10 {
+            assert_eq!(map.offer(1, 1 << 20).len(), 1);
+        }
+        for _ in 0..4 {
+            assert_eq!(map.place(1, 1 << 20, &[], &[]).len(), 1);
+        }
+        assert!(
+            map.offer(1, 1 << 20).is_empty(),
+            "four placements took the room"
+        );
     }
 
     #[test]

@@ -25,9 +25,9 @@ use std::sync::Arc;
 use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
-    AllocateBlock, Changed, ChangedDir, ChunkMap, Copied, CreateReply, DatanodeCommand, FsStats,
-    HeartbeatReply, MountStatus, NamenodeEnvelope, NamenodeRequest, Opened, Placement,
-    RegisterReply, Removed, Renamed,
+    AllocateBlock, Changed, ChangedDir, ChunkMap, Copied, CreateReply, DatanodeAddr,
+    DatanodeCommand, FsStats, HeartbeatReply, MountStatus, NamenodeEnvelope, NamenodeRequest,
+    Opened, Placement, RegisterReply, Removed, Renamed,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{BlockId, FsError, FsResult};
@@ -46,6 +46,8 @@ const REPAIR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10)
 const REPAIR_PASS: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most chunks one `ReadChunks` returns (4 GiB of file).
 const MAX_CHUNKS_PER_READ: u32 = 64;
+/// How long a commit waits for a datanode's report of a block its client says is stored.
+const REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct Namenode {
     config: NamenodeConfig,
@@ -305,6 +307,12 @@ impl Namenode {
         })
     }
 
+    /// Where a new file's first block would go if it is small.
+    fn first_placement(&self, attr: &cairn_common::attr::InodeAttr) -> Vec<DatanodeAddr> {
+        let len = cairn_common::proto::PLACED_BLOCK_MAX as u64;
+        self.blocks.offer(attr.replication as usize, len)
+    }
+
     fn statfs(&self) -> FsResult<FsStats> {
         let mut stats = FsStats {
             inodes: self.engine.inode_count()?,
@@ -381,8 +389,13 @@ impl Service for Namenode {
             R::Create(r) => {
                 let parent = r.parent;
                 let res = match self.mutate(&who, MetaOpKind::Create(r)).await {
+                    Ok(MetaReply::Created(c)) if c.created => Ok(CreateReply {
+                        place: self.first_placement(&c.attr),
+                        ..c
+                    }),
                     Ok(MetaReply::Created(c)) => Ok(c),
                     Ok(MetaReply::Attr(attr)) => Ok(CreateReply {
+                        place: self.first_placement(&attr),
                         attr,
                         created: true,
                         shared: false,
@@ -467,7 +480,7 @@ impl Service for Namenode {
                 let lease = (r.size <= cairn_common::layout::CHUNK_SIZE)
                     .then(|| self.engine.feed().lease(who.origin, ino))
                     .flatten();
-                let res = match self.check_stored(&r) {
+                let res = match self.check_stored(&r).await {
                     Ok(()) => self.mutate_attr(&who, MetaOpKind::CommitSlices(r)).await,
                     Err(e) => Err(e),
                 };
@@ -720,24 +733,32 @@ impl Service for Namenode {
 
 impl Namenode {
     /// Refuses to commit a slice of a block the namespace does not know and no live datanode
-    /// holds: a datanode reports a block before it acknowledges it, so such a block was never
-    /// stored, or was collected as an abandoned upload while its client was silent.
+    /// holds: such a block was never stored, or was collected as an abandoned upload while
+    /// its client was silent. A datanode reports a block as it acknowledges it, so the
+    /// report may still be on its way: it is waited for, briefly.
     /// (Skipped in safe mode, while datanodes may still be reporting.)
-    fn check_stored(&self, c: &cairn_common::proto::CommitSlices) -> FsResult<()> {
+    async fn check_stored(&self, c: &cairn_common::proto::CommitSlices) -> FsResult<()> {
         if self.safe_mode.is_on() {
             return Ok(());
         }
-        for (_, s) in &c.slices {
-            if self.engine.block(&s.block)?.is_none() && self.blocks.locations(&s.block).is_empty()
-            {
-                return Err(FsError::io(format!(
-                    "block {} is on no live datanode: the write is lost (was it left \
-                     uncommitted past the garbage-collection grace period?)",
-                    s.block
-                )));
+        let missing = || -> FsResult<Option<BlockId>> {
+            for (_, s) in &c.slices {
+                if self.engine.block(&s.block)?.is_none()
+                    && self.blocks.locations(&s.block).is_empty()
+                {
+                    return Ok(Some(s.block));
+                }
             }
+            Ok(None)
+        };
+        let deadline = tokio::time::Instant::now() + REPORT_WAIT;
+        match self.blocks.await_reported(deadline, missing).await? {
+            None => Ok(()),
+            Some(block) => Err(FsError::io(format!(
+                "block {block} is on no live datanode: the write is lost (was it left \
+                 uncommitted past the garbage-collection grace period?)"
+            ))),
         }
-        Ok(())
     }
 
     /// The files in `caller`'s trash, or in everyone's (`all`, root only), with where each

@@ -489,6 +489,7 @@ fn create(txn: &mut Txn<'_>, who: &Caller, c: &Create, now: Timestamp) -> FsResu
             attr: rec.attr,
             created: false,
             shared: false,
+            place: Vec::new(),
         }));
     }
     let attr = make_node(
@@ -510,6 +511,7 @@ fn create(txn: &mut Txn<'_>, who: &Caller, c: &Create, now: Timestamp) -> FsResu
         attr,
         created: true,
         shared: false,
+        place: Vec::new(),
     }))
 }
 

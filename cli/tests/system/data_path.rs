@@ -31,6 +31,56 @@ async fn a_200_mib_file_round_trips_with_three_replicas_on_disk() {
     cluster.stop().await.unwrap();
 }
 
+/// A new small file's block goes where its create said, while the namenode is asked; the
+/// same bytes written again through other placements end up stored once, at replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_file_goes_where_its_create_placed_it_and_its_copies_are_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = quick_cluster(dir.path(), 6).await;
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(64 << 10, 60);
+    let new_file = |name: &'static [u8]| cairn_client::NewFile {
+        parent: Ino::ROOT,
+        name,
+        perm: 0o644,
+        exclusive: true,
+        truncate: false,
+        owner: Owner::current(),
+    };
+
+    let (created, mut f) = client.create_open(new_file(b"first")).await.unwrap();
+    assert_eq!(created.place.len(), 3, "three of six datanodes offered");
+    f.write(0, &data).await.unwrap();
+    f.close().await.unwrap();
+    let ino = created.attr.ino;
+    let mut placed: Vec<_> = created.place.iter().map(|d| d.id).collect();
+    placed.sort();
+    let mut at = replicas(&client, ino).await.into_values().next().unwrap();
+    at.sort();
+    assert_eq!(at, placed, "stored where the create placed it");
+
+    tracing::info!("--- the same bytes in more files: each may go elsewhere first");
+    let names: [&[u8]; 6] = [b"c1", b"c2", b"c3", b"c4", b"c5", b"c6"];
+    let mut copies = Vec::new();
+    for name in names {
+        let (created, mut f) = client.create_open(new_file(name)).await.unwrap();
+        f.write(0, &data).await.unwrap();
+        f.close().await.unwrap();
+        copies.push(created.attr.ino);
+    }
+    // Six placements of three among six datanodes all on the first three: one in 20^6.
+    wait_for_replicas(&client, ino, "surplus copies", |m| {
+        m.values().any(|v| v.len() > 3)
+    })
+    .await;
+    wait_for_replicas(&client, ino, "trimmed to three", every_block(1, 3)).await;
+    for copy in copies {
+        assert_eq!(replicas(&client, copy).await.len(), 1, "one block");
+        assert!(get(&client, copy, 1 << 20).await == data);
+    }
+    cluster.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_overwrites_match_a_local_file() {
     use rand::{Rng, SeedableRng};
