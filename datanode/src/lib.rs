@@ -522,7 +522,7 @@ impl Datanode {
             .await
             .map_err(|e| FsError::unavailable(format!("datanode {}: {e}", first.addr)))?;
         write_frame(&mut send, &header.into_service()).await?;
-        send.write_chunk(bytes::Bytes::from(data))
+        send.write_chunk(data)
             .await
             .map_err(|e| FsError::unavailable(format!("datanode {}: {e}", first.addr)))?;
         let _ = send.finish();
@@ -741,11 +741,11 @@ async fn read_blocking<T: Send + 'static>(
 async fn respond_with_body<H: serde::Serialize>(
     ex: &mut Exchange,
     header: H,
-    body: Vec<u8>,
+    body: impl Into<bytes::Bytes>,
 ) -> FsResult<()> {
     ex.respond(&Ok(header)).await?;
     ex.send
-        .write_chunk(bytes::Bytes::from(body))
+        .write_chunk(body.into())
         .await
         .map_err(|e| FsError::unavailable(format!("client lost: {e}")))
 }

@@ -339,7 +339,7 @@ impl BlockStore {
         match self.read(id, 0, None) {
             Ok(data) => {
                 let len = data.len() as u32;
-                let (hashed, outboard) = verified::outboard(&[Bytes::from(data)]);
+                let (hashed, outboard) = verified::outboard(&[data]);
                 if hashed != *id {
                     return Ok(false);
                 }
@@ -391,7 +391,7 @@ impl BlockStore {
 
     /// Reads a whole block and checks it against its id: what is copied to another datanode
     /// must be what was stored.
-    pub fn read_verified(&self, id: &BlockId) -> FsResult<Vec<u8>> {
+    pub fn read_verified(&self, id: &BlockId) -> FsResult<Bytes> {
         let data = self.read(id, 0, None)?;
         if BlockId::of(&data) != *id {
             return Err(FsError::io(format!(
@@ -474,7 +474,7 @@ impl BlockStore {
     /// The outboard of `id` computed from its bytes, which must hash to the id.
     fn outboard_of_bytes(&self, id: &BlockId) -> FsResult<Vec<u8>> {
         let data = self.read(id, 0, None)?;
-        let (hashed, outboard) = verified::outboard(&[Bytes::from(data)]);
+        let (hashed, outboard) = verified::outboard(&[data]);
         if hashed != *id {
             return Err(FsError::io(format!(
                 "replica of block {id} on datanode {} does not hash to its id",
@@ -549,7 +549,7 @@ impl BlockStore {
     }
 
     /// Reads `len` bytes (`None`: to the end) of a block from `offset`.
-    pub fn read(&self, id: &BlockId, offset: u32, len: Option<u32>) -> FsResult<Vec<u8>> {
+    pub fn read(&self, id: &BlockId, offset: u32, len: Option<u32>) -> FsResult<Bytes> {
         let Some(block_len) = self.index().get(id).copied() else {
             return Err(FsError::NotFound);
         };
@@ -560,12 +560,16 @@ impl BlockStore {
         }
         let len = len.unwrap_or(block_len - offset).min(block_len - offset);
         let path = self.block_path(id);
-        let read = || -> std::io::Result<Vec<u8>> {
+        let read = || -> std::io::Result<Bytes> {
             let mut f = File::open(&path)?;
             f.seek(SeekFrom::Start(offset as u64))?;
-            let mut buf = vec![0u8; len as usize];
-            f.read_exact(&mut buf)?;
-            Ok(buf)
+            // Read into spare capacity: no zeroing of what is about to be overwritten.
+            let mut buf = Vec::with_capacity(len as usize);
+            f.take(len as u64).read_to_end(&mut buf)?;
+            if buf.len() < len as usize {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(Bytes::from(buf))
         };
         read().map_err(|e| FsError::io(format!("reading block {id}: {e}")))
     }
@@ -720,7 +724,7 @@ mod tests {
                 Bytes::from(data[4..].to_vec()),
             ];
             store.put(&id, &parts, true).unwrap();
-            assert_eq!(store.read(&id, 5, Some(5)).unwrap(), b"block");
+            assert_eq!(store.read(&id, 5, Some(5)).unwrap(), &b"block"[..]);
         }
         let store = BlockStore::open(dir.path(), 0, None).unwrap();
         assert_eq!(store.id(), first_id);
