@@ -550,7 +550,13 @@ fn bench_engine(dir: &std::path::Path) -> anyhow::Result<Arc<MetaEngine>> {
         Duration::from_secs(300),
         Duration::from_secs(30),
     ));
-    Ok(Arc::new(MetaEngine::open(dir, 3, true, opens, gc)?))
+    Ok(Arc::new(MetaEngine::open(
+        dir,
+        3,
+        cairn_namenode::walsync::Durability::Always,
+        opens,
+        gc,
+    )?))
 }
 
 /// `concurrency` tasks submit, in turn, the ops `ops` makes of each of `count` file names

@@ -389,11 +389,14 @@ impl FileHandle {
     }
 
     /// [`FileHandle::flush`], and every block of the file this client stored (through any
-    /// handle) is on stable storage on at least `min_replicas` datanodes: uploads do not
-    /// wait for that unless `sync_blocks` is set.
+    /// handle) is on stable storage on at least `min_replicas` datanodes (uploads do not
+    /// wait for that unless `sync_blocks` is set), and every namespace change made before
+    /// is on the namenode's ([`crate::Client::sync`]).
     pub async fn fsync(&mut self) -> FsResult<()> {
         self.flush().await?;
-        self.client.sync_file(self.attr.ino).await
+        let ino = self.attr.ino;
+        tokio::try_join!(self.client.sync_file(ino), self.client.sync())?;
+        Ok(())
     }
 
     /// Flushes and closes. An error here means some written bytes are not stored.

@@ -984,6 +984,13 @@ impl Client {
         self.namenode(proto::StatFs).await
     }
 
+    /// A barrier for the namespace: returns once every change this client (and anyone)
+    /// was answered for before the call is on the namenode's stable storage. File data is
+    /// [`FileHandle::fsync`]'s.
+    pub async fn sync(&self) -> FsResult<()> {
+        self.namenode(proto::SyncMetadata {}).await
+    }
+
     pub async fn set_xattr(
         &self,
         ino: Ino,

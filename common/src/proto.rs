@@ -89,8 +89,14 @@ service! {
         GetMetaHealth(GetMetaHealth) -> MetaHealth,
         ListMounts(ListMounts) -> Vec<MountStatus>,
         ForgetDatanode(ForgetDatanode) -> DatanodeStatus,
+        SyncMetadata(SyncMetadata) -> (),
     }
 }
+
+/// A barrier: answered once every namespace change acknowledged before it is on the
+/// namenode's stable storage (`fsync` of a file or a directory; see `metadata_sync`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncMetadata {}
 
 /// What goes to the namenode: a request and on whose behalf it is made. The namenode
 /// checks POSIX permissions against `caller`.

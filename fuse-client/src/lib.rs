@@ -1360,8 +1360,9 @@ impl Filesystem for CairnFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every namespace change is durable before it is acknowledged.
-        reply.ok();
+        // The directory's entries, and every other change made before: one barrier.
+        let client = self.client.clone();
+        self.reply_empty(async move { client.sync().await }, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

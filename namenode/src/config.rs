@@ -26,8 +26,19 @@ pub struct NamenodeConfig {
     /// A datanode silent for this long is dead: its replicas are not handed out. Default 30000.
     #[serde(default = "default_dead_timeout_ms")]
     pub dead_timeout_ms: u64,
-    /// fsync the metadata log before acknowledging a change. Turning this off loses
-    /// acknowledged changes on a machine crash; only for throwaway clusters. Default true.
+    /// When an acknowledged change reaches the disk. `"window"`: the metadata log is
+    /// synced within `metadata_sync_window_ms` of a change, and at once by a barrier (the
+    /// `fsync` of a file or directory), as ext4 and XFS do: a power loss of the namenode's
+    /// host loses at most the window's changes, never one a barrier returned for; a crash
+    /// of the namenode's process loses nothing. `"always"`: every change is synced before
+    /// it is acknowledged. Default `"window"`.
+    #[serde(default)]
+    pub metadata_sync: MetadataSync,
+    /// The longest a change waits to be synced, with `metadata_sync = "window"`. Default 5.
+    #[serde(default = "default_metadata_sync_window_ms")]
+    pub metadata_sync_window_ms: u64,
+    /// `false` never syncs the metadata log: a machine crash loses acknowledged changes,
+    /// barriers included; only for throwaway clusters. Default true.
     #[serde(default = "default_true")]
     pub sync_metadata: bool,
     /// A client that has not renewed its open files for this long is taken for gone, and
@@ -146,6 +157,8 @@ impl NamenodeConfig {
             default_replication: default_replication(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             dead_timeout_ms: default_dead_timeout_ms(),
+            metadata_sync: MetadataSync::default(),
+            metadata_sync_window_ms: default_metadata_sync_window_ms(),
             sync_metadata: true,
             open_lease_ms: default_open_lease_ms(),
             repair_copies_per_node: default_repair_copies_per_node(),
@@ -223,7 +236,32 @@ impl NamenodeConfig {
         Duration::from_millis(self.open_lease_ms)
     }
 
+    /// When the metadata log is synced, from `metadata_sync*` and `sync_metadata`.
+    pub fn durability(&self) -> crate::walsync::Durability {
+        use crate::walsync::Durability;
+        match (self.sync_metadata, self.metadata_sync) {
+            (false, _) => Durability::Never,
+            (true, MetadataSync::Always) => Durability::Always,
+            (true, MetadataSync::Window) => {
+                Durability::Window(Duration::from_millis(self.metadata_sync_window_ms))
+            }
+        }
+    }
+
     pub fn dead_timeout(&self) -> Duration {
         Duration::from_millis(self.dead_timeout_ms)
     }
+}
+
+/// See [`NamenodeConfig::metadata_sync`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataSync {
+    #[default]
+    Window,
+    Always,
+}
+
+fn default_metadata_sync_window_ms() -> u64 {
+    5
 }

@@ -21,6 +21,7 @@ use crate::meta_health::WriteHealth;
 use crate::opens::OpenTable;
 use crate::ops::{self, MetaOp, MetaOpKind, MetaReply};
 use crate::store::{decode, decode_inode, BlockRecord, Cf, Dentry, Store, Txn, FORMAT_VERSION};
+use crate::walsync::{Durability, WalSync};
 
 /// Most ops applied in one group; bounds the latency a large group adds to its first op.
 const MAX_GROUP: usize = 4096;
@@ -99,18 +100,20 @@ pub struct MetaEngine {
     feed: Arc<ChangeFeed>,
     queue: Option<mpsc::Sender<Pending>>,
     writer: Option<JoinHandle<()>>,
+    wal: Arc<WalSync>,
+    syncer: Option<JoinHandle<()>>,
 }
 
 impl MetaEngine {
-    /// Opens the namespace in `dir`, creating the root directory if it is new. `sync` makes
-    /// every group fsync the write-ahead log (turn it off only for throwaway clusters).
+    /// Opens the namespace in `dir`, creating the root directory if it is new. `durability`
+    /// says when a change written to the log is synced (see [`crate::walsync`]).
     /// `opens` says which files clients hold open: the writer purges an orphan only when
     /// nobody does, and counts a file created for opening as open before anyone can see it.
     /// `gc` says which blocks are due for collection and which are condemned.
     pub fn open(
         dir: &Path,
         default_replication: u8,
-        sync: bool,
+        durability: Durability,
         opens: Arc<OpenTable>,
         gc: Arc<Gc>,
     ) -> anyhow::Result<MetaEngine> {
@@ -155,16 +158,18 @@ impl MetaEngine {
         let versions = Arc::new(DirVersions::new());
         let feed = Arc::new(ChangeFeed::new(versions.epoch, restarted));
         let health = Arc::new(WriteHealth::new(dir));
+        let (wal, syncer) = WalSync::start(store.clone(), durability)?;
         let deciders = Deciders {
             opens,
             gc,
             versions: versions.clone(),
             feed: feed.clone(),
             health: health.clone(),
+            wal: wal.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("meta-writer".into())
-            .spawn(move || write_loop(writer_store, rx, sync, deciders))?;
+            .spawn(move || write_loop(writer_store, rx, deciders))?;
         Ok(MetaEngine {
             store,
             cluster,
@@ -173,7 +178,20 @@ impl MetaEngine {
             feed,
             queue: Some(tx),
             writer: Some(writer),
+            wal,
+            syncer,
         })
+    }
+
+    /// Returns once every change acknowledged before the call is durable (a barrier: the
+    /// `fsync` of a file or directory).
+    pub async fn sync(&self) -> FsResult<()> {
+        self.wal.barrier().await
+    }
+
+    /// How many times the log was synced apart from the writes themselves.
+    pub fn log_syncs(&self) -> u64 {
+        self.wal.syncs()
     }
 
     /// Applies one op on behalf of `caller`; returns once it is durable.
@@ -601,6 +619,11 @@ impl Drop for MetaEngine {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        // The syncer holds the store: it is closed once the syncer has synced and ended.
+        self.wal.stop();
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
     }
 }
 
@@ -611,6 +634,7 @@ struct Deciders {
     versions: Arc<DirVersions>,
     feed: Arc<ChangeFeed>,
     health: Arc<WriteHealth>,
+    wal: Arc<WalSync>,
 }
 
 /// What one op of a group wrote, for the change counts and the feed.
@@ -672,7 +696,7 @@ fn upgrade(store: &Store, from: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, deciders: Deciders) {
+fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, deciders: Deciders) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -705,17 +729,21 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, sync: bool, decide
             }
             results.push(r);
         }
-        let written = if txn.is_empty() {
+        let wrote = !txn.is_empty();
+        let written = if !wrote {
             Ok(())
         } else {
             deciders
                 .health
                 .room()
-                .and_then(|()| store.commit(txn, sync))
+                .and_then(|()| store.commit(txn, deciders.wal.sync_each_write()))
         };
         let mut breaks: Vec<Breaks> = group.iter().map(|_| Breaks::default()).collect();
         match &written {
             Ok(()) => {
+                if wrote {
+                    deciders.wal.wrote();
+                }
                 deciders.health.written();
                 deciders.versions.count(&mut counted, &removed);
                 for op in counted {
@@ -885,12 +913,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
         let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
-        let engine = MetaEngine::open(dir.path(), 3, false, opens.clone(), gc).unwrap();
+        let engine = MetaEngine::open(dir.path(), 3, Durability::Never, opens.clone(), gc).unwrap();
         (dir, opens, engine)
     }
 
     fn create(parent: Ino, name: &str) -> MetaOpKind {
         MetaOpKind::new_file(parent, name.into())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_are_answered_before_the_window_syncs_them_and_a_barrier_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
+        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
+        let hour = Durability::Window(Duration::from_secs(3600));
+        let engine = MetaEngine::open(dir.path(), 3, hour, opens.clone(), gc.clone()).unwrap();
+        for i in 0..20 {
+            engine
+                .submit(Caller::ROOT, create(Ino::ROOT, &format!("f{i}")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            engine.log_syncs(),
+            0,
+            "answered without waiting for the window"
+        );
+        engine.sync().await.unwrap();
+        assert_eq!(engine.log_syncs(), 1, "one barrier, one sync");
+        drop(engine);
+        // Reopened, everything answered is there.
+        let engine = MetaEngine::open(dir.path(), 3, hour, opens, gc).unwrap();
+        for i in 0..20 {
+            engine
+                .lookup(&Caller::ROOT, Ino::ROOT, format!("f{i}").as_bytes())
+                .unwrap();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1407,7 +1465,7 @@ mod tests {
             assert_eq!(decode_inode(&raw).unwrap().attr.stored, size);
         }
         let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
-        let engine = MetaEngine::open(dir.path(), 3, false, opens, gc).unwrap();
+        let engine = MetaEngine::open(dir.path(), 3, Durability::Never, opens, gc).unwrap();
         let f = engine.getattr(file).unwrap();
         assert_eq!((f.size, f.stored), (size, 5900));
         assert_eq!(engine.getattr(sub.ino).unwrap(), sub);
@@ -1425,7 +1483,7 @@ mod tests {
         }
         let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
         let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
-        let refused = MetaEngine::open(dir.path(), 3, false, opens, gc)
+        let refused = MetaEngine::open(dir.path(), 3, Durability::Never, opens, gc)
             .err()
             .expect("a newer format is refused");
         assert!(

@@ -6,8 +6,8 @@
 //! yet are not candidates: clients name them in their `KeepOpen` renewals, and allocating a
 //! block (deduplication may reuse an unreferenced one) restarts its time. **Sweep**: a
 //! candidate unreferenced for the whole grace period is condemned by the metadata writer,
-//! which deletes its record and writes a tombstone (`gc/<block>`) in one durable write, and
-//! only then do datanodes get orders to delete it.
+//! which deletes its record and writes a tombstone (`gc/<block>`) in one write, and only
+//! once the metadata log is synced past it do datanodes get orders to delete it.
 //!
 //! While condemned, a block cannot come back: allocating it is refused as busy (the client
 //! retries once the deletion is over) and so is committing a slice of it. The tombstone goes

@@ -19,6 +19,7 @@ pub mod repair;
 pub mod safemode;
 pub mod store;
 pub mod trash;
+pub mod walsync;
 
 use std::sync::Arc;
 
@@ -103,7 +104,7 @@ pub async fn run(
     let engine = MetaEngine::open(
         &config.meta_dir,
         config.default_replication,
-        config.sync_metadata,
+        config.durability(),
         opens.clone(),
         gc.clone(),
     )?;
@@ -474,6 +475,7 @@ impl Service for Namenode {
             }
             R::ReadChunks(r) => ex.respond(&self.read_chunks(r.ino, r.first, r.count)).await,
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
+            R::SyncMetadata(_) => ex.respond(&self.engine.sync().await).await,
             R::CommitSlices(r) => {
                 let ino = r.ino;
                 // Taken before the commit: a change the map read after it misses waits.
@@ -580,7 +582,9 @@ impl Service for Namenode {
                     commands = self.repair.take_commands(r.id, &self.blocks);
                     if !self.safe_mode.is_on() {
                         let garbage = self.gc.orders_for(r.id, |b| self.blocks.holds(r.id, b));
-                        if !garbage.is_empty() {
+                        // A block's tombstone is on disk before any replica of it goes
+                        // (otherwise these orders are sent again later).
+                        if !garbage.is_empty() && self.engine.sync().await.is_ok() {
                             commands.push(DatanodeCommand::Delete { blocks: garbage });
                         }
                     }

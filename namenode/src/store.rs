@@ -365,6 +365,11 @@ impl Store {
         self.db.write_opt(batch, &opts).map_err(db_error)
     }
 
+    /// Puts everything written so far to the write-ahead log on stable storage.
+    pub fn sync_wal(&self) -> FsResult<()> {
+        self.db.flush_wal(true).map_err(db_error)
+    }
+
     pub fn txn(&self) -> Txn<'_> {
         Txn {
             store: self,

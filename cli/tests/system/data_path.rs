@@ -524,6 +524,10 @@ fn the_example_configs_parse() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let nn = cairn_namenode::NamenodeConfig::load(&examples.join("namenode.toml")).unwrap();
     assert_eq!(nn.default_replication, 3);
+    assert_eq!(
+        nn.durability(),
+        cairn_namenode::walsync::Durability::Window(std::time::Duration::from_millis(5))
+    );
     let dn = cairn_datanode::DatanodeConfig::load(&examples.join("datanode.toml")).unwrap();
     assert_eq!(dn.name, "dn1");
     let client = cairn_client::ClientConfig::load(&examples.join("cairn-client.toml")).unwrap();

@@ -322,6 +322,39 @@ async fn names_in_a_directory_this_mount_did_not_make_are_learnt_and_cost_no_loo
     .await;
 }
 
+/// Creates and closes are answered before the namenode syncs them (its window does);
+/// `fsync` of a file and of a directory each wait for one sync of the namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsync_of_a_file_or_a_directory_is_one_barrier_at_the_namenode() {
+    use cairn_common::proto::SyncMetadata;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let (client, _here, at, mounted) = mount_counting(&cluster).await;
+    let result = tokio::task::spawn_blocking(move || {
+        let barriers = || client.sent::<SyncMetadata>();
+        fs::create_dir(at.join("d")).unwrap();
+        fs::write(at.join("d/plain"), b"written, closed").unwrap();
+        fs::rename(at.join("d/plain"), at.join("d/renamed")).unwrap();
+        assert_eq!(barriers(), 0, "no barrier without an fsync");
+        let mut f = fs::File::create(at.join("d/synced")).unwrap();
+        f.write_all(b"synced").unwrap();
+        f.sync_all().unwrap();
+        assert_eq!(barriers(), 1, "fsync");
+        f.write_all(b" again").unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(barriers(), 2, "fdatasync");
+        fs::File::open(at.join("d")).unwrap().sync_all().unwrap();
+        assert_eq!(barriers(), 3, "fsync of the directory");
+        assert_eq!(fs::read(at.join("d/synced")).unwrap(), b"synced again");
+    })
+    .await;
+    unmount(mounted).await;
+    cluster.stop().await.unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
 /// A cluster mounted twice, the first mount's client counting its requests to the namenode;
 /// `body` runs once the first mount reads the change feed.
 async fn on_two_mounts_one_counting(
