@@ -159,7 +159,15 @@ fn main() -> ExitCode {
         }
     }
     init_tracing(if quiet { "warn" } else { "info" });
+    let threads = match runtime_threads() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
     {
@@ -369,4 +377,22 @@ fn shutdown_on_signal() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+/// Threads of the async runtime: `CAIRN_RUNTIME_THREADS`, else half the cores (at least one).
+/// The other half is left to the threads that are not the runtime's — a mount's FUSE
+/// threads, hashing and disk work on the blocking pool, RocksDB's, the kernel's network
+/// stack — and fewer runtime threads wake each other less: on two cores one thread took
+/// random 4 KiB reads on a mount from ~6,500 to ~8,900 a second (docs/BENCHMARKS.md).
+fn runtime_threads() -> Result<usize, String> {
+    if let Ok(v) = std::env::var("CAIRN_RUNTIME_THREADS") {
+        return match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "CAIRN_RUNTIME_THREADS must be a number of threads (1 or more), not {v:?}"
+            )),
+        };
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Ok((cores / 2).max(1))
 }

@@ -520,6 +520,23 @@ async fn a_full_datanode_refuses_blocks_and_writes_go_elsewhere() {
 }
 
 #[test]
+fn a_bad_runtime_thread_count_is_refused_with_its_name() {
+    for bad in ["0", "many", "-1"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["fs", "df"])
+            .env("CAIRN_RUNTIME_THREADS", bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert!(
+            err.contains("CAIRN_RUNTIME_THREADS") && err.contains(bad),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
 fn the_example_configs_parse() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let nn = cairn_namenode::NamenodeConfig::load(&examples.join("namenode.toml")).unwrap();
