@@ -164,6 +164,11 @@ else
     echo "(read-only tests skipped: $INSTALLED is another cairn, and mount(8) would run it)"
 fi
 "$(dirname "$0")/conformance.sh" "$WORK/devmnt"
+echo "--- pjdfstest and fsx on a mount with -o wsync (no delegations: every create and unlink asks)"
+mkdir -p "$WORK/wsync"
+"$CAIRN" mount --config "$DEV/cairn-client.toml" -o wsync --daemon --log "$WORK/wsync.log" "$WORK/wsync"
+PJDFSTEST_REMOUNT=0 FSX_SEEDS=1 "$(dirname "$0")/conformance.sh" "$WORK/wsync"
+umount "$WORK/wsync"
 stop
 if mountpoint -q "$WORK/devmnt"; then echo "Ctrl-C left the dev mount behind"; exit 1; fi
 

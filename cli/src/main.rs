@@ -76,7 +76,7 @@ enum Command {
         /// Threads reading kernel requests.
         #[arg(long, default_value_t = 4)]
         threads: usize,
-        /// Mount options, comma-separated: noatime, relatime (default), ro, rw; the generic
+        /// Mount options, comma-separated: noatime, relatime (default), ro, rw, wsync; the generic
         /// fstab ones (defaults, _netdev, nofail…) are accepted and ignored.
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,

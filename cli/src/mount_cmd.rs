@@ -32,6 +32,7 @@ pub async fn run(
     if let Some(nn) = namenode {
         config.namenode = nn;
     }
+    config.wsync |= opts.wsync;
     let client = cairn_client::Client::connect(config)
         .await
         .with_context(|| format!("using {}", path.display()))?;
@@ -82,6 +83,8 @@ pub fn mount_options(
             "relatime" | "atime" | "strictatime" => opts.atime = true,
             "ro" => opts.read_only = true,
             "rw" => opts.read_only = false,
+            "wsync" => opts.wsync = true,
+            "nowsync" => opts.wsync = false,
             // mount(8)'s own, or how Cairn always mounts.
             ""
             | "defaults"
@@ -102,7 +105,7 @@ pub fn mount_options(
             | "allow_other"
             | "default_permissions" => {}
             other => bail!(
-                "unknown mount option {other:?} (known: noatime, relatime, ro, rw and the generic \
+                "unknown mount option {other:?} (known: noatime, relatime, ro, rw, wsync, nowsync and the generic \
                  fstab options)"
             ),
         }

@@ -42,6 +42,10 @@ pub struct ClientConfig {
     /// has the datanodes put its blocks on stable storage first.
     #[serde(default)]
     pub sync_blocks: bool,
+    /// Every create and unlink waits for the namenode (NFS's `wsync`, CephFS's): no
+    /// directory delegations, no changes answered here and sent later.
+    #[serde(default)]
+    pub wsync: bool,
     /// Certificate files.
     pub tls: TlsPaths,
 }
@@ -73,6 +77,7 @@ impl ClientConfig {
             block_cache_dir: None,
             block_cache_disk_mib: default_disk_cache_mib(),
             sync_blocks: false,
+            wsync: false,
             tls,
         }
     }

@@ -232,10 +232,23 @@ impl BlockCache {
 impl Client {
     /// Asks where to store a block, waiting while the namenode deletes an earlier copy of
     /// the same bytes as garbage.
+    /// One `AllocateBlock`. For a file whose create is still queued here it goes ahead of
+    /// the queue, with the replication the namenode does not know yet.
+    async fn allocate_once(
+        &self,
+        mut request: AllocateBlock,
+    ) -> FsResult<cairn_common::proto::Placement> {
+        request.replication = self.queued_replication(request.ino);
+        match request.replication {
+            Some(_) => self.namenode_now(request).await,
+            None => self.namenode(request).await,
+        }
+    }
+
     async fn allocate(&self, request: AllocateBlock) -> FsResult<cairn_common::proto::Placement> {
         let deadline = Instant::now() + BUSY_WAIT;
         loop {
-            match self.namenode(request.clone()).await {
+            match self.allocate_once(request.clone()).await {
                 Err(FsError::Busy(why)) if Instant::now() < deadline => {
                     debug!(block = %request.block, "{why}");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -283,9 +296,12 @@ impl Client {
                 len,
                 exclude: Vec::new(),
                 count: 0,
+                replication: None,
             };
-            let (placement, early) =
-                tokio::join!(self.namenode(request), self.put_each(&placed, id, &data));
+            let (placement, early) = tokio::join!(
+                self.allocate_once(request),
+                self.put_each(&placed, id, &data)
+            );
             // A block being deleted as garbage may have been "stored" where it is going.
             if !matches!(placement, Err(FsError::Busy(_))) {
                 for node in &placed {
@@ -321,6 +337,7 @@ impl Client {
                 } else {
                     want.saturating_sub(stored.len()) as u8
                 },
+                replication: None,
             };
             let allocated = match answered.take() {
                 Some(placement) => placement,

@@ -447,6 +447,13 @@ impl FreshAttrs {
                         s.drop_listing(*dir);
                     }
                 }
+                // Delegated to another client, which answers changes there itself
+                // from now on: nothing kept of its names holds.
+                Change::Recall(_) => {}
+                Change::Delegated(dir) => {
+                    s.forget_one(*dir);
+                    s.drop_listing(*dir);
+                }
             }
         }
     }
@@ -726,6 +733,17 @@ impl FreshAttrs {
     /// The feed was last read through connection `reader`.
     pub fn read_through(&self, reader: u64) {
         self.state().reader = Some(reader);
+    }
+
+    /// The connection the feed is read through, while it is read (see `in_sync`).
+    pub fn reading_through(&self) -> Option<u64> {
+        let s = self.state();
+        s.reader.filter(|_| s.in_sync())
+    }
+
+    /// The connection the feed was last read through.
+    pub fn reader(&self) -> Option<u64> {
+        self.state().reader
     }
 
     /// Was the last complete read of the feed asked for less than [`LEASE_TRUST`] ago?

@@ -4,6 +4,7 @@
 
 pub mod config;
 mod data;
+mod deleg;
 mod disk_cache;
 mod file;
 mod fresh;
@@ -22,6 +23,7 @@ use fresh::Edit;
 use quinn::Endpoint;
 
 pub use config::ClientConfig;
+pub use deleg::Found;
 pub use file::FileHandle;
 
 /// How often a waiting lock request asks again.
@@ -86,6 +88,8 @@ impl NewFile<'_> {
             exclusive: self.exclusive,
             truncate: self.truncate,
             open,
+            ino: None,
+            at: None,
         }
     }
 }
@@ -99,6 +103,11 @@ trait ChangedEntries {
 
     /// The inode a name the change added points at, when the answer says.
     fn added(&self) -> Option<Ino> {
+        None
+    }
+
+    /// The kind of the inode [`ChangedEntries::added`] names.
+    fn added_kind(&self) -> Option<FileKind> {
         None
     }
 }
@@ -142,6 +151,10 @@ impl ChangedEntries for InodeAttr {
     fn added(&self) -> Option<Ino> {
         Some(self.ino)
     }
+
+    fn added_kind(&self) -> Option<FileKind> {
+        Some(self.kind)
+    }
 }
 
 impl ChangedEntries for CreateReply {
@@ -151,6 +164,10 @@ impl ChangedEntries for CreateReply {
 
     fn added(&self) -> Option<Ino> {
         Some(self.attr.ino)
+    }
+
+    fn added_kind(&self) -> Option<FileKind> {
+        Some(self.attr.kind)
     }
 }
 
@@ -201,6 +218,8 @@ struct Inner {
     opens: Arc<opens::OpenSet>,
     /// Attributes as this client's latest calls left them.
     fresh: fresh::FreshAttrs,
+    /// Directories delegated to this client, and the changes it answered itself.
+    deleg: deleg::Delegations,
     /// Names found missing from directories this client does not follow, and tries to
     /// learn their names: (last miss, last try).
     misses: Mutex<HashMap<Ino, (std::time::Instant, Option<std::time::Instant>)>>,
@@ -278,6 +297,7 @@ impl Client {
                 inflight: Mutex::default(),
                 opens: Arc::new(opens::OpenSet::new(session)),
                 fresh: fresh::FreshAttrs::default(),
+                deleg: deleg::Delegations::default(),
                 misses: Mutex::default(),
                 sent: Mutex::default(),
                 fetched: Default::default(),
@@ -334,10 +354,12 @@ impl Client {
                 // would have changed.
                 for (dir, _) in edits {
                     self.inner.fresh.unknown_change(*dir);
+                    self.inner.deleg.forget_dir(*dir);
                 }
                 return Err(e);
             }
         };
+        self.follow_own_change(edits, &reply, &dirs);
         if reply.changed_entries() {
             self.inner
                 .fresh
@@ -348,6 +370,32 @@ impl Client {
         }
         self.inner.fresh.record_dirs(seq, &dirs);
         Ok(reply)
+    }
+
+    /// Keeps the names of directories delegated here true past this client's own change
+    /// made through the namenode.
+    fn follow_own_change<T: ChangedEntries>(
+        &self,
+        edits: &[(Ino, Edit<'_>)],
+        reply: &T,
+        dirs: &[proto::ChangedDir],
+    ) {
+        let deleg = &self.inner.deleg;
+        for (dir, edit) in edits {
+            match edit {
+                Edit::Nothing => {}
+                _ if !reply.changed_entries() => {}
+                Edit::Add(name) => match (reply.added(), reply.added_kind()) {
+                    (Some(ino), Some(kind)) => deleg.own_change(*dir, name, Some((ino, kind))),
+                    _ => deleg.forget_dir(*dir),
+                },
+                Edit::Remove(name) => deleg.own_change(*dir, name, None),
+                Edit::Same => deleg.forget_dir(*dir),
+            }
+        }
+        for d in dirs {
+            deleg.own_dir_attr(&d.attr);
+        }
     }
 
     /// Sends a change of `ino`'s attributes other than through its entries. What this
@@ -475,11 +523,28 @@ impl Client {
     /// Did this client create `ino` less than `within` ago, and set no extended attribute
     /// on it since?
     pub fn fresh_and_bare(&self, ino: Ino, within: Duration) -> bool {
-        self.inner.fresh.bare(ino, within)
+        self.inner.deleg.created(ino).is_some() || self.inner.fresh.bare(ino, within)
     }
 
-    /// Sends one request to the namenode.
+    /// Sends one request to the namenode, once every change this client queued
+    /// (`deleg.rs`) is answered: nothing overtakes them.
     pub async fn namenode<R: Rpc<Service = proto::NamenodeRequest>>(
+        &self,
+        req: R,
+    ) -> FsResult<R::Response> {
+        if self.inner.deleg.busy() && !passes_queue::<R>() {
+            self.inner.deleg.drained().await;
+        }
+        self.namenode_now(req).await
+    }
+
+    /// The replication of `ino` if its create is queued here, not yet answered.
+    fn queued_replication(&self, ino: Ino) -> Option<u8> {
+        self.inner.deleg.created(ino).map(|a| a.replication)
+    }
+
+    /// Sends one request to the namenode at once, queued changes or not.
+    pub(crate) async fn namenode_now<R: Rpc<Service = proto::NamenodeRequest>>(
         &self,
         req: R,
     ) -> FsResult<R::Response> {
@@ -1190,6 +1255,152 @@ impl Client {
         Some(FileHandle::opened(self.clone(), map, map_seen, false))
     }
 
+    /// Creates a new file and opens it without asking the namenode, when `file.parent` is
+    /// delegated to this client (see `deleg.rs`): the create is queued and sent later.
+    /// `None` when the namenode must be asked (`create_open`); an error the delegation's
+    /// names answer (`EEXIST` for an exclusive create of a name there) otherwise.
+    pub fn create_queued(&self, file: &NewFile<'_>) -> Option<FsResult<(InodeAttr, FileHandle)>> {
+        if self.inner.config.wsync {
+            return None;
+        }
+        let reader = self.inner.fresh.reading_through();
+        let opens = &self.inner.opens;
+        let mut claim = None;
+        let created = self.inner.deleg.create(
+            reader,
+            &self.caller,
+            file.parent,
+            file.name,
+            file.perm,
+            file.owner.uid,
+            file.owner.gid,
+            file.exclusive,
+            || *claim.insert(opens.creating()),
+        );
+        let created = created?;
+        self.want_inos();
+        let attr = match created {
+            Ok(attr) => attr,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some(claim) = claim {
+            if opens.created(claim, Some(attr.ino)) {
+                self.start_renewals();
+            }
+        }
+        if self.inner.deleg.start_sender() {
+            tokio::spawn(send_queued(Arc::downgrade(&self.inner)));
+        }
+        let mut file = FileHandle::new(self.clone(), attr.clone(), true);
+        file.place_first_block(self.inner.deleg.offer(attr.replication));
+        Some(Ok((attr, file)))
+    }
+
+    /// Unlinks `name` from `parent` without asking the namenode, when `parent` is
+    /// delegated to this client and the name is no directory's nor a file open here: the
+    /// unlink is queued and sent later. `None` when the namenode must be asked.
+    pub fn unlink_queued(&self, parent: Ino, name: &[u8]) -> Option<FsResult<()>> {
+        if self.inner.config.wsync {
+            return None;
+        }
+        let reader = self.inner.fresh.reading_through();
+        let opens = &self.inner.opens;
+        let held = |ino| opens.handles(ino) > 0 || opens.unheard(Some(&[ino]));
+        let removed = self
+            .inner
+            .deleg
+            .unlink(reader, &self.caller, parent, name, held)?;
+        if self.inner.deleg.start_sender() {
+            tokio::spawn(send_queued(Arc::downgrade(&self.inner)));
+        }
+        Some(removed.map(|ino| self.inner.fresh.forget(ino)))
+    }
+
+    /// What `name` in `parent` is, when `parent` is delegated to this client (`None`
+    /// otherwise): its names are all known here.
+    pub fn delegated_lookup(&self, parent: Ino, name: &[u8]) -> Option<Found> {
+        let reader = self.inner.fresh.reading_through();
+        self.inner.deleg.lookup(reader, parent, name)
+    }
+
+    /// `ino`'s attributes when this client answers for them: a file it created whose
+    /// create is still queued, or a directory delegated to it.
+    pub fn delegated_attr(&self, ino: Ino) -> Option<InodeAttr> {
+        let reader = self.inner.fresh.reading_through();
+        self.inner.deleg.attr(reader, ino)
+    }
+
+    /// Waits until the namenode has answered every change this client queued, and returns
+    /// the error one of them concerning `ino` (a file created, a directory changed) met,
+    /// once: what the next `fsync` of it reports.
+    pub async fn queued_failure(&self, ino: Ino) -> Option<FsError> {
+        self.inner.deleg.drained().await;
+        self.inner.deleg.take_failure(ino)
+    }
+
+    /// Did the queued create of `ino` fail at the namenode? Its I/O fails then.
+    pub fn create_failed(&self, ino: Ino) -> bool {
+        self.inner.deleg.failed(ino)
+    }
+
+    /// Asks for `dir`'s delegation (and inode numbers for creates there, if few are left),
+    /// if this client reads the change feed and has not asked lately; whether it holds
+    /// it then. Asked before the change that would go to the namenode otherwise, so that
+    /// no change of this client's there is under way (the namenode refuses the delegation
+    /// of a directory being changed).
+    pub async fn delegate(&self, dir: Ino) -> bool {
+        if self.inner.config.wsync
+            || self.inner.fresh.reading_through().is_none()
+            || !self.inner.deleg.should_ask(dir)
+        {
+            return false;
+        }
+        let reserve = async {
+            if let Some(count) = self.inner.deleg.should_reserve() {
+                let range = self.namenode_now(proto::ReserveInos { count }).await;
+                if let Err(e) = &range {
+                    tracing::debug!("no inode numbers reserved: {e}");
+                }
+                self.inner.deleg.reserved(range.ok());
+            }
+        };
+        let (asked, ()) = tokio::join!(self.namenode_now(proto::Delegate { dir }), reserve);
+        match asked {
+            Ok(proto::Delegation { granted: Some(g) }) => {
+                let granted = self.inner.deleg.granted(dir, g);
+                if granted {
+                    // Followed by the delegation now; afterwards, asked again.
+                    self.inner.fresh.unknown_change(dir);
+                    tracing::debug!("directory {dir} delegated here");
+                }
+                granted
+            }
+            Ok(_) => {
+                tracing::debug!("no delegation of {dir}: refused");
+                false
+            }
+            Err(e) => {
+                tracing::debug!("no delegation of {dir}: {e}");
+                false
+            }
+        }
+    }
+
+    /// Asks for inode numbers for queued creates in the background, when few are left.
+    fn want_inos(&self) {
+        let Some(count) = self.inner.deleg.should_reserve() else {
+            return;
+        };
+        let client = self.clone();
+        tokio::spawn(async move {
+            let range = client.namenode_now(proto::ReserveInos { count }).await;
+            if let Err(e) = &range {
+                tracing::debug!("no inode numbers reserved: {e}");
+            }
+            client.inner.deleg.reserved(range.ok());
+        });
+    }
+
     /// Creates a file (or opens an existing one, as `open(2)` with `O_CREAT` does) and opens
     /// it, in one round trip.
     pub async fn create_open(&self, file: NewFile<'_>) -> FsResult<(CreateReply, FileHandle)> {
@@ -1251,6 +1462,79 @@ impl Inner {
                 tracing::warn!("the kernel's caches could not be voided: {e}");
             }
         }
+    }
+}
+
+/// Requests that go to the namenode ahead of the changes this client queued: they do not
+/// look at the namespace, or are how the queue is sent.
+fn passes_queue<R: 'static>() -> bool {
+    use std::any::TypeId;
+    let kind = TypeId::of::<R>();
+    [
+        TypeId::of::<proto::Changes>(),
+        TypeId::of::<proto::KeepOpen>(),
+        TypeId::of::<proto::Delegate>(),
+        TypeId::of::<proto::ReserveInos>(),
+        TypeId::of::<proto::Queued>(),
+        TypeId::of::<proto::StatFs>(),
+        TypeId::of::<proto::ListMounts>(),
+        TypeId::of::<proto::GetMetaHealth>(),
+    ]
+    .contains(&kind)
+}
+
+/// How long a batch of queued changes is sent again while the namenode is out of reach.
+const QUEUED_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Sends what `client` queued (`deleg.rs`), a batch at a time. Ends when the client is
+/// dropped.
+async fn send_queued(client: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let batch = tokio::select! {
+            batch = inner.deleg.next_batch() => batch,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+        };
+        let sender = Client::from_inner(inner);
+        let seq = sender.inner.fresh.begin();
+        // A namenode out of reach (restarting): the batch is sent again; what of it was
+        // done already is found done (a create finds its file, an unlink no name).
+        let deadline = tokio::time::Instant::now() + QUEUED_RETRY_FOR;
+        let done = loop {
+            let done = sender
+                .namenode_now(proto::Queued { ops: batch.clone() })
+                .await;
+            match done {
+                Err(FsError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("queued changes not sent yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                done => break done,
+            }
+        };
+        if let Ok(done) = &done {
+            for d in done {
+                match d {
+                    proto::QueuedDone::Created(Ok(c)) => {
+                        sender.fresh_file(seq, &c.reply);
+                        for dir in &c.dirs {
+                            sender.inner.fresh.unknown_change(dir.attr.ino);
+                        }
+                    }
+                    proto::QueuedDone::Removed(Ok(r)) => {
+                        sender.inner.fresh.forget(r.reply.ino);
+                        for dir in &r.dirs {
+                            sender.inner.fresh.unknown_change(dir.attr.ino);
+                        }
+                        sender.forget_trash(r.reply.trash).await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        sender.inner.deleg.answered(&batch, &done);
     }
 }
 
@@ -1319,6 +1603,26 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
             }
         };
         if reply.complete {
+            // A delegation recalled: what was queued goes first, then the feed is read on
+            // (which is what the recalling request waits for).
+            // (At `reply.next` or before: a grant given before that is taken for void.)
+            let mut recalled = false;
+            for c in &reply.changes {
+                match c {
+                    proto::Change::Recall(dir) => {
+                        inner.deleg.recalled(*dir, reply.epoch, reply.next);
+                        recalled = true;
+                    }
+                    // Another's now: any of ours there is over.
+                    proto::Change::Delegated(dir) => {
+                        inner.deleg.recalled(*dir, reply.epoch, reply.next)
+                    }
+                    _ => {}
+                }
+            }
+            if recalled {
+                inner.deleg.drained().await;
+            }
             inner
                 .fresh
                 .others_changed(reply.epoch, reply.next, &reply.changes);
@@ -1327,13 +1631,16 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
                 .iter()
                 .filter_map(|c| match c {
                     proto::Change::Inode(ino) => Some(*ino),
-                    proto::Change::Entries(..) => None,
+                    proto::Change::Entries(..)
+                    | proto::Change::Recall(_)
+                    | proto::Change::Delegated(_) => None,
                 })
                 .collect();
             inner.void_in_kernel(Some(reply.changes.clone())).await;
             inner.opens.maps_changed_elsewhere(Some(&files));
             opens::renew_if_held(&Client::from_inner(inner.clone()), &files).await;
         } else {
+            inner.deleg.drop_all();
             inner.fresh.feed_restarted();
             inner.void_in_kernel(None).await;
             inner.opens.maps_changed_elsewhere(None);
@@ -1347,6 +1654,10 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
         if reply.complete && !reply.more {
             // The connection first: a lease of another connection is not trusted on the
             // strength of this read.
+            if inner.fresh.reader() != Some(reply.reader) {
+                // The namenode knows this client by another connection now.
+                inner.deleg.drop_all();
+            }
             inner.fresh.read_through(reply.reader);
             inner.fresh.synced(asked);
         }

@@ -90,7 +90,94 @@ service! {
         ListMounts(ListMounts) -> Vec<MountStatus>,
         ForgetDatanode(ForgetDatanode) -> DatanodeStatus,
         SyncMetadata(SyncMetadata) -> (),
+        Delegate(Delegate) -> Delegation,
+        ReserveInos(ReserveInos) -> InoRange,
+        Queued(Queued) -> Vec<QueuedDone>,
     }
+}
+
+/// Asks for a delegation of directory `dir`: while this connection holds it, nobody else
+/// looks in the directory or changes it before the holder has sent every change it queued
+/// there (the namenode recalls it first, through the change feed: [`Change::Recall`]), so
+/// the holder answers creates and unlinks there itself and sends them later, in order, in
+/// batches ([`Queued`]). Given only to a connection that reads the change feed, for a
+/// directory nobody else holds or had recalled from them lately.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delegate {
+    pub dir: Ino,
+}
+
+/// The answer to a [`Delegate`]: `None` when refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delegation {
+    pub granted: Option<Granted>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Granted {
+    /// The directory's attributes and every name in it, as of the grant.
+    pub attr: InodeAttr,
+    pub names: Vec<DirEntry>,
+    /// The connection that holds it, and the change feed's run and end when it was given:
+    /// a recall read from the feed at that position or later came after the grant.
+    pub holder: u64,
+    pub epoch: u64,
+    pub from: u64,
+}
+
+/// Most names a delegated directory may have: the grant lists them all.
+pub const DELEGATION_MAX_NAMES: usize = 4096;
+
+/// Inode numbers for this connection's queued creates, handed out ahead. Numbers it does
+/// not use are never handed out again (there are 2^64).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReserveInos {
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InoRange {
+    pub first: u64,
+    pub count: u32,
+    /// Datanodes for the first small block of the files made with them, as
+    /// [`CreateReply::place`] offers.
+    pub place: Vec<DatanodeAddr>,
+}
+
+/// Changes a delegation holder answered itself, in the order it answered them; each is done
+/// on behalf of its own caller, in the delegated directory it names, and refused (EIO) if
+/// the delegation ended before it arrived — unless the namenode restarted since it was given
+/// and started less than [`REPLAY_WINDOW`] ago: what a holder queued under the previous run
+/// is then applied as it comes (CephFS's client replay).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Queued {
+    pub ops: Vec<QueuedChange>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedChange {
+    pub caller: Caller,
+    /// The namenode run that gave the delegation it was answered under.
+    pub epoch: u64,
+    pub op: QueuedOp,
+}
+
+/// How long after a start the namenode applies changes queued under its previous run's
+/// delegations.
+pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum QueuedOp {
+    /// With [`Create::ino`] and [`Create::at`] set.
+    Create(Create),
+    Unlink(Unlink),
+}
+
+/// What each of a [`Queued`]'s ops came to, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum QueuedDone {
+    Created(Result<Changed<CreateReply>, crate::FsError>),
+    Removed(Result<Changed<Removed>, crate::FsError>),
 }
 
 /// A barrier: answered once every namespace change acknowledged before it is on the
@@ -166,6 +253,10 @@ pub struct Create {
     pub truncate: bool,
     /// The caller opens the file it creates: the namenode counts it open at once.
     pub open: Option<OpenClaim>,
+    /// A create a delegation holder answered itself ([`Queued`]): the inode number it gave
+    /// the file, from those reserved for it ([`ReserveInos`]), and when.
+    pub ino: Option<Ino>,
+    pub at: Option<Timestamp>,
 }
 
 /// A client session holding a file open, as of the session's open-set generation (see
@@ -343,6 +434,12 @@ pub enum Change {
     /// knows the names as of that count or later already has this change. Which name is
     /// not said: the feed goes to every client, whatever it may read.
     Entries(Ino, u64),
+    /// The delegation of this directory ends (see [`Delegate`]): its holder sends what it
+    /// queued there before it reads the feed on. Other clients ignore it.
+    Recall(Ino),
+    /// This directory was just delegated to another client, which answers changes there
+    /// itself from now on: what is kept of its names (here and in the kernel) must go.
+    Delegated(Ino),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -647,6 +744,9 @@ pub struct AllocateBlock {
     pub exclude: Vec<DatanodeId>,
     /// How many targets to return; 0 means the file's replication factor.
     pub count: u8,
+    /// The file's replication, when its create is still queued at the client (see
+    /// [`Queued`]): the namenode may not know the file yet.
+    pub replication: Option<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -134,6 +134,16 @@ impl KernelCache {
                                     notifier.inval_entry(INodeNo(dir.0), OsStr::from_bytes(&name));
                             }
                         }
+                        // Delegated elsewhere: the kernel forgets what it was handed
+                        // there, attributes and names.
+                        Change::Recall(_) => {}
+                        Change::Delegated(dir) => {
+                            let _ = notifier.inval_inode(INodeNo(dir.0), 0, 0);
+                            for name in self.take(*dir) {
+                                let _ =
+                                    notifier.inval_entry(INodeNo(dir.0), OsStr::from_bytes(&name));
+                            }
+                        }
                     }
                 }
             }

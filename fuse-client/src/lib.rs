@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cairn_client::{Client, Owner};
+use cairn_client::{Client, Found, Owner};
 use cairn_common::attr::{Caller, DirEntry, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp};
 use cairn_common::proto::{LockKind, LockRange, RenameMode, XattrMode};
 use cairn_common::{FsError, FsResult, Ino};
@@ -56,6 +56,8 @@ pub struct MountOptions {
     pub atime: bool,
     /// Refuse every change with EROFS, and record no access times.
     pub read_only: bool,
+    /// Every create and unlink waits for the namenode (see `ClientConfig::wsync`).
+    pub wsync: bool,
 }
 
 impl Default for MountOptions {
@@ -65,6 +67,7 @@ impl Default for MountOptions {
             threads: 4,
             atime: true,
             read_only: false,
+            wsync: false,
         }
     }
 }
@@ -423,6 +426,46 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 
 impl CairnFs {
     /// Runs `op` on the runtime and hands its result to `done`.
+    /// Answers a lookup in a directory delegated here from what the delegation knows.
+    fn reply_delegated_entry(&self, dir: Ino, name: Vec<u8>, found: Found, reply: ReplyEntry) {
+        let (kernel, start) = (self.kernel.clone(), self.kernel.start());
+        let known = match found {
+            Found::Absent => {
+                let ttl = kernel.ttl(start);
+                kernel.handed(dir, &name, ttl);
+                return reply.entry(&ttl, &absent_entry(), Generation(0));
+            }
+            Found::Present(ino, attr) => attr
+                .or_else(|| self.client.fresh_attr(ino, TTL).map(|(a, _)| a))
+                .ok_or(ino),
+        };
+        if let Ok(attr) = &known {
+            if settled(attr, &self.files) {
+                let ttl = kernel.ttl(start);
+                kernel.handed(dir, &name, ttl);
+                return reply.entry(&ttl, &file_attr(attr), Generation(0));
+            }
+        }
+        let (client, files) = (self.client.clone(), self.files_handle());
+        self.run(
+            async move {
+                let attr = match known {
+                    Ok(attr) => attr,
+                    Err(ino) => client.getattr(ino).await?,
+                };
+                Ok(with_pending(attr, &files).await)
+            },
+            move |r| match r {
+                Ok(a) => {
+                    let ttl = kernel.ttl(start);
+                    kernel.handed(dir, &name, ttl);
+                    reply.entry(&ttl, &file_attr(&a), Generation(0))
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
     fn run<T, F>(&self, op: F, done: impl FnOnce(FsResult<T>) + Send + 'static)
     where
         T: Send + 'static,
@@ -690,6 +733,10 @@ impl Filesystem for CairnFs {
         // makes the kernel forget it (`kernel_cache`).
         let (kernel, start) = (self.kernel.clone(), self.kernel.start());
         let dir = Ino(parent.0);
+        // In a directory delegated here, every name is known here.
+        if let Some(found) = self.client.delegated_lookup(dir, name.as_bytes()) {
+            return self.reply_delegated_entry(dir, name_of(name), found, reply);
+        }
         if name.len() <= cairn_common::attr::NAME_MAX {
             if let Some(age) = self.client.known_absent(dir, name.as_bytes(), TTL) {
                 let ttl = kernel.ttl_left(start, TTL - age);
@@ -755,7 +802,11 @@ impl Filesystem for CairnFs {
         // then: a directory's entries changed, a file was written) or opened it (`fstat`
         // after `open`): the answer to that call has them. Kept no longer in all than the
         // kernel would have kept them itself.
-        let fresh = self.client.fresh_attr(Ino(ino.0), TTL);
+        // A file made here whose create is queued, a directory delegated here.
+        let fresh = match self.client.delegated_attr(Ino(ino.0)) {
+            Some(attr) => Some((attr, Duration::ZERO)),
+            None => self.client.fresh_attr(Ino(ino.0), TTL),
+        };
         if let Some((attr, age)) = &fresh {
             if settled(attr, &self.files) {
                 return reply.attr(&(TTL - *age), &file_attr(attr));
@@ -918,8 +969,25 @@ impl Filesystem for CairnFs {
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         // A file open anywhere outlives its last name: the namenode keeps it until then.
         let (client, name) = (self.client_for(req), name_of(name));
+        let queued = {
+            let _runtime = self.rt.enter();
+            client.unlink_queued(Ino(parent.0), &name)
+        };
+        match queued {
+            Some(Ok(())) => return reply.ok(),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
         self.reply_empty(
-            async move { client.unlink(Ino(parent.0), &name).await },
+            async move {
+                let dir = Ino(parent.0);
+                if client.delegate(dir).await {
+                    if let Some(done) = client.unlink_queued(dir, &name) {
+                        return done;
+                    }
+                }
+                client.unlink(dir, &name).await
+            },
             reply,
         );
     }
@@ -1155,6 +1223,9 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let client = self.client.clone();
+        if client.create_failed(Ino(ino.0)) {
+            return reply.error(Errno::EIO);
+        }
         let ever_locked = self.ever_locked(Ino(ino.0));
         if !ever_locked && is_settled(&file) {
             // Most closes: nothing written, nothing locked. No trip through the runtime.
@@ -1237,7 +1308,7 @@ impl Filesystem for CairnFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
@@ -1246,7 +1317,18 @@ impl Filesystem for CairnFs {
             Ok(f) => f,
             Err(e) => return reply.error(errno(&e)),
         };
-        self.reply_empty(async move { file.lock().await.file.fsync().await }, reply);
+        let client = self.client.clone();
+        self.reply_empty(
+            async move {
+                let synced = file.lock().await.file.fsync().await;
+                // A create answered here and refused by the namenode since shows now.
+                match client.queued_failure(Ino(ino.0)).await {
+                    Some(e) => Err(FsError::io(format!("the file's create failed: {e}"))),
+                    None => synced,
+                }
+            },
+            reply,
+        );
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -1355,14 +1437,26 @@ impl Filesystem for CairnFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // The directory's entries, and every other change made before: one barrier.
+        // The directory's entries, and every other change made before: one barrier. A
+        // queued change there that the namenode refused shows now.
         let client = self.client.clone();
-        self.reply_empty(async move { client.sync().await }, reply);
+        self.reply_empty(
+            async move {
+                client.sync().await?;
+                match client.queued_failure(Ino(ino.0)).await {
+                    Some(e) => Err(FsError::io(format!(
+                        "a change answered here failed at the namenode: {e}"
+                    ))),
+                    None => Ok(()),
+                }
+            },
+            reply,
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -1712,29 +1806,45 @@ impl Filesystem for CairnFs {
     ) {
         let (client, name, who) = (self.client_for(req), name_of(name), owner(req));
         let perm = (mode & !umask & 0o7777) as u16;
-        let exclusive = flags & libc::O_EXCL != 0;
-        let truncate = flags & libc::O_TRUNC != 0;
         let append = flags & libc::O_APPEND != 0;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let fh = self.new_handle();
         let files = self.files_handle();
         let atime = self.atime;
         let (kernel, start, handed) = (self.kernel.clone(), self.kernel.start(), name.clone());
+        // In a directory delegated here: answered at once, sent to the namenode later.
+        let file = new_file(parent, &name, perm, flags, who);
+        let queued = {
+            let _runtime = self.rt.enter();
+            client.create_queued(&file)
+        };
+        let queued = match queued {
+            Some(Ok((attr, file))) => Some((attr, file)),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => None,
+        };
         self.run(
             async move {
-                let (created, file) = client
-                    .create_open(cairn_client::NewFile {
-                        parent: Ino(parent.0),
-                        name: &name,
-                        perm,
-                        exclusive,
-                        truncate,
-                        owner: who,
-                    })
-                    .await?;
+                let file = new_file(parent, &name, perm, flags, who);
+                let made = match queued {
+                    Some(made) => Some(made),
+                    // Not delegated: asked for first (once in a while), for this create
+                    // and the next ones.
+                    None if client.delegate(file.parent).await => {
+                        client.create_queued(&file).transpose()?
+                    }
+                    None => None,
+                };
+                let (attr, shared, file) = match made {
+                    Some((attr, file)) => (attr, false, file),
+                    None => {
+                        let (created, file) = client.create_open(file).await?;
+                        (created.attr, created.shared, file)
+                    }
+                };
                 let file = OpenFile::new(file, append, atime);
-                register(&files, fh, created.attr.ino, writable, file);
-                Ok((created.attr, created.shared))
+                register(&files, fh, attr.ino, writable, file);
+                Ok((attr, shared))
             },
             move |r| match r {
                 Ok((a, shared)) => {
@@ -1750,6 +1860,24 @@ impl Filesystem for CairnFs {
                 Err(e) => reply.error(errno(&e)),
             },
         );
+    }
+}
+
+/// What a `create` of `name` in `parent` with `open(2)`'s `flags` makes.
+fn new_file(
+    parent: INodeNo,
+    name: &[u8],
+    perm: u16,
+    flags: i32,
+    owner: Owner,
+) -> cairn_client::NewFile<'_> {
+    cairn_client::NewFile {
+        parent: Ino(parent.0),
+        name,
+        perm,
+        exclusive: flags & libc::O_EXCL != 0,
+        truncate: flags & libc::O_TRUNC != 0,
+        owner,
     }
 }
 

@@ -271,6 +271,26 @@ impl MetaEngine {
         Ok(self.store.inode(ino)?.ok_or(FsError::NotFound)?.attr)
     }
 
+    /// Is `dir` the trash or a user's trash directory (which the namenode itself changes)?
+    pub fn is_trash(&self, dir: Ino) -> FsResult<bool> {
+        let rec = self.store.inode(dir)?.ok_or(FsError::NotFound)?;
+        let root = self
+            .store
+            .dentry(Ino::ROOT, cairn_common::proto::TRASH_DIR)?
+            .map(|d| d.ino);
+        Ok(root.is_some_and(|root| dir == root || (rec.parent == root && dir != Ino::ROOT)))
+    }
+
+    /// What `name` in `parent` names, if anything (no permission check: for the namenode's
+    /// own bookkeeping).
+    pub fn entry(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
+        self.store
+            .dentry(parent, name)
+            .ok()
+            .flatten()
+            .map(|d| d.ino)
+    }
+
     pub fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<InodeAttr> {
         if name.len() > cairn_common::attr::NAME_MAX {
             return Err(FsError::NameTooLong);
@@ -919,6 +939,45 @@ mod tests {
 
     fn create(parent: Ino, name: &str) -> MetaOpKind {
         MetaOpKind::new_file(parent, name.into())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_takes_a_reserved_inode_number_once_and_no_other() {
+        let (_dir, _, engine) = new_engine();
+        let reserved = |count| MetaOpKind::ReserveInos { count };
+        let first = match engine.submit(Caller::ROOT, reserved(4)).await.unwrap() {
+            MetaReply::Inos(first) => first,
+            other => panic!("{other:?}"),
+        };
+        let with_ino = |name: &str, ino: u64| {
+            let MetaOpKind::Create(mut c) = create(Ino::ROOT, name) else {
+                unreachable!()
+            };
+            c.ino = Some(Ino(ino));
+            c.at = Some(cairn_common::attr::Timestamp {
+                secs: 1_000,
+                nanos: 7,
+            });
+            MetaOpKind::Create(c)
+        };
+        let made = match engine.submit(Caller::ROOT, with_ino("a", first + 1)).await {
+            Ok(MetaReply::Created(c)) => c.attr,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(made.ino, Ino(first + 1));
+        assert_eq!(made.mtime.secs, 1_000, "made when its creator said");
+        let again = engine.submit(Caller::ROOT, with_ino("b", first + 1)).await;
+        assert!(matches!(again, Err(FsError::Invalid(_))), "{again:?}");
+        let unreserved = engine.submit(Caller::ROOT, with_ino("c", first + 4)).await;
+        assert!(
+            matches!(unreserved, Err(FsError::Invalid(_))),
+            "{unreserved:?}"
+        );
+        // The next number handed out is past those reserved.
+        match engine.submit(Caller::ROOT, create(Ino::ROOT, "d")).await {
+            Ok(MetaReply::Created(c)) => assert_eq!(c.attr.ino, Ino(first + 4)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

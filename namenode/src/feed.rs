@@ -47,6 +47,32 @@ pub struct ChangeFeed {
     heard: tokio::sync::watch::Sender<u64>,
     /// Leases a previous run gave may be trusted until then: changes wait for it.
     hold_until: Option<Instant>,
+    /// Changes under way, by directory they change: a directory is not delegated while
+    /// one is (the grant's listing could miss it).
+    busy: Mutex<HashMap<Ino, u32>>,
+    /// When this run started: changes queued under the previous run's delegations are
+    /// applied for a while (see `proto::REPLAY_WINDOW`).
+    pub started: Instant,
+}
+
+/// A change under way in some directories ([`ChangeFeed::changing`]).
+pub struct Changing<'a> {
+    feed: &'a ChangeFeed,
+    dirs: Vec<Ino>,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.feed.busy();
+        for dir in &self.dirs {
+            if let Some(n) = busy.get_mut(dir) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.remove(dir);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -62,7 +88,23 @@ struct Log {
     /// Reads waiting for news, by connection: woken by changes it did not make itself.
     waiting: HashMap<u64, Arc<tokio::sync::Notify>>,
     swept: Option<Instant>,
+    /// Delegated directories, by directory.
+    delegs: HashMap<Ino, Deleg>,
+    /// When each directory's delegation was last recalled: not given again for a while,
+    /// so two clients working in one directory do not pass it to and fro.
+    recalled: HashMap<Ino, Instant>,
 }
+
+/// A directory's delegation: its holder, and once recalled, the position it must read the
+/// feed past (it sends what it queued there first).
+#[derive(Clone, Copy)]
+struct Deleg {
+    holder: u64,
+    recall: Option<u64>,
+}
+
+/// How long after a recall a directory is not delegated again.
+const DELEGATION_BACKOFF: Duration = Duration::from_secs(5);
 
 /// One lease: when it was given, and the position its holder must read to once a change
 /// broke it.
@@ -83,6 +125,8 @@ struct Follower {
     leased: HashMap<Ino, Held>,
     /// Broken leases, in the order of the positions they end at.
     broken: VecDeque<(Ino, u64)>,
+    /// Inode numbers reserved for its queued creates and not used yet.
+    inos: std::collections::HashSet<u64>,
 }
 
 impl Follower {
@@ -92,6 +136,7 @@ impl Follower {
             read_at: Instant::now(),
             leased: HashMap::new(),
             broken: VecDeque::new(),
+            inos: std::collections::HashSet::new(),
         }
     }
 
@@ -149,6 +194,7 @@ impl Log {
             .collect();
         for c in gone {
             self.waiting.remove(&c);
+            self.delegs.retain(|_, d| d.holder != c);
             if let Some(f) = self.followers.remove(&c) {
                 for ino in f.leased.into_keys() {
                     self.unlease(ino, c);
@@ -167,6 +213,21 @@ impl Log {
         }
         for (ino, c) in old {
             self.unlease(ino, c);
+        }
+    }
+
+    /// Ends `dir`'s delegation if its recall is done (the holder read past it, or went
+    /// silent) or its holder went silent.
+    fn settle_delegation(&mut self, dir: Ino) {
+        let Some(d) = self.delegs.get(&dir) else {
+            return;
+        };
+        let over = match self.followers.get(&d.holder) {
+            Some(f) if f.live() => d.recall.is_some_and(|to| f.heard >= to),
+            _ => true,
+        };
+        if over {
+            self.delegs.remove(&dir);
         }
     }
 
@@ -189,6 +250,8 @@ impl ChangeFeed {
             inner: Mutex::default(),
             heard: tokio::sync::watch::Sender::new(0),
             hold_until: restarted.then(|| Instant::now() + LEASE_HOLD),
+            busy: Mutex::default(),
+            started: Instant::now(),
         }
     }
 
@@ -275,6 +338,7 @@ impl ChangeFeed {
     pub fn disconnected(&self, conn: u64) {
         let mut log = self.log();
         log.waiting.remove(&conn);
+        log.delegs.retain(|_, d| d.holder != conn);
         if let Some(f) = log.followers.remove(&conn) {
             for ino in f.leased.into_keys() {
                 log.unlease(ino, conn);
@@ -289,6 +353,160 @@ impl ChangeFeed {
         self.log().followers.get(&conn).map_or(0, |f| {
             f.leased.values().filter(|l| l.broken.is_none()).count()
         })
+    }
+
+    /// Delegates directory `dir` to connection `conn` (see [`cairn_common::proto::Delegate`])
+    /// unless another live connection holds it or it was recalled lately; the feed's end
+    /// then. `conn` must read the feed: the recall comes that way.
+    pub fn delegate(&self, conn: u64, dir: Ino) -> Option<u64> {
+        let busy = self.busy();
+        if busy.contains_key(&dir) {
+            return None;
+        }
+        let mut log = self.log();
+        log.settle_delegation(dir);
+        if !log.followers.get(&conn).is_some_and(Follower::live) {
+            return None;
+        }
+        if log
+            .recalled
+            .get(&dir)
+            .is_some_and(|t| t.elapsed() < DELEGATION_BACKOFF)
+        {
+            return None;
+        }
+        match log.delegs.get(&dir) {
+            Some(d) if d.holder == conn && d.recall.is_none() => {}
+            Some(_) => return None,
+            None => {
+                log.delegs.insert(
+                    dir,
+                    Deleg {
+                        holder: conn,
+                        recall: None,
+                    },
+                );
+            }
+        }
+        Some(log.end())
+    }
+
+    /// A delegation of `dir` was just given to `conn`: every other client must forget
+    /// what it keeps of `dir`'s names — in its memory and in its kernel — before the holder
+    /// answers anything there itself, since it no longer hears of changes there until they
+    /// reach the namenode. Told as a recall (which is news to no one's delegation); the
+    /// grant waits for what is returned.
+    pub fn announce_delegation(&self, conn: u64, dir: Ino) -> Breaks {
+        let mut log = self.log();
+        log.changes.push_back((conn, Change::Delegated(dir)));
+        let end = log.end();
+        let mut breaks = Breaks::default();
+        for (c, f) in &log.followers {
+            if *c != conn && f.live() && f.heard < end {
+                breaks.heard.push((*c, end));
+            }
+        }
+        for (c, news) in &log.waiting {
+            if *c != conn {
+                news.notify_waiters();
+            }
+        }
+        breaks
+    }
+
+    /// Takes back a delegation given a moment ago (the directory could not be listed).
+    pub fn undelegate(&self, conn: u64, dir: Ino) {
+        let mut log = self.log();
+        if log.delegs.get(&dir).is_some_and(|d| d.holder == conn) {
+            log.delegs.remove(&dir);
+        }
+    }
+
+    /// May `conn` still send changes it queued in `dir`? While it holds the delegation,
+    /// and once recalled, until it has read past the recall (it sends them before).
+    pub fn may_act(&self, conn: u64, dir: Ino) -> bool {
+        let mut log = self.log();
+        log.settle_delegation(dir);
+        log.delegs.get(&dir).is_some_and(|d| d.holder == conn)
+    }
+
+    /// Whether any directory is delegated: requests need not look for recalls otherwise.
+    pub fn any_delegated(&self) -> bool {
+        !self.log().delegs.is_empty()
+    }
+
+    /// Connection `conn` is about to look into or change `dirs`: recalls their delegations
+    /// held by other connections. The request waits for what is returned: each holder
+    /// reading the feed past the recall, which it does only once it has sent all it queued
+    /// there (or its going silent, after which its late changes are refused).
+    pub fn recall(&self, conn: u64, dirs: &[Ino]) -> Breaks {
+        let mut log = self.log();
+        let mut breaks = Breaks::default();
+        for dir in dirs {
+            log.settle_delegation(*dir);
+            let Some(d) = log.delegs.get(dir).copied() else {
+                continue;
+            };
+            if d.holder == conn {
+                continue;
+            }
+            let to = match d.recall {
+                Some(to) => to,
+                None => {
+                    let to = log.end() + 1;
+                    log.changes.push_back((0, Change::Recall(*dir)));
+                    log.delegs.insert(
+                        *dir,
+                        Deleg {
+                            holder: d.holder,
+                            recall: Some(to),
+                        },
+                    );
+                    log.recalled.insert(*dir, Instant::now());
+                    if let Some(news) = log.waiting.get(&d.holder) {
+                        news.notify_waiters();
+                    }
+                    to
+                }
+            };
+            breaks.heard.push((d.holder, to));
+        }
+        if log.recalled.len() > 4096 {
+            log.recalled.retain(|_, t| t.elapsed() < DELEGATION_BACKOFF);
+        }
+        breaks
+    }
+
+    /// Inode numbers `first..first + count` are `conn`'s for its queued creates.
+    pub fn reserved(&self, conn: u64, first: u64, count: u32) {
+        if let Some(f) = self.log().followers.get_mut(&conn) {
+            f.inos.extend(first..first + u64::from(count));
+        }
+    }
+
+    /// `conn` uses inode number `ino`, if it was reserved for it (once).
+    pub fn take_ino(&self, conn: u64, ino: Ino) -> bool {
+        self.log()
+            .followers
+            .get_mut(&conn)
+            .is_some_and(|f| f.inos.remove(&ino.0))
+    }
+
+    /// A change of `dirs` begins; it ends when the guard drops. Taken before the change
+    /// looks for delegations to recall: a delegation given after that is recalled by it.
+    pub fn changing(&self, dirs: &[Ino]) -> Changing<'_> {
+        let mut busy = self.busy();
+        for dir in dirs {
+            *busy.entry(*dir).or_default() += 1;
+        }
+        Changing {
+            feed: self,
+            dirs: dirs.to_vec(),
+        }
+    }
+
+    fn busy(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, u32>> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {
@@ -341,6 +559,7 @@ impl ChangeFeed {
                     answered.contains(ino)
                 }
                 Change::Entries(dir, _) => answered.contains(dir),
+                Change::Recall(_) | Change::Delegated(_) => false,
             };
             news_to_origin |= !known;
             log.changes
@@ -540,5 +759,72 @@ mod tests {
         let behind = feed.since(1, 7, 3);
         assert!(!behind.complete);
         assert!(feed.since(1, 7, behind.next).complete);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delegation_is_recalled_by_another_client_and_ends_once_its_holder_read_past() {
+        let feed = Arc::new(ChangeFeed::new(7, false));
+        let dir = Ino(9);
+        // Only a client that reads the feed gets one.
+        assert_eq!(feed.delegate(1, dir), None);
+        let at = feed.since(1, 7, 0).next;
+        feed.since(2, 7, 0);
+        assert!(feed.delegate(1, dir).is_some());
+        assert!(feed.may_act(1, dir) && !feed.may_act(2, dir));
+        // Nobody else gets it meanwhile; its holder asks again for nothing.
+        assert_eq!(feed.delegate(2, dir), None);
+        assert!(feed.delegate(1, dir).is_some());
+        // Its own requests recall nothing.
+        assert!(feed.recall(1, &[dir]).is_empty());
+
+        // Another client comes: the holder is told, may still send what it queued, and the
+        // other client's request waits until the holder has read past the recall.
+        let breaks = feed.recall(2, &[dir, Ino(10)]);
+        assert!(!breaks.is_empty());
+        let news = feed.since(1, 7, at);
+        assert_eq!(news.changes, vec![Change::Recall(dir)]);
+        assert!(feed.may_act(1, dir));
+        let waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { feed.until_heard(breaks).await })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            !waiting.is_finished(),
+            "answered before the holder read past the recall"
+        );
+        feed.since(1, 7, news.next);
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("the recall ends once the holder read past it")
+            .unwrap();
+        // Over: what the holder sends now is refused, and nobody gets the directory again
+        // for a while.
+        assert!(!feed.may_act(1, dir));
+        assert_eq!(feed.delegate(1, dir), None);
+        assert_eq!(feed.delegate(2, dir), None);
+    }
+
+    #[test]
+    fn a_directory_being_changed_is_not_delegated_and_inode_numbers_are_used_once() {
+        let feed = ChangeFeed::new(7, false);
+        let dir = Ino(9);
+        feed.since(1, 7, 0);
+        {
+            let _changing = feed.changing(&[dir]);
+            assert_eq!(feed.delegate(1, dir), None);
+        }
+        assert!(feed.delegate(1, dir).is_some());
+        // A holder that disconnects lets go.
+        feed.disconnected(1);
+        assert!(!feed.may_act(1, dir));
+
+        feed.since(3, 7, 0);
+        feed.reserved(3, 100, 2);
+        assert!(!feed.take_ino(4, Ino(100)), "another connection's number");
+        assert!(feed.take_ino(3, Ino(100)));
+        assert!(!feed.take_ino(3, Ino(100)), "used twice");
+        assert!(feed.take_ino(3, Ino(101)));
+        assert!(!feed.take_ino(3, Ino(102)), "never reserved");
     }
 }

@@ -24,14 +24,19 @@ pub mod walsync;
 use std::sync::Arc;
 
 use cairn_common::attr::Caller;
+use cairn_common::attr::FileKind;
 use cairn_common::cert::Role;
 use cairn_common::proto::{
     AllocateBlock, Changed, ChangedDir, ChunkMap, Copied, CreateReply, DatanodeAddr,
     DatanodeCommand, FsStats, HeartbeatReply, MountStatus, NamenodeEnvelope, NamenodeRequest,
     Opened, Placement, RegisterReply, Removed, Renamed,
 };
+use cairn_common::proto::{
+    Create, Delegation, Granted, InoRange, Queued, QueuedDone, QueuedOp, Unlink,
+    DELEGATION_MAX_NAMES,
+};
 use cairn_common::transport::{self, Exchange, Peer, Service};
-use cairn_common::{BlockId, FsError, FsResult};
+use cairn_common::{BlockId, FsError, FsResult, Ino};
 use quinn::Endpoint;
 use store::BlockRecord;
 use tokio_util::sync::CancellationToken;
@@ -177,9 +182,10 @@ impl Namenode {
         match self.mutate(who, kind).await? {
             MetaReply::Attr(a) | MetaReply::Copied { attr: a, .. } => Ok(a),
             MetaReply::Created(c) => Ok(c.attr),
-            MetaReply::Removed { .. } | MetaReply::Renamed { .. } | MetaReply::Done => {
-                Err(FsError::protocol("operation returned no attributes"))
-            }
+            MetaReply::Removed { .. }
+            | MetaReply::Renamed { .. }
+            | MetaReply::Inos(_)
+            | MetaReply::Done => Err(FsError::protocol("operation returned no attributes")),
         }
     }
 
@@ -266,10 +272,14 @@ impl Namenode {
     }
 
     fn allocate(&self, a: &AllocateBlock) -> FsResult<Placement> {
-        let attr = self.engine.getattr(a.ino)?;
+        let replication = match (self.engine.getattr(a.ino), a.replication) {
+            (Ok(attr), _) => attr.replication,
+            // A file whose create is still queued at its client.
+            (Err(FsError::NotFound), Some(r)) if r > 0 => r,
+            (Err(e), _) => return Err(e),
+        };
         // Not collected for a grace period from now (and refused while it is being deleted).
         self.gc.allocating(&a.block)?;
-        let replication = attr.replication;
         // Replicas on disk are verified, committed or not: they count.
         let holders = self.blocks.locations(&a.block);
         let holder_ids: Vec<_> = holders.iter().map(|h| h.id).collect();
@@ -329,6 +339,190 @@ impl Namenode {
     }
 }
 
+impl Namenode {
+    /// The directories `req` looks into, and those it changes (and the directories it
+    /// removes or replaces), for delegations.
+    fn touches(&self, req: &NamenodeRequest) -> (Vec<Ino>, Vec<Ino>) {
+        use NamenodeRequest as R;
+        let dir_named = |parent: Ino, name: &[u8]| {
+            self.engine.entry(parent, name).filter(|ino| {
+                self.engine
+                    .getattr(*ino)
+                    .is_ok_and(|a| a.kind == FileKind::Dir)
+            })
+        };
+        match req {
+            R::Lookup(r) => (vec![r.parent], vec![]),
+            R::GetAttr(r) => (vec![r.ino], vec![]),
+            R::ReadDir(r) => (vec![r.ino], vec![]),
+            R::ListDir(r) => (vec![r.ino], vec![]),
+            R::SetAttrReq(r) => (vec![], vec![r.ino]),
+            R::SetXattr(r) => (vec![], vec![r.ino]),
+            R::RemoveXattr(r) => (vec![], vec![r.ino]),
+            R::Mkdir(r) => (vec![], vec![r.parent]),
+            R::Create(r) => (vec![], vec![r.parent]),
+            R::Mknod(r) => (vec![], vec![r.parent]),
+            R::Symlink(r) => (vec![], vec![r.parent]),
+            R::Link(r) => (vec![], vec![r.new_parent]),
+            R::Unlink(r) => (vec![], vec![r.parent]),
+            R::Rmdir(r) => {
+                let mut dirs = vec![r.parent];
+                dirs.extend(dir_named(r.parent, &r.name));
+                (vec![], dirs)
+            }
+            R::Rename(r) => {
+                let mut dirs = vec![r.parent, r.new_parent];
+                dirs.extend(dir_named(r.parent, &r.name));
+                dirs.extend(dir_named(r.new_parent, &r.new_name));
+                (vec![], dirs)
+            }
+            _ => (vec![], vec![]),
+        }
+    }
+
+    /// A create; `replay`: queued under a previous run's delegation (see `queued`).
+    async fn create(&self, who: &Who, r: Create, replay: bool) -> FsResult<Changed<CreateReply>> {
+        let parent = r.parent;
+        let queued = r.ino.is_some();
+        if let (Some(ino), false) = (r.ino, replay) {
+            let feed = self.engine.feed();
+            if !feed.may_act(who.origin, parent) {
+                return Err(delegation_lost(parent));
+            }
+            // Sent again after a lost answer: the create finds its own file there.
+            let again = self.engine.entry(parent, &r.name) == Some(ino);
+            if !feed.take_ino(who.origin, ino) && !again {
+                return Err(FsError::invalid(format!(
+                    "inode number {ino} was not reserved for this connection"
+                )));
+            }
+        }
+        // A queued create's file is written already: no offer for its first block.
+        let offer = |attr: &cairn_common::attr::InodeAttr| match queued {
+            true => Vec::new(),
+            false => self.first_placement(attr),
+        };
+        let res = match self.mutate(who, MetaOpKind::Create(r)).await {
+            Ok(MetaReply::Created(c)) if c.created => Ok(CreateReply {
+                place: offer(&c.attr),
+                ..c
+            }),
+            Ok(MetaReply::Created(c)) => Ok(c),
+            Ok(MetaReply::Attr(attr)) => Ok(CreateReply {
+                place: offer(&attr),
+                attr,
+                created: true,
+                shared: false,
+            }),
+            Ok(_) => Err(FsError::protocol("create returned nothing")),
+            Err(e) => Err(e),
+        };
+        self.changed(res, &[parent])
+    }
+
+    /// An unlink; `queued` under a delegation of this run (checked), or of the previous
+    /// one (replayed as it comes).
+    async fn unlink(&self, who: &Who, r: Unlink, queued: bool) -> FsResult<Changed<Removed>> {
+        if queued && !self.engine.feed().may_act(who.origin, r.parent) {
+            return Err(delegation_lost(r.parent));
+        }
+        let parent = [r.parent];
+        self.mutate_removing(who, MetaOpKind::Unlink(r), &parent)
+            .await
+    }
+
+    /// A delegation holder's queued changes, applied in order (submitted together, so the
+    /// metadata writer commits them in few groups).
+    async fn queued(&self, who: &Who, q: Queued) -> Vec<QueuedDone> {
+        let feed = self.engine.feed();
+        let replaying = feed.started.elapsed() < cairn_common::proto::REPLAY_WINDOW;
+        let ops = q.ops.into_iter().map(|change| {
+            let who = Who {
+                caller: change.caller,
+                origin: who.origin,
+            };
+            // Queued under the previous run's delegation, which this run never knew.
+            let replay = change.epoch != feed.epoch && replaying;
+            async move {
+                match change.op {
+                    QueuedOp::Create(c) if c.ino.is_none() => QueuedDone::Created(Err(
+                        FsError::invalid("a queued create names its inode number"),
+                    )),
+                    QueuedOp::Create(c) => QueuedDone::Created(self.create(&who, c, replay).await),
+                    QueuedOp::Unlink(u) => QueuedDone::Removed(self.unlink(&who, u, !replay).await),
+                }
+            }
+        });
+        // Each op is submitted at its first poll, in order.
+        futures::future::join_all(ops).await
+    }
+
+    /// Delegates `dir` to the asking connection, with its names, if nobody else uses it.
+    async fn delegate(&self, who: &Who, dir: Ino) -> FsResult<Delegation> {
+        let refused = Delegation { granted: None };
+        let attr = self.engine.getattr(dir)?;
+        if attr.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        crate::perm::require(&who.caller, &attr, crate::perm::READ | crate::perm::EXEC)?;
+        // The namenode itself empties the trash.
+        if self.engine.is_trash(dir)? {
+            return Ok(refused);
+        }
+        let feed = self.engine.feed();
+        let Some(from) = feed.delegate(who.origin, dir) else {
+            return Ok(refused);
+        };
+        // Nobody else keeps names of the directory past this (a recall of it meanwhile
+        // voids the grant at the holder: it reads the recall at `from` or later).
+        feed.until_heard(feed.announce_delegation(who.origin, dir))
+            .await;
+        let limit = DELEGATION_MAX_NAMES as u32 + 1;
+        match self.engine.list_dir(&who.caller, dir, limit, false) {
+            Ok(l) if l.whole.is_some() && l.entries.len() <= DELEGATION_MAX_NAMES => {
+                let attr = l.whole.map(|w| w.attr).unwrap_or(attr);
+                Ok(Delegation {
+                    granted: Some(Granted {
+                        attr,
+                        names: l.entries,
+                        holder: who.origin,
+                        epoch: feed.epoch,
+                        from,
+                    }),
+                })
+            }
+            other => {
+                feed.undelegate(who.origin, dir);
+                other.map(|_| refused)
+            }
+        }
+    }
+
+    async fn reserve_inos(&self, who: &Who, count: u32) -> FsResult<InoRange> {
+        let count = count.clamp(1, 4096);
+        match self.mutate(who, MetaOpKind::ReserveInos { count }).await? {
+            MetaReply::Inos(first) => {
+                self.engine.feed().reserved(who.origin, first, count);
+                // As many as a file there may want; each takes its replication's worth.
+                let len = cairn_common::proto::PLACED_BLOCK_MAX as u64;
+                let place = self.blocks.offer(8, len);
+                Ok(InoRange {
+                    first,
+                    count,
+                    place,
+                })
+            }
+            _ => Err(FsError::protocol("reserving inode numbers returned none")),
+        }
+    }
+}
+
+fn delegation_lost(dir: Ino) -> FsError {
+    FsError::io(format!(
+        "the delegation of directory {dir} ended before this queued change reached the namenode"
+    ))
+}
+
 /// Who asks for a change: the caller, and the connection it came through.
 struct Who {
     caller: Caller,
@@ -357,6 +551,18 @@ impl Service for Namenode {
             origin: peer.serial,
         };
         let caller = &who.caller;
+        // Before it looks into or changes a directory delegated to another client, that
+        // client sends what it queued there.
+        let (reads, changes) = self.touches(&req);
+        let _changing = self.engine.feed().changing(&changes);
+        let feed = self.engine.feed();
+        if feed.any_delegated() {
+            let dirs: Vec<_> = reads.iter().chain(&changes).copied().collect();
+            let breaks = feed.recall(who.origin, &dirs);
+            if !breaks.is_empty() {
+                feed.until_heard(breaks).await;
+            }
+        }
         match req {
             R::Lookup(r) => {
                 ex.respond(&self.engine.lookup(caller, r.parent, &r.name))
@@ -387,35 +593,20 @@ impl Service for Namenode {
                 let new = res.as_ref().map(|a| a.ino).unwrap_or(parent);
                 ex.respond(&self.changed(res, &[parent, new])).await
             }
-            R::Create(r) => {
-                let parent = r.parent;
-                let res = match self.mutate(&who, MetaOpKind::Create(r)).await {
-                    Ok(MetaReply::Created(c)) if c.created => Ok(CreateReply {
-                        place: self.first_placement(&c.attr),
-                        ..c
-                    }),
-                    Ok(MetaReply::Created(c)) => Ok(c),
-                    Ok(MetaReply::Attr(attr)) => Ok(CreateReply {
-                        place: self.first_placement(&attr),
-                        attr,
-                        created: true,
-                        shared: false,
-                    }),
-                    Ok(_) => Err(FsError::protocol("create returned nothing")),
-                    Err(e) => Err(e),
-                };
-                ex.respond(&self.changed(res, &[parent])).await
+            R::Create(r) if r.ino.is_some() => {
+                let e = FsError::invalid("a create naming its inode number comes queued");
+                ex.respond::<Changed<CreateReply>>(&Err(e)).await
             }
+            R::Create(r) => ex.respond(&self.create(&who, r, false).await).await,
             R::Mknod(r) => {
                 let parent = r.parent;
                 let res = self.mutate_attr(&who, MetaOpKind::Mknod(r)).await;
                 ex.respond(&self.changed(res, &[parent])).await
             }
-            R::Unlink(r) => {
-                let parent = [r.parent];
-                let res = self.mutate_removing(&who, MetaOpKind::Unlink(r), &parent);
-                ex.respond(&res.await).await
-            }
+            R::Unlink(r) => ex.respond(&self.unlink(&who, r, false).await).await,
+            R::Queued(q) => ex.respond(&Ok(self.queued(&who, q).await)).await,
+            R::Delegate(r) => ex.respond(&self.delegate(&who, r.dir).await).await,
+            R::ReserveInos(r) => ex.respond(&self.reserve_inos(&who, r.count).await).await,
             R::Rmdir(r) => {
                 let parent = [r.parent];
                 let res = self.mutate_removing(&who, MetaOpKind::Rmdir(r), &parent);

@@ -91,6 +91,10 @@ pub enum MetaOpKind {
     RecordDatanodes(Vec<(cairn_common::DatanodeId, crate::blockmap::KnownDatanode)>),
     /// Drops what is recorded of a datanode: its sighting and its operator's state.
     ForgetDatanode(cairn_common::DatanodeId),
+    /// Hands out `count` inode numbers ahead, for a delegation holder's creates.
+    ReserveInos {
+        count: u32,
+    },
 }
 
 impl MetaOpKind {
@@ -106,6 +110,8 @@ impl MetaOpKind {
             exclusive: true,
             truncate: false,
             open: None,
+            ino: None,
+            at: None,
         })
     }
 }
@@ -132,6 +138,8 @@ pub enum MetaReply {
         attr: InodeAttr,
         len: u64,
     },
+    /// The first of the inode numbers reserved.
+    Inos(u64),
     Done,
 }
 
@@ -153,12 +161,14 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
                     gid: m.gid,
                     rdev: 0,
                     target: None,
+                    ino: None,
                 },
                 now,
             )?;
             Ok(MetaReply::Attr(attr))
         }
         MetaOpKind::Create(c) => create(txn, who, c, now),
+        MetaOpKind::ReserveInos { count } => reserve_inos(txn, *count),
         MetaOpKind::Mknod(m) => {
             if m.kind == FileKind::Dir || m.kind == FileKind::Symlink {
                 return Err(FsError::invalid(
@@ -177,6 +187,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
                     gid: m.gid,
                     rdev: m.rdev,
                     target: None,
+                    ino: None,
                 },
                 now,
             )?;
@@ -202,6 +213,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
                     gid: s.gid,
                     rdev: 0,
                     target: Some(s.target.clone()),
+                    ino: None,
                 },
                 now,
             )?;
@@ -390,6 +402,8 @@ pub(crate) struct NewNode {
     pub gid: u32,
     pub rdev: u32,
     pub target: Option<Vec<u8>>,
+    /// The number a delegation holder gave it (see [`Create::ino`]); otherwise the next.
+    pub ino: Option<Ino>,
 }
 
 /// Creates an inode and its entry `name` in `parent`.
@@ -407,7 +421,10 @@ pub(crate) fn make_node(
     if txn.dentry(parent, name)?.is_some() {
         return Err(FsError::Exists);
     }
-    let ino = alloc_ino(txn)?;
+    let ino = match node.ino {
+        Some(ino) => take_reserved_ino(txn, ino)?,
+        None => alloc_ino(txn)?,
+    };
     let mut perm = node.perm & 0o7777;
     let mut gid = node.gid;
     // A setgid directory hands its group to new entries, and its setgid bit to new
@@ -466,11 +483,46 @@ fn alloc_ino(txn: &mut Txn<'_>) -> FsResult<Ino> {
     Ok(Ino(next))
 }
 
+/// An inode number handed out ahead ([`MetaOpKind::ReserveInos`]) that a create now uses.
+fn take_reserved_ino(txn: &mut Txn<'_>, ino: Ino) -> FsResult<Ino> {
+    let next = txn
+        .meta_u64(META_NEXT_INO)?
+        .ok_or_else(|| FsError::io("namespace is not formatted"))?;
+    if ino.0 <= Ino::ROOT.0 || ino.0 >= next || txn.inode(ino)?.is_some() {
+        return Err(FsError::invalid(format!(
+            "inode number {ino} was not reserved or is taken"
+        )));
+    }
+    let count = txn.meta_u64(META_INODE_COUNT)?.unwrap_or(0);
+    txn.put_meta_u64(META_INODE_COUNT, count + 1);
+    Ok(ino)
+}
+
+/// Hands out `count` inode numbers: the first of them.
+fn reserve_inos(txn: &mut Txn<'_>, count: u32) -> FsResult<MetaReply> {
+    let next = txn
+        .meta_u64(META_NEXT_INO)?
+        .ok_or_else(|| FsError::io("namespace is not formatted"))?;
+    txn.put_meta_u64(META_NEXT_INO, next + u64::from(count));
+    Ok(MetaReply::Inos(next))
+}
+
 fn create(txn: &mut Txn<'_>, who: &Caller, c: &Create, now: Timestamp) -> FsResult<MetaReply> {
     check_name(&c.name)?;
+    // A create its delegation holder answered happened when the holder said.
+    let now = c.at.unwrap_or(now);
     let dir = load_dir(txn, c.parent)?;
     perm::require(who, &dir.attr, EXEC)?;
     if let Some(existing) = txn.dentry(c.parent, &c.name)? {
+        if c.ino == Some(existing.ino) {
+            // A queued create sent again (its answer was lost): done already.
+            return Ok(MetaReply::Created(CreateReply {
+                attr: load(txn, existing.ino)?.attr,
+                created: true,
+                shared: false,
+                place: Vec::new(),
+            }));
+        }
         if c.exclusive {
             return Err(FsError::Exists);
         }
@@ -504,6 +556,7 @@ fn create(txn: &mut Txn<'_>, who: &Caller, c: &Create, now: Timestamp) -> FsResu
             gid: c.gid,
             rdev: 0,
             target: None,
+            ino: c.ino,
         },
         now,
     )?;

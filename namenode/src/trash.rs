@@ -121,6 +121,7 @@ pub fn move_in(
         gid,
         rdev: 0,
         target: None,
+        ino: None,
     };
     let made_root_entry = txn.dentry(Ino::ROOT, TRASH_DIR)?.is_none();
     let root = ensure_dir(

@@ -5,6 +5,7 @@ mod support;
 
 mod coherence;
 mod data_path;
+mod delegation;
 mod garbage;
 mod healing;
 mod mount;

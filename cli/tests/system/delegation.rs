@@ -1,0 +1,314 @@
+//! Directory delegations through real mounts: the creates and unlinks a mount answers
+//! itself and sends later, what another mount sees of them, and what is left after a mount
+//! is killed with changes queued or the namenode restarts under them.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cairn_common::proto;
+
+use crate::mount::{mount_at, unmount};
+use crate::support::*;
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("must fail").raw_os_error().expect("an errno")
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Mounts `cluster` on a new directory with `client`, kept to count its requests.
+async fn mount_client(
+    client: &cairn_client::Client,
+    opts: &cairn_fuse::MountOptions,
+) -> (tempfile::TempDir, PathBuf, cairn_fuse::Mount) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let mounted = cairn_fuse::mount(
+        client.clone(),
+        tokio::runtime::Handle::current(),
+        &path,
+        opts,
+    )
+    .expect("mount (needs root and /dev/fuse)");
+    // Delegations go to a mount that reads the change feed: from its second read on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (dir, path, mounted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_alone_in_a_directory_answers_creates_and_unlinks_and_another_sees_them() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let client_a = cluster.client().await.unwrap();
+    let (_da, a, mount_a) = mount_client(&client_a, &Default::default()).await;
+    let db = tempfile::tempdir().unwrap();
+    let mount_b = mount_at(&cluster, db.path()).await;
+    let b = db.path().to_path_buf();
+    let counted = client_a.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        tracing::info!("--- A fills a directory it made: the mount answers, in batches later");
+        fs::create_dir(a.join("d")).unwrap();
+        // B knows the directory empty, and its kernel that f1 is not there: given to A,
+        // the delegation makes B forget both.
+        assert!(names(&b.join("d")).is_empty());
+        assert!(!b.join("d/f1").exists());
+        let creates = counted.sent::<proto::Create>();
+        let unlinks = counted.sent::<proto::Unlink>();
+        for i in 0..300 {
+            fs::write(a.join(format!("d/f{i}")), format!("{i}")).unwrap();
+        }
+        for i in (0..300).step_by(2) {
+            fs::remove_file(a.join(format!("d/f{i}"))).unwrap();
+        }
+        let one_by_one = counted.sent::<proto::Create>() - creates;
+        assert!(
+            one_by_one < 30,
+            "{one_by_one} creates went to the namenode one by one"
+        );
+        assert!(counted.sent::<proto::Unlink>() - unlinks < 30);
+        assert!(counted.sent::<proto::Queued>() > 0);
+        // Answered from the delegation's names, as a local file system would.
+        let exclusive = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(a.join("d/f1"));
+        assert_eq!(errno_of(exclusive), libc::EEXIST);
+        assert_eq!(errno_of(fs::remove_file(a.join("d/f0"))), libc::ENOENT);
+        assert_eq!(fs::read(a.join("d/f7")).unwrap(), b"7");
+
+        tracing::info!("--- B looks: it sees exactly what A's program was told");
+        assert!(b.join("d/f1").exists(), "B's kernel kept f1 absent");
+        let odd: Vec<String> = {
+            let mut v: Vec<String> = (1..300).step_by(2).map(|i| format!("f{i}")).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&b.join("d")), odd);
+        for i in (1..300).step_by(2) {
+            let p = b.join(format!("d/f{i}"));
+            assert_eq!(fs::read(&p).unwrap(), format!("{i}").as_bytes());
+            assert_eq!(fs::metadata(&p).unwrap().nlink(), 1);
+        }
+
+        tracing::info!("--- B changes the directory; A sees it, and goes on there");
+        fs::write(b.join("d/from_b"), b"b").unwrap();
+        assert_eq!(fs::read(a.join("d/from_b")).unwrap(), b"b");
+        fs::rename(b.join("d/f1"), b.join("d/renamed")).unwrap();
+        assert!(!a.join("d/f1").exists());
+        assert_eq!(fs::read(a.join("d/renamed")).unwrap(), b"1");
+        fs::write(a.join("d/late"), b"late").unwrap();
+        fs::remove_file(a.join("d/f3")).unwrap();
+        assert_eq!(fs::read(b.join("d/late")).unwrap(), b"late");
+        assert!(!b.join("d/f3").exists());
+        // B makes a name A then creates exclusively: refused, whoever answers.
+        fs::write(b.join("d/both"), b"b").unwrap();
+        let exclusive = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(a.join("d/both"));
+        assert_eq!(errno_of(exclusive), libc::EEXIST);
+        // Nothing queued failed: the directory's fsync says so.
+        fs::File::open(a.join("d")).unwrap().sync_all().unwrap();
+    });
+    let result = body.await;
+    unmount(mount_b).await;
+    unmount(mount_a).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_wsync_every_create_and_unlink_goes_to_the_namenode() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let path = cluster.dir().join("cairn-client.toml");
+    let mut config = cairn_client::ClientConfig::load(&path).unwrap();
+    config.wsync = true;
+    let client = cairn_client::Client::connect(config).await.unwrap();
+    let (_d, m, mounted) = mount_client(&client, &Default::default()).await;
+    let counted = client.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        fs::create_dir(m.join("d")).unwrap();
+        for i in 0..20 {
+            fs::write(m.join(format!("d/f{i}")), b"x").unwrap();
+            fs::remove_file(m.join(format!("d/f{i}"))).unwrap();
+        }
+        assert!(counted.sent::<proto::Create>() >= 20);
+        assert!(counted.sent::<proto::Unlink>() >= 20);
+        assert_eq!(counted.sent::<proto::Delegate>(), 0);
+        assert_eq!(counted.sent::<proto::Queued>(), 0);
+    });
+    let result = body.await;
+    unmount(mounted).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    cluster.stop().await.unwrap();
+}
+
+/// `cairn mount` as its own process, serving from the background: its pid.
+fn mount_process(cluster: &cairn_cli::devcluster::DevCluster, at: &Path) -> u32 {
+    let out = cairn(cluster, &["mount", "--daemon", at.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let pid = said
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {said:?}"));
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mount_killed_with_changes_queued_loses_at_most_those_and_never_their_order() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().to_path_buf();
+    let pid = mount_process(&cluster, &victim);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writer = {
+        let victim = victim.clone();
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir(victim.join("d")).unwrap();
+            // Created in order, and some removed again, as fast as the mount answers,
+            // until it dies.
+            let mut made = 0;
+            for i in 0..100_000 {
+                if fs::write(victim.join(format!("d/f{i}")), b"").is_err() {
+                    break;
+                }
+                if i % 10 == 9 && fs::remove_file(victim.join(format!("d/f{}", i - 1))).is_err() {
+                    break;
+                }
+                made = i + 1;
+            }
+            made
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let made = writer.await.unwrap();
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&victim)
+        .status();
+    assert!(made > 100, "the writer made {made} files before the kill");
+
+    tracing::info!("--- what the namenode has is a prefix of what the program was told");
+    let (_db, b, mounted) = {
+        let db = tempfile::tempdir().unwrap();
+        let path = db.path().to_path_buf();
+        let m = mount_at(&cluster, &path).await;
+        (db, path, m)
+    };
+    let check = tokio::task::spawn_blocking(move || {
+        let present = names(&b.join("d"));
+        let last = present
+            .iter()
+            .filter_map(|n| n.strip_prefix('f')?.parse::<usize>().ok())
+            .max()
+            .expect("some of what the mount queued reached the namenode");
+        assert!(last < made, "f{last} was never made");
+        // The program's changes in order: create f{i}, and after each tenth, unlink the
+        // one before it. The namenode holds every change up to the create of f{last}.
+        for i in 0..last {
+            let here = present.binary_search(&format!("f{i}")).is_ok();
+            let removed = i % 10 == 8;
+            if removed && i + 1 < last {
+                assert!(
+                    !here,
+                    "f{i} was removed before f{last} was made, yet it is there"
+                );
+            } else if !removed {
+                assert!(here, "f{i} was made before f{last}, yet it is missing");
+            }
+        }
+        for n in &present {
+            let meta = fs::metadata(b.join("d").join(n)).unwrap();
+            assert_eq!(meta.nlink(), 1, "{n}");
+        }
+        (present.len(), last)
+    });
+    let (present, last) = check.await.unwrap();
+    tracing::info!(made, present, last, "kept after the kill");
+    unmount(mounted).await;
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namenode_restart_under_a_delegation_splits_nothing() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let (_da, a, mount_a) = mount_client(&client, &Default::default()).await;
+    let (a1, a2) = (a.clone(), a.clone());
+    tokio::task::spawn_blocking(move || {
+        fs::create_dir(a1.join("d")).unwrap();
+        for i in 0..50 {
+            fs::write(a1.join(format!("d/f{i}")), b"x").unwrap();
+        }
+        fs::File::open(a1.join("d")).unwrap().sync_all().unwrap();
+    })
+    .await
+    .unwrap();
+    assert!(client.sent::<proto::Queued>() > 0);
+    cluster.restart_namenode().await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        // The delegation is gone with the namenode's run: what follows asks it again.
+        for i in 50..100 {
+            fs::write(a2.join(format!("d/f{i}")), b"x").unwrap();
+        }
+        for i in 0..100 {
+            if i % 3 == 0 {
+                fs::remove_file(a2.join(format!("d/f{i}"))).unwrap();
+            }
+        }
+        fs::File::open(a2.join("d")).unwrap().sync_all().unwrap();
+    })
+    .await
+    .unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let mount_b = mount_at(&cluster, db.path()).await;
+    let b = db.path().to_path_buf();
+    let seen = tokio::task::spawn_blocking(move || names(&b.join("d")))
+        .await
+        .unwrap();
+    let mut expected: Vec<String> = (0..100)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("f{i}"))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    unmount(mount_b).await;
+    unmount(mount_a).await;
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    cluster.stop().await.unwrap();
+}

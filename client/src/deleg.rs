@@ -1,0 +1,681 @@
+//! Directory delegations: creates and unlinks answered here, sent to the namenode later.
+//!
+//! A client that reads the change feed may ask the namenode for a directory's delegation
+//! (`proto::Delegate`): the namenode then promises that nobody else looks into the
+//! directory or changes it before this client has sent every change it made there. With
+//! it, and with the directory's names (the grant lists them) and inode numbers handed out
+//! ahead (`proto::ReserveInos`), a create of a new name or an unlink of a name is answered
+//! here at once, as the CephFS kernel client does with its async dirops, and queued; a
+//! sender sends the queue in order, in batches (`proto::Queued`), one batch in flight.
+//!
+//! - Every other request to the namenode waits until the queue is empty (`Client::namenode`),
+//!   so nothing this client asks or changes can overtake what it answered before.
+//! - When another client comes to the directory, the namenode recalls the delegation
+//!   through the feed (`Change::Recall`): the feed reader drops it, waits for the queue to
+//!   empty, and only then reads on — which is what the other client's request waits for.
+//! - A delegation is used only while the feed is read (within [`LEASE_TRUST`] of the last
+//!   complete read asked for) through the connection it was given to: a client that stops
+//!   reading is given up on by the namenode after twice that, and what it sends after is
+//!   refused.
+//! - A queued change the namenode refuses (the delegation ended first, the disk is full…)
+//!   is logged, reported by the next `fsync` of its file or directory, and a file whose
+//!   create failed fails every later I/O with `EIO`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cairn_common::attr::{Caller, FileKind, InodeAttr, Timestamp, NAME_MAX};
+use cairn_common::proto::{self, QueuedDone, QueuedOp};
+use cairn_common::{FsError, Ino};
+use tokio::sync::Notify;
+
+/// Changes queued and not yet answered by the namenode at most; past it, changes go to the
+/// namenode directly (after the queue).
+const MAX_UNANSWERED: usize = 4096;
+/// Changes in one batch at most.
+const MAX_BATCH: usize = 512;
+/// Inode numbers asked for at a time, and the stock below which more are asked for.
+const INOS_AT_ONCE: u32 = 1024;
+const INOS_LOW: usize = 256;
+/// A directory's delegation is asked for at most this often.
+const ASK_EVERY: Duration = Duration::from_secs(1);
+/// Queued changes that failed, remembered for the next fsync, at most.
+const MAX_FAILED: usize = 65_536;
+
+#[derive(Default)]
+pub(crate) struct Delegations {
+    state: Mutex<State>,
+    /// Wakes the sender.
+    work: Notify,
+    /// Wakes those waiting for the queue to empty.
+    drained: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    dirs: HashMap<Ino, Dir>,
+    /// When each directory's delegation was last asked for.
+    asked: HashMap<Ino, Instant>,
+    /// Recalls read from the feed, by directory: (run, position). A grant given before
+    /// its position is void.
+    recalled: HashMap<Ino, (u64, u64)>,
+    inos: VecDeque<u64>,
+    reserving: bool,
+    /// Datanodes for the first small block of files created here (the namenode's offer
+    /// with the last inode numbers).
+    offer: Vec<proto::DatanodeAddr>,
+    queue: Vec<proto::QueuedChange>,
+    /// Queued changes the namenode has not answered yet (queued, or in a batch on its way).
+    unanswered: usize,
+    sender: bool,
+    /// Files created here that the namenode has not answered for yet.
+    created: HashMap<Ino, InodeAttr>,
+    /// Files and directories with a queued change that failed, with the error.
+    failed: HashMap<Ino, FsError>,
+}
+
+struct Dir {
+    attr: InodeAttr,
+    names: HashMap<Vec<u8>, (Ino, FileKind)>,
+    /// The connection it was given to, in which namenode run.
+    holder: u64,
+    epoch: u64,
+}
+
+/// What a lookup in a delegated directory finds.
+pub enum Found {
+    Absent,
+    /// The name's inode, with its attributes when they are known here.
+    Present(Ino, Option<InodeAttr>),
+}
+
+impl State {
+    /// `dir`'s delegation, if it may be used: the feed is read through its holder.
+    fn usable(&mut self, dir: Ino, reader: Option<u64>) -> Option<&mut Dir> {
+        match self.dirs.get_mut(&dir) {
+            Some(d) if Some(d.holder) == reader => Some(d),
+            _ => None,
+        }
+    }
+
+    fn fail(&mut self, ino: Ino, e: FsError) {
+        if self.failed.len() < MAX_FAILED {
+            self.failed.insert(ino, e);
+        }
+    }
+}
+
+impl Delegations {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Is any change queued or on its way?
+    pub fn busy(&self) -> bool {
+        self.state().unanswered > 0
+    }
+
+    /// Waits until every queued change is answered.
+    pub async fn drained(&self) {
+        loop {
+            let woken = self.drained.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.state().unanswered == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Should a delegation of `dir` be asked for now? Marks it asked.
+    pub fn should_ask(&self, dir: Ino) -> bool {
+        let mut s = self.state();
+        if s.dirs.contains_key(&dir) || s.asked.get(&dir).is_some_and(|t| t.elapsed() < ASK_EVERY) {
+            return false;
+        }
+        if s.asked.len() > 4096 {
+            s.asked.retain(|_, t| t.elapsed() < ASK_EVERY);
+        }
+        s.asked.insert(dir, Instant::now());
+        true
+    }
+
+    /// Should more inode numbers be asked for now? Marks them asked for.
+    pub fn should_reserve(&self) -> Option<u32> {
+        let mut s = self.state();
+        if s.reserving || s.inos.len() >= INOS_LOW {
+            return None;
+        }
+        s.reserving = true;
+        Some(INOS_AT_ONCE)
+    }
+
+    pub fn reserved(&self, range: Option<proto::InoRange>) {
+        let mut s = self.state();
+        s.reserving = false;
+        if let Some(r) = range {
+            s.inos.extend(r.first..r.first + u64::from(r.count));
+            s.offer = r.place;
+        }
+    }
+
+    /// A delegation the namenode granted, unless a recall of it was read since.
+    pub fn granted(&self, dir: Ino, g: proto::Granted) -> bool {
+        let mut s = self.state();
+        if s.recalled
+            .get(&dir)
+            .is_some_and(|&(epoch, at)| epoch == g.epoch && at >= g.from)
+        {
+            return false;
+        }
+        let names = g
+            .names
+            .into_iter()
+            .map(|e| (e.name, (e.ino, e.kind)))
+            .collect();
+        s.dirs.insert(
+            dir,
+            Dir {
+                attr: g.attr,
+                names,
+                holder: g.holder,
+                epoch: g.epoch,
+            },
+        );
+        true
+    }
+
+    /// The namenode recalled `dir`'s delegation at `position` of run `epoch`.
+    pub fn recalled(&self, dir: Ino, epoch: u64, position: u64) {
+        let mut s = self.state();
+        if s.dirs.remove(&dir).is_some() {
+            tracing::debug!("the delegation of directory {dir} is recalled");
+        }
+        if s.recalled.len() > 4096 {
+            s.recalled.clear();
+        }
+        s.recalled.insert(dir, (epoch, position));
+    }
+
+    /// The namenode forgot every delegation and reservation (it restarted, or this client
+    /// reads through another connection).
+    pub fn drop_all(&self) {
+        let mut s = self.state();
+        if !s.dirs.is_empty() {
+            tracing::debug!("every delegation dropped");
+        }
+        s.dirs.clear();
+        s.inos.clear();
+    }
+
+    /// Answers a create of `name` in `dir` here, if `dir` is delegated and usable through
+    /// `reader`: `None` when the namenode must be asked. The new file's attributes come
+    /// with the queued op to send.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        reader: Option<u64>,
+        caller: &Caller,
+        dir: Ino,
+        name: &[u8],
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+        claim: impl FnOnce() -> proto::OpenClaim,
+    ) -> Option<Result<InodeAttr, FsError>> {
+        if !plain_name(name) {
+            return None;
+        }
+        let mut s = self.state();
+        if s.unanswered >= MAX_UNANSWERED || s.inos.is_empty() {
+            tracing::trace!(
+                unanswered = s.unanswered,
+                inos = s.inos.len(),
+                "create asks the namenode"
+            );
+            return None;
+        }
+        let d = s.usable(dir, reader)?;
+        if d.names.contains_key(name) {
+            return exclusive.then_some(Err(FsError::Exists));
+        }
+        let now = Timestamp::now();
+        let perm = perm & 0o7777;
+        let mut gid = gid;
+        if d.attr.perm & 0o2000 != 0 {
+            gid = d.attr.gid;
+        }
+        let replication = d.attr.replication;
+        let epoch = d.epoch;
+        d.attr.mtime = now;
+        d.attr.ctime = now;
+        let ino = Ino(s.inos.pop_front()?);
+        let attr = InodeAttr {
+            ino,
+            kind: FileKind::File,
+            perm,
+            uid,
+            gid,
+            size: 0,
+            nlink: 1,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            replication,
+            stored: 0,
+        };
+        if let Some(d) = s.usable(dir, reader) {
+            d.names.insert(name.to_vec(), (ino, FileKind::File));
+        }
+        s.created.insert(ino, attr.clone());
+        let op = QueuedOp::Create(proto::Create {
+            parent: dir,
+            name: name.to_vec(),
+            perm,
+            uid,
+            gid: attr.gid,
+            exclusive: true,
+            truncate: false,
+            open: Some(claim()),
+            ino: Some(ino),
+            at: Some(now),
+        });
+        self.push(&mut s, caller, epoch, op);
+        Some(Ok(attr))
+    }
+
+    /// Answers an unlink of `name` in `dir` here, if `dir` is delegated and usable through
+    /// `reader` and the name is not a directory's nor a file `held` here: `None` when the
+    /// namenode must be asked. The inode the name named comes back.
+    pub fn unlink(
+        &self,
+        reader: Option<u64>,
+        caller: &Caller,
+        dir: Ino,
+        name: &[u8],
+        held: impl Fn(Ino) -> bool,
+    ) -> Option<Result<Ino, FsError>> {
+        if !plain_name(name) {
+            return None;
+        }
+        let mut s = self.state();
+        if s.unanswered >= MAX_UNANSWERED {
+            return None;
+        }
+        let d = s.usable(dir, reader)?;
+        let (ino, kind) = match d.names.get(name) {
+            None => return Some(Err(FsError::NotFound)),
+            Some(&(ino, kind)) => (ino, kind),
+        };
+        if kind == FileKind::Dir || held(ino) {
+            return None;
+        }
+        d.names.remove(name);
+        let epoch = d.epoch;
+        let now = Timestamp::now();
+        d.attr.mtime = now;
+        d.attr.ctime = now;
+        s.created.remove(&ino);
+        let op = QueuedOp::Unlink(proto::Unlink {
+            parent: dir,
+            name: name.to_vec(),
+        });
+        self.push(&mut s, caller, epoch, op);
+        Some(Ok(ino))
+    }
+
+    fn push(&self, s: &mut State, caller: &Caller, epoch: u64, op: QueuedOp) {
+        s.queue.push(proto::QueuedChange {
+            caller: caller.clone(),
+            epoch,
+            op,
+        });
+        s.unanswered += 1;
+        self.work.notify_one();
+    }
+
+    /// Does the sender need starting? Marks it started.
+    pub fn start_sender(&self) -> bool {
+        let mut s = self.state();
+        !std::mem::replace(&mut s.sender, true)
+    }
+
+    /// What `name` in `dir` is, if `dir` is delegated and usable through `reader`.
+    pub fn lookup(&self, reader: Option<u64>, dir: Ino, name: &[u8]) -> Option<Found> {
+        if !plain_name(name) {
+            return None;
+        }
+        let mut s = self.state();
+        let ino = match s.usable(dir, reader)?.names.get(name) {
+            None => return Some(Found::Absent),
+            Some(&(ino, _)) => ino,
+        };
+        let attr = s.created.get(&ino).cloned();
+        Some(Found::Present(ino, attr))
+    }
+
+    /// `ino`'s attributes as kept here: a file created here the namenode has not answered
+    /// for yet, or a delegated directory.
+    pub fn attr(&self, reader: Option<u64>, ino: Ino) -> Option<InodeAttr> {
+        let mut s = self.state();
+        if let Some(a) = s.created.get(&ino) {
+            return Some(a.clone());
+        }
+        s.usable(ino, reader).map(|d| d.attr.clone())
+    }
+
+    /// A change this client made in `dir` through the namenode while it held the
+    /// delegation: the name now names `added`, or nothing.
+    pub fn own_change(&self, dir: Ino, name: &[u8], added: Option<(Ino, FileKind)>) {
+        let mut s = self.state();
+        if let Some(d) = s.dirs.get_mut(&dir) {
+            match added {
+                Some(entry) => d.names.insert(name.to_vec(), entry),
+                None => d.names.remove(name),
+            };
+        }
+    }
+
+    /// This client changed `dir` in a way its delegation here cannot follow: it is not
+    /// used any more (the namenode's recall finds it dropped).
+    pub fn forget_dir(&self, dir: Ino) {
+        if self.state().dirs.remove(&dir).is_some() {
+            tracing::debug!("the delegation of directory {dir} is let go");
+        }
+    }
+
+    /// `dir`'s attributes after this client's own change through the namenode.
+    pub fn own_dir_attr(&self, attr: &InodeAttr) {
+        if let Some(d) = self.state().dirs.get_mut(&attr.ino) {
+            d.attr = attr.clone();
+        }
+    }
+
+    /// Where the first small block of a file created here may go ahead of its placement.
+    pub fn offer(&self, replication: u8) -> Vec<proto::DatanodeAddr> {
+        let s = self.state();
+        s.offer.iter().take(replication as usize).cloned().collect()
+    }
+
+    /// A file created here whose create the namenode has not answered yet.
+    pub fn created(&self, ino: Ino) -> Option<InodeAttr> {
+        self.state().created.get(&ino).cloned()
+    }
+
+    /// The error a queued change of `ino` (a file created, a directory changed) met, once.
+    pub fn take_failure(&self, ino: Ino) -> Option<FsError> {
+        self.state().failed.remove(&ino)
+    }
+
+    /// Did the queued create of `ino` fail? Its I/O then fails.
+    pub fn failed(&self, ino: Ino) -> bool {
+        let s = self.state();
+        !s.failed.is_empty() && s.failed.contains_key(&ino)
+    }
+
+    /// The next batch to send, waiting for one.
+    pub async fn next_batch(&self) -> Vec<proto::QueuedChange> {
+        loop {
+            let woken = self.work.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            {
+                let mut s = self.state();
+                if !s.queue.is_empty() {
+                    let n = s.queue.len().min(MAX_BATCH);
+                    return s.queue.drain(..n).collect();
+                }
+            }
+            woken.await;
+        }
+    }
+
+    /// What the namenode made of a batch (`done`, in order, or one error for all).
+    pub fn answered(&self, sent: &[proto::QueuedChange], done: &Result<Vec<QueuedDone>, FsError>) {
+        let mut s = self.state();
+        for (i, change) in sent.iter().enumerate() {
+            let op = &change.op;
+            let err = match done {
+                Ok(done) => match done.get(i) {
+                    // Gone already, as the program was told (an unlink sent again after
+                    // its answer was lost, or the name's file removed meanwhile).
+                    Some(QueuedDone::Removed(Err(FsError::NotFound))) => None,
+                    Some(QueuedDone::Created(Err(e))) | Some(QueuedDone::Removed(Err(e))) => {
+                        Some(e.clone())
+                    }
+                    Some(_) => None,
+                    None => Some(FsError::protocol("the namenode answered fewer changes")),
+                },
+                Err(e) => Some(e.clone()),
+            };
+            match op {
+                QueuedOp::Create(c) => {
+                    let ino = c.ino.unwrap_or(Ino(0));
+                    s.created.remove(&ino);
+                    if let Some(e) = err {
+                        tracing::error!(
+                            dir = %c.parent,
+                            name = %String::from_utf8_lossy(&c.name),
+                            "a create answered here failed at the namenode: {e}; the file's I/O fails"
+                        );
+                        if let Some(d) = s.dirs.get_mut(&c.parent) {
+                            if d.names.get(&c.name).is_some_and(|(i, _)| *i == ino) {
+                                d.names.remove(&c.name);
+                            }
+                        }
+                        s.fail(ino, e.clone());
+                        s.fail(c.parent, e);
+                    }
+                }
+                QueuedOp::Unlink(u) => {
+                    if let Some(e) = err {
+                        tracing::error!(
+                            dir = %u.parent,
+                            name = %String::from_utf8_lossy(&u.name),
+                            "an unlink answered here failed at the namenode: {e}"
+                        );
+                        // What the name is now, the namenode says.
+                        s.dirs.remove(&u.parent);
+                        s.fail(u.parent, e);
+                    }
+                }
+            }
+        }
+        s.unanswered -= sent.len();
+        if s.unanswered == 0 {
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+/// A name a create or unlink may be answered for here: the namenode's checks of it are
+/// the same (a bad name goes to the namenode, which refuses it).
+fn plain_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_MAX
+        && name != b"."
+        && name != b".."
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_common::attr::DirEntry;
+
+    fn dir_attr(ino: Ino, perm: u16) -> InodeAttr {
+        InodeAttr {
+            ino,
+            kind: FileKind::Dir,
+            perm,
+            uid: 0,
+            gid: 50,
+            size: 0,
+            nlink: 2,
+            atime: Timestamp::default(),
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            rdev: 0,
+            replication: 2,
+            stored: 0,
+        }
+    }
+
+    fn granted(d: &Delegations, dir: Ino, perm: u16, names: &[(&str, u64, FileKind)]) -> bool {
+        let names = names
+            .iter()
+            .map(|(n, ino, kind)| DirEntry {
+                name: n.as_bytes().to_vec(),
+                ino: Ino(*ino),
+                kind: *kind,
+                attr: None,
+            })
+            .collect();
+        d.granted(
+            dir,
+            proto::Granted {
+                attr: dir_attr(dir, perm),
+                names,
+                holder: 7,
+                epoch: 1,
+                from: 10,
+            },
+        )
+    }
+
+    fn claim() -> proto::OpenClaim {
+        proto::OpenClaim { session: 1, gen: 1 }
+    }
+
+    #[test]
+    fn creates_and_unlinks_are_answered_from_the_names_and_queued_in_order() {
+        let d = Delegations::default();
+        let dir = Ino(5);
+        let create = |name: &str, exclusive| {
+            d.create(
+                Some(7),
+                &Caller::ROOT,
+                dir,
+                name.as_bytes(),
+                0o644,
+                3,
+                4,
+                exclusive,
+                claim,
+            )
+        };
+        assert!(granted(
+            &d,
+            dir,
+            0o2775,
+            &[("old", 40, FileKind::File), ("sub", 41, FileKind::Dir)]
+        ));
+        // No inode numbers yet: the namenode is asked.
+        assert!(create("a", true).is_none());
+        d.reserved(Some(proto::InoRange {
+            first: 100,
+            count: 2,
+            place: Vec::new(),
+        }));
+        // Through another connection, or with a name the namenode must judge: asked too.
+        assert!(d
+            .create(Some(8), &Caller::ROOT, dir, b"a", 0o644, 3, 4, true, claim)
+            .is_none());
+        assert!(create("..", true).is_none());
+        let a = create("a", true).unwrap().unwrap();
+        assert_eq!(
+            (a.ino, a.uid, a.gid, a.perm, a.nlink),
+            (Ino(100), 3, 50, 0o644, 1)
+        );
+        assert_eq!(a.replication, 2, "the directory's replication");
+        assert!(matches!(create("old", true), Some(Err(FsError::Exists))));
+        assert!(
+            create("old", false).is_none(),
+            "opening an existing file asks"
+        );
+        assert!(matches!(
+            d.lookup(Some(7), dir, b"a"),
+            Some(Found::Present(Ino(100), Some(_)))
+        ));
+        assert!(matches!(d.lookup(Some(7), dir, b"zz"), Some(Found::Absent)));
+        assert_eq!(d.attr(Some(7), Ino(100)).unwrap().ino, Ino(100));
+
+        // Unlinks: of a directory, or of a file held open here, the namenode is asked.
+        assert!(d
+            .unlink(Some(7), &Caller::ROOT, dir, b"sub", |_| false)
+            .is_none());
+        assert!(d
+            .unlink(Some(7), &Caller::ROOT, dir, b"old", |_| true)
+            .is_none());
+        assert!(matches!(
+            d.unlink(Some(7), &Caller::ROOT, dir, b"zz", |_| false),
+            Some(Err(FsError::NotFound))
+        ));
+        assert_eq!(
+            d.unlink(Some(7), &Caller::ROOT, dir, b"old", |_| false)
+                .unwrap()
+                .unwrap(),
+            Ino(40)
+        );
+        assert!(matches!(
+            d.lookup(Some(7), dir, b"old"),
+            Some(Found::Absent)
+        ));
+        assert!(d.busy());
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let batch = rt.block_on(d.next_batch());
+        assert!(
+            matches!(&batch[0].op, QueuedOp::Create(c) if c.name == b"a" && c.ino == Some(Ino(100)))
+        );
+        assert!(matches!(&batch[1].op, QueuedOp::Unlink(u) if u.name == b"old"));
+        assert_eq!(batch[0].epoch, 1, "the run that gave the delegation");
+        assert_eq!(batch.len(), 2);
+        // The create refused: reported once for the file and for the directory, and the
+        // name no longer answered here.
+        let done = Ok(vec![
+            QueuedDone::Created(Err(FsError::NoSpace("full".into()))),
+            QueuedDone::Removed(Ok(proto::Changed {
+                reply: proto::Removed {
+                    ino: Ino(40),
+                    trash: None,
+                },
+                dirs: vec![],
+            })),
+        ]);
+        d.answered(&batch, &done);
+        assert!(!d.busy());
+        assert!(d.failed(Ino(100)));
+        assert!(matches!(
+            d.take_failure(Ino(100)),
+            Some(FsError::NoSpace(_))
+        ));
+        assert!(d.take_failure(Ino(100)).is_none());
+        assert!(d.take_failure(dir).is_some());
+        assert!(matches!(d.lookup(Some(7), dir, b"a"), Some(Found::Absent)));
+        assert!(d.attr(Some(7), Ino(100)).is_none());
+    }
+
+    #[test]
+    fn a_grant_older_than_a_recall_read_is_void_and_a_recall_ends_the_delegation() {
+        let d = Delegations::default();
+        let dir = Ino(5);
+        d.recalled(dir, 1, 12);
+        assert!(!granted(&d, dir, 0o755, &[]), "given before the recall");
+        d.recalled(dir, 1, 9);
+        assert!(granted(&d, dir, 0o755, &[]));
+        assert!(d.lookup(Some(7), dir, b"x").is_some());
+        d.recalled(dir, 1, 20);
+        assert!(d.lookup(Some(7), dir, b"x").is_none());
+        assert!(!granted(&d, dir, 0o755, &[]), "the recall read came after");
+        d.drop_all();
+        assert!(d.lookup(Some(7), dir, b"x").is_none());
+    }
+}
