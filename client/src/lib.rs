@@ -412,8 +412,17 @@ impl Client {
         let seq = fresh.begin();
         let res = self.namenode(req).await;
         match res.as_ref().ok().and_then(AttrAnswer::attr) {
-            Some(attr) if attr.ino == ino => fresh.record_alone(seq, attr.clone()),
-            _ => fresh.forget(ino),
+            Some(attr) if attr.ino == ino => {
+                // A delegated directory's attributes are answered from its delegation.
+                self.inner.deleg.own_dir_attr(attr);
+                fresh.record_alone(seq, attr.clone())
+            }
+            _ => {
+                if res.is_ok() {
+                    self.inner.deleg.forget_dir(ino);
+                }
+                fresh.forget(ino)
+            }
         }
         res
     }

@@ -78,6 +78,15 @@ async fn a_mount_alone_in_a_directory_answers_creates_and_unlinks_and_another_se
         );
         assert!(counted.sent::<proto::Unlink>() - unlinks < 30);
         assert!(counted.sent::<proto::Queued>() > 0);
+        // The directory's own attributes, answered from the delegation, follow A's changes.
+        let set = std::process::Command::new("touch")
+            .args(["-m", "-d", "@1000000000"])
+            .arg(a.join("d"))
+            .status()
+            .unwrap();
+        assert!(set.success());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(fs::metadata(a.join("d")).unwrap().mtime(), 1_000_000_000);
         // Answered from the delegation's names, as a local file system would.
         let exclusive = fs::OpenOptions::new()
             .write(true)
