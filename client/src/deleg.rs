@@ -73,6 +73,18 @@ struct State {
     created: HashMap<Ino, InodeAttr>,
     /// Files and directories with a queued change that failed, with the error.
     failed: HashMap<Ino, FsError>,
+    /// Files created under a delegation this client still holds, by the directory.
+    born: HashMap<Ino, Ino>,
+    /// Queued commits not answered yet, by file.
+    committing: HashMap<Ino, u32>,
+    /// What must live until the queued change it came with is answered (the guards of
+    /// uploaded blocks that keep them out of the collector's reach), by the change's number.
+    keep: VecDeque<(u64, Box<dyn Send>)>,
+    /// The map changes queued commits began (`FreshAttrs::map_changing`), ended when each
+    /// is answered: by the change's number.
+    asks: VecDeque<(u64, Ino, crate::fresh::MapAsk)>,
+    /// Numbers of changes queued so far.
+    pushed: u64,
 }
 
 struct Dir {
@@ -192,6 +204,7 @@ impl Delegations {
         let mut s = self.state();
         if s.dirs.remove(&dir).is_some() {
             tracing::debug!("the delegation of directory {dir} is recalled");
+            s.born.retain(|_, d| *d != dir);
         }
         if s.recalled.len() > 4096 {
             s.recalled.clear();
@@ -206,6 +219,7 @@ impl Delegations {
         if !s.dirs.is_empty() {
             tracing::debug!("every delegation dropped");
         }
+        s.born.clear();
         s.dirs.clear();
         s.inos.clear();
     }
@@ -271,6 +285,7 @@ impl Delegations {
         if let Some(d) = s.usable(dir, reader) {
             d.names.insert(name.to_vec(), (ino, FileKind::File));
         }
+        s.born.insert(ino, dir);
         s.created.insert(ino, attr.clone());
         let op = QueuedOp::Create(proto::Create {
             parent: dir,
@@ -329,6 +344,7 @@ impl Delegations {
     }
 
     fn push(&self, s: &mut State, caller: &Caller, epoch: u64, op: QueuedOp) {
+        s.pushed += 1;
         s.queue.push(proto::QueuedChange {
             caller: caller.clone(),
             epoch,
@@ -336,6 +352,65 @@ impl Delegations {
         });
         s.unanswered += 1;
         self.work.notify_one();
+    }
+
+    /// Queues the commit of `commit.ino`'s slices, if the file was created here under a
+    /// delegation still held and usable through `reader` (nobody else can see it): its
+    /// attributes after the commit (`attr` as they were). `keep` lives until the commit is
+    /// answered. The commit back when it must go to the namenode.
+    #[allow(clippy::type_complexity)]
+    pub fn commit(
+        &self,
+        reader: Option<u64>,
+        caller: &Caller,
+        attr: &InodeAttr,
+        commit: proto::CommitSlices,
+        keep: Box<dyn Send>,
+        ask: crate::fresh::MapAsk,
+    ) -> Result<InodeAttr, (proto::CommitSlices, Box<dyn Send>)> {
+        let mut s = self.state();
+        let Some(&dir) = s.born.get(&commit.ino) else {
+            return Err((commit, keep));
+        };
+        if s.unanswered >= MAX_UNANSWERED || s.failed.contains_key(&commit.ino) {
+            return Err((commit, keep));
+        }
+        let Some(d) = s.usable(dir, reader) else {
+            return Err((commit, keep));
+        };
+        let epoch = d.epoch;
+        let mut after = attr.clone();
+        after.size = after.size.max(commit.size);
+        after.stored = after.stored.max(after.size);
+        after.mtime = commit.mtime;
+        after.ctime = Timestamp::now();
+        if let Some(created) = s.created.get_mut(&commit.ino) {
+            *created = after.clone();
+        }
+        *s.committing.entry(commit.ino).or_default() += 1;
+        let op = QueuedOp::Commit { dir, commit };
+        self.push(&mut s, caller, epoch, op);
+        let number = s.pushed;
+        s.keep.push_back((number, keep));
+        s.asks.push_back((number, after.ino, ask));
+        Ok(after)
+    }
+
+    /// The map changes begun by the queued commits up to number `last`, now answered.
+    pub fn answered_asks(&self, last: u64) -> Vec<(Ino, crate::fresh::MapAsk)> {
+        let mut s = self.state();
+        let mut out = Vec::new();
+        while s.asks.front().is_some_and(|(n, _, _)| *n <= last) {
+            if let Some((_, ino, ask)) = s.asks.pop_front() {
+                out.push((ino, ask));
+            }
+        }
+        out
+    }
+
+    /// Is a commit of `ino` queued or on its way?
+    pub fn committing(&self, ino: Ino) -> bool {
+        self.state().committing.contains_key(&ino)
     }
 
     /// Does the sender need starting? Marks it started.
@@ -383,8 +458,10 @@ impl Delegations {
     /// This client changed `dir` in a way its delegation here cannot follow: it is not
     /// used any more (the namenode's recall finds it dropped).
     pub fn forget_dir(&self, dir: Ino) {
-        if self.state().dirs.remove(&dir).is_some() {
+        let mut s = self.state();
+        if s.dirs.remove(&dir).is_some() {
             tracing::debug!("the delegation of directory {dir} is let go");
+            s.born.retain(|_, d| *d != dir);
         }
     }
 
@@ -417,8 +494,8 @@ impl Delegations {
         !s.failed.is_empty() && s.failed.contains_key(&ino)
     }
 
-    /// The next batch to send, waiting for one.
-    pub async fn next_batch(&self) -> Vec<proto::QueuedChange> {
+    /// The next batch to send, waiting for one, with the number of its last change.
+    pub async fn next_batch(&self) -> (Vec<proto::QueuedChange>, u64) {
         loop {
             let woken = self.work.notified();
             tokio::pin!(woken);
@@ -427,16 +504,26 @@ impl Delegations {
                 let mut s = self.state();
                 if !s.queue.is_empty() {
                     let n = s.queue.len().min(MAX_BATCH);
-                    return s.queue.drain(..n).collect();
+                    let last = s.pushed - (s.queue.len() - n) as u64;
+                    return (s.queue.drain(..n).collect(), last);
                 }
             }
             woken.await;
         }
     }
 
-    /// What the namenode made of a batch (`done`, in order, or one error for all).
-    pub fn answered(&self, sent: &[proto::QueuedChange], done: &Result<Vec<QueuedDone>, FsError>) {
+    /// What the namenode made of a batch (`done`, in order, or one error for all) whose
+    /// last change was number `last`.
+    pub fn answered(
+        &self,
+        sent: &[proto::QueuedChange],
+        last: u64,
+        done: &Result<Vec<QueuedDone>, FsError>,
+    ) {
         let mut s = self.state();
+        while s.keep.front().is_some_and(|(n, _)| *n <= last) {
+            s.keep.pop_front();
+        }
         for (i, change) in sent.iter().enumerate() {
             let op = &change.op;
             let err = match done {
@@ -444,9 +531,9 @@ impl Delegations {
                     // Gone already, as the program was told (an unlink sent again after
                     // its answer was lost, or the name's file removed meanwhile).
                     Some(QueuedDone::Removed(Err(FsError::NotFound))) => None,
-                    Some(QueuedDone::Created(Err(e))) | Some(QueuedDone::Removed(Err(e))) => {
-                        Some(e.clone())
-                    }
+                    Some(QueuedDone::Created(Err(e)))
+                    | Some(QueuedDone::Removed(Err(e)))
+                    | Some(QueuedDone::Committed(Err(e))) => Some(e.clone()),
                     Some(_) => None,
                     None => Some(FsError::protocol("the namenode answered fewer changes")),
                 },
@@ -469,6 +556,22 @@ impl Delegations {
                         }
                         s.fail(ino, e.clone());
                         s.fail(c.parent, e);
+                    }
+                }
+                QueuedOp::Commit { commit, .. } => {
+                    let ino = commit.ino;
+                    if let Some(n) = s.committing.get_mut(&ino) {
+                        *n -= 1;
+                        if *n == 0 {
+                            s.committing.remove(&ino);
+                        }
+                    }
+                    if let Some(e) = err {
+                        tracing::error!(
+                            file = %ino,
+                            "a close answered here failed to commit the file's data at the namenode: {e}; the file's I/O fails"
+                        );
+                        s.fail(ino, e);
                     }
                 }
                 QueuedOp::Unlink(u) => {
@@ -631,7 +734,8 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let batch = rt.block_on(d.next_batch());
+        let (batch, last) = rt.block_on(d.next_batch());
+        assert_eq!(last, 2);
         assert!(
             matches!(&batch[0].op, QueuedOp::Create(c) if c.name == b"a" && c.ino == Some(Ino(100)))
         );
@@ -650,7 +754,7 @@ mod tests {
                 dirs: vec![],
             })),
         ]);
-        d.answered(&batch, &done);
+        d.answered(&batch, last, &done);
         assert!(!d.busy());
         assert!(d.failed(Ino(100)));
         assert!(matches!(
@@ -661,6 +765,95 @@ mod tests {
         assert!(d.take_failure(dir).is_some());
         assert!(matches!(d.lookup(Some(7), dir, b"a"), Some(Found::Absent)));
         assert!(d.attr(Some(7), Ino(100)).is_none());
+    }
+
+    #[test]
+    fn a_new_files_commit_is_queued_behind_its_create_and_what_it_keeps_lives_until_answered() {
+        let d = Delegations::default();
+        let dir = Ino(5);
+        assert!(granted(&d, dir, 0o755, &[]));
+        d.reserved(Some(proto::InoRange {
+            first: 100,
+            count: 4,
+            place: Vec::new(),
+        }));
+        let made = d
+            .create(Some(7), &Caller::ROOT, dir, b"n", 0o644, 0, 0, true, claim)
+            .unwrap()
+            .unwrap();
+        let fresh = crate::fresh::FreshAttrs::default();
+        let commit = |ino| proto::CommitSlices {
+            ino,
+            slices: Vec::new(),
+            size: 65536,
+            mtime: Timestamp { secs: 9, nanos: 0 },
+        };
+        let kept = std::sync::Arc::new(());
+        let after = d
+            .commit(
+                Some(7),
+                &Caller::ROOT,
+                &made,
+                commit(made.ino),
+                Box::new(kept.clone()),
+                fresh.map_changing(made.ino),
+            )
+            .unwrap_or_else(|_| panic!("queued"));
+        assert_eq!((after.size, after.mtime.secs), (65536, 9));
+        assert_eq!(
+            d.attr(Some(7), made.ino).unwrap().size,
+            65536,
+            "answered here"
+        );
+        assert!(d.committing(made.ino));
+        // A file not made here, or through another connection: sent to the namenode.
+        let other = InodeAttr {
+            ino: Ino(40),
+            ..made.clone()
+        };
+        let ask = fresh.map_changing(Ino(40));
+        assert!(d
+            .commit(
+                Some(7),
+                &Caller::ROOT,
+                &other,
+                commit(Ino(40)),
+                Box::new(()),
+                ask
+            )
+            .is_err());
+        let ask = fresh.map_changing(made.ino);
+        assert!(d
+            .commit(
+                Some(8),
+                &Caller::ROOT,
+                &made,
+                commit(made.ino),
+                Box::new(()),
+                ask
+            )
+            .is_err());
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (batch, last) = rt.block_on(d.next_batch());
+        assert!(matches!(&batch[0].op, QueuedOp::Create(_)));
+        assert!(matches!(&batch[1].op, QueuedOp::Commit { dir: Ino(5), .. }));
+        assert_eq!(
+            std::sync::Arc::strong_count(&kept),
+            2,
+            "kept while on its way"
+        );
+        assert_eq!(d.answered_asks(last).len(), 1);
+        d.answered(&batch, last, &Err(FsError::unavailable("gone")));
+        assert_eq!(
+            std::sync::Arc::strong_count(&kept),
+            1,
+            "let go once answered"
+        );
+        assert!(!d.committing(made.ino));
+        assert!(d.failed(made.ino));
     }
 
     #[test]

@@ -322,20 +322,37 @@ impl FileHandle {
         } else {
             committed_end
         };
+        let commit = CommitSlices {
+            ino: self.attr.ino,
+            slices,
+            size,
+            mtime: Timestamp::now(),
+        };
         let fresh = &self.client.inner.fresh;
         let ask = fresh.map_changing(self.attr.ino);
-        let res = self
+        // A file made here under a delegation: the commit is queued like its create.
+        // (The map change it begins ends when the namenode answers it.)
+        let commit = match self
             .client
-            .change_attrs(
-                self.attr.ino,
-                CommitSlices {
-                    ino: self.attr.ino,
-                    slices,
-                    size,
-                    mtime: Timestamp::now(),
-                },
-            )
-            .await;
+            .commit_queued(&self.attr, commit, Box::new(pending), ask)
+        {
+            Ok(attr) => {
+                self.attr = attr;
+                self.map = ChunkCache::default();
+                let version = self.client.inner.opens.map_changed(self.attr.ino);
+                if version == self.map_seen + 1 {
+                    self.map_seen = version;
+                }
+                if !self.is_dirty() {
+                    self.written_end = 0;
+                    self.dirty_since = None;
+                }
+                return Ok(());
+            }
+            Err((commit, pending)) => (commit, pending),
+        };
+        let (commit, pending) = commit;
+        let res = self.client.change_attrs(self.attr.ino, commit).await;
         fresh.map_changed(self.attr.ino, ask, res.as_ref().ok());
         drop(pending);
         match res {

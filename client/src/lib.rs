@@ -547,6 +547,32 @@ impl Client {
         self.namenode_now(req).await
     }
 
+    /// Queues the commit of a file created here under a delegation still held (see
+    /// `deleg.rs`): its attributes after it; the commit back if it must be sent.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn commit_queued(
+        &self,
+        attr: &InodeAttr,
+        commit: proto::CommitSlices,
+        keep: Box<dyn Send>,
+        ask: fresh::MapAsk,
+    ) -> Result<InodeAttr, (proto::CommitSlices, Box<dyn Send>)> {
+        if self.inner.config.wsync {
+            return Err((commit, keep));
+        }
+        let reader = self.inner.fresh.reading_through();
+        let ino = commit.ino;
+        let after = self
+            .inner
+            .deleg
+            .commit(reader, &self.caller, attr, commit, keep, ask)?;
+        self.inner.fresh.forget(ino);
+        if self.inner.deleg.start_sender() {
+            tokio::spawn(send_queued(Arc::downgrade(&self.inner)));
+        }
+        Ok(after)
+    }
+
     /// The replication of `ino` if its create is queued here, not yet answered.
     fn queued_replication(&self, ino: Ino) -> Option<u8> {
         self.inner.deleg.created(ino).map(|a| a.replication)
@@ -1220,6 +1246,13 @@ impl Client {
             if let Some(file) = self.open_leased(ino) {
                 return Ok((file, false));
             }
+            // A file whose commit is queued here: its answer brings the map and a lease.
+            if self.inner.deleg.committing(ino) {
+                self.inner.deleg.drained().await;
+                if let Some(file) = self.open_leased(ino) {
+                    return Ok((file, false));
+                }
+            }
         }
         let (claim, start) = self.inner.opens.hold(ino, write);
         if start {
@@ -1502,7 +1535,7 @@ async fn send_queued(client: std::sync::Weak<Inner>) {
         let Some(inner) = client.upgrade() else {
             return;
         };
-        let batch = tokio::select! {
+        let (batch, last) = tokio::select! {
             batch = inner.deleg.next_batch() => batch,
             _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
         };
@@ -1526,6 +1559,15 @@ async fn send_queued(client: std::sync::Weak<Inner>) {
         if let Ok(done) = &done {
             for d in done {
                 match d {
+                    // A file whose commit is queued is as the namenode will say after it.
+                    proto::QueuedDone::Created(Ok(c))
+                        if sender.inner.deleg.committing(c.reply.attr.ino) =>
+                    {
+                        sender.inner.fresh.forget(c.reply.attr.ino);
+                        for dir in &c.dirs {
+                            sender.inner.fresh.unknown_change(dir.attr.ino);
+                        }
+                    }
                     proto::QueuedDone::Created(Ok(c)) => {
                         sender.fresh_file(seq, &c.reply);
                         for dir in &c.dirs {
@@ -1543,7 +1585,23 @@ async fn send_queued(client: std::sync::Weak<Inner>) {
                 }
             }
         }
-        sender.inner.deleg.answered(&batch, &done);
+        // The maps queued commits answered with are kept as a commit's own answer's are.
+        let maps = match &done {
+            Ok(done) => done
+                .iter()
+                .filter_map(|d| match d {
+                    proto::QueuedDone::Committed(r) => Some(r.as_ref().ok()),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let asks = sender.inner.deleg.answered_asks(last);
+        for (i, (ino, ask)) in asks.into_iter().enumerate() {
+            let map = maps.get(i).copied().flatten();
+            sender.inner.fresh.map_changed(ino, ask, map);
+        }
+        sender.inner.deleg.answered(&batch, last, &done);
     }
 }
 

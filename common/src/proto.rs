@@ -171,6 +171,12 @@ pub enum QueuedOp {
     /// With [`Create::ino`] and [`Create::at`] set.
     Create(Create),
     Unlink(Unlink),
+    /// The slices of a file created under the delegation of `dir` (nobody else can reach
+    /// it before the directory is recalled).
+    Commit {
+        dir: Ino,
+        commit: CommitSlices,
+    },
 }
 
 /// What each of a [`Queued`]'s ops came to, in order.
@@ -178,6 +184,8 @@ pub enum QueuedOp {
 pub enum QueuedDone {
     Created(Result<Changed<CreateReply>, crate::FsError>),
     Removed(Result<Changed<Removed>, crate::FsError>),
+    /// With the file's map, as [`CommitSlices`] answers.
+    Committed(Result<ChunkMap, crate::FsError>),
 }
 
 /// A barrier: answered once every namespace change acknowledged before it is on the

@@ -431,9 +431,47 @@ impl Namenode {
             .await
     }
 
+    /// A file's new slices, answered with its map (and a lease on it) if it is small.
+    async fn commit(&self, who: &Who, r: cairn_common::proto::CommitSlices) -> FsResult<ChunkMap> {
+        let ino = r.ino;
+        // Taken before the commit: a change the map read after it misses waits.
+        let lease = (r.size <= cairn_common::layout::CHUNK_SIZE)
+            .then(|| self.engine.feed().lease(who.origin, ino))
+            .flatten();
+        self.check_stored(&r).await?;
+        let attr = self.mutate_attr(who, MetaOpKind::CommitSlices(r)).await?;
+        let whole = lease.is_some() && attr.size <= cairn_common::layout::CHUNK_SIZE;
+        // Removed meanwhile: committed all the same, only the map is not given.
+        Ok(match whole.then(|| self.read_chunks(ino, 0, 1)) {
+            Some(Ok(map)) => ChunkMap { lease, ..map },
+            _ => ChunkMap::attributes_only(attr),
+        })
+    }
+
+    /// The commit of a file made under the delegation of `dir`; `replay` as for creates.
+    async fn commit_queued(
+        &self,
+        who: &Who,
+        dir: Ino,
+        commit: cairn_common::proto::CommitSlices,
+        replay: bool,
+    ) -> FsResult<ChunkMap> {
+        if !replay && !self.engine.feed().may_act(who.origin, dir) {
+            return Err(delegation_lost(dir));
+        }
+        self.commit(who, commit).await
+    }
+
     /// A delegation holder's queued changes, applied in order (submitted together, so the
     /// metadata writer commits them in few groups).
     async fn queued(&self, who: &Who, q: Queued) -> Vec<QueuedDone> {
+        // Commits wait for their blocks' reports first, so that each op below is submitted
+        // at its first poll, in order (a commit that waited would fall behind what follows).
+        for change in &q.ops {
+            if let QueuedOp::Commit { commit, .. } = &change.op {
+                let _ = self.check_stored(commit).await;
+            }
+        }
         let feed = self.engine.feed();
         let replaying = feed.started.elapsed() < cairn_common::proto::REPLAY_WINDOW;
         let ops = q.ops.into_iter().map(|change| {
@@ -450,6 +488,9 @@ impl Namenode {
                     )),
                     QueuedOp::Create(c) => QueuedDone::Created(self.create(&who, c, replay).await),
                     QueuedOp::Unlink(u) => QueuedDone::Removed(self.unlink(&who, u, !replay).await),
+                    QueuedOp::Commit { dir, commit } => {
+                        QueuedDone::Committed(self.commit_queued(&who, dir, commit, replay).await)
+                    }
                 }
             }
         });
@@ -667,26 +708,7 @@ impl Service for Namenode {
             R::ReadChunks(r) => ex.respond(&self.read_chunks(r.ino, r.first, r.count)).await,
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
             R::SyncMetadata(_) => ex.respond(&self.engine.sync().await).await,
-            R::CommitSlices(r) => {
-                let ino = r.ino;
-                // Taken before the commit: a change the map read after it misses waits.
-                let lease = (r.size <= cairn_common::layout::CHUNK_SIZE)
-                    .then(|| self.engine.feed().lease(who.origin, ino))
-                    .flatten();
-                let res = match self.check_stored(&r).await {
-                    Ok(()) => self.mutate_attr(&who, MetaOpKind::CommitSlices(r)).await,
-                    Err(e) => Err(e),
-                };
-                let res = res.map(|attr| {
-                    let whole = lease.is_some() && attr.size <= cairn_common::layout::CHUNK_SIZE;
-                    // Removed meanwhile: committed all the same, only the map is not given.
-                    match whole.then(|| self.read_chunks(ino, 0, 1)) {
-                        Some(Ok(map)) => ChunkMap { lease, ..map },
-                        _ => ChunkMap::attributes_only(attr),
-                    }
-                });
-                ex.respond(&res).await
-            }
+            R::CommitSlices(r) => ex.respond(&self.commit(&who, r).await).await,
             R::CopyRange(r) => {
                 let res = match self.mutate(&who, MetaOpKind::CopyRange(r)).await {
                     Ok(MetaReply::Copied { attr, len }) => Ok(Copied { attr, len }),
