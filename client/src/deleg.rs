@@ -408,6 +408,11 @@ impl Delegations {
         out
     }
 
+    /// How many commits of `ino` are queued or on their way.
+    pub fn commits_pending(&self, ino: Ino) -> u32 {
+        self.state().committing.get(&ino).copied().unwrap_or(0)
+    }
+
     /// Is a commit of `ino` queued or on its way?
     pub fn committing(&self, ino: Ino) -> bool {
         self.state().committing.contains_key(&ino)

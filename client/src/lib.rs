@@ -1563,7 +1563,6 @@ async fn send_queued(client: std::sync::Weak<Inner>) {
                     proto::QueuedDone::Created(Ok(c))
                         if sender.inner.deleg.committing(c.reply.attr.ino) =>
                     {
-                        sender.inner.fresh.forget(c.reply.attr.ino);
                         for dir in &c.dirs {
                             sender.inner.fresh.unknown_change(dir.attr.ino);
                         }
@@ -1573,6 +1572,13 @@ async fn send_queued(client: std::sync::Weak<Inner>) {
                         for dir in &c.dirs {
                             sender.inner.fresh.unknown_change(dir.attr.ino);
                         }
+                    }
+                    // As a commit's own answer is kept: a stat after needs no call.
+                    // (Unless another commit of it follows.)
+                    proto::QueuedDone::Committed(Ok(map))
+                        if sender.inner.deleg.commits_pending(map.attr.ino) == 1 =>
+                    {
+                        sender.inner.fresh.record(seq, [map.attr.clone()]);
                     }
                     proto::QueuedDone::Removed(Ok(r)) => {
                         sender.inner.fresh.forget(r.reply.ino);

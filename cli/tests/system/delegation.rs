@@ -87,6 +87,30 @@ async fn a_mount_alone_in_a_directory_answers_creates_and_unlinks_and_another_se
         assert!(set.success());
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(fs::metadata(a.join("d")).unwrap().mtime(), 1_000_000_000);
+        // Read back after the kernel forgot them: names, attributes and maps are all
+        // known here (the queued commits' answers brought them).
+        std::thread::sleep(Duration::from_millis(300));
+        fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        let (getattrs, opens) = (
+            counted.sent::<proto::GetAttr>(),
+            counted.sent::<proto::Open>(),
+        );
+        for i in (1..300).step_by(2) {
+            assert_eq!(
+                fs::read(a.join(format!("d/f{i}"))).unwrap(),
+                format!("{i}").as_bytes()
+            );
+        }
+        // (Kept for the TTL past the last read of the change feed: a loaded machine may let
+        // some age out. Without them every one of the 150 asks.)
+        assert!(
+            counted.sent::<proto::GetAttr>() - getattrs < 75,
+            "stats of files made here"
+        );
+        assert!(
+            counted.sent::<proto::Open>() - opens < 75,
+            "opens of files made here"
+        );
         // Answered from the delegation's names, as a local file system would.
         let exclusive = fs::OpenOptions::new()
             .write(true)
