@@ -16,15 +16,7 @@ fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     r.expect_err("must fail").raw_os_error().expect("an errno")
 }
 
-/// The names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
+use crate::support::sorted_names as names;
 
 /// Mounts `cluster` on a new directory with `client`, kept to count its requests.
 async fn mount_client(
@@ -160,8 +152,7 @@ async fn a_mount_alone_in_a_directory_answers_creates_and_unlinks_and_another_se
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
-    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
-    assert_eq!(code, 0, "{fsck}");
+    assert_fsck_clean(&cluster);
     cluster.stop().await.unwrap();
 }
 
@@ -289,8 +280,7 @@ async fn a_mount_killed_with_changes_queued_loses_at_most_those_and_never_their_
     let (present, last) = check.await.unwrap();
     tracing::info!(made, present, last, "kept after the kill");
     unmount(mounted).await;
-    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
-    assert_eq!(code, 0, "{fsck}");
+    assert_fsck_clean(&cluster);
     cluster.stop().await.unwrap();
 }
 
@@ -341,7 +331,6 @@ async fn a_namenode_restart_under_a_delegation_splits_nothing() {
     assert_eq!(seen, expected);
     unmount(mount_b).await;
     unmount(mount_a).await;
-    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
-    assert_eq!(code, 0, "{fsck}");
+    assert_fsck_clean(&cluster);
     cluster.stop().await.unwrap();
 }

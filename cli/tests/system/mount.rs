@@ -839,14 +839,7 @@ async fn a_directory_this_mount_listed_is_followed_until_another_mount_changes_i
             fs::write(b.join("theirs").join(name), name).unwrap();
         }
         let d = a.join("theirs");
-        let listed = |d: &Path| {
-            let mut names: Vec<_> = fs::read_dir(d)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            names.sort();
-            names
-        };
+        let listed = |d: &Path| sorted_names(d);
         assert_eq!(listed(&d), ["x", "y"]);
         within_ttl();
         assert!(exists(&d.join("x")) && !exists(&d.join("n")));

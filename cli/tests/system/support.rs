@@ -229,3 +229,19 @@ pub async fn wait_for_replicas(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The names in `dir`, sorted.
+pub fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `cairn admin fsck /` finds `cluster` healthy.
+pub fn assert_fsck_clean(cluster: &DevCluster) {
+    let (code, fsck) = admin(cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+}
