@@ -169,6 +169,9 @@ mkdir -p "$WORK/wsync"
 "$CAIRN" mount --config "$DEV/cairn-client.toml" -o wsync --daemon --log "$WORK/wsync.log" "$WORK/wsync"
 PJDFSTEST_REMOUNT=0 FSX_SEEDS=1 "$(dirname "$0")/conformance.sh" "$WORK/wsync"
 umount "$WORK/wsync"
+echo "--- the namespace they leave agrees with itself (links, references, counters)"
+"$CAIRN" admin fsck / >"$WORK/fsck" 2>&1 || true
+grep -q "^Namespace: consistent" "$WORK/fsck" || { cat "$WORK/fsck"; exit 1; }
 stop
 if mountpoint -q "$WORK/devmnt"; then echo "Ctrl-C left the dev mount behind"; exit 1; fi
 

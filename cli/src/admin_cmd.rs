@@ -10,8 +10,9 @@ use cairn_client::Client;
 use cairn_common::attr::{FileKind, InodeAttr};
 use cairn_common::layout::CHUNK_SIZE;
 use cairn_common::proto::{
-    AdminState, DatanodeState, DatanodeStatus, ForgetDatanode, GetMetaHealth, GetRepairStatus,
-    MetaHealth, ReadChunks, RepairStatus, SafeMode, SafeModeAction, SafeModeStatus, SetAdminState,
+    AdminState, CheckNamespace, DatanodeState, DatanodeStatus, ForgetDatanode, GetMetaHealth,
+    GetRepairStatus, MetaHealth, ReadChunks, RepairStatus, SafeMode, SafeModeAction,
+    SafeModeStatus, SetAdminState,
 };
 use cairn_common::{BlockId, FsError};
 use clap::{Args, Subcommand, ValueEnum};
@@ -40,8 +41,9 @@ enum AdminCommand {
     /// many blocks are under-replicated or missing.
     Report,
     /// Check files' blocks against their replication: per file, blocks, replicas and where
-    /// they are, and what is wrong. Exits with 1 when data is missing or corrupt, with 3
-    /// when blocks are only under-replicated.
+    /// they are, and what is wrong; of `/`, the namespace's links and reference counts too
+    /// (as root). Exits with 1 when data is missing or corrupt or the namespace is
+    /// inconsistent, with 3 when blocks are only under-replicated.
     Fsck {
         #[arg(default_value = "/")]
         path: String,
@@ -528,9 +530,12 @@ struct FsckSummary {
     corrupt: u64,
     /// Every block has all its replicas.
     healthy: bool,
-    /// `healthy`, `under-replicated` (every block readable, some short of replicas) or
-    /// `corrupt` (some block has no good live replica).
+    /// `healthy`, `under-replicated` (every block readable, some short of replicas),
+    /// `corrupt` (some block has no good live replica) or `inconsistent` (the namespace's
+    /// records disagree).
     status: &'static str,
+    /// The namespace recounted (a check of `/` by root), when it was.
+    namespace: Option<cairn_common::proto::NamespaceCheck>,
 }
 
 /// `cairn admin fsck`'s exit status when every block is readable but some have fewer live
@@ -658,7 +663,17 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
             _ => {}
         }
     }
-    summary.status = if summary.missing + summary.corrupt > 0 {
+    if path.trim_end_matches('/').is_empty() {
+        summary.namespace = match client.namenode(CheckNamespace {}).await {
+            Ok(check) => Some(check),
+            Err(FsError::NotPermitted) => None,
+            Err(e) => return Err(anyhow!("checking the namespace: {e}")),
+        };
+    }
+    let inconsistent = summary.namespace.as_ref().is_some_and(|n| n.problems > 0);
+    summary.status = if inconsistent {
+        "inconsistent"
+    } else if summary.missing + summary.corrupt > 0 {
         "corrupt"
     } else if summary.under_replicated > 0 {
         "under-replicated"
@@ -726,8 +741,33 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
         s.missing,
         s.corrupt
     );
+    match &s.namespace {
+        Some(n) if n.problems == 0 => println!(
+            "Namespace: consistent ({} inodes, {} names, {} blocks, {} block references)",
+            n.inodes, n.names, n.blocks, n.block_refs
+        ),
+        Some(n) => {
+            println!(
+                "Namespace: {} records disagree ({} inodes, {} names, {} blocks):",
+                n.problems, n.inodes, n.names, n.blocks
+            );
+            for p in &n.examples {
+                println!("  {p}");
+            }
+            if n.problems > n.examples.len() as u64 {
+                println!("  and {} more", n.problems - n.examples.len() as u64);
+            }
+        }
+        None if path.trim_end_matches('/').is_empty() => {
+            println!("Namespace: not checked (root only)")
+        }
+        None => {}
+    }
     match s.status {
         "healthy" => println!("Status: HEALTHY"),
+        "inconsistent" => println!(
+            "Status: INCONSISTENT (the namespace's records disagree: a bug; keep the namenode's metadata directory for the report)"
+        ),
         "under-replicated" => {
             println!(
                 "Status: UNDER-REPLICATED ({} blocks have fewer live replicas than their replication; all are readable)",

@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_common::attr::{Caller, FileKind, InodeAttr, Timestamp, NAME_MAX};
+use cairn_common::attr::{Caller, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp, NAME_MAX};
 use cairn_common::proto::{self, QueuedDone, QueuedOp};
 use cairn_common::{FsError, Ino};
 use tokio::sync::Notify;
@@ -73,9 +73,10 @@ struct State {
     created: HashMap<Ino, InodeAttr>,
     /// Files and directories with a queued change that failed, with the error.
     failed: HashMap<Ino, FsError>,
-    /// Files created under a delegation this client still holds, by the directory.
-    born: HashMap<Ino, Ino>,
-    /// Queued commits not answered yet, by file.
+    /// Files created under a delegation this client still holds and changed since by this
+    /// client alone: the directory, and their attributes as those changes left them.
+    born: HashMap<Ino, (Ino, InodeAttr)>,
+    /// Queued commits and attribute changes not answered yet, by file.
     committing: HashMap<Ino, u32>,
     /// What must live until the queued change it came with is answered (the guards of
     /// uploaded blocks that keep them out of the collector's reach), by the change's number.
@@ -108,6 +109,16 @@ impl State {
         match self.dirs.get_mut(&dir) {
             Some(d) if Some(d.holder) == reader => Some(d),
             _ => None,
+        }
+    }
+
+    /// One of `ino`'s queued commits or attribute changes was answered.
+    fn settled_one(&mut self, ino: Ino) {
+        if let Some(n) = self.committing.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                self.committing.remove(&ino);
+            }
         }
     }
 
@@ -204,7 +215,7 @@ impl Delegations {
         let mut s = self.state();
         if s.dirs.remove(&dir).is_some() {
             tracing::debug!("the delegation of directory {dir} is recalled");
-            s.born.retain(|_, d| *d != dir);
+            s.born.retain(|_, (d, _)| *d != dir);
         }
         if s.recalled.len() > 4096 {
             s.recalled.clear();
@@ -285,7 +296,7 @@ impl Delegations {
         if let Some(d) = s.usable(dir, reader) {
             d.names.insert(name.to_vec(), (ino, FileKind::File));
         }
-        s.born.insert(ino, dir);
+        s.born.insert(ino, (dir, attr.clone()));
         s.created.insert(ino, attr.clone());
         let op = QueuedOp::Create(proto::Create {
             parent: dir,
@@ -335,6 +346,7 @@ impl Delegations {
         d.attr.mtime = now;
         d.attr.ctime = now;
         s.created.remove(&ino);
+        s.born.remove(&ino);
         let op = QueuedOp::Unlink(proto::Unlink {
             parent: dir,
             name: name.to_vec(),
@@ -369,7 +381,7 @@ impl Delegations {
         ask: crate::fresh::MapAsk,
     ) -> Result<InodeAttr, (proto::CommitSlices, Box<dyn Send>)> {
         let mut s = self.state();
-        let Some(&dir) = s.born.get(&commit.ino) else {
+        let Some((dir, born)) = s.born.get(&commit.ino).cloned() else {
             return Err((commit, keep));
         };
         if s.unanswered >= MAX_UNANSWERED || s.failed.contains_key(&commit.ino) {
@@ -379,14 +391,17 @@ impl Delegations {
             return Err((commit, keep));
         };
         let epoch = d.epoch;
-        let mut after = attr.clone();
-        after.size = after.size.max(commit.size);
+        // What this client's earlier queued changes made of it (a handle's `attr` may
+        // predate a change of mode or times made meanwhile).
+        let mut after = born;
+        after.size = after.size.max(attr.size).max(commit.size);
         after.stored = after.stored.max(after.size);
         after.mtime = commit.mtime;
         after.ctime = Timestamp::now();
         if let Some(created) = s.created.get_mut(&commit.ino) {
             *created = after.clone();
         }
+        s.born.insert(commit.ino, (dir, after.clone()));
         *s.committing.entry(commit.ino).or_default() += 1;
         let op = QueuedOp::Commit { dir, commit };
         self.push(&mut s, caller, epoch, op);
@@ -394,6 +409,42 @@ impl Delegations {
         s.keep.push_back((number, keep));
         s.asks.push_back((number, after.ino, ask));
         Ok(after)
+    }
+
+    /// Answers a change of `ino`'s mode, owner or times here, if the file was created here
+    /// under a delegation still held and usable through `reader`, and `caller` surely may
+    /// make the change (see [`settled`]): `None` when the namenode must be asked. The
+    /// file's attributes after it.
+    pub fn setattr(
+        &self,
+        reader: Option<u64>,
+        caller: &Caller,
+        ino: Ino,
+        set: &SetAttr,
+    ) -> Option<InodeAttr> {
+        let mut s = self.state();
+        if s.unanswered >= MAX_UNANSWERED || s.failed.contains_key(&ino) {
+            return None;
+        }
+        let (dir, attr) = s.born.get(&ino).cloned()?;
+        let epoch = s.usable(dir, reader)?.epoch;
+        let (after, set) = settled(caller, &attr, set, Timestamp::now())?;
+        s.born.insert(ino, (dir, after.clone()));
+        if let Some(created) = s.created.get_mut(&ino) {
+            *created = after.clone();
+        }
+        *s.committing.entry(ino).or_default() += 1;
+        self.push(&mut s, caller, epoch, QueuedOp::SetAttr { dir, ino, set });
+        Some(after)
+    }
+
+    /// `ino` changed through the namenode: what is kept here of its attributes no longer
+    /// follows it, and its changes go to the namenode from now on.
+    pub fn unborn(&self, ino: Ino) {
+        let mut s = self.state();
+        if !s.born.is_empty() {
+            s.born.remove(&ino);
+        }
     }
 
     /// The map changes begun by the queued commits up to number `last`, now answered.
@@ -466,7 +517,7 @@ impl Delegations {
         let mut s = self.state();
         if s.dirs.remove(&dir).is_some() {
             tracing::debug!("the delegation of directory {dir} is let go");
-            s.born.retain(|_, d| *d != dir);
+            s.born.retain(|_, (d, _)| *d != dir);
         }
     }
 
@@ -538,7 +589,8 @@ impl Delegations {
                     Some(QueuedDone::Removed(Err(FsError::NotFound))) => None,
                     Some(QueuedDone::Created(Err(e)))
                     | Some(QueuedDone::Removed(Err(e)))
-                    | Some(QueuedDone::Committed(Err(e))) => Some(e.clone()),
+                    | Some(QueuedDone::Committed(Err(e)))
+                    | Some(QueuedDone::Attr(Err(e))) => Some(e.clone()),
                     Some(_) => None,
                     None => Some(FsError::protocol("the namenode answered fewer changes")),
                 },
@@ -563,14 +615,19 @@ impl Delegations {
                         s.fail(c.parent, e);
                     }
                 }
+                QueuedOp::SetAttr { ino, .. } => {
+                    s.settled_one(*ino);
+                    if let Some(e) = err {
+                        tracing::error!(
+                            file = %ino,
+                            "an attribute change answered here failed at the namenode: {e}; the file's I/O fails"
+                        );
+                        s.fail(*ino, e);
+                    }
+                }
                 QueuedOp::Commit { commit, .. } => {
                     let ino = commit.ino;
-                    if let Some(n) = s.committing.get_mut(&ino) {
-                        *n -= 1;
-                        if *n == 0 {
-                            s.committing.remove(&ino);
-                        }
-                    }
+                    s.settled_one(ino);
                     if let Some(e) = err {
                         tracing::error!(
                             file = %ino,
@@ -598,6 +655,60 @@ impl Delegations {
             self.drained.notify_waiters();
         }
     }
+}
+
+/// `attr` after `set`, and `set` with "now" made the time it is, when `caller` surely may
+/// make the change: the namenode's checks (`ops::setattr`) for the owner or root. `None`
+/// for anything else, which the namenode judges: a change of size, of the owner by
+/// anyone but root, to a group the owner is not in, of mode or times by another user.
+fn settled(
+    caller: &Caller,
+    attr: &InodeAttr,
+    set: &SetAttr,
+    now: Timestamp,
+) -> Option<(InodeAttr, SetAttr)> {
+    let root = caller.uid == 0;
+    let owner = caller.uid == attr.uid;
+    let in_group = |gid: u32| caller.gid == gid || caller.groups.contains(&gid);
+    let refused = set.size.is_some()
+        || !(root || owner)
+        || set.uid.is_some_and(|u| u != attr.uid && !root)
+        || set
+            .gid
+            .is_some_and(|g| g != attr.gid && !root && !in_group(g));
+    if refused {
+        return None;
+    }
+    let at = |t: TimeSet| {
+        TimeSet::At(match t {
+            TimeSet::Now => now,
+            TimeSet::At(t) => t,
+        })
+    };
+    let set = SetAttr {
+        atime: set.atime.map(at),
+        mtime: set.mtime.map(at),
+        ..set.clone()
+    };
+    let mut after = attr.clone();
+    if let Some(perm) = set.perm {
+        let mut perm = perm & 0o7777;
+        // A non-root owner outside the file's group cannot keep it setgid.
+        if !root && !in_group(attr.gid) && attr.kind != FileKind::Dir {
+            perm &= !0o2000;
+        }
+        after.perm = perm;
+    }
+    after.uid = set.uid.unwrap_or(after.uid);
+    after.gid = set.gid.unwrap_or(after.gid);
+    if let Some(TimeSet::At(t)) = set.atime {
+        after.atime = t;
+    }
+    if let Some(TimeSet::At(t)) = set.mtime {
+        after.mtime = t;
+    }
+    after.ctime = now;
+    Some((after, set))
 }
 
 /// A name a create or unlink may be answered for here: the namenode's checks of it are
@@ -654,6 +765,19 @@ mod tests {
                 from: 10,
             },
         )
+    }
+
+    /// Directory 5 delegated through connection 7, and four inode numbers from 100.
+    fn delegated_with_inos() -> (Delegations, Ino) {
+        let d = Delegations::default();
+        let dir = Ino(5);
+        assert!(granted(&d, dir, 0o755, &[]));
+        d.reserved(Some(proto::InoRange {
+            first: 100,
+            count: 4,
+            place: Vec::new(),
+        }));
+        (d, dir)
     }
 
     fn claim() -> proto::OpenClaim {
@@ -774,14 +898,7 @@ mod tests {
 
     #[test]
     fn a_new_files_commit_is_queued_behind_its_create_and_what_it_keeps_lives_until_answered() {
-        let d = Delegations::default();
-        let dir = Ino(5);
-        assert!(granted(&d, dir, 0o755, &[]));
-        d.reserved(Some(proto::InoRange {
-            first: 100,
-            count: 4,
-            place: Vec::new(),
-        }));
+        let (d, dir) = delegated_with_inos();
         let made = d
             .create(Some(7), &Caller::ROOT, dir, b"n", 0o644, 0, 0, true, claim)
             .unwrap()
@@ -859,6 +976,105 @@ mod tests {
         );
         assert!(!d.committing(made.ino));
         assert!(d.failed(made.ino));
+    }
+
+    #[test]
+    fn a_new_files_mode_owner_and_times_are_answered_here_when_the_namenode_would_allow_them() {
+        let (d, dir) = delegated_with_inos();
+        let user = Caller {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![27],
+        };
+        let made = d
+            .create(Some(7), &user, dir, b"n", 0o600, 1000, 1000, true, claim)
+            .unwrap()
+            .unwrap();
+        let t = Timestamp { secs: 42, nanos: 7 };
+        // What tar does to each file it writes: times, owner, mode.
+        let set = |f: fn(&mut SetAttr)| {
+            let mut s = SetAttr::default();
+            f(&mut s);
+            s
+        };
+        let timed = d
+            .setattr(
+                Some(7),
+                &user,
+                made.ino,
+                &set(|s| s.mtime = Some(TimeSet::At(Timestamp { secs: 42, nanos: 7 }))),
+            )
+            .expect("the owner sets times");
+        assert_eq!(timed.mtime, t);
+        let chowned = d
+            .setattr(
+                Some(7),
+                &user,
+                made.ino,
+                &set(|s| (s.uid, s.gid) = (Some(1000), Some(27))),
+            )
+            .expect("the owner picks one of their groups");
+        assert_eq!((chowned.uid, chowned.gid, chowned.mtime), (1000, 27, t));
+        let moded = d
+            .setattr(Some(7), &user, made.ino, &set(|s| s.perm = Some(0o2644)))
+            .expect("the owner sets the mode");
+        assert_eq!(moded.perm, 0o2644, "setgid kept: the owner is in group 27");
+        assert_eq!(d.attr(Some(7), made.ino).unwrap().perm, 0o2644);
+        // What the namenode must judge: another owner, a group the user is not in, a size,
+        // another user's change, through another connection.
+        assert!(d
+            .setattr(Some(7), &user, made.ino, &set(|s| s.uid = Some(0)))
+            .is_none());
+        assert!(d
+            .setattr(Some(7), &user, made.ino, &set(|s| s.gid = Some(5)))
+            .is_none());
+        assert!(d
+            .setattr(Some(7), &user, made.ino, &set(|s| s.size = Some(0)))
+            .is_none());
+        let other = Caller {
+            uid: 1001,
+            gid: 1000,
+            groups: Vec::new(),
+        };
+        assert!(d
+            .setattr(Some(7), &other, made.ino, &set(|s| s.perm = Some(0o666)))
+            .is_none());
+        assert!(d
+            .setattr(Some(8), &user, made.ino, &set(|s| s.perm = Some(0o666)))
+            .is_none());
+        // "Now" travels as the time answered here.
+        let now = d
+            .setattr(
+                Some(7),
+                &user,
+                made.ino,
+                &set(|s| s.atime = Some(TimeSet::Now)),
+            )
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (batch, last) = rt.block_on(d.next_batch());
+        assert_eq!(batch.len(), 5);
+        match &batch[4].op {
+            QueuedOp::SetAttr {
+                dir: Ino(5),
+                ino,
+                set,
+            } => {
+                assert_eq!(*ino, made.ino);
+                assert_eq!(set.atime, Some(TimeSet::At(now.atime)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(d.committing(made.ino));
+        d.answered(&batch, last, &Ok(vec![]));
+        assert!(!d.committing(made.ino));
+        // Changed through the namenode: its changes go there from now on.
+        d.unborn(made.ino);
+        assert!(d
+            .setattr(Some(7), &user, made.ino, &set(|s| s.perm = Some(0o600)))
+            .is_none());
     }
 
     #[test]

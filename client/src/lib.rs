@@ -409,6 +409,7 @@ impl Client {
     {
         let fresh = &self.inner.fresh;
         fresh.forget(ino);
+        self.inner.deleg.unborn(ino);
         let seq = fresh.begin();
         let res = self.namenode(req).await;
         match res.as_ref().ok().and_then(AttrAnswer::attr) {
@@ -565,7 +566,8 @@ impl Client {
         let after = self
             .inner
             .deleg
-            .commit(reader, &self.caller, attr, commit, keep, ask)?;
+            .commit(reader, &self.caller, attr, commit, keep, ask)
+            .inspect_err(|_| self.inner.deleg.unborn(ino))?;
         self.inner.fresh.forget(ino);
         if self.inner.deleg.start_sender() {
             tokio::spawn(send_queued(Arc::downgrade(&self.inner)));
@@ -587,17 +589,6 @@ impl Client {
         // A namenode that is restarting, or slow to answer on a loaded machine, gets a few
         // more tries; the request has not been sent, so retrying cannot apply it twice.
         let deadline = tokio::time::Instant::now() + NAMENODE_RETRY_FOR;
-        let conn = loop {
-            match self.inner.pool.get(addr, Role::Namenode).await {
-                Ok(conn) => break conn,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!("namenode {addr} not reachable yet: {e}");
-                    self.inner.pool.clear_unreachable(addr);
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
         *self
             .inner
             .sent
@@ -609,12 +600,32 @@ impl Client {
             caller: (*self.caller).clone(),
             req: req.into_service(),
         };
-        let res = transport::call_enveloped(&conn, &envelope).await;
-        if let Err(FsError::Unavailable(_)) = &res {
-            // The next request dials again instead of reusing a dead connection.
-            self.inner.pool.forget(addr);
+        loop {
+            let conn = loop {
+                match self.inner.pool.get(addr, Role::Namenode).await {
+                    Ok(conn) => break conn,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!("namenode {addr} not reachable yet: {e}");
+                        self.inner.pool.clear_unreachable(addr);
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            let res = transport::call_enveloped(&conn, &envelope).await;
+            if let Err(FsError::Unavailable(e)) = &res {
+                // The next request dials again instead of reusing a dead connection. One
+                // that only reads, or whose change happens once however often it is asked
+                // for, is asked again on the new connection: a namenode killed and
+                // started again is then a pause, not an error.
+                self.inner.pool.forget(addr);
+                if envelope.req.retry_safe() && tokio::time::Instant::now() < deadline {
+                    tracing::debug!("namenode {addr} lost under a request; asking again: {e}");
+                    continue;
+                }
+            }
+            return res;
         }
-        res
     }
 
     /// How many requests of kind `R` this client (and its clones) sent to the namenode.
@@ -744,6 +755,17 @@ impl Client {
         open_for_write: bool,
     ) -> FsResult<InodeAttr> {
         let fresh = &self.inner.fresh;
+        // A file made here under a delegation still held: answered here, sent later.
+        if !self.inner.config.wsync {
+            let reader = fresh.reading_through();
+            if let Some(after) = self.inner.deleg.setattr(reader, &self.caller, ino, &set) {
+                fresh.forget(ino);
+                if self.inner.deleg.start_sender() {
+                    tokio::spawn(send_queued(Arc::downgrade(&self.inner)));
+                }
+                return Ok(after);
+            }
+        }
         let ask = fresh.map_changing(ino);
         let req = proto::SetAttrReq {
             ino,
@@ -1006,6 +1028,7 @@ impl Client {
     }
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<InodeAttr> {
+        self.inner.deleg.unborn(ino);
         self.change_reaching_files(
             proto::Link {
                 ino,
@@ -1580,6 +1603,11 @@ async fn send_queued(client: std::sync::Weak<Inner>) {
                     {
                         sender.inner.fresh.record(seq, [map.attr.clone()]);
                     }
+                    proto::QueuedDone::Attr(Ok(attr))
+                        if sender.inner.deleg.commits_pending(attr.ino) == 1 =>
+                    {
+                        sender.inner.fresh.record(seq, [attr.clone()]);
+                    }
                     proto::QueuedDone::Removed(Ok(r)) => {
                         sender.inner.fresh.forget(r.reply.ino);
                         for dir in &r.dirs {
@@ -1604,7 +1632,12 @@ async fn send_queued(client: std::sync::Weak<Inner>) {
         };
         let asks = sender.inner.deleg.answered_asks(last);
         for (i, (ino, ask)) in asks.into_iter().enumerate() {
-            let map = maps.get(i).copied().flatten();
+            // Not when a change of its attributes follows: the map's are older.
+            let map = maps
+                .get(i)
+                .copied()
+                .flatten()
+                .filter(|_| sender.inner.deleg.commits_pending(ino) <= 1);
             sender.inner.fresh.map_changed(ino, ask, map);
         }
         sender.inner.deleg.answered(&batch, last, &done);

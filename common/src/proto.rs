@@ -93,6 +93,45 @@ service! {
         Delegate(Delegate) -> Delegation,
         ReserveInos(ReserveInos) -> InoRange,
         Queued(Queued) -> Vec<QueuedDone>,
+        CheckNamespace(CheckNamespace) -> NamespaceCheck,
+    }
+}
+
+impl NamenodeRequest {
+    /// Whether this request may be sent again when its connection was lost before the
+    /// answer came (the namenode restarted): it changes nothing, or asking twice makes the
+    /// change once. A change of the namespace is not: the namenode may have made it before
+    /// it went, and the second try would fail (EEXIST, ENOENT) or make it twice.
+    pub fn retry_safe(&self) -> bool {
+        use NamenodeRequest as R;
+        matches!(
+            self,
+            R::Lookup(_)
+                | R::GetAttr(_)
+                | R::Readlink(_)
+                | R::ReadDir(_)
+                | R::StatFs(_)
+                | R::GetXattr(_)
+                | R::ListXattr(_)
+                | R::ReadChunks(_)
+                | R::AllocateBlock(_)
+                | R::Seek(_)
+                | R::ReportBadReplica(_)
+                | R::ListDatanodes(_)
+                | R::GetLock(_)
+                | R::Open(_)
+                | R::KeepOpen(_)
+                | R::GetRepairStatus(_)
+                | R::ListTrash(_)
+                | R::Changes(_)
+                | R::ListDir(_)
+                | R::GetMetaHealth(_)
+                | R::ListMounts(_)
+                | R::SyncMetadata(_)
+                | R::Delegate(_)
+                | R::ReserveInos(_)
+                | R::CheckNamespace(_)
+        )
     }
 }
 
@@ -177,6 +216,14 @@ pub enum QueuedOp {
         dir: Ino,
         commit: CommitSlices,
     },
+    /// A change of the mode, owner or times (never the size) of a file created under the
+    /// delegation of `dir`; times are given, not "now", so that the namenode sets the ones
+    /// the holder answered with.
+    SetAttr {
+        dir: Ino,
+        ino: Ino,
+        set: SetAttr,
+    },
 }
 
 /// What each of a [`Queued`]'s ops came to, in order.
@@ -186,12 +233,33 @@ pub enum QueuedDone {
     Removed(Result<Changed<Removed>, crate::FsError>),
     /// With the file's map, as [`CommitSlices`] answers.
     Committed(Result<ChunkMap, crate::FsError>),
+    Attr(Result<InodeAttr, crate::FsError>),
 }
 
 /// A barrier: answered once every namespace change acknowledged before it is on the
 /// namenode's stable storage (`fsync` of a file or a directory; see `metadata_sync`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncMetadata {}
+
+/// Recounts the namespace's links, references and counters from its records and compares
+/// them with those stored (root only; a full scan of the metadata).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckNamespace {}
+
+/// What [`CheckNamespace`] went through and found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NamespaceCheck {
+    pub inodes: u64,
+    pub names: u64,
+    pub chunks: u64,
+    pub blocks: u64,
+    /// Slices naming blocks (the sum of every block's reference count).
+    pub block_refs: u64,
+    /// Records that do not agree with the others; 0 in a consistent namespace.
+    pub problems: u64,
+    /// The first problems, described.
+    pub examples: Vec<String>,
+}
 
 /// What goes to the namenode: a request and on whose behalf it is made. The namenode
 /// checks POSIX permissions against `caller`.

@@ -29,7 +29,7 @@ use crate::error::{FsError, FsResult};
 use crate::proto::Rpc;
 
 /// The protocol version this build speaks. Bump it on any incompatible wire change.
-pub const PROTOCOL_VERSION: u32 = 18;
+pub const PROTOCOL_VERSION: u32 = 20;
 const ALPN_FALLBACK: &[u8] = b"cairn";
 /// Longest wait for a handshake; peers are on a LAN, so a handshake takes milliseconds.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -250,7 +250,12 @@ pub fn server_endpoint(
 ) -> anyhow::Result<Endpoint> {
     // A server bound to loopback only ever talks over loopback.
     let path = PathKind::of(bind);
-    let mut endpoint = make_endpoint(bind, Some(server_config(identity, opts, path)?), opts)?;
+    let restart_key = blake3::derive_key(RESTART_KEY_CONTEXT, identity.key.secret_der());
+    let mut endpoint = make_endpoint(
+        bind,
+        Some((server_config(identity, opts, path)?, restart_key)),
+        opts,
+    )?;
     endpoint.set_default_client_config(client_config(identity, opts, path)?);
     Ok(endpoint)
 }
@@ -303,14 +308,30 @@ fn udp_socket(bind: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpS
     Ok(socket.into())
 }
 
+/// A server's endpoint with a key that stays the same across its restarts (see
+/// [`RestartKey`]) when `server` comes with one.
 fn make_endpoint(
     bind: SocketAddr,
-    server: Option<quinn::ServerConfig>,
+    server: Option<(quinn::ServerConfig, [u8; 32])>,
     opts: &TransportOptions,
 ) -> anyhow::Result<Endpoint> {
+    let (server, mut config) = match server {
+        Some((server, key)) => {
+            let key = RestartKey(key);
+            let mut config = quinn::EndpointConfig::new(Arc::new(key.clone()));
+            let cid_key =
+                u64::from_le_bytes(key.tag(b"connection ids").as_bytes()[..8].try_into()?);
+            config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+            // Every client of a restarted server asks at about the same moment.
+            config.min_reset_interval(Duration::from_millis(1));
+            (Some(server), config)
+        }
+        None => (None, quinn::EndpointConfig::default()),
+    };
     // The largest datagram this endpoint accepts bounds what MTU discovery may reach; quinn's
     // default (1472, Ethernet) would cap loopback and jumbo-frame paths.
-    let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(opts.mtu_upper_bound.max(opts.loopback_mtu))
         .context("max UDP payload size")?;
@@ -318,6 +339,49 @@ fn make_endpoint(
         udp_socket(bind, opts.socket_buffer).with_context(|| format!("binding UDP {bind}"))?;
     let runtime = quinn::default_runtime().context("no async runtime to drive QUIC")?;
     Endpoint::new(config, server, socket, runtime).with_context(|| format!("binding UDP {bind}"))
+}
+
+const RESTART_KEY_CONTEXT: &str = "cairn 2026-12 QUIC stateless reset and connection ids";
+
+/// A server's key for its QUIC stateless resets and connection ids (those it accepts are
+/// those it could have made, see `HashedConnectionIdGenerator`), derived from its
+/// private key so that every run of the daemon has the same one. A peer whose connection
+/// outlived the server's process (killed, restarted) sends its next packet to the new
+/// process, which knows no such connection: it recognizes the connection id as one of its
+/// own and answers with a stateless reset whose token the peer was given by the old
+/// process. The peer drops the connection at once and dials again, instead of waiting out
+/// the idle timeout with its requests in flight.
+#[derive(Clone)]
+struct RestartKey([u8; 32]);
+
+impl RestartKey {
+    fn tag(&self, data: &[u8]) -> blake3::Hash {
+        blake3::keyed_hash(&self.0, data)
+    }
+}
+
+impl quinn::crypto::HmacKey for RestartKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let tag = self.tag(data);
+        let n = signature_out.len().min(32);
+        signature_out[..n].copy_from_slice(&tag.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        let expected: [u8; 32] = signature
+            .try_into()
+            .map_err(|_| quinn::crypto::CryptoError)?;
+        // `Hash`'s equality is constant-time.
+        if self.tag(data) == blake3::Hash::from_bytes(expected) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
 }
 
 fn negotiated_protocol(conn: &Connection) -> Option<Vec<u8>> {

@@ -618,6 +618,14 @@ impl MetaEngine {
         self.store.orphans()
     }
 
+    /// The namespace recounted against itself ([`crate::check`]), off the runtime's threads.
+    pub async fn check_namespace(&self) -> FsResult<cairn_common::proto::NamespaceCheck> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || crate::check::check(&store))
+            .await
+            .map_err(|e| FsError::io(format!("the namespace check stopped: {e}")))?
+    }
+
     pub fn inode_count(&self) -> FsResult<u64> {
         Ok(self.store.meta_u64(META_INODE_COUNT)?.unwrap_or(0))
     }

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod blockmap;
+pub mod check;
 pub mod config;
 pub mod emptier;
 pub mod engine;
@@ -54,6 +55,9 @@ const REPAIR_PASS: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_CHUNKS_PER_READ: u32 = 64;
 /// How long a commit waits for a datanode's report of a block its client says is stored.
 const REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a reader's map waits, just after a start, for a block no datanode has
+/// reported yet (datanodes register within a second or two of a namenode's start).
+const UNREPORTED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Namenode {
     config: NamenodeConfig,
@@ -271,6 +275,30 @@ impl Namenode {
         })
     }
 
+    /// [`Self::read_chunks`], for a reader: just after a start, while the datanodes'
+    /// reports are still coming in, a block no report has named yet is waited for (up to
+    /// [`UNREPORTED_WAIT`]) rather than answered with no replica, which the reader would
+    /// have to take for data lost.
+    async fn read_chunks_located(
+        &self,
+        ino: cairn_common::Ino,
+        first: u32,
+        count: u32,
+    ) -> FsResult<ChunkMap> {
+        let deadline = tokio::time::Instant::now() + UNREPORTED_WAIT;
+        loop {
+            let map = self.read_chunks(ino, first, count)?;
+            let unreported = map.locations.iter().any(|(_, at)| at.is_empty());
+            if !unreported
+                || !self.safe_mode.is_starting()
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(map);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     fn allocate(&self, a: &AllocateBlock) -> FsResult<Placement> {
         let replication = match (self.engine.getattr(a.ino), a.replication) {
             (Ok(attr), _) => attr.replication,
@@ -462,6 +490,29 @@ impl Namenode {
         self.commit(who, commit).await
     }
 
+    /// A queued change of the mode, owner or times of a file made under `dir`'s delegation.
+    async fn setattr_queued(
+        &self,
+        who: &Who,
+        dir: Ino,
+        ino: Ino,
+        set: cairn_common::attr::SetAttr,
+        replay: bool,
+    ) -> FsResult<cairn_common::attr::InodeAttr> {
+        if !replay && !self.engine.feed().may_act(who.origin, dir) {
+            return Err(delegation_lost(dir));
+        }
+        if set.size.is_some() {
+            return Err(FsError::invalid("a queued attribute change sets no size"));
+        }
+        let set_attr = MetaOpKind::SetAttr {
+            ino,
+            set,
+            open_for_write: false,
+        };
+        self.mutate_attr(who, set_attr).await
+    }
+
     /// A delegation holder's queued changes, applied in order (submitted together, so the
     /// metadata writer commits them in few groups).
     async fn queued(&self, who: &Who, q: Queued) -> Vec<QueuedDone> {
@@ -490,6 +541,9 @@ impl Namenode {
                     QueuedOp::Unlink(u) => QueuedDone::Removed(self.unlink(&who, u, !replay).await),
                     QueuedOp::Commit { dir, commit } => {
                         QueuedDone::Committed(self.commit_queued(&who, dir, commit, replay).await)
+                    }
+                    QueuedOp::SetAttr { dir, ino, set } => {
+                        QueuedDone::Attr(self.setattr_queued(&who, dir, ino, set, replay).await)
                     }
                 }
             }
@@ -705,7 +759,10 @@ impl Service for Namenode {
                 ex.respond(&self.mutate_attr(&who, MetaOpKind::SetReplication(r)).await)
                     .await
             }
-            R::ReadChunks(r) => ex.respond(&self.read_chunks(r.ino, r.first, r.count)).await,
+            R::ReadChunks(r) => {
+                let map = self.read_chunks_located(r.ino, r.first, r.count).await;
+                ex.respond(&map).await
+            }
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
             R::SyncMetadata(_) => ex.respond(&self.engine.sync().await).await,
             R::CommitSlices(r) => ex.respond(&self.commit(&who, r).await).await,
@@ -819,7 +876,8 @@ impl Service for Namenode {
                     Some(shared) => match self.engine.getattr(r.ino) {
                         Ok(attr) if attr.kind == cairn_common::attr::FileKind::File => {
                             let lease = self.engine.feed().lease(who.origin, r.ino);
-                            self.read_chunks(r.ino, 0, cairn_common::proto::OPEN_MAP_CHUNKS)
+                            self.read_chunks_located(r.ino, 0, cairn_common::proto::OPEN_MAP_CHUNKS)
+                                .await
                                 .map(|map| Opened {
                                     map: ChunkMap { lease, ..map },
                                     shared,
@@ -840,6 +898,14 @@ impl Service for Namenode {
                 let mut status = self.repair.status();
                 self.gc.report(&mut status);
                 ex.respond(&Ok(status)).await
+            }
+            R::CheckNamespace(_) => {
+                let res = if caller.uid != 0 {
+                    Err(FsError::NotPermitted)
+                } else {
+                    self.engine.check_namespace().await
+                };
+                ex.respond(&res).await
             }
             R::GetMetaHealth(_) => {
                 let health = cairn_common::proto::MetaHealth {

@@ -48,6 +48,12 @@ impl SafeMode {
         self.state().on
     }
 
+    /// On since the start and not entered by hand: datanodes' reports are still coming.
+    pub fn is_starting(&self) -> bool {
+        let s = self.state();
+        s.on && !s.manual
+    }
+
     /// Takes a repair pass's counts; returns whether safe mode is (still) on.
     pub fn observe(&self, status: &RepairStatus) -> bool {
         let mut s = self.state();

@@ -370,6 +370,15 @@ impl Store {
         self.db.flush_wal(true).map_err(db_error)
     }
 
+    /// A view of the whole store as of now, which later writes do not change: every op
+    /// commits as one batch, so the view is of a namespace between ops.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            store: self,
+            snap: self.db.snapshot(),
+        }
+    }
+
     pub fn txn(&self) -> Txn<'_> {
         Txn {
             store: self,
@@ -377,6 +386,34 @@ impl Store {
             undo: Vec::new(),
             orphaned: Vec::new(),
         }
+    }
+}
+
+/// See [`Store::snapshot`].
+pub struct Snapshot<'a> {
+    store: &'a Store,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl Snapshot<'_> {
+    /// Calls `f` with every key and value of family `cf`, in key order.
+    pub fn for_each(
+        &self,
+        cf: Cf,
+        mut f: impl FnMut(&[u8], &[u8]) -> FsResult<()>,
+    ) -> FsResult<()> {
+        for item in self
+            .snap
+            .iterator_cf(self.store.cf(cf), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(db_error)?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    pub fn get_raw(&self, cf: Cf, key: &[u8]) -> FsResult<Option<Vec<u8>>> {
+        self.snap.get_cf(self.store.cf(cf), key).map_err(db_error)
     }
 }
 

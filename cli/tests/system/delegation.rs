@@ -334,3 +334,99 @@ async fn a_namenode_restart_under_a_delegation_splits_nothing() {
     assert_fsck_clean(&cluster);
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tar_extracted_in_a_delegated_directory_keeps_modes_owners_and_times_unasked() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let (_da, a, mount_a) = mount_client(&client, &Default::default()).await;
+    let db = tempfile::tempdir().unwrap();
+    let mount_b = mount_at(&cluster, db.path()).await;
+    let b = db.path().to_path_buf();
+
+    // A tree of files with modes, owners and times of their own, tarred.
+    let src = tempfile::tempdir().unwrap();
+    let files = 120;
+    for i in 0..files {
+        let p = src.path().join(format!("f{i}"));
+        fs::write(&p, random_bytes(i * 997 % 70_000, i as u64)).unwrap();
+        let mode = [0o600, 0o644, 0o755, 0o640][i % 4];
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&p, Some(1000 + (i % 3) as u32), Some(100 + (i % 2) as u32))
+            .unwrap();
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000 + i as u64 * 3_600);
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+    let tarball = dir.path().join("tree.tar");
+    let tarred = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(src.path())
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tarred.success());
+
+    let counted = client.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        fs::create_dir(a.join("t")).unwrap();
+        // The delegation is asked for at the first create there.
+        fs::write(a.join("t/first"), b"").unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let setattrs = counted.sent::<proto::SetAttrReq>();
+        let queued = counted.sent::<proto::Queued>();
+        // As root, tar sets each file's times, owner and mode on its open descriptor.
+        let untar = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(a.join("t"))
+            .arg("-xf")
+            .arg(&tarball)
+            .status()
+            .unwrap();
+        assert!(untar.success());
+        let asked = counted.sent::<proto::SetAttrReq>() - setattrs;
+        assert!(
+            asked < 5,
+            "{asked} attribute changes of {files} new files went to the namenode"
+        );
+        assert!(counted.sent::<proto::Queued>() > queued);
+
+        tracing::info!("--- the other mount finds the tree as tar made it, and so does A");
+        tar_compare(&b.join("t"), &tarball);
+        tar_compare(&a.join("t"), &tarball);
+    });
+    let result = body.await;
+    unmount(mount_b).await;
+    unmount(mount_a).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    assert_fsck_clean(&cluster);
+    cluster.stop().await.unwrap();
+}
+
+/// `tar --compare` finds `dir` as `tarball` has it: modes, owners, times, sizes, bytes.
+fn tar_compare(dir: &Path, tarball: &Path) {
+    let compare = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("--compare")
+        .arg("-f")
+        .arg(tarball)
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "tar --compare in {dir:?}: {}{}",
+        String::from_utf8_lossy(&compare.stdout),
+        String::from_utf8_lossy(&compare.stderr)
+    );
+}

@@ -4,6 +4,7 @@
 mod support;
 
 mod coherence;
+mod crash;
 mod data_path;
 mod delegation;
 mod garbage;
