@@ -25,7 +25,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_common::attr::{Caller, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp, NAME_MAX};
+use cairn_common::attr::{
+    Caller, DirEntry, FileKind, InodeAttr, SetAttr, TimeSet, Timestamp, NAME_MAX,
+};
 use cairn_common::proto::{self, QueuedDone, QueuedOp};
 use cairn_common::{FsError, Ino};
 use tokio::sync::Notify;
@@ -485,29 +487,84 @@ impl Delegations {
             None => return Some(Found::Absent),
             Some(&(ino, _)) => ino,
         };
-        let attr = s.created.get(&ino).cloned();
+        let attr = s
+            .created
+            .get(&ino)
+            .or(s.born.get(&ino).map(|b| &b.1))
+            .cloned();
         Some(Found::Present(ino, attr))
     }
 
     /// `ino`'s attributes as kept here: a file created here the namenode has not answered
-    /// for yet, or a delegated directory.
+    /// for yet, one created under a delegation still held and changed by nobody else since,
+    /// or a delegated directory.
     pub fn attr(&self, reader: Option<u64>, ino: Ino) -> Option<InodeAttr> {
         let mut s = self.state();
         if let Some(a) = s.created.get(&ino) {
             return Some(a.clone());
         }
+        if let Some((dir, a)) = s.born.get(&ino).cloned() {
+            if s.usable(dir, reader).is_some() {
+                return Some(a);
+            }
+        }
         s.usable(ino, reader).map(|d| d.attr.clone())
     }
 
+    /// `dir`'s names with their attributes, sorted by name, as a listing from the namenode
+    /// would have them, if `dir` is delegated and usable through `reader`, `caller` may read
+    /// it, and every name's attributes are known here (files made here and changed by
+    /// nobody else, directories delegated here): `None` when the namenode must be asked.
+    pub fn listing(&self, reader: Option<u64>, caller: &Caller, dir: Ino) -> Option<Vec<DirEntry>> {
+        let mut s = self.state();
+        let d = s.usable(dir, reader)?;
+        if !may_read(caller, &d.attr) {
+            return None;
+        }
+        let holder = d.holder;
+        let names: Vec<_> = d.names.iter().map(|(n, e)| (n.clone(), *e)).collect();
+        let mut out = Vec::with_capacity(names.len());
+        for (name, (ino, kind)) in names {
+            let attr = match s.created.get(&ino).or(s.born.get(&ino).map(|b| &b.1)) {
+                Some(a) => a.clone(),
+                None => match s.dirs.get(&ino) {
+                    Some(sub) if sub.holder == holder => sub.attr.clone(),
+                    _ => return None,
+                },
+            };
+            out.push(DirEntry {
+                name,
+                ino,
+                kind,
+                attr: Some(attr),
+            });
+        }
+        out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Some(out)
+    }
+
+    /// Is `ino` a file created under a delegation still held, changed by nobody else since?
+    /// It has no extended attributes: setting one goes through the namenode, which ends
+    /// this (`unborn`).
+    pub fn is_born(&self, ino: Ino) -> bool {
+        let s = self.state();
+        !s.born.is_empty() && s.born.contains_key(&ino)
+    }
+
     /// A change this client made in `dir` through the namenode while it held the
-    /// delegation: the name now names `added`, or nothing.
+    /// delegation: the name now names `added`, or nothing. The files it named before and
+    /// names now changed through the namenode (a name removed while the file is open here,
+    /// replaced, renamed): what is kept here of their attributes no longer follows them.
     pub fn own_change(&self, dir: Ino, name: &[u8], added: Option<(Ino, FileKind)>) {
         let mut s = self.state();
         if let Some(d) = s.dirs.get_mut(&dir) {
-            match added {
+            let before = match added {
                 Some(entry) => d.names.insert(name.to_vec(), entry),
                 None => d.names.remove(name),
             };
+            for (ino, _) in before.into_iter().chain(added) {
+                s.born.remove(&ino);
+            }
         }
     }
 
@@ -611,6 +668,7 @@ impl Delegations {
                                 d.names.remove(&c.name);
                             }
                         }
+                        s.born.remove(&ino);
                         s.fail(ino, e.clone());
                         s.fail(c.parent, e);
                     }
@@ -622,6 +680,7 @@ impl Delegations {
                             file = %ino,
                             "an attribute change answered here failed at the namenode: {e}; the file's I/O fails"
                         );
+                        s.born.remove(ino);
                         s.fail(*ino, e);
                     }
                 }
@@ -633,6 +692,7 @@ impl Delegations {
                             file = %ino,
                             "a close answered here failed to commit the file's data at the namenode: {e}; the file's I/O fails"
                         );
+                        s.born.remove(&ino);
                         s.fail(ino, e);
                     }
                 }
@@ -655,6 +715,20 @@ impl Delegations {
             self.drained.notify_waiters();
         }
     }
+}
+
+/// May `caller` read directory `attr` (list its names)? As the namenode's check.
+fn may_read(caller: &Caller, attr: &InodeAttr) -> bool {
+    let bits = if caller.uid == 0 {
+        return true;
+    } else if caller.uid == attr.uid {
+        attr.perm >> 6
+    } else if caller.gid == attr.gid || caller.groups.contains(&attr.gid) {
+        attr.perm >> 3
+    } else {
+        attr.perm
+    };
+    bits & 0o4 != 0
 }
 
 /// `attr` after `set`, and `set` with "now" made the time it is, when `caller` surely may
@@ -1075,6 +1149,47 @@ mod tests {
         assert!(d
             .setattr(Some(7), &user, made.ino, &set(|s| s.perm = Some(0o600)))
             .is_none());
+    }
+
+    #[test]
+    fn a_delegated_directory_is_listed_here_only_when_every_names_attributes_are_known() {
+        let (d, dir) = delegated_with_inos();
+        for name in ["b", "a", "c"] {
+            d.create(
+                Some(7),
+                &Caller::ROOT,
+                dir,
+                name.as_bytes(),
+                0o644,
+                0,
+                0,
+                true,
+                claim,
+            )
+            .unwrap()
+            .unwrap();
+        }
+        let listed = d
+            .listing(Some(7), &Caller::ROOT, dir)
+            .expect("all made here");
+        let names: Vec<_> = listed.iter().map(|e| e.name.clone()).collect();
+        assert_eq!(names, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert!(listed
+            .iter()
+            .all(|e| e.attr.as_ref().is_some_and(|a| a.ino == e.ino)));
+        // Another connection; a user the directory (0755, root's) lets read; one it does not.
+        assert!(d.listing(Some(8), &Caller::ROOT, dir).is_none());
+        let user = Caller {
+            uid: 1000,
+            gid: 1000,
+            groups: Vec::new(),
+        };
+        assert!(d.listing(Some(7), &user, dir).is_some());
+        assert!(granted(&d, Ino(6), 0o700, &[]));
+        assert!(d.listing(Some(7), &user, Ino(6)).is_none());
+        // A name whose attributes nobody told this client: the namenode lists.
+        assert!(granted(&d, Ino(9), 0o755, &[("old", 40, FileKind::File)]));
+        assert!(d.listing(Some(7), &Caller::ROOT, Ino(9)).is_none());
     }
 
     #[test]

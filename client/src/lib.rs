@@ -533,7 +533,9 @@ impl Client {
     /// Did this client create `ino` less than `within` ago, and set no extended attribute
     /// on it since?
     pub fn fresh_and_bare(&self, ino: Ino, within: Duration) -> bool {
-        self.inner.deleg.created(ino).is_some() || self.inner.fresh.bare(ino, within)
+        self.inner.deleg.created(ino).is_some()
+            || self.inner.deleg.is_born(ino)
+            || self.inner.fresh.bare(ino, within)
     }
 
     /// Sends one request to the namenode, once every change this client queued
@@ -1072,6 +1074,13 @@ impl Client {
 
     async fn readdir_all(&self, ino: Ino, attrs: bool) -> FsResult<Vec<DirEntry>> {
         let mut out: Vec<DirEntry> = Vec::new();
+        if attrs && !self.inner.config.wsync {
+            // A directory delegated here whose every name this client knows the attributes of.
+            let reader = self.inner.fresh.reading_through();
+            if let Some(listing) = self.inner.deleg.listing(reader, &self.caller, ino) {
+                return Ok(listing);
+            }
+        }
         if attrs {
             // The first page comes with the directory's change count when it is all of it:
             // this client then knows its names (and their attributes) as it knows those

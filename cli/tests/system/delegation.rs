@@ -398,6 +398,23 @@ async fn tar_extracted_in_a_delegated_directory_keeps_modes_owners_and_times_una
             "{asked} attribute changes of {files} new files went to the namenode"
         );
         assert!(counted.sent::<proto::Queued>() > queued);
+        // Every name there was made here: A lists it without asking.
+        let lists = counted.sent::<proto::ListDir>();
+        assert_eq!(names(&a.join("t")).len(), files + 1);
+        assert_eq!(
+            counted.sent::<proto::ListDir>(),
+            lists,
+            "listed by the namenode"
+        );
+
+        // A file made here, open, then unlinked (through the namenode, being open): its
+        // link count is the namenode's, not what was kept of it here.
+        let held = fs::File::create(a.join("t/held")).unwrap();
+        held.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .unwrap();
+        fs::remove_file(a.join("t/held")).unwrap();
+        assert_eq!(held.metadata().unwrap().nlink(), 0);
+        drop(held);
 
         tracing::info!("--- the other mount finds the tree as tar made it, and so does A");
         tar_compare(&b.join("t"), &tarball);
