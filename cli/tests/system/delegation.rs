@@ -39,16 +39,7 @@ async fn mount_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mount_alone_in_a_directory_answers_creates_and_unlinks_and_another_sees_them() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    let client_a = cluster.client().await.unwrap();
-    let (_da, a, mount_a) = mount_client(&client_a, &Default::default()).await;
-    let db = tempfile::tempdir().unwrap();
-    let mount_b = mount_at(&cluster, db.path()).await;
-    let b = db.path().to_path_buf();
-    let counted = client_a.clone();
-    let body = tokio::task::spawn_blocking(move || {
+    on_two_mounts(|counted, a, b| {
         tracing::info!("--- A fills a directory it made: the mount answers, in batches later");
         fs::create_dir(a.join("d")).unwrap();
         // B knows the directory empty, and its kernel that f1 is not there: given to A,
@@ -145,8 +136,23 @@ async fn a_mount_alone_in_a_directory_answers_creates_and_unlinks_and_another_se
         assert_eq!(errno_of(exclusive), libc::EEXIST);
         // Nothing queued failed: the directory's fsync says so.
         fs::File::open(a.join("d")).unwrap().sync_all().unwrap();
-    });
-    let result = body.await;
+    })
+    .await;
+}
+
+/// A cluster mounted twice, as on two machines: `body` runs on a blocking thread with
+/// mount A's client (kept to count its requests) and both mount points; then both are
+/// unmounted, and fsck must find the cluster clean.
+async fn on_two_mounts(body: impl FnOnce(&cairn_client::Client, &Path, &Path) + Send + 'static) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let (_da, a, mount_a) = mount_client(&client, &Default::default()).await;
+    let db = tempfile::tempdir().unwrap();
+    let mount_b = mount_at(&cluster, db.path()).await;
+    let b = db.path().to_path_buf();
+    let result = tokio::task::spawn_blocking(move || body(&client, &a, &b)).await;
     unmount(mount_b).await;
     unmount(mount_a).await;
     if let Err(e) = result {
@@ -337,15 +343,6 @@ async fn a_namenode_restart_under_a_delegation_splits_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tar_extracted_in_a_delegated_directory_keeps_modes_owners_and_times_unasked() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    let client = cluster.client().await.unwrap();
-    let (_da, a, mount_a) = mount_client(&client, &Default::default()).await;
-    let db = tempfile::tempdir().unwrap();
-    let mount_b = mount_at(&cluster, db.path()).await;
-    let b = db.path().to_path_buf();
-
     // A tree of files with modes, owners and times of their own, tarred.
     let src = tempfile::tempdir().unwrap();
     let files = 120;
@@ -364,7 +361,8 @@ async fn tar_extracted_in_a_delegated_directory_keeps_modes_owners_and_times_una
             .set_modified(when)
             .unwrap();
     }
-    let tarball = dir.path().join("tree.tar");
+    let out = tempfile::tempdir().unwrap();
+    let tarball = out.path().join("tree.tar");
     let tarred = std::process::Command::new("tar")
         .arg("-C")
         .arg(src.path())
@@ -375,8 +373,7 @@ async fn tar_extracted_in_a_delegated_directory_keeps_modes_owners_and_times_una
         .unwrap();
     assert!(tarred.success());
 
-    let counted = client.clone();
-    let body = tokio::task::spawn_blocking(move || {
+    on_two_mounts(move |counted, a, b| {
         fs::create_dir(a.join("t")).unwrap();
         // The delegation is asked for at the first create there.
         fs::write(a.join("t/first"), b"").unwrap();
@@ -419,15 +416,9 @@ async fn tar_extracted_in_a_delegated_directory_keeps_modes_owners_and_times_una
         tracing::info!("--- the other mount finds the tree as tar made it, and so does A");
         tar_compare(&b.join("t"), &tarball);
         tar_compare(&a.join("t"), &tarball);
-    });
-    let result = body.await;
-    unmount(mount_b).await;
-    unmount(mount_a).await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
-    assert_fsck_clean(&cluster);
-    cluster.stop().await.unwrap();
+        drop((src, out));
+    })
+    .await;
 }
 
 /// `tar --compare` finds `dir` as `tarball` has it: modes, owners, times, sizes, bytes.
