@@ -273,7 +273,16 @@ impl BlockStore {
                 }
             }
             let dir = path.parent().unwrap_or(&self.root);
-            fs::create_dir_all(dir)?;
+            if !dir.is_dir() {
+                fs::create_dir_all(dir)?;
+                if sync {
+                    // The first block under a new directory: its name, and its parent's, must
+                    // survive a crash as the block's own does (`blocks/ab/cd/…`).
+                    for made in dir.ancestors().skip(1).take(2) {
+                        File::open(made)?.sync_all()?;
+                    }
+                }
+            }
             // The outboard first: a block is seldom seen without it (it would be rebuilt).
             if let Some(tmp_outboard) = &tmp_outboard {
                 fs::rename(tmp_outboard, self.outboard_path(id))?;
