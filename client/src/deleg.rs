@@ -854,6 +854,35 @@ mod tests {
         (d, dir)
     }
 
+    /// A create of `name` in `dir` by root through connection 7, for owner `uid:gid`.
+    fn create_as_root(
+        d: &Delegations,
+        dir: Ino,
+        name: &str,
+        (uid, gid): (u32, u32),
+        exclusive: bool,
+    ) -> Option<Result<InodeAttr, FsError>> {
+        let name = name.as_bytes();
+        d.create(
+            Some(7),
+            &Caller::ROOT,
+            dir,
+            name,
+            0o644,
+            uid,
+            gid,
+            exclusive,
+            claim,
+        )
+    }
+
+    /// A new file `name` in `dir`, made by root through connection 7: answered here.
+    fn made_by_root(d: &Delegations, dir: Ino, name: &str) -> InodeAttr {
+        create_as_root(d, dir, name, (0, 0), true)
+            .expect("answered here")
+            .expect("made")
+    }
+
     fn claim() -> proto::OpenClaim {
         proto::OpenClaim { session: 1, gen: 1 }
     }
@@ -862,19 +891,7 @@ mod tests {
     fn creates_and_unlinks_are_answered_from_the_names_and_queued_in_order() {
         let d = Delegations::default();
         let dir = Ino(5);
-        let create = |name: &str, exclusive| {
-            d.create(
-                Some(7),
-                &Caller::ROOT,
-                dir,
-                name.as_bytes(),
-                0o644,
-                3,
-                4,
-                exclusive,
-                claim,
-            )
-        };
+        let create = |name: &str, exclusive| create_as_root(&d, dir, name, (3, 4), exclusive);
         assert!(granted(
             &d,
             dir,
@@ -973,10 +990,7 @@ mod tests {
     #[test]
     fn a_new_files_commit_is_queued_behind_its_create_and_what_it_keeps_lives_until_answered() {
         let (d, dir) = delegated_with_inos();
-        let made = d
-            .create(Some(7), &Caller::ROOT, dir, b"n", 0o644, 0, 0, true, claim)
-            .unwrap()
-            .unwrap();
+        let made = made_by_root(&d, dir, "n");
         let fresh = crate::fresh::FreshAttrs::default();
         let commit = |ino| proto::CommitSlices {
             ino,
@@ -1155,19 +1169,7 @@ mod tests {
     fn a_delegated_directory_is_listed_here_only_when_every_names_attributes_are_known() {
         let (d, dir) = delegated_with_inos();
         for name in ["b", "a", "c"] {
-            d.create(
-                Some(7),
-                &Caller::ROOT,
-                dir,
-                name.as_bytes(),
-                0o644,
-                0,
-                0,
-                true,
-                claim,
-            )
-            .unwrap()
-            .unwrap();
+            made_by_root(&d, dir, name);
         }
         let listed = d
             .listing(Some(7), &Caller::ROOT, dir)

@@ -455,6 +455,12 @@ mod tests {
         store.commit(txn, false).unwrap();
     }
 
+    fn set_nlink(txn: &mut crate::store::Txn<'_>, ino: Ino, nlink: u32) {
+        let mut rec = txn.inode(ino).unwrap().unwrap();
+        rec.attr.nlink = nlink;
+        txn.put_inode(&rec);
+    }
+
     fn problems(store: &Store) -> Vec<String> {
         let found = check(store).unwrap();
         assert_eq!(found.problems as usize, found.examples.len());
@@ -478,20 +484,14 @@ mod tests {
     fn a_wrong_link_count_is_found() {
         let (_dir, store, [e, linked, _]) = namespace();
         tamper(&store, |txn| {
-            let mut rec = txn.inode(linked).unwrap().unwrap();
-            rec.attr.nlink = 1;
-            txn.put_inode(&rec);
+            set_nlink(txn, linked, 1);
         });
         let found = problems(&store);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("link count 1, and 2 names"), "{found:?}");
         tamper(&store, |txn| {
-            let mut rec = txn.inode(linked).unwrap().unwrap();
-            rec.attr.nlink = 2;
-            txn.put_inode(&rec);
-            let mut dir = txn.inode(e).unwrap().unwrap();
-            dir.attr.nlink = 3;
-            txn.put_inode(&dir);
+            set_nlink(txn, linked, 2);
+            set_nlink(txn, e, 3);
         });
         let found = problems(&store);
         assert_eq!(found.len(), 1, "{found:?}");
@@ -555,9 +555,7 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains(&format!("inode {shared} has link count 1, and 0 names")));
         tamper(&store, |txn| {
-            let mut rec = txn.inode(shared).unwrap().unwrap();
-            rec.attr.nlink = 0;
-            txn.put_inode(&rec);
+            set_nlink(txn, shared, 0);
         });
         assert!(problems(&store)[0].contains("no orphan record"));
         tamper(&store, |txn| txn.orphan(shared, Vec::new()));
