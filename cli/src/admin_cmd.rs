@@ -743,8 +743,9 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
     );
     match &s.namespace {
         Some(n) if n.problems == 0 => println!(
-            "Namespace: consistent ({} inodes, {} names, {} blocks, {} block references)",
-            n.inodes, n.names, n.blocks, n.block_refs
+            "Namespace: consistent ({} inodes, {} names, {} blocks, {} block references, \
+             {} inode numbers free for reuse)",
+            n.inodes, n.names, n.blocks, n.block_refs, n.free_inos
         ),
         Some(n) => {
             println!(

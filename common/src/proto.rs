@@ -255,6 +255,8 @@ pub struct NamespaceCheck {
     pub blocks: u64,
     /// Slices naming blocks (the sum of every block's reference count).
     pub block_refs: u64,
+    /// Inode numbers reserved for a mount, given back unused and not reserved again yet.
+    pub free_inos: u64,
     /// Records that do not agree with the others; 0 in a consistent namespace.
     pub problems: u64,
     /// The first problems, described.

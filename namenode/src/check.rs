@@ -191,11 +191,17 @@ pub fn check(store: &Store) -> FsResult<NamespaceCheck> {
 
     let mut inode_count = None;
     let mut next_ino = None;
+    let mut pool = crate::inopool::InoPool::default();
     snap.for_each(Cf::Meta, |k, v| {
         if k == keys::META_INODE_COUNT {
             inode_count = decode::<u64>("meta", v).ok();
         } else if k == keys::META_NEXT_INO {
             next_ino = decode::<u64>("meta", v).ok();
+        } else if k == keys::META_FREE_INOS {
+            match decode::<crate::inopool::InoPool>("meta", v) {
+                Ok(p) => pool = p,
+                Err(e) => found.problem(format!("the pool of inode numbers is unreadable: {e}")),
+            }
         } else if let Some(ino) = keys::orphan_ino(k) {
             match nodes.get_mut(&ino) {
                 Some(n) => n.orphan = true,
@@ -216,6 +222,21 @@ pub fn check(store: &Store) -> FsResult<NamespaceCheck> {
             "the next inode number is {next_ino:?}, yet inode {highest} exists"
         ));
     }
+    // Numbers given back are numbers handed out, and no inode's.
+    if let Some(&(first, n)) = pool.ranges().last() {
+        if next_ino.is_none_or(|next| first + n > next) {
+            found.problem(format!(
+                "inode numbers up to {} were given back, yet the next one is {next_ino:?}",
+                first + n - 1
+            ));
+        }
+    }
+    for ino in nodes.keys().filter(|i| pool.contains(i.0)) {
+        found.problem(format!(
+            "inode {ino} exists, yet its number is free for reuse"
+        ));
+    }
+    found.check.free_inos = pool.len();
 
     let mut inos: Vec<_> = nodes.keys().copied().collect();
     inos.sort();
@@ -560,5 +581,35 @@ mod tests {
         assert!(problems(&store)[0].contains("no orphan record"));
         tamper(&store, |txn| txn.orphan(shared, Vec::new()));
         assert_eq!(problems(&store), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_inode_number_free_for_reuse_yet_in_use_or_never_handed_out_is_found() {
+        let (_dir, store, [_, linked, _]) = namespace();
+        let next = store.txn().meta_u64(keys::META_NEXT_INO).unwrap().unwrap();
+        let with_pool = |inos: &[u64]| {
+            tamper(&store, |txn| {
+                let mut pool = crate::inopool::InoPool::default();
+                pool.give(inos.iter().copied());
+                txn.put_ino_pool(&pool);
+            })
+        };
+        // A number handed out (reserved), then given back.
+        tamper(&store, |txn| {
+            txn.put_meta_u64(keys::META_NEXT_INO, next + 1)
+        });
+        with_pool(&[next]);
+        let found = check(&store).unwrap();
+        assert_eq!((found.problems, found.free_inos), (0, 1), "{found:?}");
+        with_pool(&[linked.0, next + 1]);
+        let found = problems(&store).join("\n");
+        assert!(
+            found.contains(&format!("inode {linked} exists, yet its number is free")),
+            "{found}"
+        );
+        assert!(
+            found.contains(&format!("up to {} were given back", next + 1)),
+            "{found}"
+        );
     }
 }

@@ -949,14 +949,59 @@ mod tests {
         MetaOpKind::new_file(parent, name.into())
     }
 
+    async fn reserve(engine: &MetaEngine, count: u32) -> (u64, u32) {
+        let reserve = MetaOpKind::ReserveInos { count };
+        match engine.submit(Caller::ROOT, reserve).await.unwrap() {
+            MetaReply::Inos { first, count } => (first, count),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn create_with_ino(name: &str, ino: u64) -> MetaOpKind {
+        let MetaOpKind::Create(mut c) = create(Ino::ROOT, name) else {
+            unreachable!()
+        };
+        c.ino = Some(Ino(ino));
+        MetaOpKind::Create(c)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reserved_numbers_given_back_unused_are_reserved_again_and_no_others() {
+        let (_dir, _, engine) = new_engine();
+        let (first, _) = reserve(&engine, 8).await;
+        engine
+            .submit(Caller::ROOT, create_with_ino("used", first + 2))
+            .await
+            .unwrap();
+        // Given back: two unused, one used, one never handed out, the root.
+        let back = vec![first, first + 1, first + 2, first + 100, 1];
+        engine
+            .submit(Caller::ROOT, MetaOpKind::ReturnInos(back))
+            .await
+            .unwrap();
+        assert_eq!(engine.store.txn().ino_pool().unwrap().len(), 2);
+        assert_eq!(reserve(&engine, 8).await, (first, 2), "the unused, first");
+        assert_eq!(reserve(&engine, 8).await, (first + 8, 8), "then new ones");
+        // A create replayed after a restart may take a number that came back meanwhile:
+        // it is no longer handed out.
+        engine
+            .submit(
+                Caller::ROOT,
+                MetaOpKind::ReturnInos(vec![first + 3, first + 4]),
+            )
+            .await
+            .unwrap();
+        engine
+            .submit(Caller::ROOT, create_with_ino("replayed", first + 3))
+            .await
+            .unwrap();
+        assert_eq!(reserve(&engine, 8).await, (first + 4, 1));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_create_takes_a_reserved_inode_number_once_and_no_other() {
         let (_dir, _, engine) = new_engine();
-        let reserved = |count| MetaOpKind::ReserveInos { count };
-        let first = match engine.submit(Caller::ROOT, reserved(4)).await.unwrap() {
-            MetaReply::Inos(first) => first,
-            other => panic!("{other:?}"),
-        };
+        let first = reserve(&engine, 4).await.0;
         let with_ino = |name: &str, ino: u64| {
             let MetaOpKind::Create(mut c) = create(Ino::ROOT, name) else {
                 unreachable!()

@@ -52,7 +52,7 @@ pub struct ChangeFeed {
     busy: Mutex<HashMap<Ino, u32>>,
     /// When this run started: changes queued under the previous run's delegations are
     /// applied for a while (see `proto::REPLAY_WINDOW`).
-    pub started: Instant,
+    started: Instant,
 }
 
 /// A change under way in some directories ([`ChangeFeed::changing`]).
@@ -93,6 +93,9 @@ struct Log {
     /// When each directory's delegation was last recalled: not given again for a while,
     /// so two clients working in one directory do not pass it to and fro.
     recalled: HashMap<Ino, Instant>,
+    /// Inode numbers reserved for connections that ended without using them: to be given
+    /// back ([`ChangeFeed::take_returned`]).
+    returned: Vec<u64>,
 }
 
 /// A directory's delegation: its holder, and once recalled, the position it must read the
@@ -196,6 +199,7 @@ impl Log {
             self.waiting.remove(&c);
             self.delegs.retain(|_, d| d.holder != c);
             if let Some(f) = self.followers.remove(&c) {
+                self.returned.extend(f.inos);
                 for ino in f.leased.into_keys() {
                     self.unlease(ino, c);
                 }
@@ -253,6 +257,12 @@ impl ChangeFeed {
             busy: Mutex::default(),
             started: Instant::now(),
         }
+    }
+
+    /// Are changes queued under a previous run's delegations still applied? For a while
+    /// after a restart (see `proto::REPLAY_WINDOW`).
+    pub fn replaying(&self) -> bool {
+        self.hold_until.is_some() && self.started.elapsed() < cairn_common::proto::REPLAY_WINDOW
     }
 
     /// Gives connection `conn` a lease on `ino`, if it follows the feed. Taken before the
@@ -340,6 +350,7 @@ impl ChangeFeed {
         log.waiting.remove(&conn);
         log.delegs.retain(|_, d| d.holder != conn);
         if let Some(f) = log.followers.remove(&conn) {
+            log.returned.extend(f.inos);
             for ino in f.leased.into_keys() {
                 log.unlease(ino, conn);
             }
@@ -479,9 +490,26 @@ impl ChangeFeed {
 
     /// Inode numbers `first..first + count` are `conn`'s for its queued creates.
     pub fn reserved(&self, conn: u64, first: u64, count: u32) {
-        if let Some(f) = self.log().followers.get_mut(&conn) {
-            f.inos.extend(first..first + u64::from(count));
+        let inos = first..first + u64::from(count);
+        let mut log = self.log();
+        match log.followers.get_mut(&conn) {
+            Some(f) => f.inos.extend(inos),
+            None => log.returned.extend(inos),
         }
+    }
+
+    /// Is `ino` reserved for some connection's queued creates?
+    pub fn is_reserved(&self, ino: Ino) -> bool {
+        self.log()
+            .followers
+            .values()
+            .any(|f| f.inos.contains(&ino.0))
+    }
+
+    /// Inode numbers reserved for connections that have ended, unused: the namenode gives
+    /// them back ([`crate::ops::MetaOpKind::ReturnInos`]).
+    pub fn take_returned(&self) -> Vec<u64> {
+        std::mem::take(&mut self.log().returned)
     }
 
     /// `conn` uses inode number `ino`, if it was reserved for it (once).
@@ -821,10 +849,24 @@ mod tests {
 
         feed.since(3, 7, 0);
         feed.reserved(3, 100, 2);
+        assert!(feed.is_reserved(Ino(100)) && !feed.is_reserved(Ino(102)));
         assert!(!feed.take_ino(4, Ino(100)), "another connection's number");
         assert!(feed.take_ino(3, Ino(100)));
         assert!(!feed.take_ino(3, Ino(100)), "used twice");
         assert!(feed.take_ino(3, Ino(101)));
         assert!(!feed.take_ino(3, Ino(102)), "never reserved");
+
+        // Numbers a connection did not use come back when it ends, once.
+        feed.reserved(3, 200, 3);
+        assert!(feed.take_ino(3, Ino(201)));
+        assert_eq!(feed.take_returned(), Vec::<u64>::new());
+        feed.disconnected(3);
+        let mut back = feed.take_returned();
+        back.sort();
+        assert_eq!(back, [200, 202]);
+        assert!(feed.take_returned().is_empty());
+        // A reservation answered after its connection ended comes back at once.
+        feed.reserved(3, 300, 1);
+        assert_eq!(feed.take_returned(), [300]);
     }
 }

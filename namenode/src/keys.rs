@@ -24,6 +24,8 @@ pub const META_FORMAT: &[u8] = b"format";
 pub const META_NEXT_INO: &[u8] = b"next_ino";
 pub const META_INODE_COUNT: &[u8] = b"inode_count";
 pub const META_CLUSTER_ID: &[u8] = b"cluster_id";
+/// Inode numbers reserved for a delegation holder and given back unused (`inopool.rs`).
+pub const META_FREE_INOS: &[u8] = b"free_inos";
 /// Prefix of the `meta` keys naming orphans: files with no name left, kept while open.
 pub const META_ORPHAN_PREFIX: &[u8] = b"orphan/";
 

@@ -10,6 +10,7 @@ pub mod emptier;
 pub mod engine;
 pub mod feed;
 pub mod gc;
+pub mod inopool;
 pub mod keys;
 pub mod locks;
 pub mod meta_health;
@@ -41,7 +42,7 @@ use cairn_common::{BlockId, FsError, FsResult, Ino};
 use quinn::Endpoint;
 use store::BlockRecord;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::NamenodeConfig;
 use engine::MetaEngine;
@@ -188,7 +189,7 @@ impl Namenode {
             MetaReply::Created(c) => Ok(c.attr),
             MetaReply::Removed { .. }
             | MetaReply::Renamed { .. }
-            | MetaReply::Inos(_)
+            | MetaReply::Inos { .. }
             | MetaReply::Done => Err(FsError::protocol("operation returned no attributes")),
         }
     }
@@ -425,6 +426,15 @@ impl Namenode {
                 )));
             }
         }
+        if let (Some(ino), true) = (r.ino, replay) {
+            // A number of the previous run's, given back and handed out again since: the
+            // new holder's.
+            if self.engine.feed().is_reserved(ino) {
+                return Err(FsError::invalid(format!(
+                    "inode number {ino} is reserved for another connection"
+                )));
+            }
+        }
         // A queued create's file is written already: no offer for its first block.
         let offer = |attr: &cairn_common::attr::InodeAttr| match queued {
             true => Vec::new(),
@@ -524,7 +534,7 @@ impl Namenode {
             }
         }
         let feed = self.engine.feed();
-        let replaying = feed.started.elapsed() < cairn_common::proto::REPLAY_WINDOW;
+        let replaying = feed.replaying();
         let ops = q.ops.into_iter().map(|change| {
             let who = Who {
                 caller: change.caller,
@@ -596,7 +606,8 @@ impl Namenode {
     async fn reserve_inos(&self, who: &Who, count: u32) -> FsResult<InoRange> {
         let count = count.clamp(1, 4096);
         match self.mutate(who, MetaOpKind::ReserveInos { count }).await? {
-            MetaReply::Inos(first) => {
+            MetaReply::Inos { first, count } => {
+                debug!(first, count, "inode numbers reserved");
                 self.engine.feed().reserved(who.origin, first, count);
                 // As many as a file there may want; each takes its replication's worth.
                 let len = cairn_common::proto::PLACED_BLOCK_MAX as u64;
@@ -1366,6 +1377,7 @@ async fn reap_orphans(nn: Arc<Namenode>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        give_back_inos(&nn).await;
         let released = nn.opens.expire();
         if !released.is_empty() {
             info!(
@@ -1392,6 +1404,24 @@ async fn reap_orphans(nn: Arc<Namenode>, shutdown: CancellationToken) {
             }
             Err(e) => warn!("listing files with no name left failed: {e}"),
         }
+    }
+}
+
+/// Gives back the inode numbers reserved for connections that ended without using them.
+async fn give_back_inos(nn: &Namenode) {
+    let inos = nn.engine.feed().take_returned();
+    if inos.is_empty() {
+        return;
+    }
+    let count = inos.len();
+    match nn
+        .engine
+        .submit(Caller::ROOT, MetaOpKind::ReturnInos(inos))
+        .await
+    {
+        Ok(_) => debug!(count, "inode numbers reserved and not used are given back"),
+        // They stay unused: numbers are not scarce.
+        Err(e) => warn!(count, "giving back unused inode numbers failed: {e}"),
     }
 }
 

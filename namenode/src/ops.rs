@@ -91,10 +91,15 @@ pub enum MetaOpKind {
     RecordDatanodes(Vec<(cairn_common::DatanodeId, crate::blockmap::KnownDatanode)>),
     /// Drops what is recorded of a datanode: its sighting and its operator's state.
     ForgetDatanode(cairn_common::DatanodeId),
-    /// Hands out `count` inode numbers ahead, for a delegation holder's creates.
+    /// Hands out up to `count` consecutive inode numbers ahead, for a delegation holder's
+    /// creates: given back ones first.
     ReserveInos {
         count: u32,
     },
+    /// Numbers reserved for a connection that ended without using them: for the next
+    /// reservations (`inopool.rs`). Numbers an inode has, or that were never handed out,
+    /// are ignored.
+    ReturnInos(Vec<u64>),
 }
 
 impl MetaOpKind {
@@ -138,8 +143,11 @@ pub enum MetaReply {
         attr: InodeAttr,
         len: u64,
     },
-    /// The first of the inode numbers reserved.
-    Inos(u64),
+    /// Inode numbers reserved: `first..first + count`.
+    Inos {
+        first: u64,
+        count: u32,
+    },
     Done,
 }
 
@@ -169,6 +177,7 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
         }
         MetaOpKind::Create(c) => create(txn, who, c, now),
         MetaOpKind::ReserveInos { count } => reserve_inos(txn, *count),
+        MetaOpKind::ReturnInos(inos) => return_inos(txn, inos),
         MetaOpKind::Mknod(m) => {
             if m.kind == FileKind::Dir || m.kind == FileKind::Symlink {
                 return Err(FsError::invalid(
@@ -493,18 +502,67 @@ fn take_reserved_ino(txn: &mut Txn<'_>, ino: Ino) -> FsResult<Ino> {
             "inode number {ino} was not reserved or is taken"
         )));
     }
+    // Replayed after a restart, a create may take a number its connection had before the
+    // restart and another connection of that run gave back.
+    let mut pool = txn.ino_pool()?;
+    if pool.remove(ino.0) {
+        txn.put_ino_pool(&pool);
+    }
     let count = txn.meta_u64(META_INODE_COUNT)?.unwrap_or(0);
     txn.put_meta_u64(META_INODE_COUNT, count + 1);
     Ok(ino)
 }
 
-/// Hands out `count` inode numbers: the first of them.
+/// Hands out up to `count` consecutive inode numbers.
 fn reserve_inos(txn: &mut Txn<'_>, count: u32) -> FsResult<MetaReply> {
+    let mut pool = txn.ino_pool()?;
+    while let Some((first, n)) = pool.take(count.into()) {
+        // Only numbers no inode has come back; a range that says otherwise is dropped.
+        let mut had = None;
+        for ino in first..first + n {
+            if txn.inode(Ino(ino))?.is_some() {
+                had = Some(ino);
+                break;
+            }
+        }
+        txn.put_ino_pool(&pool);
+        match had {
+            None => {
+                return Ok(MetaReply::Inos {
+                    first,
+                    count: n as u32,
+                })
+            }
+            Some(ino) => tracing::error!(
+                ino,
+                "inode number pool holds a number in use: range {first}+{n} dropped"
+            ),
+        }
+    }
     let next = txn
         .meta_u64(META_NEXT_INO)?
         .ok_or_else(|| FsError::io("namespace is not formatted"))?;
     txn.put_meta_u64(META_NEXT_INO, next + u64::from(count));
-    Ok(MetaReply::Inos(next))
+    Ok(MetaReply::Inos { first: next, count })
+}
+
+/// Takes back reserved numbers a connection did not use.
+fn return_inos(txn: &mut Txn<'_>, inos: &[u64]) -> FsResult<MetaReply> {
+    let next = txn
+        .meta_u64(META_NEXT_INO)?
+        .ok_or_else(|| FsError::io("namespace is not formatted"))?;
+    let mut unused = Vec::with_capacity(inos.len());
+    for &ino in inos {
+        if ino > Ino::ROOT.0 && ino < next && txn.inode(Ino(ino))?.is_none() {
+            unused.push(ino);
+        }
+    }
+    if !unused.is_empty() {
+        let mut pool = txn.ino_pool()?;
+        pool.give(unused);
+        txn.put_ino_pool(&pool);
+    }
+    Ok(MetaReply::Done)
 }
 
 fn create(txn: &mut Txn<'_>, who: &Caller, c: &Create, now: Timestamp) -> FsResult<MetaReply> {

@@ -642,6 +642,23 @@ impl Txn<'_> {
     pub fn put_meta_u64(&mut self, key: &[u8], value: u64) {
         self.put_raw(Cf::Meta, key.to_vec(), encode(&value));
     }
+
+    /// Inode numbers given back unused (see `inopool.rs`).
+    pub fn ino_pool(&self) -> FsResult<crate::inopool::InoPool> {
+        Ok(self
+            .get_raw(Cf::Meta, keys::META_FREE_INOS)?
+            .map(|v| decode("inode number pool", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub fn put_ino_pool(&mut self, pool: &crate::inopool::InoPool) {
+        let key = keys::META_FREE_INOS.to_vec();
+        match pool.is_empty() {
+            true => self.delete(Cf::Meta, key),
+            false => self.put_raw(Cf::Meta, key, encode(pool)),
+        }
+    }
 }
 
 /// The block cache every column family shares: table blocks, their indexes and their bloom

@@ -290,6 +290,94 @@ async fn a_mount_killed_with_changes_queued_loses_at_most_those_and_never_their_
     cluster.stop().await.unwrap();
 }
 
+/// Inode numbers reserved at the namenode and not used yet, by `cairn admin fsck /`.
+fn free_inos(cluster: &cairn_cli::devcluster::DevCluster) -> u64 {
+    let (code, fsck) = admin(cluster, &["fsck", "/"]);
+    assert_eq!(code, 0, "{fsck}");
+    fsck["summary"]["namespace"]["free_inos"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count of free inode numbers in {fsck}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_inode_numbers_a_killed_mount_did_not_use_go_to_the_next() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().to_path_buf();
+    let pid = mount_process(&cluster, &victim);
+    // Once it reads the change feed, it takes delegations.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let made = {
+        let victim = victim.clone();
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir(victim.join("d")).unwrap();
+            (0..5)
+                .map(|i| {
+                    let f = victim.join(format!("d/f{i}"));
+                    fs::write(&f, b"").unwrap();
+                    fs::metadata(f).unwrap().ino()
+                })
+                .max()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(free_inos(&cluster), 0, "the mount holds what it reserved");
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&victim)
+        .status();
+
+    tracing::info!("--- the namenode takes back what the dead mount did not use");
+    let mut free = 0;
+    for _ in 0..120 {
+        free = free_inos(&cluster);
+        if free > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(free > 0, "no inode number came back after the mount died");
+
+    tracing::info!("--- and the next mount's creates use them");
+    let (_db, b, mounted) = {
+        let db = tempfile::tempdir().unwrap();
+        let path = db.path().to_path_buf();
+        let m = mount_at(&cluster, &path).await;
+        (db, path, m)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (e, made_after) = tokio::task::spawn_blocking(move || {
+        fs::create_dir(b.join("e")).unwrap();
+        let e = fs::metadata(b.join("e")).unwrap().ino();
+        let inos: Vec<u64> = (0..5)
+            .map(|i| {
+                let g = b.join(format!("e/g{i}"));
+                fs::write(&g, b"").unwrap();
+                fs::metadata(g).unwrap().ino()
+            })
+            .collect();
+        (e, inos)
+    })
+    .await
+    .unwrap();
+    for ino in &made_after {
+        // Numbers handed out after `e`'s would be above it.
+        assert!(
+            *ino > made && *ino < e,
+            "file {ino} made after the dead mount's last file {made}, in directory {e}"
+        );
+    }
+    assert!(free_inos(&cluster) < free);
+    unmount(mounted).await;
+    assert_fsck_clean(&cluster);
+    cluster.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_namenode_restart_under_a_delegation_splits_nothing() {
     init_tracing();
