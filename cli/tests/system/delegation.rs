@@ -211,17 +211,59 @@ fn mount_process(cluster: &cairn_cli::devcluster::DevCluster, at: &Path) -> u32 
     pid
 }
 
+/// A `cairn mount` process on a directory of its own, reading the change feed (so taking
+/// delegations) once started.
+struct Victim {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    pid: u32,
+}
+
+impl Victim {
+    async fn start(cluster: &cairn_cli::devcluster::DevCluster) -> Victim {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let pid = mount_process(cluster, &path);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Victim {
+            _dir: dir,
+            path,
+            pid,
+        }
+    }
+
+    fn kill(&self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+    }
+
+    /// Lets go of the dead mount's mount point.
+    fn unmount(&self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A new mount of `cluster` in this process, reading the change feed.
+async fn fresh_mount(
+    cluster: &cairn_cli::devcluster::DevCluster,
+) -> (tempfile::TempDir, PathBuf, cairn_fuse::Mount) {
+    let db = tempfile::tempdir().unwrap();
+    let path = db.path().to_path_buf();
+    let m = mount_at(cluster, &path).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (db, path, m)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mount_killed_with_changes_queued_loses_at_most_those_and_never_their_order() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 3).await;
-    let victim_dir = tempfile::tempdir().unwrap();
-    let victim = victim_dir.path().to_path_buf();
-    let pid = mount_process(&cluster, &victim);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mounted = Victim::start(&cluster).await;
     let writer = {
-        let victim = victim.clone();
+        let victim = mounted.path.clone();
         tokio::task::spawn_blocking(move || {
             fs::create_dir(victim.join("d")).unwrap();
             // Created in order, and some removed again, as fast as the mount answers,
@@ -240,21 +282,13 @@ async fn a_mount_killed_with_changes_queued_loses_at_most_those_and_never_their_
         })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    mounted.kill();
     let made = writer.await.unwrap();
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&victim)
-        .status();
+    mounted.unmount();
     assert!(made > 100, "the writer made {made} files before the kill");
 
     tracing::info!("--- what the namenode has is a prefix of what the program was told");
-    let (_db, b, mounted) = {
-        let db = tempfile::tempdir().unwrap();
-        let path = db.path().to_path_buf();
-        let m = mount_at(&cluster, &path).await;
-        (db, path, m)
-    };
+    let (_db, b, mounted) = fresh_mount(&cluster).await;
     let check = tokio::task::spawn_blocking(move || {
         let present = names(&b.join("d"));
         let last = present
@@ -304,13 +338,9 @@ async fn the_inode_numbers_a_killed_mount_did_not_use_go_to_the_next() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 3).await;
-    let victim_dir = tempfile::tempdir().unwrap();
-    let victim = victim_dir.path().to_path_buf();
-    let pid = mount_process(&cluster, &victim);
-    // Once it reads the change feed, it takes delegations.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = Victim::start(&cluster).await;
     let made = {
-        let victim = victim.clone();
+        let victim = victim.path.clone();
         tokio::task::spawn_blocking(move || {
             fs::create_dir(victim.join("d")).unwrap();
             (0..5)
@@ -326,11 +356,8 @@ async fn the_inode_numbers_a_killed_mount_did_not_use_go_to_the_next() {
         .unwrap()
     };
     assert_eq!(free_inos(&cluster), 0, "the mount holds what it reserved");
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let _ = std::process::Command::new("umount")
-        .arg("-l")
-        .arg(&victim)
-        .status();
+    victim.kill();
+    victim.unmount();
 
     tracing::info!("--- the namenode takes back what the dead mount did not use");
     let mut free = 0;
@@ -344,13 +371,7 @@ async fn the_inode_numbers_a_killed_mount_did_not_use_go_to_the_next() {
     assert!(free > 0, "no inode number came back after the mount died");
 
     tracing::info!("--- and the next mount's creates use them");
-    let (_db, b, mounted) = {
-        let db = tempfile::tempdir().unwrap();
-        let path = db.path().to_path_buf();
-        let m = mount_at(&cluster, &path).await;
-        (db, path, m)
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_db, b, mounted) = fresh_mount(&cluster).await;
     let (e, made_after) = tokio::task::spawn_blocking(move || {
         fs::create_dir(b.join("e")).unwrap();
         let e = fs::metadata(b.join("e")).unwrap().ino();
