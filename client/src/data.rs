@@ -406,10 +406,13 @@ impl Client {
             self.keep_written(id, data);
             return Ok((id, on(&stored, &known)));
         }
-        let reasons: Vec<String> = failed
+        let mut reasons: Vec<String> = failed
             .iter()
             .map(|(node, why)| format!("{node}: {why}"))
             .collect();
+        if reasons.is_empty() {
+            reasons.push("no other datanode was offered: the rest are full or down".into());
+        }
         Err(FsError::io(format!(
             "block {id} reached {} of the {need} datanodes required ({})",
             stored.len(),

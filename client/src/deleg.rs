@@ -357,6 +357,50 @@ impl Delegations {
         Some(Ok(ino))
     }
 
+    /// Answers an rmdir of `name` in `dir` here, if `dir` and the directory `name` names
+    /// are both delegated and usable through `reader` (so every name of both is known
+    /// here): `None` when the namenode must be asked. The directory's delegation ends.
+    pub fn rmdir(
+        &self,
+        reader: Option<u64>,
+        caller: &Caller,
+        dir: Ino,
+        name: &[u8],
+    ) -> Option<Result<Ino, FsError>> {
+        if !plain_name(name) {
+            return None;
+        }
+        let mut s = self.state();
+        if s.unanswered >= MAX_UNANSWERED {
+            return None;
+        }
+        let (ino, kind) = match s.usable(dir, reader)?.names.get(name) {
+            None => return Some(Err(FsError::NotFound)),
+            Some(&(ino, kind)) => (ino, kind),
+        };
+        if kind != FileKind::Dir {
+            return None;
+        }
+        if !s.usable(ino, reader)?.names.is_empty() {
+            return Some(Err(FsError::NotEmpty));
+        }
+        s.dirs.remove(&ino);
+        s.born.retain(|_, (d, _)| *d != ino);
+        let d = s.usable(dir, reader)?;
+        d.names.remove(name);
+        let epoch = d.epoch;
+        let now = Timestamp::now();
+        d.attr.nlink = d.attr.nlink.saturating_sub(1);
+        d.attr.mtime = now;
+        d.attr.ctime = now;
+        let op = QueuedOp::Rmdir(proto::Rmdir {
+            parent: dir,
+            name: name.to_vec(),
+        });
+        self.push(&mut s, caller, epoch, op);
+        Some(Ok(ino))
+    }
+
     fn push(&self, s: &mut State, caller: &Caller, epoch: u64, op: QueuedOp) {
         s.pushed += 1;
         s.queue.push(proto::QueuedChange {
@@ -696,16 +740,17 @@ impl Delegations {
                         s.fail(ino, e);
                     }
                 }
-                QueuedOp::Unlink(u) => {
+                QueuedOp::Unlink(proto::Unlink { parent, name })
+                | QueuedOp::Rmdir(proto::Rmdir { parent, name }) => {
                     if let Some(e) = err {
                         tracing::error!(
-                            dir = %u.parent,
-                            name = %String::from_utf8_lossy(&u.name),
-                            "an unlink answered here failed at the namenode: {e}"
+                            dir = %parent,
+                            name = %String::from_utf8_lossy(name),
+                            "a removal answered here failed at the namenode: {e}"
                         );
                         // What the name is now, the namenode says.
-                        s.dirs.remove(&u.parent);
-                        s.fail(u.parent, e);
+                        s.dirs.remove(parent);
+                        s.fail(*parent, e);
                     }
                 }
             }
@@ -885,6 +930,43 @@ mod tests {
 
     fn claim() -> proto::OpenClaim {
         proto::OpenClaim { session: 1, gen: 1 }
+    }
+
+    #[test]
+    fn an_rmdir_is_answered_here_when_both_directories_are_delegated() {
+        let d = Delegations::default();
+        let dir = Ino(5);
+        let names = [
+            ("f", 40, FileKind::File),
+            ("sub", 41, FileKind::Dir),
+            ("other", 42, FileKind::Dir),
+        ];
+        assert!(granted(&d, dir, 0o755, &names));
+        assert!(granted(&d, Ino(41), 0o755, &[("x", 50, FileKind::File)]));
+        let rmdir = |name: &str| d.rmdir(Some(7), &Caller::ROOT, dir, name.as_bytes());
+        assert!(rmdir("f").is_none(), "not a directory: the namenode says");
+        assert!(rmdir("other").is_none(), "a directory not delegated here");
+        assert!(d.rmdir(Some(8), &Caller::ROOT, dir, b"sub").is_none());
+        assert!(matches!(rmdir("zz"), Some(Err(FsError::NotFound))));
+        assert!(matches!(rmdir("sub"), Some(Err(FsError::NotEmpty))));
+        assert!(d
+            .unlink(Some(7), &Caller::ROOT, Ino(41), b"x", |_| false)
+            .is_some());
+        assert_eq!(rmdir("sub").unwrap().unwrap(), Ino(41));
+        assert!(matches!(
+            d.lookup(Some(7), dir, b"sub"),
+            Some(Found::Absent)
+        ));
+        assert!(d.lookup(Some(7), Ino(41), b"x").is_none(), "no longer held");
+        assert_eq!(d.attr(Some(7), dir).unwrap().nlink, 1);
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (batch, _) = rt.block_on(d.next_batch());
+        assert!(matches!(&batch[0].op, QueuedOp::Unlink(u) if u.parent == Ino(41)));
+        assert!(matches!(&batch[1].op, QueuedOp::Rmdir(r) if r.parent == dir && r.name == b"sub"));
+        assert_eq!(batch.len(), 2);
     }
 
     #[test]

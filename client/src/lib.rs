@@ -1390,6 +1390,21 @@ impl Client {
         Some(removed.map(|ino| self.inner.fresh.forget(ino)))
     }
 
+    /// Removes directory `name` from `parent` without asking the namenode, when both are
+    /// delegated to this client (it knows the directory is empty): the rmdir is queued
+    /// and sent later. `None` when the namenode must be asked.
+    pub fn rmdir_queued(&self, parent: Ino, name: &[u8]) -> Option<FsResult<()>> {
+        if self.inner.config.wsync {
+            return None;
+        }
+        let reader = self.inner.fresh.reading_through();
+        let removed = self.inner.deleg.rmdir(reader, &self.caller, parent, name)?;
+        if self.inner.deleg.start_sender() {
+            tokio::spawn(send_queued(Arc::downgrade(&self.inner)));
+        }
+        Some(removed.map(|ino| self.inner.fresh.forget(ino)))
+    }
+
     /// What `name` in `parent` is, when `parent` is delegated to this client (`None`
     /// otherwise): its names are all known here.
     pub fn delegated_lookup(&self, parent: Ino, name: &[u8]) -> Option<Found> {

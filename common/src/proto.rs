@@ -210,6 +210,8 @@ pub enum QueuedOp {
     /// With [`Create::ino`] and [`Create::at`] set.
     Create(Create),
     Unlink(Unlink),
+    /// Of a directory delegated to the holder too, that it knew empty.
+    Rmdir(Rmdir),
     /// The slices of a file created under the delegation of `dir` (nobody else can reach
     /// it before the directory is recalled).
     Commit {

@@ -994,8 +994,25 @@ impl Filesystem for CairnFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (client, name) = (self.client_for(req), name_of(name));
+        let queued = {
+            let _runtime = self.rt.enter();
+            client.rmdir_queued(Ino(parent.0), &name)
+        };
+        match queued {
+            Some(Ok(())) => return reply.ok(),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
         self.reply_empty(
-            async move { client.rmdir(Ino(parent.0), &name).await },
+            async move {
+                let dir = Ino(parent.0);
+                if client.delegate(dir).await {
+                    if let Some(done) = client.rmdir_queued(dir, &name) {
+                        return done;
+                    }
+                }
+                client.rmdir(dir, &name).await
+            },
             reply,
         );
     }

@@ -34,7 +34,7 @@ use cairn_common::proto::{
     Opened, Placement, RegisterReply, Removed, Renamed,
 };
 use cairn_common::proto::{
-    Create, Delegation, Granted, InoRange, Queued, QueuedDone, QueuedOp, Unlink,
+    Create, Delegation, Granted, InoRange, Queued, QueuedDone, QueuedOp, Rmdir, Unlink,
     DELEGATION_MAX_NAMES,
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
@@ -469,6 +469,20 @@ impl Namenode {
             .await
     }
 
+    /// An rmdir; `queued` as for unlinks. The directory's delegation ends with it.
+    async fn rmdir(&self, who: &Who, r: Rmdir, queued: bool) -> FsResult<Changed<Removed>> {
+        let feed = self.engine.feed();
+        if queued && !feed.may_act(who.origin, r.parent) {
+            return Err(delegation_lost(r.parent));
+        }
+        let parent = [r.parent];
+        let removed = self
+            .mutate_removing(who, MetaOpKind::Rmdir(r), &parent)
+            .await?;
+        feed.undelegate(who.origin, removed.reply.ino);
+        Ok(removed)
+    }
+
     /// A file's new slices, answered with its map (and a lease on it) if it is small.
     async fn commit(&self, who: &Who, r: cairn_common::proto::CommitSlices) -> FsResult<ChunkMap> {
         let ino = r.ino;
@@ -549,6 +563,7 @@ impl Namenode {
                     )),
                     QueuedOp::Create(c) => QueuedDone::Created(self.create(&who, c, replay).await),
                     QueuedOp::Unlink(u) => QueuedDone::Removed(self.unlink(&who, u, !replay).await),
+                    QueuedOp::Rmdir(r) => QueuedDone::Removed(self.rmdir(&who, r, !replay).await),
                     QueuedOp::Commit { dir, commit } => {
                         QueuedDone::Committed(self.commit_queued(&who, dir, commit, replay).await)
                     }
@@ -713,11 +728,7 @@ impl Service for Namenode {
             R::Queued(q) => ex.respond(&Ok(self.queued(&who, q).await)).await,
             R::Delegate(r) => ex.respond(&self.delegate(&who, r.dir).await).await,
             R::ReserveInos(r) => ex.respond(&self.reserve_inos(&who, r.count).await).await,
-            R::Rmdir(r) => {
-                let parent = [r.parent];
-                let res = self.mutate_removing(&who, MetaOpKind::Rmdir(r), &parent);
-                ex.respond(&res.await).await
-            }
+            R::Rmdir(r) => ex.respond(&self.rmdir(&who, r, false).await).await,
             R::Rename(r) => {
                 let dirs = [r.parent, r.new_parent];
                 let res = match self.mutate(&who, MetaOpKind::Rename(r)).await {

@@ -121,12 +121,25 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// The program: changes at random until `stop`, keeping what it was told. Returns the
 /// slots and how many calls failed.
+/// Files the storm makes at least.
+const MIN_FILES: usize = 20;
+
 fn storm(root: &Path, seed: u64, stop: &AtomicBool) -> (Vec<Slot>, usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut slots: Vec<Slot> = Vec::new();
     let mut failed = 0;
     let dir = |i: usize| root.join(format!("d{i}"));
-    while !stop.load(Ordering::Relaxed) {
+    // Asked to stop, it goes on until it has made a few files (after a restart the first
+    // changes can wait seconds for the leases of the run before; on a loaded machine,
+    // the whole storm), for a minute at most.
+    let mut asked: Option<std::time::Instant> = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            let since = *asked.get_or_insert_with(std::time::Instant::now);
+            if slots.len() > MIN_FILES || since.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+        }
         let live: Vec<usize> = (0..slots.len())
             .filter(|k| slots[*k].certain().is_some())
             .collect();
@@ -306,7 +319,7 @@ async fn namenode_killed_under_a_storm(always_synced: bool, seed: u64) {
     let (slots, failed) = program.await.unwrap();
     tracing::info!(files = slots.len(), failed, "the program stopped");
     assert!(
-        slots.len() > 20,
+        slots.len() > MIN_FILES,
         "the program made only {} files",
         slots.len()
     );
