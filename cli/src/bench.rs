@@ -85,6 +85,10 @@ pub enum BenchCommand {
         /// Concurrent submitters (what group commit batches).
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+        /// Sync the log within this many milliseconds, as the namenode's
+        /// `metadata_sync_window_ms` does, instead of before each answer.
+        #[arg(long)]
+        window_ms: Option<u64>,
     },
     /// The trash at scale, in the metadata engine alone: files made and removed into the
     /// trash, then one pass of the emptier's read of it, a listing page by page, and the
@@ -146,7 +150,15 @@ pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> any
         BenchCommand::Engine {
             creates,
             concurrency,
-        } => engine(tmp.path(), creates, concurrency).await?,
+            window_ms,
+        } => {
+            use cairn_namenode::walsync::Durability;
+            let durability = match window_ms {
+                Some(ms) => Durability::Window(Duration::from_millis(ms)),
+                None => Durability::Always,
+            };
+            engine(tmp.path(), creates, concurrency, durability).await?
+        }
         BenchCommand::Trash { files, concurrency } => trash(tmp.path(), files, concurrency).await?,
         BenchCommand::Balance {
             size_mib,
@@ -541,7 +553,10 @@ async fn meta(dir: &std::path::Path, clients: usize, files: usize) -> anyhow::Re
 }
 
 /// A metadata engine of its own in `dir`, synced, as a namenode opens it.
-fn bench_engine(dir: &std::path::Path) -> anyhow::Result<Arc<MetaEngine>> {
+fn bench_engine(
+    dir: &std::path::Path,
+    durability: cairn_namenode::walsync::Durability,
+) -> anyhow::Result<Arc<MetaEngine>> {
     let opens = Arc::new(cairn_namenode::opens::OpenTable::new(
         Duration::from_secs(30),
         Duration::ZERO,
@@ -550,13 +565,7 @@ fn bench_engine(dir: &std::path::Path) -> anyhow::Result<Arc<MetaEngine>> {
         Duration::from_secs(300),
         Duration::from_secs(30),
     ));
-    Ok(Arc::new(MetaEngine::open(
-        dir,
-        3,
-        cairn_namenode::walsync::Durability::Always,
-        opens,
-        gc,
-    )?))
+    Ok(Arc::new(MetaEngine::open(dir, 3, durability, opens, gc)?))
 }
 
 /// `concurrency` tasks submit, in turn, the ops `ops` makes of each of `count` file names
@@ -591,7 +600,7 @@ async fn trash(
     files: usize,
     concurrency: usize,
 ) -> anyhow::Result<Vec<Figure>> {
-    let engine = bench_engine(dir)?;
+    let engine = bench_engine(dir, cairn_namenode::walsync::Durability::Always)?;
     use cairn_common::attr::Caller;
     let on = MetaOpKind::SetTrash {
         retention_secs: 86_400,
@@ -669,8 +678,13 @@ async fn engine(
     dir: &std::path::Path,
     creates: usize,
     concurrency: usize,
+    durability: cairn_namenode::walsync::Durability,
 ) -> anyhow::Result<Vec<Figure>> {
-    let engine = bench_engine(dir)?;
+    let synced = match durability {
+        cairn_namenode::walsync::Durability::Window(w) => format!("synced within {w:?}"),
+        _ => "synced".into(),
+    };
+    let engine = bench_engine(dir, durability)?;
     let t0 = Instant::now();
     let created = submitters(&engine, creates, concurrency, |name| {
         vec![MetaOpKind::new_file(Ino::ROOT, name)]
@@ -678,7 +692,7 @@ async fn engine(
     .await?;
     let elapsed = t0.elapsed().max(Duration::from_micros(1));
     Ok(vec![Figure {
-        what: format!("engine creates, {concurrency} submitters, synced"),
+        what: format!("engine creates, {concurrency} submitters, {synced}"),
         value: created as f64 / elapsed.as_secs_f64(),
         unit: "ops/s",
     }])

@@ -45,6 +45,9 @@ const ASK_EVERY: Duration = Duration::from_secs(1);
 /// Queued changes that failed, remembered for the next fsync, at most.
 const MAX_FAILED: usize = 65_536;
 
+/// A name's inode and kind.
+type Entry = (Ino, FileKind);
+
 #[derive(Default)]
 pub(crate) struct Delegations {
     state: Mutex<State>,
@@ -92,7 +95,7 @@ struct State {
 
 struct Dir {
     attr: InodeAttr,
-    names: HashMap<Vec<u8>, (Ino, FileKind)>,
+    names: HashMap<Vec<u8>, Entry>,
     /// The connection it was given to, in which namenode run.
     holder: u64,
     epoch: u64,
@@ -112,6 +115,26 @@ impl State {
             Some(d) if Some(d.holder) == reader => Some(d),
             _ => None,
         }
+    }
+
+    /// Removes `name` from delegated `dir` (a subdirectory's: one link less): the run of
+    /// its delegation.
+    fn drop_name(
+        &mut self,
+        reader: Option<u64>,
+        dir: Ino,
+        name: &[u8],
+        subdir: bool,
+    ) -> Option<u64> {
+        let d = self.usable(dir, reader)?;
+        d.names.remove(name);
+        let now = Timestamp::now();
+        if subdir {
+            d.attr.nlink = d.attr.nlink.saturating_sub(1);
+        }
+        d.attr.mtime = now;
+        d.attr.ctime = now;
+        Some(d.epoch)
     }
 
     /// One of `ino`'s queued commits or attribute changes was answered.
@@ -327,26 +350,14 @@ impl Delegations {
         name: &[u8],
         held: impl Fn(Ino) -> bool,
     ) -> Option<Result<Ino, FsError>> {
-        if !plain_name(name) {
-            return None;
-        }
-        let mut s = self.state();
-        if s.unanswered >= MAX_UNANSWERED {
-            return None;
-        }
-        let d = s.usable(dir, reader)?;
-        let (ino, kind) = match d.names.get(name) {
-            None => return Some(Err(FsError::NotFound)),
-            Some(&(ino, kind)) => (ino, kind),
+        let (mut s, found) = self.removing(reader, dir, name)?;
+        let Some((ino, kind)) = found else {
+            return Some(Err(FsError::NotFound));
         };
         if kind == FileKind::Dir || held(ino) {
             return None;
         }
-        d.names.remove(name);
-        let epoch = d.epoch;
-        let now = Timestamp::now();
-        d.attr.mtime = now;
-        d.attr.ctime = now;
+        let epoch = s.drop_name(reader, dir, name, false)?;
         s.created.remove(&ino);
         s.born.remove(&ino);
         let op = QueuedOp::Unlink(proto::Unlink {
@@ -367,16 +378,9 @@ impl Delegations {
         dir: Ino,
         name: &[u8],
     ) -> Option<Result<Ino, FsError>> {
-        if !plain_name(name) {
-            return None;
-        }
-        let mut s = self.state();
-        if s.unanswered >= MAX_UNANSWERED {
-            return None;
-        }
-        let (ino, kind) = match s.usable(dir, reader)?.names.get(name) {
-            None => return Some(Err(FsError::NotFound)),
-            Some(&(ino, kind)) => (ino, kind),
+        let (mut s, found) = self.removing(reader, dir, name)?;
+        let Some((ino, kind)) = found else {
+            return Some(Err(FsError::NotFound));
         };
         if kind != FileKind::Dir {
             return None;
@@ -386,19 +390,34 @@ impl Delegations {
         }
         s.dirs.remove(&ino);
         s.born.retain(|_, (d, _)| *d != ino);
-        let d = s.usable(dir, reader)?;
-        d.names.remove(name);
-        let epoch = d.epoch;
-        let now = Timestamp::now();
-        d.attr.nlink = d.attr.nlink.saturating_sub(1);
-        d.attr.mtime = now;
-        d.attr.ctime = now;
+        let epoch = s.drop_name(reader, dir, name, true)?;
         let op = QueuedOp::Rmdir(proto::Rmdir {
             parent: dir,
             name: name.to_vec(),
         });
         self.push(&mut s, caller, epoch, op);
         Some(Ok(ino))
+    }
+
+    /// For a removal of `name` from `dir` answered here: the state, and what the name
+    /// names (nothing: `ENOENT`, every name being known). `None` when the namenode must
+    /// be asked: a name it judges, a full queue, or `dir` not delegated and usable
+    /// through `reader`.
+    fn removing(
+        &self,
+        reader: Option<u64>,
+        dir: Ino,
+        name: &[u8],
+    ) -> Option<(std::sync::MutexGuard<'_, State>, Option<Entry>)> {
+        if !plain_name(name) {
+            return None;
+        }
+        let mut s = self.state();
+        if s.unanswered >= MAX_UNANSWERED {
+            return None;
+        }
+        let found = s.usable(dir, reader)?.names.get(name).copied();
+        Some((s, found))
     }
 
     fn push(&self, s: &mut State, caller: &Caller, epoch: u64, op: QueuedOp) {

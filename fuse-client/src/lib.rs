@@ -493,6 +493,40 @@ impl CairnFs {
         });
     }
 
+    /// An unlink, or an rmdir (`dir`): answered by the mount under the directory's
+    /// delegation (asked for first if it is not held), else by the namenode.
+    fn remove(&self, req: &Request, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let (client, name) = (self.client_for(req), name_of(name));
+        let queued = move |client: &Client, parent: Ino, name: &[u8]| match dir {
+            true => client.rmdir_queued(parent, name),
+            false => client.unlink_queued(parent, name),
+        };
+        let answered = {
+            let _runtime = self.rt.enter();
+            queued(&client, Ino(parent.0), &name)
+        };
+        match answered {
+            Some(Ok(())) => return reply.ok(),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
+        self.reply_empty(
+            async move {
+                let parent = Ino(parent.0);
+                if client.delegate(parent).await {
+                    if let Some(done) = queued(&client, parent, &name) {
+                        return done;
+                    }
+                }
+                match dir {
+                    true => client.rmdir(parent, &name).await,
+                    false => client.unlink(parent, &name).await,
+                }
+            },
+            reply,
+        );
+    }
+
     fn reply_empty(
         &self,
         op: impl std::future::Future<Output = FsResult<()>> + Send + 'static,
@@ -968,53 +1002,11 @@ impl Filesystem for CairnFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         // A file open anywhere outlives its last name: the namenode keeps it until then.
-        let (client, name) = (self.client_for(req), name_of(name));
-        let queued = {
-            let _runtime = self.rt.enter();
-            client.unlink_queued(Ino(parent.0), &name)
-        };
-        match queued {
-            Some(Ok(())) => return reply.ok(),
-            Some(Err(e)) => return reply.error(errno(&e)),
-            None => {}
-        }
-        self.reply_empty(
-            async move {
-                let dir = Ino(parent.0);
-                if client.delegate(dir).await {
-                    if let Some(done) = client.unlink_queued(dir, &name) {
-                        return done;
-                    }
-                }
-                client.unlink(dir, &name).await
-            },
-            reply,
-        );
+        self.remove(req, parent, name, false, reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (client, name) = (self.client_for(req), name_of(name));
-        let queued = {
-            let _runtime = self.rt.enter();
-            client.rmdir_queued(Ino(parent.0), &name)
-        };
-        match queued {
-            Some(Ok(())) => return reply.ok(),
-            Some(Err(e)) => return reply.error(errno(&e)),
-            None => {}
-        }
-        self.reply_empty(
-            async move {
-                let dir = Ino(parent.0);
-                if client.delegate(dir).await {
-                    if let Some(done) = client.rmdir_queued(dir, &name) {
-                        return done;
-                    }
-                }
-                client.rmdir(dir, &name).await
-            },
-            reply,
-        );
+        self.remove(req, parent, name, true, reply);
     }
 
     fn symlink(
