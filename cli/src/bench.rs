@@ -543,7 +543,7 @@ async fn meta(dir: &std::path::Path, clients: usize, files: usize) -> anyhow::Re
         }
         let rate = (clients * files) as f64 / t0.elapsed().as_secs_f64();
         figures.push(Figure {
-            what: format!("{phase}, {clients} clients, durable"),
+            what: format!("{phase}, {clients} clients"),
             value: rate,
             unit: "ops/s",
         });

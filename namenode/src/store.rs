@@ -679,6 +679,10 @@ fn family_options(cache: &rocksdb::Cache) -> Options {
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     let mut opts = Options::default();
     opts.set_block_based_table_factory(&table);
+    // Most point reads look for keys the memtable does not hold (a new name, an inode
+    // written before the last flush): a filter lets them skip its skip list.
+    opts.set_memtable_whole_key_filtering(true);
+    opts.set_memtable_prefix_bloom_ratio(0.05);
     opts
 }
 
