@@ -159,7 +159,10 @@ fn main() -> ExitCode {
         }
     }
     init_tracing(if quiet { "warn" } else { "info" });
-    let threads = match runtime_threads() {
+    // A benchmark runs a whole cluster and its clients in one process: what would be
+    // many processes, each with its runtime, gets every core.
+    let whole_cluster = matches!(cli.command, Command::Bench { .. });
+    let threads = match runtime_threads(whole_cluster) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("cairn: {e}");
@@ -379,12 +382,13 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-/// Threads of the async runtime: `CAIRN_RUNTIME_THREADS`, else half the cores (at least one).
+/// Threads of the async runtime: `CAIRN_RUNTIME_THREADS`, else half the cores (at least
+/// one), or every core for `whole_cluster`.
 /// The other half is left to the threads that are not the runtime's — a mount's FUSE
 /// threads, hashing and disk work on the blocking pool, RocksDB's, the kernel's network
 /// stack — and fewer runtime threads wake each other less: on two cores one thread took
 /// random 4 KiB reads on a mount from ~6,500 to ~8,900 a second (docs/BENCHMARKS.md).
-fn runtime_threads() -> Result<usize, String> {
+fn runtime_threads(whole_cluster: bool) -> Result<usize, String> {
     if let Ok(v) = std::env::var("CAIRN_RUNTIME_THREADS") {
         return match v.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
@@ -394,5 +398,8 @@ fn runtime_threads() -> Result<usize, String> {
         };
     }
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    Ok((cores / 2).max(1))
+    Ok(match whole_cluster {
+        true => cores,
+        false => (cores / 2).max(1),
+    })
 }
