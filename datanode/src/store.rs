@@ -52,6 +52,9 @@ pub struct BlockStore {
     used: AtomicU64,
     temp_seq: AtomicU64,
     writer: BlockWriter,
+    /// Block directories made by writes that were not synced: the next sync makes their
+    /// names durable too (in their parents).
+    unsynced_dirs: Mutex<std::collections::BTreeSet<PathBuf>>,
     /// Held (locked) while the store is open: one datanode per data directory.
     _lock: fs::File,
 }
@@ -139,6 +142,7 @@ impl BlockStore {
             used: AtomicU64::new(used),
             temp_seq: AtomicU64::new(0),
             writer: BlockWriter::new(),
+            unsynced_dirs: Mutex::default(),
             _lock: lock,
         })
     }
@@ -281,6 +285,8 @@ impl BlockStore {
                     for made in dir.ancestors().skip(1).take(2) {
                         File::open(made)?.sync_all()?;
                     }
+                } else {
+                    self.unsynced_dirs_now().insert(dir.to_path_buf());
                 }
             }
             // The outboard first: a block is seldom seen without it (it would be rebuilt).
@@ -332,12 +338,23 @@ impl BlockStore {
                 Err(e) => return Err(FsError::io(format!("syncing block {id}: {e}"))),
             }
         }
-        for dir in dirs {
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| FsError::io(format!("syncing {}: {e}", dir.display())))?;
+        // Directories made since the last sync, and their parents (which name them).
+        let made = std::mem::take(&mut *self.unsynced_dirs_now());
+        for dir in &made {
+            dirs.extend(dir.ancestors().take(3).map(Path::to_path_buf));
+        }
+        for dir in &dirs {
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                // Left for the next sync to try again.
+                self.unsynced_dirs_now().extend(made);
+                return Err(FsError::io(format!("syncing {}: {e}", dir.display())));
+            }
         }
         Ok(missing)
+    }
+
+    fn unsynced_dirs_now(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<PathBuf>> {
+        self.unsynced_dirs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Re-reads a block and checks it against its id: `Ok(true)` when it is intact. A block
@@ -745,7 +762,16 @@ mod tests {
         let later_id = BlockId::of(&later);
         store.put(&later_id, &[Bytes::from(later)], false).unwrap();
         let unknown = BlockId::of(b"never stored");
+        assert_eq!(
+            store.unsynced_dirs_now().len(),
+            1,
+            "a directory made unsynced"
+        );
         assert_eq!(store.sync(&[id, later_id, unknown]).unwrap(), vec![unknown]);
+        assert!(
+            store.unsynced_dirs_now().is_empty(),
+            "synced with its parents"
+        );
     }
 
     #[test]
