@@ -217,6 +217,7 @@ struct Victim {
     _dir: tempfile::TempDir,
     path: PathBuf,
     pid: u32,
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl Victim {
@@ -229,11 +230,15 @@ impl Victim {
             _dir: dir,
             path,
             pid,
+            killed: Default::default(),
         }
     }
 
     fn kill(&self) {
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        // Once: the number may be another process's after this one is reaped.
+        if !self.killed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        }
     }
 
     /// Lets go of the dead mount's mount point.
@@ -242,6 +247,14 @@ impl Victim {
             .arg("-l")
             .arg(&self.path)
             .status();
+    }
+}
+
+/// A test that fails before its kill leaves no mount process behind.
+impl Drop for Victim {
+    fn drop(&mut self) {
+        self.kill();
+        self.unmount();
     }
 }
 
