@@ -258,6 +258,27 @@ impl Drop for Victim {
     }
 }
 
+/// A new cluster with a `cairn mount` process on it.
+async fn cluster_with_victim() -> (tempfile::TempDir, cairn_cli::devcluster::DevCluster, Victim) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let victim = Victim::start(&cluster).await;
+    (dir, cluster, victim)
+}
+
+/// Runs `program` on a blocking thread with directory `d` made on `victim`'s mount.
+fn in_victims_dir<T: Send + 'static>(
+    victim: &Victim,
+    program: impl FnOnce(&Path) -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let d = victim.path.join("d");
+    tokio::task::spawn_blocking(move || {
+        fs::create_dir(&d).unwrap();
+        program(&d)
+    })
+}
+
 /// A new mount of `cluster` in this process, reading the change feed.
 async fn fresh_mount(
     cluster: &cairn_cli::devcluster::DevCluster,
@@ -271,29 +292,21 @@ async fn fresh_mount(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mount_killed_with_changes_queued_loses_at_most_those_and_never_their_order() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    let mounted = Victim::start(&cluster).await;
-    let writer = {
-        let victim = mounted.path.clone();
-        tokio::task::spawn_blocking(move || {
-            fs::create_dir(victim.join("d")).unwrap();
-            // Created in order, and some removed again, as fast as the mount answers,
-            // until it dies.
-            let mut made = 0;
-            for i in 0..100_000 {
-                if fs::write(victim.join(format!("d/f{i}")), b"").is_err() {
-                    break;
-                }
-                made = i + 1;
-                if i % 10 == 9 && fs::remove_file(victim.join(format!("d/f{}", i - 1))).is_err() {
-                    break;
-                }
+    let (_dir, cluster, mounted) = cluster_with_victim().await;
+    // Created in order, and some removed again, as fast as the mount answers, until it dies.
+    let writer = in_victims_dir(&mounted, |d| {
+        let mut made = 0;
+        for i in 0..100_000 {
+            if fs::write(d.join(format!("f{i}")), b"").is_err() {
+                break;
             }
-            made
-        })
-    };
+            made = i + 1;
+            if i % 10 == 9 && fs::remove_file(d.join(format!("f{}", i - 1))).is_err() {
+                break;
+            }
+        }
+        made
+    });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     mounted.kill();
     let made = writer.await.unwrap();
@@ -349,26 +362,19 @@ fn free_inos(cluster: &cairn_cli::devcluster::DevCluster) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_inode_numbers_a_killed_mount_did_not_use_go_to_the_next() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path(), 3).await;
-    let victim = Victim::start(&cluster).await;
-    let made = {
-        let victim = victim.path.clone();
-        tokio::task::spawn_blocking(move || {
-            fs::create_dir(victim.join("d")).unwrap();
-            (0..5)
-                .map(|i| {
-                    let f = victim.join(format!("d/f{i}"));
-                    fs::write(&f, b"").unwrap();
-                    fs::metadata(f).unwrap().ino()
-                })
-                .max()
-                .unwrap()
-        })
-        .await
-        .unwrap()
-    };
+    let (_dir, cluster, victim) = cluster_with_victim().await;
+    let made = in_victims_dir(&victim, |d| {
+        (0..5)
+            .map(|i| {
+                let f = d.join(format!("f{i}"));
+                fs::write(&f, b"").unwrap();
+                fs::metadata(f).unwrap().ino()
+            })
+            .max()
+            .unwrap()
+    })
+    .await
+    .unwrap();
     assert_eq!(free_inos(&cluster), 0, "the mount holds what it reserved");
     victim.kill();
     victim.unmount();
