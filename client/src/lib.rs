@@ -1784,9 +1784,18 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
         if reply.complete && !reply.more {
             // The connection first: a lease of another connection is not trusted on the
             // strength of this read.
-            if inner.fresh.reader() != Some(reply.reader) {
-                // The namenode knows this client by another connection now.
-                inner.deleg.drop_all();
+            match inner.fresh.reader() {
+                Some(reader) if reader != reply.reader => {
+                    // The namenode knows this client by another connection now, and knows
+                    // nothing of what it kept through the one before: changes there no
+                    // longer wait for it, so what it kept goes.
+                    inner.deleg.drop_all();
+                    inner.fresh.feed_restarted();
+                    inner.void_in_kernel(None).await;
+                    inner.opens.maps_changed_elsewhere(None);
+                }
+                Some(_) => {}
+                None => inner.deleg.drop_all(),
             }
             inner.fresh.read_through(reply.reader);
             inner.fresh.synced(asked);

@@ -522,6 +522,16 @@ pub enum Change {
     Delegated(Ino),
 }
 
+impl Change {
+    /// The inode whose attributes, data or entries changed (none for news of delegations).
+    pub fn inode(&self) -> Option<Ino> {
+        match self {
+            Change::Inode(ino) | Change::Entries(ino, _) => Some(*ino),
+            Change::Recall(_) | Change::Delegated(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateReply {
     pub attr: InodeAttr,

@@ -35,6 +35,8 @@ const LEASE_HOLD: Duration = Duration::from_secs(2 * LEASE_TRUST.as_secs());
 use cairn_common::proto::{Change, ChangesReply, Lease};
 use cairn_common::Ino;
 
+use crate::known::Known;
+
 /// Changes kept: at ~50 bytes each, a few MiB.
 const KEPT: usize = 100_000;
 /// Changes in one answer at most; the mount asks again for the rest.
@@ -53,6 +55,45 @@ pub struct ChangeFeed {
     /// When this run started: changes queued under the previous run's delegations are
     /// applied for a while (see `proto::REPLAY_WINDOW`).
     started: Instant,
+}
+
+/// An answer being read for a connection ([`ChangeFeed::reading`]).
+pub struct Reading<'a> {
+    feed: &'a ChangeFeed,
+    conn: u64,
+    counted: bool,
+}
+
+impl Reading<'_> {
+    /// The answer named `inos` to the connection: a change of them waits for it from now
+    /// on, until it has read of the change.
+    pub fn told(self, inos: impl IntoIterator<Item = Ino>) {
+        if let Some(f) = self.feed.log().followers.get_mut(&self.conn) {
+            for ino in inos {
+                f.known.told(ino);
+            }
+        }
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            if let Some(f) = self.feed.log().followers.get_mut(&self.conn) {
+                f.known.end_reading();
+            }
+        }
+    }
+}
+
+/// Does a change of `inos`, which a follower hears of by reading to `end`, concern what it
+/// keeps? (Every inode is looked at: each it knows ends with that read.)
+fn concerns(known: &mut Known, inos: &[Ino], end: u64) -> bool {
+    let mut any = known.any_change_concerns();
+    for ino in inos {
+        any |= known.changed(*ino, end);
+    }
+    any
 }
 
 /// A change under way in some directories ([`ChangeFeed::changing`]).
@@ -130,6 +171,8 @@ struct Follower {
     broken: VecDeque<(Ino, u64)>,
     /// Inode numbers reserved for its queued creates and not used yet.
     inos: std::collections::HashSet<u64>,
+    /// The inodes it may keep something of: the changes of others wait for it only there.
+    known: Known,
 }
 
 impl Follower {
@@ -140,6 +183,7 @@ impl Follower {
             leased: HashMap::new(),
             broken: VecDeque::new(),
             inos: std::collections::HashSet::new(),
+            known: Known::default(),
         }
     }
 
@@ -330,9 +374,14 @@ impl ChangeFeed {
         })
     }
 
-    /// Inodes that no longer exist: their leases end.
+    /// Inodes that no longer exist: their leases end, and nobody keeps them.
     pub fn removed(&self, inos: &[Ino]) {
         let mut log = self.log();
+        for f in log.followers.values_mut() {
+            for ino in inos {
+                f.known.forget(*ino);
+            }
+        }
         for ino in inos {
             if let Some(holders) = log.holders.remove(ino) {
                 for conn in holders {
@@ -357,6 +406,32 @@ impl ChangeFeed {
         }
         drop(log);
         self.heard.send_modify(|n| *n += 1);
+    }
+
+    /// An answer for connection `conn` is about to be read from the namespace: until it says
+    /// what the answer named ([`Reading::told`]), every change waits for `conn`.
+    pub fn reading(&self, conn: u64) -> Reading<'_> {
+        let counted = match self.log().followers.get_mut(&conn) {
+            Some(f) => {
+                f.known.begin_reading();
+                true
+            }
+            None => false,
+        };
+        Reading {
+            feed: self,
+            conn,
+            counted,
+        }
+    }
+
+    /// How many inodes connection `conn` is known to keep something of (`None`: too many
+    /// to follow, or it does not read the feed).
+    pub fn known(&self, conn: u64) -> Option<usize> {
+        self.log()
+            .followers
+            .get(&conn)
+            .and_then(|f| f.known.count())
     }
 
     /// Files connection `conn` holds leases on (for tests and the dashboard).
@@ -412,8 +487,8 @@ impl ChangeFeed {
         log.changes.push_back((conn, Change::Delegated(dir)));
         let end = log.end();
         let mut breaks = Breaks::default();
-        for (c, f) in &log.followers {
-            if *c != conn && f.live() && f.heard < end {
+        for (c, f) in &mut log.followers {
+            if *c != conn && f.live() && f.heard < end && concerns(&mut f.known, &[dir], end) {
                 breaks.heard.push((*c, end));
             }
         }
@@ -595,13 +670,22 @@ impl ChangeFeed {
         }
         // Coherence: once the change is answered, every other mount has dropped what it
         // kept of it (names, attributes, pages, in its kernel too), so an operation that
-        // starts there afterwards sees it. Each live follower must read past the change.
+        // starts there afterwards sees it. Each live follower that may keep something of
+        // it must read past the change.
         let end = log.end();
-        if end > position_before {
-            for (conn, f) in &log.followers {
-                if *conn != origin && f.live() && f.heard < end {
-                    breaks.heard.push((*conn, end));
+        let touched: Vec<Ino> = log
+            .changes
+            .range((position_before - log.first) as usize..)
+            .filter_map(|(_, change)| change.inode())
+            .collect();
+        for (conn, f) in &mut log.followers {
+            if *conn == origin {
+                // What its answer and its own change told it, it keeps.
+                for ino in answered.iter().chain(&touched) {
+                    f.known.told(*ino);
                 }
+            } else if f.live() && f.heard < end && concerns(&mut f.known, &touched, end) {
+                breaks.heard.push((*conn, end));
             }
         }
         for (conn, news) in &log.waiting {
@@ -664,6 +748,7 @@ impl ChangeFeed {
         if epoch == self.epoch && since <= end {
             follower.heard = follower.heard.max(since);
         }
+        follower.known.read_to(follower.heard);
         // Broken leases it has now read of end.
         let mut ended = Vec::new();
         while let Some(&(ino, to)) = follower.broken.front() {
@@ -831,6 +916,58 @@ mod tests {
         assert!(!feed.may_act(1, dir));
         assert_eq!(feed.delegate(1, dir), None);
         assert_eq!(feed.delegate(2, dir), None);
+    }
+
+    #[test]
+    fn a_change_waits_only_for_the_followers_that_may_keep_what_it_changed() {
+        let feed = ChangeFeed::new(7, false);
+        let (a, b, c) = (1, 2, 3);
+        let dir = Ino(9);
+        let file = Ino(10);
+        let mut at = [0u64; 4];
+        for conn in [a, b, c] {
+            at[conn as usize] = feed.since(conn, 7, 0).next;
+        }
+        let waits_for = |breaks: &Breaks| {
+            let mut conns: Vec<u64> = breaks.heard.iter().map(|(c, _)| *c).collect();
+            conns.sort();
+            conns
+        };
+        let create = |origin| {
+            feed.push(
+                origin,
+                &[dir, file],
+                [Change::Entries(dir, 1), Change::Inode(file)],
+            )
+        };
+        // Nobody else ever looked there.
+        assert_eq!(waits_for(&create(a)), Vec::<u64>::new());
+        // b lists the directory; c is reading an answer of its own just now.
+        feed.reading(b).told([dir]);
+        let reading = feed.reading(c);
+        assert_eq!(waits_for(&create(a)), [b, c]);
+        reading.told([Ino(77)]);
+        // b has not read of that change yet: a second one waits for it too.
+        let breaks = create(a);
+        assert_eq!(waits_for(&breaks), [b]);
+        // Once b read past the change, it dropped the directory and is not waited for
+        // until it looks again; a's own changes kept what they told a.
+        let end = breaks.heard[0].1;
+        feed.since(b, 7, end);
+        assert_eq!(waits_for(&create(c)), [a]);
+        feed.reading(b).told([file]);
+        assert_eq!(waits_for(&create(c)), [a, b]);
+        // A delegation's grant waits for those that keep the directory's names.
+        assert_eq!(
+            waits_for(&feed.announce_delegation(c, Ino(50))),
+            Vec::<u64>::new()
+        );
+        assert_eq!(waits_for(&feed.announce_delegation(c, dir)), [a]);
+        // The removed are forgotten; how much each keeps is known.
+        assert_eq!(feed.known(b), Some(1));
+        feed.removed(&[file]);
+        assert_eq!(feed.known(b), Some(0));
+        assert_eq!(feed.known(99), None);
     }
 
     #[test]

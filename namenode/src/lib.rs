@@ -12,6 +12,7 @@ pub mod feed;
 pub mod gc;
 pub mod inopool;
 pub mod keys;
+pub mod known;
 pub mod locks;
 pub mod meta_health;
 pub mod opens;
@@ -39,6 +40,7 @@ use cairn_common::proto::{
 };
 use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{BlockId, FsError, FsResult, Ino};
+use known::Tells;
 use quinn::Endpoint;
 use store::BlockRecord;
 use tokio_util::sync::CancellationToken;
@@ -618,6 +620,20 @@ impl Namenode {
         }
     }
 
+    /// Reads an answer for `who`, which names `named` and what it holds: its connection may
+    /// keep them from now on, so their changes wait for it (`known.rs`).
+    async fn answer<T: Tells>(
+        &self,
+        who: &Who,
+        named: &[Ino],
+        read: impl std::future::Future<Output = FsResult<T>>,
+    ) -> FsResult<T> {
+        let reading = self.engine.feed().reading(who.origin);
+        let res = read.await;
+        reading.told(told(named, &res));
+        res
+    }
+
     async fn reserve_inos(&self, who: &Who, count: u32) -> FsResult<InoRange> {
         let count = count.clamp(1, 4096);
         match self.mutate(who, MetaOpKind::ReserveInos { count }).await? {
@@ -636,6 +652,15 @@ impl Namenode {
             _ => Err(FsError::protocol("reserving inode numbers returned none")),
         }
     }
+}
+
+/// The inodes the request names and those its answer names: what its client may keep.
+fn told<T: Tells>(named: &[Ino], res: &FsResult<T>) -> Vec<Ino> {
+    let mut inos = named.to_vec();
+    if let Ok(answer) = res {
+        answer.tells(&mut inos);
+    }
+    inos
 }
 
 fn delegation_lost(dir: Ino) -> FsError {
@@ -686,10 +711,19 @@ impl Service for Namenode {
         }
         match req {
             R::Lookup(r) => {
-                ex.respond(&self.engine.lookup(caller, r.parent, &r.name))
-                    .await
+                let res = self
+                    .answer(&who, &[r.parent], async {
+                        self.engine.lookup(caller, r.parent, &r.name)
+                    })
+                    .await;
+                ex.respond(&res).await
             }
-            R::GetAttr(r) => ex.respond(&self.engine.getattr(r.ino)).await,
+            R::GetAttr(r) => {
+                let res = self
+                    .answer(&who, &[r.ino], async { self.engine.getattr(r.ino) })
+                    .await;
+                ex.respond(&res).await
+            }
             R::Accessed(r) => {
                 let res = self.mutate_attr(&who, MetaOpKind::Accessed(r)).await;
                 ex.respond(&res).await
@@ -726,7 +760,12 @@ impl Service for Namenode {
             }
             R::Unlink(r) => ex.respond(&self.unlink(&who, r, false).await).await,
             R::Queued(q) => ex.respond(&Ok(self.queued(&who, q).await)).await,
-            R::Delegate(r) => ex.respond(&self.delegate(&who, r.dir).await).await,
+            R::Delegate(r) => {
+                let res = self
+                    .answer(&who, &[r.dir], self.delegate(&who, r.dir))
+                    .await;
+                ex.respond(&res).await
+            }
             R::ReserveInos(r) => ex.respond(&self.reserve_inos(&who, r.count).await).await,
             R::Rmdir(r) => ex.respond(&self.rmdir(&who, r, false).await).await,
             R::Rename(r) => {
@@ -754,7 +793,12 @@ impl Service for Namenode {
                 let res = self.mutate_attr(&who, MetaOpKind::Symlink(r)).await;
                 ex.respond(&self.changed(res, &[parent])).await
             }
-            R::Readlink(r) => ex.respond(&self.engine.readlink(r.ino)).await,
+            R::Readlink(r) => {
+                let res = self
+                    .answer(&who, &[r.ino], async { self.engine.readlink(r.ino) })
+                    .await;
+                ex.respond(&res).await
+            }
             R::Link(r) => {
                 let parent = r.new_parent;
                 let res = self.mutate_attr(&who, MetaOpKind::Link(r)).await;
@@ -762,8 +806,11 @@ impl Service for Namenode {
             }
             R::ReadDir(r) => {
                 let res = self
-                    .engine
-                    .readdir(caller, r.ino, r.after.as_deref(), r.limit, r.attrs);
+                    .answer(&who, &[r.ino], async {
+                        self.engine
+                            .readdir(caller, r.ino, r.after.as_deref(), r.limit, r.attrs)
+                    })
+                    .await;
                 ex.respond(&res).await
             }
             R::StatFs(_) => ex.respond(&self.statfs()).await,
@@ -771,8 +818,20 @@ impl Service for Namenode {
                 ex.respond(&self.mutate_unit(&who, MetaOpKind::SetXattr(r)).await)
                     .await
             }
-            R::GetXattr(r) => ex.respond(&self.engine.get_xattr(r.ino, &r.name)).await,
-            R::ListXattr(r) => ex.respond(&self.engine.list_xattr(r.ino)).await,
+            R::GetXattr(r) => {
+                let res = self
+                    .answer(&who, &[r.ino], async {
+                        self.engine.get_xattr(r.ino, &r.name)
+                    })
+                    .await;
+                ex.respond(&res).await
+            }
+            R::ListXattr(r) => {
+                let res = self
+                    .answer(&who, &[r.ino], async { self.engine.list_xattr(r.ino) })
+                    .await;
+                ex.respond(&res).await
+            }
             R::RemoveXattr(r) => {
                 ex.respond(&self.mutate_unit(&who, MetaOpKind::RemoveXattr(r)).await)
                     .await
@@ -782,7 +841,13 @@ impl Service for Namenode {
                     .await
             }
             R::ReadChunks(r) => {
-                let map = self.read_chunks_located(r.ino, r.first, r.count).await;
+                let map = self
+                    .answer(
+                        &who,
+                        &[r.ino],
+                        self.read_chunks_located(r.ino, r.first, r.count),
+                    )
+                    .await;
                 ex.respond(&map).await
             }
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
@@ -796,7 +861,14 @@ impl Service for Namenode {
                 };
                 ex.respond(&res).await
             }
-            R::Seek(r) => ex.respond(&self.engine.seek(r.ino, r.offset, r.hole)).await,
+            R::Seek(r) => {
+                let res = self
+                    .answer(&who, &[r.ino], async {
+                        self.engine.seek(r.ino, r.offset, r.hole)
+                    })
+                    .await;
+                ex.respond(&res).await
+            }
             R::Punch(r) => {
                 ex.respond(&self.mutate_attr(&who, MetaOpKind::Punch(r)).await)
                     .await
@@ -888,6 +960,7 @@ impl Service for Namenode {
                 .await
             }
             R::Open(r) => {
+                let reading = self.engine.feed().reading(who.origin);
                 let claimed = self
                     .opens
                     .claim(r.claim.session, r.ino, r.claim.gen, r.write);
@@ -914,6 +987,7 @@ impl Service for Namenode {
                     // Its last name went and nobody held it: the open came too late.
                     None => Err(FsError::NotFound),
                 };
+                reading.told(told(&[r.ino], &res));
                 ex.respond(&res).await
             }
             R::GetRepairStatus(_) => {
@@ -977,7 +1051,11 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::ListDir(r) => {
-                let res = self.engine.list_dir(caller, r.ino, r.limit, r.attrs);
+                let res = self
+                    .answer(&who, &[r.ino], async {
+                        self.engine.list_dir(caller, r.ino, r.limit, r.attrs)
+                    })
+                    .await;
                 ex.respond(&res).await
             }
             R::Changes(r) => {
