@@ -7,6 +7,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::{Duration, Instant};
+
+use cairn_client::Owner;
+use cairn_common::Ino;
+
+use crate::delegation::cluster_with_victim;
 use crate::mount::{mount_at, unmount};
 use crate::support::*;
 
@@ -280,4 +286,51 @@ async fn what_one_mount_changed_the_next_operation_on_another_sees() {
         }
     })
     .await;
+}
+
+/// A change waits only for the mounts that may keep something of what it changed: a mount
+/// stopped dead holds up a change of a directory it looked into (until it can no longer
+/// trust what it kept), and not a change of one it never looked into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_mount_holds_up_only_the_changes_of_what_it_kept() {
+    let (_dir, cluster, victim) = cluster_with_victim().await;
+    let client = cluster.client().await.unwrap();
+    let me = Owner::current();
+    let kept = client.mkdir(Ino::ROOT, b"kept", 0o755, me).await.unwrap();
+    let unseen = client.mkdir(Ino::ROOT, b"unseen", 0o755, me).await.unwrap();
+    let looked = victim.path.join("kept");
+    tokio::task::spawn_blocking(move || fs::read_dir(looked).unwrap().count())
+        .await
+        .unwrap();
+    // News for the mount (it knows `/`): answered once it has read it, so its next read of
+    // the feed has just arrived when it stops.
+    client
+        .create(Ino::ROOT, b"news", 0o644, true, false, me)
+        .await
+        .unwrap();
+    victim.pause();
+    let timed = |dir: Ino, name: &'static [u8]| {
+        let client = client.clone();
+        async move {
+            let start = Instant::now();
+            client
+                .create(dir, name, 0o644, true, false, me)
+                .await
+                .unwrap();
+            start.elapsed()
+        }
+    };
+    let elsewhere = timed(unseen.ino, b"f").await;
+    let there = timed(kept.ino, b"f").await;
+    victim.resume();
+    assert!(
+        elsewhere < cairn_common::proto::LEASE_TRUST,
+        "a change of a directory the stopped mount never looked into waited {elsewhere:?}"
+    );
+    assert!(
+        there > elsewhere + Duration::from_millis(300),
+        "a change of a directory the stopped mount listed waited {there:?} only \
+         (one it never looked into {elsewhere:?})"
+    );
+    cluster.stop().await.unwrap();
 }

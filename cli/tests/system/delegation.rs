@@ -213,9 +213,9 @@ fn mount_process(cluster: &cairn_cli::devcluster::DevCluster, at: &Path) -> u32 
 
 /// A `cairn mount` process on a directory of its own, reading the change feed (so taking
 /// delegations) once started.
-struct Victim {
+pub(crate) struct Victim {
     _dir: tempfile::TempDir,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     pid: u32,
     killed: std::sync::atomic::AtomicBool,
 }
@@ -241,6 +241,15 @@ impl Victim {
         }
     }
 
+    /// Stops the mount dead (`SIGSTOP`): it reads the change feed no more, nor answers.
+    pub(crate) fn pause(&self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGSTOP) };
+    }
+
+    pub(crate) fn resume(&self) {
+        unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
+    }
+
     /// Lets go of the dead mount's mount point.
     fn unmount(&self) {
         let _ = std::process::Command::new("umount")
@@ -259,7 +268,8 @@ impl Drop for Victim {
 }
 
 /// A new cluster with a `cairn mount` process on it.
-async fn cluster_with_victim() -> (tempfile::TempDir, cairn_cli::devcluster::DevCluster, Victim) {
+pub(crate) async fn cluster_with_victim(
+) -> (tempfile::TempDir, cairn_cli::devcluster::DevCluster, Victim) {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 3).await;
