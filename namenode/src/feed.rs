@@ -279,6 +279,13 @@ impl Log {
         }
     }
 
+    /// Wakes `conn`'s read of the feed if it is waiting for news.
+    fn wake(&self, conn: u64) {
+        if let Some(news) = self.waiting.get(&conn) {
+            news.notify_waiters();
+        }
+    }
+
     fn unlease(&mut self, ino: Ino, conn: u64) {
         if let Some(h) = self.holders.get_mut(&ino) {
             h.retain(|c| *c != conn);
@@ -492,10 +499,8 @@ impl ChangeFeed {
                 breaks.heard.push((*c, end));
             }
         }
-        for (c, news) in &log.waiting {
-            if *c != conn {
-                news.notify_waiters();
-            }
+        for (c, _) in &breaks.heard {
+            log.wake(*c);
         }
         breaks
     }
@@ -549,9 +554,7 @@ impl ChangeFeed {
                         },
                     );
                     log.recalled.insert(*dir, Instant::now());
-                    if let Some(news) = log.waiting.get(&d.holder) {
-                        news.notify_waiters();
-                    }
+                    log.wake(d.holder);
                     to
                 }
             };
@@ -688,10 +691,13 @@ impl ChangeFeed {
                 breaks.heard.push((*conn, end));
             }
         }
-        for (conn, news) in &log.waiting {
-            if news_to_origin || *conn != origin {
-                news.notify_waiters();
-            }
+        // Woken at once: those that must read the change before it is answered (the rest
+        // hear of it at their next read, within `FEED_WAIT`: it concerns nothing they keep).
+        if news_to_origin {
+            log.wake(origin);
+        }
+        for (conn, _) in &breaks.heard {
+            log.wake(*conn);
         }
         let excess = log.changes.len().saturating_sub(KEPT);
         if excess > 0 {
@@ -816,16 +822,24 @@ mod tests {
                     .await
             })
         };
+        feed.reading(1).told([Ino(6)]);
         let waiting = wait(at);
         feed.push(1, &[Ino(5)], [Change::Inode(Ino(5))]);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished(), "its own change is no news to it");
+        // Another's change of what it keeps nothing of can wait for its next read.
+        feed.push(2, &[], [Change::Inode(Ino(7))]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "woken for what it keeps nothing of");
         feed.push(2, &[], [Change::Inode(Ino(6))]);
         let news = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(news.changes, vec![Change::Inode(Ino(6))]);
+        assert_eq!(
+            news.changes,
+            vec![Change::Inode(Ino(7)), Change::Inode(Ino(6))]
+        );
         // A namenode shutting down answers at once.
         let waiting = wait(news.next);
         stop.cancel();
