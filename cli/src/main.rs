@@ -76,8 +76,9 @@ enum Command {
         /// Threads reading kernel requests.
         #[arg(long, default_value_t = 4)]
         threads: usize,
-        /// Mount options, comma-separated: noatime, relatime (default), ro, rw, wsync; the generic
-        /// fstab ones (defaults, _netdev, nofail…) are accepted and ignored.
+        /// Mount options, comma-separated: noatime, relatime (default), ro, rw, wsync, suid and
+        /// dev (nosuid and nodev by default), exec (default), noexec; the generic fstab ones
+        /// (defaults, _netdev, nofail…) are accepted and ignored.
         #[arg(short = 'o', value_delimiter = ',')]
         options: Vec<String>,
         /// Return once mounted and serve from the background (as `mount.cairn` does).

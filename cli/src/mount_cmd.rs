@@ -85,6 +85,12 @@ pub fn mount_options(
             "rw" => opts.read_only = false,
             "wsync" => opts.wsync = true,
             "nowsync" => opts.wsync = false,
+            "suid" => opts.suid = true,
+            "nosuid" => opts.suid = false,
+            "dev" => opts.dev = true,
+            "nodev" => opts.dev = false,
+            "exec" => opts.exec = true,
+            "noexec" => opts.exec = false,
             // mount(8)'s own, or how Cairn always mounts.
             ""
             | "defaults"
@@ -95,18 +101,12 @@ pub fn mount_options(
             | "user"
             | "nouser"
             | "users"
-            | "exec"
-            | "noexec"
-            | "suid"
-            | "nosuid"
-            | "dev"
-            | "nodev"
             | "async"
             | "allow_other"
             | "default_permissions" => {}
             other => bail!(
-                "unknown mount option {other:?} (known: noatime, relatime, ro, rw, wsync, nowsync and the generic \
-                 fstab options)"
+                "unknown mount option {other:?} (known: noatime, relatime, ro, rw, wsync, nowsync, \
+                 suid, nosuid, dev, nodev, exec, noexec and the generic fstab options)"
             ),
         }
     }
@@ -380,8 +380,13 @@ mod tests {
         };
         let plain = opts(&[]).unwrap();
         assert!(plain.atime && !plain.read_only);
+        // Safe by default: no setuid programs, no devices.
+        assert!(!plain.suid && !plain.dev && plain.exec);
         let set = opts(&["noatime,ro", "_netdev,defaults"]).unwrap();
-        assert!(!set.atime && set.read_only);
+        assert!(!set.atime && set.read_only && !set.suid && !set.dev);
+        let trusted = opts(&["suid,dev", "noexec"]).unwrap();
+        assert!(trusted.suid && trusted.dev && !trusted.exec);
+        assert!(!opts(&["suid,nosuid"]).unwrap().suid, "the last one counts");
         let err = opts(&["noatime,bogus"]).unwrap_err().to_string();
         assert!(err.contains("\"bogus\""), "{err}");
     }

@@ -58,6 +58,15 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Every create and unlink waits for the namenode (see `ClientConfig::wsync`).
     pub wsync: bool,
+    /// Honour set-user-id and set-group-id bits when a program is run (`suid`). Off by
+    /// default (`nosuid`): a file another client of the cluster made setuid root does not
+    /// make a local user root.
+    pub suid: bool,
+    /// Open device nodes as the devices they name (`dev`). Off by default (`nodev`): a
+    /// device node another client made does not open this host's disks or memory.
+    pub dev: bool,
+    /// Run programs stored on the mount (`exec`, the default; `noexec` refuses).
+    pub exec: bool,
 }
 
 impl Default for MountOptions {
@@ -68,6 +77,9 @@ impl Default for MountOptions {
             atime: true,
             read_only: false,
             wsync: false,
+            suid: false,
+            dev: false,
+            exec: true,
         }
     }
 }
@@ -223,8 +235,18 @@ pub fn mount(
         fuser::MountOption::Subtype(FS_NAME.into()),
         // The kernel checks owner/group/other bits against the caller, as on a local disk.
         fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::Dev,
-        fuser::MountOption::Suid,
+        match opts.dev {
+            true => fuser::MountOption::Dev,
+            false => fuser::MountOption::NoDev,
+        },
+        match opts.suid {
+            true => fuser::MountOption::Suid,
+            false => fuser::MountOption::NoSuid,
+        },
+        match opts.exec {
+            true => fuser::MountOption::Exec,
+            false => fuser::MountOption::NoExec,
+        },
     ];
     if opts.read_only {
         config.mount_options.push(fuser::MountOption::RO);

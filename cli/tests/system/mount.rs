@@ -31,7 +31,7 @@ pub(crate) async fn mount_at(
 }
 
 /// Mounts `cluster` on `dir` with a client of its own and `opts`.
-async fn mount_with(
+pub(crate) async fn mount_with(
     cluster: &cairn_cli::devcluster::DevCluster,
     dir: &Path,
     opts: &cairn_fuse::MountOptions,

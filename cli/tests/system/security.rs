@@ -257,3 +257,84 @@ async fn cluster_with_one_replica(client: &cairn_client::Client) -> cairn_client
         .unwrap();
     client.open(created.attr.ino).await.unwrap()
 }
+
+/// A default mount honours no setuid bit and opens no device node: a program another client
+/// made setuid root runs as its caller, and a device node made there does not open. With
+/// `-o suid,dev` both do, as the administrator asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn setuid_programs_and_device_nodes_grant_nothing_on_a_default_mount() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use crate::mount::{mount_with, unmount};
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let (safe_point, trusting_point) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let safe = mount_with(&cluster, safe_point.path(), &Default::default()).await;
+    let trusting_opts = cairn_fuse::MountOptions {
+        suid: true,
+        dev: true,
+        ..Default::default()
+    };
+    let trusting = mount_with(&cluster, trusting_point.path(), &trusting_opts).await;
+    let (s, t) = (
+        safe_point.path().to_path_buf(),
+        trusting_point.path().to_path_buf(),
+    );
+    let checked = tokio::task::spawn_blocking(move || {
+        // Made as another client of the cluster could: a setuid-root program, /dev/null.
+        std::fs::copy("/usr/bin/id", s.join("id")).unwrap();
+        std::fs::set_permissions(s.join("id"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let node = std::ffi::CString::new(s.join("null").into_os_string().into_encoded_bytes());
+        let rc = unsafe {
+            libc::mknod(
+                node.unwrap().as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(1, 3),
+            )
+        };
+        assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+        // The effective uid of `id` run by nobody.
+        let euid = |mount: &Path| {
+            let out = std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(mount.join("id"))
+                .arg("-u")
+                .output()
+                .expect("setpriv runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(
+            euid(&s),
+            "65534",
+            "a setuid bit honoured on a default mount"
+        );
+        assert_eq!(euid(&t), "0", "the setuid bit with -o suid");
+        let open = |mount: &Path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(mount.join("null"))
+        };
+        let refused = open(&s).expect_err("a device node opened on a default mount");
+        assert_eq!(refused.raw_os_error(), Some(libc::EACCES), "{refused}");
+        open(&t).expect("a device node opens with -o dev");
+        let flags = cairn_fuse::mount_flags_of(&s)
+            .unwrap()
+            .expect("a Cairn mount");
+        assert!(flags.iter().any(|f| f == "nosuid") && flags.iter().any(|f| f == "nodev"));
+    })
+    .await;
+    unmount(safe).await;
+    unmount(trusting).await;
+    cluster.stop().await.unwrap();
+    if let Err(e) = checked {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
