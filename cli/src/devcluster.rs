@@ -144,7 +144,7 @@ fn ensure_cert(dir: &Path, role: Role, name: &str) -> anyhow::Result<TlsPaths> {
     let cert = certs.join(format!("{name}.pem"));
     let key = certs.join(format!("{name}.key"));
     if !cert.exists() || !key.exists() {
-        cert::issue(&certs, role, name, &certs)?;
+        cert::issue(&certs, role, name, &certs, cert::CERT_DAYS)?;
     }
     Ok(TlsPaths {
         ca_cert: certs.join(cert::CA_CERT_FILE),
@@ -199,7 +199,7 @@ impl DevCluster {
         let dir = dir.canonicalize()?;
         if !certs_dir(&dir).join(cert::CA_CERT_FILE).exists() {
             info!("creating the cluster CA");
-            cert::init_ca(&certs_dir(&dir))?;
+            cert::init_ca(&certs_dir(&dir), cert::CA_DAYS)?;
         }
         let mut nn_config = NamenodeConfig::new(
             dir.join("namenode"),

@@ -107,6 +107,9 @@ enum CertCommand {
     Init {
         #[arg(long)]
         dir: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = cert::CA_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
     /// Issue a certificate signed by the CA in DIR, written to OUT/NAME.pem and OUT/NAME.key.
     Issue {
@@ -122,7 +125,22 @@ enum CertCommand {
         /// Where to write the files (default: DIR).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Days the certificate is valid (renew it with `cairn cert renew` before then).
+        #[arg(long, default_value_t = cert::CERT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
+    /// Issue the certificate CERT again (same role and name, a new key beside it, .key),
+    /// valid for DAYS from now; restart the daemon or mount that uses it.
+    Renew {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        cert: PathBuf,
+        #[arg(long, default_value_t = cert::CERT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+    },
+    /// Show a certificate's role, name and when it expires.
+    Show { cert: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -226,8 +244,8 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
             mount,
         } => dev(dir, datanodes, namenode, replication, mount).await?,
         Command::Cert { command } => match command {
-            CertCommand::Init { dir } => {
-                cert::init_ca(&dir)?;
+            CertCommand::Init { dir, days } => {
+                cert::init_ca(&dir, days)?;
                 println!(
                     "created the cluster CA in {} (keep ca.key secret)",
                     dir.display()
@@ -238,14 +256,30 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
                 role,
                 name,
                 out,
+                days,
             } => {
                 let out = out.unwrap_or_else(|| dir.clone());
-                let paths = cert::issue(&dir, role, &name, &out)?;
+                let paths = cert::issue(&dir, role, &name, &out, days)?;
                 println!(
-                    "issued {role} certificate {} with key {}",
+                    "issued {role} certificate {} with key {}, valid for {days} days",
                     paths.cert.display(),
                     paths.key.display()
                 );
+            }
+            CertCommand::Renew {
+                dir,
+                cert: path,
+                days,
+            } => {
+                let (role, name) = cert::renew(&dir, &path, days)?;
+                println!(
+                    "renewed {role} certificate {name} in {}, valid for {days} days; restart what uses it",
+                    path.display()
+                );
+            }
+            CertCommand::Show { cert: path } => {
+                let (role, name, not_after) = cert::read_identity(&path)?;
+                println!("{role} {name}: {}", cert::expiry_text(not_after));
             }
         },
         Command::Fs(args) => return fs_cmd::run(args).await,

@@ -73,6 +73,7 @@ impl TlsIdentity {
         if chain.is_empty() {
             anyhow::bail!("{} holds no certificate", cert.display());
         }
+        crate::cert::check_expiry(&chain[0], cert)?;
         let key = PrivateKeyDer::from_pem_file(key)
             .with_context(|| format!("reading private key {}", key.display()))?;
         Ok(TlsIdentity { ca, chain, key })
@@ -932,9 +933,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bulk_transfer_over_mutual_tls() {
         let dir = tempfile::tempdir().unwrap();
-        crate::cert::init_ca(dir.path()).unwrap();
-        let s = crate::cert::issue(dir.path(), Role::Datanode, "s", dir.path()).unwrap();
-        let c = crate::cert::issue(dir.path(), Role::Client, "c", dir.path()).unwrap();
+        crate::cert::init_ca(dir.path(), 1).unwrap();
+        let s = crate::cert::issue(dir.path(), Role::Datanode, "s", dir.path(), 1).unwrap();
+        let c = crate::cert::issue(dir.path(), Role::Client, "c", dir.path(), 1).unwrap();
         let ca = dir.path().join("ca.pem");
         let opts = TransportOptions::default();
         let server = server_endpoint(

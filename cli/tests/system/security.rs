@@ -8,6 +8,7 @@ use cairn_common::cert::{self, Role};
 use cairn_common::proto::{self, Rpc};
 use cairn_common::transport::{self, TlsIdentity, TransportOptions};
 use cairn_common::{BlockId, FsError, Ino};
+use rustls::pki_types::pem::PemObject;
 
 use crate::support::*;
 
@@ -60,23 +61,47 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
 
     tracing::info!("--- a client whose certificate another CA signed");
     let other = tempfile::tempdir().unwrap();
-    cert::init_ca(other.path()).unwrap();
-    let paths = cert::issue(other.path(), Role::Client, "mallory", other.path()).unwrap();
+    cert::init_ca(other.path(), cert::CA_DAYS).unwrap();
+    let paths = cert::issue(
+        other.path(),
+        Role::Client,
+        "mallory",
+        other.path(),
+        cert::CERT_DAYS,
+    )
+    .unwrap();
     // It trusts our CA (so it would accept the server) but presents the other CA's cert.
     let identity = TlsIdentity::load(&certs.join("ca.pem"), &paths.cert, &paths.key).unwrap();
-    let endpoint = transport::client_endpoint(&identity, &TransportOptions::default()).unwrap();
-    let outcome = async {
-        let conn = transport::connect(&endpoint, addr, Role::Namenode, transport::PROTOCOL_VERSION)
-            .await?;
-        getattr_root(&conn).await
-    }
-    .await;
+    let outcome = getattr_root_as(&identity, addr).await;
     let err = outcome.expect_err("a client of another CA was served");
     assert!(
         err.to_string()
             .contains("the peer refused this side's certificate: it is signed by another CA"),
         "the client is told why: {err}"
     );
+
+    tracing::info!("--- a client whose certificate has expired");
+    let expired = tempfile::tempdir().unwrap();
+    let paths = cert::issue(&certs, Role::Client, "lapsed", expired.path(), 0).unwrap();
+    let err = TlsIdentity::load(&certs.join("ca.pem"), &paths.cert, &paths.key)
+        .err()
+        .expect("an expired certificate loaded");
+    assert!(
+        format!("{err:#}").contains("expired on")
+            && format!("{err:#}").contains("cairn cert renew"),
+        "the holder is told what to do: {err:#}"
+    );
+    // Presented anyway, by a client that does not look: the namenode refuses it (once its
+    // last second of validity has passed too).
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let identity = TlsIdentity {
+        ca: rustls::pki_types::CertificateDer::from_pem_file(certs.join("ca.pem")).unwrap(),
+        chain: vec![rustls::pki_types::CertificateDer::from_pem_file(&paths.cert).unwrap()],
+        key: rustls::pki_types::PrivateKeyDer::from_pem_file(&paths.key).unwrap(),
+    };
+    let outcome = getattr_root_as(&identity, addr).await;
+    let err = outcome.expect_err("a client with an expired certificate was served");
+    assert!(err.to_string().contains("it has expired"), "{err}");
 
     tracing::info!("--- a client certificate cannot act as a datanode");
     let client = cluster.client().await.unwrap();
@@ -103,6 +128,17 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
 }
 
 /// Asks the namenode on `conn` for the root's attributes, as root.
+/// Connects to the namenode at `addr` as `identity` and asks for `/`'s attributes.
+async fn getattr_root_as(
+    identity: &TlsIdentity,
+    addr: std::net::SocketAddr,
+) -> Result<cairn_common::attr::InodeAttr, FsError> {
+    let endpoint = transport::client_endpoint(identity, &TransportOptions::default()).unwrap();
+    let conn =
+        transport::connect(&endpoint, addr, Role::Namenode, transport::PROTOCOL_VERSION).await?;
+    getattr_root(&conn).await
+}
+
 async fn getattr_root(conn: &quinn::Connection) -> Result<cairn_common::attr::InodeAttr, FsError> {
     let envelope = proto::NamenodeEnvelope {
         caller: cairn_common::attr::Caller::ROOT,
