@@ -20,6 +20,7 @@ pub mod ops;
 pub mod perm;
 pub mod repair;
 pub mod safemode;
+pub mod sessions;
 pub mod store;
 pub mod trash;
 pub mod walsync;
@@ -77,6 +78,8 @@ pub struct Namenode {
     /// Lock sessions seen on each client connection: when the connection ends, so do their
     /// locks, or a crashed mount would hold them for ever.
     lock_sessions: std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<u64>>>,
+    /// The certificate each client session belongs to.
+    session_owners: sessions::SessionOwners,
     /// Cancelled at shutdown: requests held back waiting (for the change feed) answer at once.
     stopping: CancellationToken,
     /// The mounts reading the change feed, by connection.
@@ -144,6 +147,7 @@ pub async fn run(
         opens,
         gc,
         lock_sessions: Default::default(),
+        session_owners: Default::default(),
         mounts: Default::default(),
         trash_wake: tokio::sync::Notify::new(),
         trash_gauge: trash::Gauge::default(),
@@ -654,6 +658,29 @@ impl Namenode {
     }
 }
 
+/// The client sessions a request acts for.
+fn sessions_named(req: &NamenodeRequest) -> Vec<u64> {
+    use NamenodeRequest as R;
+    match req {
+        R::Open(r) => vec![r.claim.session],
+        R::Create(r) => r.open.iter().map(|o| o.session).collect(),
+        R::Queued(q) => q
+            .ops
+            .iter()
+            .filter_map(|c| match &c.op {
+                QueuedOp::Create(r) => r.open.as_ref().map(|o| o.session),
+                _ => None,
+            })
+            .collect(),
+        R::KeepOpen(r) => vec![r.session],
+        R::SetLock(r) => vec![r.owner.session],
+        R::GetLock(r) => vec![r.owner.session],
+        R::ReleaseLocks(r) => vec![r.owner.session],
+        R::Changes(r) => r.mount.iter().map(|m| m.session).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The inodes the request names and those its answer names: what its client may keep.
 fn told<T: Tells>(named: &[Ino], res: &FsResult<T>) -> Vec<Ino> {
     let mut inos = named.to_vec();
@@ -697,6 +724,9 @@ impl Service for Namenode {
             origin: peer.serial,
         };
         let caller = &who.caller;
+        for session in sessions_named(&req) {
+            self.session_owners.claim(session, &peer.name)?;
+        }
         // Before it looks into or changes a directory delegated to another client, that
         // client sends what it queued there.
         let (reads, changes) = self.touches(&req);
@@ -1091,7 +1121,11 @@ impl Service for Namenode {
                     .mounts()
                     .values()
                     .map(|m| MountStatus {
-                        info: m.info.clone(),
+                        // A session's number acts for it: never shown to others.
+                        info: cairn_common::proto::MountInfo {
+                            session: 0,
+                            ..m.info.clone()
+                        },
                         client: m.client.clone(),
                         addr: m.addr,
                         open_files: self.opens.held_by(m.info.session) as u64,

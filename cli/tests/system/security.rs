@@ -374,3 +374,173 @@ async fn setuid_programs_and_device_nodes_grant_nothing_on_a_default_mount() {
         std::panic::resume_unwind(e.into_panic());
     }
 }
+
+/// Sends one request by hand on `conn`, as root.
+async fn call<R: Rpc<Service = proto::NamenodeRequest>>(
+    conn: &quinn::Connection,
+    req: R,
+) -> Result<R::Response, FsError>
+where
+    R::Response: serde::de::DeserializeOwned,
+{
+    let envelope = proto::NamenodeEnvelope {
+        caller: cairn_common::attr::Caller::ROOT,
+        req: req.into_service(),
+    };
+    transport::call_enveloped(conn, &envelope).await
+}
+
+/// A client session belongs to the certificate that first named it: another certificate
+/// cannot renew, release, test or take locks under it, and never learns it from the list
+/// of mounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_certificate_cannot_act_for_a_mounts_session() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 1).await;
+    let client = cluster.client().await.unwrap();
+    let file = client
+        .create(Ino::ROOT, b"locked", 0o644, true, false, Owner::current())
+        .await
+        .unwrap()
+        .attr
+        .ino;
+    let point = tempfile::tempdir().unwrap();
+    let mounted = crate::mount::mount_at(&cluster, point.path()).await;
+
+    let owner = proto::LockOwnerId {
+        session: 4242,
+        owner: 1,
+    };
+    let range = proto::LockRange {
+        start: 0,
+        end: u64::MAX,
+        kind: proto::LockKind::Write,
+        pid: 1,
+    };
+    let victim = raw_connection(&cluster, cluster.namenode_addr, Role::Namenode).await;
+    call(
+        &victim,
+        proto::SetLock {
+            ino: file,
+            owner,
+            range,
+        },
+    )
+    .await
+    .unwrap();
+
+    let certs = cluster.dir().join("certs");
+    let other = tempfile::tempdir().unwrap();
+    let paths = cert::issue(&certs, Role::Client, "mallory", other.path(), 1).unwrap();
+    let identity = TlsIdentity::load(&certs.join("ca.pem"), &paths.cert, &paths.key).unwrap();
+    let endpoint = transport::client_endpoint(&identity, &TransportOptions::default()).unwrap();
+    let mallory = transport::connect(
+        &endpoint,
+        cluster.namenode_addr,
+        Role::Namenode,
+        transport::PROTOCOL_VERSION,
+    )
+    .await
+    .unwrap();
+    let refused = |r: Result<_, FsError>, what: &str| {
+        assert!(matches!(r, Err(FsError::NotPermitted)), "{what}: {r:?}");
+    };
+    refused(
+        call(&mallory, proto::ReleaseLocks { ino: file, owner }).await,
+        "releasing another's locks",
+    );
+    let unlock = proto::LockRange {
+        kind: proto::LockKind::Unlock,
+        ..range
+    };
+    refused(
+        call(
+            &mallory,
+            proto::SetLock {
+                ino: file,
+                owner,
+                range: unlock,
+            },
+        )
+        .await,
+        "unlocking another's lock",
+    );
+    refused(
+        call(
+            &mallory,
+            proto::GetLock {
+                ino: file,
+                owner,
+                range,
+            },
+        )
+        .await
+        .map(|_| ()),
+        "testing locks as another",
+    );
+    refused(
+        call(
+            &mallory,
+            proto::KeepOpen {
+                session: owner.session,
+                gen: u64::MAX,
+                open: Vec::new(),
+                writing: Vec::new(),
+                uploads: Vec::new(),
+            },
+        )
+        .await,
+        "renewing another's open files",
+    );
+    // Its own session works; and its going away releases nothing of the victim's.
+    let own = proto::LockOwnerId {
+        session: 77,
+        owner: 1,
+    };
+    let range_b = proto::LockRange {
+        start: 0,
+        end: 1,
+        kind: proto::LockKind::Read,
+        pid: 2,
+    };
+    let conflict = call(
+        &mallory,
+        proto::GetLock {
+            ino: file,
+            owner: own,
+            range: range_b,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(conflict.is_some(), "the victim's lock is still held");
+    let mounts = call(&mallory, proto::ListMounts).await.unwrap();
+    assert!(!mounts.is_empty());
+    assert!(
+        mounts.iter().all(|m| m.info.session == 0),
+        "sessions shown: {mounts:?}"
+    );
+    mallory.close(0u32.into(), b"done");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let other_owner = proto::LockOwnerId {
+        session: 4243,
+        owner: 1,
+    };
+    let still = call(
+        &victim,
+        proto::GetLock {
+            ino: file,
+            owner: other_owner,
+            range: range_b,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        still.is_some(),
+        "the victim's lock survives the other certificate"
+    );
+    crate::mount::unmount(mounted).await;
+    cluster.stop().await.unwrap();
+}
