@@ -905,12 +905,14 @@ impl Service for Namenode {
             }
             R::ReportBadReplica(r) => {
                 warn!(block = %r.block, datanode = %r.datanode, reason = %r.reason, reporter = %peer.name, "bad replica reported");
-                self.blocks.drop_replica(&r.block, r.datanode);
                 if peer.role == Role::Datanode {
                     // Its own replica, found bad by its scrubber and quarantined.
+                    self.blocks.drop_replica(&r.block, r.datanode);
                     self.repair.corrupt_replica(r.block, r.datanode);
                 } else {
-                    // A reader's word: the datanode checks, and reports what it finds.
+                    // A reader's word, which any certificate could give about any block:
+                    // the replica stays listed until its datanode has checked it and
+                    // reports what it finds (readers verify every byte meanwhile).
                     self.repair.verify(r.block, r.datanode);
                 }
                 ex.respond(&Ok(())).await

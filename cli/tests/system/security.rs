@@ -544,3 +544,39 @@ async fn another_certificate_cannot_act_for_a_mounts_session() {
     crate::mount::unmount(mounted).await;
     cluster.stop().await.unwrap();
 }
+
+/// A client's word that a replica is bad evicts nothing: its datanode checks the replica,
+/// and a healthy one stays listed and served. (Any client certificate could otherwise hide
+/// every replica of any block.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_false_report_of_bad_replicas_evicts_nothing() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(1 << 20, 11);
+    let attr = put(&client, "healthy", &data, 1 << 20).await;
+    let sorted = |mut map: std::collections::HashMap<BlockId, Vec<cairn_common::DatanodeId>>| {
+        map.values_mut().for_each(|at| at.sort());
+        map
+    };
+    let before = sorted(replicas(&client, attr.ino).await);
+    assert!(before.values().all(|at| at.len() == 3), "{before:?}");
+    let liar = raw_connection(&cluster, cluster.namenode_addr, Role::Namenode).await;
+    // One replica of each block (of all of them, a reader's map would wait for a report).
+    for (block, at) in &before {
+        let report = proto::ReportBadReplica {
+            block: *block,
+            datanode: at[0],
+            reason: "it is bad, trust me".into(),
+        };
+        call(&liar, report).await.unwrap();
+    }
+    // Still listed at once, and once every datanode has been told at a heartbeat and has
+    // checked (and found the replica healthy).
+    assert_eq!(sorted(replicas(&client, attr.ino).await), before);
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(sorted(replicas(&client, attr.ino).await), before);
+    assert!(get(&cluster.client().await.unwrap(), attr.ino, 1 << 20).await == data);
+    cluster.stop().await.unwrap();
+}
