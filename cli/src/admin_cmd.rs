@@ -58,7 +58,7 @@ enum AdminCommand {
         replication: u8,
         path: String,
     },
-    /// Show safe mode, or enter or leave it (root only).
+    /// Show safe mode, or enter or leave it (admin certificate).
     Safemode {
         #[arg(value_enum, default_value_t = SafeModeArg::Get)]
         action: SafeModeArg,
@@ -69,8 +69,11 @@ enum AdminCommand {
     /// files, and when each last read the change feed (one that stopped reading it makes
     /// changes of files it read wait up to two seconds).
     Mounts,
+    /// The namenode's export rules, in the order it tries them: which certificates see the
+    /// namespace read-only, with root squashed, and which uids and gids they may act as.
+    Exports,
     /// Drain a datanode: its blocks are copied elsewhere, then it shows as decommissioned
-    /// and may be switched off (root only). `--cancel` puts it back in service.
+    /// and may be switched off (admin certificate). `--cancel` puts it back in service.
     Decommission {
         /// The datanode's name, address or id (as `report` shows them).
         node: String,
@@ -78,13 +81,13 @@ enum AdminCommand {
         cancel: bool,
     },
     /// Take a datanode down for planned work without its blocks being copied elsewhere
-    /// (root only). `--end` puts it back in service.
+    /// (admin certificate). `--end` puts it back in service.
     Maintenance {
         node: String,
         #[arg(long)]
         end: bool,
     },
-    /// Drop a dead datanode from the list for good (root only): one that will not come
+    /// Drop a dead datanode from the list for good (admin certificate): one that will not come
     /// back. Dead datanodes stay listed, across namenode restarts too, until forgotten or
     /// dead for `forget_dead_datanode_secs`.
     Forget {
@@ -92,7 +95,7 @@ enum AdminCommand {
         node: String,
     },
     /// Move replicas from the fullest datanodes to the emptiest until every datanode's used
-    /// share is within the threshold of the cluster's average (root only to start or stop),
+    /// share is within the threshold of the cluster's average (admin certificate to start or stop),
     /// showing progress until then. Interrupted, the balancing goes on in the namenode.
     Balance {
         /// Percentage points of capacity a datanode's usage may differ from the average.
@@ -146,6 +149,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         }
         AdminCommand::RepairStatus => repair_status(&client, json).await?,
         AdminCommand::Mounts => mounts(&client, json).await?,
+        AdminCommand::Exports => exports(&client, json).await?,
         AdminCommand::Decommission { node, cancel } => {
             let state = admin_target(AdminState::Decommissioning, cancel);
             set_admin(&client, &node, state, json).await?
@@ -453,6 +457,48 @@ async fn mounts(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn exports(client: &Client, json: bool) -> anyhow::Result<()> {
+    let rules = client
+        .namenode(cairn_common::proto::ListExports {})
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rules)?);
+        return Ok(());
+    }
+    println!(
+        "Export rules: {} (the first whose name matches a certificate's applies)",
+        rules.len()
+    );
+    for r in &rules {
+        let ids = |list: &[cairn_common::exports::IdRange]| match list {
+            [] => "any".to_string(),
+            _ => list
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let squash = match (r.all_squash, r.root_squash) {
+            (true, _) => format!("all_squash to {}:{}", r.anon_uid, r.anon_gid),
+            (false, true) => format!("root_squash to {}:{}", r.anon_uid, r.anon_gid),
+            (false, false) => "no_root_squash".to_string(),
+        };
+        println!(
+            "  {:<20} {:?}  {squash}  uids {}  gids {}",
+            r.name,
+            r.access,
+            ids(&r.uids),
+            ids(&r.gids)
+        );
+    }
+    println!(
+        "  {:<20} Rw  root_squash to 65534:65534  uids any  gids any  (mount and user certificates no rule names)",
+        "(others)"
+    );
+    Ok(())
+}
+
 async fn repair_status(client: &Client, json: bool) -> anyhow::Result<()> {
     let r = client
         .namenode(GetRepairStatus)
@@ -666,7 +712,9 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
     if path.trim_end_matches('/').is_empty() {
         summary.namespace = match client.namenode(CheckNamespace {}).await {
             Ok(check) => Some(check),
-            Err(FsError::NotPermitted) => None,
+            // Only an administrator's certificate may read every record; fsck of the
+            // files goes on without it.
+            Err(FsError::WrongRole(_)) => None,
             Err(e) => return Err(anyhow!("checking the namespace: {e}")),
         };
     }
@@ -760,7 +808,7 @@ async fn fsck(client: &Client, path: &str, verbose: bool, json: bool) -> anyhow:
             }
         }
         None if path.trim_end_matches('/').is_empty() => {
-            println!("Namespace: not checked (root only)")
+            println!("Namespace: not checked (it takes an admin certificate)")
         }
         None => {}
     }

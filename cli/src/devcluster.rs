@@ -4,8 +4,10 @@
 //!
 //! Layout of the directory:
 //! `certs/` (CA and every certificate), `namenode/` (metadata), `datanode-<i>/` (blocks),
-//! `namenode.toml`, `datanode-<i>.toml` (what a standalone daemon would run with), and
-//! `cairn-client.toml` (what `cairn fs` and `cairn mount` use).
+//! `namenode.toml`, `datanode-<i>.toml` (what a standalone daemon would run with),
+//! `cairn-client.toml` (what `cairn fs` and `cairn admin` use, with an admin certificate) and
+//! `cairn-mount.toml` (what `--mount` uses: a mount certificate whose export rule lets root
+//! be root, as on a local disk).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub const CLIENT_CONFIG: &str = "cairn-client.toml";
+pub const MOUNT_CONFIG: &str = "cairn-mount.toml";
+/// The name of the dev cluster's mount certificate, which its export rule names.
+const MOUNT_CERT: &str = "dev-mount";
 /// Ports picked for daemons asked to listen on port 0: below Linux's ephemeral range
 /// (32768 and up), so no outgoing socket takes them while a daemon restarts.
 const STABLE_PORTS: std::ops::Range<u16> = 20_000..32_000;
@@ -132,6 +137,7 @@ pub struct DevCluster {
     namenode: Option<Daemon>,
     pub datanodes: Vec<DevDatanode>,
     pub client_config_path: PathBuf,
+    pub mount_config_path: PathBuf,
 }
 
 fn certs_dir(dir: &Path) -> PathBuf {
@@ -217,12 +223,19 @@ impl DevCluster {
         nn_config.trash_max_percent = opts.trash_max_percent;
         nn_config.trash_keep_free_percent = opts.trash_keep_free_percent;
         nn_config.repair_copies_per_node = opts.repair_copies_per_node;
+        // The dev mount's root is root: a dev cluster is one machine's own file system.
+        nn_config.exports.push(cairn_common::exports::ExportRule {
+            root_squash: false,
+            ..cairn_common::exports::ExportRule::default_for(MOUNT_CERT)
+        });
+        nn_config.source = Some(dir.join("namenode.toml"));
         let mut cluster = DevCluster {
             namenode_addr: opts.namenode_addr,
             namenode_config: nn_config,
             namenode: None,
             datanodes: Vec::new(),
             client_config_path: dir.join(CLIENT_CONFIG),
+            mount_config_path: dir.join(MOUNT_CONFIG),
             opts: DevOptions {
                 dir: dir.clone(),
                 ..opts.clone()
@@ -239,13 +252,25 @@ impl DevCluster {
         }
         let mut client = ClientConfig::new(
             cluster.namenode_addr,
-            ensure_cert(&dir, Role::Client, "client")?,
+            ensure_cert(&dir, Role::Admin, "admin")?,
         );
         client.min_replicas = opts.min_replicas;
         write_toml(
             &cluster.client_config_path,
-            "# Written by `cairn dev`: `cairn fs` reads it from here or from $CAIRN_CONFIG.",
+            "# Written by `cairn dev`: `cairn fs` and `cairn admin` read it from here or from\n\
+             # $CAIRN_CONFIG. Its certificate is an administrator's.",
             &client,
+        )?;
+        let mut mount = ClientConfig::new(
+            cluster.namenode_addr,
+            ensure_cert(&dir, Role::Mount, MOUNT_CERT)?,
+        );
+        mount.min_replicas = opts.min_replicas;
+        write_toml(
+            &cluster.mount_config_path,
+            "# Written by `cairn dev`: what `cairn dev --mount` mounts with (`cairn mount --config`).\n\
+             # Its certificate is a mount's; the namenode's export rule for it lets root be root.",
+            &mount,
         )?;
         cluster.wait_for_datanodes(opts.datanodes).await?;
         Ok(cluster)
@@ -352,6 +377,13 @@ impl DevCluster {
     /// A client of this cluster, as `cairn fs` would make from the client config.
     pub async fn client(&self) -> anyhow::Result<Client> {
         let config = ClientConfig::load(&self.client_config_path)?;
+        Client::connect(config).await
+    }
+
+    /// A client with the dev mount's certificate, as `cairn mount` would make from the
+    /// mount config.
+    pub async fn mount_client(&self) -> anyhow::Result<Client> {
+        let config = ClientConfig::load(&self.mount_config_path)?;
         Client::connect(config).await
     }
 

@@ -116,12 +116,22 @@ enum CertCommand {
         /// Directory holding the CA.
         #[arg(long)]
         dir: PathBuf,
-        /// namenode, datanode or client.
+        /// namenode, datanode, admin (runs `cairn admin`), mount (a host mounting for its
+        /// users, within its export rule) or user (one person, as --uid/--gid/--groups).
         #[arg(long)]
         role: Role,
-        /// Name of the holder, e.g. the host name.
+        /// Name of the holder, e.g. the host name, or the person's login.
         #[arg(long)]
         name: String,
+        /// The uid a user certificate acts as, whatever its requests claim.
+        #[arg(long, required_if_eq("role", "user"))]
+        uid: Option<u32>,
+        /// The gid a user certificate acts as.
+        #[arg(long, required_if_eq("role", "user"))]
+        gid: Option<u32>,
+        /// A user certificate's supplementary groups, e.g. 27,100.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<u32>,
         /// Where to write the files (default: DIR).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -141,6 +151,16 @@ enum CertCommand {
     },
     /// Show a certificate's role, name and when it expires.
     Show { cert: PathBuf },
+    /// Revoke every unexpired certificate issued for NAME, and write the CA's revocation list
+    /// (DIR/revoked.pem) again. Point the namenode's `crl` at it and send the namenode
+    /// SIGHUP: it and every datanode then refuse those certificates, and close their
+    /// connections at their next request. A certificate issued for NAME later is good.
+    Revoke {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -255,13 +275,26 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
                 dir,
                 role,
                 name,
+                uid,
+                gid,
+                groups,
                 out,
                 days,
             } => {
                 let out = out.unwrap_or_else(|| dir.clone());
-                let paths = cert::issue(&dir, role, &name, &out, days)?;
+                let who = match (uid, gid) {
+                    (Some(uid), Some(gid)) => cert::CertIdentity::user(&name, cert::UserIds { uid, gid, groups }),
+                    (None, None) if groups.is_empty() => cert::CertIdentity::new(role, &name),
+                    _ => anyhow::bail!("--uid, --gid and --groups name a user certificate's identity: give --uid and --gid, with --role user"),
+                };
+                if (who.role == Role::User) != (role == Role::User) {
+                    anyhow::bail!(
+                        "--uid, --gid and --groups go with --role user, and only with it"
+                    );
+                }
+                let paths = cert::issue_as(&dir, &who, &out, days)?;
                 println!(
-                    "issued {role} certificate {} with key {}, valid for {days} days",
+                    "issued certificate {} for {who} with key {}, valid for {days} days",
                     paths.cert.display(),
                     paths.key.display()
                 );
@@ -271,15 +304,23 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
                 cert: path,
                 days,
             } => {
-                let (role, name) = cert::renew(&dir, &path, days)?;
+                let who = cert::renew(&dir, &path, days)?;
                 println!(
-                    "renewed {role} certificate {name} in {}, valid for {days} days; restart what uses it",
+                    "renewed the certificate of {who} in {}, valid for {days} days; restart what uses it",
                     path.display()
                 );
             }
+            CertCommand::Revoke { dir, name } => {
+                let revoked = cert::revoke(&dir, &name)?;
+                println!(
+                    "revoked {revoked} certificate(s) of {name:?}; the revocation list is {}: \
+                     set `crl` to it in the namenode's configuration and send the namenode SIGHUP",
+                    dir.join(cert::CRL_FILE).display()
+                );
+            }
             CertCommand::Show { cert: path } => {
-                let (role, name, not_after) = cert::read_identity(&path)?;
-                println!("{role} {name}: {}", cert::expiry_text(not_after));
+                let (who, not_after) = cert::read_identity(&path)?;
+                println!("{who}: {}", cert::expiry_text(not_after));
             }
         },
         Command::Fs(args) => return fs_cmd::run(args).await,
@@ -365,7 +406,7 @@ async fn dev(
     );
     let mounted = match &mountpoint {
         Some(m) => {
-            let client = cluster.client().await?;
+            let client = cluster.mount_client().await?;
             let mounted = cairn_fuse::mount(
                 client,
                 tokio::runtime::Handle::current(),

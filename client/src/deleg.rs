@@ -783,16 +783,7 @@ impl Delegations {
 
 /// May `caller` read directory `attr` (list its names)? As the namenode's check.
 fn may_read(caller: &Caller, attr: &InodeAttr) -> bool {
-    let bits = if caller.uid == 0 {
-        return true;
-    } else if caller.uid == attr.uid {
-        attr.perm >> 6
-    } else if caller.gid == attr.gid || caller.groups.contains(&attr.gid) {
-        attr.perm >> 3
-    } else {
-        attr.perm
-    };
-    bits & 0o4 != 0
+    caller.may(attr, 4)
 }
 
 /// `attr` after `set`, and `set` with "now" made the time it is, when `caller` surely may

@@ -231,6 +231,9 @@ struct Inner {
     on_changed: Mutex<Option<ChangedHook>>,
     /// Who this client is, when it serves a mount (see [`Client::serve_mount`]).
     mount: Mutex<Option<proto::MountInfo>>,
+    /// How the namenode takes this client's requests (its certificate's export rule), as
+    /// last asked; callers are mapped with it before anything is answered here.
+    identity: std::sync::RwLock<Option<Arc<proto::Identity>>>,
 }
 
 /// What [`Client::on_others_changes`] installs.
@@ -252,6 +255,21 @@ pub enum ChangeNews<'a> {
 impl Inner {
     fn opens_handle(&self) -> Arc<opens::OpenSet> {
         self.opens.clone()
+    }
+
+    fn identity(&self) -> Option<Arc<proto::Identity>> {
+        self.identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `caller` as the namenode will take it.
+    fn acting_as(&self, caller: Caller) -> Caller {
+        match &*self.identity.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(id) => id.map.apply(caller),
+            None => caller,
+        }
     }
 }
 
@@ -303,15 +321,17 @@ impl Client {
                 fetched: Default::default(),
                 on_changed: Mutex::default(),
                 mount: Mutex::default(),
+                identity: Default::default(),
                 session,
             }),
         })
     }
 
     fn from_inner(inner: Arc<Inner>) -> Client {
+        let caller = inner.acting_as(current_caller());
         Client {
             inner,
-            caller: Arc::new(current_caller()),
+            caller: Arc::new(caller),
         }
     }
 
@@ -324,16 +344,47 @@ impl Client {
         tokio::spawn(opens::renew(Arc::downgrade(&self.inner)));
     }
 
-    /// The same client, acting for another user (the FUSE mount acts for each caller).
+    /// The same client, acting for another user (the FUSE mount acts for each caller), as
+    /// the namenode will take that user (see [`Client::identify`]).
     pub fn as_user(&self, caller: Caller) -> Client {
         Client {
+            caller: Arc::new(self.inner.acting_as(caller)),
             inner: self.inner.clone(),
-            caller: Arc::new(caller),
         }
+    }
+
+    /// Asks the namenode who this client's certificate makes it, and maps callers so from
+    /// now on: a mount whose root is squashed then answers nothing itself as root.
+    pub async fn identify(&self) -> FsResult<Arc<proto::Identity>> {
+        let id = Arc::new(self.namenode_now(proto::WhoAmI {}).await?);
+        *self
+            .inner
+            .identity
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Who the namenode took this client for, when it last asked.
+    pub fn identity(&self) -> Option<Arc<proto::Identity>> {
+        self.inner.identity()
     }
 
     pub fn caller(&self) -> &Caller {
         &self.caller
+    }
+
+    /// Who a new entry made for `owner` belongs to, as the namenode decides it: its
+    /// maker, unless the maker is root (who may give it to anyone).
+    fn owner_of(&self, owner: Owner) -> Owner {
+        if self.caller.uid == 0 {
+            owner
+        } else {
+            Owner {
+                uid: self.caller.uid,
+                gid: self.caller.gid,
+            }
+        }
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -854,6 +905,7 @@ impl Client {
         perm: u16,
         owner: Owner,
     ) -> FsResult<InodeAttr> {
+        let owner = self.owner_of(owner);
         self.change(
             proto::Mkdir {
                 parent,
@@ -877,6 +929,7 @@ impl Client {
         truncate: bool,
         owner: Owner,
     ) -> FsResult<CreateReply> {
+        let owner = self.owner_of(owner);
         let file = NewFile {
             parent,
             name,
@@ -900,6 +953,7 @@ impl Client {
         rdev: u32,
         owner: Owner,
     ) -> FsResult<InodeAttr> {
+        let owner = self.owner_of(owner);
         self.change(
             proto::Mknod {
                 parent,
@@ -1012,6 +1066,7 @@ impl Client {
         target: &[u8],
         owner: Owner,
     ) -> FsResult<InodeAttr> {
+        let owner = self.owner_of(owner);
         self.change(
             proto::Symlink {
                 parent,
@@ -1321,6 +1376,11 @@ impl Client {
     /// the open set. Call within the client's runtime.
     pub fn open_leased(&self, ino: Ino) -> Option<FileHandle> {
         let map = self.inner.fresh.kept_map(ino)?;
+        // The kernel checked the mode bits as the local user; the namenode checks them as
+        // the user this mount's export makes of it (root squashed), and so does this.
+        if !self.caller.may(&map.attr, 4) {
+            return None;
+        }
         if self.inner.opens.hold_unclaimed(ino) {
             self.start_renewals();
         }
@@ -1334,6 +1394,10 @@ impl Client {
     /// `None` when the namenode must be asked (`create_open`); an error the delegation's
     /// names answer (`EEXIST` for an exclusive create of a name there) otherwise.
     pub fn create_queued(&self, file: &NewFile<'_>) -> Option<FsResult<(InodeAttr, FileHandle)>> {
+        let file = &NewFile {
+            owner: self.owner_of(file.owner),
+            ..*file
+        };
         if self.inner.config.wsync {
             return None;
         }
@@ -1493,6 +1557,10 @@ impl Client {
     /// Creates a file (or opens an existing one, as `open(2)` with `O_CREAT` does) and opens
     /// it, in one round trip.
     pub async fn create_open(&self, file: NewFile<'_>) -> FsResult<(CreateReply, FileHandle)> {
+        let file = NewFile {
+            owner: self.owner_of(file.owner),
+            ..file
+        };
         let claim = self.inner.opens.creating();
         let seq = self.inner.fresh.begin();
         let created = self.change(file.request(Some(claim)), &file.edits()).await;
@@ -1774,6 +1842,16 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
             inner.fresh.feed_restarted();
             inner.void_in_kernel(None).await;
             inner.opens.maps_changed_elsewhere(None);
+        }
+        if inner
+            .identity()
+            .is_none_or(|id| id.exports != reply.exports)
+        {
+            // The namenode's export rules were loaded again (or it restarted): callers
+            // map as the rules in force say.
+            if let Err(e) = Client::from_inner(inner.clone()).identify().await {
+                tracing::warn!("cannot learn how the namenode takes this mount's callers: {e}");
+            }
         }
         at = (reply.epoch, reply.next);
         wait = if reply.more {

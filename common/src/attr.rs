@@ -155,6 +155,26 @@ impl Caller {
         gid: 0,
         groups: Vec::new(),
     };
+
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+
+    /// May this caller do `want` (a mask of 4 read, 2 write, 1 execute) to `attr`, as
+    /// POSIX mode bits say? Root may do anything but execute what nobody may execute.
+    pub fn may(&self, attr: &InodeAttr, want: u16) -> bool {
+        if self.uid == 0 {
+            return want & 1 == 0 || attr.kind == FileKind::Dir || attr.perm & 0o111 != 0;
+        }
+        let shift = if self.uid == attr.uid {
+            6
+        } else if self.in_group(attr.gid) {
+            3
+        } else {
+            0
+        };
+        (attr.perm >> shift) & 7 & want == want
+    }
 }
 
 /// Checks a directory entry name: not empty, not `.` or `..`, no `/` or NUL, ≤ 255 bytes.

@@ -54,6 +54,9 @@ pub enum FsError {
     /// Not now: the thing asked for is in a transition that ends by itself; try again soon.
     #[error("busy: {0}")]
     Busy(String),
+    /// The caller's export is read-only.
+    #[error("read-only file system: {0}")]
+    ReadOnly(String),
 }
 
 impl FsError {
@@ -78,6 +81,7 @@ impl FsError {
             FsError::Io(_) | FsError::Protocol(_) => libc::EIO,
             FsError::Unavailable(_) => libc::ENOTCONN,
             FsError::Busy(_) => libc::EBUSY,
+            FsError::ReadOnly(_) => libc::EROFS,
         }
     }
 

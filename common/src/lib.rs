@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 pub mod disk;
 pub mod error;
+pub mod exports;
 pub mod ids;
 pub mod layout;
 pub mod proto;

@@ -94,6 +94,8 @@ service! {
         ReserveInos(ReserveInos) -> InoRange,
         Queued(Queued) -> Vec<QueuedDone>,
         CheckNamespace(CheckNamespace) -> NamespaceCheck,
+        WhoAmI(WhoAmI) -> Identity,
+        ListExports(ListExports) -> Vec<crate::exports::ExportRule>,
     }
 }
 
@@ -131,6 +133,8 @@ impl NamenodeRequest {
                 | R::Delegate(_)
                 | R::ReserveInos(_)
                 | R::CheckNamespace(_)
+                | R::WhoAmI(_)
+                | R::ListExports(_)
         )
     }
 }
@@ -264,6 +268,25 @@ pub struct NamespaceCheck {
     /// The first problems, described.
     pub examples: Vec<String>,
 }
+
+/// Who the namenode takes the caller's certificate for, and how its requests act.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub role: crate::cert::Role,
+    pub name: String,
+    pub map: crate::exports::IdMap,
+    /// The export rule's name pattern, when one names this certificate.
+    pub rule: Option<String>,
+    /// The load of the export rules `map` follows ([`ChangesReply::exports`]).
+    pub exports: u64,
+}
+
+/// The namenode's export rules, in the order it tries them (admin only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListExports {}
 
 /// What goes to the namenode: a request and on whose behalf it is made. The namenode
 /// checks POSIX permissions against `caller`.
@@ -503,6 +526,9 @@ pub struct ChangesReply {
     pub changes: Vec<Change>,
     /// The connection this read came through, as leases name it ([`ChunkMap::holder`]).
     pub reader: u64,
+    /// Counts the namenode's loads of its export rules: when it changes, a mount asks
+    /// [`WhoAmI`] again.
+    pub exports: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -1307,6 +1333,8 @@ pub struct HeartbeatReply {
     /// The namenode does not know this datanode (it restarted): register and report again.
     pub reregister: bool,
     pub commands: Vec<DatanodeCommand>,
+    /// Serials of the certificates the cluster CA revoked: the datanode serves none of them.
+    pub revoked: Vec<Vec<u8>>,
 }
 
 /// Stores a block: `len` raw bytes follow the header. The datanode forwards them to the

@@ -39,6 +39,8 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(2);
 const CLOSE_VERSION_MISMATCH: u32 = 0x76;
 /// Application close code: the endpoint is shutting down.
 const CLOSE_SHUTDOWN: u32 = 0x0;
+/// Application close code: the peer's certificate was revoked.
+const CLOSE_REVOKED: u32 = 0x72;
 
 pub fn alpn(version: u32) -> Vec<u8> {
     format!("cairn/{version}").into_bytes()
@@ -581,6 +583,10 @@ static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 pub struct Peer {
     pub role: Role,
     pub name: String,
+    /// What a user certificate acts as.
+    pub ids: Option<crate::cert::UserIds>,
+    /// The certificate's serial number, as revocation lists name it.
+    pub cert_serial: Vec<u8>,
     pub addr: SocketAddr,
     /// Identifies the connection among all this endpoint has open.
     pub connection: usize,
@@ -590,6 +596,14 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Why a revoked peer is refused, in the words it is told.
+    pub fn revoked(&self) -> String {
+        format!(
+            "the certificate of {} {:?} is revoked",
+            self.role, self.name
+        )
+    }
+
     /// Refuses the request unless the peer has `role`.
     pub fn require(&self, role: Role) -> FsResult<()> {
         if self.role == role {
@@ -638,6 +652,13 @@ pub trait Service: Send + Sync + 'static {
     /// Called once a peer's connection has ended (closed, timed out or lost): state that
     /// lives only as long as the peer's session is dropped here.
     fn disconnected(&self, _peer: &Peer) {}
+
+    /// Why the peer may no longer be served (its certificate was revoked), if so: checked
+    /// when it connects and at each request, so a connection made before the revocation
+    /// is closed at its next request.
+    fn refuses(&self, _peer: &Peer) -> Option<String> {
+        None
+    }
 }
 
 /// Accepts connections on `endpoint` until `shutdown`, serving each stream with `service`.
@@ -670,10 +691,12 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: Ca
                 );
                 return;
             }
-            let Some(peer) = conn
+            let leaf = conn
                 .peer_identity()
                 .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-                .and_then(|chain| chain.first().and_then(|c| peer_identity(c)))
+                .and_then(|chain| chain.first().cloned());
+            let Some((peer, cert_serial)) =
+                leaf.and_then(|c| Some((peer_identity(&c)?, crate::cert::serial_of(&c)?)))
             else {
                 warn!(%remote, "refused peer whose certificate names no cairn role");
                 conn.close(
@@ -683,12 +706,19 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>, shutdown: Ca
                 return;
             };
             let peer = Arc::new(Peer {
-                role: peer.0,
-                name: peer.1,
+                role: peer.role,
+                name: peer.name,
+                ids: peer.ids,
+                cert_serial,
                 addr: remote,
                 connection: conn.stable_id(),
                 serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             });
+            if let Some(why) = service.refuses(&peer) {
+                warn!(%remote, peer = %peer.name, "refused connection: {why}");
+                conn.close(VarInt::from_u32(CLOSE_REVOKED), why.as_bytes());
+                return;
+            }
             let span = tracing::debug_span!("conn", peer = %peer.name, role = %peer.role, %remote);
             serve_connection(conn, service.clone(), peer.clone(), shutdown)
                 .instrument(span)
@@ -717,6 +747,18 @@ async fn serve_connection<S: Service>(
                 }
             },
         };
+        if let Some(why) = service.refuses(&peer) {
+            warn!("closing the connection: {why}");
+            let mut exchange = Exchange { send, recv };
+            let _ = exchange
+                .respond::<()>(&Err(FsError::WrongRole(why.clone())))
+                .await;
+            exchange.finish();
+            // The answer goes out before the connection ends.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            conn.close(VarInt::from_u32(CLOSE_REVOKED), why.as_bytes());
+            return;
+        }
         let service = service.clone();
         let peer = peer.clone();
         tokio::spawn(
@@ -935,7 +977,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         crate::cert::init_ca(dir.path(), 1).unwrap();
         let s = crate::cert::issue(dir.path(), Role::Datanode, "s", dir.path(), 1).unwrap();
-        let c = crate::cert::issue(dir.path(), Role::Client, "c", dir.path(), 1).unwrap();
+        let c = crate::cert::issue(dir.path(), Role::Mount, "c", dir.path(), 1).unwrap();
         let ca = dir.path().join("ca.pem");
         let opts = TransportOptions::default();
         let server = server_endpoint(

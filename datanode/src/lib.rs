@@ -41,6 +41,8 @@ pub struct Datanode {
     active_transfers: AtomicU32,
     /// Copies the namenode ordered that failed, told with the next heartbeat.
     copies_failed: std::sync::Mutex<Vec<BlockId>>,
+    /// Serials of revoked certificates, as the namenode's last heartbeat reply listed them.
+    revoked: std::sync::RwLock<std::collections::HashSet<Vec<u8>>>,
     /// Bounds the copies this datanode sends at once.
     copy_slots: Arc<tokio::sync::Semaphore>,
     /// With `repair_bytes_per_sec`: when the copy bandwidth is free again.
@@ -81,6 +83,7 @@ pub async fn run(
         config,
         active_transfers: AtomicU32::new(0),
         copies_failed: Default::default(),
+        revoked: Default::default(),
         copy_slots: Arc::new(tokio::sync::Semaphore::new(COPY_SLOTS)),
         copy_pace: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         scrub: Default::default(),
@@ -338,6 +341,18 @@ impl Datanode {
             .await?;
         if !reply.commands.is_empty() {
             debug!(commands = reply.commands.len(), "orders from the namenode");
+        }
+        {
+            let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+            if revoked.len() != reply.revoked.len()
+                || reply.revoked.iter().any(|s| !revoked.contains(s))
+            {
+                info!(
+                    revoked = reply.revoked.len(),
+                    "revocation list from the namenode"
+                );
+                *revoked = reply.revoked.into_iter().collect();
+            }
         }
         for command in reply.commands {
             let dn = self.clone();
@@ -752,6 +767,11 @@ async fn respond_with_body<H: serde::Serialize>(
 
 impl Service for Datanode {
     type Request = DatanodeRequest;
+
+    fn refuses(&self, peer: &Peer) -> Option<String> {
+        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
+        revoked.contains(&peer.cert_serial).then(|| peer.revoked())
+    }
 
     async fn handle(
         self: Arc<Self>,

@@ -395,6 +395,11 @@ impl BlockMap {
     }
 
     /// The datanode named `node` (its name, address or id).
+    /// The name datanode `id` registered with (its certificate's), if it is known.
+    pub fn name_of(&self, id: DatanodeId) -> Option<String> {
+        self.lock().nodes.get(&id).map(|n| n.name.clone())
+    }
+
     pub fn find(&self, node: &str) -> Option<DatanodeId> {
         self.lock()
             .nodes

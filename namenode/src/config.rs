@@ -97,6 +97,19 @@ pub struct NamenodeConfig {
     pub meta_reserve_mb: u64,
     /// Certificate files.
     pub tls: TlsPaths,
+    /// What mount and user certificates may do, by certificate name (the first rule whose
+    /// glob matches). A certificate no rule names sees everything, read-write, root
+    /// squashed. Reloaded on SIGHUP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<cairn_common::exports::ExportRule>,
+    /// The cluster CA's revocation list (`cairn cert revoke` writes it as `revoked.pem` in
+    /// the CA directory): certificates it names are refused, here and by every datanode.
+    /// Reloaded on SIGHUP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<PathBuf>,
+    /// The file this configuration was read from, which SIGHUP reads again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -172,6 +185,9 @@ impl NamenodeConfig {
             forget_dead_datanode_secs: default_forget_dead_datanode_secs(),
             meta_reserve_mb: default_meta_reserve_mb(),
             tls,
+            exports: Vec::new(),
+            crl: None,
+            source: None,
         }
     }
 
@@ -180,11 +196,36 @@ impl NamenodeConfig {
         let (mut config, base): (NamenodeConfig, _) = load_toml(path)?;
         config.tls.relative_to(&base);
         resolve(&base, &mut config.meta_dir);
+        if let Some(crl) = &mut config.crl {
+            resolve(&base, crl);
+        }
         config.validate()?;
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
+    /// The serials the revocation list names (none without one), its signature checked
+    /// against the cluster CA.
+    pub fn revoked(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let Some(path) = &self.crl else {
+            return Ok(Vec::new());
+        };
+        let crl = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("reading the revocation list {}: {e}", path.display()))?;
+        let ca = std::fs::read(&self.tls.ca_cert).map_err(|e| {
+            anyhow::anyhow!(
+                "reading the CA certificate {}: {e}",
+                self.tls.ca_cert.display()
+            )
+        })?;
+        cairn_common::cert::read_crl(&crl, &ca)
+            .map_err(|e| anyhow::anyhow!("revocation list {}: {e:#}", path.display()))
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        for rule in &self.exports {
+            rule.check()?;
+        }
         anyhow::ensure!(
             (1..=16).contains(&self.default_replication),
             "default_replication must be between 1 and 16, not {}",

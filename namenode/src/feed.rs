@@ -780,6 +780,7 @@ impl ChangeFeed {
                 complete: false,
                 changes: Vec::new(),
                 reader: origin,
+                exports: 0,
             };
         }
         let start = (since - log.first) as usize;
@@ -798,6 +799,7 @@ impl ChangeFeed {
             complete: true,
             changes,
             reader: origin,
+            exports: 0,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! refcounts) in RocksDB, knows which datanodes are alive and which blocks they hold, and
 //! places new blocks. It never sees file bytes.
 
+pub mod authz;
 pub mod balance;
 pub mod blockmap;
 pub mod check;
@@ -80,6 +81,8 @@ pub struct Namenode {
     lock_sessions: std::sync::Mutex<std::collections::HashMap<u64, std::collections::HashSet<u64>>>,
     /// The certificate each client session belongs to.
     session_owners: sessions::SessionOwners,
+    /// Who may send what, and as whom requests act (the export rules).
+    authz: authz::Authz,
     /// Cancelled at shutdown: requests held back waiting (for the change feed) answer at once.
     stopping: CancellationToken,
     /// The mounts reading the change feed, by connection.
@@ -148,6 +151,7 @@ pub async fn run(
         gc,
         lock_sessions: Default::default(),
         session_owners: Default::default(),
+        authz: authz::Authz::new(config.exports.clone(), config.revoked()?),
         mounts: Default::default(),
         trash_wake: tokio::sync::Notify::new(),
         trash_gauge: trash::Gauge::default(),
@@ -167,6 +171,9 @@ pub async fn run(
     let reaper = tokio::spawn(reap_orphans(namenode.clone(), shutdown.clone()));
     let emptier = tokio::spawn(emptier::empty_trash(namenode.clone(), shutdown.clone()));
     let repairer = tokio::spawn(repair_loop(namenode.clone(), shutdown.clone()));
+    if let Some(path) = namenode.config.source.clone() {
+        tokio::spawn(reload_on_sighup(namenode.clone(), path, shutdown.clone()));
+    }
     transport::serve(endpoint.clone(), namenode.clone(), shutdown).await;
     let _ = reaper.await;
     let _ = repairer.await;
@@ -176,6 +183,46 @@ pub async fn run(
     transport::drain(namenode, &endpoint).await;
     info!("namenode stopped");
     Ok(())
+}
+
+/// Reads the export rules and the revocation list again from `path` at each SIGHUP (the
+/// rest of the configuration takes a restart). A file that does not load leaves those in
+/// force as they were.
+async fn reload_on_sighup(
+    namenode: Arc<Namenode>,
+    path: std::path::PathBuf,
+    stop: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("export rules cannot be reloaded on SIGHUP: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        let loaded = NamenodeConfig::load(&path).and_then(|c| Ok((c.revoked()?, c)));
+        match loaded {
+            Ok((revoked, config)) => {
+                info!(
+                    rules = config.exports.len(),
+                    revoked = revoked.len(),
+                    file = %path.display(),
+                    "export rules and revocation list reloaded"
+                );
+                namenode.authz.reload(config.exports, revoked);
+            }
+            Err(e) => warn!(
+                file = %path.display(),
+                "export rules and revocation list not reloaded, those in force hold: {e:#}"
+            ),
+        }
+    }
 }
 
 impl Namenode {
@@ -545,7 +592,7 @@ impl Namenode {
 
     /// A delegation holder's queued changes, applied in order (submitted together, so the
     /// metadata writer commits them in few groups).
-    async fn queued(&self, who: &Who, q: Queued) -> Vec<QueuedDone> {
+    async fn queued(&self, peer: &Peer, who: &Who, q: Queued) -> Vec<QueuedDone> {
         // Commits wait for their blocks' reports first, so that each op below is submitted
         // at its first poll, in order (a commit that waited would fall behind what follows).
         for change in &q.ops {
@@ -556,13 +603,20 @@ impl Namenode {
         let feed = self.engine.feed();
         let replaying = feed.replaying();
         let ops = q.ops.into_iter().map(|change| {
-            let who = Who {
-                caller: change.caller,
+            // Each acts as its own caller, within the holder's export rule (which its holder
+            // applied before it answered, unless the rule changed meanwhile).
+            let caller = self.authz.admit_queued(peer, change.caller);
+            let who = caller.map(|caller| Who {
+                caller,
                 origin: who.origin,
-            };
+            });
             // Queued under the previous run's delegation, which this run never knew.
             let replay = change.epoch != feed.epoch && replaying;
             async move {
+                let who = match who {
+                    Ok(who) => who,
+                    Err(e) => return refused_queued(&change.op, e),
+                };
                 match change.op {
                     QueuedOp::Create(c) if c.ino.is_none() => QueuedDone::Created(Err(
                         FsError::invalid("a queued create names its inode number"),
@@ -690,6 +744,16 @@ fn told<T: Tells>(named: &[Ino], res: &FsResult<T>) -> Vec<Ino> {
     inos
 }
 
+/// What a queued change that may not be made comes to.
+fn refused_queued(op: &QueuedOp, e: FsError) -> QueuedDone {
+    match op {
+        QueuedOp::Create(_) => QueuedDone::Created(Err(e)),
+        QueuedOp::Unlink(_) | QueuedOp::Rmdir(_) => QueuedDone::Removed(Err(e)),
+        QueuedOp::Commit { .. } => QueuedDone::Committed(Err(e)),
+        QueuedOp::SetAttr { .. } => QueuedDone::Attr(Err(e)),
+    }
+}
+
 fn delegation_lost(dir: Ino) -> FsError {
     FsError::io(format!(
         "the delegation of directory {dir} ended before this queued change reached the namenode"
@@ -705,6 +769,10 @@ struct Who {
 impl Service for Namenode {
     type Request = NamenodeEnvelope;
 
+    fn refuses(&self, peer: &Peer) -> Option<String> {
+        self.authz.refuses(peer)
+    }
+
     fn disconnected(&self, peer: &Peer) {
         self.drop_session_locks(peer);
         self.mounts().remove(&peer.serial);
@@ -719,6 +787,7 @@ impl Service for Namenode {
     ) -> FsResult<()> {
         use NamenodeRequest as R;
         let NamenodeEnvelope { caller, req } = envelope;
+        let caller = self.authz.admit(&peer, &req, caller)?;
         let who = Who {
             caller,
             origin: peer.serial,
@@ -789,7 +858,7 @@ impl Service for Namenode {
                 ex.respond(&self.changed(res, &[parent])).await
             }
             R::Unlink(r) => ex.respond(&self.unlink(&who, r, false).await).await,
-            R::Queued(q) => ex.respond(&Ok(self.queued(&who, q).await)).await,
+            R::Queued(q) => ex.respond(&Ok(self.queued(&peer, &who, q).await)).await,
             R::Delegate(r) => {
                 let res = self
                     .answer(&who, &[r.dir], self.delegate(&who, r.dir))
@@ -871,6 +940,7 @@ impl Service for Namenode {
                     .await
             }
             R::ReadChunks(r) => {
+                self.may_use(&peer, caller, r.ino, crate::perm::READ)?;
                 let map = self
                     .answer(
                         &who,
@@ -882,8 +952,13 @@ impl Service for Namenode {
             }
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
             R::SyncMetadata(_) => ex.respond(&self.engine.sync().await).await,
-            R::CommitSlices(r) => ex.respond(&self.commit(&who, r).await).await,
+            R::CommitSlices(r) => {
+                self.may_use(&peer, caller, r.ino, crate::perm::WRITE)?;
+                ex.respond(&self.commit(&who, r).await).await
+            }
             R::CopyRange(r) => {
+                self.may_use(&peer, caller, r.src, crate::perm::READ)?;
+                self.may_use(&peer, caller, r.dst, crate::perm::WRITE)?;
                 let res = match self.mutate(&who, MetaOpKind::CopyRange(r)).await {
                     Ok(MetaReply::Copied { attr, len }) => Ok(Copied { attr, len }),
                     Ok(_) => Err(FsError::protocol("copy returned no count")),
@@ -892,6 +967,7 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::Seek(r) => {
+                self.may_use(&peer, caller, r.ino, crate::perm::READ)?;
                 let res = self
                     .answer(&who, &[r.ino], async {
                         self.engine.seek(r.ino, r.offset, r.hole)
@@ -900,12 +976,13 @@ impl Service for Namenode {
                 ex.respond(&res).await
             }
             R::Punch(r) => {
+                self.may_use(&peer, caller, r.ino, crate::perm::WRITE)?;
                 ex.respond(&self.mutate_attr(&who, MetaOpKind::Punch(r)).await)
                     .await
             }
             R::ReportBadReplica(r) => {
                 warn!(block = %r.block, datanode = %r.datanode, reason = %r.reason, reporter = %peer.name, "bad replica reported");
-                if peer.role == Role::Datanode {
+                if peer.role == Role::Datanode && self.speaks_for(&peer, r.datanode).is_ok() {
                     // Its own replica, found bad by its scrubber and quarantined.
                     self.blocks.drop_replica(&r.block, r.datanode);
                     self.repair.corrupt_replica(r.block, r.datanode);
@@ -938,13 +1015,27 @@ impl Service for Namenode {
             R::Register(r) => {
                 peer.require(Role::Datanode)?;
                 let cluster = self.engine.cluster_id();
-                let res = match r.cluster {
-                    Some(theirs) if theirs != cluster => {
+                // A datanode is its certificate: its name is the certificate's, and an id
+                // registered under another name is another's.
+                let own = if r.name != peer.name {
+                    let why = format!(
+                        "datanode certificate {:?} cannot register as datanode {:?}: a \
+                         datanode's name (`name` in its configuration) is its certificate's",
+                        peer.name, r.name
+                    );
+                    warn!(addr = %peer.addr, "refused: {why}");
+                    Err(FsError::WrongRole(why))
+                } else {
+                    self.speaks_for(&peer, r.id)
+                };
+                let res = match (own, r.cluster) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Some(theirs)) if theirs != cluster => {
                         let why = foreign_datanode(&r.name, theirs, cluster);
                         warn!(datanode = %r.id, name = %r.name, "{why}");
                         Err(FsError::invalid(why))
                     }
-                    _ => {
+                    (Ok(()), _) => {
                         info!(datanode = %r.id, name = %r.name, addr = %r.addr, "datanode registered");
                         self.blocks.register(&r);
                         self.record_datanodes(Some(r.id)).await;
@@ -958,6 +1049,7 @@ impl Service for Namenode {
             }
             R::BlockReport(r) => {
                 peer.require(Role::Datanode)?;
+                self.speaks_for(&peer, r.id)?;
                 if r.last {
                     info!(datanode = %r.id, "full block report received");
                 }
@@ -966,11 +1058,13 @@ impl Service for Namenode {
             }
             R::BlockReceived(r) => {
                 peer.require(Role::Datanode)?;
+                self.speaks_for(&peer, r.id)?;
                 let known = self.blocks.blocks_changed(r.id, &r.added, &r.removed);
                 ex.respond(&known_or_register(known)).await
             }
             R::Heartbeat(r) => {
                 peer.require(Role::Datanode)?;
+                self.speaks_for(&peer, r.id)?;
                 let known = self.blocks.heartbeat(&r);
                 self.repair.copies_failed(r.id, &r.copies_failed);
                 let mut commands = Vec::new();
@@ -988,10 +1082,25 @@ impl Service for Namenode {
                 ex.respond(&Ok(HeartbeatReply {
                     reregister: !known,
                     commands,
+                    revoked: self.authz.revoked(),
                 }))
                 .await
             }
             R::Open(r) => {
+                // Opened as POSIX says, for the identity the certificate gives: reads and
+                // writes through the handle follow from it.
+                let want = if r.write {
+                    crate::perm::WRITE
+                } else {
+                    crate::perm::READ
+                };
+                if let Err(e) = self
+                    .engine
+                    .getattr(r.ino)
+                    .and_then(|attr| crate::perm::require(caller, &attr, want))
+                {
+                    return ex.respond::<Opened>(&Err(e)).await;
+                }
                 let reading = self.engine.feed().reading(who.origin);
                 let claimed = self
                     .opens
@@ -1027,14 +1136,19 @@ impl Service for Namenode {
                 self.gc.report(&mut status);
                 ex.respond(&Ok(status)).await
             }
-            R::CheckNamespace(_) => {
-                let res = if caller.uid != 0 {
-                    Err(FsError::NotPermitted)
-                } else {
-                    self.engine.check_namespace().await
+            R::CheckNamespace(_) => ex.respond(&self.engine.check_namespace().await).await,
+            R::WhoAmI(_) => {
+                let (map, rule) = self.authz.map(&peer);
+                let id = cairn_common::proto::Identity {
+                    role: peer.role,
+                    name: peer.name.clone(),
+                    map,
+                    rule,
+                    exports: self.authz.generation(),
                 };
-                ex.respond(&res).await
+                ex.respond(&Ok(id)).await
             }
+            R::ListExports(_) => ex.respond(&Ok(self.authz.rules().to_vec())).await,
             R::GetMetaHealth(_) => {
                 let health = cairn_common::proto::MetaHealth {
                     cluster: self.engine.cluster_id(),
@@ -1042,15 +1156,7 @@ impl Service for Namenode {
                 };
                 ex.respond(&Ok(health)).await
             }
-            R::SafeMode(r) => {
-                let res = if r.action != cairn_common::proto::SafeModeAction::Get && caller.uid != 0
-                {
-                    Err(FsError::NotPermitted)
-                } else {
-                    Ok(self.safe_mode.act(r.action))
-                };
-                ex.respond(&res).await
-            }
+            R::SafeMode(r) => ex.respond(&Ok(self.safe_mode.act(r.action))).await,
             R::SetAdminState(r) => ex.respond(&self.set_admin_state(&who, r).await).await,
             R::ForgetDatanode(r) => ex.respond(&self.forget_datanode(&who, r).await).await,
             R::ListTrash(r) => ex.respond(&self.list_trash(caller, r)).await,
@@ -1062,7 +1168,6 @@ impl Service for Namenode {
                 use cairn_common::proto::BalanceAction;
                 let res = match r.action {
                     BalanceAction::Get => Ok(()),
-                    _ if caller.uid != 0 => Err(FsError::NotPermitted),
                     BalanceAction::Start { threshold_pct }
                         if !(threshold_pct > 0.0 && threshold_pct <= 100.0) =>
                     {
@@ -1105,7 +1210,7 @@ impl Service for Namenode {
                     seen.read_at = now;
                 }
                 let wait = r.wait_ms.min(cairn_common::proto::MAX_FEED_WAIT_MS);
-                let reply = self
+                let mut reply = self
                     .engine
                     .feed()
                     .wait_since(
@@ -1116,6 +1221,7 @@ impl Service for Namenode {
                         &self.stopping,
                     )
                     .await;
+                reply.exports = self.authz.generation();
                 ex.respond(&Ok(reply)).await
             }
             R::ListMounts(_) => {
@@ -1188,9 +1294,6 @@ impl Namenode {
         r: cairn_common::proto::ListTrash,
     ) -> FsResult<cairn_common::proto::TrashPage> {
         use cairn_common::proto::{TrashEntry, TrashOrigin, TRASH_ORIGIN_XATTR, TRASH_PAGE_MAX};
-        if r.all && caller.uid != 0 {
-            return Err(FsError::NotPermitted);
-        }
         let owner = (!r.all).then_some(caller.uid);
         let after = r.after.as_ref().map(|(dir, name)| (*dir, name.as_slice()));
         let limit = r.limit.clamp(1, TRASH_PAGE_MAX) as usize;
@@ -1240,11 +1343,48 @@ impl Namenode {
         Ok(cairn_common::proto::TrashPage { entries: out, more })
     }
 
-    /// The datanode an operator (root alone) names by its name, address or id.
-    fn operators_datanode(&self, who: &Who, node: &str) -> FsResult<cairn_common::DatanodeId> {
-        if who.caller.uid != 0 {
-            return Err(FsError::NotPermitted);
+    /// Refuses a request for the data of `ino` (`want` READ or WRITE) unless its caller may
+    /// do that as the mode bits say, or a session of the same certificate holds the file
+    /// open so (a file opened, then made unreadable, reads on through the open handle).
+    fn may_use(&self, peer: &Peer, caller: &Caller, ino: Ino, want: u16) -> FsResult<()> {
+        let attr = self.engine.getattr(ino)?;
+        if crate::perm::allowed(caller, &attr, want) {
+            return Ok(());
         }
+        let write = want & crate::perm::WRITE != 0;
+        let held = self
+            .opens
+            .holding(ino, write)
+            .into_iter()
+            .any(|session| self.session_owners.is_of(session, &peer.name));
+        if held {
+            return Ok(());
+        }
+        warn!(
+            peer = %peer.name, uid = caller.uid, %ino, write,
+            "refused: the data of a file neither its mode nor an open of it allows"
+        );
+        Err(FsError::AccessDenied)
+    }
+
+    /// Refuses a datanode's request about datanode `id` unless `id` is its own: registered
+    /// under its certificate's name (or not known at all, so that it registers).
+    fn speaks_for(&self, peer: &Peer, id: cairn_common::DatanodeId) -> FsResult<()> {
+        match self.blocks.name_of(id) {
+            Some(name) if name != peer.name => {
+                let why = format!(
+                    "datanode certificate {:?} cannot speak for datanode {id}, which is {name:?}",
+                    peer.name
+                );
+                warn!(addr = %peer.addr, "refused: {why}");
+                Err(FsError::WrongRole(why))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The datanode an operator names by its name, address or id.
+    fn operators_datanode(&self, node: &str) -> FsResult<cairn_common::DatanodeId> {
         self.blocks
             .find(node)
             .ok_or_else(|| FsError::invalid(format!("no datanode named {node}")))
@@ -1257,7 +1397,7 @@ impl Namenode {
         who: &Who,
         r: cairn_common::proto::SetAdminState,
     ) -> FsResult<cairn_common::proto::DatanodeStatus> {
-        let id = self.operators_datanode(who, &r.node)?;
+        let id = self.operators_datanode(&r.node)?;
         let op = MetaOpKind::SetNodeAdmin {
             node: id,
             state: r.state,
@@ -1286,7 +1426,7 @@ impl Namenode {
         who: &Who,
         r: cairn_common::proto::ForgetDatanode,
     ) -> FsResult<cairn_common::proto::DatanodeStatus> {
-        let id = self.operators_datanode(who, &r.node)?;
+        let id = self.operators_datanode(&r.node)?;
         if self
             .blocks
             .status_of(id)

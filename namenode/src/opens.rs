@@ -231,6 +231,19 @@ impl OpenTable {
         released
     }
 
+    /// The sessions holding `ino` open (for writing, if `write`).
+    pub fn holding(&self, ino: Ino, write: bool) -> Vec<u64> {
+        let t = self.table();
+        if !t.holders.contains_key(&ino) {
+            return Vec::new();
+        }
+        t.sessions
+            .iter()
+            .filter(|(_, s)| s.open.get(&ino).is_some_and(|c| c.write || !write))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub fn is_open(&self, ino: Ino) -> bool {
         self.table().holders.contains_key(&ino)
     }

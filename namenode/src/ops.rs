@@ -435,7 +435,13 @@ pub(crate) fn make_node(
         None => alloc_ino(txn)?,
     };
     let mut perm = node.perm & 0o7777;
-    let mut gid = node.gid;
+    // A new entry is its maker's: the identity the certificate and export give, not what
+    // the request names (only root, who may chown anyway, may name another owner).
+    let (uid, mut gid) = if who.uid == 0 {
+        (node.uid, node.gid)
+    } else {
+        (who.uid, who.gid)
+    };
     // A setgid directory hands its group to new entries, and its setgid bit to new
     // subdirectories (as ext4 does).
     if dir.attr.perm & 0o2000 != 0 {
@@ -450,7 +456,7 @@ pub(crate) fn make_node(
             ino,
             kind: node.kind,
             perm,
-            uid: node.uid,
+            uid,
             gid,
             size,
             nlink: if node.kind == FileKind::Dir { 2 } else { 1 },

@@ -1,7 +1,7 @@
 //! POSIX permission checks, made by the namenode with the caller's uid, gid and groups, so a
 //! client is refused exactly where a local ext4 would refuse it.
 
-use cairn_common::attr::{Caller, FileKind, InodeAttr};
+use cairn_common::attr::{Caller, InodeAttr};
 use cairn_common::{FsError, FsResult};
 
 pub const READ: u16 = 4;
@@ -9,7 +9,7 @@ pub const WRITE: u16 = 2;
 pub const EXEC: u16 = 1;
 
 pub fn in_group(caller: &Caller, gid: u32) -> bool {
-    caller.gid == gid || caller.groups.contains(&gid)
+    caller.in_group(gid)
 }
 
 pub fn is_owner_or_root(caller: &Caller, attr: &InodeAttr) -> bool {
@@ -18,18 +18,7 @@ pub fn is_owner_or_root(caller: &Caller, attr: &InodeAttr) -> bool {
 
 /// May `caller` do `want` (a mask of READ, WRITE, EXEC) to `attr`?
 pub fn allowed(caller: &Caller, attr: &InodeAttr, want: u16) -> bool {
-    if caller.uid == 0 {
-        // Root may do anything but execute a file nobody may execute.
-        return want & EXEC == 0 || attr.kind == FileKind::Dir || attr.perm & 0o111 != 0;
-    }
-    let shift = if caller.uid == attr.uid {
-        6
-    } else if in_group(caller, attr.gid) {
-        3
-    } else {
-        0
-    };
-    (attr.perm >> shift) & 7 & want == want
+    caller.may(attr, want)
 }
 
 /// `EACCES` unless `caller` may do `want` to `attr`.
@@ -64,7 +53,7 @@ pub fn require_sticky(caller: &Caller, dir: &InodeAttr, entry: &InodeAttr) -> Fs
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_common::attr::Timestamp;
+    use cairn_common::attr::{FileKind, Timestamp};
     use cairn_common::Ino;
 
     fn attr(perm: u16, uid: u32, gid: u32, kind: FileKind) -> InodeAttr {

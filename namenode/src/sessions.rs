@@ -23,6 +23,14 @@ pub struct SessionOwners {
 }
 
 impl SessionOwners {
+    /// Is `session` certificate `holder`'s?
+    pub fn is_of(&self, session: u64, holder: &str) -> bool {
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        owners
+            .get(&session)
+            .is_some_and(|(owner, _)| owner == holder)
+    }
+
     /// A request of certificate `holder` names `session`: its own, or no one's yet.
     pub fn claim(&self, session: u64, holder: &str) -> FsResult<()> {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());

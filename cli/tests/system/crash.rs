@@ -19,58 +19,6 @@ use rand::{Rng, SeedableRng};
 use crate::mount::{mount_at, unmount};
 use crate::support::*;
 
-/// `cairn namenode` run from a `cairn dev` directory's config, killed with SIGKILL when
-/// told or dropped.
-struct ChildNamenode {
-    child: Option<std::process::Child>,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl ChildNamenode {
-    fn start(config: &Path, log: &Path) -> ChildNamenode {
-        let mut n = ChildNamenode {
-            child: None,
-            config: config.to_path_buf(),
-            log: log.to_path_buf(),
-        };
-        n.restart();
-        n
-    }
-
-    fn restart(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-                .arg("namenode")
-                .arg("--config")
-                .arg(&self.config)
-                .env("CAIRN_LOG", "info")
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start cairn namenode"),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for ChildNamenode {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Directories the program works in.
 const DIRS: usize = 4;
 
@@ -306,14 +254,27 @@ async fn namenode_killed_under_a_storm(always_synced: bool, seed: u64) {
         let (root, stop) = (root.clone(), stop.clone());
         tokio::task::spawn_blocking(move || storm(&root, seed, &stop))
     };
-    let mut rng = StdRng::seed_from_u64(seed);
-    for round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(800..2_500))).await;
-        tracing::info!(round, "--- kill -9 of the namenode");
-        namenode.kill();
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
-        namenode.restart();
-    }
+    // The kills keep to their schedule on a thread of their own, whatever the runtime the
+    // mount shares with this test is busy with.
+    let killer = std::thread::spawn(move || {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let start = std::time::Instant::now();
+        for round in 0..3 {
+            std::thread::sleep(Duration::from_millis(rng.gen_range(800..2_500)));
+            eprintln!(
+                "{:?}: kill -9 of the namenode, round {round}",
+                start.elapsed()
+            );
+            namenode.kill();
+            std::thread::sleep(Duration::from_millis(rng.gen_range(100..800)));
+            namenode.restart();
+            eprintln!("{:?}: namenode started again", start.elapsed());
+        }
+        namenode
+    });
+    let mut namenode = tokio::task::spawn_blocking(move || killer.join().unwrap())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     stop.store(true, Ordering::Relaxed);
     let (slots, failed) = program.await.unwrap();
@@ -354,7 +315,6 @@ async fn namenode_killed_under_a_storm(always_synced: bool, seed: u64) {
     unmount(other).await;
     unmount(mount).await;
     if let Err(e) = checked {
-        tracing::error!("namenode log: {}", log.display());
         std::panic::resume_unwind(e.into_panic());
     }
     // Blocks written while the namenode was away may have reached only `min_replicas`

@@ -554,6 +554,9 @@ fn the_example_configs_parse() {
         nn.durability(),
         cairn_namenode::walsync::Durability::Window(std::time::Duration::from_millis(5))
     );
+    assert_eq!(nn.exports.len(), 1);
+    assert!(nn.exports[0].matches("web1") && nn.exports[0].root_squash);
+    assert_eq!(nn.exports[0].uids[0].to_string(), "1000-60000");
     let dn = cairn_datanode::DatanodeConfig::load(&examples.join("datanode.toml")).unwrap();
     assert_eq!(dn.name, "dn1");
     let client = cairn_client::ClientConfig::load(&examples.join("cairn-client.toml")).unwrap();

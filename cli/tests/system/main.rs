@@ -9,6 +9,7 @@ mod data_path;
 mod delegation;
 mod garbage;
 mod healing;
+mod identity;
 mod mount;
 mod namespace;
 mod security;

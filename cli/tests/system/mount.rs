@@ -36,7 +36,7 @@ pub(crate) async fn mount_with(
     dir: &Path,
     opts: &cairn_fuse::MountOptions,
 ) -> cairn_fuse::Mount {
-    let client = cluster.client().await.unwrap();
+    let client = cluster.mount_client().await.unwrap();
     cairn_fuse::mount(client, tokio::runtime::Handle::current(), dir, opts)
         .expect("mount (needs root and /dev/fuse)")
 }

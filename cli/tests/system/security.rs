@@ -64,7 +64,7 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
     cert::init_ca(other.path(), cert::CA_DAYS).unwrap();
     let paths = cert::issue(
         other.path(),
-        Role::Client,
+        Role::Mount,
         "mallory",
         other.path(),
         cert::CERT_DAYS,
@@ -82,7 +82,7 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
 
     tracing::info!("--- a client whose certificate has expired");
     let expired = tempfile::tempdir().unwrap();
-    let paths = cert::issue(&certs, Role::Client, "lapsed", expired.path(), 0).unwrap();
+    let paths = cert::issue(&certs, Role::Mount, "lapsed", expired.path(), 0).unwrap();
     let err = TlsIdentity::load(&certs.join("ca.pem"), &paths.cert, &paths.key)
         .err()
         .expect("an expired certificate loaded");
@@ -119,7 +119,7 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, FsError::WrongRole(why) if why.contains("needs a datanode certificate")),
+        matches!(&err, FsError::WrongRole(why) if why.contains("Heartbeat needs a certificate of role datanode")),
         "{err}"
     );
 
@@ -431,18 +431,8 @@ async fn another_certificate_cannot_act_for_a_mounts_session() {
     .unwrap();
 
     let certs = cluster.dir().join("certs");
-    let other = tempfile::tempdir().unwrap();
-    let paths = cert::issue(&certs, Role::Client, "mallory", other.path(), 1).unwrap();
-    let identity = TlsIdentity::load(&certs.join("ca.pem"), &paths.cert, &paths.key).unwrap();
-    let endpoint = transport::client_endpoint(&identity, &TransportOptions::default()).unwrap();
-    let mallory = transport::connect(
-        &endpoint,
-        cluster.namenode_addr,
-        Role::Namenode,
-        transport::PROTOCOL_VERSION,
-    )
-    .await
-    .unwrap();
+    cert::issue(&certs, Role::Mount, "mallory", &certs, 1).unwrap();
+    let mallory = namenode_connection_as(&cluster, "mallory").await;
     let refused = |r: Result<_, FsError>, what: &str| {
         assert!(matches!(r, Err(FsError::NotPermitted)), "{what}: {r:?}");
     };
@@ -515,7 +505,12 @@ async fn another_certificate_cannot_act_for_a_mounts_session() {
     .await
     .unwrap();
     assert!(conflict.is_some(), "the victim's lock is still held");
-    let mounts = call(&mallory, proto::ListMounts).await.unwrap();
+    assert!(matches!(
+        call(&mallory, proto::ListMounts).await,
+        Err(FsError::WrongRole(_))
+    ));
+    // Nor does an administrator see the session numbers.
+    let mounts = call(&victim, proto::ListMounts).await.unwrap();
     assert!(!mounts.is_empty());
     assert!(
         mounts.iter().all(|m| m.info.session == 0),
@@ -578,5 +573,102 @@ async fn a_false_report_of_bad_replicas_evicts_nothing() {
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     assert_eq!(sorted(replicas(&client, attr.ino).await), before);
     assert!(get(&cluster.client().await.unwrap(), attr.ino, 1 << 20).await == data);
+    cluster.stop().await.unwrap();
+}
+
+/// A datanode's certificate is its identity: it cannot register under another datanode's
+/// name or id, heartbeat or report blocks for another, or have another's replica evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_datanode_certificate_speaks_only_for_its_own_datanode() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 3).await;
+    let client = cluster.client().await.unwrap();
+    let attr = put(&client, "held", &random_bytes(1 << 20, 12), 1 << 20).await;
+    let before = replicas(&client, attr.ino).await;
+    let listed = client.datanodes().await.unwrap();
+    let id_of = |name: &str| listed.iter().find(|d| d.name == name).unwrap().id;
+    let (mine, theirs) = (id_of("datanode-1"), id_of("datanode-2"));
+
+    let conn = namenode_connection_as(&cluster, "datanode-1").await;
+    let refused = |r: Result<(), FsError>, what: &str| match r {
+        Err(FsError::WrongRole(why)) => assert!(why.contains("datanode-1"), "{what}: {why}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    let theirs_status = listed.iter().find(|d| d.id == theirs).unwrap();
+    let register = |id, name: &str| proto::Register {
+        id,
+        cluster: None,
+        name: name.into(),
+        rack: String::new(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        capacity: 1,
+        used: 0,
+        available: 1,
+    };
+    refused(
+        call(&conn, register(theirs, "datanode-1"))
+            .await
+            .map(|_| ()),
+        "registering as another's id",
+    );
+    refused(
+        call(&conn, register(cairn_common::DatanodeId(77), "datanode-2"))
+            .await
+            .map(|_| ()),
+        "registering under another's name",
+    );
+    refused(
+        call(
+            &conn,
+            proto::Heartbeat {
+                id: theirs,
+                capacity: 1,
+                used: 0,
+                available: 1,
+                blocks: 0,
+                active_transfers: 0,
+                copies_failed: Vec::new(),
+                scrub: Default::default(),
+            },
+        )
+        .await
+        .map(|_| ()),
+        "a heartbeat for another",
+    );
+    let (block, _) = before.iter().next().unwrap();
+    refused(
+        call(
+            &conn,
+            proto::BlockReceived {
+                id: theirs,
+                added: Vec::new(),
+                removed: vec![*block],
+            },
+        )
+        .await,
+        "dropping another's replica from the map",
+    );
+    // Its own word about another's replica is a reader's: checked, not believed.
+    for (block, at) in &before {
+        for &holder in at.iter().filter(|&&d| d != mine) {
+            let report = proto::ReportBadReplica {
+                block: *block,
+                datanode: holder,
+                reason: "bad, says another datanode".into(),
+            };
+            call(&conn, report).await.unwrap();
+        }
+    }
+    // Nothing of the other datanode changed.
+    let sorted = |mut map: std::collections::HashMap<BlockId, Vec<cairn_common::DatanodeId>>| {
+        map.values_mut().for_each(|at| at.sort());
+        map
+    };
+    assert_eq!(sorted(replicas(&client, attr.ino).await), sorted(before));
+    let after = client.datanodes().await.unwrap();
+    let now = after.iter().find(|d| d.id == theirs).unwrap();
+    assert!(now.alive && now.name == "datanode-2" && now.addr == theirs_status.addr);
+    assert_eq!(after.len(), 3);
     cluster.stop().await.unwrap();
 }

@@ -2,7 +2,8 @@
 
 use cairn_client::Owner;
 use std::collections::HashMap;
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_cli::devcluster::{DevCluster, DevOptions};
@@ -115,13 +116,13 @@ pub async fn file_blocks(client: &Client, ino: Ino) -> Vec<BlockId> {
     out
 }
 
-/// The certificate `cairn dev` issued for clients.
+/// The certificate `cairn dev` issued for its CLI (an administrator's).
 pub fn client_identity(cluster: &DevCluster) -> TlsIdentity {
     let certs = cluster.dir().join("certs");
     TlsIdentity::load(
         &certs.join("ca.pem"),
-        &certs.join("client.pem"),
-        &certs.join("client.key"),
+        &certs.join("admin.pem"),
+        &certs.join("admin.key"),
     )
     .expect("client certificate")
 }
@@ -244,4 +245,119 @@ pub fn sorted_names(dir: &Path) -> Vec<String> {
 pub fn assert_fsck_clean(cluster: &DevCluster) {
     let (code, fsck) = admin(cluster, &["fsck", "/"]);
     assert_eq!(code, 0, "{fsck}");
+}
+
+/// `cairn namenode` run from a `cairn dev` directory's config, killed with SIGKILL when
+/// told or dropped.
+pub struct ChildNamenode {
+    child: Option<std::process::Child>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl ChildNamenode {
+    pub fn start(config: &Path, log: &Path) -> ChildNamenode {
+        let mut n = ChildNamenode {
+            child: None,
+            config: config.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        n.restart();
+        n
+    }
+
+    pub fn restart(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+                .arg("namenode")
+                .arg("--config")
+                .arg(&self.config)
+                .env("CAIRN_LOG", "info")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start cairn namenode"),
+        );
+    }
+
+    /// Asks it to read its export rules again.
+    pub fn hangup(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: sends a signal to our own child process; touches no memory.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ChildNamenode {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            // The cluster's directory goes with the test: say what the namenode said first.
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(200)..];
+            eprintln!("--- last lines of the namenode's log\n{}", tail.join("\n"));
+        }
+    }
+}
+
+/// Issues a certificate for `who` and writes a client configuration with it; its path.
+pub fn config_for(cluster: &DevCluster, who: &cairn_common::cert::CertIdentity) -> PathBuf {
+    let certs = cluster.dir().join("certs");
+    let paths = cairn_common::cert::issue_as(&certs, who, &certs, 1).unwrap();
+    let config = cairn_client::ClientConfig::new(
+        cluster.namenode_addr,
+        cairn_common::transport::TlsPaths {
+            ca_cert: certs.join(cairn_common::cert::CA_CERT_FILE),
+            cert: paths.cert,
+            key: paths.key,
+        },
+    );
+    let path = cluster.dir().join(format!("{}.toml", who.name));
+    fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+pub async fn client_for(cluster: &DevCluster, who: &cairn_common::cert::CertIdentity) -> Client {
+    let config = cairn_client::ClientConfig::load(&config_for(cluster, who)).unwrap();
+    Client::connect(config).await.unwrap()
+}
+
+/// A bare QUIC connection to the namenode with the certificate `certs/<name>.pem` of
+/// `cluster`'s CA directory, for speaking the protocol by hand as that certificate.
+pub async fn namenode_connection_as(cluster: &DevCluster, name: &str) -> quinn::Connection {
+    connection_as(cluster, name, cluster.namenode_addr, Role::Namenode)
+        .await
+        .expect("connect")
+}
+
+/// A bare QUIC connection to the `role` server at `addr` with the certificate
+/// `certs/<name>.pem` of `cluster`'s CA directory.
+pub async fn connection_as(
+    cluster: &DevCluster,
+    name: &str,
+    addr: std::net::SocketAddr,
+    role: Role,
+) -> Result<quinn::Connection, cairn_common::FsError> {
+    let certs = cluster.dir().join("certs");
+    let identity = TlsIdentity::load(
+        &certs.join(cairn_common::cert::CA_CERT_FILE),
+        &certs.join(format!("{name}.pem")),
+        &certs.join(format!("{name}.key")),
+    )
+    .expect("certificate");
+    let endpoint = transport::client_endpoint(&identity, &TransportOptions::default()).unwrap();
+    transport::connect(&endpoint, addr, role, transport::PROTOCOL_VERSION).await
 }
