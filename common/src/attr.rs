@@ -62,7 +62,24 @@ pub struct Timestamp {
 /// How stale an access time may grow before a read refreshes it anyway (relatime).
 const ATIME_REFRESH_SECS: i64 = 24 * 3600;
 
+/// The latest and earliest second a stored timestamp may name: about ±34,000 years, far
+/// inside what any `SystemTime` or `timespec` holds.
+pub const TIMESTAMP_SECS_MAX: i64 = 1 << 40;
+
 impl Timestamp {
+    /// `EINVAL` for a timestamp no `struct timespec` means (nanoseconds of a second at
+    /// 10^9 or more) or past [`TIMESTAMP_SECS_MAX`] either way: refused where it comes in,
+    /// never stored for another mount to trip on.
+    pub fn check(&self) -> Result<(), crate::FsError> {
+        if self.nanos >= 1_000_000_000 || self.secs.unsigned_abs() > TIMESTAMP_SECS_MAX as u64 {
+            return Err(crate::FsError::invalid(format!(
+                "timestamp {}.{:09} is out of range",
+                self.secs, self.nanos
+            )));
+        }
+        Ok(())
+    }
+
     pub fn now() -> Timestamp {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -120,6 +137,15 @@ pub enum TimeSet {
     At(Timestamp),
 }
 
+impl TimeSet {
+    pub fn check(&self) -> Result<(), crate::FsError> {
+        match self {
+            TimeSet::Now => Ok(()),
+            TimeSet::At(t) => t.check(),
+        }
+    }
+}
+
 /// The changes of one `setattr`; `None` leaves a field alone.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetAttr {
@@ -129,6 +155,16 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
+}
+
+impl SetAttr {
+    /// Refuses times out of range (see [`Timestamp::check`]).
+    pub fn check(&self) -> Result<(), crate::FsError> {
+        self.atime
+            .iter()
+            .chain(&self.mtime)
+            .try_for_each(TimeSet::check)
+    }
 }
 
 /// One entry of a directory listing.

@@ -100,6 +100,25 @@ service! {
 }
 
 impl NamenodeRequest {
+    /// Refuses (`EINVAL`) values no file system holds, before they are stored where other
+    /// clients would read them: timestamps out of range.
+    pub fn check(&self) -> Result<(), crate::FsError> {
+        use NamenodeRequest as R;
+        let at = |t: &Option<Timestamp>| t.as_ref().map_or(Ok(()), Timestamp::check);
+        match self {
+            R::SetAttrReq(r) => r.set.check(),
+            R::Create(r) => at(&r.at),
+            R::CommitSlices(r) => r.mtime.check(),
+            R::Queued(q) => q.ops.iter().try_for_each(|c| match &c.op {
+                QueuedOp::Create(r) => at(&r.at),
+                QueuedOp::SetAttr { set, .. } => set.check(),
+                QueuedOp::Commit { commit, .. } => commit.mtime.check(),
+                QueuedOp::Unlink(_) | QueuedOp::Rmdir(_) => Ok(()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this request may be sent again when its connection was lost before the
     /// answer came (the namenode restarted): it changes nothing, or asking twice makes the
     /// change once. A change of the namespace is not: the namenode may have made it before

@@ -291,12 +291,17 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// `t` as the kernel takes it; one no `SystemTime` holds (the namenode refuses to store
+/// such) is the epoch rather than a panic.
 fn to_system_time(t: Timestamp) -> SystemTime {
-    if t.secs >= 0 {
-        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    let nanos = Duration::from_nanos(t.nanos.min(999_999_999).into());
+    let time = if t.secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(t.secs as u64))
     } else {
-        UNIX_EPOCH - Duration::new(t.secs.unsigned_abs(), 0) + Duration::new(0, t.nanos)
-    }
+        UNIX_EPOCH.checked_sub(Duration::from_secs(t.secs.unsigned_abs()))
+    };
+    time.and_then(|t| t.checked_add(nanos))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 fn to_timestamp(t: SystemTime) -> Timestamp {

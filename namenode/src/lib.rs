@@ -788,6 +788,7 @@ impl Service for Namenode {
         use NamenodeRequest as R;
         let NamenodeEnvelope { caller, req } = envelope;
         let caller = self.authz.admit(&peer, &req, caller)?;
+        req.check()?;
         let who = Who {
             caller,
             origin: peer.serial,

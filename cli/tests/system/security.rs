@@ -672,3 +672,57 @@ async fn a_datanode_certificate_speaks_only_for_its_own_datanode() {
     assert_eq!(after.len(), 3);
     cluster.stop().await.unwrap();
 }
+
+/// Timestamps no `timespec` means, or past what any clock holds, are refused where they come
+/// in: never stored for every other mount's `stat` to trip on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timestamps_out_of_range_are_refused_and_stored_ones_stay() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 1).await;
+    let client = cluster.client().await.unwrap();
+    let file = client
+        .create(Ino::ROOT, b"dated", 0o644, true, false, Owner::current())
+        .await
+        .unwrap()
+        .attr;
+    let conn = raw_connection(&cluster, cluster.namenode_addr, Role::Namenode).await;
+    let at = |secs, nanos| {
+        cairn_common::attr::TimeSet::At(cairn_common::attr::Timestamp { secs, nanos })
+    };
+    for (secs, nanos) in [
+        (0, 1_000_000_000),
+        (i64::MAX, 0),
+        (i64::MIN, 0),
+        (1 << 41, 0),
+    ] {
+        let set = cairn_common::attr::SetAttr {
+            mtime: Some(at(secs, nanos)),
+            ..Default::default()
+        };
+        let res = call(
+            &conn,
+            proto::SetAttrReq {
+                ino: file.ino,
+                set,
+                open_for_write: false,
+            },
+        )
+        .await;
+        assert!(
+            matches!(res, Err(FsError::Invalid(_))),
+            "{secs}.{nanos}: {res:?}"
+        );
+    }
+    let now = client.getattr(file.ino).await.unwrap();
+    assert_eq!(now.mtime, file.mtime, "untouched");
+    // A time far in the past or future that clocks hold is kept as given.
+    let set = cairn_common::attr::SetAttr {
+        mtime: Some(at(-(1 << 35), 999_999_999)),
+        ..Default::default()
+    };
+    let kept = client.setattr(file.ino, set).await.unwrap();
+    assert_eq!(kept.mtime.secs, -(1 << 35));
+    still_serving(&cluster).await;
+    cluster.stop().await.unwrap();
+}
