@@ -3,9 +3,9 @@
 //! namespace — a user certificate as itself, a mount as its caller within its export rule,
 //! an administrator as it says ([`IdMap`]). The POSIX checks that follow use that identity.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cairn_common::attr::Caller;
 use cairn_common::cert::Role;
@@ -127,6 +127,16 @@ pub struct Authz {
     revoked: RwLock<Arc<HashSet<Vec<u8>>>>,
     /// Counts loads of the rules, from a random start.
     generation: AtomicU64,
+    /// Each connection's map, as of a load of the rules.
+    maps: Mutex<HashMap<u64, Arc<PeerMap>>>,
+}
+
+/// How one connection's requests act.
+pub struct PeerMap {
+    pub map: IdMap,
+    /// The export rule's name pattern, when one names the certificate.
+    pub rule: Option<String>,
+    generation: u64,
 }
 
 impl Authz {
@@ -136,6 +146,7 @@ impl Authz {
             revoked: RwLock::new(Arc::new(revoked.into_iter().collect())),
             // Another run's rules may differ: mounts ask again after a restart too.
             generation: AtomicU64::new(rand::random::<u32>().into()),
+            maps: Mutex::default(),
         }
     }
 
@@ -167,15 +178,36 @@ impl Authz {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// How `peer`'s requests act, and the rule that says so.
-    pub fn map(&self, peer: &Peer) -> (IdMap, Option<String>) {
+    /// How `peer`'s requests act, and the rule that says so; worked out once per
+    /// connection and load of the rules.
+    pub fn map(&self, peer: &Peer) -> Arc<PeerMap> {
+        let generation = self.generation();
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = maps
+            .get(&peer.serial)
+            .filter(|m| m.generation == generation)
+        {
+            return m.clone();
+        }
         let rules = self.rules();
-        let map = IdMap::of(peer.role, &peer.name, peer.ids.as_ref(), &rules);
-        let rule = match peer.role {
-            Role::Mount | Role::User => rule_for(&rules, &peer.name).map(|r| r.name.clone()),
-            _ => None,
-        };
-        (map, rule)
+        let map = Arc::new(PeerMap {
+            map: IdMap::of(peer.role, &peer.name, peer.ids.as_ref(), &rules),
+            rule: match peer.role {
+                Role::Mount | Role::User => rule_for(&rules, &peer.name).map(|r| r.name.clone()),
+                _ => None,
+            },
+            generation,
+        });
+        maps.insert(peer.serial, map.clone());
+        map
+    }
+
+    /// The connection of `peer` ended.
+    pub fn forget(&self, peer: &Peer) {
+        self.maps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer.serial);
     }
 
     /// Admits `req` from `peer`, which names `claimed` as its caller: refused unless the
@@ -198,7 +230,8 @@ impl Authz {
         if peer.role == Role::Datanode {
             return Ok(claimed);
         }
-        let (map, _) = self.map(peer);
+        let peer_map = self.map(peer);
+        let map = &peer_map.map;
         if map.read_only && class == Class::Change {
             return Err(FsError::ReadOnly(format!(
                 "the export of {:?} is read-only",
@@ -223,7 +256,7 @@ impl Authz {
         if peer.role == Role::Admin {
             return Ok(claimed);
         }
-        self.map(peer).0.admit(claimed)
+        self.map(peer).map.admit(claimed)
     }
 }
 
@@ -241,7 +274,8 @@ mod tests {
             cert_serial: vec![1],
             addr: "127.0.0.1:1".parse().unwrap(),
             connection: 1,
-            serial: 1,
+            // Each its own connection.
+            serial: rand::random(),
         }
     }
 

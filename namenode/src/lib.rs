@@ -774,6 +774,7 @@ impl Service for Namenode {
     }
 
     fn disconnected(&self, peer: &Peer) {
+        self.authz.forget(peer);
         self.drop_session_locks(peer);
         self.mounts().remove(&peer.serial);
         self.engine.feed().disconnected(peer.serial);
@@ -1139,12 +1140,12 @@ impl Service for Namenode {
             }
             R::CheckNamespace(_) => ex.respond(&self.engine.check_namespace().await).await,
             R::WhoAmI(_) => {
-                let (map, rule) = self.authz.map(&peer);
+                let peer_map = self.authz.map(&peer);
                 let id = cairn_common::proto::Identity {
                     role: peer.role,
                     name: peer.name.clone(),
-                    map,
-                    rule,
+                    map: peer_map.map.clone(),
+                    rule: peer_map.rule.clone(),
                     exports: self.authz.generation(),
                 };
                 ex.respond(&Ok(id)).await
