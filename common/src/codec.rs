@@ -114,16 +114,84 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::proto::{DatanodeRequest, NamenodeRequest};
+
+    /// Every decoder of bytes from the network or a disk, fed `bytes`.
+    fn decode_everything(bytes: &[u8]) {
+        use crate::proto::*;
+        let _ = decode::<NamenodeRequest>(bytes);
+        let _ = decode::<NamenodeEnvelope>(bytes);
+        let _ = decode::<DatanodeRequest>(bytes);
+        let _ = decode::<Result<PutReply, FsError>>(bytes);
+        let _ = decode::<Result<ChunkMap, FsError>>(bytes);
+        let _ = decode::<Result<HeartbeatReply, FsError>>(bytes);
+        let _ = decode::<Result<ChangesReply, FsError>>(bytes);
+        let _ = decode::<Result<Identity, FsError>>(bytes);
+        let _ = decode::<Result<Vec<crate::exports::ExportRule>, FsError>>(bytes);
+        let _ = decode::<Result<Vec<QueuedDone>, FsError>>(bytes);
+        let _ = TrashOrigin::decode(bytes);
+        let _ = crate::cert::peer_identity(bytes);
+        let _ = crate::cert::serial_of(bytes);
+        let _ = crate::cert::read_crl(bytes, bytes);
+        let text = String::from_utf8_lossy(bytes);
+        let _ = toml::from_str::<crate::exports::ExportRule>(&text);
+        let _ = text.parse::<crate::exports::IdRange>();
+        let id = crate::BlockId(*blake3::hash(bytes).as_bytes());
+        let n = bytes.first().copied().unwrap_or(0) as u64;
+        let _ = crate::verified::decode(&id, n << 12, n, n << 4, bytes);
+    }
+
+    /// Cases per property: a few hundred in the suite, `CAIRN_FUZZ_CASES=1000000` by hand.
+    fn cases() -> u32 {
+        std::env::var("CAIRN_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
         /// Whatever bytes arrive, decoding answers Ok or Err and never panics.
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode::<NamenodeRequest>(&bytes);
-            let _ = decode::<DatanodeRequest>(&bytes);
-            let _ = decode::<Result<crate::proto::PutReply, FsError>>(&bytes);
-            let _ = decode::<Result<crate::proto::ChunkMap, FsError>>(&bytes);
+            decode_everything(&bytes);
+        }
+
+        /// Nor do frames that were valid until some of their bytes changed, were cut short
+        /// or grew: the shapes a decoder meets from a buggy or hostile peer.
+        #[test]
+        fn valid_frames_changed_never_panic(
+            which in 0usize..4,
+            changes in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cut in any::<usize>(),
+            grow in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            use crate::proto::*;
+            let caller = crate::attr::Caller { uid: 1000, gid: 100, groups: vec![27, 44] };
+            let valid = [
+                encode(&NamenodeEnvelope {
+                    caller: caller.clone(),
+                    req: NamenodeRequest::Lookup(Lookup { parent: crate::Ino(1), name: b"name".to_vec() }),
+                }),
+                encode(&NamenodeEnvelope {
+                    caller: caller.clone(),
+                    req: NamenodeRequest::ReadChunks(ReadChunks { ino: crate::Ino(9), first: 3, count: 64 }),
+                }),
+                encode(&NamenodeEnvelope {
+                    caller,
+                    req: NamenodeRequest::Seek(Seek { ino: crate::Ino(9), offset: u64::MAX, hole: true }),
+                }),
+                encode(&Ok::<_, FsError>(vec![crate::exports::ExportRule::default_for("web-*")])),
+            ];
+            let mut bytes = valid[which].as_ref().unwrap()[4..].to_vec();
+            for (at, byte) in changes {
+                if !bytes.is_empty() {
+                    let i = at % bytes.len();
+                    bytes[i] = byte;
+                }
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            bytes.extend(grow);
+            decode_everything(&bytes);
         }
     }
 }

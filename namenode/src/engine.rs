@@ -933,6 +933,7 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_common::attr::SetAttr;
     use cairn_common::proto::{Mkdir, Rename, RenameMode};
     use std::time::Duration;
 
@@ -947,6 +948,118 @@ mod tests {
 
     fn create(parent: Ino, name: &str) -> MetaOpKind {
         MetaOpKind::new_file(parent, name.into())
+    }
+
+    /// One change a client may ask for, with numbers drawn from everywhere in their range.
+    #[derive(Clone, Debug)]
+    enum Wild {
+        Size(u8, u64),
+        Punch(u8, u64, u64, bool),
+        Copy(u8, u64, u8, u64, u64),
+        Commit(u8, u32, u64, Vec<(u32, u32, u32, u32, u32)>),
+        Times(u8, i64, u32),
+        Seek(u8, u64, bool),
+        Chunks(u8, u32, u32),
+    }
+
+    fn wild() -> impl proptest::strategy::Strategy<Value = Wild> {
+        use proptest::prelude::*;
+        let n = || prop_oneof![any::<u64>(), 0u64..(1 << 30), Just(u64::MAX - 1)];
+        prop_oneof![
+            (any::<u8>(), n()).prop_map(|(f, s)| Wild::Size(f, s)),
+            (any::<u8>(), n(), n(), any::<bool>()).prop_map(|(f, o, l, k)| Wild::Punch(f, o, l, k)),
+            (any::<u8>(), n(), any::<u8>(), n(), n())
+                .prop_map(|(a, ao, b, bo, l)| Wild::Copy(a, ao, b, bo, l)),
+            (
+                any::<u8>(),
+                any::<u32>(),
+                n(),
+                proptest::collection::vec(any::<(u32, u32, u32, u32, u32)>(), 0..3)
+            )
+                .prop_map(|(f, c, s, sl)| Wild::Commit(f, c, s, sl)),
+            (any::<u8>(), any::<i64>(), any::<u32>()).prop_map(|(f, s, n)| Wild::Times(f, s, n)),
+            (any::<u8>(), n(), any::<bool>()).prop_map(|(f, o, h)| Wild::Seek(f, o, h)),
+            (any::<u8>(), any::<u32>(), any::<u32>()).prop_map(|(f, a, c)| Wild::Chunks(f, a, c)),
+        ]
+    }
+
+    proptest::proptest! {
+        // A few dozen cases in the suite; `CAIRN_FUZZ_CASES=100000` runs it for longer.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("CAIRN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
+        ))]
+        /// Whatever numbers a client sends, the engine answers (an error or not) and goes
+        /// on serving: no overflow, no panic, no wedged writer.
+        #[test]
+        fn numbers_from_anywhere_in_their_range_never_break_the_engine(
+            ops in proptest::collection::vec(wild(), 1..24)
+        ) {
+            use cairn_common::proto::{CommitSlices, CopyRange, Punch};
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let (_dir, _opens, engine) = new_engine();
+                let mut files = Vec::new();
+                for name in ["a", "b", "c"] {
+                    match engine.submit(Caller::ROOT, create(Ino::ROOT, name)).await.unwrap() {
+                        MetaReply::Created(c) => files.push(c.attr.ino),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                let file = |i: u8| files[i as usize % files.len()];
+                for op in ops {
+                    let kind = match op {
+                        Wild::Size(f, size) => MetaOpKind::SetAttr {
+                            ino: file(f),
+                            set: SetAttr { size: Some(size), ..SetAttr::default() },
+                            open_for_write: true,
+                        },
+                        Wild::Punch(f, offset, len, keep_size) => MetaOpKind::Punch(Punch {
+                            ino: file(f), offset, len, keep_size,
+                        }),
+                        Wild::Copy(a, src_off, b, dst_off, len) => MetaOpKind::CopyRange(CopyRange {
+                            src: file(a), src_off, dst: file(b), dst_off, len,
+                        }),
+                        Wild::Commit(f, chunk, size, slices) => MetaOpKind::CommitSlices(CommitSlices {
+                            ino: file(f),
+                            slices: slices
+                                .into_iter()
+                                .map(|(pos, len, block_off, block_len, _)| {
+                                    (chunk, cairn_common::layout::Slice {
+                                        pos, len, block: cairn_common::BlockId([7; 32]), block_off, block_len,
+                                    })
+                                })
+                                .collect(),
+                            size,
+                            mtime: Timestamp::now(),
+                        }),
+                        Wild::Times(f, secs, nanos) => MetaOpKind::SetAttr {
+                            ino: file(f),
+                            set: SetAttr {
+                                mtime: Some(cairn_common::attr::TimeSet::At(Timestamp { secs, nanos })),
+                                ..SetAttr::default()
+                            },
+                            open_for_write: false,
+                        },
+                        Wild::Seek(f, offset, hole) => {
+                            let _ = engine.seek(file(f), offset, hole);
+                            continue;
+                        }
+                        Wild::Chunks(f, first, count) => {
+                            let _ = engine.chunks(file(f), first, count.min(64));
+                            continue;
+                        }
+                    };
+                    let _ = engine.submit(Caller::ROOT, kind).await;
+                }
+                // Still serving, and every file still readable.
+                for ino in &files {
+                    engine.getattr(*ino).unwrap();
+                    engine.chunks(*ino, 0, 4).unwrap();
+                }
+                let more = engine.submit(Caller::ROOT, create(Ino::ROOT, "after")).await;
+                assert!(more.is_ok(), "{more:?}");
+            });
+        }
     }
 
     async fn reserve(engine: &MetaEngine, count: u32) -> (u64, u32) {
