@@ -234,6 +234,8 @@ struct Inner {
     /// How the namenode takes this client's requests (its certificate's export rule), as
     /// last asked; callers are mapped with it before anything is answered here.
     identity: std::sync::RwLock<Option<Arc<proto::Identity>>>,
+    /// This process's own user, what its upkeep (feed reads, renewals) is sent as.
+    own: Caller,
 }
 
 /// What [`Client::on_others_changes`] installs.
@@ -322,13 +324,14 @@ impl Client {
                 on_changed: Mutex::default(),
                 mount: Mutex::default(),
                 identity: Default::default(),
+                own: current_caller(),
                 session,
             }),
         })
     }
 
     fn from_inner(inner: Arc<Inner>) -> Client {
-        let caller = inner.acting_as(current_caller());
+        let caller = inner.acting_as(inner.own.clone());
         Client {
             inner,
             caller: Arc::new(caller),

@@ -690,6 +690,39 @@ fn family_options(cache: &rocksdb::Cache) -> Options {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        // `CAIRN_FUZZ_CASES=N` runs it longer by hand.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("CAIRN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+        ))]
+        /// A corrupt record or key in the metadata database is an error, never a panic.
+        #[test]
+        fn corrupt_records_and_keys_are_errors(
+            version in 0u8..4,
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let mut record = vec![version];
+            record.extend_from_slice(&bytes);
+            for b in [&bytes[..], &record[..]] {
+                let _ = decode_inode(b);
+                let _ = decode::<Dentry>("dentry", b);
+                let _ = decode::<Vec<cairn_common::layout::Slice>>("chunk", b);
+                let _ = decode::<BlockRecord>("block", b);
+                let _ = decode::<u64>("meta", b);
+                let _ = decode::<crate::inopool::InoPool>("meta", b);
+                let _ = decode::<crate::blockmap::KnownDatanode>("datanode", b);
+                let _ = decode::<cairn_common::proto::AdminState>("admin", b);
+                let _ = crate::keys::tombstone_block(b);
+                let _ = crate::keys::node_admin_id(b);
+                let _ = crate::keys::node_id(b);
+                let _ = crate::keys::datanode_of(&bytes[..bytes.len().min(3)], b);
+                let _ = crate::keys::orphan_ino(b);
+                let _ = crate::keys::dentry_name(b);
+                let _ = crate::keys::chunk_index(b);
+            }
+        }
+    }
+
     #[test]
     fn records_round_trip_and_unknown_versions_are_refused() {
         let rec = BlockRecord {
