@@ -381,6 +381,25 @@ pub struct Create {
     pub at: Option<Timestamp>,
 }
 
+impl Create {
+    /// An exclusive create of an empty regular file, mode 0644, owned by root, not opened:
+    /// what tests, benchmarks and hand-made requests send.
+    pub fn file(parent: Ino, name: Vec<u8>) -> Create {
+        Create {
+            parent,
+            name,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+            truncate: false,
+            open: None,
+            ino: None,
+            at: None,
+        }
+    }
+}
+
 /// A client session holding a file open, as of the session's open-set generation (see
 /// [`KeepOpen`]).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

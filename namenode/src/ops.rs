@@ -106,18 +106,7 @@ impl MetaOpKind {
     /// An exclusive create of an empty regular file, mode 0644, owned by root: what the
     /// engine's tests and benchmark submit.
     pub fn new_file(parent: Ino, name: Vec<u8>) -> MetaOpKind {
-        MetaOpKind::Create(Create {
-            parent,
-            name,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            exclusive: true,
-            truncate: false,
-            open: None,
-            ino: None,
-            at: None,
-        })
+        MetaOpKind::Create(Create::file(parent, name))
     }
 }
 

@@ -261,18 +261,7 @@ async fn a_mounts_root_is_squashed_unless_its_export_says_otherwise() {
         .await;
     }
     // A uid the rule does not allow is refused, one it allows acts as itself.
-    let named = |name: &str| proto::Create {
-        parent: shared,
-        name: name.as_bytes().to_vec(),
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        exclusive: true,
-        truncate: false,
-        open: None,
-        ino: None,
-        at: None,
-    };
+    let named = |name: &str| proto::Create::file(shared, name.as_bytes().to_vec());
     let refused = raw_as(&cluster, &lab, caller(5, 5), named("as-5")).await;
     assert_eq!(refused.err(), Some(FsError::NotPermitted));
     let allowed = raw_as(&cluster, &lab, caller(1500, 1500), named("as-1500"))
