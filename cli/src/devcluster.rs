@@ -67,6 +67,8 @@ pub struct DevOptions {
     pub repair_bytes_per_sec: Option<u64>,
     /// Each datanode's scrubber: (bytes per second, seconds between passes).
     pub scrub: Option<(u64, u64)>,
+    /// How long block access tokens are valid (`block_token_lifetime_secs`).
+    pub block_token_lifetime_secs: u64,
 }
 
 impl DevOptions {
@@ -79,6 +81,7 @@ impl DevOptions {
             min_replicas: 2,
             datanode_capacity: None,
             heartbeat_interval_ms: 1000,
+            block_token_lifetime_secs: cairn_common::token::DEFAULT_LIFETIME_SECS,
             dead_timeout_ms: 10_000,
             open_lease_ms: 30_000,
             safemode_extension_ms: 3_000,
@@ -214,6 +217,7 @@ impl DevCluster {
         nn_config.listen = opts.namenode_addr;
         nn_config.default_replication = opts.replication;
         nn_config.heartbeat_interval_ms = opts.heartbeat_interval_ms;
+        nn_config.block_token_lifetime_secs = opts.block_token_lifetime_secs;
         nn_config.dead_timeout_ms = opts.dead_timeout_ms;
         nn_config.open_lease_ms = opts.open_lease_ms;
         nn_config.safemode_extension_ms = opts.safemode_extension_ms;

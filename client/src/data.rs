@@ -14,9 +14,10 @@ use bytes::Bytes;
 use cairn_common::cert::Role;
 use cairn_common::layout::CHUNK_SIZE;
 use cairn_common::proto::{
-    AllocateBlock, DatanodeAddr, GetBlock, GetRange, PutBlock, PutReply, ReadChunks,
+    AllocateBlock, DatanodeAddr, GetBlock, GetRange, GrantWrite, PutBlock, PutReply, ReadChunks,
     ReportBadReplica, Rpc, SyncBlocks, SyncReply, PLACED_BLOCK_MAX,
 };
+use cairn_common::token::{self, BlockToken};
 use cairn_common::transport;
 use cairn_common::verified::{self, GROUP_BYTES};
 use cairn_common::{BlockId, DatanodeId, FsError, FsResult, Ino};
@@ -229,7 +230,60 @@ impl BlockCache {
     }
 }
 
+/// Where a block's replicas are, best first, and the token that reads it there.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Source {
+    pub at: Vec<DatanodeAddr>,
+    pub token: Option<BlockToken>,
+}
+
+impl Source {
+    /// Refuses, without asking a datanode, a read whose token has expired by this clock.
+    fn unexpired(&self) -> FsResult<()> {
+        match &self.token {
+            Some(t) if t.expires < token::now() => {
+                Err(FsError::Token("the token has expired".to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The write token of this client, from the namenode, kept until it is about to expire.
+#[derive(Default)]
+pub(crate) struct WriteToken(tokio::sync::Mutex<Option<BlockToken>>);
+
 impl Client {
+    /// A write token for the datanodes: the one kept, or a new one when it is about to
+    /// expire or `stale` (a datanode refused it).
+    async fn write_token(&self, stale: Option<&BlockToken>) -> FsResult<BlockToken> {
+        let mut kept = self.inner.write_token.0.lock().await;
+        let fresh = |t: &BlockToken| t.expires > token::now() + 1 && Some(t) != stale;
+        if let Some(t) = kept.as_ref().filter(|t| fresh(t)) {
+            return Ok(t.clone());
+        }
+        let t = self.namenode(GrantWrite {}).await?;
+        *kept = Some(t.clone());
+        Ok(t)
+    }
+
+    /// `call` with the write token, and once more with a new one if a datanode refused it
+    /// (it expired, or the namenode's keys changed).
+    async fn with_write_token<T, F, Fut>(&self, call: F) -> FsResult<T>
+    where
+        F: Fn(BlockToken) -> Fut,
+        Fut: std::future::Future<Output = FsResult<T>>,
+    {
+        let token = self.write_token(None).await?;
+        match call(token.clone()).await {
+            Err(FsError::Token(why)) => {
+                debug!("write token refused, asking for a new one: {why}");
+                call(self.write_token(Some(&token)).await?).await
+            }
+            other => other,
+        }
+    }
+
     /// Asks where to store a block, waiting while the namenode deletes an earlier copy of
     /// the same bytes as garbage.
     /// One `AllocateBlock`. For a file whose create is still queued here it goes ahead of
@@ -542,14 +596,16 @@ impl Client {
             }
         }
         let syncs = by_node.into_values().map(|(node, ids)| async move {
-            let res = async {
-                let conn = self.inner.pool.get(node.addr, Role::Datanode).await?;
-                let req = SyncBlocks {
-                    blocks: ids.clone(),
-                };
-                transport::call_enveloped::<_, SyncReply>(&conn, &req.into_service()).await
-            }
-            .await;
+            let res = self
+                .with_write_token(|token| async {
+                    let conn = self.inner.pool.get(node.addr, Role::Datanode).await?;
+                    let req = SyncBlocks {
+                        blocks: ids.clone(),
+                        token: Some(token),
+                    };
+                    transport::call_enveloped::<_, SyncReply>(&conn, &req.into_service()).await
+                })
+                .await;
             (node, ids, res)
         });
         for (node, ids, res) in futures::future::join_all(syncs).await {
@@ -599,14 +655,19 @@ impl Client {
         id: BlockId,
         data: Bytes,
     ) -> FsResult<PutReply> {
-        let conn = self.inner.pool.get(head.addr, Role::Datanode).await?;
-        let req = PutBlock {
-            block: id,
-            len: data.len() as u32,
-            downstream: rest.to_vec(),
-            sync: self.inner.config.sync_blocks,
-        };
-        let res = transport::call_with_body(&conn, req, data).await;
+        let res = self
+            .with_write_token(|token| async {
+                let conn = self.inner.pool.get(head.addr, Role::Datanode).await?;
+                let req = PutBlock {
+                    block: id,
+                    len: data.len() as u32,
+                    downstream: rest.to_vec(),
+                    sync: self.inner.config.sync_blocks,
+                    token: Some(token),
+                };
+                transport::call_with_body(&conn, req, data.clone()).await
+            })
+            .await;
         if let Err(FsError::Unavailable(_)) = &res {
             self.inner.pool.forget(head.addr);
         }
@@ -620,7 +681,7 @@ impl Client {
         &self,
         id: BlockId,
         len: u32,
-        locations: &[DatanodeAddr],
+        source: &Source,
     ) -> FsResult<Bytes> {
         if let Some(data) = self.inner.cache.get(&id) {
             return Ok(data);
@@ -635,8 +696,8 @@ impl Client {
                 Some(t) => t.clone(),
                 None => {
                     let client = self.clone();
-                    let locations = locations.to_vec();
-                    let t = async move { client.fetch_uncached(id, len, &locations).await }
+                    let source = source.clone();
+                    let t = async move { client.fetch_uncached(id, len, &source).await }
                         .boxed()
                         .shared();
                     inflight.insert(id, t.clone());
@@ -653,12 +714,7 @@ impl Client {
         result
     }
 
-    async fn fetch_uncached(
-        &self,
-        id: BlockId,
-        len: u32,
-        locations: &[DatanodeAddr],
-    ) -> FsResult<Bytes> {
+    async fn fetch_uncached(&self, id: BlockId, len: u32, source: &Source) -> FsResult<Bytes> {
         if let Some(disk) = self.inner.disk_cache.clone() {
             let cached = tokio::task::spawn_blocking(move || disk.get(&id)).await;
             if let Ok(Some(data)) = cached {
@@ -666,8 +722,11 @@ impl Client {
                 return Ok(data);
             }
         }
+        source.unexpired()?;
         let data = self
-            .read_any_replica(id, locations, |loc| self.fetch_from(loc, id, len))
+            .read_any_replica(id, &source.at, |loc| {
+                self.fetch_from(loc, id, len, source.token.clone())
+            })
             .await?;
         self.inner.cache.insert(id, data.clone());
         if let Some(disk) = self.inner.disk_cache.clone() {
@@ -685,7 +744,7 @@ impl Client {
     pub(crate) async fn fetch_range(
         &self,
         (id, block_len, offset, len): (BlockId, u32, u64, u64),
-        locations: &[DatanodeAddr],
+        source: &Source,
     ) -> FsResult<Bytes> {
         if let Some(data) = self.inner.cache.get_range(&id, offset, len) {
             return Ok(data);
@@ -699,8 +758,10 @@ impl Client {
                 }
             }
         }
-        let fetch = |loc| self.fetch_range_from(loc, id, block_len, offset, len);
-        let (start, groups) = self.read_any_replica(id, locations, fetch).await?;
+        source.unexpired()?;
+        let token = &source.token;
+        let fetch = |loc| self.fetch_range_from(loc, (id, block_len, offset, len), token.clone());
+        let (start, groups) = self.read_any_replica(id, &source.at, fetch).await?;
         self.inner.cache.insert_groups(id, start, &groups);
         let from = (offset - start) as usize;
         Ok(groups.slice(from..from + len as usize))
@@ -722,6 +783,11 @@ impl Client {
         for loc in locations {
             match fetch(loc).await {
                 Ok(data) => return Ok(data),
+                // Every replica would refuse it alike: the reader asks for a new one.
+                Err(FsError::Token(why)) => {
+                    debug!(block = %id, datanode = %loc.id, "token refused: {why}");
+                    return Err(FsError::Token(why));
+                }
                 Err(e) => {
                     warn!(block = %id, datanode = %loc.id, "replica failed: {e}");
                     if matches!(e, FsError::Io(_)) {
@@ -752,16 +818,15 @@ impl Client {
     async fn fetch_range_from(
         &self,
         loc: &DatanodeAddr,
-        id: BlockId,
-        block_len: u32,
-        offset: u64,
-        len: u64,
+        (id, block_len, offset, len): (BlockId, u32, u64, u64),
+        token: Option<BlockToken>,
     ) -> FsResult<(u64, Bytes)> {
         let conn = self.inner.pool.get(loc.addr, Role::Datanode).await?;
         let req = GetRange {
             block: id,
             offset: offset as u32,
             len: len as u32,
+            token,
         };
         let res = async {
             let (header, mut recv) = transport::call_streaming(&conn, req).await?;
@@ -805,12 +870,19 @@ impl Client {
         res
     }
 
-    async fn fetch_from(&self, loc: &DatanodeAddr, id: BlockId, len: u32) -> FsResult<Bytes> {
+    async fn fetch_from(
+        &self,
+        loc: &DatanodeAddr,
+        id: BlockId,
+        len: u32,
+        token: Option<BlockToken>,
+    ) -> FsResult<Bytes> {
         let conn = self.inner.pool.get(loc.addr, Role::Datanode).await?;
         let req = GetBlock {
             block: id,
             offset: 0,
             len: None,
+            token,
         };
         let res = async {
             let (header, mut recv) = transport::call_streaming(&conn, req).await?;

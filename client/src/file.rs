@@ -8,11 +8,13 @@ use bytes::{Bytes, BytesMut};
 use cairn_common::attr::{InodeAttr, SetAttr, Timestamp};
 use cairn_common::layout::{self, Segment, Slice, CHUNK_SIZE, MAX_BLOCK_SIZE, MAX_FILE_SIZE};
 use cairn_common::proto::{ChunkMap, CommitSlices, DatanodeAddr, ReadChunks, PLACED_BLOCK_MAX};
+use cairn_common::token::BlockToken;
 use cairn_common::verified;
 use cairn_common::{BlockId, FsError, FsResult};
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::task::JoinHandle;
 
+use crate::data::Source;
 use crate::opens::Uploaded;
 use crate::Client;
 
@@ -69,7 +71,8 @@ pub struct FileHandle {
 struct ChunkCache {
     loaded: HashSet<u32>,
     chunks: HashMap<u32, Vec<Slice>>,
-    locations: HashMap<BlockId, Vec<DatanodeAddr>>,
+    /// Where each block is, with the token that reads it.
+    locations: HashMap<BlockId, Source>,
 }
 
 /// The client opened the file for this handle ([`crate::Client::open`]); dropping it lets go.
@@ -445,8 +448,9 @@ impl FileHandle {
         }
         self.drop_stale_map();
         let data = match self.read_mapped(offset, len).await {
-            Err(FsError::Io(_)) => {
-                // Replica locations may have moved since the map was fetched: refresh once.
+            Err(FsError::Io(_) | FsError::Token(_)) => {
+                // Replica locations may have moved since the map was fetched, or its tokens
+                // expired: refresh once.
                 self.map = ChunkCache::default();
                 self.read_mapped(offset, len).await
             }
@@ -478,9 +482,9 @@ impl FileHandle {
         let wanted = blocks_of(&self.segments(from, to));
         for (block, block_len) in wanted {
             let client = self.client.clone();
-            let locations = self.map.locations.get(&block).cloned().unwrap_or_default();
+            let source = self.map.locations.get(&block).cloned().unwrap_or_default();
             tokio::spawn(async move {
-                let _ = client.fetch_block(block, block_len, &locations).await;
+                let _ = client.fetch_block(block, block_len, &source).await;
             });
         }
         self.prefetched_to = to;
@@ -505,13 +509,13 @@ impl FileHandle {
             let fetched: Vec<FsResult<(Piece, Bytes)>> = futures::stream::iter(wanted)
                 .map(|(block, block_len, block_off, len)| {
                     let client = self.client.clone();
-                    let locations = self.map.locations.get(&block).cloned().unwrap_or_default();
+                    let source = self.map.locations.get(&block).cloned().unwrap_or_default();
                     async move {
                         let data = if block_len as u64 > verified::WHOLE_BLOCK_MAX {
                             let at = (block, block_len, block_off, len);
-                            client.fetch_range(at, &locations).await?
+                            client.fetch_range(at, &source).await?
                         } else {
-                            let whole = client.fetch_block(block, block_len, &locations).await?;
+                            let whole = client.fetch_block(block, block_len, &source).await?;
                             whole.slice(block_off as usize..(block_off + len) as usize)
                         };
                         Ok(((block, block_off, len), data))
@@ -529,9 +533,9 @@ impl FileHandle {
         let fetched: Vec<FsResult<(BlockId, Bytes)>> = futures::stream::iter(wanted)
             .map(|(block, block_len)| {
                 let client = self.client.clone();
-                let locations = self.map.locations.get(&block).cloned().unwrap_or_default();
+                let source = self.map.locations.get(&block).cloned().unwrap_or_default();
                 async move {
-                    let data = client.fetch_block(block, block_len, &locations).await?;
+                    let data = client.fetch_block(block, block_len, &source).await?;
                     Ok((block, data))
                 }
             })
@@ -641,8 +645,14 @@ impl FileHandle {
         for (index, slices) in map.chunks {
             self.map.chunks.insert(index, slices);
         }
-        for (block, locations) in map.locations {
-            self.map.locations.insert(block, locations);
+        let mut tokens: HashMap<BlockId, BlockToken> = map
+            .tokens
+            .into_iter()
+            .filter_map(|t| Some((t.block?, t)))
+            .collect();
+        for (block, at) in map.locations {
+            let token = tokens.remove(&block);
+            self.map.locations.insert(block, Source { at, token });
         }
     }
 }

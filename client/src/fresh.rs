@@ -881,6 +881,7 @@ mod tests {
             chunks: Vec::new(),
             locations: Vec::new(),
             corrupt: Vec::new(),
+            tokens: Vec::new(),
             lease: leased.then_some(Lease {
                 holder: 3,
                 epoch: 1,

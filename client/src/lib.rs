@@ -208,6 +208,8 @@ struct Inner {
     /// Datanodes that failed a write recently; new blocks avoid them for a while, so one
     /// dead node costs one failed attempt, not one per block until the namenode notices.
     suspects: data::Suspects,
+    /// The write token datanodes take blocks with (see `cairn_common::token`).
+    write_token: data::WriteToken,
     /// Blocks stored without an fsync, by file, until an `fsync()` of the file.
     unsynced: data::Unsynced,
     /// This client's identity in lock ownership: locks of different mounts never mix.
@@ -313,6 +315,7 @@ impl Client {
                 cache,
                 disk_cache,
                 suspects: data::Suspects::default(),
+                write_token: data::WriteToken::default(),
                 unsynced: data::Unsynced::default(),
                 inflight: Mutex::default(),
                 opens: Arc::new(opens::OpenSet::new(session)),

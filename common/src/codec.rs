@@ -58,7 +58,19 @@ pub async fn write_frame<T: Serialize>(
     let frame = encode(value)?;
     send.write_all(&frame)
         .await
-        .map_err(|e| FsError::unavailable(format!("cannot send: {e}")))
+        .map_err(|e| write_error("a request", e))
+}
+
+/// Maps a failed write to the error a caller should see. A connection the peer closed
+/// says why (a refused certificate is only ever told this way).
+pub fn write_error(what: &str, e: quinn::WriteError) -> FsError {
+    match e {
+        quinn::WriteError::ConnectionLost(e) => FsError::unavailable(format!(
+            "cannot send {what}: {}",
+            crate::transport::why_closed(&e)
+        )),
+        e => FsError::unavailable(format!("cannot send {what}: {e}")),
+    }
 }
 
 /// Maps a failed exact read to the error a caller should see: a stream that ended early is

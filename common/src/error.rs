@@ -57,6 +57,10 @@ pub enum FsError {
     /// The caller's export is read-only.
     #[error("read-only file system: {0}")]
     ReadOnly(String),
+    /// A datanode refused the request's block access token (missing, expired, for another
+    /// block or holder, or not signed by the namenode): a new one from the namenode helps.
+    #[error("block access refused: {0}")]
+    Token(String),
 }
 
 impl FsError {
@@ -82,6 +86,7 @@ impl FsError {
             FsError::Unavailable(_) => libc::ENOTCONN,
             FsError::Busy(_) => libc::EBUSY,
             FsError::ReadOnly(_) => libc::EROFS,
+            FsError::Token(_) => libc::EACCES,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod exports;
 pub mod ids;
 pub mod layout;
 pub mod proto;
+pub mod token;
 pub mod transport;
 pub mod verified;
 

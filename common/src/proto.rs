@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::attr::{Caller, DirEntry, FileKind, InodeAttr, SetAttr, Timestamp};
 use crate::ids::{BlockId, DatanodeId, Ino};
 use crate::layout::Slice;
+use crate::token::{BlockKey, BlockToken};
 
 /// A request of some service, whose answer is `Response`.
 pub trait Rpc: Serialize + Send + 'static {
@@ -96,6 +97,7 @@ service! {
         CheckNamespace(CheckNamespace) -> NamespaceCheck,
         WhoAmI(WhoAmI) -> Identity,
         ListExports(ListExports) -> Vec<crate::exports::ExportRule>,
+        GrantWrite(GrantWrite) -> BlockToken,
     }
 }
 
@@ -136,6 +138,7 @@ impl NamenodeRequest {
                 | R::ListXattr(_)
                 | R::ReadChunks(_)
                 | R::AllocateBlock(_)
+                | R::GrantWrite(_)
                 | R::Seek(_)
                 | R::ReportBadReplica(_)
                 | R::ListDatanodes(_)
@@ -850,6 +853,8 @@ pub struct ChunkMap {
     /// Blocks among those with replicas found corrupt (by a scrubber or a reader) that are
     /// not yet replaced.
     pub corrupt: Vec<BlockId>,
+    /// A read token for each block of `locations`, for the certificate that asked.
+    pub tokens: Vec<BlockToken>,
     /// A lease: until this client reads of a change of the file in the change feed, the
     /// namenode answers no other client's change of it. While it reads the feed, the client
     /// may open the file again by this map (when it covers the whole file) without asking.
@@ -878,6 +883,7 @@ impl ChunkMap {
             locations: Vec::new(),
             corrupt: Vec::new(),
             lease: None,
+            tokens: Vec::new(),
         }
     }
 }
@@ -917,6 +923,11 @@ pub struct Placement {
     /// Replicas the file wants.
     pub replication: u8,
 }
+
+/// A write token for any block, for the asking certificate: what datanodes take blocks
+/// with (see `cairn_common::token`). Refused to read-only exports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantWrite {}
 
 /// Records slices a client has stored; the file grows to at least `size`. Answered with
 /// the file's attributes, and, for a file of one chunk, its whole map under a lease (see
@@ -1298,6 +1309,8 @@ pub struct Register {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterReply {
     pub heartbeat_interval_ms: u64,
+    /// The keys block access tokens are signed with now (see `cairn_common::token`).
+    pub keys: Vec<BlockKey>,
     /// The namenode's namespace: the datanode keeps it and gives it at every registration.
     pub cluster: u64,
 }
@@ -1356,6 +1369,8 @@ pub enum DatanodeCommand {
         block: BlockId,
         len: u32,
         targets: Vec<DatanodeAddr>,
+        /// Lets the targets take the block (the namenode signs it as it sends the command).
+        token: Option<BlockToken>,
     },
     /// Delete these replicas: other datanodes hold enough copies.
     Delete { blocks: Vec<BlockId> },
@@ -1373,6 +1388,8 @@ pub struct HeartbeatReply {
     pub commands: Vec<DatanodeCommand>,
     /// Serials of the certificates the cluster CA revoked: the datanode serves none of them.
     pub revoked: Vec<Vec<u8>>,
+    /// The keys block access tokens are signed with now.
+    pub keys: Vec<BlockKey>,
 }
 
 /// Stores a block: `len` raw bytes follow the header. The datanode forwards them to the
@@ -1384,6 +1401,8 @@ pub struct PutBlock {
     pub downstream: Vec<DatanodeAddr>,
     /// fsync the block file and its directory before answering.
     pub sync: bool,
+    /// A write token (see `cairn_common::token`), passed on down the pipeline.
+    pub token: Option<BlockToken>,
 }
 
 /// Puts blocks this datanode holds on stable storage (a client's `fsync()` of a file whose
@@ -1391,6 +1410,8 @@ pub struct PutBlock {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncBlocks {
     pub blocks: Vec<BlockId>,
+    /// A write token.
+    pub token: Option<BlockToken>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1414,6 +1435,8 @@ pub struct GetBlock {
     pub block: BlockId,
     pub offset: u32,
     pub len: Option<u32>,
+    /// A read token for the block.
+    pub token: Option<BlockToken>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1430,6 +1453,8 @@ pub struct GetRange {
     pub block: BlockId,
     pub offset: u32,
     pub len: u32,
+    /// A read token for the block.
+    pub token: Option<BlockToken>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

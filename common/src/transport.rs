@@ -29,7 +29,7 @@ use crate::error::{FsError, FsResult};
 use crate::proto::Rpc;
 
 /// The protocol version this build speaks. Bump it on any incompatible wire change.
-pub const PROTOCOL_VERSION: u32 = 22;
+pub const PROTOCOL_VERSION: u32 = 23;
 const ALPN_FALLBACK: &[u8] = b"cairn";
 /// Longest wait for a handshake; peers are on a LAN, so a handshake takes milliseconds.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -463,9 +463,7 @@ async fn read_end(recv: &mut RecvStream) -> FsResult<()> {
     match recv.read_chunk(usize::MAX, true).await {
         Ok(None) => Ok(()),
         Ok(Some(_)) => Err(FsError::protocol("bytes after the response")),
-        Err(e) => Err(FsError::unavailable(format!(
-            "connection lost while reading a response: {e}"
-        ))),
+        Err(e) => Err(read_chunk_error("a response", e)),
     }
 }
 
@@ -478,9 +476,20 @@ pub async fn call_with_body<R: Rpc>(
 ) -> FsResult<R::Response> {
     let (mut send, mut recv) = open(conn).await?;
     write_frame(&mut send, &req.into_service()).await?;
-    send.write_chunk(body)
-        .await
-        .map_err(|e| FsError::unavailable(format!("cannot send block: {e}")))?;
+    if let Err(e) = send.write_chunk(body).await {
+        // A peer refusing the request stops reading its body: its answer says why.
+        if let quinn::WriteError::Stopped(_) = e {
+            if let Ok(Ok(Err(why))) = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                read_frame::<Result<R::Response, FsError>>(&mut recv),
+            )
+            .await
+            {
+                return Err(why);
+            }
+        }
+        return Err(crate::codec::write_error("a block", e));
+    }
     let _ = send.finish();
     let resp = read_frame::<Result<R::Response, FsError>>(&mut recv).await?;
     read_end(&mut recv).await?;
@@ -545,7 +554,17 @@ pub fn why_closed(e: &quinn::ConnectionError) -> String {
     format!("{whose}: {cause}; {fix}")
 }
 
-/// Reads exactly `buf.len()` raw bytes that follow a header.
+/// Maps a failed read of a stream's bytes, naming why a lost connection closed.
+fn read_chunk_error(what: &str, e: quinn::ReadError) -> FsError {
+    match e {
+        quinn::ReadError::ConnectionLost(e) => FsError::unavailable(format!(
+            "connection lost while reading {what}: {}",
+            why_closed(&e)
+        )),
+        e => FsError::unavailable(format!("connection lost while reading {what}: {e}")),
+    }
+}
+
 /// Reads a body of exactly `len` bytes that ends the stream, without zeroing a buffer first.
 pub async fn read_body_exact(recv: &mut RecvStream, len: usize) -> FsResult<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
@@ -566,11 +585,7 @@ pub async fn read_body_exact(recv: &mut RecvStream, len: usize) -> FsResult<Vec<
                     buf.len()
                 )))
             }
-            Err(e) => {
-                return Err(FsError::unavailable(format!(
-                    "connection lost while reading block data: {e}"
-                )))
-            }
+            Err(e) => return Err(read_chunk_error("block data", e)),
         }
     }
 }
@@ -1000,6 +1015,7 @@ mod tests {
                     block: crate::BlockId([0; 32]),
                     offset: 0,
                     len: Some(4 << 20),
+                    token: None,
                 },
             )
             .await

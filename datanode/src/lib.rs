@@ -43,6 +43,8 @@ pub struct Datanode {
     copies_failed: std::sync::Mutex<Vec<BlockId>>,
     /// Serials of revoked certificates, as the namenode's last heartbeat reply listed them.
     revoked: std::sync::RwLock<std::collections::HashSet<Vec<u8>>>,
+    /// The keys of block access tokens, as the namenode's last answer gave them.
+    tokens: cairn_common::token::Verifier,
     /// Bounds the copies this datanode sends at once.
     copy_slots: Arc<tokio::sync::Semaphore>,
     /// With `repair_bytes_per_sec`: when the copy bandwidth is free again.
@@ -84,6 +86,7 @@ pub async fn run(
         active_transfers: AtomicU32::new(0),
         copies_failed: Default::default(),
         revoked: Default::default(),
+        tokens: Default::default(),
         copy_slots: Arc::new(tokio::sync::Semaphore::new(COPY_SLOTS)),
         copy_pace: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         scrub: Default::default(),
@@ -249,6 +252,7 @@ impl Datanode {
             len: r.len,
             downstream: rest.to_vec(),
             sync: r.sync,
+            token: r.token.clone(),
         }
         .into_service();
         write_frame(&mut send, &header).await?;
@@ -299,6 +303,7 @@ impl Datanode {
         self.store
             .join_cluster(reply.cluster)
             .map_err(|e| FsError::io(format!("{e:#}")))?;
+        self.tokens.set_keys(reply.keys);
         let blocks = self.store.list();
         let parts: Vec<&[cairn_common::BlockId]> = if blocks.is_empty() {
             vec![&[]]
@@ -342,6 +347,7 @@ impl Datanode {
         if !reply.commands.is_empty() {
             debug!(commands = reply.commands.len(), "orders from the namenode");
         }
+        self.tokens.set_keys(reply.keys);
         {
             let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
             if revoked.len() != reply.revoked.len()
@@ -367,11 +373,12 @@ impl Datanode {
                 block,
                 len,
                 targets,
+                token,
             } => {
                 let Ok(_slot) = self.copy_slots.clone().acquire_owned().await else {
                     return;
                 };
-                if let Err(e) = self.replicate(block, len, &targets).await {
+                if let Err(e) = self.replicate(block, len, &targets, token).await {
                     warn!(%block, "copy to {} datanodes failed: {e}", targets.len());
                     self.copies_failed
                         .lock()
@@ -497,7 +504,13 @@ impl Datanode {
 
     /// Sends a verified copy of a block held here down a pipeline of `targets`; each of them
     /// verifies and reports it.
-    async fn replicate(&self, block: BlockId, len: u32, targets: &[DatanodeAddr]) -> FsResult<()> {
+    async fn replicate(
+        &self,
+        block: BlockId,
+        len: u32,
+        targets: &[DatanodeAddr],
+        token: Option<cairn_common::token::BlockToken>,
+    ) -> FsResult<()> {
         let store = self.store.clone();
         let data = tokio::task::spawn_blocking(move || store.read_verified(&block))
             .await
@@ -530,6 +543,7 @@ impl Datanode {
             len,
             downstream: rest.to_vec(),
             sync: true,
+            token,
         };
         let conn = self.pool.get(first.addr, Role::Datanode).await?;
         let (mut send, mut recv) = conn
@@ -765,6 +779,25 @@ async fn respond_with_body<H: serde::Serialize>(
         .map_err(|e| FsError::unavailable(format!("client lost: {e}")))
 }
 
+impl Datanode {
+    /// Checks the block access token `req` carries (see `cairn_common::token`). Another
+    /// datanode may pass on a token given to someone else: a pipeline's next hop.
+    fn admit(&self, peer: &Peer, req: &DatanodeRequest) -> FsResult<()> {
+        use cairn_common::token::Access;
+        let forwarded = peer.role == Role::Datanode;
+        let check = |token, access, block| {
+            self.tokens
+                .check(token, access, block, &peer.cert_serial, forwarded)
+        };
+        match req {
+            DatanodeRequest::PutBlock(r) => check(r.token.as_ref(), Access::Write, Some(&r.block)),
+            DatanodeRequest::GetBlock(r) => check(r.token.as_ref(), Access::Read, Some(&r.block)),
+            DatanodeRequest::GetRange(r) => check(r.token.as_ref(), Access::Read, Some(&r.block)),
+            DatanodeRequest::SyncBlocks(r) => check(r.token.as_ref(), Access::Write, None),
+        }
+    }
+}
+
 impl Service for Datanode {
     type Request = DatanodeRequest;
 
@@ -775,10 +808,14 @@ impl Service for Datanode {
 
     async fn handle(
         self: Arc<Self>,
-        _peer: Arc<Peer>,
+        peer: Arc<Peer>,
         req: DatanodeRequest,
         ex: &mut Exchange,
     ) -> FsResult<()> {
+        if let Err(e) = self.admit(&peer, &req) {
+            debug!(peer = %peer.name, addr = %peer.addr, "refused: {e}");
+            return ex.respond::<()>(&Err(e)).await;
+        }
         self.active_transfers.fetch_add(1, Ordering::Relaxed);
         let res = match req {
             DatanodeRequest::PutBlock(r) => self.put_block(r, ex).await,

@@ -87,7 +87,8 @@ pub fn class(req: &NamenodeRequest) -> Class {
         | R::Restore(_)
         | R::Delegate(_)
         | R::ReserveInos(_)
-        | R::Queued(_) => Class::Change,
+        | R::Queued(_)
+        | R::GrantWrite(_) => Class::Change,
         R::SetLock(_)
         | R::ReleaseLocks(_)
         | R::KeepOpen(_)

@@ -95,6 +95,12 @@ pub struct NamenodeConfig {
     /// write; they are taken again as soon as it has more. 0: no such check. Default 100.
     #[serde(default = "default_meta_reserve_mb")]
     pub meta_reserve_mb: u64,
+    /// How long a block access token is valid, in seconds: what a datanode takes a block
+    /// request with, handed to a client with its file's map (see README, "Security").
+    /// Clients get new ones when theirs expire. Datanodes' clocks must agree with the
+    /// namenode's within a small part of it (NTP). Default 36000 (ten hours).
+    #[serde(default = "default_block_token_lifetime_secs")]
+    pub block_token_lifetime_secs: u64,
     /// Certificate files.
     pub tls: TlsPaths,
     /// What mount and user certificates may do, by certificate name (the first rule whose
@@ -154,6 +160,9 @@ fn default_trash_keep_free_percent() -> u8 {
 fn default_forget_dead_datanode_secs() -> u64 {
     7 * 86_400
 }
+fn default_block_token_lifetime_secs() -> u64 {
+    cairn_common::token::DEFAULT_LIFETIME_SECS
+}
 fn default_meta_reserve_mb() -> u64 {
     100
 }
@@ -184,6 +193,7 @@ impl NamenodeConfig {
             trash_keep_free_percent: default_trash_keep_free_percent(),
             forget_dead_datanode_secs: default_forget_dead_datanode_secs(),
             meta_reserve_mb: default_meta_reserve_mb(),
+            block_token_lifetime_secs: default_block_token_lifetime_secs(),
             tls,
             exports: Vec::new(),
             crl: None,
@@ -202,6 +212,18 @@ impl NamenodeConfig {
         config.validate()?;
         config.source = Some(path.to_path_buf());
         Ok(config)
+    }
+
+    /// The signer of block access tokens, its keys derived from this namenode's private key:
+    /// the same across restarts, and nothing more to keep secret.
+    pub fn token_signer(&self) -> anyhow::Result<cairn_common::token::Signer> {
+        let key = std::fs::read(&self.tls.key).map_err(|e| {
+            anyhow::anyhow!("reading the private key {}: {e}", self.tls.key.display())
+        })?;
+        Ok(cairn_common::token::Signer::new(
+            &key,
+            self.block_token_lifetime_secs,
+        ))
     }
 
     /// The serials the revocation list names (none without one), its signature checked

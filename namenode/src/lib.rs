@@ -83,6 +83,8 @@ pub struct Namenode {
     session_owners: sessions::SessionOwners,
     /// Who may send what, and as whom requests act (the export rules).
     authz: authz::Authz,
+    /// Signs the block access tokens datanodes serve blocks by.
+    tokens: cairn_common::token::Signer,
     /// Cancelled at shutdown: requests held back waiting (for the change feed) answer at once.
     stopping: CancellationToken,
     /// The mounts reading the change feed, by connection.
@@ -152,6 +154,7 @@ pub async fn run(
         lock_sessions: Default::default(),
         session_owners: Default::default(),
         authz: authz::Authz::new(config.exports.clone(), config.revoked()?),
+        tokens: config.token_signer()?,
         mounts: Default::default(),
         trash_wake: tokio::sync::Notify::new(),
         trash_gauge: trash::Gauge::default(),
@@ -305,7 +308,15 @@ impl Namenode {
         })
     }
 
-    fn read_chunks(&self, ino: cairn_common::Ino, first: u32, count: u32) -> FsResult<ChunkMap> {
+    /// The map of chunks `first..first + count` of file `ino`, with a read token for each of
+    /// its blocks for the certificate `holder`.
+    fn read_chunks(
+        &self,
+        holder: &[u8],
+        ino: cairn_common::Ino,
+        first: u32,
+        count: u32,
+    ) -> FsResult<ChunkMap> {
         let attr = self.engine.getattr(ino)?;
         let chunks = self
             .engine
@@ -320,12 +331,18 @@ impl Namenode {
             }
         }
         let corrupt = self.repair.corrupt_among(locations.iter().map(|(b, _)| *b));
+        let read = cairn_common::token::Access::Read;
+        let tokens = locations
+            .iter()
+            .map(|(b, _)| self.tokens.sign(read, Some(*b), holder))
+            .collect();
         Ok(ChunkMap {
             attr,
             chunks,
             locations,
             corrupt,
             lease: None,
+            tokens,
         })
     }
 
@@ -335,13 +352,14 @@ impl Namenode {
     /// have to take for data lost.
     async fn read_chunks_located(
         &self,
+        holder: &[u8],
         ino: cairn_common::Ino,
         first: u32,
         count: u32,
     ) -> FsResult<ChunkMap> {
         let deadline = tokio::time::Instant::now() + UNREPORTED_WAIT;
         loop {
-            let map = self.read_chunks(ino, first, count)?;
+            let map = self.read_chunks(holder, ino, first, count)?;
             let unreported = map.locations.iter().any(|(_, at)| at.is_empty());
             if !unreported
                 || !self.safe_mode.is_starting()
@@ -547,10 +565,12 @@ impl Namenode {
         let attr = self.mutate_attr(who, MetaOpKind::CommitSlices(r)).await?;
         let whole = lease.is_some() && attr.size <= cairn_common::layout::CHUNK_SIZE;
         // Removed meanwhile: committed all the same, only the map is not given.
-        Ok(match whole.then(|| self.read_chunks(ino, 0, 1)) {
-            Some(Ok(map)) => ChunkMap { lease, ..map },
-            _ => ChunkMap::attributes_only(attr),
-        })
+        Ok(
+            match whole.then(|| self.read_chunks(&who.holder, ino, 0, 1)) {
+                Some(Ok(map)) => ChunkMap { lease, ..map },
+                _ => ChunkMap::attributes_only(attr),
+            },
+        )
     }
 
     /// The commit of a file made under the delegation of `dir`; `replay` as for creates.
@@ -609,6 +629,7 @@ impl Namenode {
             let who = caller.map(|caller| Who {
                 caller,
                 origin: who.origin,
+                holder: who.holder.clone(),
             });
             // Queued under the previous run's delegation, which this run never knew.
             let replay = change.epoch != feed.epoch && replaying;
@@ -764,6 +785,8 @@ fn delegation_lost(dir: Ino) -> FsError {
 struct Who {
     caller: Caller,
     origin: u64,
+    /// The serial of the certificate the request came with, as block tokens name it.
+    holder: Vec<u8>,
 }
 
 impl Service for Namenode {
@@ -793,6 +816,7 @@ impl Service for Namenode {
         let who = Who {
             caller,
             origin: peer.serial,
+            holder: peer.cert_serial.clone(),
         };
         let caller = &who.caller;
         for session in sessions_named(&req) {
@@ -947,12 +971,17 @@ impl Service for Namenode {
                     .answer(
                         &who,
                         &[r.ino],
-                        self.read_chunks_located(r.ino, r.first, r.count),
+                        self.read_chunks_located(&who.holder, r.ino, r.first, r.count),
                     )
                     .await;
                 ex.respond(&map).await
             }
             R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
+            R::GrantWrite(_) => {
+                let write = cairn_common::token::Access::Write;
+                let token = self.tokens.sign(write, None, &peer.cert_serial);
+                ex.respond(&Ok(token)).await
+            }
             R::SyncMetadata(_) => ex.respond(&self.engine.sync().await).await,
             R::CommitSlices(r) => {
                 self.may_use(&peer, caller, r.ino, crate::perm::WRITE)?;
@@ -1043,6 +1072,7 @@ impl Service for Namenode {
                         self.record_datanodes(Some(r.id)).await;
                         Ok(RegisterReply {
                             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                            keys: self.tokens.keys(),
                             cluster,
                         })
                     }
@@ -1072,6 +1102,12 @@ impl Service for Namenode {
                 let mut commands = Vec::new();
                 if known {
                     commands = self.repair.take_commands(r.id, &self.blocks);
+                    for command in &mut commands {
+                        if let DatanodeCommand::Replicate { block, token, .. } = command {
+                            let write = cairn_common::token::Access::Write;
+                            *token = Some(self.tokens.sign(write, Some(*block), &peer.cert_serial));
+                        }
+                    }
                     if !self.safe_mode.is_on() {
                         let garbage = self.gc.orders_for(r.id, |b| self.blocks.holds(r.id, b));
                         // A block's tombstone is on disk before any replica of it goes
@@ -1085,6 +1121,7 @@ impl Service for Namenode {
                     reregister: !known,
                     commands,
                     revoked: self.authz.revoked(),
+                    keys: self.tokens.keys(),
                 }))
                 .await
             }
@@ -1114,7 +1151,8 @@ impl Service for Namenode {
                     Some(shared) => match self.engine.getattr(r.ino) {
                         Ok(attr) if attr.kind == cairn_common::attr::FileKind::File => {
                             let lease = self.engine.feed().lease(who.origin, r.ino);
-                            self.read_chunks_located(r.ino, 0, cairn_common::proto::OPEN_MAP_CHUNKS)
+                            let first = cairn_common::proto::OPEN_MAP_CHUNKS;
+                            self.read_chunks_located(&who.holder, r.ino, 0, first)
                                 .await
                                 .map(|map| Opened {
                                     map: ChunkMap { lease, ..map },

@@ -199,6 +199,7 @@ impl Repair {
                     block: need.block,
                     len: need.len,
                     targets,
+                    token: None,
                 })
             });
             if only.is_some_and(|n| busy(&sending, &n) >= max) {
@@ -316,6 +317,7 @@ impl Repair {
                         id: to,
                         addr: *addr,
                     }],
+                    token: None,
                 })
             });
             *sending.entry(from).or_default() += 1;

@@ -484,6 +484,7 @@ async fn a_full_datanode_refuses_blocks_and_writes_go_elsewhere() {
     )
     .await;
     let block = random_bytes(1 << 20, 13);
+    let token = client.namenode(cairn_common::proto::GrantWrite {}).await;
     let err = cairn_common::transport::call_with_body(
         &conn,
         cairn_common::proto::PutBlock {
@@ -491,6 +492,7 @@ async fn a_full_datanode_refuses_blocks_and_writes_go_elsewhere() {
             len: block.len() as u32,
             downstream: Vec::new(),
             sync: false,
+            token: Some(token.unwrap()),
         },
         bytes::Bytes::from(block),
     )

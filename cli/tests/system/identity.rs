@@ -408,13 +408,31 @@ async fn a_revoked_certificate_is_refused_at_once_also_on_a_connection_it_alread
         };
         transport::call_enveloped::<_, cairn_common::attr::InodeAttr>(&conn, &envelope).await
     };
-    let get_block = |conn: quinn::Connection| async move {
-        let req = proto::GetBlock {
-            block,
-            offset: 0,
-            len: None,
-        };
-        transport::call_streaming(&conn, req).await.map(|_| ())
+    // The certificate's own read token, with the file's map.
+    let envelope = proto::NamenodeEnvelope {
+        caller: Caller::ROOT,
+        req: proto::ReadChunks {
+            ino: attr.ino,
+            first: 0,
+            count: 1,
+        }
+        .into_service(),
+    };
+    let map: proto::ChunkMap = transport::call_enveloped(&to_namenode, &envelope)
+        .await
+        .unwrap();
+    let token = map.tokens.into_iter().find(|t| t.block == Some(block));
+    let get_block = |conn: quinn::Connection| {
+        let token = token.clone();
+        async move {
+            let req = proto::GetBlock {
+                block,
+                offset: 0,
+                len: None,
+                token,
+            };
+            transport::call_streaming(&conn, req).await.map(|_| ())
+        }
     };
     getattr(to_namenode.clone()).await.unwrap();
     get_block(to_datanode.clone()).await.unwrap();

@@ -228,6 +228,8 @@ async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
     tracing::info!("--- a datanode given a block stream that ends early");
     let dn_addr = cluster.datanodes[0].addr.unwrap();
     let dn = raw_connection(&cluster, dn_addr, Role::Datanode).await;
+    let client = cluster.client().await.unwrap();
+    let token = client.namenode(proto::GrantWrite {}).await.unwrap();
     let data = random_bytes(1 << 20, 11);
     let header = cairn_common::codec::encode(
         &proto::PutBlock {
@@ -235,6 +237,7 @@ async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
             len: data.len() as u32,
             downstream: Vec::new(),
             sync: false,
+            token: Some(token.clone()),
         }
         .into_service(),
     )
@@ -258,6 +261,7 @@ async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
             len: data.len() as u32,
             downstream: Vec::new(),
             sync: false,
+            token: Some(token.clone()),
         }
         .into_service(),
     )
@@ -273,7 +277,6 @@ async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
     assert!(matches!(answer, Err(FsError::Io(_))), "{answer:?}");
 
     tracing::info!("--- and the datanode still stores good blocks");
-    let client = cluster.client().await.unwrap();
     let mut two = cluster_with_one_replica(&client).await;
     two.write(0, &data).await.unwrap();
     two.close().await.unwrap();
@@ -723,6 +726,138 @@ async fn timestamps_out_of_range_are_refused_and_stored_ones_stay() {
     };
     let kept = client.setattr(file.ino, set).await.unwrap();
     assert_eq!(kept.mtime.secs, -(1 << 35));
+    still_serving(&cluster).await;
+    cluster.stop().await.unwrap();
+}
+
+/// Datanodes serve a block only with a token the namenode signed for that block, that
+/// access and that certificate, until it expires; the client renews expired ones itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn block_access_takes_a_token_the_namenode_signed() {
+    use cairn_common::token::{Access, BlockToken, Signer};
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = cairn_cli::devcluster::DevOptions::new(dir.path(), 2);
+    opts.block_token_lifetime_secs = 4;
+    let cluster = cairn_cli::devcluster::DevCluster::start(opts)
+        .await
+        .unwrap();
+    let admin = cluster.client().await.unwrap();
+    let data = random_bytes(12 << 20, 21);
+    let attr = put(&admin, "big", &data, 4 << 20).await;
+    let other = put(&admin, "small", &random_bytes(1 << 16, 22), 1 << 16).await;
+    let token_of = |map: proto::ChunkMap, block: BlockId| {
+        map.tokens
+            .into_iter()
+            .find(|t| t.block == Some(block))
+            .expect("a token for each block of a map")
+    };
+    let block = file_blocks(&admin, attr.ino).await[0];
+    let token = token_of(chunk_map(&admin, attr.ino).await, block);
+    let other_block = file_blocks(&admin, other.ino).await[0];
+    let other_token = token_of(chunk_map(&admin, other.ino).await, other_block);
+    let dn_addr = cluster.datanodes[0].addr.unwrap();
+    let dn = raw_connection(&cluster, dn_addr, Role::Datanode).await;
+    let get_on = |conn: quinn::Connection, block: BlockId, token: Option<BlockToken>| async move {
+        let req = proto::GetBlock {
+            block,
+            offset: 0,
+            len: None,
+            token,
+        };
+        let (header, mut recv) = transport::call_streaming(&conn, req).await?;
+        transport::read_body_exact(&mut recv, header.len as usize).await
+    };
+    let get = |block, token| get_on(dn.clone(), block, token);
+    let refused = |r: Result<Vec<u8>, FsError>, why: &str| match r {
+        Err(FsError::Token(m)) => assert!(m.contains(why), "refused for {m}, not {why}"),
+        other => panic!(
+            "served without a valid token ({why}): {:?}",
+            other.map(|b| b.len())
+        ),
+    };
+
+    tracing::info!("--- with its token, a block is served");
+    let bytes = get(block, Some(token.clone())).await.unwrap();
+    assert_eq!(BlockId::of(&bytes), block);
+
+    tracing::info!("--- without one, or with one for something else, it is not");
+    refused(get(block, None).await, "no block access token");
+    refused(get(block, Some(other_token.clone())).await, "for block");
+    let write = admin.namenode(proto::GrantWrite {}).await.unwrap();
+    refused(get(block, Some(write.clone())).await, "allows Write");
+    let mut later = token.clone();
+    later.expires += 3600;
+    refused(get(block, Some(later)).await, "signature");
+    let mut moved = token.clone();
+    moved.block = Some(other_block);
+    refused(get(other_block, Some(moved)).await, "signature");
+    let foreign =
+        Signer::new(b"another namenode", 4).sign(Access::Read, Some(block), &token.holder);
+    refused(get(block, Some(foreign)).await, "signature");
+    let laptop = cert::CertIdentity::new(Role::Mount, "laptop");
+    config_for(&cluster, &laptop);
+    let stolen = connection_as(&cluster, "laptop", dn_addr, Role::Datanode)
+        .await
+        .unwrap();
+    refused(
+        get_on(stolen, block, Some(token.clone())).await,
+        "another certificate",
+    );
+
+    tracing::info!("--- a block is stored only with a write token");
+    let fresh = random_bytes(1 << 16, 23);
+    let id = BlockId::of(&fresh);
+    let put_raw = |token: Option<BlockToken>| {
+        let (dn, fresh) = (dn.clone(), fresh.clone());
+        async move {
+            let req = proto::PutBlock {
+                block: id,
+                len: fresh.len() as u32,
+                downstream: Vec::new(),
+                sync: false,
+                token,
+            };
+            transport::call_with_body(&dn, req, bytes::Bytes::from(fresh)).await
+        }
+    };
+    for (token, why) in [
+        (None, "no block access token"),
+        (Some(token.clone()), "allows Read"),
+    ] {
+        match put_raw(token).await {
+            Err(FsError::Token(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("stored without a write token: {other:?}"),
+        }
+    }
+    assert!(!block_path(&cluster, 0, &id).exists(), "nothing stored");
+    put_raw(Some(write)).await.unwrap();
+    assert!(block_path(&cluster, 0, &id).exists());
+
+    tracing::info!("--- an expired token is refused; a reader and a writer renew theirs");
+    let mut reader = admin.open(attr.ino).await.unwrap();
+    let at = 5 << 20;
+    assert_eq!(
+        &reader.read(at, 4096).await.unwrap()[..],
+        &data[at as usize..][..4096]
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    refused(get(block, Some(token)).await, "expired");
+    // Another block, whose token came with the map before it expired.
+    let at = 9 << 20;
+    assert_eq!(
+        &reader.read(at, 4096).await.unwrap()[..],
+        &data[at as usize..][..4096]
+    );
+    let again = random_bytes(1 << 20, 24);
+    let written = put(&admin, "after", &again, 1 << 16).await;
+    let fresh_client = cluster.client().await.unwrap();
+    assert_eq!(
+        crate::support::get(&fresh_client, written.ino, 1 << 16).await,
+        again
+    );
+
     still_serving(&cluster).await;
     cluster.stop().await.unwrap();
 }
