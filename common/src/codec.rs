@@ -136,6 +136,8 @@ mod fuzz {
         let _ = decode::<Result<PutReply, FsError>>(bytes);
         let _ = decode::<Result<ChunkMap, FsError>>(bytes);
         let _ = decode::<Result<HeartbeatReply, FsError>>(bytes);
+        let _ = decode::<Result<RegisterReply, FsError>>(bytes);
+        let _ = decode::<Result<crate::token::BlockToken, FsError>>(bytes);
         let _ = decode::<Result<ChangesReply, FsError>>(bytes);
         let _ = decode::<Result<Identity, FsError>>(bytes);
         let _ = decode::<Result<Vec<crate::exports::ExportRule>, FsError>>(bytes);
@@ -154,10 +156,7 @@ mod fuzz {
 
     /// Cases per property: a few hundred in the suite, `CAIRN_FUZZ_CASES=1000000` by hand.
     fn cases() -> u32 {
-        std::env::var("CAIRN_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256)
+        crate::fuzz_cases(256)
     }
 
     proptest! {

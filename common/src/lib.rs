@@ -20,4 +20,13 @@ pub mod transport;
 pub mod verified;
 
 pub use error::{FsError, FsResult};
+
+/// Cases per property of a fuzz test (proptest): `default` in the suite, the
+/// `CAIRN_FUZZ_CASES` environment variable's number to run them longer by hand.
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("CAIRN_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 pub use ids::{BlockId, DatanodeId, Ino};

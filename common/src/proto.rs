@@ -1311,6 +1311,9 @@ pub struct RegisterReply {
     pub heartbeat_interval_ms: u64,
     /// The keys block access tokens are signed with now (see `cairn_common::token`).
     pub keys: Vec<BlockKey>,
+    /// Serials of revoked certificates, as in [`HeartbeatReply::revoked`]: a datanode
+    /// learns them with its first keys, before it serves anyone.
+    pub revoked: Vec<Vec<u8>>,
     /// The namenode's namespace: the datanode keeps it and gives it at every registration.
     pub cluster: u64,
 }

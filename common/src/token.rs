@@ -9,7 +9,7 @@
 //! token presented by the certificate it names (or forwarded by another datanode: a
 //! pipeline's next hop, a copy the namenode ordered).
 //!
-//! Keys roll: each signs for one epoch of `roll` seconds, and is known to datanodes from a
+//! Keys roll: each signs for one epoch of a tenth of the tokens' lifetime, and is known to datanodes from a
 //! moment before its epoch to when the last token it signed has expired. They are derived
 //! from a master secret the namenode derives from its own private key, so they survive its
 //! restarts without a key of their own on any disk; datanodes hold them in memory only, and
@@ -50,7 +50,8 @@ pub struct BlockToken {
 /// One of the keys tokens are signed with.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockKey {
-    /// Its epoch: it signs tokens from `epoch * roll` to `(epoch + 1) * roll` (Unix seconds).
+    /// Its epoch: it signs tokens from `epoch * roll` to `(epoch + 1) * roll` (Unix seconds),
+    /// `roll` being a tenth of the tokens' lifetime.
     pub epoch: u64,
     pub secret: [u8; 32],
 }
@@ -101,7 +102,7 @@ impl Signer {
         Signer {
             master: blake3::derive_key("cairn 2026 block access token keys", secret),
             lifetime,
-            roll: (lifetime / 10).clamp(1, 3600),
+            roll: (lifetime / 10).max(1),
         }
     }
 

@@ -303,6 +303,8 @@ impl Datanode {
         self.store
             .join_cluster(reply.cluster)
             .map_err(|e| FsError::io(format!("{e:#}")))?;
+        // Revoked serials first: the keys let requests in.
+        self.set_revoked(reply.revoked);
         self.tokens.set_keys(reply.keys);
         let blocks = self.store.list();
         let parts: Vec<&[cairn_common::BlockId]> = if blocks.is_empty() {
@@ -347,24 +349,22 @@ impl Datanode {
         if !reply.commands.is_empty() {
             debug!(commands = reply.commands.len(), "orders from the namenode");
         }
+        self.set_revoked(reply.revoked);
         self.tokens.set_keys(reply.keys);
-        {
-            let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
-            if revoked.len() != reply.revoked.len()
-                || reply.revoked.iter().any(|s| !revoked.contains(s))
-            {
-                info!(
-                    revoked = reply.revoked.len(),
-                    "revocation list from the namenode"
-                );
-                *revoked = reply.revoked.into_iter().collect();
-            }
-        }
         for command in reply.commands {
             let dn = self.clone();
             tokio::spawn(async move { dn.execute(command).await });
         }
         Ok(!reply.reregister)
+    }
+
+    /// Takes the namenode's list of revoked certificate serials.
+    fn set_revoked(&self, list: Vec<Vec<u8>>) {
+        let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        if revoked.len() != list.len() || list.iter().any(|s| !revoked.contains(s)) {
+            info!(revoked = list.len(), "revocation list from the namenode");
+            *revoked = list.into_iter().collect();
+        }
     }
 
     async fn execute(self: Arc<Self>, command: DatanodeCommand) {

@@ -118,6 +118,11 @@ pub struct NamenodeConfig {
     pub source: Option<PathBuf>,
 }
 
+/// The longest period any setting may name.
+const MAX_PERIOD: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+const MAX_TOKEN_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+const MAX_COPIES_PER_NODE: usize = 1024;
+
 fn default_listen() -> SocketAddr {
     "0.0.0.0:7070".parse().expect("literal address")
 }
@@ -283,12 +288,53 @@ impl NamenodeConfig {
             self.trash_max_percent,
             self.trash_keep_free_percent
         );
+        // Periods past these would overflow the clocks they are added to.
+        let most_ms = MAX_PERIOD.as_millis() as u64;
+        for (name, ms) in [
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("dead_timeout_ms", self.dead_timeout_ms),
+            ("metadata_sync_window_ms", self.metadata_sync_window_ms),
+            ("open_lease_ms", self.open_lease_ms),
+            ("safemode_extension_ms", self.safemode_extension_ms),
+            ("gc_grace_ms", self.gc_grace_ms),
+        ] {
+            anyhow::ensure!(
+                ms <= most_ms,
+                "{name} ({ms}) is more than ten years ({most_ms} ms)"
+            );
+        }
+        let most_secs = MAX_PERIOD.as_secs();
+        for (name, secs) in [
+            ("trash_retention_secs", self.trash_retention_secs),
+            ("forget_dead_datanode_secs", self.forget_dead_datanode_secs),
+        ] {
+            anyhow::ensure!(
+                secs <= most_secs,
+                "{name} ({secs}) is more than ten years ({most_secs} s)"
+            );
+        }
+        anyhow::ensure!(
+            (1..=MAX_TOKEN_LIFETIME_SECS).contains(&self.block_token_lifetime_secs),
+            "block_token_lifetime_secs ({}) must be between 1 and {MAX_TOKEN_LIFETIME_SECS} \
+             (30 days): a token outliving that is a key to the data nobody can take back",
+            self.block_token_lifetime_secs
+        );
+        anyhow::ensure!(
+            (1..=MAX_COPIES_PER_NODE).contains(&self.repair_copies_per_node),
+            "repair_copies_per_node ({}) must be between 1 and {MAX_COPIES_PER_NODE}",
+            self.repair_copies_per_node
+        );
+        anyhow::ensure!(
+            self.meta_reserve_mb <= u64::MAX >> 20,
+            "meta_reserve_mb ({}) is more than any disk",
+            self.meta_reserve_mb
+        );
         Ok(())
     }
 
     /// A datanode that missed three heartbeats is stale (placed on no more, read last).
     pub fn stale_timeout(&self) -> Duration {
-        Duration::from_millis(3 * self.heartbeat_interval_ms).min(self.dead_timeout())
+        Duration::from_millis(self.heartbeat_interval_ms.saturating_mul(3)).min(self.dead_timeout())
     }
 
     pub fn gc_grace(&self) -> Duration {
@@ -327,4 +373,86 @@ pub enum MetadataSync {
 
 fn default_metadata_sync_window_ms() -> u64 {
     5
+}
+
+/// A configuration file edited by hand holds anything: whatever it says, loading it either
+/// refuses it with a message or gives a configuration whose periods, token keys and sizes
+/// are safe to use (no overflow, no panic, nothing unbounded later).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What a hand may write where a value goes.
+    fn wild() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_string()),
+            Just("-1".to_string()),
+            Just("18446744073709551615".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("9223372036854775807".to_string()),
+            Just("1e309".to_string()),
+            Just("nan".to_string()),
+            Just("0.5".to_string()),
+            Just("\"\"".to_string()),
+            Just("[]".to_string()),
+            Just("true".to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<u32>().prop_map(|n| n.to_string()),
+            (0u64..100_000).prop_map(|n| n.to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cairn_common::fuzz_cases(256)))]
+
+        #[test]
+        fn whatever_a_config_file_says_it_is_refused_or_safe(
+            changes in proptest::collection::vec((any::<prop::sample::Index>(), wild()), 1..4),
+        ) {
+            let tls = TlsPaths {
+                ca_cert: "ca.pem".into(),
+                cert: "nn.pem".into(),
+                key: "nn.key".into(),
+            };
+            let defaults = toml::to_string(&NamenodeConfig::new("meta".into(), tls)).unwrap();
+            let mut lines: Vec<String> = defaults.lines().map(str::to_string).collect();
+            let settable: Vec<usize> = (0..lines.len())
+                .filter(|i| lines[*i].contains(" = ") && !lines[*i].starts_with('['))
+                .collect();
+            for (at, value) in &changes {
+                let i = settable[at.index(settable.len())];
+                let key = lines[i].split(" = ").next().unwrap().to_string();
+                lines[i] = format!("{key} = {value}");
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("namenode.toml");
+            std::fs::write(&path, lines.join("\n")).unwrap();
+            let Ok(config) = NamenodeConfig::load(&path) else {
+                return Ok(());
+            };
+            let now = std::time::Instant::now();
+            let window = match config.durability() {
+                crate::walsync::Durability::Window(w) => w,
+                _ => Duration::ZERO,
+            };
+            for period in [
+                config.stale_timeout(),
+                config.gc_grace(),
+                config.open_lease(),
+                config.dead_timeout(),
+                window,
+                Duration::from_millis(config.heartbeat_interval_ms),
+                Duration::from_millis(config.safemode_extension_ms),
+                Duration::from_secs(config.trash_retention_secs),
+                Duration::from_secs(config.forget_dead_datanode_secs),
+            ] {
+                prop_assert!(now.checked_add(period * 2).is_some(), "{period:?}");
+            }
+            let signer = cairn_common::token::Signer::new(b"key", config.block_token_lifetime_secs);
+            prop_assert!(signer.keys().len() <= 16);
+            let _ = signer.sign(cairn_common::token::Access::Write, None, b"holder");
+        }
+    }
 }

@@ -986,7 +986,7 @@ mod tests {
     proptest::proptest! {
         // A few dozen cases in the suite; `CAIRN_FUZZ_CASES=100000` runs it for longer.
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
-            std::env::var("CAIRN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
+            cairn_common::fuzz_cases(24)
         ))]
         /// Whatever numbers a client sends, the engine answers (an error or not) and goes
         /// on serving: no overflow, no panic, no wedged writer.

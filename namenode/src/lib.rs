@@ -1073,6 +1073,7 @@ impl Service for Namenode {
                         Ok(RegisterReply {
                             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
                             keys: self.tokens.keys(),
+                            revoked: self.authz.revoked(),
                             cluster,
                         })
                     }

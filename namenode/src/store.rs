@@ -693,7 +693,7 @@ mod tests {
     proptest::proptest! {
         // `CAIRN_FUZZ_CASES=N` runs it longer by hand.
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
-            std::env::var("CAIRN_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+            cairn_common::fuzz_cases(256)
         ))]
         /// A corrupt record or key in the metadata database is an error, never a panic.
         #[test]
