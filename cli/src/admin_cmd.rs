@@ -484,8 +484,14 @@ async fn exports(client: &Client, json: bool) -> anyhow::Result<()> {
             (false, true) => format!("root_squash to {}:{}", r.anon_uid, r.anon_gid),
             (false, false) => "no_root_squash".to_string(),
         };
+        let options = match (r.suid, r.dev) {
+            (true, true) => "suid,dev",
+            (true, false) => "suid,nodev",
+            (false, true) => "nosuid,dev",
+            (false, false) => "nosuid,nodev",
+        };
         println!(
-            "  {:<20} {:?}  {squash}  uids {}  gids {}",
+            "  {:<20} {:?}  {squash}  uids {}  gids {}  {options}",
             r.name,
             r.access,
             ids(&r.uids),
@@ -493,7 +499,7 @@ async fn exports(client: &Client, json: bool) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  {:<20} Rw  root_squash to 65534:65534  uids any  gids any  (mount and user certificates no rule names)",
+        "  {:<20} Rw  root_squash to 65534:65534  uids any  gids any  nosuid,nodev  (mount and user certificates no rule names)",
         "(others)"
     );
     Ok(())

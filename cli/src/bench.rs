@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cairn_client::{Client, Owner};
 use cairn_common::proto::RenameMode;
-use cairn_common::Ino;
+use cairn_common::{BlockId, Ino};
 use cairn_namenode::engine::MetaEngine;
 use cairn_namenode::ops::MetaOpKind;
 use clap::Subcommand;
@@ -90,6 +90,12 @@ pub enum BenchCommand {
         #[arg(long)]
         window_ms: Option<u64>,
     },
+    /// Block access tokens: what signing one (the namenode, per block of a map it hands
+    /// out) and checking one (a datanode, per block request) costs.
+    Tokens {
+        #[arg(long, default_value_t = 1_000_000)]
+        count: usize,
+    },
     /// The trash at scale, in the metadata engine alone: files made and removed into the
     /// trash, then one pass of the emptier's read of it, a listing page by page, and the
     /// emptier's removal of them all.
@@ -160,6 +166,7 @@ pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> any
             engine(tmp.path(), creates, concurrency, durability).await?
         }
         BenchCommand::Trash { files, concurrency } => trash(tmp.path(), files, concurrency).await?,
+        BenchCommand::Tokens { count } => tokens(count),
         BenchCommand::Balance {
             size_mib,
             capacity_mib,
@@ -672,6 +679,48 @@ async fn trash(
             unit: "files/s",
         },
     ])
+}
+
+fn tokens(count: usize) -> Vec<Figure> {
+    use cairn_common::token::{Access, Signer, Verifier, DEFAULT_LIFETIME_SECS};
+    let signer = Signer::new(b"bench key", DEFAULT_LIFETIME_SECS);
+    let verifier = Verifier::default();
+    verifier.set_keys(signer.keys());
+    let holder = [7u8; 16];
+    let blocks: Vec<BlockId> = (0..count as u64)
+        .map(|i| BlockId::of(&i.to_le_bytes()))
+        .collect();
+    let t0 = Instant::now();
+    let signed: Vec<_> = blocks
+        .iter()
+        .map(|b| signer.sign(Access::Read, Some(*b), &holder))
+        .collect();
+    let signing = t0.elapsed();
+    let t0 = Instant::now();
+    let checked = signed
+        .iter()
+        .zip(&blocks)
+        .filter(|(t, b)| {
+            verifier
+                .check(Some(t), Access::Read, Some(b), &holder, false)
+                .is_ok()
+        })
+        .count();
+    let checking = t0.elapsed();
+    assert_eq!(checked, count, "every token checks out");
+    let each = |d: Duration| d.as_nanos() as f64 / count.max(1) as f64;
+    vec![
+        Figure {
+            what: "sign a block token".into(),
+            value: each(signing),
+            unit: "ns",
+        },
+        Figure {
+            what: "check a block token".into(),
+            value: each(checking),
+            unit: "ns",
+        },
+    ]
 }
 
 async fn engine(

@@ -230,6 +230,8 @@ impl DevCluster {
         // The dev mount's root is root: a dev cluster is one machine's own file system.
         nn_config.exports.push(cairn_common::exports::ExportRule {
             root_squash: false,
+            suid: true,
+            dev: true,
             ..cairn_common::exports::ExportRule::default_for(MOUNT_CERT)
         });
         nn_config.source = Some(dir.join("namenode.toml"));

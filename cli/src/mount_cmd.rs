@@ -41,6 +41,7 @@ pub async fn run(
         .statfs()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the namenode: {e}"))?;
+    cairn_fuse::admitted(&client, &opts).await?;
     let mounted = cairn_fuse::mount(
         client,
         tokio::runtime::Handle::current(),

@@ -21,3 +21,42 @@ pub fn resolve(base: &Path, path: &mut PathBuf) {
         *path = base.join(&*path);
     }
 }
+
+/// The longest period any setting may name: past it, adding it to a clock could overflow.
+pub const MAX_PERIOD: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Values a hand-edited file may hold where a number goes, as the fuzz tests of each
+/// configuration write them in.
+pub const WILD_VALUES: &[&str] = &[
+    "0",
+    "-1",
+    "4294967296",
+    "9223372036854775807",
+    "18446744073709551615",
+    "18446744073709551616",
+    "1e309",
+    "nan",
+    "0.5",
+    "\"\"",
+    "[]",
+    "true",
+];
+
+/// `toml_text` with the values of some of its `key = value` lines replaced: each edit
+/// names a line by its index among those lines (taken modulo their count) and the value
+/// to write there. How the fuzz tests of each configuration edit a valid file.
+pub fn edit_values(toml_text: &str, edits: &[(usize, String)]) -> String {
+    let mut lines: Vec<String> = toml_text.lines().map(str::to_string).collect();
+    let settable: Vec<usize> = (0..lines.len())
+        .filter(|i| lines[*i].contains(" = ") && !lines[*i].starts_with('['))
+        .collect();
+    if settable.is_empty() {
+        return toml_text.to_string();
+    }
+    for (at, value) in edits {
+        let i = settable[at % settable.len()];
+        let key = lines[i].split(" = ").next().unwrap_or_default().to_string();
+        lines[i] = format!("{key} = {value}");
+    }
+    lines.join("\n")
+}

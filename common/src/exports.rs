@@ -108,6 +108,13 @@ pub struct ExportRule {
     /// (Never skipped when empty: the wire format is positional.)
     #[serde(default)]
     pub gids: Vec<IdRange>,
+    /// Its mounts may honour set-user-id and set-group-id bits (`cairn mount -o suid`).
+    /// Off by default: a file another client made setuid root then makes nobody root.
+    #[serde(default)]
+    pub suid: bool,
+    /// Its mounts may open device nodes (`cairn mount -o dev`). Off by default.
+    #[serde(default)]
+    pub dev: bool,
 }
 
 fn yes() -> bool {
@@ -130,6 +137,8 @@ impl ExportRule {
             anon_gid: ANON_ID,
             uids: Vec::new(),
             gids: Vec::new(),
+            suid: false,
+            dev: false,
         }
     }
 
@@ -163,6 +172,9 @@ pub struct IdMap {
     pub uids: Vec<IdRange>,
     pub gids: Vec<IdRange>,
     pub read_only: bool,
+    /// Its mounts may honour setuid bits (`-o suid`), and open device nodes (`-o dev`).
+    pub suid: bool,
+    pub dev: bool,
 }
 
 impl IdMap {
@@ -177,6 +189,8 @@ impl IdMap {
             uids: Vec::new(),
             gids: Vec::new(),
             read_only: false,
+            suid: true,
+            dev: true,
         }
     }
 
@@ -203,7 +217,27 @@ impl IdMap {
             uids: rule.uids,
             gids: rule.gids,
             read_only: rule.access == Access::Ro,
+            suid: rule.suid,
+            dev: rule.dev,
         }
+    }
+
+    /// Refuses mount options `suid` and `dev` this map does not allow, saying what would.
+    pub fn allows_mount(&self, name: &str, suid: bool, dev: bool) -> Result<(), String> {
+        let refused: Vec<&str> = [("suid", suid && !self.suid), ("dev", dev && !self.dev)]
+            .into_iter()
+            .filter_map(|(option, refused)| refused.then_some(option))
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let options = refused.join(",");
+        let keys: Vec<String> = refused.iter().map(|o| format!("{o} = true")).collect();
+        Err(format!(
+            "-o {options} is not allowed for certificate \"{name}\": the namenode's export \
+             rule for it must say {} (without it the mount is nosuid,nodev)",
+            keys.join(" and ")
+        ))
     }
 
     fn uid_allowed(&self, uid: u32) -> bool {

@@ -101,7 +101,19 @@ impl DatanodeConfig {
         let (mut config, base): (DatanodeConfig, _) = load_toml(path)?;
         config.tls.relative_to(&base);
         resolve(&base, &mut config.data_dir);
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Refuses values that would overflow a clock or a count later.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let most = cairn_common::config::MAX_PERIOD.as_secs();
+        anyhow::ensure!(
+            self.scrub_period_secs <= most,
+            "scrub_period_secs ({}) is more than ten years ({most} s)",
+            self.scrub_period_secs
+        );
+        Ok(())
     }
 
     /// The address to give the namenode, given the one actually bound.
@@ -114,5 +126,49 @@ impl DatanodeConfig {
             "listen is {bound}: set `advertise` to the address other machines reach this datanode at"
         );
         Ok(bound)
+    }
+}
+
+/// Whatever a hand-edited datanode configuration says, it is refused with a message or
+/// loads with values safe to use: no overflow of a clock or a count later.
+#[cfg(test)]
+mod fuzz {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cairn_common::fuzz_cases(256)))]
+
+        #[test]
+        fn whatever_a_config_file_says_it_is_refused_or_safe(
+            edits in proptest::collection::vec((any::<usize>(), prop_oneof![
+                prop::sample::select(cairn_common::config::WILD_VALUES).prop_map(str::to_string),
+                any::<u64>().prop_map(|n| n.to_string()),
+            ]), 1..4),
+        ) {
+            let tls = TlsPaths {
+                ca_cert: "ca.pem".into(),
+                cert: "dn.pem".into(),
+                key: "dn.key".into(),
+            };
+            let nn = "127.0.0.1:7070".parse().unwrap();
+            let config = DatanodeConfig::new("dn1", nn, "data".into(), tls);
+            let defaults = toml::to_string(&config).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("datanode.toml");
+            std::fs::write(&path, cairn_common::config::edit_values(&defaults, &edits)).unwrap();
+            let Ok(config) = DatanodeConfig::load(&path) else {
+                return Ok(());
+            };
+            let period = Duration::from_secs(config.scrub_period_secs);
+            prop_assert!(tokio::time::Instant::now().checked_add(period * 2).is_some());
+            if let Some(rate) = config.repair_bytes_per_sec.filter(|r| *r > 0) {
+                let copy = Duration::from_secs_f64(u32::MAX as f64 / rate as f64);
+                prop_assert!(tokio::time::Instant::now().checked_add(copy).is_some());
+            }
+        }
     }
 }

@@ -695,7 +695,9 @@ async fn scrub_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
     if state.cursor.is_none() {
         if let Some(done) = state.last_pass_done {
             // The last pass ended before a restart: the next one is due a period after it.
-            let wait = Duration::from_secs((done + period.as_secs()).saturating_sub(unix_now()));
+            // (`done` comes from a file: it may say anything.)
+            let due = done.saturating_add(period.as_secs());
+            let wait = Duration::from_secs(due.saturating_sub(unix_now()));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait.min(period)) => {}

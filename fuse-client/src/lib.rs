@@ -198,6 +198,22 @@ impl Mount {
     }
 }
 
+/// Refuses `-o suid` and `-o dev` unless the export rule of `client`'s certificate allows
+/// them (an admin certificate's always does): what another client of the cluster wrote must
+/// not make anyone root on this host unless the cluster's administrator said it may.
+pub async fn admitted(client: &Client, opts: &MountOptions) -> std::io::Result<()> {
+    if !opts.suid && !opts.dev {
+        return Ok(());
+    }
+    let id = client
+        .identify()
+        .await
+        .map_err(|e| std::io::Error::other(format!("asking the namenode who this is: {e}")))?;
+    id.map
+        .allows_mount(&id.name, opts.suid, opts.dev)
+        .map_err(|why| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why))
+}
+
 /// Mounts the cluster `client` talks to at `mountpoint`. Requests are served on `rt`.
 pub fn mount(
     client: Client,

@@ -389,13 +389,27 @@ async fn a_revoked_certificate_is_refused_at_once_also_on_a_connection_it_alread
     let admin = cluster.client().await.unwrap();
     let attr = put(&admin, "data", &random_bytes(1 << 16, 3), 1 << 16).await;
     let block = file_blocks(&admin, attr.ino).await[0];
+    let stolen = CertIdentity::new(Role::Mount, "laptop");
+    config_for(&cluster, &stolen);
+    // The certificate's own read token, with the file's map, from the namenode before it
+    // restarts: tokens outlive a restart (their keys derive from the namenode's key).
+    let envelope = proto::NamenodeEnvelope {
+        caller: Caller::ROOT,
+        req: proto::ReadChunks {
+            ino: attr.ino,
+            first: 0,
+            count: 1,
+        }
+        .into_service(),
+    };
+    let before = namenode_connection_as(&cluster, "laptop").await;
+    let map: proto::ChunkMap = transport::call_enveloped(&before, &envelope).await.unwrap();
+    let token = map.tokens.into_iter().find(|t| t.block == Some(block));
     cluster.stop_namenode().await.unwrap();
     let config = cluster.dir().join("namenode.toml");
     let namenode = ChildNamenode::start(&config, &cluster.dir().join("namenode.log"));
     cluster.wait_for_datanodes(2).await.unwrap();
 
-    let stolen = CertIdentity::new(Role::Mount, "laptop");
-    config_for(&cluster, &stolen);
     let to_namenode = namenode_connection_as(&cluster, "laptop").await;
     let datanode = cluster.datanodes[0].addr.unwrap();
     let to_datanode = connection_as(&cluster, "laptop", datanode, Role::Datanode)
@@ -408,20 +422,6 @@ async fn a_revoked_certificate_is_refused_at_once_also_on_a_connection_it_alread
         };
         transport::call_enveloped::<_, cairn_common::attr::InodeAttr>(&conn, &envelope).await
     };
-    // The certificate's own read token, with the file's map.
-    let envelope = proto::NamenodeEnvelope {
-        caller: Caller::ROOT,
-        req: proto::ReadChunks {
-            ino: attr.ino,
-            first: 0,
-            count: 1,
-        }
-        .into_service(),
-    };
-    let map: proto::ChunkMap = transport::call_enveloped(&to_namenode, &envelope)
-        .await
-        .unwrap();
-    let token = map.tokens.into_iter().find(|t| t.block == Some(block));
     let get_block = |conn: quinn::Connection| {
         let token = token.clone();
         async move {

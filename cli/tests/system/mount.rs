@@ -37,6 +37,7 @@ pub(crate) async fn mount_with(
     opts: &cairn_fuse::MountOptions,
 ) -> cairn_fuse::Mount {
     let client = cluster.mount_client().await.unwrap();
+    cairn_fuse::admitted(&client, opts).await.unwrap();
     cairn_fuse::mount(client, tokio::runtime::Handle::current(), dir, opts)
         .expect("mount (needs root and /dev/fuse)")
 }

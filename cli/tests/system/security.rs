@@ -370,6 +370,29 @@ async fn setuid_programs_and_device_nodes_grant_nothing_on_a_default_mount() {
         assert!(flags.iter().any(|f| f == "nosuid") && flags.iter().any(|f| f == "nodev"));
     })
     .await;
+    tracing::info!("--- suid and dev only where the certificate's export rule allows them");
+    let web = cert::CertIdentity::new(Role::Mount, "web1");
+    let config = config_for(&cluster, &web);
+    let point = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("mount")
+        .arg(point.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["-o", "suid,dev"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains("-o suid,dev is not allowed for certificate \"web1\"")
+            && said.contains("suid = true and dev = true"),
+        "{said}"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let shown = point.path().display().to_string();
+    assert!(!mounts.contains(&shown), "nothing mounted at {shown}");
+
     unmount(safe).await;
     unmount(trusting).await;
     cluster.stop().await.unwrap();
