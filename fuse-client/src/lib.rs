@@ -300,9 +300,12 @@ fn is_acl(name: &OsStr) -> bool {
 }
 
 fn errno(e: &FsError) -> Errno {
-    // What an application sees only as EIO: the log says why.
-    if let FsError::Io(_) | FsError::Protocol(_) = e {
-        tracing::warn!("answering EIO: {e}");
+    // What an application sees only as EIO (or, for a datanode refusing a fresh block
+    // token, EACCES): the log says why.
+    match e {
+        FsError::Io(_) | FsError::Protocol(_) => tracing::warn!("answering EIO: {e}"),
+        FsError::Token(_) => tracing::warn!("answering EACCES: {e}"),
+        _ => {}
     }
     Errno::from_i32(e.errno())
 }

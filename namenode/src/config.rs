@@ -98,7 +98,8 @@ pub struct NamenodeConfig {
     /// How long a block access token is valid, in seconds: what a datanode takes a block
     /// request with, handed to a client with its file's map (see README, "Security").
     /// Clients get new ones when theirs expire. Datanodes' clocks must agree with the
-    /// namenode's within a small part of it (NTP). Default 36000 (ten hours).
+    /// namenode's within a small part of it (NTP). 60 to 2592000 (30 days); default 36000
+    /// (ten hours).
     #[serde(default = "default_block_token_lifetime_secs")]
     pub block_token_lifetime_secs: u64,
     /// Certificate files.
@@ -119,6 +120,7 @@ pub struct NamenodeConfig {
 }
 
 use cairn_common::config::MAX_PERIOD;
+const MIN_TOKEN_LIFETIME_SECS: u64 = 60;
 const MAX_TOKEN_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 const MAX_COPIES_PER_NODE: usize = 1024;
 
@@ -313,9 +315,11 @@ impl NamenodeConfig {
             );
         }
         anyhow::ensure!(
-            (1..=MAX_TOKEN_LIFETIME_SECS).contains(&self.block_token_lifetime_secs),
-            "block_token_lifetime_secs ({}) must be between 1 and {MAX_TOKEN_LIFETIME_SECS} \
-             (30 days): a token outliving that is a key to the data nobody can take back",
+            (MIN_TOKEN_LIFETIME_SECS..=MAX_TOKEN_LIFETIME_SECS)
+                .contains(&self.block_token_lifetime_secs),
+            "block_token_lifetime_secs ({}) must be between {MIN_TOKEN_LIFETIME_SECS} (copies \
+             between datanodes wait for a slot with theirs) and {MAX_TOKEN_LIFETIME_SECS} \
+             (30 days: a token outliving that is a key to the data nobody can take back)",
             self.block_token_lifetime_secs
         );
         anyhow::ensure!(
