@@ -460,7 +460,10 @@ impl Delegations {
         // predate a change of mode or times made meanwhile).
         let mut after = born;
         after.size = after.size.max(attr.size).max(commit.size);
-        after.stored = after.stored.max(after.size);
+        // What the namenode will count: the bytes the new slices cover (more only where
+        // they overlap), never past the size. Its answer replaces this.
+        let written: u64 = commit.slices.iter().map(|(_, s)| s.len as u64).sum();
+        after.stored = after.stored.saturating_add(written).min(after.size);
         after.mtime = commit.mtime;
         after.ctime = Timestamp::now();
         if let Some(created) = s.created.get_mut(&commit.ino) {

@@ -23,6 +23,9 @@ use crate::{BlockId, FsError, FsResult};
 /// mid-read fetches its file's map again, which brings new ones.
 pub const DEFAULT_LIFETIME_SECS: u64 = 10 * 3600;
 
+/// How far ahead of their epochs datanodes learn keys.
+pub const KEYS_AHEAD: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Access {
@@ -135,13 +138,13 @@ impl Signer {
         }
     }
 
-    /// The keys a datanode needs now: every one that signed a token still valid, and the
-    /// next (so a datanode hearing from the namenode every few seconds always knows the key
-    /// of a token signed just after an epoch began).
+    /// The keys a datanode needs now: every one that signed a token still valid, and those
+    /// of the next [`KEYS_AHEAD`] (at least the next epoch's), so that a datanode whose
+    /// heartbeats come late still knows the key of a token signed meanwhile.
     pub fn keys(&self) -> Vec<BlockKey> {
         let now = now();
         let first = now.saturating_sub(self.lifetime) / self.roll;
-        let last = now / self.roll + 1;
+        let last = (now + KEYS_AHEAD.as_secs()) / self.roll + 1;
         (first..=last).map(|e| self.key(e)).collect()
     }
 }
@@ -304,6 +307,11 @@ mod tests {
         let keys = signer.keys();
         let epoch = now() / signer.roll;
         assert!(keys.iter().any(|k| k.epoch == epoch + 1), "the next key");
+        let ahead = (now() + KEYS_AHEAD.as_secs()) / signer.roll;
+        assert!(
+            keys.iter().any(|k| k.epoch == ahead),
+            "keys for late heartbeats"
+        );
         // The oldest signed tokens that may still be valid.
         assert!(keys[0].epoch <= (now() - 100) / signer.roll);
     }

@@ -434,7 +434,7 @@ mod fuzz {
                 prop_assert!(now.checked_add(period * 2).is_some(), "{period:?}");
             }
             let signer = cairn_common::token::Signer::new(b"key", config.block_token_lifetime_secs);
-            prop_assert!(signer.keys().len() <= 16);
+            prop_assert!(signer.keys().len() <= 24);
             let _ = signer.sign(cairn_common::token::Access::Write, None, b"holder");
         }
     }

@@ -813,7 +813,8 @@ async fn block_access_takes_a_token_the_namenode_signed() {
     let mut later = token.clone();
     later.expires += 3600;
     refused(get(block, Some(later)).await, "signature");
-    let mut moved = token.clone();
+    // (A fresh one: a slow machine may have let the first expire, which is refused first.)
+    let mut moved = token_of(chunk_map(&admin, attr.ino).await, block);
     moved.block = Some(other_block);
     refused(get(other_block, Some(moved)).await, "signature");
     let foreign =

@@ -249,17 +249,40 @@ pub fn assert_fsck_clean(cluster: &DevCluster) {
 
 /// `cairn namenode` run from a `cairn dev` directory's config, killed with SIGKILL when
 /// told or dropped.
+///
+/// Each run is started by a launcher process made when this is: a process this test forks
+/// later inherits, until it execs, every file the test has open, including files on a
+/// mount served by the test itself; its exec closes them, and each close is a FUSE flush
+/// the mount may answer only once the namenode is back. A namenode started so would wait
+/// for itself (until the mount gives up). The launcher holds none of those files.
 pub struct ChildNamenode {
-    child: Option<std::process::Child>,
-    config: PathBuf,
+    launcher: std::process::Child,
+    orders: std::process::ChildStdin,
+    pids: std::io::BufReader<std::process::ChildStdout>,
+    pid: Option<libc::pid_t>,
     log: PathBuf,
 }
 
 impl ChildNamenode {
     pub fn start(config: &Path, log: &Path) -> ChildNamenode {
+        let script =
+            r#"while read -r _; do "$0" namenode --config "$1" >/dev/null 2>>"$2" & echo $!; done"#;
+        let mut launcher = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_cairn"))
+            .arg(config)
+            .arg(log)
+            .env("CAIRN_LOG", "info")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the namenode's launcher");
         let mut n = ChildNamenode {
-            child: None,
-            config: config.to_path_buf(),
+            orders: launcher.stdin.take().unwrap(),
+            pids: std::io::BufReader::new(launcher.stdout.take().unwrap()),
+            launcher,
+            pid: None,
             log: log.to_path_buf(),
         };
         n.restart();
@@ -267,35 +290,42 @@ impl ChildNamenode {
     }
 
     pub fn restart(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-                .arg("namenode")
-                .arg("--config")
-                .arg(&self.config)
-                .env("CAIRN_LOG", "info")
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start cairn namenode"),
-        );
+        use std::io::{BufRead, Write};
+        writeln!(self.orders, "start").expect("order the launcher");
+        let mut line = String::new();
+        self.pids.read_line(&mut line).expect("the namenode's pid");
+        self.pid = Some(line.trim().parse().expect("a pid"));
     }
 
     /// Asks it to read its export rules again.
     pub fn hangup(&self) {
-        let pid = self.child.as_ref().expect("running").id();
-        // SAFETY: sends a signal to our own child process; touches no memory.
-        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+        let pid = self.pid.expect("running");
+        // SAFETY: sends a signal to a process this test started; touches no memory.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     }
 
+    /// Kills it, and returns once it has exited (its ports free again).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(pid) = self.pid.take() else {
+            return;
+        };
+        // SAFETY: as in `hangup`.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            // Gone, or a zombie the launcher has not reaped yet: exited either way.
+            let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let exited = state
+                .rsplit_once(')')
+                .is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
+            if exited {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "namenode {pid} still running a minute after SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 }
@@ -303,6 +333,8 @@ impl ChildNamenode {
 impl Drop for ChildNamenode {
     fn drop(&mut self) {
         self.kill();
+        let _ = self.launcher.kill();
+        let _ = self.launcher.wait();
         if std::thread::panicking() {
             // The cluster's directory goes with the test: say what the namenode said first.
             let log = fs::read_to_string(&self.log).unwrap_or_default();
