@@ -159,6 +159,7 @@ fn ensure_cert(dir: &Path, role: Role, name: &str) -> anyhow::Result<TlsPaths> {
         ca_cert: certs.join(cert::CA_CERT_FILE),
         cert,
         key,
+        crl: None,
     })
 }
 

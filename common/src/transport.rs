@@ -51,6 +51,9 @@ pub struct TlsIdentity {
     pub ca: CertificateDer<'static>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    /// The CA's revocation lists: a server whose certificate they name is refused when this
+    /// side connects to it.
+    pub crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
 }
 
 impl Clone for TlsIdentity {
@@ -59,6 +62,7 @@ impl Clone for TlsIdentity {
             ca: self.ca.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
+            crls: self.crls.clone(),
         }
     }
 }
@@ -78,7 +82,25 @@ impl TlsIdentity {
         crate::cert::check_expiry(&chain[0], cert)?;
         let key = PrivateKeyDer::from_pem_file(key)
             .with_context(|| format!("reading private key {}", key.display()))?;
-        Ok(TlsIdentity { ca, chain, key })
+        Ok(TlsIdentity {
+            ca,
+            chain,
+            key,
+            crls: Vec::new(),
+        })
+    }
+
+    /// This identity, refusing servers the revocation list at `path` (PEM, `cairn cert
+    /// revoke` writes it) names.
+    pub fn with_crl(mut self, path: Option<&Path>) -> anyhow::Result<TlsIdentity> {
+        if let Some(path) = path {
+            let crls = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(path)
+                .with_context(|| format!("reading the revocation list {}", path.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parsing the revocation list {}", path.display()))?;
+            self.crls.extend(crls);
+        }
+        Ok(self)
     }
 }
 
@@ -203,9 +225,21 @@ fn client_config(
     opts: &TransportOptions,
     path: PathKind,
 ) -> anyhow::Result<quinn::ClientConfig> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(identity)?)
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = if identity.crls.is_empty() {
+        builder.with_root_certificates(roots(identity)?)
+    } else {
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots(identity)?),
+            provider(),
+        )
+        .with_crls(identity.crls.clone())
+        .build()
+        .context("building the server certificate verifier with the revocation list")?;
+        builder.with_webpki_verifier(verifier)
+    };
+    let mut tls = builder
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .context("loading client certificate")?;
     tls.alpn_protocols = vec![alpn(opts.protocol_version), ALPN_FALLBACK.to_vec()];
@@ -917,16 +951,25 @@ pub struct TlsPaths {
     pub cert: std::path::PathBuf,
     /// This process's private key.
     pub key: std::path::PathBuf,
+    /// The cluster CA's revocation list (`revoked.pem`, from `cairn cert revoke`): servers
+    /// this process connects to whose certificate it names are refused. (The namenode's
+    /// own `crl` setting is what refuses revoked clients.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl: Option<std::path::PathBuf>,
 }
 
 impl TlsPaths {
     pub fn load(&self) -> anyhow::Result<TlsIdentity> {
-        TlsIdentity::load(&self.ca_cert, &self.cert, &self.key)
+        TlsIdentity::load(&self.ca_cert, &self.cert, &self.key)?.with_crl(self.crl.as_deref())
     }
 
     /// Resolves relative paths against `base` (the directory of the config file).
     pub fn relative_to(&mut self, base: &Path) {
-        for p in [&mut self.ca_cert, &mut self.cert, &mut self.key] {
+        let crl = self.crl.as_mut();
+        for p in [&mut self.ca_cert, &mut self.cert, &mut self.key]
+            .into_iter()
+            .chain(crl)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

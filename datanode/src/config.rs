@@ -153,6 +153,7 @@ mod fuzz {
                 ca_cert: "ca.pem".into(),
                 cert: "dn.pem".into(),
                 key: "dn.key".into(),
+                crl: None,
             };
             let nn = "127.0.0.1:7070".parse().unwrap();
             let config = DatanodeConfig::new("dn1", nn, "data".into(), tls);

@@ -407,6 +407,7 @@ mod fuzz {
                 ca_cert: "ca.pem".into(),
                 cert: "nn.pem".into(),
                 key: "nn.key".into(),
+                crl: None,
             };
             let defaults = toml::to_string(&NamenodeConfig::new("meta".into(), tls)).unwrap();
             let dir = tempfile::tempdir().unwrap();

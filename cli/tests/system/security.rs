@@ -98,6 +98,7 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
         ca: rustls::pki_types::CertificateDer::from_pem_file(certs.join("ca.pem")).unwrap(),
         chain: vec![rustls::pki_types::CertificateDer::from_pem_file(&paths.cert).unwrap()],
         key: rustls::pki_types::PrivateKeyDer::from_pem_file(&paths.key).unwrap(),
+        crls: Vec::new(),
     };
     let outcome = getattr_root_as(&identity, addr).await;
     let err = outcome.expect_err("a client with an expired certificate was served");
@@ -883,5 +884,55 @@ async fn block_access_takes_a_token_the_namenode_signed() {
     );
 
     still_serving(&cluster).await;
+    cluster.stop().await.unwrap();
+}
+
+/// A client given the CA's revocation list (`[tls] crl`) refuses a server whose
+/// certificate it names: a revoked namenode certificate cannot pass for the namenode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_the_revocation_list_refuses_a_revoked_server() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 1).await;
+    let certs = cluster.dir().join("certs");
+    let paths = transport::TlsPaths {
+        ca_cert: certs.join(cert::CA_CERT_FILE),
+        cert: certs.join("admin.pem"),
+        key: certs.join("admin.key"),
+        crl: Some(certs.join(cert::CRL_FILE)),
+    };
+    let reach = |paths: transport::TlsPaths| async move {
+        let identity = paths
+            .load()
+            .map_err(|e| FsError::invalid(format!("{e:#}")))?;
+        let opts = TransportOptions::default();
+        let endpoint = transport::client_endpoint(&identity, &opts).unwrap();
+        let conn = transport::connect(
+            &endpoint,
+            cluster.namenode_addr,
+            Role::Namenode,
+            opts.protocol_version,
+        )
+        .await?;
+        getattr_root(&conn).await.map(|_| ())
+    };
+
+    tracing::info!("--- a list that names others: served");
+    let mate = cert::CertIdentity::new(Role::Mount, "mate");
+    config_for(&cluster, &mate);
+    cert::revoke(&certs, "mate").unwrap();
+    reach(paths.clone()).await.unwrap();
+
+    tracing::info!("--- the namenode's certificate revoked: refused, and told why");
+    assert_eq!(cert::revoke(&certs, "namenode").unwrap(), 1);
+    let err = reach(paths.clone()).await.unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("revoked"),
+        "the client says why: {err}"
+    );
+    // Without the list it would not know.
+    reach(transport::TlsPaths { crl: None, ..paths })
+        .await
+        .unwrap();
     cluster.stop().await.unwrap();
 }

@@ -355,6 +355,7 @@ pub fn config_for(cluster: &DevCluster, who: &cairn_common::cert::CertIdentity) 
             ca_cert: certs.join(cairn_common::cert::CA_CERT_FILE),
             cert: paths.cert,
             key: paths.key,
+            crl: None,
         },
     );
     let path = cluster.dir().join(format!("{}.toml", who.name));
