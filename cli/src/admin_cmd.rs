@@ -491,15 +491,16 @@ async fn exports(client: &Client, json: bool) -> anyhow::Result<()> {
             (false, false) => "nosuid,nodev",
         };
         println!(
-            "  {:<20} {:?}  {squash}  uids {}  gids {}  {options}",
+            "  {:<20} {}  {:?}  {squash}  uids {}  gids {}  {options}",
             r.name,
+            r.root,
             r.access,
             ids(&r.uids),
             ids(&r.gids)
         );
     }
     println!(
-        "  {:<20} Rw  root_squash to 65534:65534  uids any  gids any  nosuid,nodev  (mount and user certificates no rule names)",
+        "  {:<20} /  Rw  root_squash to 65534:65534  uids any  gids any  nosuid,nodev  (mount and user certificates no rule names)",
         "(others)"
     );
     Ok(())

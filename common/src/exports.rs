@@ -115,6 +115,14 @@ pub struct ExportRule {
     /// Its mounts may open device nodes (`cairn mount -o dev`). Off by default.
     #[serde(default)]
     pub dev: bool,
+    /// The directory its certificates see as the root of the namespace (NFS's and
+    /// MooseFS's export of a subdirectory): nothing outside it can be named or reached.
+    #[serde(default = "slash")]
+    pub root: String,
+}
+
+fn slash() -> String {
+    "/".to_string()
 }
 
 fn yes() -> bool {
@@ -139,14 +147,35 @@ impl ExportRule {
             gids: Vec::new(),
             suid: false,
             dev: false,
+            root: slash(),
         }
     }
 
-    /// Refuses a rule whose name is not a glob.
+    /// Refuses a rule whose name is not a glob or whose root is not an absolute path.
     pub fn check(&self) -> anyhow::Result<()> {
         glob::Pattern::new(&self.name)
             .map_err(|e| anyhow::anyhow!("export name {:?} is not a glob: {e}", self.name))?;
+        self.root_names()
+            .map_err(|e| anyhow::anyhow!("export {:?}: {e}", self.name))?;
         Ok(())
+    }
+
+    /// The names from `/` to the rule's root, in order (none: the whole namespace).
+    pub fn root_names(&self) -> Result<Vec<Vec<u8>>, String> {
+        let root = &self.root;
+        if !root.starts_with('/') {
+            return Err(format!("root {root:?} is not an absolute path"));
+        }
+        root.split('/')
+            .filter(|part| !part.is_empty())
+            .map(|part| match part {
+                "." | ".." => Err(format!("root {root:?} may not contain {part:?}")),
+                _ if part.len() > crate::attr::NAME_MAX || part.contains('\0') => {
+                    Err(format!("root {root:?} has a name no directory can have"))
+                }
+                _ => Ok(part.as_bytes().to_vec()),
+            })
+            .collect()
     }
 
     pub fn matches(&self, cert_name: &str) -> bool {
@@ -340,11 +369,18 @@ mod tests {
         for bad in [
             "name = \"x\"\nuids = [\"9-1\"]",
             "name = \"x\"\nuids = [\"a\"]",
-            "name = \"x\"\nroot = \"/\"",
+            "name = \"x\"\nsubtree = \"/\"",
         ] {
             assert!(toml::from_str::<ExportRule>(bad).is_err(), "{bad}");
         }
         assert!(rule("name = \"[\"").check().is_err());
+        assert_eq!(r.root_names().unwrap(), Vec::<Vec<u8>>::new());
+        let r = rule("name = \"x\"\nroot = \"/srv//web/\"");
+        assert_eq!(r.root_names().unwrap(), [b"srv".to_vec(), b"web".to_vec()]);
+        for bad in ["srv", "/srv/../etc", "/./srv"] {
+            let r = rule(&format!("name = \"x\"\nroot = \"{bad}\""));
+            assert!(r.check().is_err(), "{bad}");
+        }
     }
 
     #[test]

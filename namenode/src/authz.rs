@@ -137,6 +137,10 @@ pub struct PeerMap {
     pub map: IdMap,
     /// The export rule's name pattern, when one names the certificate.
     pub rule: Option<String>,
+    /// The names from `/` to the directory the rule confines it to (none: not confined),
+    /// and that directory once found.
+    pub root: Vec<Vec<u8>>,
+    pub root_ino: std::sync::OnceLock<cairn_common::Ino>,
     generation: u64,
 }
 
@@ -191,12 +195,16 @@ impl Authz {
             return m.clone();
         }
         let rules = self.rules();
+        let rule = match peer.role {
+            Role::Mount | Role::User => rule_for(&rules, &peer.name),
+            _ => None,
+        };
         let map = Arc::new(PeerMap {
             map: IdMap::of(peer.role, &peer.name, peer.ids.as_ref(), &rules),
-            rule: match peer.role {
-                Role::Mount | Role::User => rule_for(&rules, &peer.name).map(|r| r.name.clone()),
-                _ => None,
-            },
+            rule: rule.map(|r| r.name.clone()),
+            // Checked when the rules were loaded.
+            root: rule.and_then(|r| r.root_names().ok()).unwrap_or_default(),
+            root_ino: Default::default(),
             generation,
         });
         maps.insert(peer.serial, map.clone());

@@ -117,10 +117,42 @@ pub fn check(store: &Store) -> FsResult<NamespaceCheck> {
         None => HashSet::new(),
     };
 
+    let mut file_names = 0u64;
     snap.for_each(Cf::Dentries, |k, v| {
+        if decode::<Dentry>("dentry", v).is_ok_and(|d| d.kind != FileKind::Dir) {
+            file_names += 1;
+        }
         check_name(&mut found, &mut nodes, &trash, k, v);
         Ok(())
     })?;
+
+    // Each entry of the links index names a name that names its inode; as many entries as
+    // names of non-directories, so none is missing either.
+    let mut links = 0u64;
+    snap.for_each(Cf::Links, |k, _| {
+        links += 1;
+        let (Some(ino), Some(parent)) = (ino_of(k), keys::link_parent(k)) else {
+            found.problem(format!("malformed links key {k:02x?}"));
+            return Ok(());
+        };
+        let name = &k[16..];
+        let named = snap
+            .get_raw(Cf::Dentries, &keys::dentry(parent, name))?
+            .and_then(|v| decode::<Dentry>("dentry", &v).ok());
+        if !named.is_some_and(|d| d.ino == ino && d.kind != FileKind::Dir) {
+            found.problem(format!(
+                "the links index names inode {ino} as {:?} in directory {parent}, which is not \
+                 its name",
+                String::from_utf8_lossy(name)
+            ));
+        }
+        Ok(())
+    })?;
+    if links != file_names {
+        found.problem(format!(
+            "{file_names} names of files and {links} entries in the links index"
+        ));
+    }
 
     let mut refs: HashMap<BlockId, u64> = HashMap::new();
     snap.for_each(Cf::Chunks, |k, v| {
@@ -364,7 +396,7 @@ mod tests {
     use super::*;
     use crate::ops::{self, MetaOp, MetaOpKind, MetaReply};
     use cairn_common::attr::{Caller, Timestamp};
-    use cairn_common::proto::{CommitSlices, Link, Mkdir, Unlink};
+    use cairn_common::proto::{CommitSlices, Link, Mkdir, Rename, RenameMode, Unlink};
 
     fn apply(store: &Store, kind: MetaOpKind) -> MetaReply {
         let mut txn = store.txn();
@@ -502,6 +534,51 @@ mod tests {
     }
 
     #[test]
+    fn the_links_index_follows_renames_over_names_and_exchanges() {
+        let (_dir, store, [e, _, _]) = namespace();
+        let rename = |parent, name: &str, new_parent, new_name: &str, mode| {
+            apply(
+                &store,
+                MetaOpKind::Rename(Rename {
+                    parent,
+                    name: name.into(),
+                    new_parent,
+                    new_name: new_name.into(),
+                    mode,
+                }),
+            );
+        };
+        let d = Ino(e.0 - 1);
+        // A file over another's name (which had two), two files swapped, a file swapped
+        // with a directory and back, and a file moved back to its first name.
+        rename(e, "b", d, "a", RenameMode::Replace);
+        rename(d, "a", e, "a2", RenameMode::Exchange);
+        rename(d, "a", d, "e", RenameMode::Exchange);
+        rename(d, "a", d, "e", RenameMode::Exchange);
+        rename(e, "a2", e, "b", RenameMode::Replace);
+        assert_eq!(problems(&store), Vec::<String>::new());
+        let links = store.scan_raw(Cf::Links, &[], None, usize::MAX).unwrap();
+        // d/a, e/b and c's name in the trash.
+        assert_eq!(links.len(), 3, "{links:?}");
+        // A name missing from the index, and one the index has of nothing.
+        let (first, _) = links[0].clone();
+        tamper(&store, |txn| {
+            txn.delete(Cf::Links, first);
+            txn.put_raw(Cf::Links, keys::link(Ino(77), e, b"zz"), vec![]);
+        });
+        let found = problems(&store).join("\n");
+        assert!(found.contains("names inode 77 as \"zz\""), "{found}");
+        assert!(
+            !found.contains("names of files and"),
+            "one missing, one extra: {found}"
+        );
+        tamper(&store, |txn| {
+            txn.delete(Cf::Links, keys::link(Ino(77), e, b"zz"));
+        });
+        assert!(problems(&store)[0].contains("3 names of files and 2 entries"));
+    }
+
+    #[test]
     fn a_wrong_link_count_is_found() {
         let (_dir, store, [e, linked, _]) = namespace();
         tamper(&store, |txn| {
@@ -570,7 +647,14 @@ mod tests {
     fn a_file_with_no_name_and_no_orphan_record_is_found() {
         let (_dir, store, [e, _, shared]) = namespace();
         tamper(&store, |txn| {
-            txn.delete(Cf::Dentries, keys::dentry(e, b"b"))
+            txn.delete_dentry(
+                e,
+                b"b",
+                Dentry {
+                    ino: shared,
+                    kind: FileKind::File,
+                },
+            )
         });
         let found = problems(&store);
         assert_eq!(found.len(), 1, "{found:?}");

@@ -283,6 +283,46 @@ impl MetaEngine {
 
     /// What `name` in `parent` names, if anything (no permission check: for the namenode's
     /// own bookkeeping).
+    /// Whether `ino` lies inside the subtree of directory `root`: a directory below it, or
+    /// anything else with a name in such a directory. An inode that does not exist is let
+    /// through: the request that names it finds nothing.
+    pub fn within(&self, ino: Ino, root: Ino) -> FsResult<bool> {
+        let Some(rec) = self.store.inode(ino)? else {
+            return Ok(true);
+        };
+        if rec.attr.kind == FileKind::Dir {
+            return self.dir_within(ino, root);
+        }
+        for (key, _) in self
+            .store
+            .scan_raw(Cf::Links, &keys::inode(ino), None, usize::MAX)?
+        {
+            if let Some(parent) = keys::link_parent(&key) {
+                if self.dir_within(parent, root)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn dir_within(&self, mut dir: Ino, root: Ino) -> FsResult<bool> {
+        // Deeper than any path the kernel can name: a cycle in corrupt records ends here.
+        for _ in 0..MAX_DEPTH {
+            if dir == root {
+                return Ok(true);
+            }
+            if dir == Ino::ROOT {
+                return Ok(false);
+            }
+            dir = match self.store.inode(dir)? {
+                Some(rec) => rec.parent,
+                None => return Ok(false),
+            };
+        }
+        Ok(false)
+    }
+
     pub fn entry(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
         self.store
             .dentry(parent, name)
@@ -683,13 +723,56 @@ struct Decided {
     condemned: Vec<BlockId>,
 }
 
-/// Brings a database of an older format to [`FORMAT_VERSION`]. Format 1 did not count the
-/// bytes each file stores: every inode is rewritten with its count, read from its chunks.
-/// Pages commit one at a time and the format is recorded last, so an upgrade cut short
-/// runs again, whole, at the next start.
+/// More directories above one another than a path of `PATH_MAX` bytes can name.
+const MAX_DEPTH: usize = 4096;
+
+/// Brings a database of an older format to [`FORMAT_VERSION`]. Pages commit one at a
+/// time and the format is recorded last, so an upgrade cut short runs again, whole, at the
+/// next start.
 fn upgrade(store: &Store, from: u64) -> anyhow::Result<()> {
-    const PAGE: usize = 1024;
     info!(from, to = FORMAT_VERSION, "upgrading the metadata format");
+    if from < 2 {
+        count_stored(store)?;
+    }
+    if from < 3 {
+        index_links(store)?;
+    }
+    let mut txn = store.txn();
+    txn.put_meta_u64(META_FORMAT, FORMAT_VERSION);
+    store.commit(txn, true)?;
+    info!("metadata upgraded to format {FORMAT_VERSION}");
+    Ok(())
+}
+
+const UPGRADE_PAGE: usize = 1024;
+
+/// Format 3 indexes the names of every inode that is not a directory (`links`).
+fn index_links(store: &Store) -> anyhow::Result<()> {
+    let mut after: Option<Vec<u8>> = None;
+    let mut names = 0u64;
+    loop {
+        let page = store.scan_raw(Cf::Dentries, &[], after.as_deref(), UPGRADE_PAGE)?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        let mut txn = store.txn();
+        for (key, value) in &page {
+            let d: Dentry = decode("dentry", value)?;
+            if d.kind != FileKind::Dir && key.len() > 8 {
+                let parent = Ino(u64::from_be_bytes(key[..8].try_into()?));
+                txn.put_dentry(parent, keys::dentry_name(key), d);
+                names += 1;
+            }
+        }
+        store.commit(txn, true)?;
+    }
+    info!(names, "names of files indexed");
+    Ok(())
+}
+
+/// Format 1 did not count the bytes each file stores: every inode is rewritten with its
+/// count, read from its chunks.
+fn count_stored(store: &Store) -> anyhow::Result<()> {
+    const PAGE: usize = UPGRADE_PAGE;
     let mut after: Option<Vec<u8>> = None;
     let mut inodes = 0u64;
     loop {
@@ -717,10 +800,7 @@ fn upgrade(store: &Store, from: u64) -> anyhow::Result<()> {
         inodes += page.len() as u64;
         store.commit(txn, true)?;
     }
-    let mut txn = store.txn();
-    txn.put_meta_u64(META_FORMAT, FORMAT_VERSION);
-    store.commit(txn, true)?;
-    info!(inodes, "metadata upgraded to format {FORMAT_VERSION}");
+    info!(inodes, "stored bytes counted");
     Ok(())
 }
 
@@ -1679,6 +1759,12 @@ mod tests {
                 );
                 txn.put_raw(Cf::Inodes, keys::inode(ino), crate::store::encode(&old));
             }
+            // Nor the index of names (format 3).
+            let links = store.scan_raw(Cf::Links, &[], None, usize::MAX).unwrap();
+            assert!(!links.is_empty());
+            for (k, _) in links {
+                txn.delete(Cf::Links, k);
+            }
             txn.put_meta_u64(META_FORMAT, 1);
             store.commit(txn, true).unwrap();
             let raw = store
@@ -1698,6 +1784,8 @@ mod tests {
             engine.store.meta_u64(META_FORMAT).unwrap(),
             Some(FORMAT_VERSION)
         );
+        // The names of files are indexed again.
+        assert_eq!(crate::check::check(&engine.store).unwrap().problems, 0);
         drop(engine);
         // A namespace from a newer Cairn is refused, not misread.
         {

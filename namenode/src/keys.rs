@@ -10,13 +10,15 @@ pub const CF_CHUNKS: &str = "chunks";
 pub const CF_BLOCKS: &str = "blocks";
 pub const CF_XATTRS: &str = "xattrs";
 pub const CF_META: &str = "meta";
-pub const ALL_CFS: [&str; 6] = [
+pub const CF_LINKS: &str = "links";
+pub const ALL_CFS: [&str; 7] = [
     CF_INODES,
     CF_DENTRIES,
     CF_CHUNKS,
     CF_BLOCKS,
     CF_XATTRS,
     CF_META,
+    CF_LINKS,
 ];
 
 /// Keys of the `meta` family.
@@ -114,6 +116,22 @@ pub fn dentry(parent: Ino, name: &[u8]) -> Vec<u8> {
 
 pub fn dentry_prefix(parent: Ino) -> Vec<u8> {
     parent.0.to_be_bytes().to_vec()
+}
+
+/// `(ino, parent, name)`: the `links` family names, for each inode that is not a directory,
+/// the directories that hold its names (a directory's one parent is in its record), so that
+/// whether a file lies inside a subtree can be answered without a scan.
+pub fn link(ino: Ino, parent: Ino, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + name.len());
+    k.extend_from_slice(&ino.0.to_be_bytes());
+    k.extend_from_slice(&parent.0.to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+/// The directory a `links` key names, if the key is well formed.
+pub fn link_parent(key: &[u8]) -> Option<Ino> {
+    Some(Ino(u64::from_be_bytes(key.get(8..16)?.try_into().ok()?)))
 }
 
 /// The name part of a dentry key.

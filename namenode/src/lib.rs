@@ -23,6 +23,7 @@ pub mod repair;
 pub mod safemode;
 pub mod sessions;
 pub mod store;
+pub mod subtree;
 pub mod trash;
 pub mod walsync;
 
@@ -44,7 +45,9 @@ use cairn_common::transport::{self, Exchange, Peer, Service};
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use known::Tells;
 use quinn::Endpoint;
+use serde::Serialize;
 use store::BlockRecord;
+use subtree::{Inos, Subtree};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -781,6 +784,22 @@ fn delegation_lost(dir: Ino) -> FsError {
     ))
 }
 
+/// Writes `res` as the answer, in the numbers of the subtree the peer is confined to.
+async fn respond<T: Serialize + Inos + Clone>(
+    ex: &mut Exchange,
+    subtree: Option<Subtree>,
+    res: &FsResult<T>,
+) -> FsResult<()> {
+    match (subtree, res) {
+        (Some(subtree), Ok(answer)) => {
+            let mut answer = answer.clone();
+            subtree.leave(&mut answer);
+            ex.respond(&Ok::<T, FsError>(answer)).await
+        }
+        _ => ex.respond(res).await,
+    }
+}
+
 /// Who asks for a change: the caller, and the connection it came through.
 struct Who {
     caller: Caller,
@@ -810,9 +829,13 @@ impl Service for Namenode {
         ex: &mut Exchange,
     ) -> FsResult<()> {
         use NamenodeRequest as R;
-        let NamenodeEnvelope { caller, req } = envelope;
+        let NamenodeEnvelope { caller, mut req } = envelope;
         let caller = self.authz.admit(&peer, &req, caller)?;
         req.check()?;
+        let subtree = self.subtree(&peer)?;
+        if let Some(subtree) = subtree {
+            self.confine(&peer, subtree, &mut req)?;
+        }
         let who = Who {
             caller,
             origin: peer.serial,
@@ -841,17 +864,17 @@ impl Service for Namenode {
                         self.engine.lookup(caller, r.parent, &r.name)
                     })
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::GetAttr(r) => {
                 let res = self
                     .answer(&who, &[r.ino], async { self.engine.getattr(r.ino) })
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::Accessed(r) => {
                 let res = self.mutate_attr(&who, MetaOpKind::Accessed(r)).await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::SetAttrReq(r) => {
                 let res = self
@@ -864,35 +887,37 @@ impl Service for Namenode {
                         },
                     )
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::Mkdir(r) => {
                 let parent = r.parent;
                 let res = self.mutate_attr(&who, MetaOpKind::Mkdir(r)).await;
                 // The new directory too: at version 0 it is known to be empty.
                 let new = res.as_ref().map(|a| a.ino).unwrap_or(parent);
-                ex.respond(&self.changed(res, &[parent, new])).await
+                respond(ex, subtree, &self.changed(res, &[parent, new])).await
             }
             R::Create(r) if r.ino.is_some() => {
                 let e = FsError::invalid("a create naming its inode number comes queued");
                 ex.respond::<Changed<CreateReply>>(&Err(e)).await
             }
-            R::Create(r) => ex.respond(&self.create(&who, r, false).await).await,
+            R::Create(r) => respond(ex, subtree, &self.create(&who, r, false).await).await,
             R::Mknod(r) => {
                 let parent = r.parent;
                 let res = self.mutate_attr(&who, MetaOpKind::Mknod(r)).await;
-                ex.respond(&self.changed(res, &[parent])).await
+                respond(ex, subtree, &self.changed(res, &[parent])).await
             }
-            R::Unlink(r) => ex.respond(&self.unlink(&who, r, false).await).await,
-            R::Queued(q) => ex.respond(&Ok(self.queued(&peer, &who, q).await)).await,
+            R::Unlink(r) => respond(ex, subtree, &self.unlink(&who, r, false).await).await,
+            R::Queued(q) => respond(ex, subtree, &Ok(self.queued(&peer, &who, q).await)).await,
             R::Delegate(r) => {
                 let res = self
                     .answer(&who, &[r.dir], self.delegate(&who, r.dir))
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
-            R::ReserveInos(r) => ex.respond(&self.reserve_inos(&who, r.count).await).await,
-            R::Rmdir(r) => ex.respond(&self.rmdir(&who, r, false).await).await,
+            R::ReserveInos(r) => {
+                respond(ex, subtree, &self.reserve_inos(&who, r.count).await).await
+            }
+            R::Rmdir(r) => respond(ex, subtree, &self.rmdir(&who, r, false).await).await,
             R::Rename(r) => {
                 let dirs = [r.parent, r.new_parent];
                 let res = match self.mutate(&who, MetaOpKind::Rename(r)).await {
@@ -911,23 +936,23 @@ impl Service for Namenode {
                     Ok(_) => Err(FsError::protocol("rename returned nothing it moved")),
                     Err(e) => Err(e),
                 };
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::Symlink(r) => {
                 let parent = r.parent;
                 let res = self.mutate_attr(&who, MetaOpKind::Symlink(r)).await;
-                ex.respond(&self.changed(res, &[parent])).await
+                respond(ex, subtree, &self.changed(res, &[parent])).await
             }
             R::Readlink(r) => {
                 let res = self
                     .answer(&who, &[r.ino], async { self.engine.readlink(r.ino) })
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::Link(r) => {
                 let parent = r.new_parent;
                 let res = self.mutate_attr(&who, MetaOpKind::Link(r)).await;
-                ex.respond(&self.changed(res, &[parent])).await
+                respond(ex, subtree, &self.changed(res, &[parent])).await
             }
             R::ReadDir(r) => {
                 let res = self
@@ -936,12 +961,16 @@ impl Service for Namenode {
                             .readdir(caller, r.ino, r.after.as_deref(), r.limit, r.attrs)
                     })
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
-            R::StatFs(_) => ex.respond(&self.statfs()).await,
+            R::StatFs(_) => respond(ex, subtree, &self.statfs()).await,
             R::SetXattr(r) => {
-                ex.respond(&self.mutate_unit(&who, MetaOpKind::SetXattr(r)).await)
-                    .await
+                respond(
+                    ex,
+                    subtree,
+                    &self.mutate_unit(&who, MetaOpKind::SetXattr(r)).await,
+                )
+                .await
             }
             R::GetXattr(r) => {
                 let res = self
@@ -949,21 +978,29 @@ impl Service for Namenode {
                         self.engine.get_xattr(r.ino, &r.name)
                     })
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::ListXattr(r) => {
                 let res = self
                     .answer(&who, &[r.ino], async { self.engine.list_xattr(r.ino) })
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::RemoveXattr(r) => {
-                ex.respond(&self.mutate_unit(&who, MetaOpKind::RemoveXattr(r)).await)
-                    .await
+                respond(
+                    ex,
+                    subtree,
+                    &self.mutate_unit(&who, MetaOpKind::RemoveXattr(r)).await,
+                )
+                .await
             }
             R::SetReplication(r) => {
-                ex.respond(&self.mutate_attr(&who, MetaOpKind::SetReplication(r)).await)
-                    .await
+                respond(
+                    ex,
+                    subtree,
+                    &self.mutate_attr(&who, MetaOpKind::SetReplication(r)).await,
+                )
+                .await
             }
             R::ReadChunks(r) => {
                 self.may_use(&peer, caller, r.ino, crate::perm::READ)?;
@@ -974,18 +1011,18 @@ impl Service for Namenode {
                         self.read_chunks_located(&who.holder, r.ino, r.first, r.count),
                     )
                     .await;
-                ex.respond(&map).await
+                respond(ex, subtree, &map).await
             }
-            R::AllocateBlock(r) => ex.respond(&self.allocate(&r)).await,
+            R::AllocateBlock(r) => respond(ex, subtree, &self.allocate(&r)).await,
             R::GrantWrite(_) => {
                 let write = cairn_common::token::Access::Write;
                 let token = self.tokens.sign(write, None, &peer.cert_serial);
-                ex.respond(&Ok(token)).await
+                respond(ex, subtree, &Ok(token)).await
             }
-            R::SyncMetadata(_) => ex.respond(&self.engine.sync().await).await,
+            R::SyncMetadata(_) => respond(ex, subtree, &self.engine.sync().await).await,
             R::CommitSlices(r) => {
                 self.may_use(&peer, caller, r.ino, crate::perm::WRITE)?;
-                ex.respond(&self.commit(&who, r).await).await
+                respond(ex, subtree, &self.commit(&who, r).await).await
             }
             R::CopyRange(r) => {
                 self.may_use(&peer, caller, r.src, crate::perm::READ)?;
@@ -995,7 +1032,7 @@ impl Service for Namenode {
                     Ok(_) => Err(FsError::protocol("copy returned no count")),
                     Err(e) => Err(e),
                 };
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::Seek(r) => {
                 self.may_use(&peer, caller, r.ino, crate::perm::READ)?;
@@ -1004,12 +1041,16 @@ impl Service for Namenode {
                         self.engine.seek(r.ino, r.offset, r.hole)
                     })
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::Punch(r) => {
                 self.may_use(&peer, caller, r.ino, crate::perm::WRITE)?;
-                ex.respond(&self.mutate_attr(&who, MetaOpKind::Punch(r)).await)
-                    .await
+                respond(
+                    ex,
+                    subtree,
+                    &self.mutate_attr(&who, MetaOpKind::Punch(r)).await,
+                )
+                .await
             }
             R::ReportBadReplica(r) => {
                 warn!(block = %r.block, datanode = %r.datanode, reason = %r.reason, reporter = %peer.name, "bad replica reported");
@@ -1023,12 +1064,11 @@ impl Service for Namenode {
                     // reports what it finds (readers verify every byte meanwhile).
                     self.repair.verify(r.block, r.datanode);
                 }
-                ex.respond(&Ok(())).await
+                respond(ex, subtree, &Ok(())).await
             }
-            R::ListDatanodes(_) => ex.respond(&Ok(self.blocks.statuses())).await,
+            R::ListDatanodes(_) => respond(ex, subtree, &Ok(self.blocks.statuses())).await,
             R::GetLock(r) => {
-                ex.respond(&Ok(self.locks.test(r.ino, r.owner, &r.range)))
-                    .await
+                respond(ex, subtree, &Ok(self.locks.test(r.ino, r.owner, &r.range))).await
             }
             R::SetLock(r) => {
                 self.lock_sessions
@@ -1037,11 +1077,11 @@ impl Service for Namenode {
                     .entry(peer.serial)
                     .or_default()
                     .insert(r.owner.session);
-                ex.respond(&self.locks.set(r.ino, r.owner, r.range)).await
+                respond(ex, subtree, &self.locks.set(r.ino, r.owner, r.range)).await
             }
             R::ReleaseLocks(r) => {
                 self.locks.release(r.ino, r.owner);
-                ex.respond(&Ok(())).await
+                respond(ex, subtree, &Ok(())).await
             }
             R::Register(r) => {
                 peer.require(Role::Datanode)?;
@@ -1078,7 +1118,7 @@ impl Service for Namenode {
                         })
                     }
                 };
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::BlockReport(r) => {
                 peer.require(Role::Datanode)?;
@@ -1087,13 +1127,13 @@ impl Service for Namenode {
                     info!(datanode = %r.id, "full block report received");
                 }
                 let known = self.blocks.block_report(r.id, &r.blocks, r.first, r.last);
-                ex.respond(&known_or_register(known)).await
+                respond(ex, subtree, &known_or_register(known)).await
             }
             R::BlockReceived(r) => {
                 peer.require(Role::Datanode)?;
                 self.speaks_for(&peer, r.id)?;
                 let known = self.blocks.blocks_changed(r.id, &r.added, &r.removed);
-                ex.respond(&known_or_register(known)).await
+                respond(ex, subtree, &known_or_register(known)).await
             }
             R::Heartbeat(r) => {
                 peer.require(Role::Datanode)?;
@@ -1118,12 +1158,16 @@ impl Service for Namenode {
                         }
                     }
                 }
-                ex.respond(&Ok(HeartbeatReply {
-                    reregister: !known,
-                    commands,
-                    revoked: self.authz.revoked(),
-                    keys: self.tokens.keys(),
-                }))
+                respond(
+                    ex,
+                    subtree,
+                    &Ok(HeartbeatReply {
+                        reregister: !known,
+                        commands,
+                        revoked: self.authz.revoked(),
+                        keys: self.tokens.keys(),
+                    }),
+                )
                 .await
             }
             R::Open(r) => {
@@ -1170,14 +1214,16 @@ impl Service for Namenode {
                     None => Err(FsError::NotFound),
                 };
                 reading.told(told(&[r.ino], &res));
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::GetRepairStatus(_) => {
                 let mut status = self.repair.status();
                 self.gc.report(&mut status);
-                ex.respond(&Ok(status)).await
+                respond(ex, subtree, &Ok(status)).await
             }
-            R::CheckNamespace(_) => ex.respond(&self.engine.check_namespace().await).await,
+            R::CheckNamespace(_) => {
+                respond(ex, subtree, &self.engine.check_namespace().await).await
+            }
             R::WhoAmI(_) => {
                 let peer_map = self.authz.map(&peer);
                 let id = cairn_common::proto::Identity {
@@ -1187,23 +1233,29 @@ impl Service for Namenode {
                     rule: peer_map.rule.clone(),
                     exports: self.authz.generation(),
                 };
-                ex.respond(&Ok(id)).await
+                respond(ex, subtree, &Ok(id)).await
             }
-            R::ListExports(_) => ex.respond(&Ok(self.authz.rules().to_vec())).await,
+            R::ListExports(_) => respond(ex, subtree, &Ok(self.authz.rules().to_vec())).await,
             R::GetMetaHealth(_) => {
                 let health = cairn_common::proto::MetaHealth {
                     cluster: self.engine.cluster_id(),
                     refusing: self.engine.refusing(),
                 };
-                ex.respond(&Ok(health)).await
+                respond(ex, subtree, &Ok(health)).await
             }
-            R::SafeMode(r) => ex.respond(&Ok(self.safe_mode.act(r.action))).await,
-            R::SetAdminState(r) => ex.respond(&self.set_admin_state(&who, r).await).await,
-            R::ForgetDatanode(r) => ex.respond(&self.forget_datanode(&who, r).await).await,
-            R::ListTrash(r) => ex.respond(&self.list_trash(caller, r)).await,
+            R::SafeMode(r) => respond(ex, subtree, &Ok(self.safe_mode.act(r.action))).await,
+            R::SetAdminState(r) => respond(ex, subtree, &self.set_admin_state(&who, r).await).await,
+            R::ForgetDatanode(r) => {
+                respond(ex, subtree, &self.forget_datanode(&who, r).await).await
+            }
+            R::ListTrash(r) => respond(ex, subtree, &self.list_trash(caller, r)).await,
             R::Restore(r) => {
-                ex.respond(&self.mutate_attr(&who, MetaOpKind::Restore(r)).await)
-                    .await
+                respond(
+                    ex,
+                    subtree,
+                    &self.mutate_attr(&who, MetaOpKind::Restore(r)).await,
+                )
+                .await
             }
             R::Balance(r) => {
                 use cairn_common::proto::BalanceAction;
@@ -1226,7 +1278,7 @@ impl Service for Namenode {
                     }
                 };
                 let res = res.map(|()| self.repair.balancer(r.action, &self.blocks));
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::ListDir(r) => {
                 let res = self
@@ -1234,7 +1286,7 @@ impl Service for Namenode {
                         self.engine.list_dir(caller, r.ino, r.limit, r.attrs)
                     })
                     .await;
-                ex.respond(&res).await
+                respond(ex, subtree, &res).await
             }
             R::Changes(r) => {
                 if let Some(info) = r.mount {
@@ -1263,7 +1315,7 @@ impl Service for Namenode {
                     )
                     .await;
                 reply.exports = self.authz.generation();
-                ex.respond(&Ok(reply)).await
+                respond(ex, subtree, &Ok(reply)).await
             }
             R::ListMounts(_) => {
                 let mut list: Vec<MountStatus> = self
@@ -1285,13 +1337,13 @@ impl Service for Namenode {
                 list.sort_by(|a, b| {
                     (&a.info.host, &a.info.mountpoint).cmp(&(&b.info.host, &b.info.mountpoint))
                 });
-                ex.respond(&Ok(list)).await
+                respond(ex, subtree, &Ok(list)).await
             }
             R::KeepOpen(r) => {
                 let released = self.opens.renew(r.session, r.gen, &r.open, &r.writing);
                 self.gc.uploading(r.session, &r.uploads);
                 self.purge_if_orphans(released);
-                ex.respond(&Ok(())).await
+                respond(ex, subtree, &Ok(())).await
             }
         }
     }
@@ -1382,6 +1434,71 @@ impl Namenode {
             });
         }
         Ok(cairn_common::proto::TrashPage { entries: out, more })
+    }
+
+    /// The subtree `peer`'s export confines it to, if any: its root directory, found by
+    /// name once per connection and load of the rules.
+    fn subtree(&self, peer: &Peer) -> FsResult<Option<Subtree>> {
+        if !matches!(peer.role, Role::Mount | Role::User) {
+            return Ok(None);
+        }
+        let map = self.authz.map(peer);
+        if map.root.is_empty() {
+            return Ok(None);
+        }
+        if let Some(&root) = map.root_ino.get() {
+            return Ok(Some(Subtree { root }));
+        }
+        let mut dir = Ino::ROOT;
+        for name in &map.root {
+            dir = match self.engine.entry(dir, name) {
+                Some(ino) if self.engine.getattr(ino)?.kind == FileKind::Dir => ino,
+                _ => {
+                    let path = map.root.iter().fold(String::new(), |path, name| {
+                        path + "/" + &String::from_utf8_lossy(name)
+                    });
+                    warn!(peer = %peer.name, %path, "refused: the root of its export is not a directory");
+                    return Err(FsError::invalid(format!(
+                        "the export of {:?} is confined to {path}, which is not a directory \
+                         of the namespace",
+                        peer.name
+                    )));
+                }
+            };
+        }
+        let _ = map.root_ino.set(dir);
+        Ok(Some(Subtree { root: dir }))
+    }
+
+    /// Translates the inode numbers of `req` from `peer`'s subtree into the namespace's, and
+    /// refuses it unless every inode it names lies inside the subtree, or is a file a session
+    /// of the same certificate holds open (unlinked, or moved to the trash, while open).
+    fn confine(&self, peer: &Peer, subtree: Subtree, req: &mut NamenodeRequest) -> FsResult<()> {
+        if matches!(
+            req,
+            NamenodeRequest::ListTrash(_) | NamenodeRequest::Restore(_)
+        ) {
+            return Err(FsError::invalid(
+                "the trash lies outside the subtree this certificate's export is confined to",
+            ));
+        }
+        for ino in subtree.enter(req) {
+            if self.engine.within(ino, subtree.root)?
+                || self
+                    .opens
+                    .holding(ino, false)
+                    .into_iter()
+                    .any(|session| self.session_owners.is_of(session, &peer.name))
+            {
+                continue;
+            }
+            warn!(
+                peer = %peer.name, addr = %peer.addr, %ino,
+                "refused: a request naming an inode outside the subtree its export is confined to"
+            );
+            return Err(FsError::AccessDenied);
+        }
+        Ok(())
     }
 
     /// Refuses a request for the data of `ino` (`want` READ or WRITE) unless its caller may

@@ -704,7 +704,7 @@ fn remove_entry(
             }
         }
     }
-    txn.delete(Cf::Dentries, keys::dentry(parent, name));
+    txn.delete_dentry(parent, name, entry);
     dir.attr.mtime = now;
     dir.attr.ctime = now;
     txn.put_inode(&dir);
@@ -811,7 +811,7 @@ fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResu
         }
     }
 
-    txn.delete(Cf::Dentries, keys::dentry(r.parent, &r.name));
+    txn.delete_dentry(r.parent, &r.name, src);
     txn.put_dentry(r.new_parent, &r.new_name, src);
     let mut moved = load(txn, src.ino)?;
     moved.attr.ctime = now;
@@ -847,6 +847,8 @@ fn exchange(
     dst: Dentry,
     now: Timestamp,
 ) -> FsResult<()> {
+    txn.delete_dentry(r.parent, &r.name, src);
+    txn.delete_dentry(r.new_parent, &r.new_name, dst);
     txn.put_dentry(r.parent, &r.name, dst);
     txn.put_dentry(r.new_parent, &r.new_name, src);
     let src_dir = load(txn, r.parent)?;

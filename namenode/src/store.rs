@@ -21,9 +21,10 @@ use crate::keys::{self, ALL_CFS};
 const RECORD_VERSION: u8 = 1;
 /// Version byte of inode records: 2 added the bytes a file stores (`InodeAttr::stored`).
 const INODE_RECORD_VERSION: u8 = 2;
-/// Format of the whole database, in `meta/format`: 2 counts each file's stored bytes (a
-/// namenode upgrades a format-1 database when it opens it, see `MetaEngine::open`).
-pub const FORMAT_VERSION: u64 = 2;
+/// Format of the whole database, in `meta/format`: 2 counts each file's stored bytes, 3
+/// indexes the names of files (`links`). A namenode upgrades an older database when it
+/// opens it (see `MetaEngine::open`).
+pub const FORMAT_VERSION: u64 = 3;
 
 /// What the `inodes` family holds for one inode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +62,7 @@ pub enum Cf {
     Blocks = 3,
     Xattrs = 4,
     Meta = 5,
+    Links = 6,
 }
 
 impl Cf {
@@ -597,8 +599,21 @@ impl Txn<'_> {
             .transpose()
     }
 
+    /// Writes a name. A name that held something else must be deleted first
+    /// ([`Txn::delete_dentry`]), so that the `links` index follows.
     pub fn put_dentry(&mut self, parent: Ino, name: &[u8], d: Dentry) {
         self.put_raw(Cf::Dentries, keys::dentry(parent, name), encode(&d));
+        if d.kind != FileKind::Dir {
+            self.put_raw(Cf::Links, keys::link(d.ino, parent, name), Vec::new());
+        }
+    }
+
+    /// Deletes the name `parent`/`name`, which holds `d`.
+    pub fn delete_dentry(&mut self, parent: Ino, name: &[u8], d: Dentry) {
+        self.delete(Cf::Dentries, keys::dentry(parent, name));
+        if d.kind != FileKind::Dir {
+            self.delete(Cf::Links, keys::link(d.ino, parent, name));
+        }
     }
 
     pub fn chunk(&self, ino: Ino, index: u32) -> FsResult<Vec<Slice>> {

@@ -148,7 +148,14 @@ pub fn move_in(
     let mut entry = format!("{}-{}-", now.secs, ino.0).into_bytes();
     entry.extend_from_slice(name);
     entry.truncate(NAME_MAX);
-    txn.delete(Cf::Dentries, keys::dentry(parent, name));
+    txn.delete_dentry(
+        parent,
+        name,
+        Dentry {
+            ino,
+            kind: rec.attr.kind,
+        },
+    );
     txn.put_dentry(
         mine,
         &entry,
@@ -228,7 +235,7 @@ pub fn restore(
     if txn.dentry(to_parent, &to_name)?.is_some() {
         return Err(FsError::Exists);
     }
-    txn.delete(Cf::Dentries, keys::dentry(r.parent, &r.name));
+    txn.delete_dentry(r.parent, &r.name, entry);
     txn.put_dentry(
         to_parent,
         &to_name,

@@ -657,3 +657,245 @@ where
     };
     transport::call_enveloped(conn, &envelope).await
 }
+
+/// Writes `data` to a new file `name` in `dir`, as the admin.
+async fn put_in(admin: &Client, dir: Ino, name: &str, data: &[u8]) -> Ino {
+    let made = admin
+        .create(
+            dir,
+            name.as_bytes(),
+            0o644,
+            true,
+            false,
+            Owner { uid: 0, gid: 0 },
+        )
+        .await
+        .unwrap();
+    let mut f = admin.open(made.attr.ino).await.unwrap();
+    f.write(0, data).await.unwrap();
+    f.close().await.unwrap();
+    made.attr.ino
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subtree_export_sees_its_directory_as_root_and_reaches_nothing_outside() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 2).await;
+    let admin = cluster.client().await.unwrap();
+    let (secret, _) = secret_and_shared(&admin).await;
+    let mkdir = |parent, name: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let made = admin
+                .mkdir(parent, name.as_bytes(), 0o777, Owner { uid: 0, gid: 0 })
+                .await
+                .unwrap()
+                .ino;
+            let all = SetAttr {
+                perm: Some(0o777),
+                ..SetAttr::default()
+            };
+            admin.setattr(made, all).await.unwrap();
+            made
+        }
+    };
+    let proj = mkdir(Ino::ROOT, "proj").await;
+    let sub = mkdir(proj, "sub").await;
+    let other = mkdir(Ino::ROOT, "other").await;
+    put_in(&admin, proj, "in.txt", b"inside").await;
+    put_in(&admin, sub, "deep.txt", b"deep inside").await;
+    // Readable by anyone: only the export keeps it out of reach.
+    let outside = put_in(&admin, other, "outside.txt", b"outside").await;
+
+    tracing::info!("--- proj-* confined to /proj, root not squashed; bad-* to nothing");
+    cluster.stop_namenode().await.unwrap();
+    let config = cluster.dir().join("namenode.toml");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[[exports]]\nname = \"proj-*\"\nroot = \"/proj\"\nroot_squash = false\n\
+         \n[[exports]]\nname = \"bad-*\"\nroot = \"/proj/in.txt\"\n",
+    );
+    fs::write(&config, text).unwrap();
+    let namenode = ChildNamenode::start(&config, &cluster.dir().join("namenode.log"));
+    cluster.wait_for_datanodes(2).await.unwrap();
+    let admin = cluster.client().await.unwrap();
+
+    let confined = CertIdentity::new(Role::Mount, "proj-1");
+    let point = tempfile::tempdir().unwrap();
+    let mounted = mount_as(client_for(&cluster, &confined).await, point.path()).await;
+    let root = point.path().to_path_buf();
+    let (names, read, deep_after_unlink) = tokio::task::spawn_blocking(move || {
+        let mut names: Vec<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let read = fs::read(root.join("in.txt")).unwrap();
+        fs::write(root.join("new.txt"), b"made inside").unwrap();
+        fs::create_dir(root.join("made")).unwrap();
+        fs::rename(root.join("new.txt"), root.join("made/moved.txt")).unwrap();
+        assert_eq!(
+            fs::canonicalize(root.join("sub/..")).unwrap(),
+            fs::canonicalize(&root).unwrap()
+        );
+        // A file open when it is unlinked (it leaves the subtree: for the trash, or for
+        // nowhere) reads on through the open.
+        let mut open = fs::File::open(root.join("sub/deep.txt")).unwrap();
+        fs::remove_file(root.join("sub/deep.txt")).unwrap();
+        let mut after = Vec::new();
+        std::io::Read::read_to_end(&mut open, &mut after).unwrap();
+        (names, read, after)
+    })
+    .await
+    .unwrap();
+    assert_eq!(names, ["in.txt", "sub"]);
+    assert_eq!(read, b"inside");
+    assert_eq!(deep_after_unlink, b"deep inside");
+    let moved = admin.resolve("/proj/made/moved.txt").await.unwrap();
+    assert_eq!(get(&admin, moved.ino, 64).await, b"made inside");
+    unmount(mounted).await;
+
+    tracing::info!("--- raw requests naming inodes outside the subtree");
+    let conn = namenode_connection_as(&cluster, "proj-1").await;
+    let root_attr = raw_on(&conn, Caller::ROOT, proto::GetAttr { ino: Ino::ROOT })
+        .await
+        .unwrap();
+    assert_eq!(root_attr.ino, Ino::ROOT);
+    assert_eq!(root_attr.mtime, admin.getattr(proj).await.unwrap().mtime);
+    let in_txt = raw_on(
+        &conn,
+        Caller::ROOT,
+        proto::Lookup {
+            parent: Ino::ROOT,
+            name: b"in.txt".to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    let refused = [
+        raw_on(&conn, Caller::ROOT, proto::GetAttr { ino: outside })
+            .await
+            .err(),
+        raw_on(&conn, Caller::ROOT, proto::GetAttr { ino: secret })
+            .await
+            .err(),
+        // The subtree's own number names the namespace's root, outside.
+        raw_on(&conn, Caller::ROOT, proto::GetAttr { ino: proj })
+            .await
+            .err(),
+        raw_on(
+            &conn,
+            Caller::ROOT,
+            proto::Lookup {
+                parent: other,
+                name: b"outside.txt".to_vec(),
+            },
+        )
+        .await
+        .err(),
+        raw_on(
+            &conn,
+            Caller::ROOT,
+            proto::Open {
+                ino: outside,
+                claim: open_claim(),
+                write: false,
+            },
+        )
+        .await
+        .err(),
+        raw_on(
+            &conn,
+            Caller::ROOT,
+            proto::ReadChunks {
+                ino: outside,
+                first: 0,
+                count: 1,
+            },
+        )
+        .await
+        .err(),
+        raw_on(
+            &conn,
+            Caller::ROOT,
+            proto::Link {
+                ino: outside,
+                new_parent: Ino::ROOT,
+                new_name: b"stolen".to_vec(),
+            },
+        )
+        .await
+        .err(),
+        raw_on(
+            &conn,
+            Caller::ROOT,
+            proto::Rename {
+                parent: Ino::ROOT,
+                name: b"in.txt".to_vec(),
+                new_parent: other,
+                new_name: b"escaped".to_vec(),
+                mode: proto::RenameMode::Replace,
+            },
+        )
+        .await
+        .err(),
+    ];
+    assert_eq!(refused, [const { Some(FsError::AccessDenied) }; 8]);
+    let dotdot = raw_on(
+        &conn,
+        Caller::ROOT,
+        proto::Lookup {
+            parent: Ino::ROOT,
+            name: b"..".to_vec(),
+        },
+    )
+    .await;
+    // No request resolves "..": the kernel does, from what the mount told it.
+    assert_eq!(dotdot.err(), Some(FsError::NotFound));
+    let trash = raw_on(
+        &conn,
+        Caller::ROOT,
+        proto::ListTrash {
+            all: false,
+            after: None,
+            limit: 10,
+        },
+    )
+    .await;
+    assert!(matches!(trash, Err(FsError::Invalid(_))), "{trash:?}");
+    // Nothing moved: in.txt is where it was, nothing new outside.
+    assert_eq!(admin.resolve("/proj/in.txt").await.unwrap().ino, in_txt.ino);
+    assert_eq!(
+        admin.resolve("/proj/stolen").await.err(),
+        Some(FsError::NotFound)
+    );
+    assert_eq!(
+        admin.resolve("/other/escaped").await.err(),
+        Some(FsError::NotFound)
+    );
+    assert_eq!(get(&admin, outside, 64).await, b"outside");
+
+    tracing::info!("--- an export whose root is not a directory serves nothing");
+    let bad = CertIdentity::new(Role::Mount, "bad-1");
+    config_for(&cluster, &bad);
+    let bad = raw_as(
+        &cluster,
+        &bad,
+        Caller::ROOT,
+        proto::GetAttr { ino: Ino::ROOT },
+    )
+    .await;
+    match bad {
+        Err(FsError::Invalid(why)) => assert!(why.contains("/proj/in.txt"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+
+    tracing::info!("--- the rules, as an administrator lists them");
+    let (code, rules) = crate::support::admin(&cluster, &["exports"]);
+    assert_eq!(code, 0);
+    assert_eq!(rules[1]["root"], "/proj");
+    secret_untouched(&admin, secret).await;
+    drop(namenode);
+    cluster.stop().await.unwrap();
+}
