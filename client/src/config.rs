@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use cairn_common::transport::TlsPaths;
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,11 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_ENV: &str = "CAIRN_CONFIG";
 /// The file name looked for in the current directory when `CAIRN_CONFIG` is not set.
 pub const CONFIG_FILE: &str = "cairn-client.toml";
+
+/// Most blocks moved at once per open file or read.
+pub const MAX_CONCURRENCY: usize = 1024;
+/// Largest cache, in MiB (16 TiB).
+pub const MAX_CACHE_MIB: u64 = 1 << 24;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,11 +91,44 @@ impl ClientConfig {
     /// Reads a TOML file; relative paths in it are relative to the file.
     pub fn load(path: &Path) -> anyhow::Result<ClientConfig> {
         let (mut config, base): (ClientConfig, _) = cairn_common::config::load_toml(path)?;
+        config
+            .validate()
+            .with_context(|| format!("in {}", path.display()))?;
         config.tls.relative_to(&base);
         if let Some(dir) = config.block_cache_dir.as_mut().filter(|d| d.is_relative()) {
             *dir = base.join(&*dir);
         }
         Ok(config)
+    }
+
+    /// Refuses values that would lose writes or exhaust the host: `min_replicas = 0` would
+    /// acknowledge blocks no datanode holds, no concurrency would never move a block, and a
+    /// cache past [`MAX_CACHE_MIB`] is a typo (its size in bytes would not even fit).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=16).contains(&self.min_replicas),
+            "min_replicas must be between 1 and 16, not {}",
+            self.min_replicas
+        );
+        for (name, n) in [
+            ("write_concurrency", self.write_concurrency),
+            ("read_concurrency", self.read_concurrency),
+        ] {
+            anyhow::ensure!(
+                (1..=MAX_CONCURRENCY).contains(&n),
+                "{name} must be between 1 and {MAX_CONCURRENCY}, not {n}"
+            );
+        }
+        for (name, mib) in [
+            ("block_cache_mib", self.block_cache_mib),
+            ("block_cache_disk_mib", self.block_cache_disk_mib),
+        ] {
+            anyhow::ensure!(
+                mib <= MAX_CACHE_MIB,
+                "{name} must be at most {MAX_CACHE_MIB} (16 TiB), not {mib}"
+            );
+        }
+        Ok(())
     }
 
     /// The config file to use: `explicit`, else `$CAIRN_CONFIG`, else `./cairn-client.toml`.
@@ -108,5 +147,64 @@ impl ClientConfig {
             "no client configuration: pass --config, set {CONFIG_ENV}, or run from a directory \
              holding {CONFIG_FILE} (cairn dev writes one)"
         ))
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cairn_common::fuzz_cases(256)))]
+
+        #[test]
+        fn whatever_a_config_file_says_it_is_refused_or_safe(
+            edits in proptest::collection::vec((any::<usize>(), prop_oneof![
+                prop::sample::select(cairn_common::config::WILD_VALUES).prop_map(str::to_string),
+                any::<u64>().prop_map(|n| n.to_string()),
+            ]), 1..4),
+        ) {
+            let tls = TlsPaths {
+                ca_cert: "ca.pem".into(),
+                cert: "me.pem".into(),
+                key: "me.key".into(),
+                crl: None,
+            };
+            let mut config = ClientConfig::new("127.0.0.1:7070".parse().unwrap(), tls);
+            config.block_cache_dir = Some("cache".into());
+            let defaults = toml::to_string(&config).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("client.toml");
+            std::fs::write(&path, cairn_common::config::edit_values(&defaults, &edits)).unwrap();
+            let Ok(config) = ClientConfig::load(&path) else {
+                return Ok(());
+            };
+            // What the client does with them: a write waits for at least one replica, and
+            // the caches' sizes in bytes fit.
+            prop_assert!(config.min_replicas >= 1);
+            prop_assert!(config.write_concurrency >= 1 && config.read_concurrency >= 1);
+            prop_assert!(config.block_cache_mib.checked_mul(1 << 20).is_some());
+            prop_assert!(config.block_cache_disk_mib.checked_mul(1 << 20).is_some());
+        }
+    }
+
+    #[test]
+    fn a_config_that_would_lose_writes_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(
+            &path,
+            "namenode = \"127.0.0.1:7070\"\nmin_replicas = 0\n[tls]\nca_cert = \"ca.pem\"\n\
+             cert = \"me.pem\"\nkey = \"me.key\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", ClientConfig::load(&path).unwrap_err());
+        assert!(
+            err.contains("min_replicas must be between 1 and 16, not 0"),
+            "{err}"
+        );
+        assert!(err.contains("client.toml"), "{err}");
     }
 }

@@ -38,6 +38,8 @@ pub use mountpoint::{cairn_mounts_on, mount_flags_of, prepare_mountpoint};
 const MAX_WRITE: u32 = 1 << 20;
 /// Longest wait at unmount for files closed just before to be released.
 const UNMOUNT_DRAIN: Duration = Duration::from_secs(10);
+/// How long an unmount that finds the mount busy tries again.
+const UNMOUNT_BUSY: Duration = Duration::from_secs(5);
 /// Block size reported by stat(2): programs size their buffers by it.
 const BLKSIZE: u32 = 1 << 20;
 /// Writes still buffered this long are stored and committed in the background, as a local
@@ -147,6 +149,7 @@ pub struct Mount {
     ended: std::sync::mpsc::Receiver<()>,
     files: FileTable,
     releasing: Arc<AtomicU64>,
+    mountpoint: Arc<std::path::PathBuf>,
 }
 
 /// Counts a release in progress (its flush) until dropped.
@@ -178,9 +181,27 @@ impl Mount {
         while busy(&self) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        match self.session.take() {
-            Some(s) => s.umount_and_join(),
-            None => Ok(()),
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        // A process forked elsewhere in this process (a test's, a helper's) holds what it
+        // inherited of the mount until it execs: EBUSY for that moment. `MNT_EXPIRE` asks
+        // whether the mount is busy without unmounting it (EAGAIN: it is not); fuser
+        // unmounts once it is not, or past the deadline (and then says why it could not).
+        let path = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())?;
+        let busy_until = std::time::Instant::now() + UNMOUNT_BUSY;
+        loop {
+            // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+            let probed = unsafe { libc::umount2(path.as_ptr(), libc::MNT_EXPIRE) };
+            if probed == 0 {
+                // Marked expired before and untouched since: that unmounted it.
+                return session.join();
+            }
+            let busy = std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY);
+            if !busy || std::time::Instant::now() >= busy_until {
+                return session.umount_and_join();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -245,6 +266,7 @@ pub fn mount(
         kernel: kernel.clone(),
     };
     follower.serve_mount(&fs.mountpoint);
+    let absolute = fs.mountpoint.clone();
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(FS_NAME.into()),
@@ -287,6 +309,7 @@ pub fn mount(
         ended: rx,
         files,
         releasing,
+        mountpoint: absolute,
     })
 }
 
