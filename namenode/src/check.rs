@@ -39,6 +39,8 @@ struct Node {
     names: u32,
     trash_names: u32,
     subdirs: u32,
+    /// Names not in the links index (for a file: exactly one, in its record's `parent`).
+    recorded_names: u32,
     /// Bytes its chunks' slices cover (for a file).
     covered: u64,
     orphan: bool,
@@ -91,6 +93,7 @@ pub fn check(store: &Store) -> FsResult<NamespaceCheck> {
                         names: 0,
                         trash_names: 0,
                         subdirs: 0,
+                        recorded_names: 0,
                         covered: 0,
                         orphan: false,
                     },
@@ -117,20 +120,31 @@ pub fn check(store: &Store) -> FsResult<NamespaceCheck> {
         None => HashSet::new(),
     };
 
-    let mut file_names = 0u64;
     snap.for_each(Cf::Dentries, |k, v| {
-        if decode::<Dentry>("dentry", v).is_ok_and(|d| d.kind != FileKind::Dir) {
-            file_names += 1;
-        }
         check_name(&mut found, &mut nodes, &trash, k, v);
+        // A name of a file the links index does not hold is the one its record points at.
+        if let (Some(parent), Ok(d)) = (ino_of(k), decode::<Dentry>("dentry", v)) {
+            let link = keys::link(d.ino, parent, keys::dentry_name(k));
+            if d.kind != FileKind::Dir && snap.get_raw(Cf::Links, &link)?.is_none() {
+                if let Some(node) = nodes.get_mut(&d.ino) {
+                    node.recorded_names += 1;
+                    if node.parent != parent {
+                        found.problem(format!(
+                            "inode {} is named {:?} in {parent}, which neither its record \
+                             (directory {}) nor the links index says",
+                            d.ino,
+                            String::from_utf8_lossy(keys::dentry_name(k)),
+                            node.parent
+                        ));
+                    }
+                }
+            }
+        }
         Ok(())
     })?;
 
-    // Each entry of the links index names a name that names its inode; as many entries as
-    // names of non-directories, so none is missing either.
-    let mut links = 0u64;
+    // Each entry of the links index names a name that names its inode.
     snap.for_each(Cf::Links, |k, _| {
-        links += 1;
         let (Some(ino), Some(parent)) = (ino_of(k), keys::link_parent(k)) else {
             found.problem(format!("malformed links key {k:02x?}"));
             return Ok(());
@@ -148,9 +162,17 @@ pub fn check(store: &Store) -> FsResult<NamespaceCheck> {
         }
         Ok(())
     })?;
-    if links != file_names {
+    // Every file with names has exactly one its record points at.
+    let mut recorded: Vec<_> = nodes
+        .iter()
+        .filter(|(_, n)| n.kind != FileKind::Dir && n.names + n.trash_names > 0)
+        .filter(|(_, n)| n.recorded_names != 1)
+        .map(|(ino, n)| (*ino, n.recorded_names))
+        .collect();
+    recorded.sort();
+    for (ino, n) in recorded {
         found.problem(format!(
-            "{file_names} names of files and {links} entries in the links index"
+            "inode {ino} has {n} names outside the links index; one is the record's"
         ));
     }
 
@@ -557,25 +579,67 @@ mod tests {
         rename(d, "a", d, "e", RenameMode::Exchange);
         rename(e, "a2", e, "b", RenameMode::Replace);
         assert_eq!(problems(&store), Vec::<String>::new());
+        // Every file has one name now: none is in the index.
         let links = store.scan_raw(Cf::Links, &[], None, usize::MAX).unwrap();
-        // d/a, e/b and c's name in the trash.
-        assert_eq!(links.len(), 3, "{links:?}");
-        // A name missing from the index, and one the index has of nothing.
-        let (first, _) = links[0].clone();
+        assert_eq!(links, Vec::new());
+        // Two names again, then the one the record points at goes: the other takes its
+        // place in the record.
+        let a = store.dentry(d, b"a").unwrap().unwrap().ino;
+        apply(
+            &store,
+            MetaOpKind::Link(Link {
+                ino: a,
+                new_parent: Ino::ROOT,
+                new_name: b"a3".to_vec(),
+            }),
+        );
+        assert_eq!(
+            store
+                .scan_raw(Cf::Links, &[], None, usize::MAX)
+                .unwrap()
+                .len(),
+            1
+        );
+        rename(Ino::ROOT, "a3", e, "a4", RenameMode::Replace);
+        apply(
+            &store,
+            MetaOpKind::Unlink(Unlink {
+                parent: d,
+                name: b"a".to_vec(),
+            }),
+        );
+        assert_eq!(store.inode(a).unwrap().unwrap().parent, e);
+        assert_eq!(
+            store.scan_raw(Cf::Links, &[], None, usize::MAX).unwrap(),
+            Vec::new()
+        );
+        assert_eq!(problems(&store), Vec::<String>::new());
+        // An entry of nothing, a name the index lost, a record pointing elsewhere.
         tamper(&store, |txn| {
-            txn.delete(Cf::Links, first);
             txn.put_raw(Cf::Links, keys::link(Ino(77), e, b"zz"), vec![]);
         });
         let found = problems(&store).join("\n");
         assert!(found.contains("names inode 77 as \"zz\""), "{found}");
-        assert!(
-            !found.contains("names of files and"),
-            "one missing, one extra: {found}"
-        );
         tamper(&store, |txn| {
             txn.delete(Cf::Links, keys::link(Ino(77), e, b"zz"));
+            txn.put_dentry(
+                d,
+                b"a5",
+                Dentry {
+                    ino: a,
+                    kind: FileKind::File,
+                },
+            );
         });
-        assert!(problems(&store)[0].contains("3 names of files and 2 entries"));
+        let found = problems(&store).join("\n");
+        assert!(
+            found.contains(&format!("inode {a} is named \"a5\" in {d}")),
+            "{found}"
+        );
+        assert!(
+            found.contains(&format!("inode {a} has 2 names outside")),
+            "{found}"
+        );
     }
 
     #[test]
@@ -647,14 +711,7 @@ mod tests {
     fn a_file_with_no_name_and_no_orphan_record_is_found() {
         let (_dir, store, [e, _, shared]) = namespace();
         tamper(&store, |txn| {
-            txn.delete_dentry(
-                e,
-                b"b",
-                Dentry {
-                    ino: shared,
-                    kind: FileKind::File,
-                },
-            )
+            txn.delete(Cf::Dentries, keys::dentry(e, b"b"))
         });
         let found = problems(&store);
         assert_eq!(found.len(), 1, "{found:?}");

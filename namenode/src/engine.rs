@@ -284,14 +284,20 @@ impl MetaEngine {
     /// What `name` in `parent` names, if anything (no permission check: for the namenode's
     /// own bookkeeping).
     /// Whether `ino` lies inside the subtree of directory `root`: a directory below it, or
-    /// anything else with a name in such a directory. An inode that does not exist is let
+    /// anything else with a name in such a directory (or, unlinked, whose last name was). An inode that does not exist is let
     /// through: the request that names it finds nothing.
     pub fn within(&self, ino: Ino, root: Ino) -> FsResult<bool> {
+        if ino == root {
+            return Ok(true);
+        }
         let Some(rec) = self.store.inode(ino)? else {
             return Ok(true);
         };
-        if rec.attr.kind == FileKind::Dir {
-            return self.dir_within(ino, root);
+        if self.dir_within(rec.parent, root)? {
+            return Ok(true);
+        }
+        if rec.attr.kind == FileKind::Dir || rec.attr.nlink <= 1 {
+            return Ok(false);
         }
         for (key, _) in self
             .store
@@ -746,10 +752,25 @@ fn upgrade(store: &Store, from: u64) -> anyhow::Result<()> {
 
 const UPGRADE_PAGE: usize = 1024;
 
-/// Format 3 indexes the names of every inode that is not a directory (`links`).
+/// Format 3 keeps where every name of a file is: its record's `parent` names the directory
+/// of one of them (the first in key order), the `links` family the others (see
+/// [`keys::link`]).
 fn index_links(store: &Store) -> anyhow::Result<()> {
+    // An upgrade cut short runs again from a clean index.
+    loop {
+        let page = store.scan_raw(Cf::Links, &[], None, UPGRADE_PAGE)?;
+        if page.is_empty() {
+            break;
+        }
+        let mut txn = store.txn();
+        for (key, _) in page {
+            txn.delete(Cf::Links, key);
+        }
+        store.commit(txn, true)?;
+    }
     let mut after: Option<Vec<u8>> = None;
-    let mut names = 0u64;
+    let mut named = std::collections::HashSet::new();
+    let mut others = 0u64;
     loop {
         let page = store.scan_raw(Cf::Dentries, &[], after.as_deref(), UPGRADE_PAGE)?;
         let Some((last, _)) = page.last() else { break };
@@ -757,15 +778,29 @@ fn index_links(store: &Store) -> anyhow::Result<()> {
         let mut txn = store.txn();
         for (key, value) in &page {
             let d: Dentry = decode("dentry", value)?;
-            if d.kind != FileKind::Dir && key.len() > 8 {
-                let parent = Ino(u64::from_be_bytes(key[..8].try_into()?));
-                txn.put_dentry(parent, keys::dentry_name(key), d);
-                names += 1;
+            if d.kind == FileKind::Dir || key.len() <= 8 {
+                continue;
+            }
+            let parent = Ino(u64::from_be_bytes(key[..8].try_into()?));
+            let Some(mut rec) = txn.inode(d.ino)? else {
+                continue;
+            };
+            // Only files with several names need remembering which was seen first.
+            if rec.attr.nlink > 1 && !named.insert(d.ino) {
+                txn.put_raw(
+                    Cf::Links,
+                    keys::link(d.ino, parent, keys::dentry_name(key)),
+                    Vec::new(),
+                );
+                others += 1;
+            } else if rec.parent != parent {
+                rec.parent = parent;
+                txn.put_inode(&rec);
             }
         }
         store.commit(txn, true)?;
     }
-    info!(names, "names of files indexed");
+    info!(others, "where the names of files are, recorded");
     Ok(())
 }
 
@@ -1731,6 +1766,17 @@ mod tests {
             ),
         )
         .await;
+        // A second name, in another directory.
+        attr_after(
+            &engine,
+            MetaOpKind::Link(cairn_common::proto::Link {
+                ino: file,
+                new_parent: sub.ino,
+                new_name: b"g".to_vec(),
+            }),
+        )
+        .await;
+        let sub = engine.getattr(sub.ino).unwrap();
         drop(engine);
         // Rewrite the records as format 1 wrote them: no count, and the format said so.
         {
@@ -1754,7 +1800,8 @@ mod tests {
                         a.rdev,
                         a.replication,
                     ),
-                    rec.parent,
+                    // A file's was not kept up to date before format 3.
+                    if ino == file { Ino(999) } else { rec.parent },
                     rec.target.clone(),
                 );
                 txn.put_raw(Cf::Inodes, keys::inode(ino), crate::store::encode(&old));
@@ -1784,8 +1831,13 @@ mod tests {
             engine.store.meta_u64(META_FORMAT).unwrap(),
             Some(FORMAT_VERSION)
         );
-        // The names of files are indexed again.
-        assert_eq!(crate::check::check(&engine.store).unwrap().problems, 0);
+        // Where the file's names are is known again.
+        assert_eq!(
+            crate::check::check(&engine.store).unwrap().examples,
+            Vec::<String>::new()
+        );
+        assert!(engine.within(file, sub.ino).unwrap());
+        assert_eq!(engine.store.inode(file).unwrap().unwrap().parent, Ino::ROOT);
         drop(engine);
         // A namespace from a newer Cairn is refused, not misread.
         {

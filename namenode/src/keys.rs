@@ -118,9 +118,10 @@ pub fn dentry_prefix(parent: Ino) -> Vec<u8> {
     parent.0.to_be_bytes().to_vec()
 }
 
-/// `(ino, parent, name)`: the `links` family names, for each inode that is not a directory,
-/// the directories that hold its names (a directory's one parent is in its record), so that
-/// whether a file lies inside a subtree can be answered without a scan.
+/// `(ino, parent, name)`: the `links` family holds, for each inode that is not a directory
+/// and has more than one name, every name but the one its record's `parent` is the
+/// directory of, so that where a file's names are (is it inside a subtree?) is known
+/// without a scan. A file with one name, nearly every one, has no entry.
 pub fn link(ino: Ino, parent: Ino, name: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(16 + name.len());
     k.extend_from_slice(&ino.0.to_be_bytes());

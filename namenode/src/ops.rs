@@ -642,6 +642,13 @@ fn link(txn: &mut Txn<'_>, who: &Caller, l: &Link, now: Timestamp) -> FsResult<M
     rec.attr.nlink += 1;
     rec.attr.ctime = now;
     txn.put_inode(&rec);
+    if rec.attr.kind != FileKind::Dir {
+        txn.put_raw(
+            Cf::Links,
+            keys::link(rec.attr.ino, l.new_parent, &l.new_name),
+            Vec::new(),
+        );
+    }
     txn.put_dentry(
         l.new_parent,
         &l.new_name,
@@ -704,13 +711,55 @@ fn remove_entry(
             }
         }
     }
-    txn.delete_dentry(parent, name, entry);
+    txn.delete(Cf::Dentries, keys::dentry(parent, name));
     dir.attr.mtime = now;
     dir.attr.ctime = now;
     txn.put_inode(&dir);
     let ino = rec.attr.ino;
+    let mut rec = rec;
+    name_moved(txn, &mut rec, parent, name, None)?;
     drop_link(txn, rec, now)?;
     Ok(MetaReply::Removed { ino, trash: None })
+}
+
+/// Keeps where the names of `rec` are (its record's `parent`, and the `links` family for a
+/// file with more than one) as its name `name` in `parent` moves to `to`, or goes (`None`,
+/// before `nlink` counts it gone). The caller writes `rec`.
+fn name_moved(
+    txn: &mut Txn<'_>,
+    rec: &mut InodeRecord,
+    parent: Ino,
+    name: &[u8],
+    to: Option<(Ino, &[u8])>,
+) -> FsResult<()> {
+    if rec.attr.kind == FileKind::Dir {
+        return Ok(());
+    }
+    let ino = rec.attr.ino;
+    let key = keys::link(ino, parent, name);
+    if rec.attr.nlink > 1 && txn.get_raw(Cf::Links, &key)?.is_some() {
+        // One of its other names.
+        txn.delete(Cf::Links, key);
+        if let Some((p, n)) = to {
+            txn.put_raw(Cf::Links, keys::link(ino, p, n), Vec::new());
+        }
+        return Ok(());
+    }
+    match to {
+        Some((p, _)) => rec.parent = p,
+        None if rec.attr.nlink > 1 => {
+            // The name its record points at goes: another takes its place.
+            let others = txn.scan_raw(Cf::Links, &keys::inode(ino))?;
+            if let Some((k, _)) = others.into_iter().next() {
+                if let Some(p) = keys::link_parent(&k) {
+                    rec.parent = p;
+                }
+                txn.delete(Cf::Links, k);
+            }
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// Removes one name of `rec`. The last name of a regular file makes it an orphan: it lives
@@ -811,13 +860,20 @@ fn rename(txn: &mut Txn<'_>, who: &Caller, r: &Rename, now: Timestamp) -> FsResu
         }
     }
 
-    txn.delete_dentry(r.parent, &r.name, src);
+    txn.delete(Cf::Dentries, keys::dentry(r.parent, &r.name));
     txn.put_dentry(r.new_parent, &r.new_name, src);
     let mut moved = load(txn, src.ino)?;
     moved.attr.ctime = now;
     if src.kind == FileKind::Dir && r.parent != r.new_parent {
         moved.parent = r.new_parent;
     }
+    name_moved(
+        txn,
+        &mut moved,
+        r.parent,
+        &r.name,
+        Some((r.new_parent, &r.new_name)),
+    )?;
     crate::trash::moving(txn, &mut moved, &src_dir, &dst_dir)?;
     txn.put_inode(&moved);
     // Reload: removing the target may have changed the parents.
@@ -847,17 +903,27 @@ fn exchange(
     dst: Dentry,
     now: Timestamp,
 ) -> FsResult<()> {
-    txn.delete_dentry(r.parent, &r.name, src);
-    txn.delete_dentry(r.new_parent, &r.new_name, dst);
     txn.put_dentry(r.parent, &r.name, dst);
     txn.put_dentry(r.new_parent, &r.new_name, src);
     let src_dir = load(txn, r.parent)?;
     let dst_dir = load(txn, r.new_parent)?;
-    for (d, from, to) in [(src, &src_dir, &dst_dir), (dst, &dst_dir, &src_dir)] {
+    let names = [
+        (r.parent, &r.name[..], r.new_parent, &r.new_name[..]),
+        (r.new_parent, &r.new_name[..], r.parent, &r.name[..]),
+    ];
+    for ((d, from, to), (was_in, was, now_in, now_named)) in
+        [(src, &src_dir, &dst_dir), (dst, &dst_dir, &src_dir)]
+            .into_iter()
+            .zip(names)
+    {
         let mut rec = load(txn, d.ino)?;
         rec.attr.ctime = now;
         if d.kind == FileKind::Dir {
             rec.parent = to.attr.ino;
+        }
+        // Two names of one file swapped: where its names are does not change.
+        if src.ino != dst.ino {
+            name_moved(txn, &mut rec, was_in, was, Some((now_in, now_named)))?;
         }
         crate::trash::moving(txn, &mut rec, from, to)?;
         txn.put_inode(&rec);

@@ -22,7 +22,7 @@ const RECORD_VERSION: u8 = 1;
 /// Version byte of inode records: 2 added the bytes a file stores (`InodeAttr::stored`).
 const INODE_RECORD_VERSION: u8 = 2;
 /// Format of the whole database, in `meta/format`: 2 counts each file's stored bytes, 3
-/// indexes the names of files (`links`). A namenode upgrades an older database when it
+/// keeps where every name of a file is (`InodeRecord::parent`, `links`). A namenode upgrades an older database when it
 /// opens it (see `MetaEngine::open`).
 pub const FORMAT_VERSION: u64 = 3;
 
@@ -30,7 +30,9 @@ pub const FORMAT_VERSION: u64 = 3;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InodeRecord {
     pub attr: InodeAttr,
-    /// The directory a directory lives in (directories have exactly one); unused for others.
+    /// The directory a directory lives in (directories have exactly one); for anything
+    /// else, the directory of one of its names (the others are in the `links` family, see
+    /// [`keys::link`]), or of its last one.
     pub parent: Ino,
     /// A symlink's target.
     pub target: Option<Vec<u8>>,
@@ -599,21 +601,8 @@ impl Txn<'_> {
             .transpose()
     }
 
-    /// Writes a name. A name that held something else must be deleted first
-    /// ([`Txn::delete_dentry`]), so that the `links` index follows.
     pub fn put_dentry(&mut self, parent: Ino, name: &[u8], d: Dentry) {
         self.put_raw(Cf::Dentries, keys::dentry(parent, name), encode(&d));
-        if d.kind != FileKind::Dir {
-            self.put_raw(Cf::Links, keys::link(d.ino, parent, name), Vec::new());
-        }
-    }
-
-    /// Deletes the name `parent`/`name`, which holds `d`.
-    pub fn delete_dentry(&mut self, parent: Ino, name: &[u8], d: Dentry) {
-        self.delete(Cf::Dentries, keys::dentry(parent, name));
-        if d.kind != FileKind::Dir {
-            self.delete(Cf::Links, keys::link(d.ino, parent, name));
-        }
     }
 
     pub fn chunk(&self, ino: Ino, index: u32) -> FsResult<Vec<Slice>> {

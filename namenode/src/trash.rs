@@ -148,14 +148,7 @@ pub fn move_in(
     let mut entry = format!("{}-{}-", now.secs, ino.0).into_bytes();
     entry.extend_from_slice(name);
     entry.truncate(NAME_MAX);
-    txn.delete_dentry(
-        parent,
-        name,
-        Dentry {
-            ino,
-            kind: rec.attr.kind,
-        },
-    );
+    txn.delete(Cf::Dentries, keys::dentry(parent, name));
     txn.put_dentry(
         mine,
         &entry,
@@ -235,7 +228,7 @@ pub fn restore(
     if txn.dentry(to_parent, &to_name)?.is_some() {
         return Err(FsError::Exists);
     }
-    txn.delete_dentry(r.parent, &r.name, entry);
+    txn.delete(Cf::Dentries, keys::dentry(r.parent, &r.name));
     txn.put_dentry(
         to_parent,
         &to_name,
