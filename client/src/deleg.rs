@@ -292,6 +292,11 @@ impl Delegations {
         if d.names.contains_key(name) {
             return exclusive.then_some(Err(FsError::Exists));
         }
+        if !may_change(caller, &d.attr) {
+            // The kernel checked the process's own ids; a squashed caller the namenode
+            // judges (and refuses) before anything is answered.
+            return None;
+        }
         let now = Timestamp::now();
         let perm = perm & 0o7777;
         let mut gid = gid;
@@ -350,7 +355,7 @@ impl Delegations {
         name: &[u8],
         held: impl Fn(Ino) -> bool,
     ) -> Option<Result<Ino, FsError>> {
-        let (mut s, found) = self.removing(reader, dir, name)?;
+        let (mut s, found) = self.removing(reader, caller, dir, name)?;
         let Some((ino, kind)) = found else {
             return Some(Err(FsError::NotFound));
         };
@@ -378,7 +383,7 @@ impl Delegations {
         dir: Ino,
         name: &[u8],
     ) -> Option<Result<Ino, FsError>> {
-        let (mut s, found) = self.removing(reader, dir, name)?;
+        let (mut s, found) = self.removing(reader, caller, dir, name)?;
         let Some((ino, kind)) = found else {
             return Some(Err(FsError::NotFound));
         };
@@ -401,11 +406,13 @@ impl Delegations {
 
     /// For a removal of `name` from `dir` answered here: the state, and what the name
     /// names (nothing: `ENOENT`, every name being known). `None` when the namenode must
-    /// be asked: a name it judges, a full queue, or `dir` not delegated and usable
-    /// through `reader`.
+    /// be asked: a name it judges, a full queue, `dir` not delegated and usable through
+    /// `reader`, a caller that may not surely remove names there (the sticky bit's owners
+    /// the namenode judges).
     fn removing(
         &self,
         reader: Option<u64>,
+        caller: &Caller,
         dir: Ino,
         name: &[u8],
     ) -> Option<(std::sync::MutexGuard<'_, State>, Option<Entry>)> {
@@ -416,7 +423,11 @@ impl Delegations {
         if s.unanswered >= MAX_UNANSWERED {
             return None;
         }
-        let found = s.usable(dir, reader)?.names.get(name).copied();
+        let d = s.usable(dir, reader)?;
+        if !may_change(caller, &d.attr) || d.attr.perm & 0o1000 != 0 {
+            return None;
+        }
+        let found = d.names.get(name).copied();
         Some((s, found))
     }
 
@@ -784,6 +795,13 @@ impl Delegations {
     }
 }
 
+/// May `caller` add and remove names in directory `attr`? As the namenode's check. The
+/// kernel checked the process's own ids (`default_permissions`), which a squashed caller's
+/// are not.
+fn may_change(caller: &Caller, attr: &InodeAttr) -> bool {
+    caller.may(attr, 2 | 1)
+}
+
 /// May `caller` read directory `attr` (list its names)? As the namenode's check.
 fn may_read(caller: &Caller, attr: &InodeAttr) -> bool {
     caller.may(attr, 4)
@@ -901,9 +919,14 @@ mod tests {
 
     /// Directory 5 delegated through connection 7, and four inode numbers from 100.
     fn delegated_with_inos() -> (Delegations, Ino) {
+        delegated_with_mode(0o755)
+    }
+
+    /// A directory of root's with mode `perm`, delegated, and four inode numbers.
+    fn delegated_with_mode(perm: u16) -> (Delegations, Ino) {
         let d = Delegations::default();
         let dir = Ino(5);
-        assert!(granted(&d, dir, 0o755, &[]));
+        assert!(granted(&d, dir, perm, &[]));
         d.reserved(Some(proto::InoRange {
             first: 100,
             count: 4,
@@ -1162,8 +1185,45 @@ mod tests {
     }
 
     #[test]
-    fn a_new_files_mode_owner_and_times_are_answered_here_when_the_namenode_would_allow_them() {
+    fn a_caller_who_may_not_change_a_directory_is_left_to_the_namenode() {
         let (d, dir) = delegated_with_inos();
+        let nobody = Caller {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+        };
+        // Root's 0755 directory: root (squashed to nobody by the mount) may not add or
+        // remove names there, whatever the kernel let through.
+        assert!(d
+            .create(
+                Some(7),
+                &nobody,
+                dir,
+                b"n",
+                0o644,
+                65534,
+                65534,
+                true,
+                claim
+            )
+            .is_none());
+        assert!(create_as_root(&d, dir, "f", (0, 0), true).unwrap().is_ok());
+        assert!(d.unlink(Some(7), &nobody, dir, b"f", |_| false).is_none());
+        assert!(d.rmdir(Some(7), &nobody, dir, b"f").is_none());
+        // In a sticky directory only the namenode knows whose names may go.
+        let (d, dir) = delegated_with_mode(0o1777);
+        assert!(create_as_root(&d, dir, "g", (1000, 1000), true)
+            .unwrap()
+            .is_ok());
+        assert!(d.unlink(Some(7), &nobody, dir, b"g", |_| false).is_none());
+        assert!(d
+            .unlink(Some(7), &Caller::ROOT, dir, b"g", |_| false)
+            .is_none());
+    }
+
+    #[test]
+    fn a_new_files_mode_owner_and_times_are_answered_here_when_the_namenode_would_allow_them() {
+        let (d, dir) = delegated_with_mode(0o777);
         let user = Caller {
             uid: 1000,
             gid: 1000,

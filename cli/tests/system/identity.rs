@@ -899,3 +899,54 @@ async fn a_subtree_export_sees_its_directory_as_root_and_reaches_nothing_outside
     drop(namenode);
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_squashed_root_gets_eacces_at_once_also_where_the_mount_answers_changes() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 2).await;
+    let admin = cluster.client().await.unwrap();
+    let only = admin
+        .mkdir(Ino::ROOT, b"only", 0o755, Owner { uid: 0, gid: 0 })
+        .await
+        .unwrap()
+        .ino;
+    let kept = put_in(&admin, only, "kept", b"root's").await;
+
+    // No rule names it: root is squashed to nobody, who may not change root's 0755
+    // directory. The kernel checks as root, so only the mount's own check stands between:
+    // what it answers under a delegation of the directory must be refused as the namenode
+    // refuses it, at once, not at close.
+    let lab = CertIdentity::new(Role::Mount, "lab-2");
+    let point = tempfile::tempdir().unwrap();
+    let mounted = mount_as(client_for(&cluster, &lab).await, point.path()).await;
+    let root = point.path().to_path_buf();
+    let errors = tokio::task::spawn_blocking(move || {
+        let only = root.join("only");
+        let mut errors = Vec::new();
+        for round in 0..5 {
+            // Listing it (again) is what makes the mount ask for its delegation.
+            assert_eq!(fs::read_dir(&only).unwrap().count(), 1);
+            std::thread::sleep(Duration::from_millis(100));
+            let name = only.join(format!("new-{round}"));
+            errors.push(fs::File::create(&name).map(drop).map_err(|e| e.kind()));
+            errors.push(fs::remove_file(only.join("kept")).map_err(|e| e.kind()));
+        }
+        errors
+    })
+    .await
+    .unwrap();
+    assert_eq!(errors, vec![Err(ErrorKind::PermissionDenied); 10]);
+    unmount(mounted).await;
+    let names: Vec<Vec<u8>> = admin
+        .readdir(only)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
+    assert_eq!(names, [b"kept".to_vec()]);
+    assert_eq!(get(&admin, kept, 64).await, b"root's");
+    cluster.stop().await.unwrap();
+}
