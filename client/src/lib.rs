@@ -663,7 +663,8 @@ impl Client {
             let conn = loop {
                 match self.inner.pool.get(addr, Role::Namenode).await {
                     Ok(conn) => break conn,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
+                    // A refused certificate stays refused: said at once.
+                    Err(e @ FsError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
                         tracing::debug!("namenode {addr} not reachable yet: {e}");
                         self.inner.pool.clear_unreachable(addr);
                         tokio::time::sleep(Duration::from_millis(250)).await;

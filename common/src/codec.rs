@@ -65,10 +65,9 @@ pub async fn write_frame<T: Serialize>(
 /// says why (a refused certificate is only ever told this way).
 pub fn write_error(what: &str, e: quinn::WriteError) -> FsError {
     match e {
-        quinn::WriteError::ConnectionLost(e) => FsError::unavailable(format!(
-            "cannot send {what}: {}",
-            crate::transport::why_closed(&e)
-        )),
+        quinn::WriteError::ConnectionLost(e) => {
+            crate::transport::connection_lost(format_args!("cannot send {what}"), &e)
+        }
         e => FsError::unavailable(format!("cannot send {what}: {e}")),
     }
 }
@@ -81,10 +80,10 @@ pub fn read_error(what: &str, e: quinn::ReadExactError) -> FsError {
             "stream ended after {got} bytes while reading {what}"
         )),
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => {
-            FsError::unavailable(format!(
-                "connection lost while reading {what}: {}",
-                crate::transport::why_closed(&e)
-            ))
+            crate::transport::connection_lost(
+                format_args!("connection lost while reading {what}"),
+                &e,
+            )
         }
         quinn::ReadExactError::ReadError(e) => {
             FsError::unavailable(format!("connection lost while reading {what}: {e}"))

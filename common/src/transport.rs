@@ -462,7 +462,7 @@ async fn connect_with(
                 CONNECT_TIMEOUT.as_secs()
             ))
         })?
-        .map_err(|e| FsError::unavailable(format!("cannot connect to {role} {addr}: {e}")))?;
+        .map_err(|e| connection_lost(format_args!("cannot connect to {role} {addr}"), &e))?;
     if negotiated_protocol(&conn).as_deref() == Some(ALPN_FALLBACK) {
         let ours = String::from_utf8_lossy(&alpn(protocol_version)).into_owned();
         let theirs = match conn.closed().await {
@@ -544,11 +544,10 @@ pub async fn call_streaming<R: Rpc>(
 
 async fn open(conn: &Connection) -> FsResult<(SendStream, RecvStream)> {
     conn.open_bi().await.map_err(|e| {
-        FsError::unavailable(format!(
-            "connection to {} lost: {}",
-            conn.remote_address(),
-            why_closed(&e)
-        ))
+        connection_lost(
+            format_args!("connection to {} lost", conn.remote_address()),
+            &e,
+        )
     })
 }
 
@@ -556,10 +555,8 @@ async fn open(conn: &Connection) -> FsResult<(SendStream, RecvStream)> {
 /// certificate does so after the handshake seemed done (TLS 1.3 checks the client's
 /// certificate last), and says why only in a TLS alert: named here.
 pub fn why_closed(e: &quinn::ConnectionError) -> String {
-    let code = match e {
-        quinn::ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
-        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
-        other => return other.to_string(),
+    let Some(alert) = tls_alert(e) else {
+        return e.to_string();
     };
     let by_peer = matches!(e, quinn::ConnectionError::ConnectionClosed(_));
     let (whose, fix) = if by_peer {
@@ -570,11 +567,11 @@ pub fn why_closed(e: &quinn::ConnectionError) -> String {
     } else {
         (
             "this side refused the peer's certificate",
-            "the peer needs a certificate from this cluster's CA (`cairn cert issue`)",
+            "the peer needs a certificate from this cluster's CA (`cairn cert issue`), or \
+             this side's `ca_cert` is not the cluster's CA",
         )
     };
-    // TLS alerts travel as QUIC crypto errors, 0x100 + the alert number (RFC 9001 §4.8).
-    let cause = match code.checked_sub(0x100) {
+    let cause = match Some(alert) {
         Some(48) => "it is signed by another CA than the cluster's (unknown_ca)",
         // What rustls answers when the issuer's name matches but its key does not: another
         // cluster's CA of the same name.
@@ -588,13 +585,34 @@ pub fn why_closed(e: &quinn::ConnectionError) -> String {
     format!("{whose}: {cause}; {fix}")
 }
 
+/// The TLS alert a connection was closed with, by either side, if any: TLS alerts travel as
+/// QUIC crypto errors, 0x100 + the alert number (RFC 9001 §4.8).
+fn tls_alert(e: &quinn::ConnectionError) -> Option<u64> {
+    let code = match e {
+        quinn::ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
+        quinn::ConnectionError::TransportError(t) => u64::from(t.code),
+        _ => return None,
+    };
+    code.checked_sub(0x100).filter(|alert| *alert < 0x100)
+}
+
+/// The error for a connection that ended, `what` saying what was under way: a certificate
+/// either side refused is [`FsError::WrongRole`], since no retry helps until the
+/// certificates change; anything else is [`FsError::Unavailable`].
+pub fn connection_lost(what: impl std::fmt::Display, e: &quinn::ConnectionError) -> FsError {
+    let why = format!("{what}: {}", why_closed(e));
+    match tls_alert(e) {
+        Some(42..=46 | 48 | 51 | 116) => FsError::WrongRole(why),
+        _ => FsError::unavailable(why),
+    }
+}
+
 /// Maps a failed read of a stream's bytes, naming why a lost connection closed.
 fn read_chunk_error(what: &str, e: quinn::ReadError) -> FsError {
     match e {
-        quinn::ReadError::ConnectionLost(e) => FsError::unavailable(format!(
-            "connection lost while reading {what}: {}",
-            why_closed(&e)
-        )),
+        quinn::ReadError::ConnectionLost(e) => {
+            connection_lost(format_args!("connection lost while reading {what}"), &e)
+        }
         e => FsError::unavailable(format!("connection lost while reading {what}: {e}")),
     }
 }
@@ -1006,6 +1024,42 @@ pub async fn drain<S>(service: Arc<S>, endpoint: &Endpoint) {
 mod tests {
     use super::*;
     use crate::proto::{BlockData, GetBlock};
+
+    #[test]
+    fn a_refused_certificate_is_no_reason_to_try_again() {
+        let closed = |code: quinn::TransportErrorCode| {
+            quinn::ConnectionError::TransportError(quinn_proto::TransportError {
+                code,
+                frame: None,
+                reason: String::new(),
+            })
+        };
+        let refused = connection_lost(
+            "cannot connect",
+            &closed(quinn::TransportErrorCode::crypto(48)),
+        );
+        match refused {
+            FsError::WrongRole(why) => {
+                assert!(why.contains("signed by another CA"), "{why}");
+                assert!(why.contains("`ca_cert`"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Any other end, a handshake alert about something else included, may pass.
+        for code in [
+            quinn::TransportErrorCode::PROTOCOL_VIOLATION,
+            quinn::TransportErrorCode::crypto(40),
+        ] {
+            assert!(matches!(
+                connection_lost("x", &closed(code)),
+                FsError::Unavailable(_)
+            ));
+        }
+        assert!(matches!(
+            connection_lost("x", &quinn::ConnectionError::TimedOut),
+            FsError::Unavailable(_)
+        ));
+    }
 
     struct Echo;
     impl Service for Echo {

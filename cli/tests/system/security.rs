@@ -79,6 +79,8 @@ async fn peers_without_a_cluster_certificate_get_no_stream() {
             .contains("the peer refused this side's certificate: it is signed by another CA"),
         "the client is told why: {err}"
     );
+    // No retry helps: a client says so at once instead of trying again.
+    assert!(matches!(err, FsError::WrongRole(_)), "{err:?}");
 
     tracing::info!("--- a client whose certificate has expired");
     let expired = tempfile::tempdir().unwrap();
