@@ -172,13 +172,13 @@ mod fuzz {
                 key: "me.key".into(),
                 crl: None,
             };
-            let mut config = ClientConfig::new("127.0.0.1:7070".parse().unwrap(), tls);
-            config.block_cache_dir = Some("cache".into());
-            let defaults = toml::to_string(&config).unwrap();
+            let mut defaults = ClientConfig::new("127.0.0.1:7070".parse().unwrap(), tls);
+            defaults.block_cache_dir = Some("cache".into());
             let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("client.toml");
-            std::fs::write(&path, cairn_common::config::edit_values(&defaults, &edits)).unwrap();
-            let Ok(config) = ClientConfig::load(&path) else {
+            let loaded = cairn_common::config::load_edited(
+                dir.path(), "client.toml", &defaults, &edits, ClientConfig::load,
+            );
+            let Some(config) = loaded else {
                 return Ok(());
             };
             // What the client does with them: a write waits for at least one replica, and

@@ -60,3 +60,19 @@ pub fn edit_values(toml_text: &str, edits: &[(usize, String)]) -> String {
     }
     lines.join("\n")
 }
+
+/// Writes `defaults` with `edits` made (see [`edit_values`]) to the file `name` in `dir`,
+/// and loads it with `load`: how the fuzz test of each configuration reads a hand-edited
+/// file. `None` when `load` refuses it.
+pub fn load_edited<T>(
+    dir: &Path,
+    name: &str,
+    defaults: &impl serde::Serialize,
+    edits: &[(usize, String)],
+    load: impl FnOnce(&Path) -> anyhow::Result<T>,
+) -> Option<T> {
+    let path = dir.join(name);
+    let text = toml::to_string(defaults).expect("a configuration serializes");
+    std::fs::write(&path, edit_values(&text, edits)).expect("writing a configuration");
+    load(&path).ok()
+}

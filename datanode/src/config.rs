@@ -156,12 +156,12 @@ mod fuzz {
                 crl: None,
             };
             let nn = "127.0.0.1:7070".parse().unwrap();
-            let config = DatanodeConfig::new("dn1", nn, "data".into(), tls);
-            let defaults = toml::to_string(&config).unwrap();
+            let defaults = DatanodeConfig::new("dn1", nn, "data".into(), tls);
             let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("datanode.toml");
-            std::fs::write(&path, cairn_common::config::edit_values(&defaults, &edits)).unwrap();
-            let Ok(config) = DatanodeConfig::load(&path) else {
+            let loaded = cairn_common::config::load_edited(
+                dir.path(), "datanode.toml", &defaults, &edits, DatanodeConfig::load,
+            );
+            let Some(config) = loaded else {
                 return Ok(());
             };
             let period = Duration::from_secs(config.scrub_period_secs);

@@ -409,11 +409,12 @@ mod fuzz {
                 key: "nn.key".into(),
                 crl: None,
             };
-            let defaults = toml::to_string(&NamenodeConfig::new("meta".into(), tls)).unwrap();
+            let defaults = NamenodeConfig::new("meta".into(), tls);
             let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("namenode.toml");
-            std::fs::write(&path, cairn_common::config::edit_values(&defaults, &edits)).unwrap();
-            let Ok(config) = NamenodeConfig::load(&path) else {
+            let loaded = cairn_common::config::load_edited(
+                dir.path(), "namenode.toml", &defaults, &edits, NamenodeConfig::load,
+            );
+            let Some(config) = loaded else {
                 return Ok(());
             };
             let now = std::time::Instant::now();
