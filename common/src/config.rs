@@ -42,6 +42,30 @@ pub const WILD_VALUES: &[&str] = &[
     "true",
 ];
 
+/// What the fuzz test of each configuration writes into a valid file: one to three values,
+/// each a number of any size or something else a hand may write where a number goes.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn wild_edits() -> impl proptest::strategy::Strategy<Value = Vec<(usize, String)>> {
+    use proptest::prelude::*;
+    let value = prop_oneof![
+        prop::sample::select(WILD_VALUES).prop_map(str::to_string),
+        any::<u64>().prop_map(|n| n.to_string()),
+        (0u64..100_000).prop_map(|n| n.to_string()),
+    ];
+    proptest::collection::vec((any::<usize>(), value), 1..4)
+}
+
+/// Certificate paths named after `name` (never read), for configurations made in tests.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn tls_stand_in(name: &str) -> crate::transport::TlsPaths {
+    crate::transport::TlsPaths {
+        ca_cert: "ca.pem".into(),
+        cert: format!("{name}.pem").into(),
+        key: format!("{name}.key").into(),
+        crl: None,
+    }
+}
+
 /// `toml_text` with the values of some of its `key = value` lines replaced: each edit
 /// names a line by its index among those lines (taken modulo their count) and the value
 /// to write there. How the fuzz tests of each configuration edit a valid file.

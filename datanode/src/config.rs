@@ -144,17 +144,9 @@ mod fuzz {
 
         #[test]
         fn whatever_a_config_file_says_it_is_refused_or_safe(
-            edits in proptest::collection::vec((any::<usize>(), prop_oneof![
-                prop::sample::select(cairn_common::config::WILD_VALUES).prop_map(str::to_string),
-                any::<u64>().prop_map(|n| n.to_string()),
-            ]), 1..4),
+            edits in cairn_common::config::wild_edits(),
         ) {
-            let tls = TlsPaths {
-                ca_cert: "ca.pem".into(),
-                cert: "dn.pem".into(),
-                key: "dn.key".into(),
-                crl: None,
-            };
+            let tls = cairn_common::config::tls_stand_in("dn");
             let nn = "127.0.0.1:7070".parse().unwrap();
             let defaults = DatanodeConfig::new("dn1", nn, "data".into(), tls);
             let dir = tempfile::tempdir().unwrap();

@@ -387,28 +387,14 @@ mod fuzz {
 
     use super::*;
 
-    /// What a hand may write where a value goes.
-    fn wild() -> impl Strategy<Value = String> {
-        prop_oneof![
-            prop::sample::select(cairn_common::config::WILD_VALUES).prop_map(str::to_string),
-            any::<u64>().prop_map(|n| n.to_string()),
-            (0u64..100_000).prop_map(|n| n.to_string()),
-        ]
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(cairn_common::fuzz_cases(256)))]
 
         #[test]
         fn whatever_a_config_file_says_it_is_refused_or_safe(
-            edits in proptest::collection::vec((any::<usize>(), wild()), 1..4),
+            edits in cairn_common::config::wild_edits(),
         ) {
-            let tls = TlsPaths {
-                ca_cert: "ca.pem".into(),
-                cert: "nn.pem".into(),
-                key: "nn.key".into(),
-                crl: None,
-            };
+            let tls = cairn_common::config::tls_stand_in("nn");
             let defaults = NamenodeConfig::new("meta".into(), tls);
             let dir = tempfile::tempdir().unwrap();
             let loaded = cairn_common::config::load_edited(

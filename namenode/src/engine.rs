@@ -750,33 +750,42 @@ fn upgrade(store: &Store, from: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-const UPGRADE_PAGE: usize = 1024;
+/// Runs `f` over every record of `cf`, a page at a time; each page's writes commit (synced)
+/// before the next page is read.
+fn each_page(
+    store: &Store,
+    cf: Cf,
+    mut f: impl FnMut(&mut Txn<'_>, &[(Vec<u8>, Vec<u8>)]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    const PAGE: usize = 1024;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.scan_raw(cf, &[], after.as_deref(), PAGE)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        after = Some(last.clone());
+        let mut txn = store.txn();
+        f(&mut txn, &page)?;
+        store.commit(txn, true)?;
+    }
+}
 
 /// Format 3 keeps where every name of a file is: its record's `parent` names the directory
 /// of one of them (the first in key order), the `links` family the others (see
 /// [`keys::link`]).
 fn index_links(store: &Store) -> anyhow::Result<()> {
     // An upgrade cut short runs again from a clean index.
-    loop {
-        let page = store.scan_raw(Cf::Links, &[], None, UPGRADE_PAGE)?;
-        if page.is_empty() {
-            break;
-        }
-        let mut txn = store.txn();
+    each_page(store, Cf::Links, |txn, page| {
         for (key, _) in page {
-            txn.delete(Cf::Links, key);
+            txn.delete(Cf::Links, key.clone());
         }
-        store.commit(txn, true)?;
-    }
-    let mut after: Option<Vec<u8>> = None;
+        Ok(())
+    })?;
     let mut named = std::collections::HashSet::new();
     let mut others = 0u64;
-    loop {
-        let page = store.scan_raw(Cf::Dentries, &[], after.as_deref(), UPGRADE_PAGE)?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        let mut txn = store.txn();
-        for (key, value) in &page {
+    each_page(store, Cf::Dentries, |txn, page| {
+        for (key, value) in page {
             let d: Dentry = decode("dentry", value)?;
             if d.kind == FileKind::Dir || key.len() <= 8 {
                 continue;
@@ -798,8 +807,8 @@ fn index_links(store: &Store) -> anyhow::Result<()> {
                 txn.put_inode(&rec);
             }
         }
-        store.commit(txn, true)?;
-    }
+        Ok(())
+    })?;
     info!(others, "where the names of files are, recorded");
     Ok(())
 }
@@ -807,24 +816,14 @@ fn index_links(store: &Store) -> anyhow::Result<()> {
 /// Format 1 did not count the bytes each file stores: every inode is rewritten with its
 /// count, read from its chunks.
 fn count_stored(store: &Store) -> anyhow::Result<()> {
-    const PAGE: usize = UPGRADE_PAGE;
-    let mut after: Option<Vec<u8>> = None;
     let mut inodes = 0u64;
-    loop {
-        let page = store.scan_raw(Cf::Inodes, &[], after.as_deref(), PAGE)?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        let mut txn = store.txn();
-        for (_, value) in &page {
+    each_page(store, Cf::Inodes, |txn, page| {
+        for (_, value) in page {
             let mut rec = decode_inode(value)?;
             if rec.attr.kind == FileKind::File {
                 let mut stored = 0;
-                for (_, chunk) in store.scan_raw(
-                    Cf::Chunks,
-                    &keys::chunk_prefix(rec.attr.ino),
-                    None,
-                    usize::MAX,
-                )? {
+                let prefix = keys::chunk_prefix(rec.attr.ino);
+                for (_, chunk) in store.scan_raw(Cf::Chunks, &prefix, None, usize::MAX)? {
                     let slices: Vec<Slice> = decode("chunk", &chunk)?;
                     stored += layout::covered(&slices);
                 }
@@ -833,8 +832,8 @@ fn count_stored(store: &Store) -> anyhow::Result<()> {
             txn.put_inode(&rec);
         }
         inodes += page.len() as u64;
-        store.commit(txn, true)?;
-    }
+        Ok(())
+    })?;
     info!(inodes, "stored bytes counted");
     Ok(())
 }
