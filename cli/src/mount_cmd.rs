@@ -69,6 +69,9 @@ pub async fn run(
         .with_context(|| format!("unmounting {}", mountpoint.display()))
 }
 
+/// The largest kernel read-ahead `-o read_ahead_kb=` takes: 1 GiB.
+const MAX_READ_AHEAD_KB: u32 = 1 << 20;
+
 /// The mount's options from `-o` lists, as mount(8) and fstab write them.
 pub fn mount_options(
     options: &[String],
@@ -92,6 +95,12 @@ pub fn mount_options(
             "nodev" => opts.dev = false,
             "exec" => opts.exec = true,
             "noexec" => opts.exec = false,
+            kb if kb.starts_with("read_ahead_kb=") => {
+                let v = &kb["read_ahead_kb=".len()..];
+                opts.read_ahead_kb = v.parse().ok().filter(|k| *k <= MAX_READ_AHEAD_KB).with_context(|| {
+                    format!("read_ahead_kb must be a number of KiB from 0 to {MAX_READ_AHEAD_KB}, not {v:?}")
+                })?;
+            }
             // mount(8)'s own, or how Cairn always mounts.
             ""
             | "defaults"
@@ -107,7 +116,8 @@ pub fn mount_options(
             | "default_permissions" => {}
             other => bail!(
                 "unknown mount option {other:?} (known: noatime, relatime, ro, rw, wsync, nowsync, \
-                 suid, nosuid, dev, nodev, exec, noexec and the generic fstab options)"
+                 suid, nosuid, dev, nodev, exec, noexec, read_ahead_kb=N and the generic fstab \
+                 options)"
             ),
         }
     }
@@ -390,5 +400,20 @@ mod tests {
         assert!(!opts(&["suid,nosuid"]).unwrap().suid, "the last one counts");
         let err = opts(&["noatime,bogus"]).unwrap_err().to_string();
         assert!(err.contains("\"bogus\""), "{err}");
+        assert_eq!(plain.read_ahead_kb, 4096, "a block's worth by default");
+        assert_eq!(opts(&["read_ahead_kb=0"]).unwrap().read_ahead_kb, 0);
+        assert_eq!(
+            opts(&["ro,read_ahead_kb=16384"]).unwrap().read_ahead_kb,
+            16384
+        );
+        for bad in [
+            "read_ahead_kb=",
+            "read_ahead_kb=-1",
+            "read_ahead_kb=4M",
+            "read_ahead_kb=9999999",
+        ] {
+            let err = opts(&[bad]).unwrap_err().to_string();
+            assert!(err.contains("read_ahead_kb must be"), "{bad}: {err}");
+        }
     }
 }

@@ -844,21 +844,23 @@ impl Client {
             self.body(&mut recv, header.len).await
         }
         .await;
-        let encoded = self.unless_lost(loc, res)?;
+        let pieces = self.unless_lost(loc, res)?;
         let (block_len, offset) = (block_len as u64, offset);
-        if encoded.len() <= HASH_INLINE_MAX {
-            return verified::decode(&id, block_len, offset, len, &encoded);
+        let size: usize = pieces.iter().map(Bytes::len).sum();
+        let decode = move || verified::decode(&id, block_len, offset, len, &pieces.concat());
+        if size <= HASH_INLINE_MAX {
+            return decode();
         }
-        tokio::task::spawn_blocking(move || verified::decode(&id, block_len, offset, len, &encoded))
+        tokio::task::spawn_blocking(decode)
             .await
             .map_err(|e| FsError::io(format!("checking a range failed: {e}")))?
     }
 
     /// The `len` bytes after a datanode's answer header, counted.
-    async fn body(&self, recv: &mut quinn::RecvStream, len: u32) -> FsResult<Vec<u8>> {
-        let body = transport::read_body_exact(recv, len as usize).await?;
+    async fn body(&self, recv: &mut quinn::RecvStream, len: u32) -> FsResult<Vec<Bytes>> {
+        let body = transport::read_body_pieces(recv, len as usize).await?;
         let fetched = &self.inner.fetched;
-        fetched.fetch_add(body.len() as u64, Ordering::Relaxed);
+        fetched.fetch_add(len as u64, Ordering::Relaxed);
         Ok(body)
     }
 
@@ -890,8 +892,8 @@ impl Client {
             self.body(&mut recv, len).await
         }
         .await;
-        let buf = self.unless_lost(loc, res)?;
-        match hashed(buf).await? {
+        let pieces = self.unless_lost(loc, res)?;
+        match joined_and_hashed(pieces).await? {
             (buf, got) if got == id => Ok(Bytes::from(buf)),
             _ => Err(FsError::io(
                 "replica bytes do not match the block hash (corrupt)",
@@ -908,6 +910,19 @@ fn same_length(replica: u32, block: u32) -> FsResult<()> {
         )));
     }
     Ok(())
+}
+
+/// A block received as `pieces`, joined, with its BLAKE3 id. A large one is joined and
+/// hashed off the runtime's threads: the join is a copy of every byte, and the runtime's
+/// threads already spend most of a transfer's time in the transport.
+async fn joined_and_hashed(pieces: Vec<Bytes>) -> FsResult<(Vec<u8>, BlockId)> {
+    let size: usize = pieces.iter().map(Bytes::len).sum();
+    if size <= HASH_INLINE_MAX {
+        return Ok(BlockId::join_pieces(&pieces));
+    }
+    tokio::task::spawn_blocking(move || BlockId::join_pieces(&pieces))
+        .await
+        .map_err(|e| FsError::io(format!("hashing failed: {e}")))
 }
 
 /// `data` with its BLAKE3 id; a large block is hashed off the runtime's threads.

@@ -619,22 +619,29 @@ fn read_chunk_error(what: &str, e: quinn::ReadError) -> FsError {
 
 /// Reads a body of exactly `len` bytes that ends the stream, without zeroing a buffer first.
 pub async fn read_body_exact(recv: &mut RecvStream, len: usize) -> FsResult<Vec<u8>> {
-    let mut buf = Vec::with_capacity(len);
+    Ok(read_body_pieces(recv, len).await?.concat())
+}
+
+/// Reads a body of exactly `len` bytes that ends the stream, as the pieces it arrived in
+/// (no copy): the caller joins them where a copy costs least, with whatever else it does
+/// to every byte.
+pub async fn read_body_pieces(recv: &mut RecvStream, len: usize) -> FsResult<Vec<bytes::Bytes>> {
+    let (mut pieces, mut got) = (Vec::new(), 0);
     loop {
         match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) if buf.len() + chunk.bytes.len() <= len => {
-                buf.extend_from_slice(&chunk.bytes)
+            Ok(Some(chunk)) if got + chunk.bytes.len() <= len => {
+                got += chunk.bytes.len();
+                pieces.push(chunk.bytes);
             }
             Ok(Some(_)) => {
                 return Err(FsError::protocol(format!(
                     "more than the {len} bytes of block data announced"
                 )))
             }
-            Ok(None) if buf.len() == len => return Ok(buf),
+            Ok(None) if got == len => return Ok(pieces),
             Ok(None) => {
                 return Err(FsError::protocol(format!(
-                    "stream ended after {} of {len} bytes of block data",
-                    buf.len()
+                    "stream ended after {got} of {len} bytes of block data"
                 )))
             }
             Err(e) => return Err(read_chunk_error("block data", e)),

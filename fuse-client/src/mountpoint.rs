@@ -109,6 +109,41 @@ fn cairn_mounts(mountpoint: &Path) -> io::Result<Vec<String>> {
         .collect())
 }
 
+/// Sets the kernel's read-ahead for the Cairn mount on `mountpoint` to `kib` KiB. A FUSE
+/// mount starts with 128 KiB, which splits a sequential reader's stream into 128 KiB
+/// requests, each a round of wake-ups in the kernel and the mount; the setting lives in
+/// the mount's backing device in sysfs, which only root may write. To be called once the
+/// mount has answered a request: its start (FUSE's `INIT`) lowers the setting to what the
+/// kernel offered.
+pub fn set_read_ahead(mountpoint: &Path, kib: u32) -> io::Result<()> {
+    let target = absolute(mountpoint)?;
+    let target = target.to_string_lossy();
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // `36 35 0:52 / /mnt/point rw,nosuid - fuse.cairn cairn rw,...`: the device is the
+    // third field, the mount point the fifth; the source follows the `-`.
+    let device = table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let ours = fields.get(dash + 2) == Some(&FS_NAME)
+                && fields.get(dash + 1).is_some_and(|t| t.starts_with("fuse"))
+                && fields.get(4).map(|p| unescape_mount_path(p)).as_deref()
+                    == Some(target.as_ref());
+            ours.then(|| fields[2].to_string())
+        })
+        .next_back()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no Cairn mount on {target} in the mount table"),
+            )
+        })?;
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    std::fs::write(&knob, kib.to_string())
+        .map_err(|e| io::Error::new(e.kind(), format!("{knob}: {e}")))
+}
+
 /// The name mounts of Cairn carry in the mount table's source field.
 pub(crate) const FS_NAME: &str = "cairn";
 

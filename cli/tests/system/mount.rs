@@ -203,6 +203,46 @@ async fn a_file_closed_on_one_mount_is_read_whole_on_another() {
     .await;
 }
 
+/// The kernel reads a block ahead on a mount, not its 128 KiB default, unless told
+/// otherwise (`-o read_ahead_kb=0`); and what it reads ahead is the file's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kernel_reads_a_block_ahead_on_a_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 2).await;
+    let (_a, a, first) = mount_new(&cluster).await;
+    let other = tempfile::tempdir().unwrap();
+    let kernel_default = cairn_fuse::MountOptions {
+        read_ahead_kb: 0,
+        ..cairn_fuse::MountOptions::default()
+    };
+    let second = mount_with(&cluster, other.path(), &kernel_default).await;
+    let b = other.path().to_path_buf();
+    let checked = tokio::task::spawn_blocking(move || {
+        // The setting lives in the mount's backing device, named by its device number.
+        let read_ahead = |p: &Path| {
+            let dev = fs::metadata(p).unwrap().dev();
+            let (major, minor) = (libc::major(dev), libc::minor(dev));
+            fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        wait_until("the read-ahead set", || read_ahead(&a) == "4096");
+        assert_eq!(read_ahead(&b), "128");
+        let data = random_bytes(9 << 20, 31);
+        fs::write(a.join("f"), &data).unwrap();
+        assert!(fs::read(a.join("f")).unwrap() == data);
+        assert!(fs::read(b.join("f")).unwrap() == data);
+    })
+    .await;
+    unmount(second).await;
+    unmount(first).await;
+    cluster.stop().await.unwrap();
+    if let Err(e) = checked {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn names_absent_from_a_directory_this_mount_made_are_known_without_asking() {
     on_a_cluster_mounted_twice(move |a, b| {

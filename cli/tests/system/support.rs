@@ -289,12 +289,40 @@ impl ChildNamenode {
         n
     }
 
+    /// Starts it again, and returns once it has said so in its log: a start that fails or
+    /// hangs before its first line is reported here, with what the log holds.
     pub fn restart(&mut self) {
         use std::io::{BufRead, Write};
+        let starts = |log: &Path| {
+            fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches("namenode starting")
+                .count()
+        };
+        let before = starts(&self.log);
         writeln!(self.orders, "start").expect("order the launcher");
         let mut line = String::new();
         self.pids.read_line(&mut line).expect("the namenode's pid");
-        self.pid = Some(line.trim().parse().expect("a pid"));
+        let pid: libc::pid_t = line.trim().parse().expect("a pid");
+        self.pid = Some(pid);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while starts(&self.log) == before {
+            let log = || fs::read_to_string(&self.log).unwrap_or_default();
+            assert!(
+                !exited(pid),
+                "namenode {pid} exited before it started:\n{}",
+                log()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "namenode {pid} has not started after 30 s (threads: {:?}):\n{}",
+                fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|d| d.count())
+                    .ok(),
+                log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// Asks it to read its export rules again.
@@ -313,12 +341,7 @@ impl ChildNamenode {
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            // Gone, or a zombie the launcher has not reaped yet: exited either way.
-            let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let exited = state
-                .rsplit_once(')')
-                .is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
-            if exited {
+            if exited(pid) {
                 return;
             }
             assert!(
@@ -328,6 +351,18 @@ impl ChildNamenode {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
+}
+
+/// Whether process `pid` has exited: gone, or a zombie the launcher has not reaped yet whose
+/// every thread has ended. (A killed process's first thread turns zombie before the others
+/// have ended, and those still hold its files: its database's lock, its socket.)
+fn exited(pid: libc::pid_t) -> bool {
+    let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = state
+        .rsplit_once(')')
+        .is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let threads = fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    zombie && threads <= 1
 }
 
 impl Drop for ChildNamenode {
