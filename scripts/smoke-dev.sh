@@ -139,8 +139,19 @@ done
 
 echo "--- Ctrl-C, restart with --mount on a directory it makes, data intact"
 stop
-start --mount "$WORK/devmnt"
+if "$CAIRN" dev --dir "$DEV" --mount "$WORK/devmnt" -o bogus >"$WORK/bad.out" 2>&1; then
+    echo "cairn dev took -o bogus"; exit 1
+fi
+grep -q 'unknown mount option "bogus"' "$WORK/bad.out" || { cat "$WORK/bad.out"; exit 1; }
+start --mount "$WORK/devmnt" -o read_ahead_kb=2048
 grep -q "made the mount point $WORK/devmnt" "$WORK/dev.out"
+READ_AHEAD="/sys/class/bdi/$(mountpoint -d "$WORK/devmnt")/read_ahead_kb"
+i=0
+until [ "$(cat "$READ_AHEAD")" = 2048 ]; do
+    i=$((i + 1))
+    [ "$i" -gt 50 ] && { echo "the dev mount's read-ahead is $(cat "$READ_AHEAD"), not 2048"; exit 1; }
+    sleep 0.1
+done
 "$CAIRN" fs get /smoke/input "$WORK/output2"
 cmp "$WORK/input" "$WORK/output2"
 cmp "$WORK/input" "$WORK/devmnt/copy"

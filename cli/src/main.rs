@@ -53,6 +53,10 @@ enum Command {
         /// Also mount the cluster on this directory.
         #[arg(long)]
         mount: Option<PathBuf>,
+        /// Options of that mount, as `cairn mount -o` takes them (wsync, noatime,
+        /// read_ahead_kb=N…).
+        #[arg(short = 'o', value_delimiter = ',', requires = "mount")]
+        options: Vec<String>,
     },
     /// Manage the cluster certificate authority and certificates.
     Cert {
@@ -262,7 +266,12 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
             namenode,
             replication,
             mount,
-        } => dev(dir, datanodes, namenode, replication, mount).await?,
+            options,
+        } => {
+            // Bad options fail before anything starts.
+            let opts = mount_cmd::mount_options(&options, 4)?;
+            dev(dir, datanodes, namenode, replication, mount, opts).await?
+        }
         Command::Cert { command } => match command {
             CertCommand::Init { dir, days } => {
                 cert::init_ca(&dir, days)?;
@@ -361,6 +370,7 @@ async fn dev(
     namenode: SocketAddr,
     replication: u8,
     mountpoint: Option<PathBuf>,
+    mount_opts: cairn_fuse::MountOptions,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(datanodes >= 1, "a cluster needs at least one datanode");
     // The mount point is made, or refused, before anything starts: a cluster started for a
@@ -406,14 +416,13 @@ async fn dev(
     );
     let mounted = match &mountpoint {
         Some(m) => {
-            let client = cluster.mount_client().await?;
-            let mounted = cairn_fuse::mount(
-                client,
-                tokio::runtime::Handle::current(),
-                m,
-                &cairn_fuse::MountOptions::default(),
-            )
-            .with_context(|| format!("mounting on {}", m.display()))?;
+            let mut config = cairn_client::ClientConfig::load(&cluster.mount_config_path)?;
+            config.wsync |= mount_opts.wsync;
+            let client = cairn_client::Client::connect(config).await?;
+            cairn_fuse::admitted(&client, &mount_opts).await?;
+            let mounted =
+                cairn_fuse::mount(client, tokio::runtime::Handle::current(), m, &mount_opts)
+                    .with_context(|| format!("mounting on {}", m.display()))?;
             println!(
                 "  mounted on  {} (every local user may use it)",
                 m.display()
