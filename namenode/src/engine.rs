@@ -117,6 +117,18 @@ impl MetaEngine {
         opens: Arc<OpenTable>,
         gc: Arc<Gc>,
     ) -> anyhow::Result<MetaEngine> {
+        Self::open_journaled(dir, default_replication, durability, opens, gc, None)
+    }
+
+    /// [`MetaEngine::open`], handing every op written to `journal`.
+    fn open_journaled(
+        dir: &Path,
+        default_replication: u8,
+        durability: Durability,
+        opens: Arc<OpenTable>,
+        gc: Arc<Gc>,
+        journal: Option<Journal>,
+    ) -> anyhow::Result<MetaEngine> {
         let store = Arc::new(Store::open(dir)?);
         let restarted = store.inode(Ino::ROOT)?.is_some();
         if !restarted {
@@ -166,6 +178,7 @@ impl MetaEngine {
             feed: feed.clone(),
             health: health.clone(),
             wal: wal.clone(),
+            journal,
         };
         let writer = std::thread::Builder::new()
             .name("meta-writer".into())
@@ -709,7 +722,13 @@ struct Deciders {
     feed: Arc<ChangeFeed>,
     health: Arc<WriteHealth>,
     wal: Arc<WalSync>,
+    /// Where the ops of each group written go, in the order applied (for tests that replay
+    /// them).
+    journal: Option<Journal>,
 }
+
+/// The ops the writer applied, as a replicated log would carry them.
+type Journal = Arc<std::sync::Mutex<Vec<MetaOp>>>;
 
 /// What one op of a group wrote, for the change counts and the feed.
 struct Written {
@@ -855,9 +874,10 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, deciders: Deciders
         // are two changes.
         let mut counted = Vec::new();
         let mut removed = Vec::new();
+        let mut journal = deciders.journal.as_ref().map(|_| Vec::new());
         for (index, p) in group.iter().enumerate() {
             txn.savepoint();
-            let r = apply(&mut txn, p, &deciders, &mut decided);
+            let r = apply(&mut txn, p, &deciders, &mut decided, &mut journal);
             if r.is_err() {
                 txn.rollback();
             } else {
@@ -892,6 +912,9 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, deciders: Deciders
                     breaks[op.index] = deciders.feed.push(op.origin, &op.answered, op.changes);
                 }
                 deciders.feed.removed(&removed);
+                if let (Some(to), Some(ops)) = (&deciders.journal, journal) {
+                    to.lock().unwrap_or_else(|e| e.into_inner()).extend(ops);
+                }
             }
             Err(e) => {
                 deciders.health.failed(e, group.len());
@@ -970,78 +993,115 @@ fn trashed(inos: &mut Vec<Ino>, trash: &Option<crate::trash::Moved>) {
     }
 }
 
-/// Applies one op in the writer, with what only the writer may decide: whether an orphan is
-/// purged now (nobody holds it open), that a file created for opening is held, which
-/// garbage blocks are condemned, and that no slice of a condemned block is committed.
+/// Applies one op in the writer. What only this namenode knows — which files clients hold
+/// open, which garbage blocks have waited out their grace — is decided first and written
+/// into the ops applied, so that [`ops::apply`] alone, a function of the op and the stored
+/// state, gives the same result wherever the ops are replayed (the seam for a replicated
+/// log). After it, a file created for opening is held, and the files the op left without a
+/// name that nobody holds are freed by a `Purge` op of their own. Each op applied, in
+/// order, goes to `journal` when there is one.
 fn apply(
     txn: &mut Txn<'_>,
     pending: &Pending,
     deciders: &Deciders,
     decided: &mut Decided,
+    journal: &mut Option<Vec<MetaOp>>,
 ) -> FsResult<MetaReply> {
-    let Deciders {
-        opens, gc, feed, ..
-    } = deciders;
-    let op = &pending.op;
-    // A file another client holds a lease on may be open there without the namenode knowing
-    // yet (it says so before it reads of this change): a later sweep purges it if not.
-    let purgeable = |ino, breaking| {
-        !feed.may_be_open_elsewhere(ino, pending.origin, breaking) && opens.begin_purge(ino)
-    };
-    match &op.kind {
-        MetaOpKind::Purge { inos } => {
-            for &ino in inos {
-                // Most files let go of still have a name: nothing to do, and nothing to
-                // hold up (an open of a file being purged fails).
-                if !ops::is_orphan(txn, ino)? {
-                    continue;
-                }
-                if !purgeable(ino, false) {
-                    // Opened again meanwhile (or still): its last close will purge it.
-                    continue;
-                }
-                decided.purging.push(ino);
-                ops::purge(txn, ino)?;
-            }
-            return Ok(MetaReply::Done);
-        }
-        MetaOpKind::CollectBlocks { blocks } => {
-            for block in blocks {
-                // Referenced again since it was marked: it stays.
-                if !ops::is_referenced(txn, block)? && gc.begin_collect(block) {
-                    decided.condemned.push(*block);
-                    ops::condemn(txn, block)?;
-                }
-            }
-            return Ok(MetaReply::Done);
-        }
-        MetaOpKind::CommitSlices(c) => {
-            if let Some((_, s)) = c.slices.iter().find(|(_, s)| gc.is_condemned(&s.block)) {
-                return Err(FsError::io(format!(
-                    "block {} was deleted as garbage before this write committed it \
-                     (its upload was left uncommitted past the grace period)",
-                    s.block
-                )));
-            }
-        }
-        _ => {}
-    }
-    let mut reply = ops::apply(txn, op)?;
+    let op = decide(txn, pending, deciders, decided)?;
+    let mut reply = ops::apply(txn, &op)?;
     if let (MetaOpKind::Create(c), MetaReply::Created(created)) = (&op.kind, &mut reply) {
         if let Some(claim) = c.open {
             // The creator writes it: another mount that opens it meanwhile is told so.
-            let shared = opens.claim(claim.session, created.attr.ino, claim.gen, true);
+            let shared = deciders
+                .opens
+                .claim(claim.session, created.attr.ino, claim.gen, true);
             created.shared = shared == Some(true);
         }
     }
-    for ino in txn.take_orphans() {
-        // This op changes the file: the leases on it end with it.
-        if purgeable(ino, true) {
-            decided.purging.push(ino);
-            ops::purge(txn, ino)?;
+    let now = op.now;
+    if let Some(journal) = journal {
+        journal.push(op.into_owned());
+    }
+    // This op changes the files it orphaned: the leases on them end with it.
+    let inos: Vec<Ino> = txn
+        .take_orphans()
+        .into_iter()
+        .filter(|&ino| purgeable(deciders, pending.origin, ino, true))
+        .collect();
+    if !inos.is_empty() {
+        decided.purging.extend(&inos);
+        let purge = MetaOp {
+            now,
+            caller: Caller::ROOT,
+            kind: MetaOpKind::Purge { inos },
+        };
+        let mark = txn.mark();
+        match ops::apply(txn, &purge) {
+            Ok(_) => {
+                if let Some(journal) = journal {
+                    journal.push(purge);
+                }
+            }
+            // The op stands; its orphans wait for the next sweep.
+            Err(e) => {
+                tracing::warn!(error = %e, "freeing the files an op left without a name failed");
+                txn.rollback_to(mark);
+            }
         }
     }
     Ok(reply)
+}
+
+/// The op to apply for `pending`: itself, or, for the ops that carry the writer's
+/// decisions, the files and blocks the writer found free to go (marked as going, in
+/// `decided`, until the group is written).
+fn decide<'p>(
+    txn: &Txn<'_>,
+    pending: &'p Pending,
+    deciders: &Deciders,
+    decided: &mut Decided,
+) -> FsResult<std::borrow::Cow<'p, MetaOp>> {
+    let op = &pending.op;
+    let kind = match &op.kind {
+        MetaOpKind::Purge { inos } => {
+            let mut free = Vec::new();
+            for &ino in inos {
+                // Most files let go of still have a name: nothing to do, and nothing to
+                // hold up (an open of a file being purged fails). One opened again
+                // meanwhile (or still) is purged by its last close.
+                if ops::is_orphan(txn, ino)? && purgeable(deciders, pending.origin, ino, false) {
+                    decided.purging.push(ino);
+                    free.push(ino);
+                }
+            }
+            MetaOpKind::Purge { inos: free }
+        }
+        MetaOpKind::CollectBlocks { blocks } => {
+            let mut due = Vec::new();
+            for block in blocks {
+                // Referenced again since it was marked: it stays.
+                if !ops::is_referenced(txn, block)? && deciders.gc.begin_collect(block) {
+                    decided.condemned.push(*block);
+                    due.push(*block);
+                }
+            }
+            MetaOpKind::CollectBlocks { blocks: due }
+        }
+        _ => return Ok(std::borrow::Cow::Borrowed(op)),
+    };
+    Ok(std::borrow::Cow::Owned(MetaOp {
+        now: op.now,
+        caller: op.caller.clone(),
+        kind,
+    }))
+}
+
+/// May orphan `ino` be freed now? Not while a client holds it open, nor while one holding
+/// a lease on it (other than `origin`) may have it open without the namenode knowing yet
+/// (it says so before it reads of this change): a later sweep purges it if not. With
+/// `breaking`, the op at hand breaks those leases. Marks it as being purged if so.
+fn purgeable(deciders: &Deciders, origin: u64, ino: Ino, breaking: bool) -> bool {
+    !deciders.feed.may_be_open_elsewhere(ino, origin, breaking) && deciders.opens.begin_purge(ino)
 }
 
 #[cfg(test)]
@@ -1538,6 +1598,143 @@ mod tests {
         assert!(
             opens.claim(8, named, 1, false).is_some() && opens.claim(8, held, 1, false).is_some()
         );
+    }
+
+    /// What the writer decides on its own — which orphans nobody holds, which garbage is
+    /// due — travels in the ops it applies: replaying them with `ops::apply` alone on the
+    /// state the engine started from gives the same records byte for byte, as a replica
+    /// applying a replicated log of them would hold. Ops that need those decisions are in
+    /// the workload: purges with a file held and one let go, removals that leave orphans
+    /// held or not, a collection with a block referenced again, a commit of a condemned
+    /// block.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replaying_the_ops_written_gives_the_same_records() {
+        use cairn_common::proto::{Create, OpenClaim, SetXattr, Unlink, XattrMode};
+        let dir = tempfile::tempdir().unwrap();
+        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
+        let gc = Arc::new(Gc::new(Duration::ZERO, Duration::from_secs(30)));
+        let journal = Journal::default();
+        let engine = MetaEngine::open_journaled(
+            dir.path(),
+            3,
+            Durability::Never,
+            opens.clone(),
+            gc.clone(),
+            Some(journal.clone()),
+        )
+        .unwrap();
+        let start = engine.store.dump();
+        let submit = |kind| engine.submit(Caller::ROOT, kind);
+        let unlink = |name: &str| {
+            MetaOpKind::Unlink(Unlink {
+                parent: Ino::ROOT,
+                name: name.into(),
+            })
+        };
+        let mut ino = std::collections::HashMap::new();
+        for name in ["held", "let-go", "closed", "named", "replaced", "mover"] {
+            ino.insert(name, attr_after(&engine, create(Ino::ROOT, name)).await.ino);
+        }
+        // Created for opening: held from the start.
+        let mut opened = Create::file(Ino::ROOT, b"opened".to_vec());
+        opened.open = Some(OpenClaim { session: 9, gen: 1 });
+        ino.insert(
+            "opened",
+            attr_after(&engine, MetaOpKind::Create(opened)).await.ino,
+        );
+        opens.claim(7, ino["held"], 1, false);
+        opens.claim(7, ino["let-go"], 1, false);
+        for name in ["held", "let-go", "closed", "opened"] {
+            submit(unlink(name)).await.unwrap();
+        }
+        assert!(matches!(
+            engine.getattr(ino["closed"]),
+            Err(FsError::NotFound)
+        ));
+        assert_eq!(opens.renew(7, 2, &[ino["held"]], &[]), vec![ino["let-go"]]);
+        let inos = ["named", "let-go", "held", "opened"]
+            .map(|n| ino[n])
+            .to_vec();
+        submit(MetaOpKind::Purge { inos }).await.unwrap();
+        assert!(matches!(
+            engine.getattr(ino["let-go"]),
+            Err(FsError::NotFound)
+        ));
+        assert_eq!(engine.orphans().unwrap(), vec![ino["held"], ino["opened"]]);
+        // A rename over a file nobody holds frees it.
+        let rename = MetaOpKind::Rename(Rename {
+            parent: Ino::ROOT,
+            name: b"mover".to_vec(),
+            new_parent: Ino::ROOT,
+            new_name: b"replaced".to_vec(),
+            mode: RenameMode::Replace,
+        });
+        submit(rename).await.unwrap();
+        assert!(matches!(
+            engine.getattr(ino["replaced"]),
+            Err(FsError::NotFound)
+        ));
+        // Garbage: two blocks go when their files are overwritten; the second is
+        // referenced again before the collection.
+        let (named, other) = (
+            ino["named"],
+            attr_after(&engine, create(Ino::ROOT, "other")).await.ino,
+        );
+        let (gone, back) = (BlockId([1; 32]), BlockId([3; 32]));
+        for (file, tag) in [(named, 1), (named, 2), (other, 3), (other, 4)] {
+            submit(commit(file, vec![(0, slice(0, 4096, tag))], 4096))
+                .await
+                .unwrap();
+        }
+        let mut due = gc.mark([gone, back]);
+        due.sort_unstable_by_key(|b| b.0);
+        assert_eq!(due, vec![gone, back]);
+        submit(commit(other, vec![(0, slice(0, 4096, 3))], 4096))
+            .await
+            .unwrap();
+        submit(MetaOpKind::CollectBlocks {
+            blocks: vec![gone, back],
+        })
+        .await
+        .unwrap();
+        assert!(engine.block(&gone).unwrap().is_none());
+        assert!(
+            engine.block(&back).unwrap().is_some(),
+            "a referenced block stays"
+        );
+        let late = submit(commit(named, vec![(0, slice(0, 4096, 1))], 4096)).await;
+        assert!(
+            late.is_err(),
+            "a condemned block is not committed: {late:?}"
+        );
+        submit(MetaOpKind::ForgetCollected { blocks: vec![gone] })
+            .await
+            .unwrap();
+        let xattr = MetaOpKind::SetXattr(SetXattr {
+            ino: named,
+            name: b"user.k".to_vec(),
+            value: b"v".to_vec(),
+            mode: XattrMode::Any,
+        });
+        submit(xattr).await.unwrap();
+        let end = engine.store.dump();
+
+        let copy = tempfile::tempdir().unwrap();
+        let replica = Store::open(copy.path()).unwrap();
+        let mut txn = replica.txn();
+        for (cf, key, value) in start {
+            txn.put_raw(cf, key, value);
+        }
+        replica.commit(txn, false).unwrap();
+        let ops = journal.lock().unwrap().clone();
+        assert!(ops.len() > 20, "{} ops", ops.len());
+        for op in &ops {
+            let mut txn = replica.txn();
+            txn.savepoint();
+            ops::apply(&mut txn, op).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+            replica.commit(txn, false).unwrap();
+        }
+        assert!(replica.dump() == end, "the replay differs");
     }
 
     /// Close-to-open under leases: a change of a file another connection holds a lease on

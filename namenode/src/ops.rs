@@ -59,14 +59,15 @@ pub enum MetaOpKind {
     CopyRange(CopyRange),
     Punch(Punch),
     Accessed(Accessed),
-    /// Frees those of `inos` that are orphans (files whose last name is gone) once nobody has
-    /// them open. The engine decides when; it does nothing to a file that is not an orphan.
+    /// Frees those of `inos` that are orphans (files whose last name is gone); does nothing to
+    /// a file that is not one. Which files nobody holds open is the engine's to decide before
+    /// the op is applied (see `engine.rs`): `inos` lists only those.
     Purge {
         inos: Vec<Ino>,
     },
     /// Condemns unreferenced blocks as garbage: their records go and tombstones come. The
-    /// engine decides which of `blocks` are still due (see `gc.rs`); a referenced block is
-    /// never condemned.
+    /// engine decides which blocks are due before the op is applied (see `gc.rs`); one
+    /// referenced again by then is not condemned.
     CollectBlocks {
         blocks: Vec<BlockId>,
     },
@@ -285,7 +286,10 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
         MetaOpKind::Restore(r) => Ok(MetaReply::Attr(crate::trash::restore(txn, who, r, now)?)),
         MetaOpKind::CollectBlocks { blocks } => {
             for block in blocks {
-                condemn(txn, block)?;
+                // Referenced again since it was chosen: it stays.
+                if !is_referenced(txn, block)? {
+                    condemn(txn, block)?;
+                }
             }
             Ok(MetaReply::Done)
         }
@@ -332,6 +336,11 @@ pub fn condemn(txn: &mut Txn<'_>, block: &BlockId) -> FsResult<()> {
     txn.delete(Cf::Blocks, keys::block(block));
     txn.put_raw(Cf::Meta, keys::tombstone(block), Vec::new());
     Ok(())
+}
+
+/// Whether `block` is condemned: its tombstone is there until no datanode holds it.
+pub fn is_condemned(txn: &Txn<'_>, block: &BlockId) -> FsResult<bool> {
+    Ok(txn.get_raw(Cf::Meta, &keys::tombstone(block))?.is_some())
 }
 
 /// Whether `ino` is an orphan: a file whose last name is gone, waiting for its last close.
@@ -1129,6 +1138,15 @@ fn commit_slices(txn: &mut Txn<'_>, c: &CommitSlices, now: Timestamp) -> FsResul
             return Err(FsError::invalid(format!(
                 "slice at chunk {index} ends past the file size {}",
                 c.size
+            )));
+        }
+    }
+    for (_, slice) in &c.slices {
+        if is_condemned(txn, &slice.block)? {
+            return Err(FsError::io(format!(
+                "block {} was deleted as garbage before this write committed it \
+                 (its upload was left uncommitted past the grace period)",
+                slice.block
             )));
         }
     }

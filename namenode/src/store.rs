@@ -370,6 +370,19 @@ impl Store {
     }
 
     /// Puts everything written so far to the write-ahead log on stable storage.
+    /// Every record, column family by column family, in key order.
+    #[cfg(test)]
+    pub fn dump(&self) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
+        use Cf::*;
+        [Inodes, Dentries, Chunks, Blocks, Xattrs, Meta, Links]
+            .into_iter()
+            .flat_map(|cf| {
+                let records = self.scan_raw(cf, &[], None, usize::MAX).unwrap();
+                records.into_iter().map(move |(k, v)| (cf, k, v))
+            })
+            .collect()
+    }
+
     pub fn sync_wal(&self) -> FsResult<()> {
         self.db.flush_wal(true).map_err(db_error)
     }
@@ -462,6 +475,18 @@ impl Txn<'_> {
         self.orphaned.clear();
     }
 
+    /// A point inside the current operation that [`Txn::rollback_to`] undoes back to.
+    pub fn mark(&self) -> usize {
+        self.undo.len()
+    }
+
+    /// Undoes the current operation's writes since `mark`, keeping those before it.
+    pub fn rollback_to(&mut self, mark: usize) {
+        while self.undo.len() > mark {
+            self.undo_last();
+        }
+    }
+
     /// Records that the current operation removed the last name of `ino`, which stays
     /// (with `nlink` 0) until whoever has it open lets go; see [`Txn::take_orphans`].
     pub fn orphan(&mut self, ino: Ino, value: Vec<u8>) {
@@ -527,7 +552,13 @@ impl Txn<'_> {
     /// Undoes every write since the last savepoint.
     pub fn rollback(&mut self) {
         self.orphaned.clear();
-        while let Some((k, old)) = self.undo.pop() {
+        while !self.undo.is_empty() {
+            self.undo_last();
+        }
+    }
+
+    fn undo_last(&mut self) {
+        if let Some((k, old)) = self.undo.pop() {
             match old {
                 Some(v) => self.writes.insert(k, v),
                 None => self.writes.remove(&k),
