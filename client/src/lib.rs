@@ -9,6 +9,7 @@ mod disk_cache;
 mod file;
 mod fresh;
 mod opens;
+mod requests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -214,6 +215,8 @@ struct Inner {
     unsynced: data::Unsynced,
     /// This client's identity in lock ownership: locks of different mounts never mix.
     session: u64,
+    /// The numbers of its changes (see `requests.rs`).
+    requests: Arc<requests::Requests>,
     /// Block transfers under way, so a block is fetched once however many want it.
     inflight: Mutex<HashMap<cairn_common::BlockId, data::Transfer>>,
     /// The files this client holds open, as the namenode knows them.
@@ -328,6 +331,7 @@ impl Client {
                 mount: Mutex::default(),
                 identity: Default::default(),
                 own: current_caller(),
+                requests: requests::Requests::new(session),
                 session,
             }),
         })
@@ -647,6 +651,8 @@ impl Client {
         let addr = self.inner.config.namenode;
         // A namenode that is restarting, or slow to answer on a loaded machine, gets a few
         // more tries; the request has not been sent, so retrying cannot apply it twice.
+        let req = req.into_service();
+        let mut pending = req.once_by_id().then(|| self.inner.requests.begin());
         let deadline = tokio::time::Instant::now() + NAMENODE_RETRY_FOR;
         *self
             .inner
@@ -655,9 +661,10 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .entry(std::any::type_name::<R>())
             .or_default() += 1;
-        let envelope = proto::NamenodeEnvelope {
+        let mut envelope = proto::NamenodeEnvelope {
             caller: (*self.caller).clone(),
-            req: req.into_service(),
+            req,
+            request: pending.as_ref().map(|p| p.id.clone()),
         };
         loop {
             let conn = loop {
@@ -675,14 +682,21 @@ impl Client {
             let res = transport::call_enveloped(&conn, &envelope).await;
             if let Err(FsError::Unavailable(e)) = &res {
                 // The next request dials again instead of reusing a dead connection. One
-                // that only reads, or whose change happens once however often it is asked
-                // for, is asked again on the new connection: a namenode killed and
-                // started again is then a pause, not an error.
+                // that only reads, whose change happens once however often it is asked
+                // for, or that names its change (the namenode answers it again as the
+                // first time), is asked again on the new connection: a namenode killed
+                // and started again is then a pause, not an error.
                 self.inner.pool.forget(addr);
-                if envelope.req.retry_safe() && tokio::time::Instant::now() < deadline {
+                let again = envelope.req.retry_safe() || envelope.request.is_some();
+                if again && tokio::time::Instant::now() < deadline {
                     tracing::debug!("namenode {addr} lost under a request; asking again: {e}");
+                    if let Some(id) = &mut envelope.request {
+                        id.again = true;
+                    }
                     continue;
                 }
+            } else if let Some(pending) = &mut pending {
+                pending.answered(res.is_ok());
             }
             return res;
         }

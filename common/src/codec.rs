@@ -181,14 +181,17 @@ mod fuzz {
                 encode(&NamenodeEnvelope {
                     caller: caller.clone(),
                     req: NamenodeRequest::Lookup(Lookup { parent: crate::Ino(1), name: b"name".to_vec() }),
+                    request: None,
                 }),
                 encode(&NamenodeEnvelope {
                     caller: caller.clone(),
                     req: NamenodeRequest::ReadChunks(ReadChunks { ino: crate::Ino(9), first: 3, count: 64 }),
+                    request: None,
                 }),
                 encode(&NamenodeEnvelope {
                     caller,
                     req: NamenodeRequest::Seek(Seek { ino: crate::Ino(9), offset: u64::MAX, hole: true }),
+                    request: Some(RequestId { session: u64::MAX, seq: 7, again: true, forget: vec![3, 5] }),
                 }),
                 encode(&Ok::<_, FsError>(vec![crate::exports::ExportRule::default_for("web-*")])),
             ];

@@ -121,6 +121,32 @@ impl NamenodeRequest {
         }
     }
 
+    /// Whether this request is one change of the namespace (one op in the namenode), made
+    /// once per [`RequestId`]: sent again with its id when its connection was lost before
+    /// the answer came, it is answered as the first time.
+    pub fn once_by_id(&self) -> bool {
+        use NamenodeRequest as R;
+        matches!(
+            self,
+            R::Mkdir(_)
+                | R::Create(_)
+                | R::Mknod(_)
+                | R::Unlink(_)
+                | R::Rmdir(_)
+                | R::Rename(_)
+                | R::Symlink(_)
+                | R::Link(_)
+                | R::SetAttrReq(_)
+                | R::SetXattr(_)
+                | R::RemoveXattr(_)
+                | R::SetReplication(_)
+                | R::CommitSlices(_)
+                | R::CopyRange(_)
+                | R::Punch(_)
+                | R::Restore(_)
+        )
+    }
+
     /// Whether this request may be sent again when its connection was lost before the
     /// answer came (the namenode restarted): it changes nothing, or asking twice makes the
     /// change once. A change of the namespace is not: the namenode may have made it before
@@ -316,6 +342,30 @@ pub struct ListExports {}
 pub struct NamenodeEnvelope {
     pub caller: Caller,
     pub req: NamenodeRequest,
+    /// Names a change ([`NamenodeRequest::once_by_id`]) so that asking for it again, when
+    /// the answer was lost with its connection, does not make it twice.
+    pub request: Option<RequestId>,
+}
+
+/// One change a client asked for: the namenode makes it once, and answers a request that
+/// names it again with the first answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The client's session (as its opens and locks name it).
+    pub session: u64,
+    /// The change's number in its session, from 1 up.
+    pub seq: u64,
+    /// Whether this is the change asked for again (the answer to the first request was
+    /// lost): only then can the namenode have its answer.
+    pub again: bool,
+    /// Earlier changes of the session whose answers the client has: the namenode forgets
+    /// them (at most [`RequestId::FORGET_MAX`]).
+    pub forget: Vec<u64>,
+}
+
+impl RequestId {
+    /// Most answers one request tells the namenode to forget.
+    pub const FORGET_MAX: usize = 256;
 }
 
 service! {

@@ -122,6 +122,7 @@ impl Datanode {
         let envelope = cairn_common::proto::NamenodeEnvelope {
             caller: cairn_common::attr::Caller::ROOT,
             req: req.into_service(),
+            request: None,
         };
         let res = transport::call_enveloped(&conn, &envelope).await;
         if let Err(FsError::Unavailable(_)) = &res {

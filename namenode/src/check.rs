@@ -429,6 +429,7 @@ mod tests {
             },
             caller: Caller::ROOT,
             kind,
+            request: None,
         };
         let reply = ops::apply(&mut txn, &op).unwrap();
         store.commit(txn, false).unwrap();

@@ -140,6 +140,7 @@ impl MetaEngine {
                 kind: MetaOpKind::Format {
                     replication: default_replication,
                 },
+                request: None,
             };
             ops::apply(&mut txn, &op)?;
             store.commit(txn, true)?;
@@ -219,7 +220,19 @@ impl MetaEngine {
         caller: Caller,
         kind: MetaOpKind,
     ) -> FsResult<MetaReply> {
-        let rx = self.enqueue(origin, caller, kind)?;
+        self.submit_named(origin, caller, kind, None).await
+    }
+
+    /// [`MetaEngine::submit_from`] of a change its client named: made once however often
+    /// it is asked for, and answered as the first time.
+    pub async fn submit_named(
+        &self,
+        origin: u64,
+        caller: Caller,
+        kind: MetaOpKind,
+        request: Option<ops::Request>,
+    ) -> FsResult<MetaReply> {
+        let rx = self.enqueue(origin, caller, kind, request)?;
         let (res, breaks) = rx
             .await
             .map_err(|_| FsError::io("metadata writer stopped"))?;
@@ -236,12 +249,14 @@ impl MetaEngine {
         origin: u64,
         caller: Caller,
         kind: MetaOpKind,
+        request: Option<ops::Request>,
     ) -> FsResult<oneshot::Receiver<(FsResult<MetaReply>, Breaks)>> {
         let (tx, rx) = oneshot::channel();
         let op = MetaOp {
             now: Timestamp::now(),
             caller,
             kind,
+            request,
         };
         self.queue
             .as_ref()
@@ -1034,6 +1049,7 @@ fn apply(
             now,
             caller: Caller::ROOT,
             kind: MetaOpKind::Purge { inos },
+            request: None,
         };
         let mark = txn.mark();
         match ops::apply(txn, &purge) {
@@ -1093,6 +1109,7 @@ fn decide<'p>(
         now: op.now,
         caller: op.caller.clone(),
         kind,
+        request: None,
     }))
 }
 
@@ -1375,7 +1392,7 @@ mod tests {
         let queued: Vec<_> = (0..50)
             .map(|i| {
                 engine
-                    .enqueue(0, Caller::ROOT, create(a, &format!("f{i}")))
+                    .enqueue(0, Caller::ROOT, create(a, &format!("f{i}")), None)
                     .unwrap()
             })
             .collect();
@@ -1735,6 +1752,68 @@ mod tests {
             replica.commit(txn, false).unwrap();
         }
         assert!(replica.dump() == end, "the replay differs");
+    }
+
+    /// A change named by its client is made once: asked for again (its answer lost with
+    /// a connection), it is answered as the first time — a create with the same file, an
+    /// unlink with what it removed — and not made again; to another certificate naming it,
+    /// it is refused. The answers a client says it has are forgotten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_named_change_is_made_once_and_answered_again() {
+        use cairn_common::proto::{RequestId, Unlink};
+        let (_dir, _, engine) = new_engine();
+        let named = |seq, again, forget: &[u64], holder: &[u8]| {
+            Some(ops::Request {
+                id: RequestId {
+                    session: 42,
+                    seq,
+                    again,
+                    forget: forget.to_vec(),
+                },
+                holder: holder.to_vec(),
+            })
+        };
+        let submit = |kind, request| engine.submit_named(3, Caller::ROOT, kind, request);
+        let created = |reply| match reply {
+            Ok(MetaReply::Created(c)) => c.attr.ino,
+            other => panic!("{other:?}"),
+        };
+        let first = created(submit(create(Ino::ROOT, "f"), named(1, false, &[], b"me")).await);
+        let again = created(submit(create(Ino::ROOT, "f"), named(1, true, &[], b"me")).await);
+        assert_eq!(first, again, "the same file, not EEXIST");
+        let other = submit(create(Ino::ROOT, "f"), named(1, true, &[], b"them")).await;
+        assert!(matches!(other, Err(FsError::Invalid(_))), "{other:?}");
+        let unlink = || {
+            MetaOpKind::Unlink(Unlink {
+                parent: Ino::ROOT,
+                name: b"f".to_vec(),
+            })
+        };
+        for again in [false, true] {
+            match submit(unlink(), named(2, again, &[], b"me")).await {
+                Ok(MetaReply::Removed { ino, .. }) => assert_eq!(ino, first),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Unnamed, the same change is made again: the name is gone.
+        let plain = submit(unlink(), None).await;
+        assert!(matches!(plain, Err(FsError::NotFound)), "{plain:?}");
+        let kept = |seq| {
+            engine
+                .store
+                .get_raw(Cf::Meta, &keys::request(42, seq))
+                .unwrap()
+                .is_some()
+        };
+        assert!(kept(1) && kept(2));
+        // A refused change keeps nothing and forgets nothing.
+        let refused = submit(unlink(), named(3, false, &[1, 2], b"me")).await;
+        assert!(matches!(refused, Err(FsError::NotFound)), "{refused:?}");
+        assert!(kept(1) && kept(2) && !kept(3));
+        // The client has both answers: the next change forgets them.
+        let next = submit(create(Ino::ROOT, "g"), named(4, false, &[1, 2], b"me")).await;
+        created(next);
+        assert!(!kept(1) && !kept(2) && kept(4));
     }
 
     /// Close-to-open under leases: a change of a file another connection holds a lease on

@@ -41,6 +41,17 @@ pub const META_NODE_PREFIX: &[u8] = b"node/";
 /// Prefix of the `meta` keys naming condemned blocks (see `gc.rs`).
 pub const META_GC_PREFIX: &[u8] = b"gc/";
 
+/// Prefix of the `meta` keys holding the answers to clients' named changes
+/// (`ops::apply`): `req/<session><seq>`.
+pub const META_REQUEST_PREFIX: &[u8] = b"req/";
+/// `req/<session><seq>`: the answer to that change of that client session.
+pub fn request(session: u64, seq: u64) -> Vec<u8> {
+    let mut k = META_REQUEST_PREFIX.to_vec();
+    k.extend_from_slice(&session.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// `gc/<block id>`: the block is garbage and being deleted from the datanodes.
 pub fn tombstone(id: &BlockId) -> Vec<u8> {
     let mut k = META_GC_PREFIX.to_vec();

@@ -233,8 +233,12 @@ async fn reload_on_sighup(
 
 impl Namenode {
     async fn mutate(&self, who: &Who, kind: MetaOpKind) -> FsResult<MetaReply> {
+        let request = who.request.clone().map(|id| ops::Request {
+            id,
+            holder: who.holder.clone(),
+        });
         self.engine
-            .submit_from(who.origin, who.caller.clone(), kind)
+            .submit_named(who.origin, who.caller.clone(), kind, request)
             .await
     }
 
@@ -633,6 +637,7 @@ impl Namenode {
                 caller,
                 origin: who.origin,
                 holder: who.holder.clone(),
+                request: None,
             });
             // Queued under the previous run's delegation, which this run never knew.
             let replay = change.epoch != feed.epoch && replaying;
@@ -806,6 +811,9 @@ struct Who {
     origin: u64,
     /// The serial of the certificate the request came with, as block tokens name it.
     holder: Vec<u8>,
+    /// The client's name for the one change this request asks for (see
+    /// [`NamenodeRequest::once_by_id`]); `None` for every other request.
+    request: Option<cairn_common::proto::RequestId>,
 }
 
 impl Service for Namenode {
@@ -829,20 +837,27 @@ impl Service for Namenode {
         ex: &mut Exchange,
     ) -> FsResult<()> {
         use NamenodeRequest as R;
-        let NamenodeEnvelope { caller, mut req } = envelope;
+        let NamenodeEnvelope {
+            caller,
+            mut req,
+            request,
+        } = envelope;
         let caller = self.authz.admit(&peer, &req, caller)?;
         req.check()?;
         let subtree = self.subtree(&peer)?;
         if let Some(subtree) = subtree {
             self.confine(&peer, subtree, &mut req)?;
         }
+        let request = request.filter(|_| req.once_by_id());
         let who = Who {
             caller,
             origin: peer.serial,
             holder: peer.cert_serial.clone(),
+            request,
         };
         let caller = &who.caller;
-        for session in sessions_named(&req) {
+        let named = who.request.as_ref().map(|r| r.session);
+        for session in sessions_named(&req).into_iter().chain(named) {
             self.session_owners.claim(session, &peer.name)?;
         }
         // Before it looks into or changes a directory delegated to another client, that

@@ -10,7 +10,7 @@ use cairn_common::attr::{
 use cairn_common::layout::{self, Segment, Slice, CHUNK_SIZE, MAX_FILE_SIZE};
 use cairn_common::proto::{
     Accessed, CommitSlices, CopyRange, Create, CreateReply, Link, Mkdir, Mknod, Punch, RemoveXattr,
-    Rename, RenameMode, Rmdir, SetReplication, SetXattr, Symlink, Unlink, XattrMode,
+    Rename, RenameMode, RequestId, Rmdir, SetReplication, SetXattr, Symlink, Unlink, XattrMode,
 };
 use cairn_common::{BlockId, FsError, FsResult, Ino};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,24 @@ pub struct MetaOp {
     /// On whose behalf: permissions are checked against it.
     pub caller: Caller,
     pub kind: MetaOpKind,
+    /// The client's name for this change, when it gave one: made once, and answered as the
+    /// first time when asked for again.
+    pub request: Option<Request>,
+}
+
+/// A change a client named ([`RequestId`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub id: RequestId,
+    /// The serial of the certificate it came with: the answer is given again to it alone.
+    pub holder: Vec<u8>,
+}
+
+/// The answer kept for a named change.
+#[derive(Serialize, Deserialize)]
+struct Answered {
+    holder: Vec<u8>,
+    reply: MetaReply,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,7 +129,7 @@ impl MetaOpKind {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum MetaReply {
     Attr(InodeAttr),
     Created(CreateReply),
@@ -141,7 +159,38 @@ pub enum MetaReply {
     Done,
 }
 
+/// Applies `op`; a change its client named is made once (see [`MetaOp::request`]).
 pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
+    let Some(request) = &op.request else {
+        return apply_kind(txn, op);
+    };
+    let id = &request.id;
+    for seq in id.forget.iter().take(RequestId::FORGET_MAX) {
+        txn.delete(Cf::Meta, keys::request(id.session, *seq));
+    }
+    let key = keys::request(id.session, id.seq);
+    if id.again {
+        if let Some(bytes) = txn.get_raw(Cf::Meta, &key)? {
+            let answered: Answered = crate::store::decode("kept answer", &bytes)?;
+            if answered.holder != request.holder {
+                return Err(FsError::invalid(format!(
+                    "change {} of session {:016x} was asked for by another certificate",
+                    id.seq, id.session
+                )));
+            }
+            return Ok(answered.reply);
+        }
+    }
+    let reply = apply_kind(txn, op)?;
+    let answered = Answered {
+        holder: request.holder.clone(),
+        reply,
+    };
+    txn.put_raw(Cf::Meta, key, crate::store::encode(&answered));
+    Ok(answered.reply)
+}
+
+fn apply_kind(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
     let now = op.now;
     let who = &op.caller;
     match &op.kind {

@@ -94,7 +94,7 @@ fn ensure_dir(
 }
 
 /// Where [`move_in`] put a file.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Moved {
     /// The remover's trash directory.
     pub dir: Ino,

@@ -401,6 +401,7 @@ async fn a_revoked_certificate_is_refused_at_once_also_on_a_connection_it_alread
             count: 1,
         }
         .into_service(),
+        request: None,
     };
     let before = namenode_connection_as(&cluster, "laptop").await;
     let map: proto::ChunkMap = transport::call_enveloped(&before, &envelope).await.unwrap();
@@ -419,6 +420,7 @@ async fn a_revoked_certificate_is_refused_at_once_also_on_a_connection_it_alread
         let envelope = proto::NamenodeEnvelope {
             caller: Caller::ROOT,
             req: proto::GetAttr { ino: Ino::ROOT }.into_service(),
+            request: None,
         };
         transport::call_enveloped::<_, cairn_common::attr::InodeAttr>(&conn, &envelope).await
     };
@@ -654,6 +656,7 @@ where
     let envelope = proto::NamenodeEnvelope {
         caller,
         req: req.into_service(),
+        request: None,
     };
     transport::call_enveloped(conn, &envelope).await
 }

@@ -146,6 +146,7 @@ async fn getattr_root(conn: &quinn::Connection) -> Result<cairn_common::attr::In
     let envelope = proto::NamenodeEnvelope {
         caller: cairn_common::attr::Caller::ROOT,
         req: proto::GetAttr { ino: Ino::ROOT }.into_service(),
+        request: None,
     };
     transport::call_enveloped(conn, &envelope).await
 }
@@ -415,6 +416,7 @@ where
     let envelope = proto::NamenodeEnvelope {
         caller: cairn_common::attr::Caller::ROOT,
         req: req.into_service(),
+        request: None,
     };
     transport::call_enveloped(conn, &envelope).await
 }
