@@ -661,7 +661,7 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .entry(std::any::type_name::<R>())
             .or_default() += 1;
-        let mut envelope = proto::NamenodeEnvelope {
+        let envelope = proto::NamenodeEnvelope {
             caller: (*self.caller).clone(),
             req,
             request: pending.as_ref().map(|p| p.id.clone()),
@@ -690,9 +690,6 @@ impl Client {
                 let again = envelope.req.retry_safe() || envelope.request.is_some();
                 if again && tokio::time::Instant::now() < deadline {
                     tracing::debug!("namenode {addr} lost under a request; asking again: {e}");
-                    if let Some(id) = &mut envelope.request {
-                        id.again = true;
-                    }
                     continue;
                 }
             } else if let Some(pending) = &mut pending {

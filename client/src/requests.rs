@@ -45,7 +45,6 @@ impl Requests {
             id: RequestId {
                 session: self.session,
                 seq,
-                again: false,
                 forget,
             },
             outcome: None,

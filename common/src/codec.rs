@@ -191,7 +191,7 @@ mod fuzz {
                 encode(&NamenodeEnvelope {
                     caller,
                     req: NamenodeRequest::Seek(Seek { ino: crate::Ino(9), offset: u64::MAX, hole: true }),
-                    request: Some(RequestId { session: u64::MAX, seq: 7, again: true, forget: vec![3, 5] }),
+                    request: Some(RequestId { session: u64::MAX, seq: 7, forget: vec![3, 5] }),
                 }),
                 encode(&Ok::<_, FsError>(vec![crate::exports::ExportRule::default_for("web-*")])),
             ];

@@ -355,9 +355,6 @@ pub struct RequestId {
     pub session: u64,
     /// The change's number in its session, from 1 up.
     pub seq: u64,
-    /// Whether this is the change asked for again (the answer to the first request was
-    /// lost): only then can the namenode have its answer.
-    pub again: bool,
     /// Earlier changes of the session whose answers the client has: the namenode forgets
     /// them (at most [`RequestId::FORGET_MAX`]).
     pub forget: Vec<u64>,

@@ -683,6 +683,33 @@ impl MetaEngine {
     }
 
     /// Blocks condemned as garbage whose deletion is not known to be over.
+    /// Up to `limit` kept answers to clients' changes made before `before`, by session
+    /// and number (see [`ops::apply`]).
+    pub fn answers_before(&self, before: Timestamp, limit: usize) -> FsResult<Vec<(u64, u64)>> {
+        let mut old = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        while old.len() < limit {
+            let page =
+                self.store
+                    .scan_raw(Cf::Meta, keys::META_REQUEST_PREFIX, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            for (key, value) in &page {
+                match (keys::request_of(key), ops::answered_at(value)) {
+                    (Some(change), Ok(at)) if at < before => old.push(change),
+                    (Some(_), Ok(_)) => {}
+                    // Unreadable: forgotten too, it can answer nothing.
+                    (Some(change), Err(_)) => old.push(change),
+                    (None, _) => {}
+                }
+            }
+        }
+        old.truncate(limit);
+        Ok(old)
+    }
+
     pub fn tombstones(&self) -> FsResult<Vec<BlockId>> {
         self.store.tombstones()
     }
@@ -1757,17 +1784,16 @@ mod tests {
     /// A change named by its client is made once: asked for again (its answer lost with
     /// a connection), it is answered as the first time — a create with the same file, an
     /// unlink with what it removed — and not made again; to another certificate naming it,
-    /// it is refused. The answers a client says it has are forgotten.
+    /// it is refused. The answers a client says it has are forgotten, and those kept too long.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_named_change_is_made_once_and_answered_again() {
         use cairn_common::proto::{RequestId, Unlink};
         let (_dir, _, engine) = new_engine();
-        let named = |seq, again, forget: &[u64], holder: &[u8]| {
+        let named = |seq, forget: &[u64], holder: &[u8]| {
             Some(ops::Request {
                 id: RequestId {
                     session: 42,
                     seq,
-                    again,
                     forget: forget.to_vec(),
                 },
                 holder: holder.to_vec(),
@@ -1778,10 +1804,10 @@ mod tests {
             Ok(MetaReply::Created(c)) => c.attr.ino,
             other => panic!("{other:?}"),
         };
-        let first = created(submit(create(Ino::ROOT, "f"), named(1, false, &[], b"me")).await);
-        let again = created(submit(create(Ino::ROOT, "f"), named(1, true, &[], b"me")).await);
+        let first = created(submit(create(Ino::ROOT, "f"), named(1, &[], b"me")).await);
+        let again = created(submit(create(Ino::ROOT, "f"), named(1, &[], b"me")).await);
         assert_eq!(first, again, "the same file, not EEXIST");
-        let other = submit(create(Ino::ROOT, "f"), named(1, true, &[], b"them")).await;
+        let other = submit(create(Ino::ROOT, "f"), named(1, &[], b"them")).await;
         assert!(matches!(other, Err(FsError::Invalid(_))), "{other:?}");
         let unlink = || {
             MetaOpKind::Unlink(Unlink {
@@ -1789,8 +1815,8 @@ mod tests {
                 name: b"f".to_vec(),
             })
         };
-        for again in [false, true] {
-            match submit(unlink(), named(2, again, &[], b"me")).await {
+        for _ in 0..2 {
+            match submit(unlink(), named(2, &[], b"me")).await {
                 Ok(MetaReply::Removed { ino, .. }) => assert_eq!(ino, first),
                 other => panic!("{other:?}"),
             }
@@ -1807,13 +1833,24 @@ mod tests {
         };
         assert!(kept(1) && kept(2));
         // A refused change keeps nothing and forgets nothing.
-        let refused = submit(unlink(), named(3, false, &[1, 2], b"me")).await;
+        let refused = submit(unlink(), named(3, &[1, 2], b"me")).await;
         assert!(matches!(refused, Err(FsError::NotFound)), "{refused:?}");
         assert!(kept(1) && kept(2) && !kept(3));
         // The client has both answers: the next change forgets them.
-        let next = submit(create(Ino::ROOT, "g"), named(4, false, &[1, 2], b"me")).await;
+        let next = submit(create(Ino::ROOT, "g"), named(4, &[1, 2], b"me")).await;
         created(next);
         assert!(!kept(1) && !kept(2) && kept(4));
+        // Kept past any retry, the answers of a client that vanished go by age.
+        let now = Timestamp::now();
+        assert_eq!(engine.answers_before(now, 10).unwrap(), vec![(42, 4)]);
+        let long_ago = Timestamp {
+            secs: now.secs - 600,
+            nanos: 0,
+        };
+        assert!(engine.answers_before(long_ago, 10).unwrap().is_empty());
+        let old = engine.answers_before(now, 10).unwrap();
+        submit(MetaOpKind::ForgetAnswers(old), None).await.unwrap();
+        assert!(!kept(4) && engine.answers_before(now, 10).unwrap().is_empty());
     }
 
     /// Close-to-open under leases: a change of a file another connection holds a lease on

@@ -52,6 +52,16 @@ pub fn request(session: u64, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The session and change number a `req/` key names, if it is well formed.
+pub fn request_of(key: &[u8]) -> Option<(u64, u64)> {
+    let rest = key.strip_prefix(META_REQUEST_PREFIX)?;
+    let (session, seq) = (rest.get(..8)?, rest.get(8..)?);
+    Some((
+        u64::from_be_bytes(session.try_into().ok()?),
+        u64::from_be_bytes(seq.try_into().ok()?),
+    ))
+}
+
 /// `gc/<block id>`: the block is garbage and being deleted from the datanodes.
 pub fn tombstone(id: &BlockId) -> Vec<u8> {
     let mut k = META_GC_PREFIX.to_vec();

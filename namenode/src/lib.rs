@@ -66,6 +66,10 @@ const REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long a reader's map waits, just after a start, for a block no datanode has
 /// reported yet (datanodes register within a second or two of a namenode's start).
 const UNREPORTED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The answer to a client's change is kept until the client says it has it, and at most
+/// this long (far past any client's retries, seconds): then a client that vanished leaves
+/// nothing behind.
+const ANSWERS_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub struct Namenode {
     config: NamenodeConfig,
@@ -1810,12 +1814,17 @@ async fn reap_orphans(nn: Arc<Namenode>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep: Option<tokio::time::Instant> = None;
+    let mut answers_swept = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         give_back_inos(&nn).await;
+        if answers_swept.elapsed() >= ANSWERS_KEPT {
+            answers_swept = tokio::time::Instant::now();
+            forget_old_answers(&nn, ANSWERS_KEPT).await;
+        }
         let released = nn.opens.expire();
         if !released.is_empty() {
             info!(
@@ -1841,6 +1850,31 @@ async fn reap_orphans(nn: Arc<Namenode>, shutdown: CancellationToken) {
                 }
             }
             Err(e) => warn!("listing files with no name left failed: {e}"),
+        }
+    }
+}
+
+/// Forgets the answers to clients' changes kept longer than `kept`.
+async fn forget_old_answers(nn: &Namenode, kept: std::time::Duration) {
+    let now = cairn_common::attr::Timestamp::now();
+    let before = cairn_common::attr::Timestamp {
+        secs: now.secs.saturating_sub(kept.as_secs() as i64),
+        nanos: now.nanos,
+    };
+    loop {
+        let old = match nn.engine.answers_before(before, GC_BATCH) {
+            Ok(old) if old.is_empty() => return,
+            Ok(old) => old,
+            Err(e) => return warn!("listing the answers kept to clients' changes failed: {e}"),
+        };
+        let count = old.len();
+        let forget = MetaOpKind::ForgetAnswers(old);
+        if let Err(e) = nn.engine.submit(Caller::ROOT, forget).await {
+            return warn!(count, "forgetting answers kept past any retry failed: {e}");
+        }
+        debug!(count, "answers kept past any retry forgotten");
+        if count < GC_BATCH {
+            return;
         }
     }
 }

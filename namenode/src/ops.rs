@@ -47,7 +47,15 @@ pub struct Request {
 #[derive(Serialize, Deserialize)]
 struct Answered {
     holder: Vec<u8>,
+    /// When the change was made: an answer kept past any client's retries is forgotten
+    /// (`ForgetAnswers`).
+    at: Timestamp,
     reply: MetaReply,
+}
+
+/// When the change whose kept answer is `bytes` was made.
+pub fn answered_at(bytes: &[u8]) -> FsResult<Timestamp> {
+    Ok(crate::store::decode::<Answered>("kept answer", bytes)?.at)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -119,6 +127,9 @@ pub enum MetaOpKind {
     /// reservations (`inopool.rs`). Numbers an inode has, or that were never handed out,
     /// are ignored.
     ReturnInos(Vec<u64>),
+    /// Forgets the kept answers to these changes, by session and number: answers their
+    /// clients never said they had, kept past any retry (a client that vanished).
+    ForgetAnswers(Vec<(u64, u64)>),
 }
 
 impl MetaOpKind {
@@ -169,21 +180,22 @@ pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
         txn.delete(Cf::Meta, keys::request(id.session, *seq));
     }
     let key = keys::request(id.session, id.seq);
-    if id.again {
-        if let Some(bytes) = txn.get_raw(Cf::Meta, &key)? {
-            let answered: Answered = crate::store::decode("kept answer", &bytes)?;
-            if answered.holder != request.holder {
-                return Err(FsError::invalid(format!(
-                    "change {} of session {:016x} was asked for by another certificate",
-                    id.seq, id.session
-                )));
-            }
-            return Ok(answered.reply);
+    // Asked for again, or the first request overtaken by the second (the first waited
+    // before its op while the second came on a new connection).
+    if let Some(bytes) = txn.get_raw(Cf::Meta, &key)? {
+        let answered: Answered = crate::store::decode("kept answer", &bytes)?;
+        if answered.holder != request.holder {
+            return Err(FsError::invalid(format!(
+                "change {} of session {:016x} was asked for by another certificate",
+                id.seq, id.session
+            )));
         }
+        return Ok(answered.reply);
     }
     let reply = apply_kind(txn, op)?;
     let answered = Answered {
         holder: request.holder.clone(),
+        at: op.now,
         reply,
     };
     txn.put_raw(Cf::Meta, key, crate::store::encode(&answered));
@@ -217,6 +229,12 @@ fn apply_kind(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
         MetaOpKind::Create(c) => create(txn, who, c, now),
         MetaOpKind::ReserveInos { count } => reserve_inos(txn, *count),
         MetaOpKind::ReturnInos(inos) => return_inos(txn, inos),
+        MetaOpKind::ForgetAnswers(changes) => {
+            for (session, seq) in changes {
+                txn.delete(Cf::Meta, keys::request(*session, *seq));
+            }
+            Ok(MetaReply::Done)
+        }
         MetaOpKind::Mknod(m) => {
             if m.kind == FileKind::Dir || m.kind == FileKind::Symlink {
                 return Err(FsError::invalid(
