@@ -683,6 +683,35 @@ impl MetaEngine {
     }
 
     /// Blocks condemned as garbage whose deletion is not known to be over.
+    /// Those of `blocks` that a slice of some file's chunk map names, whatever their
+    /// records count: read page by page from the store, off the writer (see
+    /// `collect_garbage` in `lib.rs`).
+    pub fn named_by_slices(
+        &self,
+        blocks: &std::collections::HashSet<BlockId>,
+    ) -> FsResult<std::collections::HashSet<BlockId>> {
+        let mut named = std::collections::HashSet::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan_raw(Cf::Chunks, &[], after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(named);
+            };
+            after = Some(last.clone());
+            for (_, value) in &page {
+                let slices: Vec<Slice> = decode("chunk", value)?;
+                named.extend(
+                    slices
+                        .iter()
+                        .map(|s| s.block)
+                        .filter(|b| blocks.contains(b)),
+                );
+            }
+        }
+    }
+
     /// Up to `limit` kept answers to clients' changes made before `before`, by session
     /// and number (see [`ops::apply`]).
     pub fn answers_before(&self, before: Timestamp, limit: usize) -> FsResult<Vec<(u64, u64)>> {
@@ -1851,6 +1880,50 @@ mod tests {
         let old = engine.answers_before(now, 10).unwrap();
         submit(MetaOpKind::ForgetAnswers(old), None).await.unwrap();
         assert!(!kept(4) && engine.answers_before(now, 10).unwrap().is_empty());
+    }
+
+    /// A block record whose count of references is wrong (zero while a chunk map names
+    /// it) is no reason to delete the block: the chunk maps are read for the candidates,
+    /// and a slice of it that goes later leaves the count at zero, with an error said.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_block_named_by_a_chunk_map_is_found_whatever_its_record_counts() {
+        use std::collections::HashSet;
+        let (_dir, _, engine) = new_engine();
+        let file = attr_after(&engine, create(Ino::ROOT, "f")).await.ino;
+        engine
+            .submit(
+                Caller::ROOT,
+                commit(file, vec![(0, slice(0, 4096, 7))], 4096),
+            )
+            .await
+            .unwrap();
+        let (named, other) = (BlockId([7; 32]), BlockId([8; 32]));
+        let candidates = HashSet::from([named, other]);
+        assert_eq!(
+            engine.named_by_slices(&candidates).unwrap(),
+            HashSet::from([named])
+        );
+        // The count goes wrong.
+        let mut rec = engine.block(&named).unwrap().unwrap();
+        assert_eq!(rec.refs, 1);
+        rec.refs = 0;
+        let mut txn = engine.store.txn();
+        txn.put_block(&named, &rec);
+        engine.store.commit(txn, false).unwrap();
+        assert_eq!(
+            engine.named_by_slices(&candidates).unwrap(),
+            HashSet::from([named])
+        );
+        // Its slice goes: the change is made, and the count does not wrap below zero.
+        engine
+            .submit(
+                Caller::ROOT,
+                commit(file, vec![(0, slice(0, 4096, 9))], 4096),
+            )
+            .await
+            .unwrap();
+        assert_eq!(engine.block(&named).unwrap().unwrap().refs, 0);
+        assert!(engine.named_by_slices(&candidates).unwrap().is_empty());
     }
 
     /// Close-to-open under leases: a change of a file another connection holds a lease on

@@ -39,6 +39,11 @@ struct Inner {
     condemned: HashMap<BlockId, HashMap<DatanodeId, Instant>>,
     /// Blocks condemned since the start, for the status.
     collected: u64,
+    /// Blocks whose records count no reference although a chunk map names them (a
+    /// corrupt count): never candidates again in this run.
+    spared: HashSet<BlockId>,
+    /// When the last count of references from the chunk maps ended, and how long it took.
+    recounted: Option<(Instant, Duration)>,
 }
 
 pub struct Gc {
@@ -119,7 +124,10 @@ impl Gc {
             .collect();
         let mut next = HashMap::new();
         for block in unreferenced {
-            if uploading.contains(&block) || inner.condemned.contains_key(&block) {
+            if uploading.contains(&block)
+                || inner.condemned.contains_key(&block)
+                || inner.spared.contains(&block)
+            {
                 continue;
             }
             let since = inner.candidates.get(&block).copied().unwrap_or(now);
@@ -150,6 +158,25 @@ impl Gc {
         inner.condemned.insert(*block, HashMap::new());
         inner.collected += 1;
         true
+    }
+
+    /// May the candidates due be counted again from the chunk maps now? A count reads
+    /// every chunk map, so counts take at most a tenth of the time.
+    pub fn recount_due(&self) -> bool {
+        self.inner()
+            .recounted
+            .is_none_or(|(ended, took)| ended.elapsed() >= took * 10)
+    }
+
+    /// A count of references from the chunk maps took `took`; it found `named` among the
+    /// candidates due, whose records count no reference: they are kept.
+    pub fn recounted(&self, took: Duration, named: &HashSet<BlockId>) {
+        let mut inner = self.inner();
+        inner.recounted = Some((Instant::now(), took));
+        for block in named {
+            inner.candidates.remove(block);
+            inner.spared.insert(*block);
+        }
     }
 
     /// The tombstones of `blocks` were not written after all.
@@ -228,6 +255,20 @@ mod tests {
         assert!(gc.begin_collect(&block(1)));
         assert!(gc.is_condemned(&block(1)));
         assert!(!gc.begin_collect(&block(1)), "condemned once");
+    }
+
+    #[test]
+    fn a_block_a_chunk_map_names_is_spared_and_counts_are_paced() {
+        let gc = Gc::new(Duration::ZERO, Duration::from_secs(30));
+        assert!(gc.recount_due(), "the first count is due at once");
+        assert_eq!(gc.mark([block(1), block(2)]).len(), 2);
+        let named = HashSet::from([block(1)]);
+        gc.recounted(Duration::from_secs(60), &named);
+        assert_eq!(gc.mark([block(1), block(2)]), vec![block(2)]);
+        assert!(!gc.begin_collect(&block(1)), "spared");
+        assert!(!gc.recount_due(), "a count that took a minute waits ten");
+        gc.recounted(Duration::ZERO, &HashSet::new());
+        assert!(gc.recount_due());
     }
 
     #[test]

@@ -1179,10 +1179,25 @@ fn set_block_replication(txn: &mut Txn<'_>, ino: Ino, replication: u8) -> FsResu
     Ok(())
 }
 
+/// A slice of block `id` goes. A record that counts no reference (or is missing) is a
+/// corruption of the namespace: said, and the count stays at zero — garbage collection
+/// counts a block's references again from the chunk maps before it deletes it.
 fn unref_block(txn: &mut Txn<'_>, id: &BlockId) -> FsResult<()> {
-    if let Some(mut rec) = txn.block(id)? {
-        rec.refs = rec.refs.saturating_sub(1);
-        txn.put_block(id, &rec);
+    match txn.block(id)? {
+        Some(mut rec) if rec.refs > 0 => {
+            rec.refs -= 1;
+            txn.put_block(id, &rec);
+        }
+        Some(_) => tracing::error!(
+            block = %id,
+            "metadata corruption: a slice of a block whose record counts no reference went \
+             (`cairn admin fsck` recounts)"
+        ),
+        None => tracing::error!(
+            block = %id,
+            "metadata corruption: a slice of a block with no record went \
+             (`cairn admin fsck` recounts)"
+        ),
     }
     Ok(())
 }

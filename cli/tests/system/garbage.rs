@@ -380,3 +380,49 @@ async fn a_namenode_formatted_anew_does_not_collect_the_old_namespaces_blocks() 
     assert!(get(&client, back.ino, 1 << 20).await == data);
     cluster.stop().await.unwrap();
 }
+
+/// A block's record that lost its count of references (a bug, a bad disk) does not get the
+/// block deleted: before garbage goes, the namenode reads the chunk maps for it, keeps a
+/// block one names, and `cairn admin fsck` shows the wrong count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_block_whose_record_lost_its_count_is_not_collected() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 3);
+    opts.gc_grace_ms = GRACE.as_millis() as u64;
+    let mut cluster = DevCluster::start(opts).await.expect("cluster starts");
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(300_000, 230);
+    let file = put(&client, "kept", &data, 1 << 20).await.ino;
+    let blocks = blocks_of(&data);
+    let garbage = random_bytes(200_000, 231);
+    put(&client, "gone", &garbage, 1 << 20).await;
+    let garbage = blocks_of(&garbage);
+    wait_for_disks(&cluster, "stored", GRACE, everywhere(&blocks, 3)).await;
+
+    tracing::info!("--- the namenode stopped, the block's record made to count no reference");
+    cluster.stop_namenode().await.unwrap();
+    {
+        let store = cairn_namenode::store::Store::open(&cluster.namenode_config.meta_dir).unwrap();
+        let mut record = store.block(&blocks[0]).unwrap().expect("recorded");
+        assert_eq!(record.refs, 1);
+        record.refs = 0;
+        let mut txn = store.txn();
+        txn.put_block(&blocks[0], &record);
+        store.commit(txn, true).unwrap();
+    }
+    cluster.start_namenode().await.unwrap();
+    cluster.wait_for_datanodes(3).await.unwrap();
+    // Real garbage beside it: once that is gone, the collector has decided on the other.
+    client.unlink(Ino::ROOT, b"gone").await.unwrap();
+    wait_for_disks(&cluster, "garbage collected", GRACE * 6, nowhere(&garbage)).await;
+    assert!(
+        everywhere(&blocks, 3)(&cluster),
+        "a block a file names was deleted"
+    );
+    assert!(get(&client, file, 1 << 20).await == data);
+    let (code, fsck) = admin(&cluster, &["fsck", "/"]);
+    assert_ne!(code, 0, "{fsck}");
+    assert!(fsck.to_string().contains("reference"), "{fsck}");
+    cluster.stop().await.unwrap();
+}
