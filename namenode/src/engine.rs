@@ -25,6 +25,15 @@ use crate::walsync::{Durability, WalSync};
 
 /// Most ops applied in one group; bounds the latency a large group adds to its first op.
 const MAX_GROUP: usize = 4096;
+/// Most ops waiting for the writer; those asked for beyond wait to be queued (backpressure
+/// on clients, not memory growing while the disk is slow).
+const MAX_QUEUED: usize = 16_384;
+
+/// Places in the writer's queue, held until the ops they were taken for are answered (see
+/// [`MetaEngine::reserve`]).
+pub struct Room {
+    _places: tokio::sync::OwnedSemaphorePermit,
+}
 /// Most entries in one readdir page.
 pub const MAX_READDIR_PAGE: u32 = 4096;
 
@@ -99,6 +108,11 @@ pub struct MetaEngine {
     versions: Arc<DirVersions>,
     feed: Arc<ChangeFeed>,
     queue: Option<mpsc::Sender<Pending>>,
+    /// Places in the queue: an op takes one until it is answered.
+    room: Arc<tokio::sync::Semaphore>,
+    queue_bound: usize,
+    /// The most ops the writer applied in one group.
+    largest_group: Arc<std::sync::atomic::AtomicUsize>,
     writer: Option<JoinHandle<()>>,
     wal: Arc<WalSync>,
     syncer: Option<JoinHandle<()>>,
@@ -117,10 +131,20 @@ impl MetaEngine {
         opens: Arc<OpenTable>,
         gc: Arc<Gc>,
     ) -> anyhow::Result<MetaEngine> {
-        Self::open_journaled(dir, default_replication, durability, opens, gc, None)
+        let (journal, queue) = (None, MAX_QUEUED);
+        Self::open_journaled(
+            dir,
+            default_replication,
+            durability,
+            opens,
+            gc,
+            journal,
+            queue,
+        )
     }
 
-    /// [`MetaEngine::open`], handing every op written to `journal`.
+    /// [`MetaEngine::open`], handing every op written to `journal`, with at most `queue`
+    /// ops waiting for the writer.
     fn open_journaled(
         dir: &Path,
         default_replication: u8,
@@ -128,6 +152,7 @@ impl MetaEngine {
         opens: Arc<OpenTable>,
         gc: Arc<Gc>,
         journal: Option<Journal>,
+        queue: usize,
     ) -> anyhow::Result<MetaEngine> {
         let store = Arc::new(Store::open(dir)?);
         let restarted = store.inode(Ino::ROOT)?.is_some();
@@ -172,6 +197,7 @@ impl MetaEngine {
         let feed = Arc::new(ChangeFeed::new(versions.epoch, restarted));
         let health = Arc::new(WriteHealth::new(dir));
         let (wal, syncer) = WalSync::start(store.clone(), durability)?;
+        let largest_group = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let deciders = Deciders {
             opens,
             gc,
@@ -180,6 +206,7 @@ impl MetaEngine {
             health: health.clone(),
             wal: wal.clone(),
             journal,
+            largest_group: largest_group.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("meta-writer".into())
@@ -191,6 +218,9 @@ impl MetaEngine {
             versions,
             feed,
             queue: Some(tx),
+            room: Arc::new(tokio::sync::Semaphore::new(queue)),
+            queue_bound: queue,
+            largest_group,
             writer: Some(writer),
             wal,
             syncer,
@@ -220,22 +250,45 @@ impl MetaEngine {
         caller: Caller,
         kind: MetaOpKind,
     ) -> FsResult<MetaReply> {
-        self.submit_named(origin, caller, kind, None).await
+        self.submit_named(origin, caller, kind, None, None).await
+    }
+
+    /// Places in the writer's queue for `ops` ops (at most the whole queue), for changes
+    /// that must be queued in the order they are submitted (a client's queued changes):
+    /// each then goes to the queue at once.
+    pub async fn reserve(&self, ops: usize) -> FsResult<Room> {
+        let places = ops.clamp(1, self.queue_bound) as u32;
+        let permit = self.room.clone().acquire_many_owned(places).await;
+        let places = permit.map_err(|_| FsError::io("metadata engine is shutting down"))?;
+        Ok(Room { _places: places })
+    }
+
+    /// The most ops the writer has applied in one group (one write).
+    pub fn largest_group(&self) -> usize {
+        self.largest_group
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// [`MetaEngine::submit_from`] of a change its client named: made once however often
-    /// it is asked for, and answered as the first time.
+    /// it is asked for, and answered as the first time. It waits for a place in the
+    /// writer's queue unless `room` holds one for it.
     pub async fn submit_named(
         &self,
         origin: u64,
         caller: Caller,
         kind: MetaOpKind,
         request: Option<ops::Request>,
+        room: Option<&Room>,
     ) -> FsResult<MetaReply> {
+        let own = match room {
+            Some(_) => None,
+            None => Some(self.reserve(1).await?),
+        };
         let rx = self.enqueue(origin, caller, kind, request)?;
         let (res, breaks) = rx
             .await
             .map_err(|_| FsError::io("metadata writer stopped"))?;
+        drop(own);
         // Close-to-open: no other client still opens the file by the map it had when this
         // client hears its change is done. The namenode's own ops answer no client.
         if origin != 0 && !breaks.is_empty() {
@@ -796,6 +849,7 @@ struct Deciders {
     /// Where the ops of each group written go, in the order applied (for tests that replay
     /// them).
     journal: Option<Journal>,
+    largest_group: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The ops the writer applied, as a replicated log would carry them.
@@ -937,6 +991,9 @@ fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, deciders: Deciders
                 Err(_) => break,
             }
         }
+        deciders
+            .largest_group
+            .fetch_max(group.len(), std::sync::atomic::Ordering::Relaxed);
         let mut txn = store.txn();
         let mut results = Vec::with_capacity(group.len());
         // Orphans being purged in this group: opens of them fail until it is written.
@@ -1694,6 +1751,7 @@ mod tests {
             opens.clone(),
             gc.clone(),
             Some(journal.clone()),
+            MAX_QUEUED,
         )
         .unwrap();
         let start = engine.store.dump();
@@ -1828,7 +1886,7 @@ mod tests {
                 holder: holder.to_vec(),
             })
         };
-        let submit = |kind, request| engine.submit_named(3, Caller::ROOT, kind, request);
+        let submit = |kind, request| engine.submit_named(3, Caller::ROOT, kind, request, None);
         let created = |reply| match reply {
             Ok(MetaReply::Created(c)) => c.attr.ino,
             other => panic!("{other:?}"),
@@ -1924,6 +1982,43 @@ mod tests {
             .unwrap();
         assert_eq!(engine.block(&named).unwrap().unwrap().refs, 0);
         assert!(engine.named_by_slices(&candidates).unwrap().is_empty());
+    }
+
+    /// The writer's queue is bounded: however many changes are asked for at once, no more
+    /// than the bound wait for the writer (the rest wait to be queued), and all are made;
+    /// a batch that reserved its places goes to the queue whole, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writers_queue_holds_at_most_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
+        let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
+        let engine =
+            MetaEngine::open_journaled(dir.path(), 3, Durability::Never, opens, gc, None, 4);
+        let engine = Arc::new(engine.unwrap());
+        let asked: Vec<_> = (0..300)
+            .map(|i| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    engine
+                        .submit(Caller::ROOT, create(Ino::ROOT, &format!("f{i}")))
+                        .await
+                })
+            })
+            .collect();
+        for made in asked {
+            made.await.unwrap().unwrap();
+        }
+        assert_eq!(engine.inode_count().unwrap(), 301);
+        let largest = engine.largest_group();
+        assert!((1..=4).contains(&largest), "a group of {largest}");
+        // A batch holding its places: each op is queued at its first poll.
+        let room = engine.reserve(3).await.unwrap();
+        let batch = ["g0", "g1", "g2"].map(|name| {
+            engine.submit_named(0, Caller::ROOT, create(Ino::ROOT, name), None, Some(&room))
+        });
+        for made in futures::future::join_all(batch).await {
+            made.unwrap();
+        }
     }
 
     /// Close-to-open under leases: a change of a file another connection holds a lease on

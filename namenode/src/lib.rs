@@ -241,8 +241,9 @@ impl Namenode {
             id,
             holder: who.holder.clone(),
         });
+        let room = who.room.as_deref();
         self.engine
-            .submit_named(who.origin, who.caller.clone(), kind, request)
+            .submit_named(who.origin, who.caller.clone(), kind, request, room)
             .await
     }
 
@@ -633,6 +634,18 @@ impl Namenode {
         }
         let feed = self.engine.feed();
         let replaying = feed.replaying();
+        // Their places in the writer's queue first, all of them: then each op below goes
+        // to the queue at its first poll, in order.
+        let room = match self.engine.reserve(q.ops.len()).await {
+            Ok(room) => Some(Arc::new(room)),
+            Err(e) => {
+                return q
+                    .ops
+                    .iter()
+                    .map(|c| refused_queued(&c.op, e.clone()))
+                    .collect()
+            }
+        };
         let ops = q.ops.into_iter().map(|change| {
             // Each acts as its own caller, within the holder's export rule (which its holder
             // applied before it answered, unless the rule changed meanwhile).
@@ -642,6 +655,7 @@ impl Namenode {
                 origin: who.origin,
                 holder: who.holder.clone(),
                 request: None,
+                room: room.clone(),
             });
             // Queued under the previous run's delegation, which this run never knew.
             let replay = change.epoch != feed.epoch && replaying;
@@ -818,6 +832,10 @@ struct Who {
     /// The client's name for the one change this request asks for (see
     /// [`NamenodeRequest::once_by_id`]); `None` for every other request.
     request: Option<cairn_common::proto::RequestId>,
+    /// Places in the metadata writer's queue held for this request's changes (a batch of
+    /// queued changes, which must reach the writer in order); `None`: each change waits
+    /// for its own.
+    room: Option<Arc<engine::Room>>,
 }
 
 impl Service for Namenode {
@@ -858,6 +876,7 @@ impl Service for Namenode {
             origin: peer.serial,
             holder: peer.cert_serial.clone(),
             request,
+            room: None,
         };
         let caller = &who.caller;
         let named = who.request.as_ref().map(|r| r.session);
