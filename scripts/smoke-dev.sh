@@ -90,6 +90,11 @@ mkdir "$WORK/mnt"
 "$WORK/mount.cairn" cairn "$WORK/mnt" -o "rw,config=$DEV/cairn-client.toml,_netdev,log=$WORK/mount.log" >"$WORK/mounted"
 MOUNT_PID="$(pgrep -f "cairn mount $WORK/mnt")"
 grep -q "mounted on $WORK/mnt (pid $MOUNT_PID; log $WORK/mount.log)" "$WORK/mounted"
+# Logs that go to files are plain text: no terminal colour codes.
+[ -s "$WORK/mount.log" ] && [ -s "$WORK/dev.log" ]
+if grep -q $'\x1b\[' "$WORK/mount.log" "$WORK/dev.log"; then
+    echo "colour codes in a log file"; exit 1
+fi
 cmp "$WORK/input" "$WORK/mnt/smoke/input"
 cp "$WORK/input" "$WORK/mnt/copy"
 cmp "$WORK/input" "$WORK/mnt/copy"

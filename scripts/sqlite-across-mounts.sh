@@ -36,12 +36,22 @@ for _ in $(seq 1 240); do mountpoint -q "$M1" && break; sleep 0.5; done
 mountpoint -q "$M1" || { cat "$W/dev.log"; exit 1; }
 mount_at() { # prints the mount's pid
     mkdir -p "$1" 2>/dev/null || true  # a dead mount on it answers ENOTCONN: cairn mount clears it
-    "$CAIRN" mount "$1" --config "$W/dev/cairn-client.toml" --daemon | sed -n 's/.*(pid \([0-9]*\);.*/\1/p'
+    "$CAIRN" mount "$1" --config "$W/dev/cairn-client.toml" --daemon --log "$1.log" |
+        sed -n 's/.*(pid \([0-9]*\);.*/\1/p'
 }
 mount_at "$M2" > /dev/null
 PID3=$(mount_at "$M3")
 
 failed=0
+# A failure shows what the daemons said about it: their warnings and errors.
+show_logs() {
+    for log in "$W/dev.log" "$W"/m*.log; do
+        [ -f "$log" ] || continue
+        echo "--- warnings and errors in $log:"
+        grep -E "WARN|ERROR" "$log" | tail -n 40 || true
+    done
+}
+
 for mode in delete truncate persist; do
     db=sqlite-$mode.db
     logs=$W/logs-$mode; mkdir -p "$logs"
@@ -98,4 +108,5 @@ print(f"{mode}: integrity_check {check}; {secs} s")
 sys.exit(1 if bad else 0)
 PY
 done
+[ "$failed" = 0 ] || show_logs
 exit $failed

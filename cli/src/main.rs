@@ -232,12 +232,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to standard error; in colour only when that is a terminal (a log file or journald
+/// gets plain text).
 fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
                 .unwrap_or_else(|_| default.into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
