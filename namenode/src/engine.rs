@@ -1948,13 +1948,11 @@ mod tests {
         use std::collections::HashSet;
         let (_dir, _, engine) = new_engine();
         let file = attr_after(&engine, create(Ino::ROOT, "f")).await.ino;
-        engine
-            .submit(
-                Caller::ROOT,
-                commit(file, vec![(0, slice(0, 4096, 7))], 4096),
-            )
-            .await
-            .unwrap();
+        let store_block = |tag| {
+            let kind = commit(file, vec![(0, slice(0, 4096, tag))], 4096);
+            engine.submit(Caller::ROOT, kind)
+        };
+        store_block(7).await.unwrap();
         let (named, other) = (BlockId([7; 32]), BlockId([8; 32]));
         let candidates = HashSet::from([named, other]);
         assert_eq!(
@@ -1973,13 +1971,7 @@ mod tests {
             HashSet::from([named])
         );
         // Its slice goes: the change is made, and the count does not wrap below zero.
-        engine
-            .submit(
-                Caller::ROOT,
-                commit(file, vec![(0, slice(0, 4096, 9))], 4096),
-            )
-            .await
-            .unwrap();
+        store_block(9).await.unwrap();
         assert_eq!(engine.block(&named).unwrap().unwrap().refs, 0);
         assert!(engine.named_by_slices(&candidates).unwrap().is_empty());
     }
