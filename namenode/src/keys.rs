@@ -11,7 +11,11 @@ pub const CF_BLOCKS: &str = "blocks";
 pub const CF_XATTRS: &str = "xattrs";
 pub const CF_META: &str = "meta";
 pub const CF_LINKS: &str = "links";
-pub const ALL_CFS: [&str; 7] = [
+/// The namenode group's replicated log: entries by index (see `group::log`).
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// What the group's Raft keeps beside its log: vote, purge point, applied point.
+pub const CF_RAFT_STATE: &str = "raft_state";
+pub const ALL_CFS: [&str; 9] = [
     CF_INODES,
     CF_DENTRIES,
     CF_CHUNKS,
@@ -19,6 +23,8 @@ pub const ALL_CFS: [&str; 7] = [
     CF_XATTRS,
     CF_META,
     CF_LINKS,
+    CF_RAFT_LOG,
+    CF_RAFT_STATE,
 ];
 
 /// Keys of the `meta` family.
@@ -28,6 +34,10 @@ pub const META_INODE_COUNT: &[u8] = b"inode_count";
 pub const META_CLUSTER_ID: &[u8] = b"cluster_id";
 /// Inode numbers reserved for a delegation holder and given back unused (`inopool.rs`).
 pub const META_FREE_INOS: &[u8] = b"free_inos";
+/// The last entry of the group's log the namespace was built to (`group::machine`).
+pub const META_RAFT_APPLIED: &[u8] = b"raft_applied";
+/// The group's membership as of that entry.
+pub const META_RAFT_MEMBERSHIP: &[u8] = b"raft_membership";
 /// Prefix of the `meta` keys naming orphans: files with no name left, kept while open.
 pub const META_ORPHAN_PREFIX: &[u8] = b"orphan/";
 

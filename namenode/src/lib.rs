@@ -11,6 +11,7 @@ pub mod emptier;
 pub mod engine;
 pub mod feed;
 pub mod gc;
+pub mod group;
 pub mod inopool;
 pub mod keys;
 pub mod known;

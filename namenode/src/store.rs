@@ -65,7 +65,21 @@ pub enum Cf {
     Xattrs = 4,
     Meta = 5,
     Links = 6,
+    RaftLog = 7,
+    RaftState = 8,
 }
+
+/// The families that hold the namespace, the state the group's log builds (with the point
+/// of the log it was built to, in `meta`): what a snapshot carries.
+pub const NAMESPACE_CFS: [Cf; 7] = [
+    Cf::Inodes,
+    Cf::Dentries,
+    Cf::Chunks,
+    Cf::Blocks,
+    Cf::Xattrs,
+    Cf::Meta,
+    Cf::Links,
+];
 
 impl Cf {
     fn name(self) -> &'static str {
@@ -369,12 +383,41 @@ impl Store {
         self.db.write_opt(batch, &opts).map_err(db_error)
     }
 
-    /// Puts everything written so far to the write-ahead log on stable storage.
-    /// Every record, column family by column family, in key order.
+    /// The last record of `cf` in key order.
+    pub fn last(&self, cf: Cf) -> FsResult<Option<(Vec<u8>, Vec<u8>)>> {
+        match self.db.iterator_cf(self.cf(cf), IteratorMode::End).next() {
+            Some(item) => {
+                let (k, v) = item.map_err(db_error)?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes the records of `cf` from `from` up to (without) `to` in one write.
+    pub fn delete_range(&self, cf: Cf, from: &[u8], to: &[u8], sync: bool) -> FsResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(cf), from, to);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch, &opts).map_err(db_error)
+    }
+
+    /// Deletes every record of `cf` (not synced).
+    pub fn clear(&self, cf: Cf) -> FsResult<()> {
+        let first = self.scan_raw(cf, &[], None, 1)?;
+        let (Some((first, _)), Some((last, _))) = (first.into_iter().next(), self.last(cf)?) else {
+            return Ok(());
+        };
+        let mut end = last;
+        end.push(0);
+        self.delete_range(cf, &first, &end, false)
+    }
+
+    /// Every record of the namespace, column family by column family, in key order.
     #[cfg(test)]
     pub fn dump(&self) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
-        use Cf::*;
-        [Inodes, Dentries, Chunks, Blocks, Xattrs, Meta, Links]
+        NAMESPACE_CFS
             .into_iter()
             .flat_map(|cf| {
                 let records = self.scan_raw(cf, &[], None, usize::MAX).unwrap();
@@ -383,6 +426,7 @@ impl Store {
             .collect()
     }
 
+    /// Puts everything written so far to the write-ahead log on stable storage.
     pub fn sync_wal(&self) -> FsResult<()> {
         self.db.flush_wal(true).map_err(db_error)
     }
