@@ -430,6 +430,7 @@ mod tests {
             caller: Caller::ROOT,
             kind,
             request: None,
+            free: Vec::new(),
         };
         let reply = ops::apply(&mut txn, &op).unwrap();
         store.commit(txn, false).unwrap();

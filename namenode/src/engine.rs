@@ -1,6 +1,8 @@
 //! The metadata engine: reads straight from the store, writes through one writer thread that
-//! applies queued ops in groups and makes each group durable with one synced write (group
-//! commit). No op is acknowledged before its group is on disk.
+//! decides queued ops in groups and proposes each group as one entry of the namenode
+//! group's log ([`crate::group`]); the ops are applied, on every member, once the entry is
+//! committed. No op is acknowledged before its entry is applied here, and durable as the
+//! namenode's [`Durability`] says.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -16,6 +18,8 @@ use tracing::info;
 
 use crate::feed::{Breaks, ChangeFeed};
 use crate::gc::Gc;
+use crate::group::runner::Group;
+use crate::group::{Answer, Proposal};
 use crate::keys::{self, META_CLUSTER_ID, META_FORMAT, META_INODE_COUNT};
 use crate::meta_health::WriteHealth;
 use crate::opens::OpenTable;
@@ -114,6 +118,8 @@ pub struct MetaEngine {
     /// The most ops the writer applied in one group.
     largest_group: Arc<std::sync::atomic::AtomicUsize>,
     writer: Option<JoinHandle<()>>,
+    /// The namenode group's member on this namenode, through whose log every change goes.
+    group: Option<Arc<Group>>,
     wal: Arc<WalSync>,
     syncer: Option<JoinHandle<()>>,
 }
@@ -166,6 +172,7 @@ impl MetaEngine {
                     replication: default_replication,
                 },
                 request: None,
+                free: Vec::new(),
             };
             ops::apply(&mut txn, &op)?;
             store.commit(txn, true)?;
@@ -197,6 +204,12 @@ impl MetaEngine {
         let feed = Arc::new(ChangeFeed::new(versions.epoch, restarted));
         let health = Arc::new(WriteHealth::new(dir));
         let (wal, syncer) = WalSync::start(store.clone(), durability)?;
+        let group = Arc::new(Group::start(
+            store.clone(),
+            &dir.join("snapshots"),
+            cluster,
+            wal.sync_each_write(),
+        )?);
         let largest_group = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let deciders = Deciders {
             opens,
@@ -208,9 +221,10 @@ impl MetaEngine {
             journal,
             largest_group: largest_group.clone(),
         };
+        let writer_group = group.clone();
         let writer = std::thread::Builder::new()
             .name("meta-writer".into())
-            .spawn(move || write_loop(writer_store, rx, deciders))?;
+            .spawn(move || write_loop(writer_store, rx, deciders, writer_group))?;
         Ok(MetaEngine {
             store,
             cluster,
@@ -222,6 +236,7 @@ impl MetaEngine {
             queue_bound: queue,
             largest_group,
             writer: Some(writer),
+            group: Some(group),
             wal,
             syncer,
         })
@@ -310,6 +325,7 @@ impl MetaEngine {
             caller,
             kind,
             request,
+            free: Vec::new(),
         };
         self.queue
             .as_ref()
@@ -830,6 +846,8 @@ impl Drop for MetaEngine {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        // The group's Raft stops once the writer no longer proposes.
+        self.group.take();
         // The syncer holds the store: it is closed once the syncer has synced and ended.
         self.wal.stop();
         if let Some(syncer) = self.syncer.take() {
@@ -982,83 +1000,118 @@ fn count_stored(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_loop(store: Arc<Store>, rx: mpsc::Receiver<Pending>, deciders: Deciders) {
+fn write_loop(
+    store: Arc<Store>,
+    rx: mpsc::Receiver<Pending>,
+    deciders: Deciders,
+    group: Arc<Group>,
+) {
     while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        let mut pending = vec![first];
+        while pending.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(p) => group.push(p),
+                Ok(p) => pending.push(p),
                 Err(_) => break,
             }
         }
         deciders
             .largest_group
-            .fetch_max(group.len(), std::sync::atomic::Ordering::Relaxed);
-        let mut txn = store.txn();
-        let mut results = Vec::with_capacity(group.len());
-        // Orphans being purged in this group: opens of them fail until it is written.
-        let mut decided = Decided::default();
-        // Each op's changed directories: one count each per op, so two ops in one group
-        // are two changes.
-        let mut counted = Vec::new();
-        let mut removed = Vec::new();
-        let mut journal = deciders.journal.as_ref().map(|_| Vec::new());
-        for (index, p) in group.iter().enumerate() {
-            txn.savepoint();
-            let r = apply(&mut txn, p, &deciders, &mut decided, &mut journal);
-            if r.is_err() {
-                txn.rollback();
-            } else {
-                removed.extend(txn.inodes_removed());
-                counted.push(Written {
-                    index,
-                    origin: p.origin,
-                    answered: answered(&p.op.kind, r.as_ref().ok()),
-                    changes: txn.changes(),
-                });
+            .fetch_max(pending.len(), std::sync::atomic::Ordering::Relaxed);
+        write_group(&store, &group, pending, &deciders);
+    }
+}
+
+/// Decides the ops of `pending` (see [`decide`]), has the group's log take them as one
+/// entry, and answers each with what applying it gave, once it is applied here.
+fn write_group(store: &Store, group: &Group, pending: Vec<Pending>, deciders: &Deciders) {
+    // Orphans being purged in this group: opens of them fail until it is written.
+    let mut decided = Decided::default();
+    let mut results: Vec<Option<FsResult<MetaReply>>> = Vec::with_capacity(pending.len());
+    // The ops proposed, with the place in `pending` of the one each answers.
+    let mut ops = Vec::with_capacity(pending.len());
+    let mut proposed = Vec::with_capacity(pending.len());
+    let view = store.txn();
+    for (index, p) in pending.iter().enumerate() {
+        match decide(&view, p, deciders, &mut decided) {
+            Ok(op) => {
+                ops.push(op.into_owned());
+                proposed.push(index);
+                results.push(None);
             }
-            results.push(r);
+            Err(e) => results.push(Some(Err(e))),
         }
-        let wrote = !txn.is_empty();
-        let written = if !wrote {
-            Ok(())
-        } else {
-            deciders
-                .health
-                .room()
-                .and_then(|()| store.commit(txn, deciders.wal.sync_each_write()))
-        };
-        let mut breaks: Vec<Breaks> = group.iter().map(|_| Breaks::default()).collect();
-        match &written {
-            Ok(()) => {
-                if wrote {
-                    deciders.wal.wrote();
-                }
-                deciders.health.written();
-                deciders.versions.count(&mut counted, &removed);
-                for op in counted {
-                    breaks[op.index] = deciders.feed.push(op.origin, &op.answered, op.changes);
-                }
-                deciders.feed.removed(&removed);
-                if let (Some(to), Some(ops)) = (&deciders.journal, journal) {
-                    to.lock().unwrap_or_else(|e| e.into_inner()).extend(ops);
-                }
+    }
+    drop(view);
+    let journal = deciders.journal.as_ref().map(|_| ops.clone());
+    let written = if ops.is_empty() {
+        Ok(Answer::default())
+    } else {
+        deciders
+            .health
+            .room()
+            .and_then(|()| group.propose(Proposal { ops }))
+    };
+    let mut breaks: Vec<Breaks> = pending.iter().map(|_| Breaks::default()).collect();
+    match written {
+        Ok(answer) => {
+            if !proposed.is_empty() {
+                deciders.wal.wrote();
             }
-            Err(e) => {
-                deciders.health.failed(e, group.len());
-                deciders.gc.abandon(&decided.condemned);
+            deciders.health.written();
+            // Each op's changed directories: one count each per op, so two ops in one group
+            // are two changes.
+            let mut counted = Vec::new();
+            let mut removed = Vec::new();
+            for (index, applied) in proposed.iter().copied().zip(answer.applied) {
+                let p = &pending[index];
+                let mut reply = applied.reply;
+                if let (MetaOpKind::Create(c), Ok(MetaReply::Created(created))) =
+                    (&p.op.kind, &mut reply)
+                {
+                    if let Some(claim) = c.open {
+                        // The creator writes it: another mount that opens it meanwhile is
+                        // told so.
+                        let shared =
+                            deciders
+                                .opens
+                                .claim(claim.session, created.attr.ino, claim.gen, true);
+                        created.shared = shared == Some(true);
+                    }
+                }
+                if reply.is_ok() {
+                    removed.extend(applied.removed);
+                    counted.push(Written {
+                        index,
+                        origin: p.origin,
+                        answered: answered(&p.op.kind, reply.as_ref().ok()),
+                        changes: applied.changes,
+                    });
+                }
+                results[index] = Some(reply);
+            }
+            deciders.versions.count(&mut counted, &removed);
+            for op in counted {
+                breaks[op.index] = deciders.feed.push(op.origin, &op.answered, op.changes);
+            }
+            deciders.feed.removed(&removed);
+            if let (Some(to), Some(ops)) = (&deciders.journal, journal) {
+                to.lock().unwrap_or_else(|e| e.into_inner()).extend(ops);
             }
         }
-        for ino in decided.purging {
-            deciders.opens.purged(ino);
+        Err(e) => {
+            deciders.health.failed(&e, pending.len());
+            deciders.gc.abandon(&decided.condemned);
+            for index in proposed {
+                results[index] = Some(Err(e.clone()));
+            }
         }
-        for ((p, r), breaks) in group.into_iter().zip(results).zip(breaks) {
-            let r = match &written {
-                Ok(()) => r,
-                Err(e) => Err(e.clone()),
-            };
-            let _ = p.reply.send((r, breaks));
-        }
+    }
+    for ino in decided.purging {
+        deciders.opens.purged(ino);
+    }
+    for ((p, r), breaks) in pending.into_iter().zip(results).zip(breaks) {
+        let r = r.unwrap_or_else(|| Err(FsError::io("metadata writer lost an op's answer")));
+        let _ = p.reply.send((r, breaks));
     }
 }
 
@@ -1121,69 +1174,13 @@ fn trashed(inos: &mut Vec<Ino>, trash: &Option<crate::trash::Moved>) {
     }
 }
 
-/// Applies one op in the writer. What only this namenode knows — which files clients hold
-/// open, which garbage blocks have waited out their grace — is decided first and written
-/// into the ops applied, so that [`ops::apply`] alone, a function of the op and the stored
-/// state, gives the same result wherever the ops are replayed (the seam for a replicated
-/// log). After it, a file created for opening is held, and the files the op left without a
-/// name that nobody holds are freed by a `Purge` op of their own. Each op applied, in
-/// order, goes to `journal` when there is one.
-fn apply(
-    txn: &mut Txn<'_>,
-    pending: &Pending,
-    deciders: &Deciders,
-    decided: &mut Decided,
-    journal: &mut Option<Vec<MetaOp>>,
-) -> FsResult<MetaReply> {
-    let op = decide(txn, pending, deciders, decided)?;
-    let mut reply = ops::apply(txn, &op)?;
-    if let (MetaOpKind::Create(c), MetaReply::Created(created)) = (&op.kind, &mut reply) {
-        if let Some(claim) = c.open {
-            // The creator writes it: another mount that opens it meanwhile is told so.
-            let shared = deciders
-                .opens
-                .claim(claim.session, created.attr.ino, claim.gen, true);
-            created.shared = shared == Some(true);
-        }
-    }
-    let now = op.now;
-    if let Some(journal) = journal {
-        journal.push(op.into_owned());
-    }
-    // This op changes the files it orphaned: the leases on them end with it.
-    let inos: Vec<Ino> = txn
-        .take_orphans()
-        .into_iter()
-        .filter(|&ino| purgeable(deciders, pending.origin, ino, true))
-        .collect();
-    if !inos.is_empty() {
-        decided.purging.extend(&inos);
-        let purge = MetaOp {
-            now,
-            caller: Caller::ROOT,
-            kind: MetaOpKind::Purge { inos },
-            request: None,
-        };
-        let mark = txn.mark();
-        match ops::apply(txn, &purge) {
-            Ok(_) => {
-                if let Some(journal) = journal {
-                    journal.push(purge);
-                }
-            }
-            // The op stands; its orphans wait for the next sweep.
-            Err(e) => {
-                tracing::warn!(error = %e, "freeing the files an op left without a name failed");
-                txn.rollback_to(mark);
-            }
-        }
-    }
-    Ok(reply)
-}
-
-/// The op to apply for `pending`: itself, or, for the ops that carry the writer's
-/// decisions, the files and blocks the writer found free to go (marked as going, in
-/// `decided`, until the group is written).
+/// The op to apply for `pending`. What only this namenode knows — which files clients hold
+/// open, which garbage blocks have waited out their grace — is decided here and written
+/// into the op, so that [`ops::apply`] alone, a function of the op and the stored state,
+/// gives the same result on every member of the group that applies it. The ops that carry
+/// such decisions name the files and blocks the writer found free to go (marked as going,
+/// in `decided`, until the group is written): a purge its orphans, a collection its
+/// blocks, an unlink or a rename over a name the file it may free with the name.
 fn decide<'p>(
     txn: &Txn<'_>,
     pending: &'p Pending,
@@ -1216,6 +1213,20 @@ fn decide<'p>(
             }
             MetaOpKind::CollectBlocks { blocks: due }
         }
+        MetaOpKind::Unlink(r) => {
+            return freeing(txn, pending, deciders, decided, r.parent, &r.name, false)
+        }
+        MetaOpKind::Rename(r) if r.mode == cairn_common::proto::RenameMode::Replace => {
+            return freeing(
+                txn,
+                pending,
+                deciders,
+                decided,
+                r.new_parent,
+                &r.new_name,
+                true,
+            )
+        }
         _ => return Ok(std::borrow::Cow::Borrowed(op)),
     };
     Ok(std::borrow::Cow::Owned(MetaOp {
@@ -1223,6 +1234,41 @@ fn decide<'p>(
         caller: op.caller.clone(),
         kind,
         request: None,
+        free: Vec::new(),
+    }))
+}
+
+/// `pending`, an op that removes the name `name` in `parent` (replacing it with another,
+/// if `replacing`), with the file the name is the last of in [`MetaOp::free`] when nobody
+/// holds that file (marked as going, in `decided`, until the group is written): the op
+/// then frees it with the name.
+fn freeing<'p>(
+    txn: &Txn<'_>,
+    pending: &'p Pending,
+    deciders: &Deciders,
+    decided: &mut Decided,
+    parent: Ino,
+    name: &[u8],
+    replacing: bool,
+) -> FsResult<std::borrow::Cow<'p, MetaOp>> {
+    let op = &pending.op;
+    let Some(entry) = txn.dentry(parent, name)? else {
+        return Ok(std::borrow::Cow::Borrowed(op));
+    };
+    let (Some(dir), Some(file)) = (txn.inode(parent)?, txn.inode(entry.ino)?) else {
+        return Ok(std::borrow::Cow::Borrowed(op));
+    };
+    let last = file.attr.kind == FileKind::File && file.attr.nlink <= 1;
+    if !last
+        || crate::trash::takes(txn, &dir, &file, replacing)?
+        || !purgeable(deciders, pending.origin, entry.ino, true)
+    {
+        return Ok(std::borrow::Cow::Borrowed(op));
+    }
+    decided.purging.push(entry.ino);
+    Ok(std::borrow::Cow::Owned(MetaOp {
+        free: vec![entry.ino],
+        ..op.clone()
     }))
 }
 
@@ -1859,13 +1905,22 @@ mod tests {
         replica.commit(txn, false).unwrap();
         let ops = journal.lock().unwrap().clone();
         assert!(ops.len() > 20, "{} ops", ops.len());
+        // The log holds the ops that failed too (the late commit): they fail again.
         for op in &ops {
             let mut txn = replica.txn();
-            txn.savepoint();
-            ops::apply(&mut txn, op).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+            crate::group::machine::apply_ops(&mut txn, std::slice::from_ref(op));
             replica.commit(txn, false).unwrap();
         }
-        assert!(replica.dump() == end, "the replay differs");
+        // Where the group's log was applied to is the group's, not the ops'.
+        let namespace = |dump: Vec<(Cf, Vec<u8>, Vec<u8>)>| {
+            dump.into_iter()
+                .filter(|(cf, key, _)| !(*cf == Cf::Meta && key.starts_with(b"raft_")))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            namespace(replica.dump()) == namespace(end),
+            "the replay differs"
+        );
     }
 
     /// A change named by its client is made once: asked for again (its answer lost with

@@ -33,6 +33,10 @@ pub struct MetaOp {
     /// The client's name for this change, when it gave one: made once, and answered as the
     /// first time when asked for again.
     pub request: Option<Request>,
+    /// Files this op frees at once if it leaves them without a name: the writer found that
+    /// nobody holds them (see the engine's `decide`). Any other file it orphans waits for
+    /// its last close, or the orphan sweep.
+    pub free: Vec<Ino>,
 }
 
 /// A change a client named ([`RequestId`]).
@@ -170,8 +174,19 @@ pub enum MetaReply {
     Done,
 }
 
-/// Applies `op`; a change its client named is made once (see [`MetaOp::request`]).
+/// Applies `op`; a change its client named is made once (see [`MetaOp::request`]), and
+/// the files it orphans that it may free are freed (see [`MetaOp::free`]).
 pub fn apply(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
+    let reply = apply_once(txn, op)?;
+    for &ino in &op.free {
+        if txn.take_orphan(ino) {
+            purge(txn, ino)?;
+        }
+    }
+    Ok(reply)
+}
+
+fn apply_once(txn: &mut Txn<'_>, op: &MetaOp) -> FsResult<MetaReply> {
     let Some(request) = &op.request else {
         return apply_kind(txn, op);
     };

@@ -588,6 +588,14 @@ impl Txn<'_> {
         changes
     }
 
+    /// Whether the current operation orphaned `ino`; if so, it is no longer listed as
+    /// orphaned by it.
+    pub fn take_orphan(&mut self, ino: Ino) -> bool {
+        let before = self.orphaned.len();
+        self.orphaned.retain(|&i| i != ino);
+        self.orphaned.len() != before
+    }
+
     /// The files the current operation orphaned.
     pub fn take_orphans(&mut self) -> Vec<Ino> {
         std::mem::take(&mut self.orphaned)

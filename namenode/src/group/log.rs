@@ -26,11 +26,14 @@ fn key(index: u64) -> [u8; 8] {
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<Store>,
+    /// Whether an entry is synced before Raft counts it as written; if not, the store's
+    /// log is synced within the namenode's window (see `crate::walsync`). Votes always are.
+    sync: bool,
 }
 
 impl LogStore {
-    pub fn new(store: Arc<Store>) -> LogStore {
-        LogStore { store }
+    pub fn new(store: Arc<Store>, sync: bool) -> LogStore {
+        LogStore { store, sync }
     }
 
     fn read_state<T: serde::de::DeserializeOwned>(
@@ -173,14 +176,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|entry| (key(entry.get_log_id().index).to_vec(), encode(&entry)))
             .collect();
-        // Synced: Raft counts the entries as this member's once the callback says so.
-        let store = self.store.clone();
+        // Raft counts the entries as this member's once the callback says so.
+        let (store, sync) = (self.store.clone(), self.sync);
         let written = tokio::task::spawn_blocking(move || {
             let mut txn = store.txn();
             for (k, v) in records {
                 txn.put_raw(Cf::RaftLog, k, v);
             }
-            store.commit(txn, true)
+            store.commit(txn, sync)
         })
         .await
         .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;

@@ -8,12 +8,15 @@
 //! - [`machine`]: the state machine (the namespace), which records the point of the log it
 //!   was built to in the same write as the entry's changes, and its snapshots (a
 //!   consistent view of the namespace's families, checksummed).
+//! - [`runner`]: the member itself, Raft on a thread of its own, through which the
+//!   metadata writer proposes its groups of ops.
 
 // Raft's storage traits return openraft's error type, large as it is.
 #![allow(clippy::result_large_err)]
 
 pub mod log;
 pub mod machine;
+pub mod runner;
 
 use cairn_common::proto::Change;
 use cairn_common::{FsResult, Ino};

@@ -27,7 +27,7 @@ fn open(dir: &std::path::Path) -> (LogStore, StateMachine, Arc<Store>) {
     let store = Arc::new(Store::open(&dir.join("meta")).unwrap());
     let machine = Machine::open(store.clone(), &dir.join("snapshots")).unwrap();
     (
-        LogStore::new(store.clone()),
+        LogStore::new(store.clone(), true),
         StateMachine::new(machine),
         store,
     )
@@ -44,6 +44,7 @@ fn op(kind: MetaOpKind) -> MetaOp {
         caller: Caller::ROOT,
         kind,
         request: None,
+        free: Vec::new(),
     }
 }
 
