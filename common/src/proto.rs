@@ -98,6 +98,7 @@ service! {
         WhoAmI(WhoAmI) -> Identity,
         ListExports(ListExports) -> Vec<crate::exports::ExportRule>,
         GrantWrite(GrantWrite) -> BlockToken,
+        Raft(RaftRpc) -> Vec<u8>,
     }
 }
 
@@ -975,6 +976,23 @@ pub struct Placement {
 /// with (see `cairn_common::token`). Refused to read-only exports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrantWrite {}
+
+/// A message of Raft from one member of the namenode group to another (both namenodes):
+/// openraft's request, whose answer comes back as openraft's answer, both in postcard.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RaftRpc {
+    /// The namespace the sender's group keeps: a member of another cluster is refused.
+    pub cluster: u64,
+    pub kind: RaftKind,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftKind {
+    Append,
+    Vote,
+    Snapshot,
+}
 
 /// Records slices a client has stored; the file grows to at least `size`. Answered with
 /// the file's attributes, and, for a file of one chunk, its whole map under a lease (see

@@ -32,6 +32,8 @@ pub enum Class {
     Report,
     /// Changes how the cluster runs, or shows what is other users' (`cairn admin`).
     Admin,
+    /// Raft's messages between the members of the namenode group.
+    Member,
 }
 
 impl Class {
@@ -43,6 +45,7 @@ impl Class {
             Class::Datanode => &[Role::Datanode],
             Class::Report => &[Role::Datanode, Role::Admin, Role::Mount, Role::User],
             Class::Admin => &[Role::Admin],
+            Class::Member => &[Role::Namenode],
         }
     }
 }
@@ -108,6 +111,7 @@ pub fn class(req: &NamenodeRequest) -> Class {
             Class::Datanode
         }
         R::ReportBadReplica(_) => Class::Report,
+        R::Raft(_) => Class::Member,
     }
 }
 
@@ -236,7 +240,7 @@ impl Authz {
             warn!(peer = %peer.name, addr = %peer.addr, "refused: {why}");
             return Err(FsError::WrongRole(why));
         }
-        if peer.role == Role::Datanode {
+        if matches!(peer.role, Role::Datanode | Role::Namenode) {
             return Ok(claimed);
         }
         let peer_map = self.map(peer);

@@ -18,7 +18,8 @@ use tracing::info;
 
 use crate::feed::{Breaks, ChangeFeed};
 use crate::gc::Gc;
-use crate::group::runner::Group;
+use crate::group::net::ClusterId;
+use crate::group::runner::{Group, Seat};
 use crate::group::{Answer, Proposal};
 use crate::keys::{self, META_CLUSTER_ID, META_FORMAT, META_INODE_COUNT};
 use crate::meta_health::WriteHealth;
@@ -207,8 +208,9 @@ impl MetaEngine {
         let group = Arc::new(Group::start(
             store.clone(),
             &dir.join("snapshots"),
-            cluster,
+            Arc::new(ClusterId::new(cluster)),
             wal.sync_each_write(),
+            Seat::alone(),
         )?);
         let largest_group = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let deciders = Deciders {
@@ -337,6 +339,13 @@ impl MetaEngine {
             })
             .map_err(|_| FsError::io("metadata writer stopped"))?;
         Ok(rx)
+    }
+
+    /// This namenode's member of the namenode group.
+    pub fn group(&self) -> &Group {
+        self.group
+            .as_deref()
+            .expect("the group runs until the engine is dropped")
     }
 
     /// The namespace's name, drawn when it was formatted: datanodes hold blocks of one.

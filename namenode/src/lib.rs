@@ -1059,6 +1059,7 @@ impl Service for Namenode {
                 respond(ex, subtree, &Ok(token)).await
             }
             R::SyncMetadata(_) => respond(ex, subtree, &self.engine.sync().await).await,
+            R::Raft(rpc) => ex.respond(&self.engine.group().answer(rpc).await).await,
             R::CommitSlices(r) => {
                 self.may_use(&peer, caller, r.ino, crate::perm::WRITE)?;
                 respond(ex, subtree, &self.commit(&who, r).await).await

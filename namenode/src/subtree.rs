@@ -267,7 +267,8 @@ impl Inos for NamenodeRequest {
             | R::CheckNamespace(_)
             | R::WhoAmI(_)
             | R::ListExports(_)
-            | R::GrantWrite(_) => {}
+            | R::GrantWrite(_)
+            | R::Raft(_) => {}
         }
     }
 }

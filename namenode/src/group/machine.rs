@@ -22,8 +22,9 @@ use openraft::{
 use tokio::io::AsyncSeekExt;
 use tracing::{info, warn};
 
+use super::net::ClusterId;
 use super::{decode, encode, io_error, Answer, Applied, Member, NodeId, StorageError, TypeConfig};
-use crate::keys::{META_RAFT_APPLIED, META_RAFT_MEMBERSHIP};
+use crate::keys::{META_CLUSTER_ID, META_RAFT_APPLIED, META_RAFT_MEMBERSHIP};
 use crate::ops::{self, MetaOp};
 use crate::store::{Cf, Store, Txn, NAMESPACE_CFS};
 
@@ -74,12 +75,14 @@ pub struct Machine {
     store: Arc<Store>,
     /// Where snapshots are kept.
     dir: PathBuf,
+    /// The namespace's cluster id, learned from a snapshot by a member that joins.
+    cluster: Arc<ClusterId>,
 }
 
 impl Machine {
     /// The state machine over `store`, keeping snapshots in `dir`. An installation cut
     /// short is finished first.
-    pub fn open(store: Arc<Store>, dir: &Path) -> anyhow::Result<Machine> {
+    pub fn open(store: Arc<Store>, dir: &Path, cluster: Arc<ClusterId>) -> anyhow::Result<Machine> {
         fs::create_dir_all(dir)?;
         for entry in fs::read_dir(dir)? {
             let path = entry?.path();
@@ -90,6 +93,7 @@ impl Machine {
         let machine = Machine {
             store,
             dir: dir.to_path_buf(),
+            cluster,
         };
         if machine.store.get_raw(Cf::RaftState, INSTALLING)?.is_some() {
             warn!("the installation of a snapshot was cut short: installing it again");
@@ -145,6 +149,9 @@ impl Machine {
         }
         txn.delete(Cf::RaftState, INSTALLING.to_vec());
         self.store.commit(txn, true)?;
+        if let Some(id) = self.store.meta_u64(META_CLUSTER_ID)? {
+            self.cluster.set(id);
+        }
         info!(snapshot = %meta.snapshot_id, records, "snapshot installed");
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! - [`machine`]: the state machine (the namespace), which records the point of the log it
 //!   was built to in the same write as the entry's changes, and its snapshots (a
 //!   consistent view of the namespace's families, checksummed).
+//! - [`net`]: Raft's messages between members, over the cluster's QUIC transport.
 //! - [`runner`]: the member itself, Raft on a thread of its own, through which the
 //!   metadata writer proposes its groups of ops.
 
@@ -16,6 +17,7 @@
 
 pub mod log;
 pub mod machine;
+pub mod net;
 pub mod runner;
 
 use cairn_common::proto::Change;

@@ -2,23 +2,25 @@
 //! (a thread) and whoever opens the engine (sync code, inside a runtime or not) can drive
 //! it alike.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_common::{FsError, FsResult};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::error::{ClientWriteError, InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::ChangeMembers;
 use openraft::{Raft, ServerState};
 use tracing::{info, warn};
 
 use super::log::LogStore;
 use super::machine::{Machine, StateMachine};
+use super::net::{self, ClusterId, Network};
 use super::{Answer, Member, NodeId, Proposal, TypeConfig};
 use crate::store::{Cf, Store};
 
@@ -26,11 +28,40 @@ use crate::store::{Cf, Store};
 const MEMBER_ID: &[u8] = b"member";
 /// How long a lone member may take to lead after it starts.
 const LEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long building a snapshot, and purging the log it replaces, may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Who a member is, and how it reaches the others.
+pub struct Seat {
+    /// Its number in the group, when it is new (one kept from an earlier start holds).
+    pub id: NodeId,
+    /// Where the other members reach it.
+    pub addr: String,
+    /// Links to the other members; none for a namenode alone.
+    pub network: Option<Network>,
+    /// Joining a group that exists: it waits for the leader to add it, and takes the
+    /// namespace from the leader's snapshot. Otherwise it founds a group of one at its
+    /// first start, with the namespace it has.
+    pub joining: bool,
+}
+
+impl Seat {
+    /// A namenode alone: a group of one that reaches nobody.
+    pub fn alone() -> Seat {
+        Seat {
+            id: 1,
+            addr: String::new(),
+            network: None,
+            joining: false,
+        }
+    }
+}
 
 /// A running member of the namenode group.
 pub struct Group {
     raft: Raft<TypeConfig>,
     id: NodeId,
+    cluster: Arc<ClusterId>,
     runtime: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -44,10 +75,11 @@ impl Group {
     pub fn start(
         store: Arc<Store>,
         snapshots: &Path,
-        cluster: u64,
+        cluster: Arc<ClusterId>,
         sync: bool,
+        seat: Seat,
     ) -> anyhow::Result<Group> {
-        let machine = Machine::open(store.clone(), snapshots)?;
+        let machine = Machine::open(store.clone(), snapshots, cluster.clone())?;
         let id = match store.get_raw(Cf::RaftState, MEMBER_ID)? {
             Some(b) => crate::store::decode::<NodeId>("member id", &b)?,
             None => {
@@ -55,14 +87,19 @@ impl Group {
                 txn.put_raw(
                     Cf::RaftState,
                     MEMBER_ID.to_vec(),
-                    crate::store::encode(&1u64),
+                    crate::store::encode(&seat.id),
                 );
                 store.commit(txn, true)?;
-                1
+                seat.id
             }
         };
+        let links = match seat.network {
+            Some(network) => Links::Quic(network),
+            None => Links::Alone,
+        };
+        let (addr, joining) = (seat.addr, seat.joining);
         let config = openraft::Config {
-            cluster_name: format!("cairn-{cluster:016x}"),
+            cluster_name: "cairn".into(),
             heartbeat_interval: 100,
             election_timeout_min: 500,
             election_timeout_max: 1000,
@@ -93,7 +130,7 @@ impl Group {
                     }
                 };
                 runtime.block_on(async move {
-                    let started = lead_alone(id, config, log, machine).await;
+                    let started = begin(id, addr, joining, config, links, log, machine).await;
                     let raft = match started {
                         Ok(raft) => raft,
                         Err(e) => {
@@ -114,6 +151,7 @@ impl Group {
         Ok(Group {
             raft,
             id,
+            cluster,
             runtime,
             stop: Some(stop),
             thread: Some(thread),
@@ -121,13 +159,93 @@ impl Group {
     }
 
     /// Appends `proposal` to the group's log and returns what applying it gave, once it
-    /// is committed and applied here. For the writer's thread (it blocks).
+    /// is committed and applied here. For the writer's thread (it blocks). Refused with
+    /// `Unavailable` on a member that does not lead, naming the one that does if known.
     pub fn propose(&self, proposal: Proposal) -> FsResult<Answer> {
         let written = self.runtime.block_on(self.raft.client_write(proposal));
         match written {
             Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                Err(FsError::unavailable(match (to.leader_id, to.leader_node) {
+                    (Some(id), Some(node)) => {
+                        format!(
+                            "this namenode does not lead its group: member {id} at {} does",
+                            node.addr
+                        )
+                    }
+                    _ => "this namenode does not lead its group, and knows no leader now".into(),
+                }))
+            }
             Err(e) => Err(FsError::io(format!("the namenode group's log: {e}"))),
         }
+    }
+
+    /// Answers a Raft message from another member.
+    pub async fn answer(&self, rpc: cairn_common::proto::RaftRpc) -> FsResult<Vec<u8>> {
+        net::answer(&self.raft, &self.cluster, rpc).await
+    }
+
+    /// Adds member `id`, reached at `addr`, as a voter: it first receives a snapshot (the
+    /// namespace may predate the log), then the log from there. From the leader.
+    pub async fn add_member(&self, id: NodeId, addr: String) -> FsResult<()> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            FsError::io(format!("adding member {id} at {addr}: {what}: {e}"))
+        };
+        let applied = self.raft.metrics().borrow().last_applied;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| failed("snapshot", &e))?;
+        let metrics = self
+            .raft
+            .wait(Some(SNAPSHOT_TIMEOUT))
+            .metrics(|m| m.snapshot >= applied, "snapshot built")
+            .await
+            .map_err(|e| failed("snapshot", &e))?;
+        if let Some(upto) = metrics.snapshot {
+            self.raft
+                .trigger()
+                .purge_log(upto.index)
+                .await
+                .map_err(|e| failed("purging the log", &e))?;
+            self.raft
+                .wait(Some(SNAPSHOT_TIMEOUT))
+                .metrics(|m| m.purged >= Some(upto), "log purged up to the snapshot")
+                .await
+                .map_err(|e| failed("purging the log", &e))?;
+        }
+        self.raft
+            .add_learner(id, Member { addr: addr.clone() }, true)
+            .await
+            .map_err(|e| failed("as a learner", &e))?;
+        let voters = BTreeSet::from([id]);
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(|e| failed("as a voter", &e))?;
+        info!(member = id, %addr, "member added to the namenode group");
+        Ok(())
+    }
+
+    /// Raft's view of the group from this member.
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, Member> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Waits until this member's view satisfies `want`, for at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        want: impl Fn(&openraft::RaftMetrics<NodeId, Member>) -> bool + Send,
+        what: &str,
+    ) -> FsResult<()> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(want, what)
+            .await
+            .map(|_| ())
+            .map_err(|e| FsError::unavailable(format!("{what}: {e}")))
     }
 
     /// This member's number.
@@ -147,67 +265,104 @@ impl Drop for Group {
     }
 }
 
-/// Starts Raft for member `id`, founding a group of one with it if there is none yet, and
-/// waits until it leads.
-async fn lead_alone(
+/// Starts Raft for member `id`. Unless it is joining, it founds a group of one at its first
+/// start; a member that is the group's only voter waits until it leads.
+async fn begin(
     id: NodeId,
+    addr: String,
+    joining: bool,
     config: Arc<openraft::Config>,
+    links: Links,
     log: LogStore,
     machine: StateMachine,
 ) -> anyhow::Result<Raft<TypeConfig>> {
-    let raft = Raft::new(id, config, Alone, log, machine).await?;
-    if !raft.is_initialized().await? {
-        let members = BTreeMap::from([(id, Member::default())]);
+    let raft = Raft::new(id, config, links, log, machine).await?;
+    if !joining && !raft.is_initialized().await? {
+        let members = BTreeMap::from([(id, Member { addr })]);
         raft.initialize(members).await?;
         info!(member = id, "namenode group founded");
     }
-    raft.wait(Some(LEAD_TIMEOUT))
-        .state(ServerState::Leader, "a lone member leads")
-        .await?;
+    let alone = !joining && {
+        // Raft's view takes its membership a moment after `initialize`.
+        let voters = |m: &openraft::RaftMetrics<NodeId, Member>| -> Vec<NodeId> {
+            m.membership_config.membership().voter_ids().collect()
+        };
+        let known = raft
+            .wait(Some(LEAD_TIMEOUT))
+            .metrics(|m| !voters(m).is_empty(), "the group's members known")
+            .await?;
+        voters(&known) == [id]
+    };
+    if alone {
+        raft.wait(Some(LEAD_TIMEOUT))
+            .state(ServerState::Leader, "a lone member leads")
+            .await?;
+    }
     Ok(raft)
 }
 
-/// The network of a group of one: there is nobody to send to.
-struct Alone;
+/// How a member reaches the others.
+enum Links {
+    Alone,
+    Quic(Network),
+}
 
-impl RaftNetworkFactory<TypeConfig> for Alone {
-    type Network = Alone;
+enum Link {
+    Alone,
+    Quic(net::Link),
+}
 
-    async fn new_client(&mut self, _target: NodeId, _node: &Member) -> Alone {
-        Alone
+impl RaftNetworkFactory<TypeConfig> for Links {
+    type Network = Link;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Link {
+        match self {
+            Links::Alone => Link::Alone,
+            Links::Quic(network) => Link::Quic(network.new_client(target, node).await),
+        }
     }
 }
 
-fn nobody<E: std::error::Error>(target: &str) -> RPCError<NodeId, Member, E> {
-    let e = std::io::Error::other(format!("a group of one has no member {target} to reach"));
-    RPCError::Unreachable(Unreachable::new(&e))
-}
-
-impl RaftNetwork<TypeConfig> for Alone {
+impl RaftNetwork<TypeConfig> for Link {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        Err(nobody("to replicate to"))
+        match self {
+            Link::Alone => Err(nobody("to replicate to")),
+            Link::Quic(link) => link.append_entries(rpc, option).await,
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(nobody("to send a snapshot to"))
+        match self {
+            Link::Alone => Err(nobody("to send a snapshot to")),
+            Link::Quic(link) => link.install_snapshot(rpc, option).await,
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        Err(nobody("to ask for a vote"))
+        match self {
+            Link::Alone => Err(nobody("to ask for a vote")),
+            Link::Quic(link) => link.vote(rpc, option).await,
+        }
     }
+}
+
+/// The error of a member alone asked to send something.
+fn nobody<E: std::error::Error>(target: &str) -> RPCError<NodeId, Member, E> {
+    let e = std::io::Error::other(format!("a group of one has no member {target} to reach"));
+    RPCError::Unreachable(Unreachable::new(&e))
 }

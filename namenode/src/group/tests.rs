@@ -25,7 +25,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fre
 
 fn open(dir: &std::path::Path) -> (LogStore, StateMachine, Arc<Store>) {
     let store = Arc::new(Store::open(&dir.join("meta")).unwrap());
-    let machine = Machine::open(store.clone(), &dir.join("snapshots")).unwrap();
+    let machine = Machine::open(store.clone(), &dir.join("snapshots"), Arc::default()).unwrap();
     (
         LogStore::new(store.clone(), true),
         StateMachine::new(machine),
@@ -230,4 +230,268 @@ async fn the_log_keeps_entries_across_a_restart() {
         .unwrap();
     let kept: Vec<_> = kept.iter().map(|e| e.log_id.index).collect();
     assert_eq!(kept, vec![3, 4, 5]);
+}
+
+/// Three members over real QUIC with namenode certificates.
+mod three {
+    use std::sync::{Arc, OnceLock};
+    use std::time::Duration;
+
+    use cairn_common::cert::{self, Role};
+    use cairn_common::proto::{NamenodeEnvelope, NamenodeRequest, RaftKind, RaftRpc};
+    use cairn_common::transport::{
+        self, ConnectionPool, Exchange, Peer, Service, TlsIdentity, TransportOptions,
+    };
+    use cairn_common::{FsError, FsResult, Ino};
+    use openraft::error::RaftError;
+    use openraft::raft::{VoteRequest, VoteResponse};
+    use openraft::Vote;
+    use tokio_util::sync::CancellationToken;
+
+    use super::op;
+    use crate::group::net::{ClusterId, Network};
+    use crate::group::runner::{Group, Seat};
+    use crate::group::Proposal;
+    use crate::ops::MetaOpKind;
+    use crate::store::Store;
+
+    /// What a namenode serves of the group: Raft's messages, to the member once it runs.
+    struct Members {
+        group: OnceLock<Arc<Group>>,
+    }
+
+    impl Service for Members {
+        type Request = NamenodeEnvelope;
+
+        async fn handle(
+            self: Arc<Self>,
+            peer: Arc<Peer>,
+            req: NamenodeEnvelope,
+            exchange: &mut Exchange,
+        ) -> FsResult<()> {
+            peer.require(Role::Namenode)?;
+            let NamenodeRequest::Raft(rpc) = req.req else {
+                return Err(FsError::invalid("only Raft here"));
+            };
+            let group = self
+                .group
+                .get()
+                .ok_or_else(|| FsError::unavailable("starting"))?;
+            let answer = group.answer(rpc).await;
+            exchange.respond(&answer).await
+        }
+    }
+
+    struct Namenode {
+        dir: tempfile::TempDir,
+        store: Arc<Store>,
+        addr: String,
+        members: Arc<Members>,
+        stop: CancellationToken,
+    }
+
+    fn tls(ca: &std::path::Path, name: &str) -> TlsIdentity {
+        let issued = cert::issue(ca, Role::Namenode, name, &ca.join(name), 30).unwrap();
+        TlsIdentity::load(&ca.join("ca.pem"), &issued.cert, &issued.key).unwrap()
+    }
+
+    /// A namenode's store and endpoint, serving its member once it is started.
+    fn namenode(ca: &std::path::Path, name: &str) -> (Namenode, Network, Arc<ClusterId>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("meta")).unwrap());
+        let identity = tls(ca, name);
+        let opts = TransportOptions::default();
+        let endpoint =
+            transport::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, &opts).unwrap();
+        let addr = endpoint.local_addr().unwrap().to_string();
+        let pool = Arc::new(ConnectionPool::new(endpoint.clone(), &identity, &opts).unwrap());
+        let members = Arc::new(Members {
+            group: OnceLock::new(),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(transport::serve(endpoint, members.clone(), stop.clone()));
+        let cluster = Arc::new(ClusterId::default());
+        let network = Network::new(pool, cluster.clone());
+        (
+            Namenode {
+                dir,
+                store,
+                addr,
+                members,
+                stop,
+            },
+            network,
+            cluster,
+        )
+    }
+
+    fn start(
+        n: &Namenode,
+        id: u64,
+        network: Network,
+        cluster: Arc<ClusterId>,
+        joining: bool,
+    ) -> Arc<Group> {
+        let seat = Seat {
+            id,
+            addr: n.addr.clone(),
+            network: Some(network),
+            joining,
+        };
+        let group = Arc::new(
+            Group::start(
+                n.store.clone(),
+                &n.dir.path().join("snapshots"),
+                cluster,
+                false,
+                seat,
+            )
+            .unwrap(),
+        );
+        let _ = n.members.group.set(group.clone());
+        group
+    }
+
+    fn names(store: &Store) -> Vec<Vec<u8>> {
+        store
+            .scan_raw(
+                crate::store::Cf::Dentries,
+                &Ino::ROOT.0.to_be_bytes(),
+                None,
+                usize::MAX,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| crate::keys::dentry_name(&k).to_vec())
+            .collect()
+    }
+
+    /// Waits until every one of `stores` holds the same namespace, applied to the same
+    /// entry.
+    async fn agree(stores: &[&Arc<Store>]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let dumps: Vec<_> = stores.iter().map(|s| s.dump()).collect();
+            if dumps.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the members still disagree: {:?}",
+                stores.iter().map(|s| names(s)).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Proposes creates of `names` on whichever member leads (blocking: the writer's way).
+    async fn create(group: &Arc<Group>, names: &[&str]) -> FsResult<()> {
+        let ops = names
+            .iter()
+            .map(|n| op(MetaOpKind::new_file(Ino::ROOT, (*n).into())))
+            .collect();
+        let group = group.clone();
+        let answer = tokio::task::spawn_blocking(move || group.propose(Proposal { ops }))
+            .await
+            .unwrap()?;
+        for applied in answer.applied {
+            applied.reply?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_members_keep_one_namespace_and_elect_a_new_leader_when_it_goes() {
+        let ca = tempfile::tempdir().unwrap();
+        cert::init_ca(ca.path(), 30).unwrap();
+        let (a, net_a, cluster_a) = namenode(ca.path(), "nn-a");
+        let (b, net_b, cluster_b) = namenode(ca.path(), "nn-b");
+        let (c, net_c, cluster_c) = namenode(ca.path(), "nn-c");
+
+        tracing::info!("--- a founds the group with a namespace of its own, b and c join");
+        let mut txn = a.store.txn();
+        crate::ops::apply(&mut txn, &op(MetaOpKind::Format { replication: 3 })).unwrap();
+        txn.put_meta_u64(crate::keys::META_CLUSTER_ID, 0x5eed);
+        a.store.commit(txn, true).unwrap();
+        cluster_a.set(0x5eed);
+        let leader = start(&a, 1, net_a, cluster_a, false);
+        create(&leader, &["before-b", "before-c"]).await.unwrap();
+        let member_b = start(&b, 2, net_b, cluster_b.clone(), true);
+        let member_c = start(&c, 3, net_c, cluster_c.clone(), true);
+        leader.add_member(2, b.addr.clone()).await.unwrap();
+        create(&leader, &["with-b"]).await.unwrap();
+        leader.add_member(3, c.addr.clone()).await.unwrap();
+        create(&leader, &["with-b-and-c", "more"]).await.unwrap();
+        let want = names(&a.store);
+        assert_eq!(want.len(), 5, "{want:?}");
+        // Raft's metrics may lag its answers: what each store holds is what counts.
+        agree(&[&a.store, &b.store, &c.store]).await;
+        assert_eq!(
+            cluster_b.get(),
+            0x5eed,
+            "b learned the cluster from the snapshot"
+        );
+
+        tracing::info!("--- a follower refuses to propose, naming the leader");
+        let refused = create(&member_b, &["on-b"]).await.unwrap_err();
+        assert!(matches!(refused, FsError::Unavailable(_)), "{refused}");
+        assert!(refused.to_string().contains(&a.addr), "{refused}");
+
+        tracing::info!("--- the leader goes: b or c leads within seconds, with everything");
+        a.stop.cancel();
+        drop(leader);
+        drop(a);
+        let mut new_leader = None;
+        for member in [&member_b, &member_c] {
+            if member
+                .wait_for(
+                    Duration::from_secs(10),
+                    |m| m.current_leader.is_some_and(|l| l != 1),
+                    "a new leader",
+                )
+                .await
+                .is_ok()
+            {
+                let id = member.metrics().current_leader.unwrap();
+                new_leader = Some(if id == 2 {
+                    member_b.clone()
+                } else {
+                    member_c.clone()
+                });
+                break;
+            }
+        }
+        let new_leader = new_leader.expect("no new leader");
+        create(&new_leader, &["after-a"]).await.unwrap();
+        agree(&[&b.store, &c.store]).await;
+        assert_eq!(names(&b.store).len(), 6);
+
+        tracing::info!("--- bad messages are refused and the group goes on");
+        let stranger = RaftRpc {
+            cluster: 0xbad,
+            kind: RaftKind::Vote,
+            body: Vec::new(),
+        };
+        let refused = new_leader.answer(stranger).await.unwrap_err();
+        assert!(refused.to_string().contains("cluster"), "{refused}");
+        let garbage = RaftRpc {
+            cluster: 0x5eed,
+            kind: RaftKind::Append,
+            body: vec![0xff; 7],
+        };
+        let refused = new_leader.answer(garbage).await.unwrap_err();
+        assert!(matches!(refused, FsError::Protocol(_)), "{refused}");
+        // A candidate of a term long gone gets no vote.
+        let stale = VoteRequest::new(Vote::new(0, 9), None);
+        let stale = RaftRpc {
+            cluster: 0x5eed,
+            kind: RaftKind::Vote,
+            body: postcard::to_stdvec(&stale).unwrap(),
+        };
+        let answer = new_leader.answer(stale).await.unwrap();
+        let answer: Result<VoteResponse<u64>, RaftError<u64>> =
+            postcard::from_bytes(&answer).unwrap();
+        assert!(!answer.unwrap().vote_granted);
+        create(&new_leader, &["still-serving"]).await.unwrap();
+    }
 }
