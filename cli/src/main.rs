@@ -251,8 +251,8 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
         Command::Namenode { config } => {
             let config = cairn_namenode::NamenodeConfig::load(&config)?;
             let identity = config.tls.load()?;
-            let endpoint =
-                transport::server_endpoint(config.listen, &identity, &TransportOptions::default())?;
+            let opts = config.transport_options();
+            let endpoint = transport::server_endpoint(config.listen, &identity, &opts)?;
             let shutdown = shutdown_on_signal();
             cairn_namenode::run(config, endpoint, shutdown).await?;
         }

@@ -23,6 +23,10 @@ pub const MAX_CACHE_MIB: u64 = 1 << 24;
 pub struct ClientConfig {
     /// The namenode's address.
     pub namenode: SocketAddr,
+    /// The other members of the namenode group, when it has several: asked when
+    /// `namenode` cannot be reached, and left for the leader any member names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namenodes: Vec<SocketAddr>,
     /// A write succeeds only once every block is on at least this many datanodes (capped at
     /// the file's replication). Fewer, and the write fails with EIO. Default 2.
     #[serde(default = "default_min_replicas")]
@@ -76,6 +80,7 @@ impl ClientConfig {
     pub fn new(namenode: SocketAddr, tls: TlsPaths) -> ClientConfig {
         ClientConfig {
             namenode,
+            namenodes: Vec::new(),
             min_replicas: default_min_replicas(),
             write_concurrency: default_write_concurrency(),
             read_concurrency: default_read_concurrency(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use cairn_common::attr::{Caller, DirEntry, FileKind, InodeAttr, SetAttr};
 use cairn_common::cert::Role;
+use cairn_common::namenodes::Namenodes;
 use cairn_common::proto::{self, CreateReply, DatanodeStatus, FsStats, RenameMode, Rpc, XattrMode};
 use cairn_common::transport::{self, ConnectionPool, TlsIdentity, TransportOptions};
 use cairn_common::{FsError, FsResult, Ino};
@@ -203,6 +204,8 @@ pub struct Client {
 struct Inner {
     config: ClientConfig,
     pool: ConnectionPool,
+    /// The namenodes to ask, and the one asked now (the group's leader, if it has several).
+    namenodes: Namenodes,
     cache: data::BlockCache,
     /// Blocks on local disk (`block_cache_dir`), if configured.
     disk_cache: Option<Arc<disk_cache::DiskCache>>,
@@ -314,6 +317,7 @@ impl Client {
             caller: Arc::new(current_caller()),
             inner: Arc::new(Inner {
                 pool: ConnectionPool::new(endpoint, identity, opts)?,
+                namenodes: Namenodes::new(config.namenode, &config.namenodes),
                 config,
                 cache,
                 disk_cache,
@@ -648,9 +652,9 @@ impl Client {
         &self,
         req: R,
     ) -> FsResult<R::Response> {
-        let addr = self.inner.config.namenode;
         // A namenode that is restarting, or slow to answer on a loaded machine, gets a few
-        // more tries; the request has not been sent, so retrying cannot apply it twice.
+        // more tries; the request has not been sent, so retrying cannot apply it twice. In a
+        // group of namenodes, the request goes to the one that leads.
         let req = req.into_service();
         let mut pending = req.once_by_id().then(|| self.inner.requests.begin());
         let deadline = tokio::time::Instant::now() + NAMENODE_RETRY_FOR;
@@ -666,20 +670,35 @@ impl Client {
             req,
             request: pending.as_ref().map(|p| p.id.clone()),
         };
+        let namenodes = &self.inner.namenodes;
         loop {
-            let conn = loop {
-                match self.inner.pool.get(addr, Role::Namenode).await {
-                    Ok(conn) => break conn,
-                    // A refused certificate stays refused: said at once.
-                    Err(e @ FsError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
-                        tracing::debug!("namenode {addr} not reachable yet: {e}");
-                        self.inner.pool.clear_unreachable(addr);
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    Err(e) => return Err(e),
+            let addr = namenodes.current();
+            let conn = match self.inner.pool.get(addr, Role::Namenode).await {
+                Ok(conn) => conn,
+                // A refused certificate stays refused: said at once.
+                Err(e @ FsError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("namenode {addr} not reachable yet: {e}");
+                    self.inner.pool.clear_unreachable(addr);
+                    namenodes.moved_on(addr, &e);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
                 }
+                Err(e) => return Err(e),
             };
             let res = transport::call_enveloped(&conn, &envelope).await;
+            if let Err(e @ FsError::NotLeader(_)) = &res {
+                // Refused before anything was done: asked again of the leader it names, or
+                // of the next member while the group elects one.
+                if tokio::time::Instant::now() < deadline {
+                    if let Some(pause) = namenodes.moved_on(addr, e) {
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                }
+            }
+            if let Err(e @ FsError::Unavailable(_)) = &res {
+                namenodes.moved_on(addr, e);
+            }
             if let Err(FsError::Unavailable(e)) = &res {
                 // The next request dials again instead of reusing a dead connection. One
                 // that only reads, whose change happens once however often it is asked

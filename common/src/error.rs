@@ -61,6 +61,17 @@ pub enum FsError {
     /// block or holder, or not signed by the namenode): a new one from the namenode helps.
     #[error("block access refused: {0}")]
     Token(String),
+    /// The namenode asked is a member of a namenode group that does not lead it: the
+    /// leader, at the address given if known, serves the request. It did nothing with it.
+    #[error("this namenode does not lead its group{}", leader_at(.0))]
+    NotLeader(Option<std::net::SocketAddr>),
+}
+
+fn leader_at(leader: &Option<std::net::SocketAddr>) -> String {
+    match leader {
+        Some(addr) => format!(": the leader is at {addr}"),
+        None => ", and knows no leader now".into(),
+    }
 }
 
 impl FsError {
@@ -83,7 +94,7 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::WouldBlock => libc::EAGAIN,
             FsError::Io(_) | FsError::Protocol(_) => libc::EIO,
-            FsError::Unavailable(_) => libc::ENOTCONN,
+            FsError::Unavailable(_) | FsError::NotLeader(_) => libc::ENOTCONN,
             FsError::Busy(_) => libc::EBUSY,
             FsError::ReadOnly(_) => libc::EROFS,
             FsError::Token(_) => libc::EACCES,
@@ -92,7 +103,10 @@ impl FsError {
 
     /// Is it worth trying again, or against another replica?
     pub fn is_retryable(&self) -> bool {
-        matches!(self, FsError::Unavailable(_) | FsError::Io(_))
+        matches!(
+            self,
+            FsError::Unavailable(_) | FsError::Io(_) | FsError::NotLeader(_)
+        )
     }
 
     pub fn invalid(msg: impl Into<String>) -> FsError {

@@ -22,6 +22,10 @@ pub struct DatanodeConfig {
     pub advertise: Option<SocketAddr>,
     /// The namenode's address.
     pub namenode: SocketAddr,
+    /// The other members of the namenode group, when it has several: asked when
+    /// `namenode` cannot be reached, and left for the leader any member names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namenodes: Vec<SocketAddr>,
     /// Directory holding the blocks. Default `/var/lib/cairn/datanode`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -85,6 +89,7 @@ impl DatanodeConfig {
             listen: default_listen(),
             advertise: None,
             namenode,
+            namenodes: Vec::new(),
             data_dir,
             reserve_bytes: default_reserve(),
             capacity_bytes: None,

@@ -38,6 +38,8 @@ pub struct Datanode {
     advertised: std::net::SocketAddr,
     store: Arc<BlockStore>,
     pool: ConnectionPool,
+    /// The namenodes to report to, and the one reported to now (the group's leader).
+    namenodes: cairn_common::namenodes::Namenodes,
     active_transfers: AtomicU32,
     /// Copies the namenode ordered that failed, told with the next heartbeat.
     copies_failed: std::sync::Mutex<Vec<BlockId>>,
@@ -75,6 +77,7 @@ pub async fn run(
     };
     let (received, stored) = tokio::sync::mpsc::unbounded_channel();
     let datanode = Arc::new(Datanode {
+        namenodes: cairn_common::namenodes::Namenodes::new(config.namenode, &config.namenodes),
         pool: ConnectionPool::new(
             endpoint.clone(),
             &config.tls.load()?,
@@ -117,17 +120,25 @@ impl Datanode {
         &self,
         req: R,
     ) -> FsResult<R::Response> {
-        let conn = self.pool.get(self.config.namenode, Role::Namenode).await?;
-        // Datanode requests are not file operations: no user to check permissions for.
-        let envelope = cairn_common::proto::NamenodeEnvelope {
-            caller: cairn_common::attr::Caller::ROOT,
-            req: req.into_service(),
-            request: None,
+        let addr = self.namenodes.current();
+        let res = match self.pool.get(addr, Role::Namenode).await {
+            Ok(conn) => {
+                // Datanode requests are not file operations: no user to check permissions
+                // for.
+                let envelope = cairn_common::proto::NamenodeEnvelope {
+                    caller: cairn_common::attr::Caller::ROOT,
+                    req: req.into_service(),
+                    request: None,
+                };
+                transport::call_enveloped(&conn, &envelope).await
+            }
+            Err(e) => Err(e),
         };
-        let res = transport::call_enveloped(&conn, &envelope).await;
-        if let Err(FsError::Unavailable(_)) = &res {
-            // Dial again next time rather than reuse a connection that may be dead.
-            self.pool.forget(self.config.namenode);
+        if let Err(e @ (FsError::Unavailable(_) | FsError::NotLeader(_))) = &res {
+            // Dial again next time rather than reuse a connection that may be dead, and
+            // report to the leader of a group from then on.
+            self.pool.forget(addr);
+            self.namenodes.moved_on(addr, e);
         }
         res
     }
@@ -604,7 +615,10 @@ async fn report_loop(dn: Arc<Datanode>, shutdown: CancellationToken) {
                 interval
             }
             Err(e) => {
-                warn!("cannot register with namenode {}: {e}", dn.config.namenode);
+                warn!(
+                    "cannot register with namenode {}: {e}",
+                    dn.namenodes.current()
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}

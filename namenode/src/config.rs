@@ -14,6 +14,17 @@ pub struct NamenodeConfig {
     /// UDP address to serve QUIC on. Default `0.0.0.0:7070`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The namenode group: the address of every member (where the others reach it), the
+    /// same list in the same order on each. The first founds the group with its
+    /// namespace and adds the others as they come up; each of the others, started with an
+    /// empty `meta_dir`, takes the namespace from the leader. Empty, the default: a
+    /// namenode alone (a group of one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group: Vec<SocketAddr>,
+    /// This namenode's address in `group`, when `listen` is not it (a wildcard address).
+    /// Default: `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<SocketAddr>,
     /// Directory of the metadata database (RocksDB). Default `/var/lib/cairn/namenode`.
     #[serde(default = "default_meta_dir")]
     pub meta_dir: PathBuf,
@@ -123,6 +134,8 @@ use cairn_common::config::MAX_PERIOD;
 const MIN_TOKEN_LIFETIME_SECS: u64 = 60;
 const MAX_TOKEN_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 const MAX_COPIES_PER_NODE: usize = 1024;
+/// How long a connection to or from a member of a namenode group may go without a word.
+pub const GROUP_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn default_listen() -> SocketAddr {
     "0.0.0.0:7070".parse().expect("literal address")
@@ -181,6 +194,8 @@ impl NamenodeConfig {
     pub fn new(meta_dir: PathBuf, tls: TlsPaths) -> NamenodeConfig {
         NamenodeConfig {
             listen: default_listen(),
+            group: Vec::new(),
+            advertise: None,
             meta_dir,
             default_replication: default_replication(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
@@ -250,7 +265,47 @@ impl NamenodeConfig {
             .map_err(|e| anyhow::anyhow!("revocation list {}: {e:#}", path.display()))
     }
 
+    /// The transport's knobs for this namenode's endpoint. In a group, a connection whose
+    /// peer says nothing for [`GROUP_IDLE_TIMEOUT`] is given up (keep-alives go four
+    /// times as often), on both sides (QUIC takes the smaller of the two ends'): a client
+    /// or datanode tries the next member that much after the leader dies, not after the
+    /// ten seconds of a namenode alone.
+    pub fn transport_options(&self) -> cairn_common::transport::TransportOptions {
+        let mut opts = cairn_common::transport::TransportOptions::default();
+        if !self.group.is_empty() {
+            opts.idle_timeout = GROUP_IDLE_TIMEOUT;
+        }
+        opts
+    }
+
+    /// Where the other members reach this namenode.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+
+    /// This namenode's number in its group (1 founds it), or `None` for a namenode alone.
+    pub fn member_id(&self) -> Option<u64> {
+        let me = self.advertised();
+        self.group
+            .iter()
+            .position(|a| *a == me)
+            .map(|i| i as u64 + 1)
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.group.is_empty() {
+            let me = self.advertised();
+            anyhow::ensure!(
+                self.member_id().is_some(),
+                "this namenode's address {me} is not in group = {:?}: set advertise to the \
+                 address of the list the others reach it at",
+                self.group
+            );
+            let mut seen = std::collections::HashSet::new();
+            for addr in &self.group {
+                anyhow::ensure!(seen.insert(addr), "group names {addr} twice");
+            }
+        }
         for rule in &self.exports {
             rule.check()?;
         }

@@ -102,6 +102,9 @@ impl Freeing {
 
 /// One pass of the emptier.
 async fn empty_trash_once(nn: &Namenode, retention: u64, freeing: &mut Freeing) {
+    if nn.engine.group().leading().is_err() {
+        return;
+    }
     let census = match nn.engine.trash_census() {
         Ok(c) => c,
         Err(e) => {

@@ -108,7 +108,7 @@ const TRASH_CENSUS_PAGE: usize = 10_000;
 
 pub struct MetaEngine {
     store: Arc<Store>,
-    cluster: u64,
+    cluster: Arc<ClusterId>,
     health: Arc<WriteHealth>,
     versions: Arc<DirVersions>,
     feed: Arc<ChangeFeed>,
@@ -138,32 +138,46 @@ impl MetaEngine {
         opens: Arc<OpenTable>,
         gc: Arc<Gc>,
     ) -> anyhow::Result<MetaEngine> {
-        let (journal, queue) = (None, MAX_QUEUED);
-        Self::open_journaled(
-            dir,
-            default_replication,
-            durability,
-            opens,
-            gc,
-            journal,
-            queue,
-        )
+        let how = Opening::default();
+        Self::open_with(dir, default_replication, durability, opens, gc, how)
     }
 
-    /// [`MetaEngine::open`], handing every op written to `journal`, with at most `queue`
-    /// ops waiting for the writer.
-    fn open_journaled(
+    /// [`MetaEngine::open`] for the member `seat` of a namenode group. A member joining
+    /// with no namespace of its own formats none: it takes the leader's.
+    pub fn open_in_group(
         dir: &Path,
         default_replication: u8,
         durability: Durability,
         opens: Arc<OpenTable>,
         gc: Arc<Gc>,
-        journal: Option<Journal>,
-        queue: usize,
+        seat: Seat,
     ) -> anyhow::Result<MetaEngine> {
+        let how = Opening {
+            seat,
+            ..Opening::default()
+        };
+        Self::open_with(dir, default_replication, durability, opens, gc, how)
+    }
+
+    /// [`MetaEngine::open`], as `how` says.
+    fn open_with(
+        dir: &Path,
+        default_replication: u8,
+        durability: Durability,
+        opens: Arc<OpenTable>,
+        gc: Arc<Gc>,
+        how: Opening,
+    ) -> anyhow::Result<MetaEngine> {
+        let Opening {
+            journal,
+            queue,
+            seat,
+        } = how;
         let store = Arc::new(Store::open(dir)?);
         let restarted = store.inode(Ino::ROOT)?.is_some();
-        if !restarted {
+        // A new member waits for the leader's namespace.
+        let waiting = !restarted && seat.joining;
+        if !restarted && !waiting {
             info!("formatting a new namespace");
             let mut txn = store.txn();
             let op = MetaOp {
@@ -180,6 +194,8 @@ impl MetaEngine {
         }
         let cluster = match store.meta_u64(META_CLUSTER_ID)? {
             Some(id) => id,
+            // Learned from the leader's snapshot.
+            None if waiting => 0,
             None => {
                 // Formatted just now, or by a version that did not name its namespaces.
                 let id = rand::random::<u64>().max(1);
@@ -192,6 +208,7 @@ impl MetaEngine {
         };
         match store.meta_u64(META_FORMAT)? {
             Some(FORMAT_VERSION) => {}
+            None if waiting => {}
             Some(v) if v > FORMAT_VERSION => anyhow::bail!(
                 "the metadata in {} is format {v}, newer than this namenode's \
                  {FORMAT_VERSION}: run the cairn that wrote it, or a newer one",
@@ -205,12 +222,13 @@ impl MetaEngine {
         let feed = Arc::new(ChangeFeed::new(versions.epoch, restarted));
         let health = Arc::new(WriteHealth::new(dir));
         let (wal, syncer) = WalSync::start(store.clone(), durability)?;
+        let cluster = Arc::new(ClusterId::new(cluster));
         let group = Arc::new(Group::start(
             store.clone(),
             &dir.join("snapshots"),
-            Arc::new(ClusterId::new(cluster)),
+            cluster.clone(),
             wal.sync_each_write(),
-            Seat::alone(),
+            seat,
         )?);
         let largest_group = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let deciders = Deciders {
@@ -350,7 +368,7 @@ impl MetaEngine {
 
     /// The namespace's name, drawn when it was formatted: datanodes hold blocks of one.
     pub fn cluster_id(&self) -> u64 {
-        self.cluster
+        self.cluster.get()
     }
 
     /// Refuses changes while the store's disk has less than `bytes` free (0: never).
@@ -861,6 +879,25 @@ impl Drop for MetaEngine {
         self.wal.stop();
         if let Some(syncer) = self.syncer.take() {
             let _ = syncer.join();
+        }
+    }
+}
+
+/// How [`MetaEngine::open_with`] opens an engine.
+struct Opening {
+    /// Where the ops of each group proposed go, in order (for tests that replay them).
+    journal: Option<Journal>,
+    /// The most ops waiting for the writer.
+    queue: usize,
+    seat: Seat,
+}
+
+impl Default for Opening {
+    fn default() -> Opening {
+        Opening {
+            journal: None,
+            queue: MAX_QUEUED,
+            seat: Seat::alone(),
         }
     }
 }
@@ -1799,14 +1836,17 @@ mod tests {
         let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
         let gc = Arc::new(Gc::new(Duration::ZERO, Duration::from_secs(30)));
         let journal = Journal::default();
-        let engine = MetaEngine::open_journaled(
+        let how = Opening {
+            journal: Some(journal.clone()),
+            ..Opening::default()
+        };
+        let engine = MetaEngine::open_with(
             dir.path(),
             3,
             Durability::Never,
             opens.clone(),
             gc.clone(),
-            Some(journal.clone()),
-            MAX_QUEUED,
+            how,
         )
         .unwrap();
         let start = engine.store.dump();
@@ -2048,8 +2088,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opens = Arc::new(OpenTable::new(Duration::from_secs(30), Duration::ZERO));
         let gc = Arc::new(Gc::new(Duration::from_secs(300), Duration::from_secs(30)));
-        let engine =
-            MetaEngine::open_journaled(dir.path(), 3, Durability::Never, opens, gc, None, 4);
+        let engine = MetaEngine::open_with(
+            dir.path(),
+            3,
+            Durability::Never,
+            opens,
+            gc,
+            Opening {
+                queue: 4,
+                ..Opening::default()
+            },
+        );
         let engine = Arc::new(engine.unwrap());
         let asked: Vec<_> = (0..300)
             .map(|i| {

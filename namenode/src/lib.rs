@@ -54,6 +54,7 @@ use tracing::{debug, error, info, warn};
 
 pub use config::NamenodeConfig;
 use engine::MetaEngine;
+use group::runner::Seat;
 use ops::{MetaOpKind, MetaReply};
 
 /// How often the namenode logs repair progress while blocks are below their replication.
@@ -129,12 +130,29 @@ pub async fn run(
     };
     let opens = Arc::new(opens::OpenTable::new(config.open_lease(), grace));
     let gc = Arc::new(gc::Gc::new(config.gc_grace(), config.open_lease()));
-    let engine = MetaEngine::open(
+    let seat = match config.member_id() {
+        None => Seat::alone(),
+        Some(id) => {
+            let identity = config.tls.load()?;
+            let opts = config.transport_options();
+            let pool = transport::ConnectionPool::new(endpoint.clone(), &identity, &opts)?;
+            info!(member = id, group = ?config.group, "namenode group member");
+            Seat {
+                id,
+                addr: config.advertised().to_string(),
+                links: Some(Arc::new(pool)),
+                // The first member founds the group; the others join it.
+                joining: id != 1,
+            }
+        }
+    };
+    let engine = MetaEngine::open_in_group(
         &config.meta_dir,
         config.default_replication,
         config.durability(),
         opens.clone(),
         gc.clone(),
+        seat,
     )?;
     engine.keep_free(config.meta_reserve_mb << 20);
     // Blocks condemned before a restart go on being deleted.
@@ -170,15 +188,13 @@ pub async fn run(
         config,
         engine,
     });
-    let retention_secs = namenode.config.trash_retention_secs;
-    let set_trash = MetaOpKind::SetTrash {
-        retention_secs,
-        replaced: namenode.config.trash_replaced,
-    };
-    if let Err(e) = namenode.engine.submit(Caller::ROOT, set_trash).await {
-        // A full metadata disk: serve reads all the same (changes are refused, and say why).
-        warn!("trash_retention_secs = {retention_secs} not recorded, the last one recorded holds: {e}");
+    // In a group, the member that comes to lead records them (see `take_the_lead`): one
+    // that does not know yet whether it leads must answer the others first.
+    if namenode.config.group.is_empty() {
+        record_trash_settings(&namenode).await;
     }
+    tokio::spawn(grow_group(namenode.clone(), shutdown.clone()));
+    tokio::spawn(take_the_lead(namenode.clone(), shutdown.clone()));
     let reaper = tokio::spawn(reap_orphans(namenode.clone(), shutdown.clone()));
     let emptier = tokio::spawn(emptier::empty_trash(namenode.clone(), shutdown.clone()));
     let repairer = tokio::spawn(repair_loop(namenode.clone(), shutdown.clone()));
@@ -866,6 +882,10 @@ impl Service for Namenode {
             request,
         } = envelope;
         let caller = self.authz.admit(&peer, &req, caller)?;
+        // The leader alone serves the namespace: what a follower holds may be behind.
+        if !matches!(req, R::Raft(_)) {
+            self.engine.group().serving().await?;
+        }
         req.check()?;
         let subtree = self.subtree(&peer)?;
         if let Some(subtree) = subtree {
@@ -1707,6 +1727,98 @@ impl Namenode {
 }
 
 /// Every [`REPAIR_PASS`], compares blocks with their replication and orders what is missing.
+/// The founder of a namenode group adds the members its configuration names, each as it
+/// comes up, until all are in. A group that has grown before is left as it is: a member an
+/// operator removed stays removed.
+async fn grow_group(nn: Arc<Namenode>, shutdown: CancellationToken) {
+    if nn.config.member_id() != Some(1) {
+        return;
+    }
+    let members = |nn: &Namenode| -> std::collections::BTreeSet<u64> {
+        let metrics = nn.engine.group().metrics();
+        let voters = metrics.membership_config.membership().voter_ids().collect();
+        voters
+    };
+    if members(&nn).len() > 1 {
+        return;
+    }
+    let wanted: Vec<(u64, String)> = (1..)
+        .zip(nn.config.group.iter().map(|a| a.to_string()))
+        .collect();
+    loop {
+        let have = members(&nn);
+        if wanted.iter().all(|(id, _)| have.contains(id)) {
+            info!(
+                members = wanted.len(),
+                "the namenode group has every member it names"
+            );
+            return;
+        }
+        for (id, addr) in wanted.iter().filter(|(id, _)| !have.contains(id)) {
+            let group = nn.engine.group();
+            if let Err(e) = group.add_member(*id, addr.clone(), GROW_TIMEOUT).await {
+                info!("namenode group: {e}; trying again");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(GROW_AGAIN) => {}
+        }
+    }
+}
+
+/// When this namenode comes to lead its group after another did, it starts over what only
+/// the leader keeps, as at a start: safe mode until the datanodes have reported, and a
+/// grace of a lease in which clients claim again the files they hold open.
+async fn take_the_lead(nn: Arc<Namenode>, shutdown: CancellationToken) {
+    if nn.config.group.is_empty() {
+        return;
+    }
+    let mut metrics = nn.engine.group().watch();
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+        let (now, term) = {
+            let m = metrics.borrow();
+            (m.state == openraft::ServerState::Leader, m.current_term)
+        };
+        if now && !leading {
+            info!(
+                term,
+                "this namenode leads its group now: safe mode until the datanodes report"
+            );
+            nn.opens.restart_grace();
+            nn.safe_mode.restart();
+            record_trash_settings(&nn).await;
+        } else if leading && !now {
+            info!(term, "this namenode no longer leads its group");
+        }
+        leading = now;
+    }
+}
+
+/// Records the trash settings of this namenode's configuration in the namespace (where
+/// every member reads them from).
+async fn record_trash_settings(nn: &Namenode) {
+    let retention_secs = nn.config.trash_retention_secs;
+    let set_trash = MetaOpKind::SetTrash {
+        retention_secs,
+        replaced: nn.config.trash_replaced,
+    };
+    if let Err(e) = nn.engine.submit(Caller::ROOT, set_trash).await {
+        // A full metadata disk: serve reads all the same (changes are refused, and say why).
+        warn!("trash_retention_secs = {retention_secs} not recorded, the last one recorded holds: {e}");
+    }
+}
+
+/// How long the founder waits for a new member to catch up before it tries the next.
+const GROW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How soon it tries again for members not in yet.
+const GROW_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(REPAIR_PASS);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1717,6 +1829,9 @@ async fn repair_loop(nn: Arc<Namenode>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if nn.engine.group().leading().is_err() {
+            continue;
         }
         let blocks = match nn.engine.blocks() {
             Ok(b) => b,
@@ -1875,6 +1990,9 @@ async fn reap_orphans(nn: Arc<Namenode>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if nn.engine.group().leading().is_err() {
+            continue;
         }
         give_back_inos(&nn).await;
         if answers_swept.elapsed() >= ANSWERS_KEPT {

@@ -51,7 +51,7 @@ pub struct OpenTable {
     lease: Duration,
     /// Nothing is purged until this long after the start: clients first claim again what
     /// they held before a restart.
-    grace_until: Instant,
+    grace_until: Mutex<Instant>,
     inner: Mutex<Table>,
 }
 
@@ -128,7 +128,7 @@ impl OpenTable {
     pub fn new(lease: Duration, grace: Duration) -> OpenTable {
         OpenTable {
             lease,
-            grace_until: Instant::now() + grace,
+            grace_until: Mutex::new(Instant::now() + grace),
             inner: Mutex::default(),
         }
     }
@@ -139,7 +139,13 @@ impl OpenTable {
 
     /// Still within the grace after the start, when no file is purged.
     pub fn in_grace(&self) -> bool {
-        Instant::now() < self.grace_until
+        Instant::now() < *self.grace_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A grace of a lease from now: this namenode has just come to lead its group, and
+    /// clients claim again what they held open through the leader before it.
+    pub fn restart_grace(&self) {
+        *self.grace_until.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now() + self.lease;
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {

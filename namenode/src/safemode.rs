@@ -83,6 +83,15 @@ impl SafeMode {
         s.on
     }
 
+    /// On again as at a start: this namenode has just come to lead its group, and hears
+    /// from the datanodes anew.
+    pub fn restart(&self) {
+        let mut s = self.state();
+        s.on = true;
+        s.manual = false;
+        s.reached = None;
+    }
+
     pub fn act(&self, action: SafeModeAction) -> SafeModeStatus {
         let mut s = self.state();
         match action {

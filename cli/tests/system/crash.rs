@@ -436,14 +436,7 @@ async fn a_change_asked_for_again_across_a_namenode_restart_is_made_once() {
     }
     assert!(kept.len() > 20, "only {} files made", kept.len());
     kept.sort();
-    let mut found: Vec<String> = client
-        .readdir(work)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| String::from_utf8(e.name).unwrap())
-        .filter(|n| n != "." && n != "..")
-        .collect();
+    let mut found = names_in(&client, work).await;
     found.sort();
     assert_eq!(found, kept);
     let (_, fsck) = admin(&cluster, &["fsck", "/"]);

@@ -8,6 +8,7 @@ mod crash;
 mod data_path;
 mod delegation;
 mod garbage;
+mod group;
 mod healing;
 mod identity;
 mod mount;

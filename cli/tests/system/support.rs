@@ -232,6 +232,18 @@ pub async fn wait_for_replicas(
 }
 
 /// The names in `dir`, sorted.
+/// The names in directory `dir` as `client` lists them, without `.` and `..`.
+pub async fn names_in(client: &Client, dir: Ino) -> Vec<String> {
+    client
+        .readdir(dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .filter(|n| n != "." && n != "..")
+        .collect()
+}
+
 pub fn sorted_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_common::{FsError, FsResult};
-use openraft::error::{ClientWriteError, InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, InstallSnapshotError, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -28,6 +30,8 @@ use crate::store::{Cf, Store};
 const MEMBER_ID: &[u8] = b"member";
 /// How long a lone member may take to lead after it starts.
 const LEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a change proposed may take to be committed and applied.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long building a snapshot, and purging the log it replaces, may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -37,8 +41,8 @@ pub struct Seat {
     pub id: NodeId,
     /// Where the other members reach it.
     pub addr: String,
-    /// Links to the other members; none for a namenode alone.
-    pub network: Option<Network>,
+    /// The connections to the other members; none for a namenode alone.
+    pub links: Option<Arc<cairn_common::transport::ConnectionPool>>,
     /// Joining a group that exists: it waits for the leader to add it, and takes the
     /// namespace from the leader's snapshot. Otherwise it founds a group of one at its
     /// first start, with the namespace it has.
@@ -51,7 +55,7 @@ impl Seat {
         Seat {
             id: 1,
             addr: String::new(),
-            network: None,
+            links: None,
             joining: false,
         }
     }
@@ -93,16 +97,19 @@ impl Group {
                 seat.id
             }
         };
-        let links = match seat.network {
-            Some(network) => Links::Quic(network),
+        let links = match seat.links {
+            Some(pool) => Links::Quic(Network::new(pool, cluster.clone())),
             None => Links::Alone,
         };
         let (addr, joining) = (seat.addr, seat.joining);
         let config = openraft::Config {
             cluster_name: "cairn".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 500,
-            election_timeout_max: 1000,
+            // Raft also gives each append this long: a loaded machine's must fit.
+            heartbeat_interval: 200,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            // Sending the last part of a snapshot waits for the member to install it.
+            install_snapshot_timeout: 600_000,
             // A snapshot writes the whole namespace: rarely, and the log it replaces is
             // kept a while for members just behind.
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(50_000),
@@ -162,19 +169,29 @@ impl Group {
     /// is committed and applied here. For the writer's thread (it blocks). Refused with
     /// `Unavailable` on a member that does not lead, naming the one that does if known.
     pub fn propose(&self, proposal: Proposal) -> FsResult<Answer> {
-        let written = self.runtime.block_on(self.raft.client_write(proposal));
+        let written = self.runtime.block_on(async {
+            tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(proposal)).await
+        });
+        let Ok(written) = written else {
+            // A leader deposed without knowing it yet commits nothing, and Raft does not give
+            // up on what it proposed: the writer does, and goes on.
+            return Err(FsError::unavailable(format!(
+                "the namenode group did not commit a change within {} s",
+                PROPOSE_TIMEOUT.as_secs()
+            )));
+        };
         match written {
             Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
-                Err(FsError::unavailable(match (to.leader_id, to.leader_node) {
-                    (Some(id), Some(node)) => {
-                        format!(
-                            "this namenode does not lead its group: member {id} at {} does",
-                            node.addr
-                        )
-                    }
-                    _ => "this namenode does not lead its group, and knows no leader now".into(),
-                }))
+            // Whether the entry is committed after all is the new leader's to say: the
+            // client asks it again only what it may (what it named, what changes nothing).
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                let leader = match self.leading() {
+                    Err(FsError::NotLeader(Some(addr))) => format!(" (the leader is at {addr})"),
+                    _ => String::new(),
+                };
+                Err(FsError::unavailable(format!(
+                    "this namenode does not lead its group, or lost the lead under a change{leader}"
+                )))
             }
             Err(e) => Err(FsError::io(format!("the namenode group's log: {e}"))),
         }
@@ -186,46 +203,122 @@ impl Group {
     }
 
     /// Adds member `id`, reached at `addr`, as a voter: it first receives a snapshot (the
-    /// namespace may predate the log), then the log from there. From the leader.
-    pub async fn add_member(&self, id: NodeId, addr: String) -> FsResult<()> {
+    /// namespace may predate the log), then the log from there, and votes once it has
+    /// caught up (within `timeout`; asked again, it goes on from where it stopped). From
+    /// the leader.
+    pub async fn add_member(&self, id: NodeId, addr: String, timeout: Duration) -> FsResult<()> {
         let failed = |what: &str, e: &dyn std::fmt::Display| {
-            FsError::io(format!("adding member {id} at {addr}: {what}: {e}"))
+            FsError::unavailable(format!("adding member {id} at {addr}: {what}: {e}"))
         };
-        let applied = self.raft.metrics().borrow().last_applied;
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| failed("snapshot", &e))?;
-        let metrics = self
-            .raft
-            .wait(Some(SNAPSHOT_TIMEOUT))
-            .metrics(|m| m.snapshot >= applied, "snapshot built")
-            .await
-            .map_err(|e| failed("snapshot", &e))?;
-        if let Some(upto) = metrics.snapshot {
-            self.raft
-                .trigger()
-                .purge_log(upto.index)
+        let known = self
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if !known {
+            self.snapshot_and_purge()
                 .await
-                .map_err(|e| failed("purging the log", &e))?;
+                .map_err(|e| failed("snapshot", &e))?;
             self.raft
-                .wait(Some(SNAPSHOT_TIMEOUT))
-                .metrics(|m| m.purged >= Some(upto), "log purged up to the snapshot")
+                .add_learner(id, Member { addr: addr.clone() }, false)
                 .await
-                .map_err(|e| failed("purging the log", &e))?;
+                .map_err(|e| failed("as a learner", &e))?;
         }
+        let last = self.metrics().last_log_index;
+        self.wait_for(
+            timeout,
+            |m| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten());
+                matched.map(|l| l.index) >= last
+            },
+            "the new member caught up",
+        )
+        .await
+        .map_err(|e| failed("catching up", &e))?;
         self.raft
-            .add_learner(id, Member { addr: addr.clone() }, true)
-            .await
-            .map_err(|e| failed("as a learner", &e))?;
-        let voters = BTreeSet::from([id]);
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(voters), false)
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(|e| failed("as a voter", &e))?;
         info!(member = id, %addr, "member added to the namenode group");
         Ok(())
+    }
+
+    /// Builds a snapshot of the namespace as applied now and purges the log it covers, so
+    /// that a member added next starts from it.
+    async fn snapshot_and_purge(&self) -> FsResult<()> {
+        let applied = self.metrics().last_applied.map(|l| l.index);
+        let failed = |e: &dyn std::fmt::Display| FsError::io(e.to_string());
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| failed(&e))?;
+        self.wait_for(
+            SNAPSHOT_TIMEOUT,
+            |m| m.snapshot.map(|l| l.index) >= applied,
+            "snapshot built",
+        )
+        .await?;
+        if let Some(upto) = self.metrics().snapshot {
+            self.raft
+                .trigger()
+                .purge_log(upto.index)
+                .await
+                .map_err(|e| failed(&e))?;
+            self.wait_for(
+                SNAPSHOT_TIMEOUT,
+                |m| m.purged.map(|l| l.index) >= Some(upto.index),
+                "log purged up to the snapshot",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses, naming the leader if it knows one, unless this member leads.
+    pub fn leading(&self) -> FsResult<()> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state == ServerState::Leader {
+            return Ok(());
+        }
+        let leader = metrics.current_leader.and_then(|id| {
+            let membership = metrics.membership_config.membership();
+            membership.get_node(&id)?.addr.parse().ok()
+        });
+        Err(FsError::NotLeader(leader))
+    }
+
+    /// Returns once this member may answer from its namespace as the group's: it leads,
+    /// and (in a group of several) a quorum has just confirmed it and its namespace is
+    /// applied up to what was committed then (Raft's read index), so that a leader
+    /// deposed without knowing it yet never answers from an old namespace.
+    pub async fn serving(&self) -> FsResult<()> {
+        self.leading()?;
+        let voters = self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if voters <= 1 {
+            return Ok(());
+        }
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                self.leading().and(Err(FsError::NotLeader(None)))
+            }
+            Err(e) => Err(FsError::unavailable(format!("the namenode group: {e}"))),
+        }
+    }
+
+    /// Raft's view of the group from this member, as it changes.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>> {
+        self.raft.metrics()
     }
 
     /// Raft's view of the group from this member.

@@ -249,7 +249,7 @@ mod three {
     use tokio_util::sync::CancellationToken;
 
     use super::op;
-    use crate::group::net::{ClusterId, Network};
+    use crate::group::net::ClusterId;
     use crate::group::runner::{Group, Seat};
     use crate::group::Proposal;
     use crate::ops::MetaOpKind;
@@ -296,7 +296,10 @@ mod three {
     }
 
     /// A namenode's store and endpoint, serving its member once it is started.
-    fn namenode(ca: &std::path::Path, name: &str) -> (Namenode, Network, Arc<ClusterId>) {
+    fn namenode(
+        ca: &std::path::Path,
+        name: &str,
+    ) -> (Namenode, Arc<ConnectionPool>, Arc<ClusterId>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("meta")).unwrap());
         let identity = tls(ca, name);
@@ -311,7 +314,6 @@ mod three {
         let stop = CancellationToken::new();
         tokio::spawn(transport::serve(endpoint, members.clone(), stop.clone()));
         let cluster = Arc::new(ClusterId::default());
-        let network = Network::new(pool, cluster.clone());
         (
             Namenode {
                 dir,
@@ -320,7 +322,7 @@ mod three {
                 members,
                 stop,
             },
-            network,
+            pool,
             cluster,
         )
     }
@@ -328,14 +330,14 @@ mod three {
     fn start(
         n: &Namenode,
         id: u64,
-        network: Network,
+        links: Arc<ConnectionPool>,
         cluster: Arc<ClusterId>,
         joining: bool,
     ) -> Arc<Group> {
         let seat = Seat {
             id,
             addr: n.addr.clone(),
-            network: Some(network),
+            links: Some(links),
             joining,
         };
         let group = Arc::new(
@@ -418,9 +420,10 @@ mod three {
         create(&leader, &["before-b", "before-c"]).await.unwrap();
         let member_b = start(&b, 2, net_b, cluster_b.clone(), true);
         let member_c = start(&c, 3, net_c, cluster_c.clone(), true);
-        leader.add_member(2, b.addr.clone()).await.unwrap();
+        let timeout = Duration::from_secs(20);
+        leader.add_member(2, b.addr.clone(), timeout).await.unwrap();
         create(&leader, &["with-b"]).await.unwrap();
-        leader.add_member(3, c.addr.clone()).await.unwrap();
+        leader.add_member(3, c.addr.clone(), timeout).await.unwrap();
         create(&leader, &["with-b-and-c", "more"]).await.unwrap();
         let want = names(&a.store);
         assert_eq!(want.len(), 5, "{want:?}");
@@ -436,6 +439,10 @@ mod three {
         let refused = create(&member_b, &["on-b"]).await.unwrap_err();
         assert!(matches!(refused, FsError::Unavailable(_)), "{refused}");
         assert!(refused.to_string().contains(&a.addr), "{refused}");
+        assert_eq!(
+            member_b.leading(),
+            Err(FsError::NotLeader(a.addr.parse().ok()))
+        );
 
         tracing::info!("--- the leader goes: b or c leads within seconds, with everything");
         a.stop.cancel();

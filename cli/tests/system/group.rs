@@ -1,0 +1,135 @@
+//! The namenode group: three namenode processes keep one namespace. The leader killed with
+//! SIGKILL, another leads within seconds with every change that was acknowledged, and a
+//! client that knows the members follows the leader without an error.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, ClientConfig, Owner};
+use cairn_common::cert::{self, Role};
+use cairn_common::transport::TlsPaths;
+use cairn_common::Ino;
+use cairn_namenode::NamenodeConfig;
+
+use crate::support::*;
+
+/// A loopback address with a UDP port free now.
+fn free_addr() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+/// Member `i` of a group at `addrs`: its configuration, written beside the cluster's.
+fn member_config(
+    dir: &Path,
+    base: &NamenodeConfig,
+    addrs: &[SocketAddr],
+    i: usize,
+) -> std::path::PathBuf {
+    let certs = dir.join("certs");
+    let name = format!("namenode-{}", i + 1);
+    let issued = cert::issue(&certs, Role::Namenode, &name, &certs, 30).unwrap();
+    let mut config = base.clone();
+    config.listen = addrs[i];
+    config.group = addrs.to_vec();
+    config.meta_dir = dir.join(&name);
+    config.tls = TlsPaths {
+        ca_cert: certs.join(cert::CA_CERT_FILE),
+        cert: issued.cert,
+        key: issued.key,
+        crl: None,
+    };
+    config.source = None;
+    let path = dir.join(format!("{name}.toml"));
+    fs::write(&path, toml::to_string_pretty(&config).unwrap()).unwrap();
+    path
+}
+
+/// Waits until `log` says `what`.
+fn wait_for_log(log: &Path, what: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !fs::read_to_string(log).unwrap_or_default().contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "{} does not say {what:?} after {within:?}:\n{}",
+            log.display(),
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_namenodes_keep_the_namespace_when_the_leader_is_killed() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 1).await;
+    cluster.stop_namenode().await.unwrap();
+    let base = NamenodeConfig::load(&cluster.dir().join("namenode.toml")).unwrap();
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut members: Vec<ChildNamenode> = (0..3)
+        .map(|i| {
+            let config = member_config(cluster.dir(), &base, &addrs, i);
+            ChildNamenode::start(
+                &config,
+                &cluster.dir().join(format!("namenode-{}.log", i + 1)),
+            )
+        })
+        .collect();
+    let log = |i: usize| cluster.dir().join(format!("namenode-{}.log", i + 1));
+    wait_for_log(
+        &log(0),
+        "the namenode group has every member it names",
+        Duration::from_secs(60),
+    );
+
+    // A client that knows every member, first of them one that does not lead.
+    let mut config = ClientConfig::load(&cluster.client_config_path).unwrap();
+    config.namenode = addrs[1];
+    config.namenodes = addrs.clone();
+    let client = Client::connect(config).await.unwrap();
+    let docs = client
+        .mkdir(Ino::ROOT, b"docs", 0o755, Owner::current())
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let name = format!("d{i}");
+        client
+            .mkdir(docs.ino, name.as_bytes(), 0o755, Owner::current())
+            .await
+            .unwrap();
+    }
+
+    tracing::info!("--- a client that knows only a follower is sent to the leader");
+    let mut lone = ClientConfig::load(&cluster.client_config_path).unwrap();
+    lone.namenode = addrs[2];
+    let lone = Client::connect(lone).await.unwrap();
+    let root = lone.readdir(Ino::ROOT).await.unwrap();
+    assert!(root.iter().any(|e| e.name == b"docs"));
+
+    tracing::info!("--- the leader is killed: the client goes on with another");
+    members[0].kill();
+    let killed = Instant::now();
+    client
+        .mkdir(docs.ino, b"after", 0o755, Owner::current())
+        .await
+        .unwrap();
+    let failover = killed.elapsed();
+    tracing::info!(?failover, "first change on the new leader");
+    let names = names_in(&client, docs.ino).await;
+    assert_eq!(names.len(), 51, "{names:?}");
+
+    tracing::info!("--- the old leader comes back and follows: never an old namespace");
+    members[0].restart();
+    let mut back = ClientConfig::load(&cluster.client_config_path).unwrap();
+    back.namenode = addrs[0];
+    let back = Client::connect(back).await.unwrap();
+    let seen = back.readdir(docs.ino).await.unwrap();
+    assert!(seen.iter().any(|e| e.name == b"after"), "a stale read");
+    for member in &mut members {
+        member.kill();
+    }
+    cluster.stop().await.unwrap();
+}
