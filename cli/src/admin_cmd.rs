@@ -37,6 +37,9 @@ pub struct AdminArgs {
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// The namenode group: its members, which leads and in which term, and how far each
+    /// member's log is behind the leader's.
+    Namenodes,
     /// Every datanode (state, space, blocks, last heartbeat, load), cluster totals, and how
     /// many blocks are under-replicated or missing.
     Report,
@@ -149,6 +152,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         }
         AdminCommand::RepairStatus => repair_status(&client, json).await?,
         AdminCommand::Mounts => mounts(&client, json).await?,
+        AdminCommand::Namenodes => namenodes(&client, json).await?,
         AdminCommand::Exports => exports(&client, json).await?,
         AdminCommand::Decommission { node, cancel } => {
             let state = admin_target(AdminState::Decommissioning, cancel);
@@ -421,6 +425,45 @@ async fn report(client: &Client, json: bool) -> anyhow::Result<()> {
             last,
             s.corrupt_found
         );
+    }
+    Ok(())
+}
+
+async fn namenodes(client: &Client, json: bool) -> anyhow::Result<()> {
+    let group = client
+        .namenode(cairn_common::proto::ListNamenodes)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&group)?);
+        return Ok(());
+    }
+    let at = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
+    println!(
+        "Namenode group: {} member(s); member {} leads in term {}; log at {}, applied {}, snapshot at {}",
+        group.members.len(),
+        group.leader,
+        group.term,
+        at(group.last_log),
+        at(group.applied),
+        at(group.snapshot)
+    );
+    for m in &group.members {
+        let role = if m.id == group.leader {
+            "leader"
+        } else if m.voter {
+            "voter"
+        } else {
+            "learner"
+        };
+        let behind = match (m.matched, group.last_log) {
+            _ if m.id == group.leader => String::new(),
+            (Some(matched), Some(last)) => {
+                format!("  at {matched} ({} behind)", last.saturating_sub(matched))
+            }
+            _ => "  not heard from".into(),
+        };
+        println!("  {}  {}  {role}{behind}", m.id, m.addr);
     }
     Ok(())
 }

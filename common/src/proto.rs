@@ -99,6 +99,7 @@ service! {
         ListExports(ListExports) -> Vec<crate::exports::ExportRule>,
         GrantWrite(GrantWrite) -> BlockToken,
         Raft(RaftRpc) -> Vec<u8>,
+        ListNamenodes(ListNamenodes) -> GroupStatus,
     }
 }
 
@@ -178,6 +179,7 @@ impl NamenodeRequest {
                 | R::ListDir(_)
                 | R::GetMetaHealth(_)
                 | R::ListMounts(_)
+                | R::ListNamenodes(_)
                 | R::SyncMetadata(_)
                 | R::Delegate(_)
                 | R::ReserveInos(_)
@@ -568,6 +570,33 @@ pub struct MountInfo {
     pub version: String,
     /// The client's session, under which its open files and locks are held.
     pub session: u64,
+}
+
+/// The namenode group as its leader sees it (`cairn admin namenodes`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListNamenodes;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The member that answered: the leader.
+    pub leader: u64,
+    pub term: u64,
+    /// The last entry of the leader's log, the last applied to its namespace, and the last
+    /// its snapshot holds.
+    pub last_log: Option<u64>,
+    pub applied: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub addr: String,
+    /// A voter counts towards the majority; a learner is still catching up.
+    pub voter: bool,
+    /// The last entry the leader knows the member holds (none: not heard from yet).
+    pub matched: Option<u64>,
 }
 
 /// The mounts connected to the namenode, as `cairn admin mounts` shows them.

@@ -97,7 +97,9 @@ pub fn class(req: &NamenodeRequest) -> Class {
         | R::KeepOpen(_)
         | R::Changes(_)
         | R::SyncMetadata(_) => Class::Session,
-        R::ListDatanodes(_) | R::GetRepairStatus(_) | R::GetMetaHealth(_) => Class::Status,
+        R::ListDatanodes(_) | R::GetRepairStatus(_) | R::GetMetaHealth(_) | R::ListNamenodes(_) => {
+            Class::Status
+        }
         R::SafeMode(r) if r.action == SafeModeAction::Get => Class::Status,
         R::Balance(r) if matches!(r.action, BalanceAction::Get) => Class::Status,
         R::SafeMode(_)

@@ -1080,6 +1080,7 @@ impl Service for Namenode {
             }
             R::SyncMetadata(_) => respond(ex, subtree, &self.engine.sync().await).await,
             R::Raft(rpc) => ex.respond(&self.engine.group().answer(rpc).await).await,
+            R::ListNamenodes(_) => ex.respond(&Ok(self.engine.group().status())).await,
             R::CommitSlices(r) => {
                 self.may_use(&peer, caller, r.ino, crate::perm::WRITE)?;
                 respond(ex, subtree, &self.commit(&who, r).await).await

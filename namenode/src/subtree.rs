@@ -268,7 +268,8 @@ impl Inos for NamenodeRequest {
             | R::WhoAmI(_)
             | R::ListExports(_)
             | R::GrantWrite(_)
-            | R::Raft(_) => {}
+            | R::Raft(_)
+            | R::ListNamenodes(_) => {}
         }
     }
 }

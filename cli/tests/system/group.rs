@@ -102,6 +102,27 @@ async fn three_namenodes_keep_the_namespace_when_the_leader_is_killed() {
             .unwrap();
     }
 
+    tracing::info!("--- cairn admin namenodes shows the three, from any of them");
+    let mut admin_config = ClientConfig::load(&cluster.client_config_path).unwrap();
+    admin_config.namenode = addrs[2];
+    let admin_path = cluster.dir().join("group-admin.toml");
+    fs::write(&admin_path, toml::to_string_pretty(&admin_config).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["admin", "namenodes", "--json", "--config"])
+        .arg(&admin_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let group: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(group["leader"], 1, "{group}");
+    let listed = group["members"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{group}");
+    assert!(listed.iter().all(|m| m["voter"] == true), "{group}");
+
     tracing::info!("--- a client that knows only a follower is sent to the leader");
     let mut lone = ClientConfig::load(&cluster.client_config_path).unwrap();
     lone.namenode = addrs[2];

@@ -316,6 +316,34 @@ impl Group {
         }
     }
 
+    /// The group as this member sees it (its leader's view when it leads).
+    pub fn status(&self) -> cairn_common::proto::GroupStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched = |id: &NodeId| {
+            let replication = m.replication.as_ref()?;
+            replication.get(id).cloned().flatten().map(|l| l.index)
+        };
+        let members = membership
+            .nodes()
+            .map(|(id, node)| cairn_common::proto::MemberStatus {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched: matched(id),
+            })
+            .collect();
+        cairn_common::proto::GroupStatus {
+            leader: m.current_leader.unwrap_or(m.id),
+            term: m.current_term,
+            last_log: m.last_log_index,
+            applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            members,
+        }
+    }
+
     /// Raft's view of the group from this member, as it changes.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>> {
         self.raft.metrics()
