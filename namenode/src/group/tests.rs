@@ -109,13 +109,20 @@ async fn an_entry_answers_each_of_its_ops_and_a_failed_op_leaves_no_trace() {
     assert_eq!(applied.map(|a| a.index), Some(3));
 }
 
-#[tokio::test]
-async fn a_snapshot_installed_elsewhere_gives_the_same_namespace() {
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (_, mut leader, leader_store) = open(a.path());
-    let (_, mut follower, follower_store) = open(b.path());
+/// A leader's namespace (see [`populate`]) with a snapshot of it built, and a follower
+/// with a namespace of its own (which a snapshot replaces whole), in `a` and `b`.
+struct Pair {
+    leader: StateMachine,
+    leader_store: Arc<Store>,
+    follower: StateMachine,
+    follower_store: Arc<Store>,
+    snapshot: openraft::storage::Snapshot<TypeConfig>,
+}
+
+async fn pair(a: &std::path::Path, b: &std::path::Path) -> Pair {
+    let (_, mut leader, leader_store) = open(a);
+    let (_, mut follower, follower_store) = open(b);
     populate(&mut leader).await;
-    // The follower had a namespace of its own, which the snapshot replaces whole.
     follower
         .apply([entry(1, vec![op(MetaOpKind::Format { replication: 2 })])])
         .await
@@ -126,6 +133,25 @@ async fn a_snapshot_installed_elsewhere_gives_the_same_namespace() {
         .build_snapshot()
         .await
         .unwrap();
+    Pair {
+        leader,
+        leader_store,
+        follower,
+        follower_store,
+        snapshot,
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_installed_elsewhere_gives_the_same_namespace() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let Pair {
+        mut leader,
+        leader_store,
+        mut follower,
+        follower_store,
+        snapshot,
+    } = pair(a.path(), b.path()).await;
     let mut received = follower.begin_receiving_snapshot().await.unwrap();
     let mut from = tokio::fs::File::open(a.path().join("snapshots/current.snap"))
         .await
@@ -145,20 +171,13 @@ async fn a_snapshot_installed_elsewhere_gives_the_same_namespace() {
 #[tokio::test]
 async fn a_damaged_snapshot_is_refused_and_the_namespace_kept() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (_, mut leader, _) = open(a.path());
-    let (_, mut follower, follower_store) = open(b.path());
-    populate(&mut leader).await;
-    follower
-        .apply([entry(1, vec![op(MetaOpKind::Format { replication: 2 })])])
-        .await
-        .unwrap();
+    let Pair {
+        mut follower,
+        follower_store,
+        snapshot,
+        ..
+    } = pair(a.path(), b.path()).await;
     let before = follower_store.dump();
-    let snapshot = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
     let good = std::fs::read(a.path().join("snapshots/current.snap")).unwrap();
     // A flipped bit the records' framing cannot see (in the hash itself), and one it may.
     for (at, says) in [(good.len() - 1, "checksum"), (good.len() / 2, "refused")] {
@@ -179,31 +198,23 @@ async fn a_damaged_snapshot_is_refused_and_the_namespace_kept() {
 #[tokio::test]
 async fn an_installation_cut_short_is_finished_at_the_next_start() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (_, mut leader, leader_store) = open(a.path());
-    populate(&mut leader).await;
-    leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    {
-        // What a follower killed half-way through loading it leaves: the snapshot in
-        // place, the mark set, a namespace part old and part new.
-        let (_, mut follower, store) = open(b.path());
-        follower
-            .apply([entry(1, vec![op(MetaOpKind::Format { replication: 2 })])])
-            .await
-            .unwrap();
-        std::fs::copy(
-            a.path().join("snapshots/current.snap"),
-            b.path().join("snapshots/current.snap"),
-        )
-        .unwrap();
-        let mut txn = store.txn();
-        txn.put_raw(crate::store::Cf::RaftState, b"installing".to_vec(), vec![1]);
-        store.commit(txn, true).unwrap();
-    }
+    // What a follower killed half-way through loading a snapshot leaves: the snapshot in
+    // place, the mark set, a namespace part old and part new.
+    let Pair {
+        leader_store,
+        follower,
+        follower_store,
+        ..
+    } = pair(a.path(), b.path()).await;
+    std::fs::copy(
+        a.path().join("snapshots/current.snap"),
+        b.path().join("snapshots/current.snap"),
+    )
+    .unwrap();
+    let mut txn = follower_store.txn();
+    txn.put_raw(crate::store::Cf::RaftState, b"installing".to_vec(), vec![1]);
+    follower_store.commit(txn, true).unwrap();
+    drop((follower, follower_store));
     let (_, _, store) = open(b.path());
     assert_eq!(store.dump(), leader_store.dump());
 }
