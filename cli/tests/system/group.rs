@@ -122,6 +122,17 @@ async fn three_namenodes_keep_the_namespace_when_the_leader_is_killed() {
     let listed = group["members"].as_array().unwrap();
     assert_eq!(listed.len(), 3, "{group}");
     assert!(listed.iter().all(|m| m["voter"] == true), "{group}");
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["admin", "namenodes", "--config"])
+        .arg(&admin_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("3 member(s); member 1 leads"), "{text}");
+    assert!(
+        text.contains(&format!("  3  {}  voter  at ", addrs[2])),
+        "{text}"
+    );
 
     tracing::info!("--- a client that knows only a follower is sent to the leader");
     let mut lone = ClientConfig::load(&cluster.client_config_path).unwrap();
