@@ -38,8 +38,11 @@ pub struct AdminArgs {
 #[derive(Subcommand)]
 enum AdminCommand {
     /// The namenode group: its members, which leads and in which term, and how far each
-    /// member's log is behind the leader's.
-    Namenodes,
+    /// member's log is behind the leader's; or a change of its members (admin certificate).
+    Namenodes {
+        #[command(subcommand)]
+        change: Option<NamenodesCommand>,
+    },
     /// Every datanode (state, space, blocks, last heartbeat, load), cluster totals, and how
     /// many blocks are under-replicated or missing.
     Report,
@@ -116,6 +119,24 @@ enum AdminCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum NamenodesCommand {
+    /// Add the namenode listening at ADDR: start it first with an empty meta_dir and this
+    /// group's members, then its own address last, in its `group` list. It receives a
+    /// snapshot, catches up with the log, then votes. Asked again, it goes on.
+    Add { addr: std::net::SocketAddr },
+    /// Remove a member (its number or address): it no longer votes nor gets the log.
+    /// Stop it afterwards; it must not be started again with its old meta_dir.
+    Remove { member: String },
+    /// Hand the lead to another voter (by default the one most caught up). Changes pause
+    /// for about an election timeout (2 s); clients follow the new leader.
+    TransferLeader {
+        /// The member to lead, by number.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum SafeModeArg {
     Get,
@@ -152,7 +173,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         }
         AdminCommand::RepairStatus => repair_status(&client, json).await?,
         AdminCommand::Mounts => mounts(&client, json).await?,
-        AdminCommand::Namenodes => namenodes(&client, json).await?,
+        AdminCommand::Namenodes { change: None } => namenodes(&client, json).await?,
+        AdminCommand::Namenodes {
+            change: Some(change),
+        } => change_namenodes(&client, change, json).await?,
         AdminCommand::Exports => exports(&client, json).await?,
         AdminCommand::Decommission { node, cancel } => {
             let state = admin_target(AdminState::Decommissioning, cancel);
@@ -466,6 +490,49 @@ async fn namenodes(client: &Client, json: bool) -> anyhow::Result<()> {
         println!("  {}  {}  {role}{behind}", m.id, m.addr);
     }
     Ok(())
+}
+
+async fn change_namenodes(
+    client: &Client,
+    change: NamenodesCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    use cairn_common::proto::ChangeNamenodes as C;
+    let (change, what) = match change {
+        NamenodesCommand::Add { addr } => (C::Add { addr }, format!("adding {addr}")),
+        NamenodesCommand::Remove { member } => {
+            let group = client
+                .namenode(cairn_common::proto::ListNamenodes)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            let found = group
+                .members
+                .iter()
+                .find(|m| m.id.to_string() == member || m.addr == member)
+                .ok_or_else(|| {
+                    anyhow!("the group has no member {member} (`cairn admin namenodes` lists them)")
+                })?;
+            (
+                C::Remove { id: found.id },
+                format!("removing member {} at {}", found.id, found.addr),
+            )
+        }
+        NamenodesCommand::TransferLeader { to } => {
+            let whom = to.map_or("another member".to_string(), |id| format!("member {id}"));
+            (
+                C::TransferLeader { to },
+                format!("handing the lead to {whom}"),
+            )
+        }
+    };
+    if !json {
+        println!("{what}…");
+    }
+    client
+        .namenode(change)
+        .await
+        .map_err(|e| anyhow!("{what}: {e}"))?;
+    namenodes(client, json).await
 }
 
 async fn mounts(client: &Client, json: bool) -> anyhow::Result<()> {

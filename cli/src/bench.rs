@@ -41,6 +41,9 @@ pub enum BenchCommand {
         /// Files each client creates (and then stats, renames, removes).
         #[arg(long, default_value_t = 2000)]
         files: usize,
+        /// Namenodes: 1, or a group of 3 or 5 (every change through a majority).
+        #[arg(long, default_value_t = 1)]
+        namenodes: usize,
     },
     /// Kill one of 4 datanodes holding a file at R = 3; time until every block has 3 live
     /// replicas again (detection included), and the copy rate.
@@ -143,7 +146,11 @@ pub async fn run(command: BenchCommand, dir: Option<PathBuf>, json: bool) -> any
             )
             .await?
         }
-        BenchCommand::Meta { clients, files } => meta(tmp.path(), clients, files).await?,
+        BenchCommand::Meta {
+            clients,
+            files,
+            namenodes,
+        } => meta(tmp.path(), clients, files, namenodes).await?,
         BenchCommand::Scrub {
             size_mib,
             bytes_per_sec,
@@ -494,8 +501,15 @@ async fn data(
     ])
 }
 
-async fn meta(dir: &std::path::Path, clients: usize, files: usize) -> anyhow::Result<Vec<Figure>> {
-    let cluster = DevCluster::start(DevOptions::new(dir, 1)).await?;
+async fn meta(
+    dir: &std::path::Path,
+    clients: usize,
+    files: usize,
+    namenodes: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let mut opts = DevOptions::new(dir, 1);
+    opts.namenodes = namenodes;
+    let cluster = DevCluster::start(opts).await?;
     let mut conns = Vec::new();
     for i in 0..clients {
         let c = cluster.client().await?;
@@ -549,8 +563,12 @@ async fn meta(dir: &std::path::Path, clients: usize, files: usize) -> anyhow::Re
             t.await.context("client task")??;
         }
         let rate = (clients * files) as f64 / t0.elapsed().as_secs_f64();
+        let group = match namenodes {
+            1 => String::new(),
+            n => format!(", {n} namenodes"),
+        };
         figures.push(Figure {
-            what: format!("{phase}, {clients} clients"),
+            what: format!("{phase}, {clients} clients{group}"),
             value: rate,
             unit: "ops/s",
         });

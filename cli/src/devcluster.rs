@@ -1,10 +1,11 @@
-//! A whole cluster in one process: a namenode and N datanodes on loopback, certificates
-//! generated, every piece of state under one directory. `cairn dev` runs it; the system tests
-//! start it and then kill, restart and corrupt its parts.
+//! A whole cluster in one process: a namenode (or a group of them) and N datanodes on
+//! loopback, certificates generated, every piece of state under one directory. `cairn dev`
+//! runs it; the system tests start it and then kill, restart and corrupt its parts.
 //!
 //! Layout of the directory:
-//! `certs/` (CA and every certificate), `namenode/` (metadata), `datanode-<i>/` (blocks),
-//! `namenode.toml`, `datanode-<i>.toml` (what a standalone daemon would run with),
+//! `certs/` (CA and every certificate), `namenode/` (metadata; in a group, member 1's, and
+//! `namenode-<i>/` member i's), `datanode-<i>/` (blocks), `namenode.toml`,
+//! `namenode-<i>.toml`, `datanode-<i>.toml` (what a standalone daemon would run with),
 //! `cairn-client.toml` (what `cairn fs` and `cairn admin` use, with an admin certificate) and
 //! `cairn-mount.toml` (what `--mount` uses: a mount certificate whose export rule lets root
 //! be root, as on a local disk).
@@ -36,7 +37,9 @@ const STABLE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 pub struct DevOptions {
     pub dir: PathBuf,
     pub datanodes: usize,
-    /// Namenode address; port 0 picks a free one.
+    /// Namenodes: 1, or the members of a namenode group (3 or 5).
+    pub namenodes: usize,
+    /// Namenode address (a group's members take the ports after it); port 0 picks free ones.
     pub namenode_addr: SocketAddr,
     pub replication: u8,
     pub min_replicas: u8,
@@ -76,6 +79,7 @@ impl DevOptions {
         DevOptions {
             dir: dir.to_path_buf(),
             datanodes,
+            namenodes: 1,
             namenode_addr: "127.0.0.1:0".parse().expect("literal address"),
             replication: 3,
             min_replicas: 2,
@@ -133,11 +137,22 @@ pub struct DevDatanode {
     daemon: Option<Daemon>,
 }
 
+/// A namenode of the cluster: alone, or one member of its group.
+pub struct DevNamenode {
+    pub config: NamenodeConfig,
+    daemon: Option<Daemon>,
+}
+
+impl DevNamenode {
+    pub fn addr(&self) -> SocketAddr {
+        self.config.listen
+    }
+}
+
 pub struct DevCluster {
     pub opts: DevOptions,
-    pub namenode_addr: SocketAddr,
-    pub namenode_config: NamenodeConfig,
-    namenode: Option<Daemon>,
+    /// The namenode, or the members of the group in order (member 1 first).
+    pub namenodes: Vec<DevNamenode>,
     pub datanodes: Vec<DevDatanode>,
     pub client_config_path: PathBuf,
     pub mount_config_path: PathBuf,
@@ -211,35 +226,15 @@ impl DevCluster {
             info!("creating the cluster CA");
             cert::init_ca(&certs_dir(&dir), cert::CA_DAYS)?;
         }
-        let mut nn_config = NamenodeConfig::new(
-            dir.join("namenode"),
-            ensure_cert(&dir, Role::Namenode, "namenode")?,
-        );
-        nn_config.listen = opts.namenode_addr;
-        nn_config.default_replication = opts.replication;
-        nn_config.heartbeat_interval_ms = opts.heartbeat_interval_ms;
-        nn_config.block_token_lifetime_secs = opts.block_token_lifetime_secs;
-        nn_config.dead_timeout_ms = opts.dead_timeout_ms;
-        nn_config.open_lease_ms = opts.open_lease_ms;
-        nn_config.safemode_extension_ms = opts.safemode_extension_ms;
-        nn_config.gc_grace_ms = opts.gc_grace_ms;
-        nn_config.trash_retention_secs = opts.trash_retention_secs;
-        nn_config.trash_replaced = opts.trash_replaced;
-        nn_config.trash_max_percent = opts.trash_max_percent;
-        nn_config.trash_keep_free_percent = opts.trash_keep_free_percent;
-        nn_config.repair_copies_per_node = opts.repair_copies_per_node;
-        // The dev mount's root is root: a dev cluster is one machine's own file system.
-        nn_config.exports.push(cairn_common::exports::ExportRule {
-            root_squash: false,
-            suid: true,
-            dev: true,
-            ..cairn_common::exports::ExportRule::default_for(MOUNT_CERT)
-        });
-        nn_config.source = Some(dir.join("namenode.toml"));
+        let configs = namenode_configs(&dir, &opts)?;
         let mut cluster = DevCluster {
-            namenode_addr: opts.namenode_addr,
-            namenode_config: nn_config,
-            namenode: None,
+            namenodes: configs
+                .into_iter()
+                .map(|config| DevNamenode {
+                    config,
+                    daemon: None,
+                })
+                .collect(),
             datanodes: Vec::new(),
             client_config_path: dir.join(CLIENT_CONFIG),
             mount_config_path: dir.join(MOUNT_CONFIG),
@@ -249,36 +244,48 @@ impl DevCluster {
             },
         };
         cluster.start_namenode().await?;
-        write_toml(
-            &dir.join("namenode.toml"),
-            "# Written by `cairn dev`: what `cairn namenode --config` would run with.",
-            &cluster.namenode_config,
-        )?;
+        for nn in &cluster.namenodes {
+            let path = nn
+                .config
+                .source
+                .clone()
+                .context("a dev namenode has a file")?;
+            write_toml(
+                &path,
+                "# Written by `cairn dev`: what `cairn namenode --config` would run with.",
+                &nn.config,
+            )?;
+        }
+        let namenodes = cluster.namenode_addrs();
+        for (path, role, name, header) in [
+            (
+                &cluster.client_config_path,
+                Role::Admin,
+                "admin",
+                "# Written by `cairn dev`: `cairn fs` and `cairn admin` read it from here or from\n\
+                 # $CAIRN_CONFIG. Its certificate is an administrator's.",
+            ),
+            (
+                &cluster.mount_config_path,
+                Role::Mount,
+                MOUNT_CERT,
+                "# Written by `cairn dev`: what `cairn dev --mount` mounts with (`cairn mount --config`).\n\
+                 # Its certificate is a mount's; the namenode's export rule for it lets root be root.",
+            ),
+        ] {
+            let mut client = ClientConfig::new(namenodes[0], ensure_cert(&dir, role, name)?);
+            client.min_replicas = opts.min_replicas;
+            if namenodes.len() > 1 {
+                client.namenodes = namenodes.clone();
+            }
+            write_toml(path, header, &client)?;
+        }
         for _ in 0..opts.datanodes {
             cluster.add_datanode().await?;
         }
-        let mut client = ClientConfig::new(
-            cluster.namenode_addr,
-            ensure_cert(&dir, Role::Admin, "admin")?,
-        );
-        client.min_replicas = opts.min_replicas;
-        write_toml(
-            &cluster.client_config_path,
-            "# Written by `cairn dev`: `cairn fs` and `cairn admin` read it from here or from\n\
-             # $CAIRN_CONFIG. Its certificate is an administrator's.",
-            &client,
-        )?;
-        let mut mount = ClientConfig::new(
-            cluster.namenode_addr,
-            ensure_cert(&dir, Role::Mount, MOUNT_CERT)?,
-        );
-        mount.min_replicas = opts.min_replicas;
-        write_toml(
-            &cluster.mount_config_path,
-            "# Written by `cairn dev`: what `cairn dev --mount` mounts with (`cairn mount --config`).\n\
-             # Its certificate is a mount's; the namenode's export rule for it lets root be root.",
-            &mount,
-        )?;
+        if namenodes.len() > 1 {
+            cluster.wait_for_group().await?;
+        }
         cluster.wait_for_datanodes(opts.datanodes).await?;
         Ok(cluster)
     }
@@ -287,24 +294,85 @@ impl DevCluster {
         &self.opts.dir
     }
 
+    /// Where the namenode listens, or the group's first member.
+    pub fn namenode_addr(&self) -> SocketAddr {
+        self.namenodes[0].addr()
+    }
+
+    /// Where each namenode listens, member 1 first.
+    pub fn namenode_addrs(&self) -> Vec<SocketAddr> {
+        self.namenodes.iter().map(DevNamenode::addr).collect()
+    }
+
+    /// Starts every namenode not running. The endpoints are all bound first: a group's
+    /// members are named by their addresses, which must be known before any starts.
     pub async fn start_namenode(&mut self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.namenode.is_none(), "namenode already running");
-        let identity = self.namenode_config.tls.load()?;
-        let endpoint = bind(self.namenode_addr, &identity)?;
-        // Port 0 becomes a fixed port at first start: restarts must come back on it.
-        self.namenode_addr = endpoint.local_addr()?;
-        self.namenode_config.listen = self.namenode_addr;
-        let shutdown = CancellationToken::new();
-        let run = cairn_namenode::run(self.namenode_config.clone(), endpoint, shutdown.clone());
-        self.namenode = Some(Daemon::spawn("the namenode".into(), shutdown, run));
+        let mut endpoints = Vec::new();
+        for (i, nn) in self.namenodes.iter_mut().enumerate() {
+            if nn.daemon.is_some() {
+                continue;
+            }
+            let identity = nn.config.tls.load()?;
+            let endpoint = bind(nn.config.listen, &identity)?;
+            // Port 0 becomes a fixed port at first start: restarts must come back on it.
+            nn.config.listen = endpoint.local_addr()?;
+            endpoints.push((i, endpoint));
+        }
+        if self.namenodes.len() > 1 {
+            let group = self.namenode_addrs();
+            for nn in &mut self.namenodes {
+                nn.config.group = group.clone();
+            }
+        }
+        for (i, endpoint) in endpoints {
+            let nn = &mut self.namenodes[i];
+            let shutdown = CancellationToken::new();
+            let run = cairn_namenode::run(nn.config.clone(), endpoint, shutdown.clone());
+            let what = match self.opts.namenodes {
+                1 => "the namenode".to_string(),
+                _ => format!("namenode {}", i + 1),
+            };
+            nn.daemon = Some(Daemon::spawn(what, shutdown, run));
+        }
         Ok(())
     }
 
+    /// Stops every namenode.
     pub async fn stop_namenode(&mut self) -> anyhow::Result<()> {
-        if let Some(d) = self.namenode.take() {
+        for i in 0..self.namenodes.len() {
+            self.stop_member(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops namenode `i` (member `i + 1` of a group).
+    pub async fn stop_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let nn = self.namenodes.get_mut(i).context("no such namenode")?;
+        if let Some(d) = nn.daemon.take() {
             d.stop().await?;
         }
         Ok(())
+    }
+
+    /// Waits until every member of the group votes in it.
+    pub async fn wait_for_group(&self) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        let want = self.namenodes.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let voters = match client.namenode(cairn_common::proto::ListNamenodes).await {
+                Ok(group) => group.members.iter().filter(|m| m.voter).count(),
+                Err(_) => 0,
+            };
+            if voters >= want {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "only {voters} of {want} namenodes are in the group after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn restart_namenode(&mut self) -> anyhow::Result<()> {
@@ -319,10 +387,13 @@ impl DevCluster {
         let dir = self.opts.dir.clone();
         let mut config = DatanodeConfig::new(
             &name,
-            self.namenode_addr,
+            self.namenode_addr(),
             dir.join(&name),
             ensure_cert(&dir, Role::Datanode, &name)?,
         );
+        if self.namenodes.len() > 1 {
+            config.namenodes = self.namenode_addrs();
+        }
         config.listen = "127.0.0.1:0".parse()?;
         config.reserve_bytes = 0;
         config.capacity_bytes = self.opts.datanode_capacity;
@@ -396,7 +467,11 @@ impl DevCluster {
 
     /// Waits until `n` datanodes are registered and alive.
     pub async fn wait_for_datanodes(&self, n: usize) -> anyhow::Result<()> {
-        let namenode_stopped = || self.namenode.as_ref().is_some_and(|d| d.task.is_finished());
+        let namenode_stopped = || {
+            self.namenodes
+                .iter()
+                .any(|nn| nn.daemon.as_ref().is_some_and(|d| d.task.is_finished()))
+        };
         if namenode_stopped() {
             anyhow::bail!("the namenode stopped (its error is logged above)");
         }
@@ -428,4 +503,66 @@ impl DevCluster {
         }
         self.stop_namenode().await
     }
+}
+
+/// The configuration of each namenode: one, or each member of a group. Member 1 keeps the
+/// single namenode's files (`namenode/`, `namenode.toml`), so a one-namenode directory
+/// becomes a group's first member with its namespace; a group started again keeps its
+/// members' addresses, as Raft knows them by.
+fn namenode_configs(dir: &Path, opts: &DevOptions) -> anyhow::Result<Vec<NamenodeConfig>> {
+    let members = opts.namenodes;
+    anyhow::ensure!(
+        members >= 1,
+        "a cluster needs at least one namenode (3 or 5 for a group that survives one or two)"
+    );
+    let earlier = (2..)
+        .take_while(|i| dir.join(format!("namenode-{i}.toml")).exists())
+        .count();
+    anyhow::ensure!(
+        earlier == 0 || earlier + 1 == members,
+        "{} holds a group of {} namenodes: start it with --namenodes {}",
+        dir.display(),
+        earlier + 1,
+        earlier + 1
+    );
+    let mut configs = Vec::new();
+    for i in 1..=members {
+        let name = match i {
+            1 => "namenode".to_string(),
+            i => format!("namenode-{i}"),
+        };
+        let file = dir.join(format!("{name}.toml"));
+        let mut config =
+            NamenodeConfig::new(dir.join(&name), ensure_cert(dir, Role::Namenode, &name)?);
+        config.listen = match opts.namenode_addr.port() {
+            0 if members > 1 => match NamenodeConfig::load(&file) {
+                Ok(before) => before.listen,
+                Err(_) => opts.namenode_addr,
+            },
+            0 => opts.namenode_addr,
+            port => SocketAddr::new(opts.namenode_addr.ip(), port + i as u16 - 1),
+        };
+        config.default_replication = opts.replication;
+        config.heartbeat_interval_ms = opts.heartbeat_interval_ms;
+        config.block_token_lifetime_secs = opts.block_token_lifetime_secs;
+        config.dead_timeout_ms = opts.dead_timeout_ms;
+        config.open_lease_ms = opts.open_lease_ms;
+        config.safemode_extension_ms = opts.safemode_extension_ms;
+        config.gc_grace_ms = opts.gc_grace_ms;
+        config.trash_retention_secs = opts.trash_retention_secs;
+        config.trash_replaced = opts.trash_replaced;
+        config.trash_max_percent = opts.trash_max_percent;
+        config.trash_keep_free_percent = opts.trash_keep_free_percent;
+        config.repair_copies_per_node = opts.repair_copies_per_node;
+        // The dev mount's root is root: a dev cluster is one machine's own file system.
+        config.exports.push(cairn_common::exports::ExportRule {
+            root_squash: false,
+            suid: true,
+            dev: true,
+            ..cairn_common::exports::ExportRule::default_for(MOUNT_CERT)
+        });
+        config.source = Some(file);
+        configs.push(config);
+    }
+    Ok(configs)
 }

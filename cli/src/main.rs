@@ -44,9 +44,12 @@ enum Command {
         /// Number of datanodes.
         #[arg(long, default_value_t = 3)]
         datanodes: usize,
-        /// Namenode address.
+        /// Namenode address (a group's members take the ports after it).
         #[arg(long, default_value = "127.0.0.1:7070")]
         namenode: SocketAddr,
+        /// Namenodes: 1, or a group of 3 or 5 that keeps serving when one (or two) fail.
+        #[arg(long, default_value_t = 1)]
+        namenodes: usize,
         /// Replicas per block.
         #[arg(long, default_value_t = 3)]
         replication: u8,
@@ -201,7 +204,13 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    init_tracing(if quiet { "warn" } else { "info" });
+    // Raft's own warnings are its routine (a vote answered late, a message from an old
+    // term); what matters to an operator Cairn says itself. CAIRN_LOG shows them.
+    init_tracing(if quiet {
+        "warn,openraft=error"
+    } else {
+        "info,openraft=error"
+    });
     // A benchmark runs a whole cluster and its clients in one process: what would be
     // many processes, each with its runtime, gets every core.
     let whole_cluster = matches!(cli.command, Command::Bench { .. });
@@ -268,13 +277,18 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
             dir,
             datanodes,
             namenode,
+            namenodes,
             replication,
             mount,
             options,
         } => {
             // Bad options fail before anything starts.
             let opts = mount_cmd::mount_options(&options, 4)?;
-            dev(dir, datanodes, namenode, replication, mount, opts).await?
+            let mut cluster = DevOptions::new(&dir, datanodes);
+            cluster.namenode_addr = namenode;
+            cluster.namenodes = namenodes;
+            cluster.replication = replication;
+            dev(cluster, mount, opts).await?
         }
         Command::Cert { command } => match command {
             CertCommand::Init { dir, days } => {
@@ -369,14 +383,17 @@ async fn run(command: Command, argv: &[std::ffi::OsString]) -> anyhow::Result<Ex
 }
 
 async fn dev(
-    dir: PathBuf,
-    datanodes: usize,
-    namenode: SocketAddr,
-    replication: u8,
+    mut opts: DevOptions,
     mountpoint: Option<PathBuf>,
     mount_opts: cairn_fuse::MountOptions,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(datanodes >= 1, "a cluster needs at least one datanode");
+    anyhow::ensure!(opts.datanodes >= 1, "a cluster needs at least one datanode");
+    anyhow::ensure!(
+        opts.namenodes % 2 == 1,
+        "--namenodes {}: a group needs an odd number of namenodes (1, 3 or 5); an even one \
+         survives no more failures than the odd number below it",
+        opts.namenodes
+    );
     // The mount point is made, or refused, before anything starts: a cluster started for a
     // mount that then fails is a cluster nobody asked for.
     if let Some(m) = &mountpoint {
@@ -388,10 +405,8 @@ async fn dev(
         cairn_fuse::prepare_mountpoint(m)
             .with_context(|| format!("mounting on {}", m.display()))?;
     }
-    let mut opts = DevOptions::new(&dir, datanodes);
-    opts.namenode_addr = namenode;
-    opts.replication = replication;
-    opts.min_replicas = opts.min_replicas.min(replication);
+    let dir = opts.dir.clone();
+    opts.min_replicas = opts.min_replicas.min(opts.replication);
     // As a real namenode does: removed files wait a day in the trash.
     opts.trash_retention_secs = 86_400;
     let shutdown = shutdown_on_signal();
@@ -400,7 +415,20 @@ async fn dev(
         .with_context(|| format!("starting the dev cluster in {}", dir.display()))?;
     let d = cluster.dir().display().to_string();
     println!("Cairn dev cluster is running; all its data is under {d}");
-    println!("  namenode    {}", cluster.namenode_addr);
+    match &cluster.namenodes[..] {
+        [alone] => println!("  namenode    {}", alone.addr()),
+        members => {
+            for (i, nn) in members.iter().enumerate() {
+                println!(
+                    "  namenode {}  {}  metadata in {}",
+                    i + 1,
+                    nn.addr(),
+                    nn.config.meta_dir.display()
+                );
+            }
+            println!("  (a group: `cairn admin namenodes` says which leads)");
+        }
+    }
     for dn in &cluster.datanodes {
         if let Some(addr) = dn.addr {
             println!(
@@ -436,7 +464,11 @@ async fn dev(
         None => None,
     };
     println!();
-    println!("Ctrl-C stops the cluster; `cairn dev --dir {d}` starts it again with its data.");
+    let again = match cluster.namenodes.len() {
+        1 => format!("cairn dev --dir {d}"),
+        n => format!("cairn dev --dir {d} --namenodes {n}"),
+    };
+    println!("Ctrl-C stops the cluster; `{again}` starts it again with its data.");
     shutdown.cancelled().await;
     println!("stopping…");
     if let Some(m) = mounted {

@@ -28,6 +28,12 @@ use crate::Client;
 
 /// Pipelines tried per block before giving up on full replication.
 const MAX_PLACEMENT_ROUNDS: usize = 5;
+/// How long a block short of its required replicas is tried again, for datanodes to come
+/// back (see [`Client::upload_block`]).
+const PLACEMENT_PATIENCE: Duration = Duration::from_secs(15);
+
+/// A block stored on fewer datanodes than required, and why.
+struct Shortfall(FsError);
 /// How long a write waits for the namenode to finish deleting a block it stores again (the
 /// same bytes as garbage being collected): a few heartbeats normally.
 const BUSY_WAIT: Duration = Duration::from_secs(60);
@@ -322,6 +328,10 @@ impl Client {
     /// A small block with datanodes `placed` (see `CreateReply::place`) is sent there while
     /// the namenode is asked for a placement, which still decides: what it says is stored
     /// already, or is being deleted (then the early copies do not count), wins.
+    ///
+    /// Too few datanodes to reach `min_replicas` is a pause of up to [`PLACEMENT_PATIENCE`],
+    /// not an error at once: after a namenode's start or a change of leader, datanodes
+    /// register again one by one, and the first placements know only those already back.
     pub(crate) async fn upload_block(
         &self,
         ino: Ino,
@@ -329,6 +339,30 @@ impl Client {
         placed: Vec<DatanodeAddr>,
     ) -> FsResult<(BlockId, Vec<DatanodeAddr>)> {
         let (data, id) = hashed(data).await?;
+        let patience = Instant::now() + PLACEMENT_PATIENCE;
+        let mut placed = placed;
+        loop {
+            let placed = std::mem::take(&mut placed);
+            match self.store_block(ino, id, data.clone(), placed).await {
+                Err(Shortfall(e)) if Instant::now() < patience => {
+                    debug!(block = %id, "waiting for more datanodes: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(Shortfall(e)) => return Err(e),
+                Ok(stored) => return stored,
+            }
+        }
+    }
+
+    /// [`Client::upload_block`] of a block hashed: `Err` when it fell short of the
+    /// replicas required (which waiting may mend), `Ok` with the rest.
+    async fn store_block(
+        &self,
+        ino: Ino,
+        id: BlockId,
+        data: Bytes,
+        placed: Vec<DatanodeAddr>,
+    ) -> Result<FsResult<(BlockId, Vec<DatanodeAddr>)>, Shortfall> {
         let len = data.len() as u32;
         // Where each datanode heard of is, to tell where the block ended up.
         let mut known: HashMap<DatanodeId, DatanodeAddr> = HashMap::new();
@@ -409,14 +443,14 @@ impl Client {
                     failed.push((DatanodeId(0), reason));
                     break;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Ok(Err(e)),
             };
             for node in placement.targets.iter().chain(&placement.holders_at) {
                 known.insert(node.id, node.clone());
             }
             if placement.already_stored {
                 self.keep_written(id, data);
-                return Ok((id, placement.holders_at));
+                return Ok(Ok((id, placement.holders_at)));
             }
             want = placement.replication as usize;
             stored.extend(placement.holders.iter().copied());
@@ -458,7 +492,7 @@ impl Client {
                 warn!(block = %id, stored = stored.len(), want, "block is under-replicated");
             }
             self.keep_written(id, data);
-            return Ok((id, on(&stored, &known)));
+            return Ok(Ok((id, on(&stored, &known))));
         }
         let mut reasons: Vec<String> = failed
             .iter()
@@ -467,11 +501,11 @@ impl Client {
         if reasons.is_empty() {
             reasons.push("no other datanode was offered: the rest are full or down".into());
         }
-        Err(FsError::io(format!(
+        Err(Shortfall(FsError::io(format!(
             "block {id} reached {} of the {need} datanodes required ({})",
             stored.len(),
             reasons.join("; ")
-        )))
+        ))))
     }
 
     /// Keeps a block just written for reads soon after, if it is small (a small file read

@@ -100,6 +100,7 @@ service! {
         GrantWrite(GrantWrite) -> BlockToken,
         Raft(RaftRpc) -> Vec<u8>,
         ListNamenodes(ListNamenodes) -> GroupStatus,
+        ChangeNamenodes(ChangeNamenodes) -> GroupStatus,
     }
 }
 
@@ -589,6 +590,20 @@ pub struct GroupStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// Changes the namenode group through Raft (`cairn admin namenodes add|remove|
+/// transfer-leader`), from the leader; answered with the group as it is after.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ChangeNamenodes {
+    /// Adds the namenode listening at `addr` (started with this group's members in its
+    /// `group` list): it takes a snapshot, catches up, then votes.
+    Add { addr: std::net::SocketAddr },
+    /// Removes member `id`: it no longer counts towards the majority, nor gets the log.
+    Remove { id: u64 },
+    /// Hands the lead to member `to` (by default the voter most caught up): changes pause
+    /// for an election timeout while the others stop expecting the leader.
+    TransferLeader { to: Option<u64> },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub id: u64,
@@ -1021,6 +1036,14 @@ pub enum RaftKind {
     Append,
     Vote,
     Snapshot,
+    /// Who are you: answered with the member's number and the cluster it keeps.
+    Identify,
+    /// Stand for election now (the leader hands over the lead).
+    Elect,
+    /// Do not stand for election for the milliseconds the body says (another is about to).
+    HoldElections,
+    /// Sync your log up to the entry the body says (a barrier: `fsync` on a mount).
+    Sync,
 }
 
 /// Records slices a client has stored; the file grows to at least `size`. Answered with

@@ -29,7 +29,7 @@ use crate::error::{FsError, FsResult};
 use crate::proto::Rpc;
 
 /// The protocol version this build speaks. Bump it on any incompatible wire change.
-pub const PROTOCOL_VERSION: u32 = 26;
+pub const PROTOCOL_VERSION: u32 = 27;
 const ALPN_FALLBACK: &[u8] = b"cairn";
 /// Longest wait for a handshake; peers are on a LAN, so a handshake takes milliseconds.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

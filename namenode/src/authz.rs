@@ -108,7 +108,8 @@ pub fn class(req: &NamenodeRequest) -> Class {
         | R::ForgetDatanode(_)
         | R::ListMounts(_)
         | R::CheckNamespace(_)
-        | R::ListExports(_) => Class::Admin,
+        | R::ListExports(_)
+        | R::ChangeNamenodes(_) => Class::Admin,
         R::Register(_) | R::BlockReport(_) | R::BlockReceived(_) | R::Heartbeat(_) => {
             Class::Datanode
         }

@@ -227,7 +227,7 @@ impl MetaEngine {
             store.clone(),
             &dir.join("snapshots"),
             cluster.clone(),
-            wal.sync_each_write(),
+            wal.clone(),
             seat,
         )?);
         let largest_group = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -265,7 +265,8 @@ impl MetaEngine {
     /// Returns once every change acknowledged before the call is durable (a barrier: the
     /// `fsync` of a file or directory).
     pub async fn sync(&self) -> FsResult<()> {
-        self.wal.barrier().await
+        self.wal.barrier().await?;
+        self.group().sync_quorum().await
     }
 
     /// How many times the log was synced apart from the writes themselves.
@@ -1145,7 +1146,11 @@ fn write_group(store: &Store, group: &Group, pending: Vec<Pending>, deciders: &D
             }
         }
         Err(e) => {
-            deciders.health.failed(&e, pending.len());
+            // A group that lost its leader or quorum refuses changes; its disk has not
+            // failed, and the writes resume under the next leader.
+            if !matches!(e, FsError::Unavailable(_) | FsError::NotLeader(_)) {
+                deciders.health.failed(&e, pending.len());
+            }
             deciders.gc.abandon(&decided.condemned);
             for index in proposed {
                 results[index] = Some(Err(e.clone()));

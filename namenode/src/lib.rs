@@ -1081,6 +1081,16 @@ impl Service for Namenode {
             R::SyncMetadata(_) => respond(ex, subtree, &self.engine.sync().await).await,
             R::Raft(rpc) => ex.respond(&self.engine.group().answer(rpc).await).await,
             R::ListNamenodes(_) => ex.respond(&Ok(self.engine.group().status())).await,
+            R::ChangeNamenodes(change) => {
+                use cairn_common::proto::ChangeNamenodes as C;
+                let group = self.engine.group();
+                let changed = match change {
+                    C::Add { addr } => group.add_namenode(addr, ADD_MEMBER_TIMEOUT).await,
+                    C::Remove { id } => group.remove_member(id).await,
+                    C::TransferLeader { to } => group.transfer_lead(to).await.map(|_| ()),
+                };
+                ex.respond(&changed.map(|()| group.status())).await
+            }
             R::CommitSlices(r) => {
                 self.may_use(&peer, caller, r.ino, crate::perm::WRITE)?;
                 respond(ex, subtree, &self.commit(&who, r).await).await
@@ -1740,8 +1750,13 @@ async fn grow_group(nn: Arc<Namenode>, shutdown: CancellationToken) {
         let voters = metrics.membership_config.membership().voter_ids().collect();
         voters
     };
-    if members(&nn).len() > 1 {
-        return;
+    match nn.engine.group().grown() {
+        Ok(false) => {}
+        Ok(true) => return,
+        Err(e) => {
+            warn!("namenode group: whether it has grown is not known, so it is left as it is: {e}");
+            return;
+        }
     }
     let wanted: Vec<(u64, String)> = (1..)
         .zip(nn.config.group.iter().map(|a| a.to_string()))
@@ -1753,6 +1768,9 @@ async fn grow_group(nn: Arc<Namenode>, shutdown: CancellationToken) {
                 members = wanted.len(),
                 "the namenode group has every member it names"
             );
+            if let Err(e) = nn.engine.group().mark_grown() {
+                warn!("namenode group: recording that it has grown: {e}");
+            }
             return;
         }
         for (id, addr) in wanted.iter().filter(|(id, _)| !have.contains(id)) {
@@ -1815,6 +1833,9 @@ async fn record_trash_settings(nn: &Namenode) {
     }
 }
 
+/// How long `cairn admin namenodes add` waits for the new member to catch up (asked
+/// again, it goes on from where it was).
+const ADD_MEMBER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// How long the founder waits for a new member to catch up before it tries the next.
 const GROW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How soon it tries again for members not in yet.

@@ -414,8 +414,8 @@ impl Store {
         self.delete_range(cf, &first, &end, false)
     }
 
-    /// Every record of the namespace, column family by column family, in key order.
-    #[cfg(test)]
+    /// Every record of the namespace, column family by column family, in key order: what
+    /// two members of a group that applied the same log hold alike.
     pub fn dump(&self) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
         NAMESPACE_CFS
             .into_iter()

@@ -269,7 +269,8 @@ impl Inos for NamenodeRequest {
             | R::ListExports(_)
             | R::GrantWrite(_)
             | R::Raft(_)
-            | R::ListNamenodes(_) => {}
+            | R::ListNamenodes(_)
+            | R::ChangeNamenodes(_) => {}
         }
     }
 }

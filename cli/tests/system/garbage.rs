@@ -343,7 +343,7 @@ async fn a_namenode_formatted_anew_does_not_collect_the_old_namespaces_blocks() 
 
     tracing::info!("--- the namenode restarts on an empty metadata directory");
     cluster.stop_namenode().await.unwrap();
-    let meta = cluster.namenode_config.meta_dir.clone();
+    let meta = cluster.namenodes[0].config.meta_dir.clone();
     let aside = dir.path().join("namenode-aside");
     std::fs::rename(&meta, &aside).unwrap();
     cluster.start_namenode().await.unwrap();
@@ -403,7 +403,8 @@ async fn a_block_whose_record_lost_its_count_is_not_collected() {
     tracing::info!("--- the namenode stopped, the block's record made to count no reference");
     cluster.stop_namenode().await.unwrap();
     {
-        let store = cairn_namenode::store::Store::open(&cluster.namenode_config.meta_dir).unwrap();
+        let store =
+            cairn_namenode::store::Store::open(&cluster.namenodes[0].config.meta_dir).unwrap();
         let mut record = store.block(&blocks[0]).unwrap().expect("recorded");
         assert_eq!(record.refs, 1);
         record.refs = 0;

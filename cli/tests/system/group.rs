@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cairn_cli::devcluster::DevCluster;
 use cairn_client::{Client, ClientConfig, Owner};
 use cairn_common::cert::{self, Role};
 use cairn_common::transport::TlsPaths;
@@ -163,5 +164,184 @@ async fn three_namenodes_keep_the_namespace_when_the_leader_is_killed() {
     for member in &mut members {
         member.kill();
     }
+    cluster.stop().await.unwrap();
+}
+
+/// Waits until every member the leader lists holds its whole log, and returns the group.
+fn wait_until_caught_up(cluster: &DevCluster) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, group) = admin(cluster, &["namenodes"]);
+        let caught_up = code == 0
+            && group["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["id"] == group["leader"] || m["matched"] == group["last_log"]);
+        if caught_up {
+            return group;
+        }
+        assert!(Instant::now() < deadline, "members not caught up: {group}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_are_added_removed_and_handed_the_lead_under_load() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 1).await;
+    cluster.stop_namenode().await.unwrap();
+    let base = NamenodeConfig::load(&cluster.dir().join("namenode.toml")).unwrap();
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let log = |i: usize| cluster.dir().join(format!("namenode-{}.log", i + 1));
+    // Three found the group; the fourth, started later, lists them and itself last.
+    let mut members: Vec<ChildNamenode> = (0..3)
+        .map(|i| {
+            ChildNamenode::start(
+                &member_config(cluster.dir(), &base, &addrs[..3], i),
+                &log(i),
+            )
+        })
+        .collect();
+    wait_for_log(
+        &log(0),
+        "the namenode group has every member it names",
+        Duration::from_secs(60),
+    );
+    // `cairn` and the clients know every address, the fourth's too.
+    let mut config = ClientConfig::load(&cluster.client_config_path).unwrap();
+    config.namenodes = addrs.clone();
+    fs::write(
+        &cluster.client_config_path,
+        toml::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+
+    tracing::info!("--- a client makes directories all along");
+    let client = Client::connect(config).await.unwrap();
+    let work = client
+        .mkdir(Ino::ROOT, b"work", 0o755, Owner::current())
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("d{}", acked.len());
+                match client
+                    .mkdir(work.ino, name.as_bytes(), 0o755, Owner::current())
+                    .await
+                {
+                    Ok(_) => acked.push(name),
+                    Err(e) => return Err(format!("mkdir {name}: {e}")),
+                }
+            }
+            Ok(acked)
+        })
+    };
+
+    tracing::info!("--- a fourth member is added");
+    let fourth = member_config(cluster.dir(), &base, &addrs, 3);
+    members.push(ChildNamenode::start(&fourth, &log(3)));
+    let (code, group) = admin(&cluster, &["namenodes", "add", &addrs[3].to_string()]);
+    assert_eq!(code, 0, "{group}");
+    let voters = group["members"].as_array().unwrap();
+    assert_eq!(voters.len(), 4, "{group}");
+    assert!(voters.iter().all(|m| m["voter"] == true), "{group}");
+
+    tracing::info!("--- the lead is handed to it");
+    let (code, group) = admin(&cluster, &["namenodes", "transfer-leader", "--to", "4"]);
+    assert_eq!(code, 0, "{group}");
+    assert_eq!(group["leader"], 4, "{group}");
+
+    tracing::info!("--- the founder is removed");
+    let (code, group) = admin(&cluster, &["namenodes", "remove", "1"]);
+    assert_eq!(code, 0, "{group}");
+    let ids: Vec<u64> = group["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [2, 3, 4], "{group}");
+    let out = admin_text(&cluster, &["namenodes", "remove", "9"]);
+    assert!(out.contains("the group has no member 9"), "{out}");
+
+    tracing::info!("--- handed on again, with no member named");
+    let (code, group) = admin(&cluster, &["namenodes", "transfer-leader"]);
+    assert_eq!(code, 0, "{group}");
+    assert_ne!(group["leader"], 4, "{group}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await.unwrap().expect("no change refused");
+    assert!(acked.len() > 10, "only {} changes made", acked.len());
+    let names = names_in(&client, work.ino).await;
+    for name in &acked {
+        assert!(names.contains(name), "{name} was acknowledged and is gone");
+    }
+
+    tracing::info!("--- every member holds the same namespace");
+    wait_until_caught_up(&cluster);
+    // Followers apply what they hold once the next heartbeat says it is committed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for member in &mut members {
+        member.kill();
+    }
+    let dump = |i: usize| {
+        let meta = cluster.dir().join(format!("namenode-{}", i + 1));
+        cairn_namenode::store::Store::open(&meta).unwrap().dump()
+    };
+    let leader_view = dump(1);
+    assert!(!leader_view.is_empty());
+    for i in [2, 3] {
+        assert!(
+            dump(i) == leader_view,
+            "member {} differs from member 2",
+            i + 1
+        );
+    }
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dev_cluster_of_three_namenodes_serves_files_after_its_leader_stops() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 3);
+    opts.namenodes = 3;
+    let mut cluster = DevCluster::start(opts.clone()).await.unwrap();
+    let (code, group) = admin(&cluster, &["namenodes"]);
+    assert_eq!(code, 0, "{group}");
+    assert_eq!(group["members"].as_array().unwrap().len(), 3, "{group}");
+    let client = cluster.mount_client().await.unwrap();
+    let data = random_bytes(3 << 20, 23);
+    let before = put(&client, "before", &data, 1 << 20).await;
+
+    tracing::info!("--- the leader stops: the next leader serves reads and writes");
+    let leader = group["leader"].as_u64().unwrap() as usize - 1;
+    cluster.stop_member(leader).await.unwrap();
+    assert_eq!(get(&client, before.ino, 1 << 20).await, data);
+    let more = random_bytes(1 << 20, 24);
+    let after = put(&client, "after", &more, 1 << 20).await;
+    assert_eq!(get(&client, after.ino, 1 << 20).await, more);
+    drop(client);
+    cluster.stop().await.unwrap();
+
+    tracing::info!("--- started again as a group, with everything; alone, refused");
+    let mut alone = opts.clone();
+    alone.namenodes = 1;
+    let refused = DevCluster::start(alone).await.err().expect("refused");
+    assert!(
+        format!("{refused:#}").contains("start it with --namenodes 3"),
+        "{refused:#}"
+    );
+    let cluster = DevCluster::start(opts).await.unwrap();
+    let client = cluster.mount_client().await.unwrap();
+    assert_eq!(get(&client, before.ino, 1 << 20).await, data);
+    assert_eq!(get(&client, after.ino, 1 << 20).await, more);
+    drop(client);
     cluster.stop().await.unwrap();
 }

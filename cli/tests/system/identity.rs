@@ -474,7 +474,7 @@ async fn a_revoked_certificate_is_refused_at_once_also_on_a_connection_it_alread
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A new connection is refused as well.
-    let again = connection_as(&cluster, "laptop", cluster.namenode_addr, Role::Namenode).await;
+    let again = connection_as(&cluster, "laptop", cluster.namenode_addr(), Role::Namenode).await;
     match again {
         Ok(conn) => assert!(revoked(getattr(conn).await.map(|_| ()))),
         Err(e) => assert!(e.to_string().contains("revoked"), "{e}"),

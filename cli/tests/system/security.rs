@@ -26,7 +26,7 @@ async fn still_serving(cluster: &cairn_cli::devcluster::DevCluster) {
 async fn peers_without_a_cluster_certificate_get_no_stream() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 1).await;
-    let addr = cluster.namenode_addr;
+    let addr = cluster.namenode_addr();
     let certs = cluster.dir().join("certs");
 
     tracing::info!("--- a client presenting no certificate");
@@ -170,7 +170,7 @@ async fn a_peer_of_another_protocol_version_is_told_both_versions() {
     let endpoint = transport::client_endpoint(&identity, &opts).unwrap();
     let err = transport::connect(
         &endpoint,
-        cluster.namenode_addr,
+        cluster.namenode_addr(),
         Role::Namenode,
         opts.protocol_version,
     )
@@ -202,7 +202,7 @@ async fn raw_exchange(
 async fn junk_on_the_wire_gets_an_error_and_the_daemons_keep_serving() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path(), 1).await;
-    let nn = raw_connection(&cluster, cluster.namenode_addr, Role::Namenode).await;
+    let nn = raw_connection(&cluster, cluster.namenode_addr(), Role::Namenode).await;
 
     tracing::info!("--- a garbage frame");
     let mut garbage = 16u32.to_be_bytes().to_vec();
@@ -449,7 +449,7 @@ async fn another_certificate_cannot_act_for_a_mounts_session() {
         kind: proto::LockKind::Write,
         pid: 1,
     };
-    let victim = raw_connection(&cluster, cluster.namenode_addr, Role::Namenode).await;
+    let victim = raw_connection(&cluster, cluster.namenode_addr(), Role::Namenode).await;
     call(
         &victim,
         proto::SetLock {
@@ -588,7 +588,7 @@ async fn a_false_report_of_bad_replicas_evicts_nothing() {
     };
     let before = sorted(replicas(&client, attr.ino).await);
     assert!(before.values().all(|at| at.len() == 3), "{before:?}");
-    let liar = raw_connection(&cluster, cluster.namenode_addr, Role::Namenode).await;
+    let liar = raw_connection(&cluster, cluster.namenode_addr(), Role::Namenode).await;
     // One replica of each block (of all of them, a reader's map would wait for a report).
     for (block, at) in &before {
         let report = proto::ReportBadReplica {
@@ -717,7 +717,7 @@ async fn timestamps_out_of_range_are_refused_and_stored_ones_stay() {
         .await
         .unwrap()
         .attr;
-    let conn = raw_connection(&cluster, cluster.namenode_addr, Role::Namenode).await;
+    let conn = raw_connection(&cluster, cluster.namenode_addr(), Role::Namenode).await;
     let at = |secs, nanos| {
         cairn_common::attr::TimeSet::At(cairn_common::attr::Timestamp { secs, nanos })
     };
@@ -905,19 +905,15 @@ async fn a_client_with_the_revocation_list_refuses_a_revoked_server() {
         key: certs.join("admin.key"),
         crl: Some(certs.join(cert::CRL_FILE)),
     };
+    let namenode = cluster.namenode_addr();
     let reach = |paths: transport::TlsPaths| async move {
         let identity = paths
             .load()
             .map_err(|e| FsError::invalid(format!("{e:#}")))?;
         let opts = TransportOptions::default();
         let endpoint = transport::client_endpoint(&identity, &opts).unwrap();
-        let conn = transport::connect(
-            &endpoint,
-            cluster.namenode_addr,
-            Role::Namenode,
-            opts.protocol_version,
-        )
-        .await?;
+        let conn =
+            transport::connect(&endpoint, namenode, Role::Namenode, opts.protocol_version).await?;
         getattr_root(&conn).await.map(|_| ())
     };
 

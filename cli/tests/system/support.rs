@@ -397,7 +397,7 @@ pub fn config_for(cluster: &DevCluster, who: &cairn_common::cert::CertIdentity) 
     let certs = cluster.dir().join("certs");
     let paths = cairn_common::cert::issue_as(&certs, who, &certs, 1).unwrap();
     let config = cairn_client::ClientConfig::new(
-        cluster.namenode_addr,
+        cluster.namenode_addr(),
         cairn_common::transport::TlsPaths {
             ca_cert: certs.join(cairn_common::cert::CA_CERT_FILE),
             cert: paths.cert,
@@ -418,7 +418,7 @@ pub async fn client_for(cluster: &DevCluster, who: &cairn_common::cert::CertIden
 /// A bare QUIC connection to the namenode with the certificate `certs/<name>.pem` of
 /// `cluster`'s CA directory, for speaking the protocol by hand as that certificate.
 pub async fn namenode_connection_as(cluster: &DevCluster, name: &str) -> quinn::Connection {
-    connection_as(cluster, name, cluster.namenode_addr, Role::Namenode)
+    connection_as(cluster, name, cluster.namenode_addr(), Role::Namenode)
         .await
         .expect("connect")
 }

@@ -1,5 +1,8 @@
-//! The Raft log and vote, kept in the store's `raft_log` and `raft_state` families. An
-//! entry counts as written, and a vote as cast, only once RocksDB has synced it.
+//! The Raft log and vote, kept in the store's `raft_log` and `raft_state` families. A vote
+//! counts as cast only once RocksDB has synced it. An entry counts as written once it is in
+//! RocksDB's write-ahead log, in the kernel (a crash of the process loses nothing), and is
+//! synced as the namenode's durability says: with the write, or within the window; a
+//! barrier has a majority of the members sync it (`Group::sync_quorum`).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -12,6 +15,7 @@ use openraft::{
 
 use super::{decode, encode, io_error, NodeId, StorageError, TypeConfig};
 use crate::store::{Cf, Store};
+use crate::walsync::WalSync;
 
 const VOTE: &[u8] = b"vote";
 /// The last entry purged from the log (its effect is in the namespace).
@@ -26,14 +30,15 @@ fn key(index: u64) -> [u8; 8] {
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<Store>,
-    /// Whether an entry is synced before Raft counts it as written; if not, the store's
-    /// log is synced within the namenode's window (see `crate::walsync`). Votes always are.
-    sync: bool,
+    /// When entries reach the disk: synced before Raft counts them as written, or told
+    /// to the syncer, which syncs them within the namenode's window or at a barrier (see
+    /// `crate::walsync`). Votes always are synced.
+    wal: Arc<WalSync>,
 }
 
 impl LogStore {
-    pub fn new(store: Arc<Store>, sync: bool) -> LogStore {
-        LogStore { store, sync }
+    pub fn new(store: Arc<Store>, wal: Arc<WalSync>) -> LogStore {
+        LogStore { store, wal }
     }
 
     fn read_state<T: serde::de::DeserializeOwned>(
@@ -177,13 +182,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|entry| (key(entry.get_log_id().index).to_vec(), encode(&entry)))
             .collect();
         // Raft counts the entries as this member's once the callback says so.
-        let (store, sync) = (self.store.clone(), self.sync);
+        let (store, wal) = (self.store.clone(), self.wal.clone());
         let written = tokio::task::spawn_blocking(move || {
             let mut txn = store.txn();
             for (k, v) in records {
                 txn.put_raw(Cf::RaftLog, k, v);
             }
-            store.commit(txn, sync)
+            store.commit(txn, wal.sync_each_write())?;
+            wal.wrote();
+            Ok::<_, cairn_common::FsError>(())
         })
         .await
         .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;

@@ -21,7 +21,7 @@ use openraft::raft::{
 use openraft::Raft;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Member, NodeId, TypeConfig};
 
@@ -85,6 +85,16 @@ fn unreachable<E: std::error::Error>(why: impl std::fmt::Display) -> SendError<E
 }
 
 impl Link {
+    /// A link to the namenode at `addr`, member or not yet.
+    pub fn to(network: &Network, addr: SocketAddr) -> Link {
+        Link {
+            pool: network.pool.clone(),
+            cluster: network.cluster.clone(),
+            target: 0,
+            addr: addr.to_string(),
+        }
+    }
+
     /// Sends `req` as a message of `kind` and returns the member's answer.
     async fn call<Req, Resp, E>(
         &self,
@@ -97,13 +107,47 @@ impl Link {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let body = postcard::to_stdvec(req).map_err(|e| unreachable(e))?;
+        let reply = self
+            .send(kind, body, option.hard_ttl())
+            .await
+            .map_err(unreachable)?;
+        let answer: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply)
+            .map_err(|e| unreachable(format!("member {}'s answer: {e}", self.target)))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Sends a message of Cairn's own (not Raft's: [`RaftKind::Identify`] and the lead's
+    /// handing over) and returns the answer.
+    pub async fn ask<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        kind: RaftKind,
+        req: &Req,
+    ) -> FsResult<Resp> {
+        let body = postcard::to_stdvec(req)
+            .map_err(|e| FsError::io(format!("encoding a {kind:?} message: {e}")))?;
+        let reply = self
+            .send(kind, body, ASK_TIMEOUT)
+            .await
+            .map_err(FsError::Unavailable)?;
+        postcard::from_bytes(&reply).map_err(|e| {
+            FsError::protocol(format!("the answer of the namenode at {}: {e}", self.addr))
+        })
+    }
+
+    /// Sends one message and returns the answer's bytes, or why none came.
+    async fn send(
+        &self,
+        kind: RaftKind,
+        body: Vec<u8>,
+        within: std::time::Duration,
+    ) -> Result<Vec<u8>, String> {
         let addr: SocketAddr = self.addr.parse().map_err(|e| {
-            unreachable(format!(
+            format!(
                 "member {} has no address ({:?}): {e}",
                 self.target, self.addr
-            ))
+            )
         })?;
-        let body = postcard::to_stdvec(req).map_err(|e| unreachable(e))?;
         let envelope = NamenodeEnvelope {
             caller: Caller::ROOT,
             req: NamenodeRequest::Raft(RaftRpc {
@@ -122,28 +166,22 @@ impl Link {
             }
             reply
         };
-        let reply = match tokio::time::timeout(option.hard_ttl(), sent).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
-                return Err(unreachable(format!(
-                    "member {} at {addr}: {e}",
-                    self.target
-                )))
-            }
+        match tokio::time::timeout(within, sent).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(format!("member {} at {addr}: {e}", self.target)),
             Err(_) => {
                 self.pool.forget(addr);
-                return Err(unreachable(format!(
-                    "member {} at {addr}: no answer within {:?}",
-                    self.target,
-                    option.hard_ttl()
-                )));
+                Err(format!(
+                    "member {} at {addr}: no answer within {within:?}",
+                    self.target
+                ))
             }
-        };
-        let answer: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply)
-            .map_err(|e| unreachable(format!("member {}'s answer: {e}", self.target)))?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        }
     }
 }
+
+/// How long a message of Cairn's own may take to be answered.
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl RaftNetwork<TypeConfig> for Link {
     async fn append_entries(
@@ -171,13 +209,8 @@ impl RaftNetwork<TypeConfig> for Link {
     }
 }
 
-/// Answers a Raft message another member sent: refused if it comes from a group keeping
-/// another namespace, or does not decode.
-pub async fn answer(
-    raft: &Raft<TypeConfig>,
-    cluster: &ClusterId,
-    rpc: RaftRpc,
-) -> FsResult<Vec<u8>> {
+/// Refuses a message from a member of a group keeping another namespace.
+pub fn check_cluster(cluster: &ClusterId, rpc: &RaftRpc) -> FsResult<()> {
     let ours = cluster.get();
     if ours != 0 && rpc.cluster != ours {
         warn!(
@@ -190,6 +223,18 @@ pub async fn answer(
             rpc.cluster
         )));
     }
+    Ok(())
+}
+
+/// Answers a Raft message another member sent: refused if it comes from a group keeping
+/// another namespace, or does not decode.
+pub async fn answer(
+    raft: &Raft<TypeConfig>,
+    cluster: &ClusterId,
+    rpc: RaftRpc,
+) -> FsResult<Vec<u8>> {
+    check_cluster(cluster, &rpc)?;
+    let ours = cluster.get();
     fn decode<T: DeserializeOwned>(kind: RaftKind, body: &[u8]) -> FsResult<T> {
         postcard::from_bytes(body).map_err(|e| {
             FsError::protocol(format!("a Raft {kind:?} message that does not decode: {e}"))
@@ -211,5 +256,34 @@ pub async fn answer(
             let req: InstallSnapshotRequest<TypeConfig> = decode(rpc.kind, &rpc.body)?;
             encode(&raft.install_snapshot(req).await)
         }
+        RaftKind::Identify => {
+            let id = raft.metrics().borrow().id;
+            encode(&(id, ours))
+        }
+        RaftKind::Elect => {
+            let () = decode(rpc.kind, &rpc.body)?;
+            info!("standing for election: the leader hands over the lead");
+            raft.trigger()
+                .elect()
+                .await
+                .map_err(|e| FsError::io(format!("standing for election: {e}")))?;
+            encode(&())
+        }
+        RaftKind::Sync => Err(FsError::invalid("a Sync message is the group's to answer")),
+        RaftKind::HoldElections => {
+            let ms: u64 = decode(rpc.kind, &rpc.body)?;
+            let ms = ms.min(HOLD_AT_MOST_MS);
+            raft.runtime_config().elect(false);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                raft.runtime_config().elect(true);
+            });
+            encode(&())
+        }
     }
 }
+
+/// The longest a member holds its elections when asked: the leader handing over the lead
+/// asks for less, and a member must not stay out of elections for long on any message.
+const HOLD_AT_MOST_MS: u64 = 10_000;

@@ -25,13 +25,21 @@ use super::machine::{Machine, StateMachine};
 use super::net::{self, ClusterId, Network};
 use super::{Answer, Member, NodeId, Proposal, TypeConfig};
 use crate::store::{Cf, Store};
+use crate::walsync::WalSync;
 
 /// `raft_state` key: this member's number in the group.
 const MEMBER_ID: &[u8] = b"member";
+/// `raft_state` key, present once the founder has added the members its configuration
+/// named, or an operator has changed the members: from then on they change only by hand.
+const GROWN: &[u8] = b"grown";
 /// How long a lone member may take to lead after it starts.
 const LEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a change proposed may take to be committed and applied.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a member asked to sync its log waits for the entries to reach it.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long each step of handing the lead over may take.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long building a snapshot, and purging the log it replaces, may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -66,6 +74,13 @@ pub struct Group {
     raft: Raft<TypeConfig>,
     id: NodeId,
     cluster: Arc<ClusterId>,
+    store: Arc<Store>,
+    wal: Arc<WalSync>,
+    /// How this member reaches the others outside Raft's own messages (none alone).
+    network: Option<Network>,
+    /// Set while this leader hands the lead to another: it takes no changes and answers
+    /// nothing, so that the others' leases run out and one can be elected.
+    handing: std::sync::atomic::AtomicBool,
     runtime: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -80,10 +95,11 @@ impl Group {
         store: Arc<Store>,
         snapshots: &Path,
         cluster: Arc<ClusterId>,
-        sync: bool,
+        wal: Arc<WalSync>,
         seat: Seat,
     ) -> anyhow::Result<Group> {
         let machine = Machine::open(store.clone(), snapshots, cluster.clone())?;
+        let kept = store.clone();
         let id = match store.get_raw(Cf::RaftState, MEMBER_ID)? {
             Some(b) => crate::store::decode::<NodeId>("member id", &b)?,
             None => {
@@ -97,6 +113,10 @@ impl Group {
                 seat.id
             }
         };
+        let network = seat
+            .links
+            .clone()
+            .map(|pool| Network::new(pool, cluster.clone()));
         let links = match seat.links {
             Some(pool) => Links::Quic(Network::new(pool, cluster.clone())),
             None => Links::Alone,
@@ -117,7 +137,7 @@ impl Group {
             ..Default::default()
         };
         let config = Arc::new(config.validate()?);
-        let log = LogStore::new(store, sync);
+        let log = LogStore::new(store, wal.clone());
         let machine = StateMachine::new(machine);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -159,6 +179,10 @@ impl Group {
             raft,
             id,
             cluster,
+            network,
+            store: kept,
+            wal,
+            handing: Default::default(),
             runtime,
             stop: Some(stop),
             thread: Some(thread),
@@ -169,6 +193,11 @@ impl Group {
     /// is committed and applied here. For the writer's thread (it blocks). Refused with
     /// `Unavailable` on a member that does not lead, naming the one that does if known.
     pub fn propose(&self, proposal: Proposal) -> FsResult<Answer> {
+        if self.handing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(FsError::unavailable(
+                "this namenode is handing the lead of its group to another",
+            ));
+        }
         let written = self.runtime.block_on(async {
             tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(proposal)).await
         });
@@ -199,7 +228,69 @@ impl Group {
 
     /// Answers a Raft message from another member.
     pub async fn answer(&self, rpc: cairn_common::proto::RaftRpc) -> FsResult<Vec<u8>> {
-        net::answer(&self.raft, &self.cluster, rpc).await
+        if rpc.kind != cairn_common::proto::RaftKind::Sync {
+            return net::answer(&self.raft, &self.cluster, rpc).await;
+        }
+        net::check_cluster(&self.cluster, &rpc)?;
+        let upto: u64 = postcard::from_bytes(&rpc.body)
+            .map_err(|e| FsError::protocol(format!("a Sync message that does not decode: {e}")))?;
+        // A member of the majority that took the entries holds them already; another may
+        // be receiving them now.
+        self.wait_for(
+            SYNC_TIMEOUT,
+            |m| m.last_log_index >= Some(upto),
+            "the entries to sync received",
+        )
+        .await?;
+        self.wal.barrier().await?;
+        postcard::to_stdvec(&()).map_err(|e| FsError::io(e.to_string()))
+    }
+
+    /// Returns once a majority of the voters has synced the log up to what this leader has
+    /// applied (everything it acknowledged): a barrier of the group. This member's own log
+    /// is synced by the caller; the others are asked at once, and the first of them to
+    /// answer make the majority.
+    pub async fn sync_quorum(&self) -> FsResult<()> {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let others: Vec<NodeId> = membership.voter_ids().filter(|v| *v != self.id).collect();
+        // A majority of the voters is half of them and one: this member, and half.
+        let voters = others.len() + 1;
+        let mut needed = voters / 2;
+        if needed == 0 {
+            return Ok(());
+        }
+        let network = self.network()?;
+        let upto = metrics.last_applied.map_or(0, |l| l.index);
+        let mut asked = tokio::task::JoinSet::new();
+        for id in others {
+            let Some(addr) = membership.get_node(&id).and_then(|n| n.addr.parse().ok()) else {
+                continue;
+            };
+            let link = net::Link::to(network, addr);
+            asked.spawn(async move {
+                let synced: FsResult<()> =
+                    link.ask(cairn_common::proto::RaftKind::Sync, &upto).await;
+                (id, synced)
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(done) = asked.join_next().await {
+            match done {
+                Ok((_, Ok(()))) => {
+                    needed -= 1;
+                    if needed == 0 {
+                        return Ok(());
+                    }
+                }
+                Ok((id, Err(e))) => failures.push(format!("member {id}: {e}")),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        Err(FsError::unavailable(format!(
+            "a majority of the namenode group did not sync its log: {}",
+            failures.join("; ")
+        )))
     }
 
     /// Adds member `id`, reached at `addr`, as a voter: it first receives a snapshot (the
@@ -245,6 +336,181 @@ impl Group {
             .map_err(|e| failed("as a voter", &e))?;
         info!(member = id, %addr, "member added to the namenode group");
         Ok(())
+    }
+
+    /// Adds the namenode listening at `addr`: asks it who it is (its member number, drawn
+    /// from its own `group` list, and the cluster it keeps), then adds it as
+    /// [`Group::add_member`] does. From the leader.
+    pub async fn add_namenode(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> FsResult<()> {
+        self.leading()?;
+        let network = self.network()?;
+        let (id, cluster): (NodeId, u64) = net::Link::to(network, addr)
+            .ask(cairn_common::proto::RaftKind::Identify, &())
+            .await?;
+        let ours = self.cluster.get();
+        if cluster != 0 && cluster != ours {
+            return Err(FsError::invalid(format!(
+                "the namenode at {addr} keeps cluster {cluster:016x}, not this group's \
+                 {ours:016x}: start it with an empty meta_dir to join"
+            )));
+        }
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        if let Some(node) = membership.get_node(&id) {
+            if node.addr != addr.to_string() {
+                return Err(FsError::invalid(format!(
+                    "the namenode at {addr} is member {id} by its group list, and the group \
+                     has member {id} at {}: give the new one a place of its own at the end \
+                     of its `group` list",
+                    node.addr
+                )));
+            }
+        }
+        self.add_member(id, addr.to_string(), timeout).await
+    }
+
+    /// Removes member `id` (a voter or a learner still catching up); it no longer counts
+    /// towards the majority nor gets the log. The last voter stays. From the leader; when
+    /// it removes itself, it steps down once the change is committed.
+    pub async fn remove_member(&self, id: NodeId) -> FsResult<()> {
+        self.leading()?;
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(FsError::NotFound);
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let change = if !voters.contains(&id) {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else if voters.len() == 1 {
+            return Err(FsError::invalid(
+                "the group's only voter cannot be removed: add another namenode first",
+            ));
+        } else {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| FsError::unavailable(format!("removing member {id}: {e}")))?;
+        info!(member = id, "member removed from the namenode group");
+        self.mark_grown()
+    }
+
+    /// Hands the lead to voter `to` (by default the one most caught up) and returns its
+    /// number. Raft's vote is refused while a leader's lease lasts, so this leader stops
+    /// taking changes and sending heartbeats, waits for `to` to hold its whole log, asks
+    /// the other voters to hold their elections, waits out the lease, then asks `to` to
+    /// stand. Changes pause about an election timeout; clients move on to the new leader.
+    pub async fn transfer_lead(&self, to: Option<NodeId>) -> FsResult<NodeId> {
+        use std::sync::atomic::Ordering;
+        self.leading()?;
+        let network = self.network()?;
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let others: Vec<NodeId> = membership.voter_ids().filter(|v| *v != self.id).collect();
+        let matched = |id: &NodeId| {
+            let replication = metrics.replication.as_ref()?;
+            replication.get(id).cloned().flatten().map(|l| l.index)
+        };
+        let to = match to {
+            Some(to) if to == self.id => return Ok(to),
+            Some(to) if others.contains(&to) => to,
+            Some(to) => {
+                return Err(FsError::invalid(format!(
+                    "member {to} is not a voter of the group (voters: {:?})",
+                    membership.voter_ids().collect::<Vec<_>>()
+                )))
+            }
+            None => *others
+                .iter()
+                .max_by_key(|id| matched(id))
+                .ok_or_else(|| FsError::invalid("a group of one has nobody to hand the lead to"))?,
+        };
+        let addr_of = |id: NodeId| -> FsResult<std::net::SocketAddr> {
+            let node = membership.get_node(&id).ok_or(FsError::NotFound)?;
+            node.addr
+                .parse()
+                .map_err(|e| FsError::io(format!("member {id}'s address {:?}: {e}", node.addr)))
+        };
+        info!(to, "handing the lead of the namenode group over");
+        self.handing.store(true, Ordering::Relaxed);
+        self.raft.runtime_config().heartbeat(false);
+        let handed = async {
+            let last = self.metrics().last_log_index;
+            self.wait_for(
+                HAND_OVER_TIMEOUT,
+                |m| {
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&to).cloned().flatten());
+                    matched.map(|l| l.index) >= last
+                },
+                "the new leader holds the whole log",
+            )
+            .await?;
+            let hold = self.lease() + HAND_OVER_TIMEOUT;
+            for other in others.iter().filter(|o| **o != to) {
+                let link = net::Link::to(network, addr_of(*other)?);
+                let asked: FsResult<()> = link
+                    .ask(
+                        cairn_common::proto::RaftKind::HoldElections,
+                        &(hold.as_millis() as u64),
+                    )
+                    .await;
+                if let Err(e) = asked {
+                    // One that cannot be reached does not stand either.
+                    warn!(member = other, "asking to hold elections: {e}");
+                }
+            }
+            tokio::time::sleep(self.lease() + Duration::from_millis(200)).await;
+            let link = net::Link::to(network, addr_of(to)?);
+            let () = link.ask(cairn_common::proto::RaftKind::Elect, &()).await?;
+            self.wait_for(
+                HAND_OVER_TIMEOUT,
+                |m| m.current_leader == Some(to),
+                "the new leader elected",
+            )
+            .await
+        }
+        .await;
+        self.raft.runtime_config().heartbeat(true);
+        self.handing.store(false, Ordering::Relaxed);
+        handed?;
+        info!(to, "member {to} leads the namenode group now");
+        Ok(to)
+    }
+
+    /// Whether the group's members are the operator's to change from now on (see
+    /// [`GROWN`]).
+    pub fn grown(&self) -> FsResult<bool> {
+        Ok(self.store.get_raw(Cf::RaftState, GROWN)?.is_some())
+    }
+
+    /// Records that the group's members are the operator's to change from now on.
+    pub fn mark_grown(&self) -> FsResult<()> {
+        let mut txn = self.store.txn();
+        txn.put_raw(Cf::RaftState, GROWN.to_vec(), Vec::new());
+        self.store.commit(txn, true)
+    }
+
+    /// How long a follower refuses to vote after it last heard from its leader.
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.raft.config().election_timeout_max)
+    }
+
+    fn network(&self) -> FsResult<&Network> {
+        self.network.as_ref().ok_or_else(|| {
+            FsError::invalid(
+                "this namenode is alone (no `group` in its configuration): list the group's \
+                 members in `group` on each, then start them",
+            )
+        })
     }
 
     /// Builds a snapshot of the namespace as applied now and purges the log it covers, so
@@ -298,6 +564,10 @@ impl Group {
     /// deposed without knowing it yet never answers from an old namespace.
     pub async fn serving(&self) -> FsResult<()> {
         self.leading()?;
+        if self.handing.load(std::sync::atomic::Ordering::Relaxed) {
+            // Asked again of the next member, it reaches the new leader.
+            return Err(FsError::NotLeader(None));
+        }
         let voters = self
             .metrics()
             .membership_config

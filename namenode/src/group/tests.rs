@@ -27,10 +27,18 @@ fn open(dir: &std::path::Path) -> (LogStore, StateMachine, Arc<Store>) {
     let store = Arc::new(Store::open(&dir.join("meta")).unwrap());
     let machine = Machine::open(store.clone(), &dir.join("snapshots"), Arc::default()).unwrap();
     (
-        LogStore::new(store.clone(), true),
+        LogStore::new(store.clone(), synced(&store)),
         StateMachine::new(machine),
         store,
     )
+}
+
+/// A syncer that syncs each write with it.
+fn synced(store: &Arc<Store>) -> Arc<crate::walsync::WalSync> {
+    let always = crate::walsync::Durability::Always;
+    crate::walsync::WalSync::start(store.clone(), always)
+        .unwrap()
+        .0
 }
 
 #[test]
@@ -265,6 +273,7 @@ mod three {
     use crate::group::Proposal;
     use crate::ops::MetaOpKind;
     use crate::store::Store;
+    use crate::walsync::{Durability, WalSync};
 
     /// What a namenode serves of the group: Raft's messages, to the member once it runs.
     struct Members {
@@ -296,6 +305,7 @@ mod three {
     struct Namenode {
         dir: tempfile::TempDir,
         store: Arc<Store>,
+        wal: Arc<WalSync>,
         addr: String,
         members: Arc<Members>,
         stop: CancellationToken,
@@ -313,6 +323,9 @@ mod three {
     ) -> (Namenode, Arc<ConnectionPool>, Arc<ClusterId>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("meta")).unwrap());
+        // The window syncs after the test: what is synced during it, a barrier synced.
+        let window = Durability::Window(Duration::from_secs(600));
+        let (wal, _) = WalSync::start(store.clone(), window).unwrap();
         let identity = tls(ca, name);
         let opts = TransportOptions::default();
         let endpoint =
@@ -329,6 +342,7 @@ mod three {
             Namenode {
                 dir,
                 store,
+                wal,
                 addr,
                 members,
                 stop,
@@ -356,7 +370,7 @@ mod three {
                 n.store.clone(),
                 &n.dir.path().join("snapshots"),
                 cluster,
-                false,
+                n.wal.clone(),
                 seat,
             )
             .unwrap(),
@@ -446,6 +460,13 @@ mod three {
             "b learned the cluster from the snapshot"
         );
 
+        tracing::info!("--- a barrier has a majority sync the log at once");
+        let synced = || b.wal.syncs() + c.wal.syncs();
+        let before = synced();
+        create(&leader, &["synced"]).await.unwrap();
+        leader.sync_quorum().await.unwrap();
+        assert!(synced() > before, "no follower synced its log");
+
         tracing::info!("--- a follower refuses to propose, naming the leader");
         let refused = create(&member_b, &["on-b"]).await.unwrap_err();
         assert!(matches!(refused, FsError::Unavailable(_)), "{refused}");
@@ -482,7 +503,7 @@ mod three {
         let new_leader = new_leader.expect("no new leader");
         create(&new_leader, &["after-a"]).await.unwrap();
         agree(&[&b.store, &c.store]).await;
-        assert_eq!(names(&b.store).len(), 6);
+        assert_eq!(names(&b.store).len(), 7);
 
         tracing::info!("--- bad messages are refused and the group goes on");
         let stranger = RaftRpc {
@@ -511,5 +532,18 @@ mod three {
             postcard::from_bytes(&answer).unwrap();
         assert!(!answer.unwrap().vote_granted);
         create(&new_leader, &["still-serving"]).await.unwrap();
+        new_leader.sync_quorum().await.unwrap();
+
+        tracing::info!("--- with the last other member gone, a barrier fails, and says why");
+        if Arc::ptr_eq(&new_leader, &member_b) {
+            c.stop.cancel();
+        } else {
+            b.stop.cancel();
+        }
+        let refused = new_leader.sync_quorum().await.unwrap_err();
+        assert!(
+            refused.to_string().contains("did not sync its log"),
+            "{refused}"
+        );
     }
 }
