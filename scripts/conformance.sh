@@ -19,18 +19,9 @@
 set -eu
 DIR="${1:?usage: conformance.sh MOUNTED_DIR [PJDFSTEST_TEST_FILTER...]}"
 shift
-TOOLS="${CAIRN_TOOLS_DIR:-$HOME/.cache/cairn-tools}"
 FSX_OPS="${FSX_OPS:-3000}"
 FSX_SEEDS="${FSX_SEEDS:-1 2}"
-
-tool() { # NAME VERSION: the path of the tool, installed if missing
-    if ! "$TOOLS/bin/$1" --version 2>/dev/null | grep -qF "$2"; then
-        echo "--- installing $1 $2 in $TOOLS" >&2
-        CARGO_TARGET_DIR="$TOOLS/target" cargo install --quiet --locked --version "$2" \
-            --root "$TOOLS" "$1" >&2
-    fi
-    echo "$TOOLS/bin/$1"
-}
+. "$(dirname "$0")/lib.sh"
 PJDFSTEST="$(tool pjdfstest 0.2.2)"
 FSX="$(tool fsx 0.3.2)"
 
@@ -64,26 +55,7 @@ TOML
 sed 's/^allow_remount = REMOUNT/allow_remount = true/' "$WORK/pjdfstest.toml" \
     >"$WORK/pjdfstest-remount.toml"
 sed -i 's/^allow_remount = REMOUNT/allow_remount = false/' "$WORK/pjdfstest.toml"
-cat >"$WORK/fsx.toml" <<'TOML'
-flen = 8388608
-[opsize]
-max = 1048576
-[weights]
-close_open = 2
-read = 10
-write = 10
-mapread = 5
-mapwrite = 5
-invalidate = 1
-truncate = 3
-fsync = 1
-fdatasync = 1
-posix_fallocate = 2
-punch_hole = 1
-sendfile = 1
-posix_fadvise = 1
-copy_file_range = 1
-TOML
+fsx_config "$WORK/fsx.toml"
 
 echo "--- pjdfstest on $DIR"
 cd "$HERE"

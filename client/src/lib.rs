@@ -30,6 +30,10 @@ pub use file::FileHandle;
 
 /// How often a waiting lock request asks again.
 const LOCK_RETRY: Duration = Duration::from_millis(50);
+/// How often a lock waiting out a namenode's grace period asks again.
+const LOCK_GRACE_RETRY: Duration = Duration::from_millis(250);
+/// How long a lock being taken back is asked for again while the namenodes elect a leader.
+const RECLAIM_FOR: Duration = Duration::from_secs(30);
 /// How long a request keeps trying to reach the namenode before it fails.
 const NAMENODE_RETRY_FOR: Duration = Duration::from_secs(10);
 /// Entries asked for per readdir page.
@@ -218,6 +222,9 @@ struct Inner {
     unsynced: data::Unsynced,
     /// This client's identity in lock ownership: locks of different mounts never mix.
     session: u64,
+    /// The locks this client holds, as the namenode granted them: taken back from a
+    /// namenode that started or came to lead since (see [`reclaim_locks`]).
+    locks: cairn_common::locks::LockTable,
     /// The numbers of its changes (see `requests.rs`).
     requests: Arc<requests::Requests>,
     /// Block transfers under way, so a block is fetched once however many want it.
@@ -337,6 +344,7 @@ impl Client {
                 own: current_caller(),
                 requests: requests::Requests::new(session),
                 session,
+                locks: Default::default(),
             }),
         })
     }
@@ -1291,7 +1299,13 @@ impl Client {
         range: proto::LockRange,
     ) -> FsResult<Option<proto::LockRange>> {
         let owner = self.lock_owner(owner);
-        self.namenode(proto::GetLock { ino, owner, range }).await
+        loop {
+            match self.namenode(proto::GetLock { ino, owner, range }).await {
+                // The namenode is taking back the locks held before it led.
+                Err(FsError::Busy(_)) => tokio::time::sleep(LOCK_GRACE_RETRY).await,
+                other => return other,
+            }
+        }
     }
 
     /// Takes or drops a lock; with `wait`, tries until it is granted.
@@ -1304,9 +1318,21 @@ impl Client {
     ) -> FsResult<()> {
         let owner = self.lock_owner(owner);
         loop {
-            match self.namenode(proto::SetLock { ino, owner, range }).await {
+            let set = proto::SetLock {
+                ino,
+                owner,
+                range,
+                reclaim: false,
+            };
+            match self.namenode(set).await {
                 Err(FsError::WouldBlock) if wait => {
                     tokio::time::sleep(LOCK_RETRY).await;
+                }
+                Err(FsError::Busy(_)) => tokio::time::sleep(LOCK_GRACE_RETRY).await,
+                Ok(()) => {
+                    // As the namenode's table has it: the same call on the same locks.
+                    let _ = self.inner.locks.set(ino, owner, range);
+                    return Ok(());
                 }
                 other => return other,
             }
@@ -1316,6 +1342,7 @@ impl Client {
     /// Drops every lock `owner` holds on `ino`.
     pub async fn release_locks(&self, ino: Ino, owner: u64) -> FsResult<()> {
         let owner = self.lock_owner(owner);
+        self.inner.locks.release(ino, owner);
         self.namenode(proto::ReleaseLocks { ino, owner }).await
     }
 
@@ -1879,6 +1906,8 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
             inner.fresh.feed_restarted();
             inner.void_in_kernel(None).await;
             inner.opens.maps_changed_elsewhere(None);
+            // Another namenode run: its lock table starts empty.
+            tokio::spawn(reclaim_locks(Client::from_inner(inner.clone())));
         }
         if inner
             .identity()
@@ -1908,6 +1937,7 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
                     inner.fresh.feed_restarted();
                     inner.void_in_kernel(None).await;
                     inner.opens.maps_changed_elsewhere(None);
+                    tokio::spawn(reclaim_locks(Client::from_inner(inner.clone())));
                 }
                 Some(_) => {}
                 None => inner.deleg.drop_all(),
@@ -1916,6 +1946,57 @@ async fn follow_changes(client: std::sync::Weak<Inner>) {
             inner.fresh.synced(asked);
         }
     }
+}
+
+/// Takes back every lock `client` holds from a namenode that may not know them: one that
+/// started, or came to lead its group, since they were granted (its feed says so). A lock
+/// the namenode no longer grants (taken back too late) is lost: said, and dropped here.
+async fn reclaim_locks(client: Client) {
+    let held = client.inner.locks.held();
+    if held.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + RECLAIM_FOR;
+    let mut kept = 0;
+    for (ino, owner, range) in held {
+        let reclaim = proto::SetLock {
+            ino,
+            owner,
+            range,
+            reclaim: true,
+        };
+        let taken = loop {
+            match client.namenode(reclaim.clone()).await {
+                // Asked again: taking back is the same however often it is asked.
+                Err(FsError::Unavailable(_) | FsError::NotLeader(_))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(LOCK_GRACE_RETRY).await
+                }
+                other => break other,
+            }
+        };
+        match taken {
+            Ok(()) => kept += 1,
+            Err(e) => {
+                tracing::error!(
+                    %ino,
+                    start = range.start,
+                    end = range.end,
+                    "a lock held by this mount is lost: {e}"
+                );
+                let unlock = proto::LockRange {
+                    kind: proto::LockKind::Unlock,
+                    ..range
+                };
+                let _ = client.inner.locks.set(ino, owner, unlock);
+            }
+        }
+    }
+    tracing::info!(
+        locks = kept,
+        "locks taken back from the namenode now serving"
+    );
 }
 
 /// Resolves once the feed's own read (which holds one reference) is all that holds `client`.

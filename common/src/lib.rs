@@ -14,6 +14,7 @@ pub mod error;
 pub mod exports;
 pub mod ids;
 pub mod layout;
+pub mod locks;
 pub mod namenodes;
 pub mod proto;
 pub mod token;

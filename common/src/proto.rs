@@ -1149,6 +1149,9 @@ pub struct SetLock {
     pub ino: Ino,
     pub owner: LockOwnerId,
     pub range: LockRange,
+    /// Taking back a lock held before the namenode started or came to lead: granted in its
+    /// grace period (when new locks wait, `Busy`), refused after it unless still held.
+    pub reclaim: bool,
 }
 
 /// Drops every lock `owner` holds on `ino` (a close).

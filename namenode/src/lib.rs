@@ -15,7 +15,7 @@ pub mod group;
 pub mod inopool;
 pub mod keys;
 pub mod known;
-pub mod locks;
+pub use cairn_common::locks;
 pub mod meta_health;
 pub mod opens;
 pub mod ops;
@@ -1139,7 +1139,10 @@ impl Service for Namenode {
             }
             R::ListDatanodes(_) => respond(ex, subtree, &Ok(self.blocks.statuses())).await,
             R::GetLock(r) => {
-                respond(ex, subtree, &Ok(self.locks.test(r.ino, r.owner, &r.range))).await
+                let tested = self
+                    .locks_settled()
+                    .map(|()| self.locks.test(r.ino, r.owner, &r.range));
+                respond(ex, subtree, &tested).await
             }
             R::SetLock(r) => {
                 self.lock_sessions
@@ -1148,7 +1151,15 @@ impl Service for Namenode {
                     .entry(peer.serial)
                     .or_default()
                     .insert(r.owner.session);
-                respond(ex, subtree, &self.locks.set(r.ino, r.owner, r.range)).await
+                let set = if r.reclaim {
+                    self.reclaim_lock(r.ino, r.owner, r.range)
+                } else if r.range.kind == cairn_common::proto::LockKind::Unlock {
+                    self.locks.set(r.ino, r.owner, r.range)
+                } else {
+                    self.locks_settled()
+                        .and_then(|()| self.locks.set(r.ino, r.owner, r.range))
+                };
+                respond(ex, subtree, &set).await
             }
             R::ReleaseLocks(r) => {
                 self.locks.release(r.ino, r.owner);
@@ -1421,6 +1432,41 @@ impl Service for Namenode {
 }
 
 impl Namenode {
+    /// Refuses (`Busy`, which clients wait out) to grant or test a lock while the clients
+    /// may still be taking back those they held before this namenode started or came to
+    /// lead: until then its table lacks them, and could give one to two owners.
+    fn locks_settled(&self) -> FsResult<()> {
+        if self.opens.in_grace() {
+            return Err(FsError::Busy(
+                "locks held before this namenode came to lead are being taken back (a \
+                 lease's grace); new ones wait until then"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes back a lock a client held before this namenode started or came to lead: in
+    /// the grace period, as it was (unless it conflicts with one taken back already); after
+    /// it, only if it is still held (a client whose connection changed), since another may
+    /// have taken and released it meanwhile.
+    fn reclaim_lock(
+        &self,
+        ino: Ino,
+        owner: cairn_common::proto::LockOwnerId,
+        range: cairn_common::proto::LockRange,
+    ) -> FsResult<()> {
+        if self.opens.in_grace() {
+            return self.locks.set(ino, owner, range);
+        }
+        if self.locks.holds(ino, owner, &range) {
+            return Ok(());
+        }
+        Err(FsError::invalid(
+            "lock lost: it was not taken back within the grace after the namenode changed",
+        ))
+    }
+
     /// Refuses to commit a slice of a block the namespace does not know and no live datanode
     /// holds: such a block was never stored, or was collected as an abandoned upload while
     /// its client was silent. A datanode reports a block as it acknowledges it, so the
@@ -1810,6 +1856,8 @@ async fn take_the_lead(nn: Arc<Namenode>, shutdown: CancellationToken) {
                 "this namenode leads its group now: safe mode until the datanodes report"
             );
             nn.opens.restart_grace();
+            // Locks granted in an earlier lead are stale: the clients take theirs back.
+            nn.locks.clear();
             nn.safe_mode.restart();
             record_trash_settings(&nn).await;
         } else if leading && !now {

@@ -345,3 +345,74 @@ async fn a_dev_cluster_of_three_namenodes_serves_files_after_its_leader_stops() 
     drop(client);
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_are_taken_back_from_a_new_leader_and_refused_to_others_meanwhile() {
+    use cairn_common::proto::{LockKind, LockRange};
+    use cairn_common::FsError;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = quick_options(dir.path(), 1);
+    opts.namenodes = 3;
+    opts.replication = 1;
+    opts.min_replicas = 1;
+    // The grace after a change of leader: the shortest a lease may be.
+    opts.open_lease_ms = 15_000;
+    let mut cluster = DevCluster::start(opts).await.unwrap();
+    let holder = cluster.mount_client().await.unwrap();
+    holder.follow_changes();
+    let other = cluster.mount_client().await.unwrap();
+    other.follow_changes();
+    let file = holder
+        .create(Ino::ROOT, b"locked", 0o644, true, false, Owner::current())
+        .await
+        .unwrap()
+        .attr
+        .ino;
+    let range = |kind| LockRange {
+        start: 0,
+        end: 99,
+        kind,
+        pid: 1,
+    };
+    holder
+        .set_lock(file, 1, range(LockKind::Write), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.set_lock(file, 1, range(LockKind::Write), false).await,
+        Err(FsError::WouldBlock)
+    );
+
+    tracing::info!("--- the leader stops: the holder takes its lock back from the next");
+    let (_, group) = admin(&cluster, &["namenodes"]);
+    let leader = group["leader"].as_u64().unwrap() as usize - 1;
+    cluster.stop_member(leader).await.unwrap();
+    let asked = Instant::now();
+    // The other's try waits out the grace, then finds the lock held still.
+    assert_eq!(
+        other.set_lock(file, 1, range(LockKind::Write), false).await,
+        Err(FsError::WouldBlock)
+    );
+    tracing::info!(waited = ?asked.elapsed(), "the other was refused after the grace");
+    assert_eq!(
+        other
+            .get_lock(file, 1, range(LockKind::Read))
+            .await
+            .unwrap(),
+        Some(range(LockKind::Write)),
+        "the new leader knows who holds it"
+    );
+
+    tracing::info!("--- released, it goes to the other");
+    holder
+        .set_lock(file, 1, range(LockKind::Unlock), false)
+        .await
+        .unwrap();
+    other
+        .set_lock(file, 1, range(LockKind::Write), false)
+        .await
+        .unwrap();
+    drop((holder, other));
+    cluster.stop().await.unwrap();
+}

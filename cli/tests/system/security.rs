@@ -456,6 +456,7 @@ async fn another_certificate_cannot_act_for_a_mounts_session() {
             ino: file,
             owner,
             range,
+            reclaim: false,
         },
     )
     .await
@@ -482,6 +483,7 @@ async fn another_certificate_cannot_act_for_a_mounts_session() {
                 ino: file,
                 owner,
                 range: unlock,
+                reclaim: false,
             },
         )
         .await,

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_common::{FsError, FsResult};
 use openraft::error::{
@@ -81,6 +81,8 @@ pub struct Group {
     /// Set while this leader hands the lead to another: it takes no changes and answers
     /// nothing, so that the others' leases run out and one can be elected.
     handing: std::sync::atomic::AtomicBool,
+    /// How recently a majority confirmed this member's lead (see [`Group::serving`]).
+    lease: Arc<Lease>,
     runtime: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -183,6 +185,7 @@ impl Group {
             store: kept,
             wal,
             handing: Default::default(),
+            lease: Default::default(),
             runtime,
             stop: Some(stop),
             thread: Some(thread),
@@ -198,6 +201,7 @@ impl Group {
                 "this namenode is handing the lead of its group to another",
             ));
         }
+        let asked = Instant::now();
         let written = self.runtime.block_on(async {
             tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(proposal)).await
         });
@@ -210,7 +214,11 @@ impl Group {
             )));
         };
         match written {
-            Ok(response) => Ok(response.data),
+            Ok(response) => {
+                // A majority took an entry sent after `asked`: the lead held then.
+                self.lease.renew(asked, response.log_id.leader_id.term);
+                Ok(response.data)
+            }
             // Whether the entry is committed after all is the new leader's to say: the
             // client asks it again only what it may (what it named, what changes nothing).
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -562,23 +570,45 @@ impl Group {
     /// and (in a group of several) a quorum has just confirmed it and its namespace is
     /// applied up to what was committed then (Raft's read index), so that a leader
     /// deposed without knowing it yet never answers from an old namespace.
+    ///
+    /// The confirmation is a lease: for [`LEASE_READ`] after a majority confirmed the lead
+    /// (the moment before the confirming message was sent), this member answers without
+    /// asking again. That is safe because a follower refuses to vote for another for the
+    /// largest election timeout (2 s, twice as long) after it last heard from its leader,
+    /// and it heard after that moment. Past half the lease, a request still answered at
+    /// once has the lease renewed behind it, so a busy leader asks a majority about once
+    /// every half second, not once per request.
     pub async fn serving(&self) -> FsResult<()> {
-        self.leading()?;
+        let (leads, term, voters) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let voters = m.membership_config.membership().voter_ids().count();
+            (m.state == ServerState::Leader, m.current_term, voters)
+        };
+        if !leads {
+            return self.leading();
+        }
         if self.handing.load(std::sync::atomic::Ordering::Relaxed) {
             // Asked again of the next member, it reaches the new leader.
             return Err(FsError::NotLeader(None));
         }
-        let voters = self
-            .metrics()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .count();
         if voters <= 1 {
             return Ok(());
         }
+        match self.lease.age(term) {
+            Some(age) if age < LEASE_READ / 2 => return Ok(()),
+            Some(age) if age < LEASE_READ => {
+                self.lease.renew_behind(self.raft.clone(), term);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let asked = Instant::now();
         match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.lease.renew(asked, term);
+                Ok(())
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 self.leading().and(Err(FsError::NotLeader(None)))
             }
@@ -653,6 +683,55 @@ impl Drop for Group {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// How long a leader answers without asking a majority again after one confirmed its lead:
+/// half the time a follower refuses to vote for another (openraft's leader lease, the
+/// largest election timeout), the other half a margin for clocks that run apart.
+const LEASE_READ: Duration = Duration::from_millis(1000);
+
+/// When a majority last confirmed this member's lead, and in which term.
+#[derive(Default)]
+struct Lease {
+    confirmed: std::sync::Mutex<Option<(Instant, u64)>>,
+    /// A renewal is under way behind the requests answered meanwhile.
+    renewing: std::sync::atomic::AtomicBool,
+}
+
+impl Lease {
+    /// A majority confirmed the lead of `term` with a message sent after `since`.
+    fn renew(&self, since: Instant, term: u64) {
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        match *confirmed {
+            Some((at, t)) if t == term && at >= since => {}
+            _ => *confirmed = Some((since, term)),
+        }
+    }
+
+    /// How long ago the lead of `term` was last confirmed (none: not in this term).
+    fn age(&self, term: u64) -> Option<Duration> {
+        let confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        match *confirmed {
+            Some((at, t)) if t == term => Some(at.elapsed()),
+            _ => None,
+        }
+    }
+
+    /// Renews the lease of `term` in the background, unless that is under way.
+    fn renew_behind(self: &Arc<Self>, raft: Raft<TypeConfig>, term: u64) {
+        use std::sync::atomic::Ordering;
+        if self.renewing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let lease = self.clone();
+        tokio::spawn(async move {
+            let asked = Instant::now();
+            if raft.ensure_linearizable().await.is_ok() {
+                lease.renew(asked, term);
+            }
+            lease.renewing.store(false, Ordering::Release);
+        });
     }
 }
 

@@ -1,11 +1,13 @@
 //! Byte-range locks (POSIX `fcntl` and BSD `flock`, the latter as whole-file ranges), shared
-//! by every mount. Soft state, as in NFS: a namenode restart drops them.
+//! by every mount: the namenode's table of them, and each client's of its own. Soft state,
+//! as in NFS: a namenode that starts, or comes to lead its group, has none, and the clients
+//! take theirs back in its grace period (`SetLock::reclaim`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cairn_common::proto::{LockKind, LockOwnerId, LockRange};
-use cairn_common::{FsError, FsResult, Ino};
+use crate::proto::{LockKind, LockOwnerId, LockRange};
+use crate::{FsError, FsResult, Ino};
 
 #[derive(Clone, Copy, Debug)]
 struct Held {
@@ -98,6 +100,35 @@ impl LockTable {
         dropped
     }
 
+    /// Every lock held, by file and owner.
+    pub fn held(&self) -> Vec<(Ino, LockOwnerId, LockRange)> {
+        let table = self.lock();
+        let mut all: Vec<_> = table
+            .iter()
+            .flat_map(|(ino, held)| held.iter().map(move |h| (*ino, h.owner, h.range)))
+            .collect();
+        all.sort_by_key(|(ino, owner, range)| (*ino, owner.session, owner.owner, range.start));
+        all
+    }
+
+    /// Whether `owner` holds `range` on `ino`, of its kind, in one lock.
+    pub fn holds(&self, ino: Ino, owner: LockOwnerId, range: &LockRange) -> bool {
+        let table = self.lock();
+        table.get(&ino).is_some_and(|held| {
+            held.iter().any(|h| {
+                h.owner == owner
+                    && h.range.kind == range.kind
+                    && h.range.start <= range.start
+                    && range.end <= h.range.end
+            })
+        })
+    }
+
+    /// Forgets every lock (a namenode that comes to lead anew).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Drops every lock `owner` holds on `ino`.
     pub fn release(&self, ino: Ino, owner: LockOwnerId) {
         let mut table = self.lock();
@@ -163,5 +194,30 @@ mod tests {
             t.set(f, b, r(0, 0, LockKind::Write)),
             Err(FsError::WouldBlock)
         );
+    }
+
+    #[test]
+    fn what_is_held_is_listed_and_found_again() {
+        let t = LockTable::default();
+        let a = LockOwnerId {
+            session: 1,
+            owner: 7,
+        };
+        let f = Ino(5);
+        t.set(f, a, r(0, 99, LockKind::Write)).unwrap();
+        t.set(f, a, r(40, 59, LockKind::Unlock)).unwrap();
+        let held = t.held();
+        assert_eq!(held.len(), 2, "{held:?}");
+        // Taken back one by one into an empty table, they are the same locks.
+        let again = LockTable::default();
+        for (ino, owner, range) in &held {
+            again.set(*ino, *owner, *range).unwrap();
+        }
+        assert_eq!(again.held(), held);
+        assert!(t.holds(f, a, &r(10, 20, LockKind::Write)));
+        assert!(!t.holds(f, a, &r(10, 50, LockKind::Write)), "a hole in it");
+        assert!(!t.holds(f, a, &r(10, 20, LockKind::Read)), "another kind");
+        t.clear();
+        assert!(t.held().is_empty());
     }
 }
