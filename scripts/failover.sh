@@ -23,6 +23,8 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+# Stopped by a signal, it still cleans up.
+trap 'exit 1' INT TERM
 fail() {
     echo "failover: $*"
     for f in "$WORK"/*.log; do echo "--- $f"; tail -20 "$f"; done

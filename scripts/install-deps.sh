@@ -15,7 +15,7 @@ apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config ca-certificates curl \
     librocksdb-dev libclang-dev clang \
     fuse3 libfuse3-dev \
-    git sqlite3 rsync tar python3 util-linux systemd $BENCH >/dev/null
+    git sqlite3 rsync tar python3 util-linux systemd iproute2 $BENCH >/dev/null
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
         :

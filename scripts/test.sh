@@ -13,3 +13,4 @@ ulimit -c 0
 cargo test --workspace -- --test-threads=2
 ./scripts/smoke-dev.sh "$CARGO_TARGET_DIR/debug/cairn"
 ./scripts/failover.sh "$CARGO_TARGET_DIR/debug/cairn"
+./scripts/partition.sh "$CARGO_TARGET_DIR/debug/cairn"
