@@ -33,16 +33,7 @@ fail() {
 export CAIRN_CONFIG="$DEV/cairn-client.toml"
 
 echo "--- the group's configurations, from cairn dev --namenodes 3"
-"$CAIRN" dev --dir "$DEV" --namenodes 3 --namenode 127.0.0.1:0 >"$WORK/dev.out" 2>"$WORK/dev.log" &
-DEV_PID=$!
-i=0
-until grep -q "Ctrl-C stops the cluster" "$WORK/dev.out" 2>/dev/null; do
-    i=$((i + 1))
-    [ "$i" -le 600 ] && kill -0 "$DEV_PID" 2>/dev/null || fail "cairn dev did not start"
-    sleep 0.1
-done
-kill -INT "$DEV_PID"
-wait "$DEV_PID"
+group_configs "$CAIRN" "$DEV" "$WORK" || fail "cairn dev did not start"
 
 member_config() { # I: member I's configuration file
     if [ "$1" = 1 ]; then echo "$DEV/namenode.toml"; else echo "$DEV/namenode-$1.toml"; fi

@@ -33,3 +33,19 @@ posix_fadvise = 1
 copy_file_range = 1
 TOML
 }
+
+group_configs() { # CAIRN DEV WORK: `cairn dev --namenodes 3` run once in DEV, for its files
+    "$1" dev --dir "$2" --namenodes 3 --namenode 127.0.0.1:0 >"$3/dev.out" 2>"$3/dev.log" &
+    dev_pid=$!
+    i=0
+    until grep -q "Ctrl-C stops the cluster" "$3/dev.out" 2>/dev/null; do
+        i=$((i + 1))
+        if [ "$i" -gt 600 ] || ! kill -0 "$dev_pid" 2>/dev/null; then
+            kill -9 "$dev_pid" 2>/dev/null || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    kill -INT "$dev_pid"
+    wait "$dev_pid"
+}

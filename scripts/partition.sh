@@ -6,6 +6,8 @@
 # whose mkdir returned is there. Needs root (ip netns).
 set -eu
 CAIRN="${1:?usage: partition.sh PATH/TO/cairn}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+. "$HERE/lib.sh"
 WORK="$(mktemp -d)"
 DEV="$WORK/dev"
 TAG="c$$"
@@ -29,16 +31,7 @@ fail() {
 export CAIRN_CONFIG="$DEV/cairn-client.toml"
 
 echo "--- configurations from cairn dev --namenodes 3, moved to 10.77.0.1-3"
-"$CAIRN" dev --dir "$DEV" --namenodes 3 --namenode 127.0.0.1:0 >"$WORK/dev.out" 2>"$WORK/dev.log" &
-DEV_PID=$!
-i=0
-until grep -q "Ctrl-C stops the cluster" "$WORK/dev.out" 2>/dev/null; do
-    i=$((i + 1))
-    [ "$i" -le 600 ] && kill -0 "$DEV_PID" 2>/dev/null || fail "cairn dev did not start"
-    sleep 0.1
-done
-kill -INT "$DEV_PID"
-wait "$DEV_PID"
+group_configs "$CAIRN" "$DEV" "$WORK" || fail "cairn dev did not start"
 # A new namespace at the new addresses: the certificates and configurations are kept.
 rm -rf "$DEV"/namenode "$DEV"/namenode-2 "$DEV"/namenode-3 "$DEV"/datanode-1 \
     "$DEV"/datanode-2 "$DEV"/datanode-3
