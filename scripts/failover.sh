@@ -25,19 +25,11 @@ cleanup() {
 trap cleanup EXIT
 # Stopped by a signal, it still cleans up.
 trap 'exit 1' INT TERM
-fail() {
-    echo "failover: $*"
-    for f in "$WORK"/*.log; do echo "--- $f"; tail -20 "$f"; done
-    exit 1
-}
 export CAIRN_CONFIG="$DEV/cairn-client.toml"
 
 echo "--- the group's configurations, from cairn dev --namenodes 3"
 group_configs "$CAIRN" "$DEV" "$WORK" || fail "cairn dev did not start"
 
-member_config() { # I: member I's configuration file
-    if [ "$1" = 1 ]; then echo "$DEV/namenode.toml"; else echo "$DEV/namenode-$1.toml"; fi
-}
 start_member() { # I
     "$CAIRN" namenode --config "$(member_config "$1")" >>"$WORK/namenode-$1.log" 2>&1 &
     eval "NN$1=$!"

@@ -49,3 +49,13 @@ group_configs() { # CAIRN DEV WORK: `cairn dev --namenodes 3` run once in DEV, f
     kill -INT "$dev_pid"
     wait "$dev_pid"
 }
+
+fail() { # MESSAGE: says it, with the end of each log in $WORK, and stops the script
+    echo "$(basename "$0" .sh): $*"
+    for f in "$WORK"/*.log; do echo "--- $f"; tail -20 "$f"; done
+    exit 1
+}
+
+member_config() { # I: the configuration file of namenode group member I in $DEV
+    if [ "$1" = 1 ]; then echo "$DEV/namenode.toml"; else echo "$DEV/namenode-$1.toml"; fi
+}

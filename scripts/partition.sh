@@ -23,11 +23,6 @@ cleanup() {
 trap cleanup EXIT
 # Stopped by a signal, it still cleans up.
 trap 'exit 1' INT TERM
-fail() {
-    echo "partition: $*"
-    for f in "$WORK"/*.log; do echo "--- $f"; tail -15 "$f"; done
-    exit 1
-}
 export CAIRN_CONFIG="$DEV/cairn-client.toml"
 
 echo "--- configurations from cairn dev --namenodes 3, moved to 10.77.0.1-3"
@@ -56,9 +51,6 @@ for i in 1 2 3; do
     ip -n "$ns" link set lo up
 done
 
-member_config() { # I
-    if [ "$1" = 1 ]; then echo "$DEV/namenode.toml"; else echo "$DEV/namenode-$1.toml"; fi
-}
 for i in 1 2 3; do
     ip netns exec "$TAG-$i" "$CAIRN" namenode --config "$(member_config "$i")" \
         >>"$WORK/namenode-$i.log" 2>&1 &
