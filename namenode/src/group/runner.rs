@@ -201,10 +201,23 @@ impl Group {
                 "this namenode is handing the lead of its group to another",
             ));
         }
+        if self.quorum_lost() {
+            return Err(lost_majority());
+        }
         let asked = Instant::now();
         let written = self.runtime.block_on(async {
-            tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(proposal)).await
+            tokio::select! {
+                written = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(proposal)) => {
+                    Some(written)
+                }
+                () = self.losing_majority() => None,
+            }
         });
+        // Cut off from the others: whether the entry is committed after all is the next
+        // leader's to say, and the client asks it (see the `ForwardToLeader` case below).
+        let Some(written) = written else {
+            return Err(lost_majority());
+        };
         let Ok(written) = written else {
             // A leader deposed without knowing it yet commits nothing, and Raft does not give
             // up on what it proposed: the writer does, and goes on.
@@ -524,6 +537,15 @@ impl Group {
     /// Builds a snapshot of the namespace as applied now and purges the log it covers, so
     /// that a member added next starts from it.
     async fn snapshot_and_purge(&self) -> FsResult<()> {
+        // Just founded, a leader has applied nothing yet, and a snapshot then covers no
+        // entry: it would be no snapshot to Raft, and the log would go to the new member
+        // whole — without the namespace the group was founded with, which is in no entry.
+        self.wait_for(
+            SNAPSHOT_TIMEOUT,
+            |m| m.last_applied.is_some(),
+            "the leader's first entry applied",
+        )
+        .await?;
         let applied = self.metrics().last_applied.map(|l| l.index);
         let failed = |e: &dyn std::fmt::Display| FsError::io(e.to_string());
         self.raft
@@ -533,7 +555,7 @@ impl Group {
             .map_err(|e| failed(&e))?;
         self.wait_for(
             SNAPSHOT_TIMEOUT,
-            |m| m.snapshot.map(|l| l.index) >= applied,
+            |m| m.snapshot.is_some_and(|l| Some(l.index) >= applied),
             "snapshot built",
         )
         .await?;
@@ -551,6 +573,29 @@ impl Group {
             .await?;
         }
         Ok(())
+    }
+
+    /// Whether this member leads a group of several but no majority has acknowledged it
+    /// for [`QUORUM_LOST`]: cut off from the others, it may well have been replaced.
+    /// It then serves nothing, and what it was asked to change it gives up on, so that
+    /// clients go to the others (Raft alone would have it wait, its clients with it,
+    /// until it hears of the next term).
+    fn quorum_lost(&self) -> bool {
+        quorum_lost(&self.raft.metrics().borrow())
+    }
+
+    /// Returns once this member has lost its majority (see [`Group::quorum_lost`]); never
+    /// while it keeps it.
+    async fn losing_majority(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if quorum_lost(&metrics.borrow_and_update()) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Refuses, naming the leader if it knows one, unless this member leads.
@@ -595,6 +640,10 @@ impl Group {
         if voters <= 1 {
             return Ok(());
         }
+        if self.quorum_lost() {
+            // Asked again of the next member, it reaches the leader the others elected.
+            return Err(FsError::NotLeader(None));
+        }
         match self.lease.age(term) {
             Some(age) if age < LEASE_READ / 2 => return Ok(()),
             Some(age) if age < LEASE_READ => {
@@ -604,7 +653,11 @@ impl Group {
             _ => {}
         }
         let asked = Instant::now();
-        match self.raft.ensure_linearizable().await {
+        let confirmed = tokio::select! {
+            confirmed = self.raft.ensure_linearizable() => confirmed,
+            () = self.losing_majority() => return Err(FsError::NotLeader(None)),
+        };
+        match confirmed {
             Ok(_) => {
                 self.lease.renew(asked, term);
                 Ok(())
@@ -690,6 +743,28 @@ impl Drop for Group {
 /// half the time a follower refuses to vote for another (openraft's leader lease, the
 /// largest election timeout), the other half a margin for clocks that run apart.
 const LEASE_READ: Duration = Duration::from_millis(1000);
+/// How long a leader of several goes without a majority acknowledging it before it takes
+/// itself for cut off: the largest election timeout, after which the others may have
+/// elected another.
+const QUORUM_LOST: Duration = Duration::from_millis(2000);
+
+/// Whether, by `m`, this member leads a group of several and has not heard from a
+/// majority for [`QUORUM_LOST`].
+fn quorum_lost(m: &openraft::RaftMetrics<NodeId, Member>) -> bool {
+    let voters = m.membership_config.membership().voter_ids().count();
+    m.state == ServerState::Leader
+        && voters > 1
+        && m.millis_since_quorum_ack
+            .is_some_and(|ms| ms > QUORUM_LOST.as_millis() as u64)
+}
+
+/// The refusal of a change by a leader cut off from its majority.
+fn lost_majority() -> FsError {
+    FsError::unavailable(format!(
+        "this namenode has heard from no majority of its group for {} s: another may lead",
+        QUORUM_LOST.as_secs()
+    ))
+}
 
 /// When a majority last confirmed this member's lead, and in which term.
 #[derive(Default)]
