@@ -10,6 +10,7 @@ mod delegation;
 mod garbage;
 mod group;
 mod healing;
+mod history;
 mod identity;
 mod mount;
 mod namespace;

@@ -277,14 +277,24 @@ pub struct ChildNamenode {
 
 impl ChildNamenode {
     pub fn start(config: &Path, log: &Path) -> ChildNamenode {
-        let script =
-            r#"while read -r _; do "$0" namenode --config "$1" >/dev/null 2>>"$2" & echo $!; done"#;
+        Self::start_in(None, config, log)
+    }
+
+    /// [`ChildNamenode::start`] in the network namespace `netns` (by `ip netns exec`, which
+    /// becomes the namenode: the pid is the namenode's).
+    pub fn start_in(netns: Option<&str>, config: &Path, log: &Path) -> ChildNamenode {
+        let script = r#"while read -r _; do $3 "$0" namenode --config "$1" >/dev/null 2>>"$2" & echo $!; done"#;
         let mut launcher = std::process::Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg(env!("CARGO_BIN_EXE_cairn"))
             .arg(config)
             .arg(log)
+            .arg(
+                netns
+                    .map(|ns| format!("ip netns exec {ns}"))
+                    .unwrap_or_default(),
+            )
             .env("CAIRN_LOG", "info")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
