@@ -53,11 +53,14 @@ async fn a_small_file_goes_where_its_create_placed_it_and_its_copies_are_trimmed
     f.write(0, &data).await.unwrap();
     f.close().await.unwrap();
     let ino = created.attr.ino;
-    let mut placed: Vec<_> = created.place.iter().map(|d| d.id).collect();
-    placed.sort();
-    let mut at = replicas(&client, ino).await.into_values().next().unwrap();
-    at.sort();
-    assert_eq!(at, placed, "stored where the create placed it");
+    let placed: Vec<_> = created.place.iter().map(|d| d.id).collect();
+    // A close waits for two copies (`min_replicas`); the third may come later or, on a
+    // loaded machine, fail and be made elsewhere by healing. None goes elsewhere first.
+    let at = replicas(&client, ino).await.into_values().next().unwrap();
+    assert!(
+        at.len() >= 2 && at.iter().all(|d| placed.contains(d)),
+        "stored where the create placed it: {at:?}, placed {placed:?}"
+    );
 
     tracing::info!("--- the same bytes in more files: each may go elsewhere first");
     let names: [&[u8]; 6] = [b"c1", b"c2", b"c3", b"c4", b"c5", b"c6"];
