@@ -242,8 +242,9 @@ pub struct InoRange {
 /// Changes a delegation holder answered itself, in the order it answered them; each is done
 /// on behalf of its own caller, in the delegated directory it names, and refused (EIO) if
 /// the delegation ended before it arrived — unless the namenode restarted since it was given
-/// and started less than [`REPLAY_WINDOW`] ago: what a holder queued under the previous run
-/// is then applied as it comes (CephFS's client replay).
+/// (or, in a group, another member took the lead) less than [`REPLAY_WINDOW`] ago: what a
+/// holder queued under the previous run is then applied as it comes (CephFS's client
+/// replay).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Queued {
     pub ops: Vec<QueuedChange>,

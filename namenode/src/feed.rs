@@ -47,13 +47,19 @@ pub struct ChangeFeed {
     inner: Mutex<Log>,
     /// Bumped whenever a follower reads the feed: what changes waiting for holders watch.
     heard: tokio::sync::watch::Sender<u64>,
-    /// Leases a previous run gave may be trusted until then: changes wait for it.
-    hold_until: Option<Instant>,
     /// Changes under way, by directory they change: a directory is not delegated while
     /// one is (the grant's listing could miss it).
     busy: Mutex<HashMap<Ino, u32>>,
-    /// When this run started: changes queued under the previous run's delegations are
-    /// applied for a while (see `proto::REPLAY_WINDOW`).
+    run: Mutex<Run>,
+}
+
+/// Since when this namenode serves the namespace, and what it inherits from whoever
+/// served it before (a run before a restart, or the group's previous leader).
+struct Run {
+    /// Leases the previous server gave may be trusted until then: changes wait for it.
+    hold_until: Option<Instant>,
+    /// When this run began to serve: changes queued under the previous server's
+    /// delegations are applied for a while (see `proto::REPLAY_WINDOW`).
     started: Instant,
 }
 
@@ -304,16 +310,32 @@ impl ChangeFeed {
             epoch,
             inner: Mutex::default(),
             heard: tokio::sync::watch::Sender::new(0),
-            hold_until: restarted.then(|| Instant::now() + LEASE_HOLD),
             busy: Mutex::default(),
-            started: Instant::now(),
+            run: Mutex::new(Run {
+                hold_until: restarted.then(|| Instant::now() + LEASE_HOLD),
+                started: Instant::now(),
+            }),
         }
     }
 
+    fn run(&self) -> std::sync::MutexGuard<'_, Run> {
+        self.run.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This member took the lead of its group from another: as after a restart, changes
+    /// wait for the leases the previous leader gave, and what its clients queued under
+    /// its delegations is applied for a while.
+    pub fn lead_taken(&self) {
+        let mut run = self.run();
+        run.started = Instant::now();
+        run.hold_until = Some(run.started + LEASE_HOLD);
+    }
+
     /// Are changes queued under a previous run's delegations still applied? For a while
-    /// after a restart (see `proto::REPLAY_WINDOW`).
+    /// after a restart or a change of leader (see `proto::REPLAY_WINDOW`).
     pub fn replaying(&self) -> bool {
-        self.hold_until.is_some() && self.started.elapsed() < cairn_common::proto::REPLAY_WINDOW
+        let run = self.run();
+        run.hold_until.is_some() && run.started.elapsed() < cairn_common::proto::REPLAY_WINDOW
     }
 
     /// Gives connection `conn` a lease on `ino`, if it follows the feed. Taken before the
@@ -634,7 +656,7 @@ impl ChangeFeed {
         let mut log = self.log();
         let mut breaks = Breaks {
             heard: Vec::new(),
-            until: self.hold_until.filter(|t| *t > Instant::now()),
+            until: self.run().hold_until.filter(|t| *t > Instant::now()),
         };
         // Whether some change is news to the connection that made them too.
         let mut news_to_origin = false;
@@ -849,6 +871,25 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn a_member_taking_the_lead_inherits_as_a_restarted_namenode_does() {
+        let feed = ChangeFeed::new(7, false);
+        assert!(!feed.replaying());
+        assert!(feed.push(2, &[], [Change::Inode(Ino(6))]).is_empty());
+        // Elected after running a while as a follower: the previous leader's clients
+        // queued changes under its delegations and trust its leases.
+        feed.lead_taken();
+        assert!(
+            feed.replaying(),
+            "changes queued under its delegations are refused"
+        );
+        let breaks = feed.push(2, &[], [Change::Inode(Ino(6))]);
+        assert!(
+            breaks.until.is_some_and(|t| t > Instant::now()),
+            "a change does not wait for the previous leader's leases"
+        );
     }
 
     #[test]

@@ -1858,6 +1858,11 @@ async fn take_the_lead(nn: Arc<Namenode>, shutdown: CancellationToken) {
             nn.opens.restart_grace();
             // Locks granted in an earlier lead are stale: the clients take theirs back.
             nn.locks.clear();
+            // Another led before (the founder's first lead is term 1): its leases and
+            // delegations, as a restarted namenode's previous run's.
+            if term > 1 {
+                nn.engine.feed().lead_taken();
+            }
             nn.safe_mode.restart();
             record_trash_settings(&nn).await;
         } else if leading && !now {
