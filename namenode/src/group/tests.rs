@@ -411,6 +411,15 @@ mod three {
         }
     }
 
+    /// Formats a namespace of cluster 0x5eed in `n`'s store, before it founds a group.
+    fn format(n: &Namenode, cluster: &ClusterId) {
+        let mut txn = n.store.txn();
+        crate::ops::apply(&mut txn, &op(MetaOpKind::Format { replication: 3 })).unwrap();
+        txn.put_meta_u64(crate::keys::META_CLUSTER_ID, 0x5eed);
+        n.store.commit(txn, true).unwrap();
+        cluster.set(0x5eed);
+    }
+
     /// Proposes creates of `names` on whichever member leads (blocking: the writer's way).
     async fn create(group: &Arc<Group>, names: &[&str]) -> FsResult<()> {
         let ops = names
@@ -433,11 +442,7 @@ mod three {
         cert::init_ca(ca.path(), 30).unwrap();
         let (a, net_a, cluster_a) = namenode(ca.path(), "nn-a");
         let (b, net_b, cluster_b) = namenode(ca.path(), "nn-b");
-        let mut txn = a.store.txn();
-        crate::ops::apply(&mut txn, &op(MetaOpKind::Format { replication: 3 })).unwrap();
-        txn.put_meta_u64(crate::keys::META_CLUSTER_ID, 0x5eed);
-        a.store.commit(txn, true).unwrap();
-        cluster_a.set(0x5eed);
+        format(&a, &cluster_a);
         // The namespace is in no entry: it reaches b only in a snapshot, even one asked
         // for before the founder has applied anything.
         let leader = start(&a, 1, net_a, cluster_a, false);
@@ -461,11 +466,7 @@ mod three {
         let (c, net_c, cluster_c) = namenode(ca.path(), "nn-c");
 
         tracing::info!("--- a founds the group with a namespace of its own, b and c join");
-        let mut txn = a.store.txn();
-        crate::ops::apply(&mut txn, &op(MetaOpKind::Format { replication: 3 })).unwrap();
-        txn.put_meta_u64(crate::keys::META_CLUSTER_ID, 0x5eed);
-        a.store.commit(txn, true).unwrap();
-        cluster_a.set(0x5eed);
+        format(&a, &cluster_a);
         let leader = start(&a, 1, net_a, cluster_a, false);
         create(&leader, &["before-b", "before-c"]).await.unwrap();
         let member_b = start(&b, 2, net_b, cluster_b.clone(), true);
