@@ -32,12 +32,6 @@ const MEMBER_ID: &[u8] = b"member";
 /// `raft_state` key, present once the founder has added the members its configuration
 /// named, or an operator has changed the members: from then on they change only by hand.
 const GROWN: &[u8] = b"grown";
-/// How often a leader tells the others it leads, and how long a follower that heard
-/// nothing waits before it stands (drawn between the two; openraft also has a follower
-/// refuse votes for another for the largest after it last heard from its leader).
-const HEARTBEAT: Duration = Duration::from_millis(100);
-const ELECTION_MIN: Duration = Duration::from_millis(500);
-const ELECTION_MAX: Duration = Duration::from_millis(1000);
 /// How long a lone member may take to lead after it starts.
 const LEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a change proposed may take to be committed and applied.
@@ -133,9 +127,9 @@ impl Group {
         let config = openraft::Config {
             cluster_name: "cairn".into(),
             // Raft also gives each append this long: a loaded machine's must fit.
-            heartbeat_interval: HEARTBEAT.as_millis() as u64,
-            election_timeout_min: ELECTION_MIN.as_millis() as u64,
-            election_timeout_max: ELECTION_MAX.as_millis() as u64,
+            heartbeat_interval: 200,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
             // Sending the last part of a snapshot waits for the member to install it.
             install_snapshot_timeout: 600_000,
             // A snapshot writes the whole namespace: rarely, and the log it replaces is
@@ -625,7 +619,7 @@ impl Group {
     /// The confirmation is a lease: for [`LEASE_READ`] after a majority confirmed the lead
     /// (the moment before the confirming message was sent), this member answers without
     /// asking again. That is safe because a follower refuses to vote for another for the
-    /// largest election timeout (1 s, twice as long) after it last heard from its leader,
+    /// largest election timeout (2 s, twice as long) after it last heard from its leader,
     /// and it heard after that moment. Past half the lease, a request still answered at
     /// once has the lease renewed behind it, so a busy leader asks a majority about once
     /// every half second, not once per request.
@@ -748,11 +742,11 @@ impl Drop for Group {
 /// How long a leader answers without asking a majority again after one confirmed its lead:
 /// half the time a follower refuses to vote for another (openraft's leader lease, the
 /// largest election timeout), the other half a margin for clocks that run apart.
-const LEASE_READ: Duration = Duration::from_millis(ELECTION_MAX.as_millis() as u64 / 2);
+const LEASE_READ: Duration = Duration::from_millis(1000);
 /// How long a leader of several goes without a majority acknowledging it before it takes
 /// itself for cut off: the largest election timeout, after which the others may have
 /// elected another.
-const QUORUM_LOST: Duration = ELECTION_MAX;
+const QUORUM_LOST: Duration = Duration::from_millis(2000);
 
 /// Whether, by `m`, this member leads a group of several and has not heard from a
 /// majority for [`QUORUM_LOST`].
@@ -767,8 +761,8 @@ fn quorum_lost(m: &openraft::RaftMetrics<NodeId, Member>) -> bool {
 /// The refusal of a change by a leader cut off from its majority.
 fn lost_majority() -> FsError {
     FsError::unavailable(format!(
-        "this namenode has heard from no majority of its group for {} ms: another may lead",
-        QUORUM_LOST.as_millis()
+        "this namenode has heard from no majority of its group for {} s: another may lead",
+        QUORUM_LOST.as_secs()
     ))
 }
 
