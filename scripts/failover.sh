@@ -15,16 +15,10 @@ WORK="$(mktemp -d)"
 chmod 0755 "$WORK"
 DEV="$WORK/dev"
 M="$WORK/mnt"
-DAEMONS=""
+PIDS=""
 NN1="" NN2="" NN3=""
-cleanup() {
-    umount -l "$M" 2>/dev/null || true
-    for p in $DAEMONS $NN1 $NN2 $NN3; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-# Stopped by a signal, it still cleans up.
-trap 'exit 1' INT TERM
+before_kill() { umount -l "$M" 2>/dev/null || true; }
+clean_up_on_exit
 export CAIRN_CONFIG="$DEV/cairn-client.toml"
 
 echo "--- the group's configurations, from cairn dev --namenodes 3"
@@ -48,14 +42,14 @@ echo "--- every daemon a process of its own"
 for i in 1 2 3; do start_member "$i"; done
 for i in 1 2 3; do
     "$CAIRN" datanode --config "$DEV/datanode-$i.toml" >>"$WORK/datanode-$i.log" 2>&1 &
-    DAEMONS="$DAEMONS $!"
+    PIDS="$PIDS $!"
 done
 leader >/dev/null
 mkdir "$M"
 "$CAIRN" mount "$M" --config "$DEV/cairn-mount.toml" --daemon --log "$WORK/mount.log" \
     >"$WORK/mount.out" 2>&1 ||
     fail "the mount did not start: $(cat "$WORK/mount.out")"
-DAEMONS="$DAEMONS $(sed -n 's/.*pid \([0-9]*\).*/\1/p' "$WORK/mount.out" | head -1)"
+PIDS="$PIDS $(sed -n 's/.*pid \([0-9]*\).*/\1/p' "$WORK/mount.out" | head -1)"
 
 echo "--- fsx and a syncing writer on the mount"
 fsx_config "$WORK/fsx.toml"

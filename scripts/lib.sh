@@ -50,6 +50,19 @@ group_configs() { # CAIRN DEV WORK: `cairn dev --namenodes 3` run once in DEV, f
     wait "$dev_pid"
 }
 
+clean_up_on_exit() { # however the script ends, a signal too: its `before_kill` if it has
+    # one, the processes in $PIDS and $NN1-$NN3 killed, its `after_kill`, $WORK removed
+    trap clean_up EXIT
+    trap 'exit 1' INT TERM
+}
+
+clean_up() {
+    if command -v before_kill >/dev/null; then before_kill; fi
+    for p in $PIDS $NN1 $NN2 $NN3; do kill -9 "$p" 2>/dev/null || true; done
+    if command -v after_kill >/dev/null; then after_kill; fi
+    rm -rf "$WORK"
+}
+
 fail() { # MESSAGE: says it, with the end of each log in $WORK, and stops the script
     echo "$(basename "$0" .sh): $*"
     for f in "$WORK"/*.log; do echo "--- $f"; tail -20 "$f"; done

@@ -14,15 +14,11 @@ TAG="c$$"
 BR="${TAG}br"
 PIDS=""
 NN1="" NN2="" NN3=""
-cleanup() {
-    for p in $PIDS $NN1 $NN2 $NN3; do kill -9 "$p" 2>/dev/null || true; done
+after_kill() {
     for i in 1 2 3; do ip netns del "$TAG-$i" 2>/dev/null || true; done
     ip link del "$BR" 2>/dev/null || true
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
-# Stopped by a signal, it still cleans up.
-trap 'exit 1' INT TERM
+clean_up_on_exit
 export CAIRN_CONFIG="$DEV/cairn-client.toml"
 
 echo "--- configurations from cairn dev --namenodes 3, moved to 10.77.0.1-3"
