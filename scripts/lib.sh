@@ -60,7 +60,7 @@ clean_up() {
     if command -v before_kill >/dev/null; then before_kill; fi
     for p in $PIDS $NN1 $NN2 $NN3; do kill -9 "$p" 2>/dev/null || true; done
     if command -v after_kill >/dev/null; then after_kill; fi
-    rm -rf "$WORK"
+    if [ -n "${KEEP_WORK:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 
 fail() { # MESSAGE: says it, with the end of each log in $WORK, and stops the script

@@ -708,15 +708,27 @@ impl Client {
                 namenodes.moved_on(addr, e);
             }
             if let Err(FsError::Unavailable(e)) = &res {
-                // The next request dials again instead of reusing a dead connection. One
-                // that only reads, whose change happens once however often it is asked
-                // for, or that names its change (the namenode answers it again as the
-                // first time), is asked again on the new connection: a namenode killed
-                // and started again is then a pause, not an error.
-                self.inner.pool.forget(addr);
+                // Said by a namenode whose connection lives (no datanode yet, no majority
+                // heard): the connection is kept — what this client holds through it, its
+                // delegations, with it — and the request asked again after a pause.
+                // Otherwise the next request dials again instead of reusing a dead
+                // connection.
+                let answered = conn.close_reason().is_none();
+                if !answered {
+                    self.inner.pool.forget_lost(addr, &conn);
+                }
+                // One that only reads, whose change happens once however often it is
+                // asked for, or that names its change (the namenode answers it again as
+                // the first time), is asked again: a namenode killed and started again is
+                // then a pause, not an error.
                 let again = envelope.req.retry_safe() || envelope.request.is_some();
                 if again && tokio::time::Instant::now() < deadline {
-                    tracing::debug!("namenode {addr} lost under a request; asking again: {e}");
+                    if answered {
+                        tracing::debug!("namenode {addr} cannot answer yet: {e}");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    } else {
+                        tracing::debug!("namenode {addr} lost under a request; asking again: {e}");
+                    }
                     continue;
                 }
             } else if let Some(pending) = &mut pending {
@@ -1574,14 +1586,23 @@ impl Client {
         }
         let reserve = async {
             if let Some(count) = self.inner.deleg.should_reserve() {
-                let range = self.namenode_now(proto::ReserveInos { count }).await;
+                let session = self.inner.session;
+                let range = self
+                    .namenode_now(proto::ReserveInos { count, session })
+                    .await;
                 if let Err(e) = &range {
                     tracing::debug!("no inode numbers reserved: {e}");
                 }
                 self.inner.deleg.reserved(range.ok());
             }
         };
-        let (asked, ()) = tokio::join!(self.namenode_now(proto::Delegate { dir }), reserve);
+        let (asked, ()) = tokio::join!(
+            self.namenode_now(proto::Delegate {
+                dir,
+                session: self.inner.session,
+            }),
+            reserve
+        );
         match asked {
             Ok(proto::Delegation { granted: Some(g) }) => {
                 let granted = self.inner.deleg.granted(dir, g);
@@ -1610,7 +1631,10 @@ impl Client {
         };
         let client = self.clone();
         tokio::spawn(async move {
-            let range = client.namenode_now(proto::ReserveInos { count }).await;
+            let session = client.inner.session;
+            let range = client
+                .namenode_now(proto::ReserveInos { count, session })
+                .await;
             if let Err(e) = &range {
                 tracing::debug!("no inode numbers reserved: {e}");
             }
@@ -1725,7 +1749,10 @@ async fn send_queued(client: std::sync::Weak<Inner>) {
         let deadline = tokio::time::Instant::now() + QUEUED_RETRY_FOR;
         let done = loop {
             let done = sender
-                .namenode_now(proto::Queued { ops: batch.clone() })
+                .namenode_now(proto::Queued {
+                    ops: batch.clone(),
+                    session: sender.inner.session,
+                })
                 .await;
             match done {
                 Err(FsError::Unavailable(e)) if tokio::time::Instant::now() < deadline => {

@@ -197,10 +197,20 @@ impl NamenodeRequest {
 /// the holder answers creates and unlinks there itself and sends them later, in order, in
 /// batches ([`Queued`]). Given only to a connection that reads the change feed, for a
 /// directory nobody else holds or had recalled from them lately.
+///
+/// The delegation is the client session's too: if the holder's connection ends, another
+/// connection of the same session (the client reconnected) may send what was queued under
+/// it, unless it was recalled meanwhile or [`RESUME_GRACE`] passed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Delegate {
     pub dir: Ino,
+    /// The client's session (as its opens and locks name it).
+    pub session: u64,
 }
+
+/// How long after a connection ends its session's delegations and unused inode numbers
+/// wait for the client to come back through another connection.
+pub const RESUME_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The answer to a [`Delegate`]: `None` when refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,6 +238,9 @@ pub const DELEGATION_MAX_NAMES: usize = 4096;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReserveInos {
     pub count: u32,
+    /// The client's session: another connection of it may use the numbers (see
+    /// [`Delegate`]).
+    pub session: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -248,6 +261,8 @@ pub struct InoRange {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Queued {
     pub ops: Vec<QueuedChange>,
+    /// The client's session, whose delegations and inode numbers they were made under.
+    pub session: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -29,7 +29,7 @@ use crate::error::{FsError, FsResult};
 use crate::proto::Rpc;
 
 /// The protocol version this build speaks. Bump it on any incompatible wire change.
-pub const PROTOCOL_VERSION: u32 = 27;
+pub const PROTOCOL_VERSION: u32 = 28;
 const ALPN_FALLBACK: &[u8] = b"cairn";
 /// Longest wait for a handshake; peers are on a LAN, so a handshake takes milliseconds.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -887,6 +887,9 @@ pub struct ConnectionPool {
     /// Used instead of the endpoint's default for peers on loopback.
     loopback: quinn::ClientConfig,
     conns: Arc<Mutex<HashMap<SocketAddr, Connection>>>,
+    /// One dial at a time per peer: tasks that want a connection while one is being made
+    /// wait for it and share it (a client's delegations are its connection's).
+    dialing: Arc<Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>>,
     /// Peers that just failed to connect, with when: asking again at once would only wait
     /// out another connect timeout.
     unreachable: Arc<Mutex<HashMap<SocketAddr, (std::time::Instant, FsError)>>>,
@@ -903,6 +906,7 @@ impl ConnectionPool {
             loopback: client_config(identity, opts, PathKind::Loopback)?,
             protocol_version: opts.protocol_version,
             conns: Arc::default(),
+            dialing: Arc::default(),
             unreachable: Arc::default(),
         })
     }
@@ -913,10 +917,20 @@ impl ConnectionPool {
 
     /// A live connection to the `role` server at `addr`, opened if needed.
     pub async fn get(&self, addr: SocketAddr, role: Role) -> FsResult<Connection> {
-        if let Some(conn) = self.lock().get(&addr) {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = self.live(addr) {
+            return Ok(conn);
+        }
+        let dial = self
+            .dialing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone();
+        let _dialing = dial.lock().await;
+        // Made by another task meanwhile.
+        if let Some(conn) = self.live(addr) {
+            return Ok(conn);
         }
         {
             let mut down = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
@@ -946,6 +960,12 @@ impl ConnectionPool {
         Ok(conn)
     }
 
+    fn live(&self, addr: SocketAddr) -> Option<Connection> {
+        let conns = self.lock();
+        let conn = conns.get(&addr)?;
+        conn.close_reason().is_none().then(|| conn.clone())
+    }
+
     /// Lets the next `get` dial `addr` at once even if it just failed.
     pub fn clear_unreachable(&self, addr: SocketAddr) {
         self.unreachable
@@ -959,6 +979,20 @@ impl ConnectionPool {
         if let Some(conn) = self.lock().remove(&addr) {
             conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"forgotten");
         }
+    }
+
+    /// Forgets `conn`, a connection to `addr` a request was lost on, unless another has
+    /// replaced it already: a request lost on an old connection does not close the new.
+    pub fn forget_lost(&self, addr: SocketAddr, conn: &Connection) {
+        let mut conns = self.lock();
+        if conns
+            .get(&addr)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(&addr);
+        }
+        drop(conns);
+        conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"forgotten");
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Connection>> {

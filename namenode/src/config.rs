@@ -135,7 +135,7 @@ const MIN_TOKEN_LIFETIME_SECS: u64 = 60;
 const MAX_TOKEN_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 const MAX_COPIES_PER_NODE: usize = 1024;
 /// How long a connection to or from a member of a namenode group may go without a word.
-pub const GROUP_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const GROUP_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn default_listen() -> SocketAddr {
     "0.0.0.0:7070".parse().expect("literal address")

@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_common::proto::{LEASE_MAP_KEEP, LEASE_TRUST};
+use cairn_common::proto::{LEASE_MAP_KEEP, LEASE_TRUST, RESUME_GRACE};
 use tokio_util::sync::CancellationToken;
 
 /// How long after a holder's last read of the feed arrived its leases still hold changes
@@ -143,6 +143,10 @@ struct Log {
     /// Inode numbers reserved for connections that ended without using them: to be given
     /// back ([`ChangeFeed::take_returned`]).
     returned: Vec<u64>,
+    /// Inode numbers reserved for connections of a client session that ended, by session:
+    /// another connection of the session may use them for [`RESUME_GRACE`], then they are
+    /// given back.
+    parked: HashMap<u64, (Instant, std::collections::HashSet<u64>)>,
 }
 
 /// A directory's delegation: its holder, and once recalled, the position it must read the
@@ -150,7 +154,25 @@ struct Log {
 #[derive(Clone, Copy)]
 struct Deleg {
     holder: u64,
+    /// The holder's client session.
+    session: u64,
     recall: Option<u64>,
+    /// When the holder's connection ended, if it did: another connection of its session
+    /// may take the delegation over for [`RESUME_GRACE`] (the client reconnected and sends
+    /// what it queued), unless it is recalled first.
+    orphaned: Option<Instant>,
+}
+
+impl Deleg {
+    /// May connection `conn` of `session` take it over from its holder? One of the same
+    /// session, if nobody recalled it, once the holder's connection ended or from a later
+    /// connection (the client gave up the holder's before the namenode noticed: one that
+    /// stalled past the idle timeout takes what was sent before for news).
+    fn resumable_by(&self, conn: u64, session: Option<u64>) -> bool {
+        session == Some(self.session)
+            && self.recall.is_none()
+            && (self.orphaned.is_some() || conn > self.holder)
+    }
 }
 
 /// How long after a recall a directory is not delegated again.
@@ -177,6 +199,8 @@ struct Follower {
     broken: VecDeque<(Ino, u64)>,
     /// Inode numbers reserved for its queued creates and not used yet.
     inos: std::collections::HashSet<u64>,
+    /// The client session it said it serves, once it asked for a delegation or numbers.
+    session: Option<u64>,
     /// The inodes it may keep something of: the changes of others wait for it only there.
     known: Known,
 }
@@ -189,6 +213,7 @@ impl Follower {
             leased: HashMap::new(),
             broken: VecDeque::new(),
             inos: std::collections::HashSet::new(),
+            session: None,
             known: Known::default(),
         }
     }
@@ -246,14 +271,7 @@ impl Log {
             .map(|(c, _)| *c)
             .collect();
         for c in gone {
-            self.waiting.remove(&c);
-            self.delegs.retain(|_, d| d.holder != c);
-            if let Some(f) = self.followers.remove(&c) {
-                self.returned.extend(f.inos);
-                for ino in f.leased.into_keys() {
-                    self.unlease(ino, c);
-                }
-            }
+            self.let_go(c);
         }
         let mut old = Vec::new();
         for (c, f) in &mut self.followers {
@@ -270,6 +288,39 @@ impl Log {
         }
     }
 
+    /// Forgets connection `conn`'s reads of the feed: it ended, or went silent. Its
+    /// delegations nobody recalled and the inode numbers it did not use wait
+    /// [`RESUME_GRACE`] for its client session to come back (through it, or another
+    /// connection); the rest end.
+    fn let_go(&mut self, conn: u64) {
+        let now = Instant::now();
+        self.waiting.remove(&conn);
+        self.delegs
+            .retain(|_, d| d.holder != conn || d.recall.is_none());
+        for (dir, d) in self.delegs.iter_mut().filter(|(_, d)| d.holder == conn) {
+            tracing::debug!(
+                conn,
+                session = d.session,
+                "the delegation of {dir} waits for its session"
+            );
+            d.orphaned.get_or_insert(now);
+        }
+        if let Some(f) = self.followers.remove(&conn) {
+            match f.session {
+                Some(session) => self
+                    .parked
+                    .entry(session)
+                    .or_insert_with(|| (now, Default::default()))
+                    .1
+                    .extend(f.inos),
+                None => self.returned.extend(f.inos),
+            }
+            for ino in f.leased.into_keys() {
+                self.unlease(ino, conn);
+            }
+        }
+    }
+
     /// Ends `dir`'s delegation if its recall is done (the holder read past it, or went
     /// silent) or its holder went silent.
     fn settle_delegation(&mut self, dir: Ino) {
@@ -278,9 +329,16 @@ impl Log {
         };
         let over = match self.followers.get(&d.holder) {
             Some(f) if f.live() => d.recall.is_some_and(|to| f.heard >= to),
-            _ => true,
+            // Its holder went silent (its connection given up at its end, say) or its
+            // connection ended: kept a while for its session to come back, unless someone
+            // came meanwhile.
+            follower => {
+                let since = d.orphaned.or(follower.map(|f| f.read_at + LEASE_HOLD));
+                d.recall.is_some() || since.is_none_or(|t| t.elapsed() >= RESUME_GRACE)
+            }
         };
         if over {
+            tracing::debug!(holder = d.holder, recall = ?d.recall, orphaned = ?d.orphaned.map(|t| t.elapsed()), "the delegation of {dir} ends");
             self.delegs.remove(&dir);
         }
     }
@@ -322,13 +380,14 @@ impl ChangeFeed {
         self.run.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// This member took the lead of its group from another: as after a restart, changes
-    /// wait for the leases the previous leader gave, and what its clients queued under
-    /// its delegations is applied for a while.
-    pub fn lead_taken(&self) {
+    /// This member took the lead of its group from another, which answered last at least
+    /// `quiet` ago: as after a restart, changes wait for the leases the previous leader
+    /// gave (that much less long), and what its clients queued under its delegations is
+    /// applied for a while.
+    pub fn lead_taken(&self, quiet: Duration) {
         let mut run = self.run();
         run.started = Instant::now();
-        run.hold_until = Some(run.started + LEASE_HOLD);
+        run.hold_until = Some(run.started + LEASE_HOLD.saturating_sub(quiet));
     }
 
     /// Are changes queued under a previous run's delegations still applied? For a while
@@ -424,16 +483,7 @@ impl ChangeFeed {
 
     /// Connection `conn` ended: it reads the feed no more, and no change waits for it.
     pub fn disconnected(&self, conn: u64) {
-        let mut log = self.log();
-        log.waiting.remove(&conn);
-        log.delegs.retain(|_, d| d.holder != conn);
-        if let Some(f) = log.followers.remove(&conn) {
-            log.returned.extend(f.inos);
-            for ino in f.leased.into_keys() {
-                log.unlease(ino, conn);
-            }
-        }
-        drop(log);
+        self.log().let_go(conn);
         self.heard.send_modify(|n| *n += 1);
     }
 
@@ -473,15 +523,16 @@ impl ChangeFeed {
     /// Delegates directory `dir` to connection `conn` (see [`cairn_common::proto::Delegate`])
     /// unless another live connection holds it or it was recalled lately; the feed's end
     /// then. `conn` must read the feed: the recall comes that way.
-    pub fn delegate(&self, conn: u64, dir: Ino) -> Option<u64> {
+    pub fn delegate(&self, conn: u64, session: u64, dir: Ino) -> Option<u64> {
         let busy = self.busy();
         if busy.contains_key(&dir) {
             return None;
         }
         let mut log = self.log();
         log.settle_delegation(dir);
-        if !log.followers.get(&conn).is_some_and(Follower::live) {
-            return None;
+        match log.followers.get_mut(&conn) {
+            Some(f) if f.live() => f.session = Some(session),
+            _ => return None,
         }
         if log
             .recalled
@@ -490,15 +541,22 @@ impl ChangeFeed {
         {
             return None;
         }
-        match log.delegs.get(&dir) {
+        match log.delegs.get_mut(&dir) {
             Some(d) if d.holder == conn && d.recall.is_none() => {}
+            // Its session's, through a connection that ended.
+            Some(d) if d.resumable_by(conn, Some(session)) => {
+                d.holder = conn;
+                d.orphaned = None;
+            }
             Some(_) => return None,
             None => {
                 log.delegs.insert(
                     dir,
                     Deleg {
                         holder: conn,
+                        session,
                         recall: None,
+                        orphaned: None,
                     },
                 );
             }
@@ -535,12 +593,32 @@ impl ChangeFeed {
         }
     }
 
-    /// May `conn` still send changes it queued in `dir`? While it holds the delegation,
-    /// and once recalled, until it has read past the recall (it sends them before).
-    pub fn may_act(&self, conn: u64, dir: Ino) -> bool {
+    /// May `conn`, of client `session`, still send changes queued in `dir`? While it holds
+    /// the delegation, and once recalled, until it has read past the recall (it sends them
+    /// before). A connection of the holder's session takes over one that nobody recalled:
+    /// its client reconnected, and sends what it queued before.
+    pub fn may_act(&self, conn: u64, session: Option<u64>, dir: Ino) -> bool {
         let mut log = self.log();
         log.settle_delegation(dir);
-        log.delegs.get(&dir).is_some_and(|d| d.holder == conn)
+        match log.delegs.get_mut(&dir) {
+            Some(d) if d.holder == conn => true,
+            Some(d) if d.resumable_by(conn, session) => {
+                d.holder = conn;
+                d.orphaned = None;
+                true
+            }
+            d => {
+                tracing::debug!(
+                    conn,
+                    ?session,
+                    holder = d.as_ref().map(|d| d.holder),
+                    held_by = d.as_ref().map(|d| d.session),
+                    recall = ?d.as_ref().map(|d| d.recall),
+                    "a queued change in {dir} after its delegation"
+                );
+                false
+            }
+        }
     }
 
     /// Whether any directory is delegated: requests need not look for recalls otherwise.
@@ -571,8 +649,8 @@ impl ChangeFeed {
                     log.delegs.insert(
                         *dir,
                         Deleg {
-                            holder: d.holder,
                             recall: Some(to),
+                            ..d
                         },
                     );
                     log.recalled.insert(*dir, Instant::now());
@@ -580,7 +658,13 @@ impl ChangeFeed {
                     to
                 }
             };
-            breaks.heard.push((d.holder, to));
+            // A holder gone silent, or whose connection ended, is not waited for: over at
+            // once.
+            if log.followers.get(&d.holder).is_some_and(Follower::live) {
+                breaks.heard.push((d.holder, to));
+            } else {
+                log.settle_delegation(*dir);
+            }
         }
         if log.recalled.len() > 4096 {
             log.recalled.retain(|_, t| t.elapsed() < DELEGATION_BACKOFF);
@@ -589,35 +673,53 @@ impl ChangeFeed {
     }
 
     /// Inode numbers `first..first + count` are `conn`'s for its queued creates.
-    pub fn reserved(&self, conn: u64, first: u64, count: u32) {
+    pub fn reserved(&self, conn: u64, session: u64, first: u64, count: u32) {
         let inos = first..first + u64::from(count);
         let mut log = self.log();
         match log.followers.get_mut(&conn) {
-            Some(f) => f.inos.extend(inos),
+            Some(f) => {
+                f.session = Some(session);
+                f.inos.extend(inos);
+            }
             None => log.returned.extend(inos),
         }
     }
 
     /// Is `ino` reserved for some connection's queued creates?
     pub fn is_reserved(&self, ino: Ino) -> bool {
-        self.log()
-            .followers
-            .values()
-            .any(|f| f.inos.contains(&ino.0))
+        let log = self.log();
+        log.followers.values().any(|f| f.inos.contains(&ino.0))
+            || log.parked.values().any(|(_, inos)| inos.contains(&ino.0))
     }
 
-    /// Inode numbers reserved for connections that have ended, unused: the namenode gives
-    /// them back ([`crate::ops::MetaOpKind::ReturnInos`]).
+    /// Inode numbers reserved for connections that have ended, unused (and that no other
+    /// connection of their session used within [`RESUME_GRACE`]): the namenode gives them
+    /// back ([`crate::ops::MetaOpKind::ReturnInos`]).
     pub fn take_returned(&self) -> Vec<u64> {
-        std::mem::take(&mut self.log().returned)
+        let mut log = self.log();
+        let mut returned = std::mem::take(&mut log.returned);
+        log.parked.retain(|_, (since, inos)| {
+            let keep = since.elapsed() < RESUME_GRACE;
+            if !keep {
+                returned.extend(inos.drain());
+            }
+            keep
+        });
+        returned
     }
 
-    /// `conn` uses inode number `ino`, if it was reserved for it (once).
-    pub fn take_ino(&self, conn: u64, ino: Ino) -> bool {
-        self.log()
-            .followers
-            .get_mut(&conn)
-            .is_some_and(|f| f.inos.remove(&ino.0))
+    /// `conn`, of client `session`, uses inode number `ino`, if it was reserved for it or
+    /// for an ended connection of its session (once).
+    pub fn take_ino(&self, conn: u64, session: Option<u64>, ino: Ino) -> bool {
+        let mut log = self.log();
+        if let Some(f) = log.followers.get_mut(&conn) {
+            if f.inos.remove(&ino.0) {
+                return true;
+            }
+        }
+        session
+            .and_then(|s| log.parked.get_mut(&s))
+            .is_some_and(|(_, inos)| inos.remove(&ino.0))
     }
 
     /// A change of `dirs` begins; it ends when the guard drops. Taken before the change
@@ -880,16 +982,23 @@ mod tests {
         assert!(feed.push(2, &[], [Change::Inode(Ino(6))]).is_empty());
         // Elected after running a while as a follower: the previous leader's clients
         // queued changes under its delegations and trust its leases.
-        feed.lead_taken();
+        let quiet = Duration::from_millis(500);
+        feed.lead_taken(quiet);
         assert!(
             feed.replaying(),
             "changes queued under its delegations are refused"
         );
         let breaks = feed.push(2, &[], [Change::Inode(Ino(6))]);
+        let until = breaks
+            .until
+            .expect("a change does not wait for the old leases");
+        let left = until.saturating_duration_since(Instant::now());
+        // Less long than after a restart by the time the previous leader was quiet.
         assert!(
-            breaks.until.is_some_and(|t| t > Instant::now()),
-            "a change does not wait for the previous leader's leases"
+            left > LEASE_HOLD - quiet - Duration::from_millis(200),
+            "{left:?}"
         );
+        assert!(left <= LEASE_HOLD - quiet, "{left:?}");
     }
 
     #[test]
@@ -936,14 +1045,14 @@ mod tests {
         let feed = Arc::new(ChangeFeed::new(7, false));
         let dir = Ino(9);
         // Only a client that reads the feed gets one.
-        assert_eq!(feed.delegate(1, dir), None);
+        assert_eq!(feed.delegate(1, 11, dir), None);
         let at = feed.since(1, 7, 0).next;
         feed.since(2, 7, 0);
-        assert!(feed.delegate(1, dir).is_some());
-        assert!(feed.may_act(1, dir) && !feed.may_act(2, dir));
+        assert!(feed.delegate(1, 11, dir).is_some());
+        assert!(feed.may_act(1, Some(11), dir) && !feed.may_act(2, Some(22), dir));
         // Nobody else gets it meanwhile; its holder asks again for nothing.
-        assert_eq!(feed.delegate(2, dir), None);
-        assert!(feed.delegate(1, dir).is_some());
+        assert_eq!(feed.delegate(2, 22, dir), None);
+        assert!(feed.delegate(1, 11, dir).is_some());
         // Its own requests recall nothing.
         assert!(feed.recall(1, &[dir]).is_empty());
 
@@ -953,7 +1062,7 @@ mod tests {
         assert!(!breaks.is_empty());
         let news = feed.since(1, 7, at);
         assert_eq!(news.changes, vec![Change::Recall(dir)]);
-        assert!(feed.may_act(1, dir));
+        assert!(feed.may_act(1, Some(11), dir));
         let waiting = {
             let feed = feed.clone();
             tokio::spawn(async move { feed.until_heard(breaks).await })
@@ -970,9 +1079,9 @@ mod tests {
             .unwrap();
         // Over: what the holder sends now is refused, and nobody gets the directory again
         // for a while.
-        assert!(!feed.may_act(1, dir));
-        assert_eq!(feed.delegate(1, dir), None);
-        assert_eq!(feed.delegate(2, dir), None);
+        assert!(!feed.may_act(1, Some(11), dir));
+        assert_eq!(feed.delegate(1, 11, dir), None);
+        assert_eq!(feed.delegate(2, 22, dir), None);
     }
 
     #[test]
@@ -1034,33 +1143,93 @@ mod tests {
         feed.since(1, 7, 0);
         {
             let _changing = feed.changing(&[dir]);
-            assert_eq!(feed.delegate(1, dir), None);
+            assert_eq!(feed.delegate(1, 11, dir), None);
         }
-        assert!(feed.delegate(1, dir).is_some());
-        // A holder that disconnects lets go.
+        assert!(feed.delegate(1, 11, dir).is_some());
+        // A holder that disconnects lets go, but for a new connection of its session.
         feed.disconnected(1);
-        assert!(!feed.may_act(1, dir));
+        feed.since(2, 7, 0);
+        assert!(!feed.may_act(2, Some(22), dir));
+        assert!(!feed.may_act(2, None, dir));
+        assert_eq!(feed.delegate(2, 22, dir), None);
 
         feed.since(3, 7, 0);
-        feed.reserved(3, 100, 2);
+        feed.reserved(3, 33, 100, 2);
         assert!(feed.is_reserved(Ino(100)) && !feed.is_reserved(Ino(102)));
-        assert!(!feed.take_ino(4, Ino(100)), "another connection's number");
-        assert!(feed.take_ino(3, Ino(100)));
-        assert!(!feed.take_ino(3, Ino(100)), "used twice");
-        assert!(feed.take_ino(3, Ino(101)));
-        assert!(!feed.take_ino(3, Ino(102)), "never reserved");
+        assert!(
+            !feed.take_ino(4, Some(44), Ino(100)),
+            "another connection's number"
+        );
+        assert!(feed.take_ino(3, Some(33), Ino(100)));
+        assert!(!feed.take_ino(3, Some(33), Ino(100)), "used twice");
+        assert!(feed.take_ino(3, Some(33), Ino(101)));
+        assert!(!feed.take_ino(3, Some(33), Ino(102)), "never reserved");
 
-        // Numbers a connection did not use come back when it ends, once.
-        feed.reserved(3, 200, 3);
-        assert!(feed.take_ino(3, Ino(201)));
+        // Numbers a connection did not use come back once, when it ended and no other
+        // connection of its session used them for a while.
+        feed.reserved(3, 33, 200, 4);
+        assert!(feed.take_ino(3, Some(33), Ino(201)));
         assert_eq!(feed.take_returned(), Vec::<u64>::new());
         feed.disconnected(3);
+        assert_eq!(feed.take_returned(), Vec::<u64>::new());
+        assert!(feed.is_reserved(Ino(203)));
+        assert!(
+            !feed.take_ino(4, Some(44), Ino(203)),
+            "another session's number"
+        );
+        assert!(feed.take_ino(5, Some(33), Ino(203)), "its session's number");
+        feed.log().parked.get_mut(&33).unwrap().0 -= RESUME_GRACE;
         let mut back = feed.take_returned();
         back.sort();
         assert_eq!(back, [200, 202]);
         assert!(feed.take_returned().is_empty());
+        assert!(!feed.take_ino(5, Some(33), Ino(202)), "given back");
         // A reservation answered after its connection ended comes back at once.
-        feed.reserved(3, 300, 1);
+        feed.reserved(3, 33, 300, 1);
         assert_eq!(feed.take_returned(), [300]);
+    }
+
+    #[test]
+    fn a_client_that_reconnects_sends_what_it_queued_under_its_delegation() {
+        let feed = ChangeFeed::new(7, false);
+        let (dir, other_dir) = (Ino(9), Ino(10));
+        feed.since(1, 7, 0);
+        assert!(feed.delegate(1, 11, dir).is_some());
+        assert!(feed.delegate(1, 11, other_dir).is_some());
+        feed.disconnected(1);
+        // Its session's next connection sends what was queued: it holds the delegation
+        // from then on, and its first connection's requests are refused.
+        feed.since(2, 7, 0);
+        assert!(feed.may_act(2, Some(11), dir));
+        assert!(!feed.may_act(1, Some(11), dir));
+        assert!(feed.delegate(2, 11, other_dir).is_some(), "asked for again");
+        assert!(feed.recall(2, &[dir]).is_empty(), "its own");
+
+        // A holder gone silent, its connection not ended here: the client gave it up (the
+        // namenode stalled past the idle timeout), and its next connection takes over.
+        let third = Ino(11);
+        feed.since(5, 7, 0);
+        assert!(feed.delegate(5, 55, third).is_some());
+        if let Some(f) = feed.log().followers.get_mut(&5) {
+            f.read_at = f.read_at.checked_sub(LEASE_HOLD).unwrap();
+        }
+        feed.since(6, 7, 0);
+        assert!(!feed.may_act(6, Some(11), third), "another session");
+        assert!(feed.may_act(6, Some(55), third));
+
+        // Recalled while nobody holds it: over at once, for its session too.
+        feed.disconnected(2);
+        feed.since(3, 7, 0);
+        assert!(
+            feed.recall(3, &[dir]).is_empty(),
+            "waits for a connection that ended"
+        );
+        feed.since(4, 7, 0);
+        assert!(!feed.may_act(4, Some(11), dir));
+        // Not taken over past the grace.
+        feed.log().delegs.get_mut(&other_dir).unwrap().orphaned =
+            Instant::now().checked_sub(RESUME_GRACE);
+        assert!(!feed.may_act(4, Some(11), other_dir));
+        assert!(feed.delegate(3, 33, other_dir).is_some());
     }
 }

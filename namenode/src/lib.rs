@@ -513,14 +513,15 @@ impl Namenode {
     async fn create(&self, who: &Who, r: Create, replay: bool) -> FsResult<Changed<CreateReply>> {
         let parent = r.parent;
         let queued = r.ino.is_some();
-        if let (Some(ino), false) = (r.ino, replay) {
+        // Sent again after a lost answer: the create finds its own file there, made under
+        // the delegation (which may have ended since).
+        let again = r.ino.is_some() && self.engine.entry(parent, &r.name) == r.ino;
+        if let (Some(ino), false, false) = (r.ino, replay, again) {
             let feed = self.engine.feed();
-            if !feed.may_act(who.origin, parent) {
+            if !feed.may_act(who.origin, who.session, parent) {
                 return Err(delegation_lost(parent));
             }
-            // Sent again after a lost answer: the create finds its own file there.
-            let again = self.engine.entry(parent, &r.name) == Some(ino);
-            if !feed.take_ino(who.origin, ino) && !again {
+            if !feed.take_ino(who.origin, who.session, ino) {
                 return Err(FsError::invalid(format!(
                     "inode number {ino} was not reserved for this connection"
                 )));
@@ -561,7 +562,12 @@ impl Namenode {
     /// An unlink; `queued` under a delegation of this run (checked), or of the previous
     /// one (replayed as it comes).
     async fn unlink(&self, who: &Who, r: Unlink, queued: bool) -> FsResult<Changed<Removed>> {
-        if queued && !self.engine.feed().may_act(who.origin, r.parent) {
+        if queued
+            && !self
+                .engine
+                .feed()
+                .may_act(who.origin, who.session, r.parent)
+        {
             return Err(delegation_lost(r.parent));
         }
         let parent = [r.parent];
@@ -572,7 +578,7 @@ impl Namenode {
     /// An rmdir; `queued` as for unlinks. The directory's delegation ends with it.
     async fn rmdir(&self, who: &Who, r: Rmdir, queued: bool) -> FsResult<Changed<Removed>> {
         let feed = self.engine.feed();
-        if queued && !feed.may_act(who.origin, r.parent) {
+        if queued && !feed.may_act(who.origin, who.session, r.parent) {
             return Err(delegation_lost(r.parent));
         }
         let parent = [r.parent];
@@ -610,7 +616,7 @@ impl Namenode {
         commit: cairn_common::proto::CommitSlices,
         replay: bool,
     ) -> FsResult<ChunkMap> {
-        if !replay && !self.engine.feed().may_act(who.origin, dir) {
+        if !replay && !self.engine.feed().may_act(who.origin, who.session, dir) {
             return Err(delegation_lost(dir));
         }
         self.commit(who, commit).await
@@ -625,7 +631,7 @@ impl Namenode {
         set: cairn_common::attr::SetAttr,
         replay: bool,
     ) -> FsResult<cairn_common::attr::InodeAttr> {
-        if !replay && !self.engine.feed().may_act(who.origin, dir) {
+        if !replay && !self.engine.feed().may_act(who.origin, who.session, dir) {
             return Err(delegation_lost(dir));
         }
         if set.size.is_some() {
@@ -673,6 +679,7 @@ impl Namenode {
                 holder: who.holder.clone(),
                 request: None,
                 room: room.clone(),
+                session: Some(q.session),
             });
             // Queued under the previous run's delegation, which this run never knew.
             let replay = change.epoch != feed.epoch && replaying;
@@ -702,7 +709,7 @@ impl Namenode {
     }
 
     /// Delegates `dir` to the asking connection, with its names, if nobody else uses it.
-    async fn delegate(&self, who: &Who, dir: Ino) -> FsResult<Delegation> {
+    async fn delegate(&self, who: &Who, dir: Ino, session: u64) -> FsResult<Delegation> {
         let refused = Delegation { granted: None };
         let attr = self.engine.getattr(dir)?;
         if attr.kind != FileKind::Dir {
@@ -714,7 +721,7 @@ impl Namenode {
             return Ok(refused);
         }
         let feed = self.engine.feed();
-        let Some(from) = feed.delegate(who.origin, dir) else {
+        let Some(from) = feed.delegate(who.origin, session, dir) else {
             return Ok(refused);
         };
         // Nobody else keeps names of the directory past this (a recall of it meanwhile
@@ -756,12 +763,14 @@ impl Namenode {
         res
     }
 
-    async fn reserve_inos(&self, who: &Who, count: u32) -> FsResult<InoRange> {
+    async fn reserve_inos(&self, who: &Who, count: u32, session: u64) -> FsResult<InoRange> {
         let count = count.clamp(1, 4096);
         match self.mutate(who, MetaOpKind::ReserveInos { count }).await? {
             MetaReply::Inos { first, count } => {
                 debug!(first, count, "inode numbers reserved");
-                self.engine.feed().reserved(who.origin, first, count);
+                self.engine
+                    .feed()
+                    .reserved(who.origin, session, first, count);
                 // As many as a file there may want; each takes its replication's worth.
                 let len = cairn_common::proto::PLACED_BLOCK_MAX as u64;
                 let place = self.blocks.offer(8, len);
@@ -789,12 +798,15 @@ fn sessions_named(req: &NamenodeRequest) -> Vec<u64> {
                 QueuedOp::Create(r) => r.open.as_ref().map(|o| o.session),
                 _ => None,
             })
+            .chain([q.session])
             .collect(),
         R::KeepOpen(r) => vec![r.session],
         R::SetLock(r) => vec![r.owner.session],
         R::GetLock(r) => vec![r.owner.session],
         R::ReleaseLocks(r) => vec![r.owner.session],
         R::Changes(r) => r.mount.iter().map(|m| m.session).collect(),
+        R::Delegate(r) => vec![r.session],
+        R::ReserveInos(r) => vec![r.session],
         _ => Vec::new(),
     }
 }
@@ -853,6 +865,8 @@ struct Who {
     /// queued changes, which must reach the writer in order); `None`: each change waits
     /// for its own.
     room: Option<Arc<engine::Room>>,
+    /// The client session a batch of queued changes was made in (see `feed::may_act`).
+    session: Option<u64>,
 }
 
 impl Service for Namenode {
@@ -898,6 +912,7 @@ impl Service for Namenode {
             holder: peer.cert_serial.clone(),
             request,
             room: None,
+            session: None,
         };
         let caller = &who.caller;
         let named = who.request.as_ref().map(|r| r.session);
@@ -969,12 +984,17 @@ impl Service for Namenode {
             R::Queued(q) => respond(ex, subtree, &Ok(self.queued(&peer, &who, q).await)).await,
             R::Delegate(r) => {
                 let res = self
-                    .answer(&who, &[r.dir], self.delegate(&who, r.dir))
+                    .answer(&who, &[r.dir], self.delegate(&who, r.dir, r.session))
                     .await;
                 respond(ex, subtree, &res).await
             }
             R::ReserveInos(r) => {
-                respond(ex, subtree, &self.reserve_inos(&who, r.count).await).await
+                respond(
+                    ex,
+                    subtree,
+                    &self.reserve_inos(&who, r.count, r.session).await,
+                )
+                .await
             }
             R::Rmdir(r) => respond(ex, subtree, &self.rmdir(&who, r, false).await).await,
             R::Rename(r) => {
@@ -1861,7 +1881,9 @@ async fn take_the_lead(nn: Arc<Namenode>, shutdown: CancellationToken) {
             // Another led before (the founder's first lead is term 1): its leases and
             // delegations, as a restarted namenode's previous run's.
             if term > 1 {
-                nn.engine.feed().lead_taken();
+                nn.engine
+                    .feed()
+                    .lead_taken(group::runner::PREVIOUS_LEADER_QUIET);
             }
             nn.safe_mode.restart();
             record_trash_settings(&nn).await;

@@ -322,6 +322,70 @@ async fn members_are_added_removed_and_handed_the_lead_under_load() {
     cluster.stop().await.unwrap();
 }
 
+/// A mount's connection given up under changes it answered in a delegated directory (its
+/// namenode stalled past a group's idle timeout): it sends them again through a new
+/// connection, and the namenode takes them from it, none refused or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_queued_under_a_delegation_outlive_the_connection_they_were_sent_on() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = [free_addr()];
+    let (cluster, mut members, _) = start_group(dir.path(), None, &addrs).await;
+    let client = Client::connect(config_for(&cluster, &addrs, 0))
+        .await
+        .unwrap();
+    let at = tempfile::tempdir().unwrap();
+    let m = at.path().to_path_buf();
+    let opts = cairn_fuse::MountOptions::default();
+    let handle = tokio::runtime::Handle::current();
+    let mounted = cairn_fuse::mount(client.clone(), handle, &m, &opts).expect("mount");
+    // Delegations go to a mount that reads the change feed: from its second read on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Empty files: the group's namenodes have no datanodes here.
+    let in_d = |m: &Path, prefix: &str, n: usize| {
+        for i in 0..n {
+            fs::File::create(m.join(format!("d/{prefix}{i}"))).unwrap();
+        }
+    };
+    let m1 = m.clone();
+    tokio::task::spawn_blocking(move || {
+        fs::create_dir(m1.join("d")).unwrap();
+        in_d(&m1, "f", 50);
+        fs::File::open(m1.join("d")).unwrap().sync_all().unwrap();
+    })
+    .await
+    .unwrap();
+    let queued = client.sent::<cairn_common::proto::Queued>();
+    assert!(queued > 0, "the directory was not delegated");
+
+    tracing::info!("--- the namenode stalls while the mount answers creates itself");
+    members[0].freeze();
+    let m2 = m.clone();
+    let writer = tokio::task::spawn_blocking(move || in_d(&m2, "g", 20));
+    let idle = cairn_namenode::config::GROUP_IDLE_TIMEOUT;
+    tokio::time::sleep(idle * 2 + Duration::from_secs(1)).await;
+    members[0].thaw();
+    writer.await.unwrap();
+
+    tracing::info!("--- every change answered reached the namenode");
+    let m3 = m.clone();
+    let synced = tokio::task::spawn_blocking(move || fs::File::open(m3.join("d"))?.sync_all());
+    if let Err(e) = synced.await.unwrap() {
+        let log = fs::read_to_string(cluster.dir().join("namenode-1.log")).unwrap_or_default();
+        panic!("a queued change was refused: {e}; the namenode's log:\n{log}");
+    }
+    assert!(client.sent::<cairn_common::proto::Queued>() > queued);
+    let other = Client::connect(config_for(&cluster, &addrs, 0))
+        .await
+        .unwrap();
+    let d = other.lookup(Ino::ROOT, b"d").await.unwrap();
+    let names = names_in(&other, d.ino).await;
+    assert_eq!(names.len(), 70, "{names:?}");
+    crate::mount::unmount(mounted).await;
+    members[0].kill();
+    cluster.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dev_cluster_of_three_namenodes_serves_files_after_its_leader_stops() {
     init_tracing();

@@ -295,7 +295,11 @@ impl ChildNamenode {
                     .map(|ns| format!("ip netns exec {ns}"))
                     .unwrap_or_default(),
             )
-            .env("CAIRN_LOG", "info")
+            // More with CAIRN_LOG set for the test (`info,cairn_namenode::feed=debug`).
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -352,6 +356,21 @@ impl ChildNamenode {
         let pid = self.pid.expect("running");
         // SAFETY: sends a signal to a process this test started; touches no memory.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    }
+
+    /// Stops it dead (`SIGSTOP`), as a stalled machine: it answers nothing, nor says
+    /// goodbye, until [`ChildNamenode::thaw`].
+    pub fn freeze(&self) {
+        let pid = self.pid.expect("running");
+        // SAFETY: as in `hangup`.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    }
+
+    /// Lets it run again after [`ChildNamenode::freeze`].
+    pub fn thaw(&self) {
+        let pid = self.pid.expect("running");
+        // SAFETY: as in `hangup`.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     }
 
     /// Kills it, and returns once it has exited (its ports free again).

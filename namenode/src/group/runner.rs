@@ -32,6 +32,12 @@ const MEMBER_ID: &[u8] = b"member";
 /// `raft_state` key, present once the founder has added the members its configuration
 /// named, or an operator has changed the members: from then on they change only by hand.
 const GROWN: &[u8] = b"grown";
+/// How often a leader tells the others it leads, and how long a follower that heard
+/// nothing waits before it stands (drawn between the two; openraft also has a follower
+/// refuse votes for another for the largest after it last heard from its leader).
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const ELECTION_MIN: Duration = Duration::from_millis(500);
+const ELECTION_MAX: Duration = Duration::from_millis(1000);
 /// How long a lone member may take to lead after it starts.
 const LEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a change proposed may take to be committed and applied.
@@ -127,9 +133,9 @@ impl Group {
         let config = openraft::Config {
             cluster_name: "cairn".into(),
             // Raft also gives each append this long: a loaded machine's must fit.
-            heartbeat_interval: 200,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
+            heartbeat_interval: HEARTBEAT.as_millis() as u64,
+            election_timeout_min: ELECTION_MIN.as_millis() as u64,
+            election_timeout_max: ELECTION_MAX.as_millis() as u64,
             // Sending the last part of a snapshot waits for the member to install it.
             install_snapshot_timeout: 600_000,
             // A snapshot writes the whole namespace: rarely, and the log it replaces is
@@ -742,11 +748,19 @@ impl Drop for Group {
 /// How long a leader answers without asking a majority again after one confirmed its lead:
 /// half the time a follower refuses to vote for another (openraft's leader lease, the
 /// largest election timeout), the other half a margin for clocks that run apart.
-const LEASE_READ: Duration = Duration::from_millis(1000);
+const LEASE_READ: Duration = Duration::from_millis(ELECTION_MAX.as_millis() as u64 / 2);
 /// How long a leader of several goes without a majority acknowledging it before it takes
 /// itself for cut off: the largest election timeout, after which the others may have
 /// elected another.
-const QUORUM_LOST: Duration = Duration::from_millis(2000);
+const QUORUM_LOST: Duration = ELECTION_MAX;
+/// How long before a member is elected the leader it replaces answered last, at the
+/// latest: that leader answers only within [`LEASE_READ`] of a majority's confirmation,
+/// and a member of that majority voted for the new one no sooner than [`ELECTION_MAX`]
+/// after it heard that confirming message (openraft's leader lease). So the previous
+/// leader's clients stopped trusting what it told them that much earlier than they would
+/// after a namenode's restart.
+pub const PREVIOUS_LEADER_QUIET: Duration =
+    Duration::from_millis((ELECTION_MAX.as_millis() - LEASE_READ.as_millis()) as u64);
 
 /// Whether, by `m`, this member leads a group of several and has not heard from a
 /// majority for [`QUORUM_LOST`].
@@ -761,8 +775,8 @@ fn quorum_lost(m: &openraft::RaftMetrics<NodeId, Member>) -> bool {
 /// The refusal of a change by a leader cut off from its majority.
 fn lost_majority() -> FsError {
     FsError::unavailable(format!(
-        "this namenode has heard from no majority of its group for {} s: another may lead",
-        QUORUM_LOST.as_secs()
+        "this namenode has heard from no majority of its group for {} ms: another may lead",
+        QUORUM_LOST.as_millis()
     ))
 }
 
