@@ -1881,9 +1881,8 @@ async fn take_the_lead(nn: Arc<Namenode>, shutdown: CancellationToken) {
             // Another led before (the founder's first lead is term 1): its leases and
             // delegations, as a restarted namenode's previous run's.
             if term > 1 {
-                nn.engine
-                    .feed()
-                    .lead_taken(group::runner::PREVIOUS_LEADER_QUIET);
+                let quiet = nn.engine.group().previous_leader_quiet();
+                nn.engine.feed().lead_taken(quiet);
             }
             nn.safe_mode.restart();
             record_trash_settings(&nn).await;

@@ -21,7 +21,7 @@ use openraft::raft::{
 use openraft::Raft;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{Member, NodeId, TypeConfig};
 
@@ -260,16 +260,10 @@ pub async fn answer(
             let id = raft.metrics().borrow().id;
             encode(&(id, ours))
         }
-        RaftKind::Elect => {
-            let () = decode(rpc.kind, &rpc.body)?;
-            info!("standing for election: the leader hands over the lead");
-            raft.trigger()
-                .elect()
-                .await
-                .map_err(|e| FsError::io(format!("standing for election: {e}")))?;
-            encode(&())
-        }
-        RaftKind::Sync => Err(FsError::invalid("a Sync message is the group's to answer")),
+        RaftKind::Sync | RaftKind::Elect => Err(FsError::invalid(format!(
+            "a {:?} message is the group's to answer",
+            rpc.kind
+        ))),
         RaftKind::HoldElections => {
             let ms: u64 = decode(rpc.kind, &rpc.body)?;
             let ms = ms.min(HOLD_AT_MOST_MS);

@@ -87,6 +87,9 @@ pub struct Group {
     /// Set while this leader hands the lead to another: it takes no changes and answers
     /// nothing, so that the others' leases run out and one can be elected.
     handing: std::sync::atomic::AtomicBool,
+    /// Since when the leader that asked this member to stand (`Elect`) has answered
+    /// nothing, as this member reckons it: a lead handed over, not taken from the dead.
+    handed: std::sync::Mutex<Option<Instant>>,
     /// How recently a majority confirmed this member's lead (see [`Group::serving`]).
     lease: Arc<Lease>,
     runtime: tokio::runtime::Handle,
@@ -191,6 +194,7 @@ impl Group {
             store: kept,
             wal,
             handing: Default::default(),
+            handed: Default::default(),
             lease: Default::default(),
             runtime,
             stop: Some(stop),
@@ -255,7 +259,28 @@ impl Group {
 
     /// Answers a Raft message from another member.
     pub async fn answer(&self, rpc: cairn_common::proto::RaftRpc) -> FsResult<Vec<u8>> {
-        if rpc.kind != cairn_common::proto::RaftKind::Sync {
+        use cairn_common::proto::RaftKind;
+        if rpc.kind == RaftKind::Elect {
+            net::check_cluster(&self.cluster, &rpc)?;
+            let quiet_ms: u64 = postcard::from_bytes(&rpc.body).map_err(|e| {
+                FsError::protocol(format!("an Elect message that does not decode: {e}"))
+            })?;
+            let quiet = Duration::from_millis(quiet_ms).min(HAND_OVER_TIMEOUT * 3);
+            info!(
+                ?quiet,
+                "standing for election: the leader hands over the lead"
+            );
+            *self.handed.lock().unwrap_or_else(|e| e.into_inner()) =
+                Instant::now().checked_sub(quiet);
+            self.raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| FsError::io(format!("standing for election: {e}")))?;
+            return postcard::to_stdvec(&())
+                .map_err(|e| FsError::io(format!("encoding a Raft answer: {e}")));
+        }
+        if rpc.kind != RaftKind::Sync {
             return net::answer(&self.raft, &self.cluster, rpc).await;
         }
         net::check_cluster(&self.cluster, &rpc)?;
@@ -466,6 +491,7 @@ impl Group {
         };
         info!(to, "handing the lead of the namenode group over");
         self.handing.store(true, Ordering::Relaxed);
+        let quiet_since = Instant::now();
         self.raft.runtime_config().heartbeat(false);
         let handed = async {
             let last = self.metrics().last_log_index;
@@ -497,7 +523,12 @@ impl Group {
             }
             tokio::time::sleep(self.lease() + Duration::from_millis(200)).await;
             let link = net::Link::to(network, addr_of(to)?);
-            let () = link.ask(cairn_common::proto::RaftKind::Elect, &()).await?;
+            // How long this member has answered nothing: the new leader's clients trust
+            // what it told them that much less long.
+            let quiet = quiet_since.elapsed().as_millis() as u64;
+            let () = link
+                .ask(cairn_common::proto::RaftKind::Elect, &quiet)
+                .await?;
             self.wait_for(
                 HAND_OVER_TIMEOUT,
                 |m| m.current_leader == Some(to),
@@ -511,6 +542,17 @@ impl Group {
         handed?;
         info!(to, "member {to} leads the namenode group now");
         Ok(to)
+    }
+
+    /// How long the leader this member takes the lead from has answered nothing, at
+    /// least: [`PREVIOUS_LEADER_QUIET`], or more if it handed the lead over (it stopped
+    /// answering when it began to). Asked once, as this member takes the lead.
+    pub fn previous_leader_quiet(&self) -> Duration {
+        let handed = self.handed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let since = handed.filter(|t| t.elapsed() < HAND_OVER_TIMEOUT);
+        since.map_or(PREVIOUS_LEADER_QUIET, |t| {
+            t.elapsed().max(PREVIOUS_LEADER_QUIET)
+        })
     }
 
     /// Whether the group's members are the operator's to change from now on (see
@@ -759,7 +801,7 @@ const QUORUM_LOST: Duration = ELECTION_MAX;
 /// after it heard that confirming message (openraft's leader lease). So the previous
 /// leader's clients stopped trusting what it told them that much earlier than they would
 /// after a namenode's restart.
-pub const PREVIOUS_LEADER_QUIET: Duration =
+const PREVIOUS_LEADER_QUIET: Duration =
     Duration::from_millis((ELECTION_MAX.as_millis() - LEASE_READ.as_millis()) as u64);
 
 /// Whether, by `m`, this member leads a group of several and has not heard from a
